@@ -1,0 +1,35 @@
+# Two entry points a newcomer needs: `make demo` and `make test`.
+# Both create .venv on first use. torch is installed as the CPU wheel
+# (torch==2.13.0) only when the venv has no torch yet: an unpinned install would
+# pull a multi-GB CUDA build.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+TORCH_CPU ?= torch==2.13.0
+
+.PHONY: setup demo test bench samples clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_CPU)
+	$(PY) -m pip install -q -e '.[test,formats]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/deadrelu scan sample_models/mlp_high_lr.pt sample_models/mlp_data.npy \
+		--arch sample_models/archs.py:HighLrMLP --json reports/demo.json
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+samples: $(STAMP)
+	$(PY) sample_models/make_samples.py
+
+bench: $(STAMP)
+	$(PY) benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,297 @@
+"""Activation sites and the hooks that feed them.
+
+A *site* is one call of an activation per forward pass. ``ActivationCapture`` owns
+every hook handle (in an ``ExitStack``) and the model's train/eval flags, and gives
+both back in ``__exit__`` whether or not the forward pass raised.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import weakref
+from collections import deque
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import CaptureError
+from ..kinds import ActiveRule, KindSpec, floor_tolerance, is_inplace, spec_for_module
+from ..settings import Granularity, ScanSettings
+from ..stats import Accumulator, ReductionPlan, SiteStats, reduce_batch
+from .units import PRODUCERS, resolve_unit_dim
+
+ROOT_NAME = "<root>"
+
+
+@dataclass
+class SiteRecord:
+    """One site's identity and running accumulator (capture-internal, mutable).
+
+    Attributes:
+        module: qualified module name from ``named_modules()`` ("" for the root).
+        function: for functional sites, the function called (``relu``); None for module sites.
+        call_index: which call of that module (or function within that module) per forward.
+        spec: the activation kind's rules.
+        unit_dim: the unit axis (None: the whole output is one unit; with position
+            granularity, every axis after the batch is a unit axis).
+        unit_shape: shape of the per-unit tensors.
+        plan: the site's reduction plan.
+        order: when it was first seen (network order).
+        activation: the activation module, for slope summaries (None for functions).
+    """
+
+    module: str
+    function: str | None
+    call_index: int
+    spec: KindSpec
+    unit_dim: int | None
+    unit_shape: tuple[int, ...]
+    plan: ReductionPlan
+    order: int
+    accumulator: Accumulator
+    activation: nn.Module | None = None
+    calls: int = 0
+
+    def check_shape(self, shape: torch.Size, granularity: Granularity) -> None:
+        """Raise if a later call's output no longer has this site's units."""
+        if granularity is Granularity.POSITION:
+            actual = tuple(shape[1:])
+        elif self.unit_dim is None:
+            actual = ()
+        else:
+            actual = (shape[self.unit_dim],) if len(shape) > self.unit_dim else None  # type: ignore[assignment]
+        if actual != self.unit_shape:
+            raise CaptureError(
+                f"site {self.module or ROOT_NAME} call {self.call_index} changed its units mid-scan: "
+                f"first {self.unit_shape}, now output shape {tuple(shape)}",
+                hint="with --granularity position every batch must have the same spatial size; "
+                     "otherwise the model routes different tensors through one call site")
+
+
+@dataclass
+class Coverage:
+    """What capture found but could not or did not scan (shown, never dropped)."""
+
+    activation_modules: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+class ActivationCapture:
+    """Hooks every ReLU-family module of a model for the duration of a ``with`` block.
+
+    Args:
+        model: the model; its modules' train/eval flags are restored on exit.
+        settings: scan settings (granularity, layer filters, thresholds' tolerance).
+        device: where accumulators live (the model's device).
+
+    Use ``begin_batch()`` before each forward pass and ``end_batch()`` after it;
+    ``records()`` lists the sites in network order once the scan is done.
+    """
+
+    def __init__(self, model: nn.Module, settings: ScanSettings, device: torch.device) -> None:
+        self.model = model
+        self.settings = settings
+        self.device = device
+        self.coverage = Coverage()
+        self._stack = ExitStack()
+        self._sites: dict[tuple[str, str | None, int], SiteRecord | None] = {}
+        self._calls: dict[tuple[str, str | None], int] = {}
+        self._max_calls: dict[tuple[str, str | None], int] = {}
+        self._pending: dict[str, list[tuple[SiteRecord | None, torch.Tensor | None]]] = {}
+        self._order = itertools.count()
+        self._discovering = True
+        self._recent_outputs: deque[tuple[weakref.ref, nn.Module]] = deque(maxlen=256)
+        self._last_producer: nn.Module | None = None
+        self._producer_stack: ExitStack | None = None
+        self.modules_run: list[str] = []
+
+    # -- lifetime -------------------------------------------------------------------------
+    def __enter__(self) -> ActivationCapture:
+        if isinstance(self.model, torch.jit.ScriptModule):
+            raise CaptureError("TorchScript modules refuse forward hooks",
+                               hint="scan the eager model, or load the TorchScript file with deadrelu.load")
+        training = {module: module.training for module in self.model.modules()}
+        self._stack.callback(self._restore_modes, training)
+        self.model.eval()
+        try:
+            self._register()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._pending.clear()
+        self._recent_outputs.clear()
+        self._stack.close()
+
+    @staticmethod
+    def _restore_modes(training: dict[nn.Module, bool]) -> None:
+        for module, flag in training.items():
+            module.training = flag
+
+    def _register(self) -> None:
+        producer_stack = ExitStack()
+        self._stack.push(producer_stack)
+        self._producer_stack = producer_stack
+        for name, module in self.model.named_modules():
+            spec = spec_for_module(module)
+            if spec is not None:
+                self.coverage.activation_modules.append(name)
+                pre = module.register_forward_pre_hook(self._pre_hook(name, module, spec))
+                post = module.register_forward_hook(self._post_hook(name))
+                self._stack.callback(pre.remove)
+                self._stack.callback(post.remove)
+            elif isinstance(module, PRODUCERS):
+                handle = module.register_forward_hook(self._producer_hook)
+                producer_stack.callback(handle.remove)
+
+    # -- batch loop -----------------------------------------------------------------------
+    def begin_batch(self) -> None:
+        """Reset per-forward call counters (done in the tool's own loop, so a model whose
+        ``forward`` is called directly, bypassing root hooks, still gets fresh indices)."""
+        self._calls.clear()
+        self._pending.clear()
+
+    def end_batch(self) -> None:
+        """Record call counts of this forward pass; stop tracking producers after the first."""
+        for key, count in self._calls.items():
+            if count > self._max_calls.get(key, 0):
+                self._max_calls[key] = count
+        if self._discovering:
+            self._discovering = False
+            self._recent_outputs.clear()
+            self._last_producer = None
+            if self._producer_stack is not None:
+                self._producer_stack.close()
+
+    # -- hooks ----------------------------------------------------------------------------
+    def _producer_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            self._recent_outputs.append((weakref.ref(output), module))
+        self._last_producer = module
+
+    def _producer_of(self, tensor: torch.Tensor) -> nn.Module | None:
+        # Identity through a weakref, never id(): a freed tensor's id can be reused.
+        for ref, module in reversed(self._recent_outputs):
+            if ref() is tensor:
+                return module
+        return None
+
+    def _pre_hook(self, name: str, module: nn.Module, spec: KindSpec) -> Callable:
+        # Sign of the input must be read before an in-place module overwrites it, but
+        # only when the output's sign does not already tell it (negative slopes).
+        needs_input_sign = spec.active_rule is ActiveRule.PRE_POSITIVE and not spec.output_sign_matches_input
+        read_sign_now = needs_input_sign and is_inplace(module)
+
+        def pre_hook(mod: nn.Module, args: tuple) -> None:
+            key = (name, None)
+            call_index = self._calls.get(key, 0)
+            self._calls[key] = call_index + 1
+            inputs = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            site = self._site(name, None, call_index, spec, inputs, module) if inputs is not None else None
+            active_source = None
+            if site is not None and needs_input_sign:
+                active_source = torch.gt(inputs, spec.threshold) if read_sign_now else inputs
+            self._pending.setdefault(name, []).append((site, active_source))
+        return pre_hook
+
+    def _post_hook(self, name: str) -> Callable:
+        def post_hook(mod: nn.Module, args: tuple, output: Any) -> None:
+            pending = self._pending.get(name)
+            if not pending:
+                return
+            site, active_source = pending.pop()
+            if site is None or not isinstance(output, torch.Tensor):
+                return
+            self.observe(site, output, output if active_source is None else active_source)
+        return post_hook
+
+    # -- sites ----------------------------------------------------------------------------
+    def _selected(self, candidates: tuple[str, ...]) -> bool:
+        layers, exclude = self.settings.layers, self.settings.exclude
+        if layers and not any(fnmatch.fnmatchcase(c, p) for c in candidates for p in layers):
+            return False
+        return not any(fnmatch.fnmatchcase(c, p) for c in candidates for p in exclude)
+
+    def _site(self, module_name: str, function: str | None, call_index: int, spec: KindSpec,
+              inputs: torch.Tensor, activation: nn.Module | None) -> SiteRecord | None:
+        key = (module_name, function, call_index)
+        if key in self._sites:
+            return self._sites[key]
+        if function is None:
+            candidates = (module_name, f"{module_name}#{call_index}")
+        else:
+            candidates = (f"{module_name or ROOT_NAME}:{function}#{call_index}", module_name)
+        if not self._selected(candidates):
+            self._sites[key] = None
+            self.coverage.excluded.append(candidates[0] if function else f"{module_name}#{call_index}")
+            return None
+        record = self._new_record(module_name, function, call_index, spec, inputs, activation)
+        self._sites[key] = record
+        return record
+
+    def _new_record(self, module_name: str, function: str | None, call_index: int, spec: KindSpec,
+                    inputs: torch.Tensor, activation: nn.Module | None) -> SiteRecord:
+        shape = tuple(inputs.shape)  # activations are elementwise: output shape == input shape
+        if self.settings.granularity is Granularity.POSITION:
+            unit_dim: int | None = 1 if len(shape) > 1 else None
+            unit_shape = shape[1:]
+            dims = (0,) if len(shape) > 1 else tuple(range(len(shape)))
+        else:
+            producer = self._producer_of(inputs) if self._discovering else None
+            last = self._last_producer if self._discovering else None
+            unit_dim, warning = resolve_unit_dim(shape, producer, last, spec.per_channel_param)
+            if warning and not self._discovering and len(shape) > 2:
+                warning += " (site first ran after the first batch, when producers were no longer tracked)"
+            if warning:
+                label = f"{module_name or ROOT_NAME}" + (f":{function}" if function else "") + f"#{call_index}"
+                self.coverage.warnings.append(f"{label}: {warning}")
+            unit_shape = () if unit_dim is None else (shape[unit_dim],)
+            dims = tuple(axis for axis in range(len(shape)) if axis != unit_dim)
+        if spec.active_rule is ActiveRule.ABOVE_LOWER:
+            floor_at, ceiling_at = spec.floor, spec.ceiling
+        else:
+            floor_at = None if spec.floor is None else floor_tolerance(spec.floor, self.settings.thresholds.saturation_rtol)
+            ceiling_at = None
+        plan = ReductionPlan(dims=dims, threshold=spec.threshold, floor_at=floor_at, ceiling_at=ceiling_at)
+        return SiteRecord(module=module_name, function=function, call_index=call_index, spec=spec,
+                          unit_dim=unit_dim, unit_shape=unit_shape, plan=plan, order=next(self._order),
+                          accumulator=Accumulator(unit_shape, inputs.device), activation=activation)
+
+    def observe(self, site: SiteRecord, output: torch.Tensor, active_source: torch.Tensor) -> None:
+        """Reduce one call's output into the site's accumulator; keeps no reference to it."""
+        site.check_shape(output.shape, self.settings.granularity)
+        units = 1
+        for size in site.unit_shape:
+            units *= size
+        batch = reduce_batch(output, active_source, site.plan)
+        site.accumulator.add(batch, output.numel() // max(units, 1))
+        site.calls += 1
+
+    # -- results --------------------------------------------------------------------------
+    def records(self) -> list[SiteRecord]:
+        """Sites that ran, in network order."""
+        return sorted((r for r in self._sites.values() if r is not None), key=lambda r: r.order)
+
+    def site_name(self, record: SiteRecord) -> str:
+        """``module`` when called once per forward, ``module#k`` otherwise;
+        ``<module>:<function>#<k>`` for functional sites."""
+        if record.function is not None:
+            return f"{record.module or ROOT_NAME}:{record.function}#{record.call_index}"
+        if self._max_calls.get((record.module, None), 1) > 1:
+            return f"{record.module}#{record.call_index}"
+        return record.module or ROOT_NAME
+
+    def not_run(self) -> list[str]:
+        """Activation modules found in the model that never ran on the data."""
+        ran = {key[0] for key, count in self._max_calls.items() if key[1] is None and count > 0}
+        return [name or ROOT_NAME for name in self.coverage.activation_modules if name not in ran]
+
+    def finalize(self, record: SiteRecord) -> SiteStats:
+        return record.accumulator.finalize()

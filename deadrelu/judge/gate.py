@@ -1,0 +1,69 @@
+"""The CI gate: thresholds on dead-unit ratios. Above the limit fails; equal passes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..result import ScanResult
+
+
+@dataclass(frozen=True)
+class GateViolation:
+    """One broken limit: ``scope`` is ``"model"`` or a site name."""
+
+    scope: str
+    dead_ratio: float
+    limit: float
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    """Whether a result passed the gate, and which limits it broke."""
+
+    max_dead_ratio: float | None
+    max_layer_dead_ratio: float | None
+    passed: bool
+    violations: tuple[GateViolation, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_dead_ratio": self.max_dead_ratio, "max_layer_dead_ratio": self.max_layer_dead_ratio,
+                "passed": self.passed, "violations": [asdict(v) for v in self.violations]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GateOutcome:
+        return cls(max_dead_ratio=data.get("max_dead_ratio"), max_layer_dead_ratio=data.get("max_layer_dead_ratio"),
+                   passed=bool(data["passed"]),
+                   violations=tuple(GateViolation(**v) for v in data.get("violations", [])))
+
+
+def _check_limit(name: str, value: float | None) -> None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must be between 0 and 1, got {value}", hint="it is a share of units")
+
+
+def check_gate(result: ScanResult, max_dead_ratio: float | None = None,
+               max_layer_dead_ratio: float | None = None) -> GateOutcome:
+    """Judge a scan against dead-ratio limits.
+
+    Args:
+        result: a finished scan.
+        max_dead_ratio: limit on dead units over all units of all sites.
+        max_layer_dead_ratio: limit on any single site's dead ratio.
+
+    Returns:
+        The outcome; ``passed`` is True when no ratio is above its limit (equal passes).
+    """
+    _check_limit("max_dead_ratio", max_dead_ratio)
+    _check_limit("max_layer_dead_ratio", max_layer_dead_ratio)
+    violations: list[GateViolation] = []
+    if max_dead_ratio is not None and result.summary.dead_ratio > max_dead_ratio:
+        violations.append(GateViolation("model", result.summary.dead_ratio, max_dead_ratio))
+    if max_layer_dead_ratio is not None:
+        for site in result.sites:
+            if site.dead_ratio > max_layer_dead_ratio:
+                violations.append(GateViolation(site.name, site.dead_ratio, max_layer_dead_ratio))
+    return GateOutcome(max_dead_ratio, max_layer_dead_ratio, not violations, tuple(violations))

@@ -1,0 +1,1 @@
+"""Render: results to terminal tables, JSON, HTML and figures. Never computes verdicts."""

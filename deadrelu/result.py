@@ -1,0 +1,337 @@
+"""The scan's facts as frozen data: per-site statistics, verdicts, summary, coverage.
+
+A ``ScanResult`` round-trips through ``to_dict()`` / ``from_dict()`` (the JSON
+report, schema_version 1): per-unit statistics are stored and verdicts are re-judged
+from them with the stored thresholds, so a saved report re-renders identically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .judge.gate import GateOutcome
+from .judge.verdicts import SiteVerdict, judge_site
+from .settings import ScanSettings, Thresholds, build_settings
+from .stats import SiteStats
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, eq=False)
+class SiteResult:
+    """One activation site's statistics and verdicts.
+
+    Attributes:
+        name: display name (``module``, ``module#k`` when reused, ``<module>:relu#k`` for functions).
+        module: qualified name from ``named_modules()`` ("" for the root).
+        call_index: which call of the module (or function) within one forward pass, from 0.
+        function: the functional activation called (``relu``), None for module sites.
+        kind: activation kind (``ReLU``, ``ELU``...).
+        unit_dim: the unit axis of the output (None: the output is one unit).
+        stats: per-unit statistics.
+        verdict: per-unit verdicts.
+        saturation: ``"floor"``, ``"bounds"`` or None (how this kind saturates).
+        prelu_slopes: min/mean/max of PReLU's learned slopes, else None.
+    """
+
+    name: str
+    module: str
+    call_index: int
+    function: str | None
+    kind: str
+    unit_dim: int | None
+    stats: SiteStats
+    verdict: SiteVerdict
+    saturation: str | None = None
+    prelu_slopes: dict[str, float] | None = None
+
+    @property
+    def units(self) -> int:
+        return self.stats.units
+
+    @property
+    def observations(self) -> int:
+        """Observations per unit (the most any unit had; fewer only where NaNs were left out)."""
+        return int(self.stats.observations.max()) if self.units else 0
+
+    @property
+    def dead(self) -> int:
+        return int(self.verdict.dead.sum())
+
+    @property
+    def saturated(self) -> int:
+        return int(self.verdict.saturated.sum())
+
+    @property
+    def dormant(self) -> int:
+        return int(self.verdict.dormant.sum())
+
+    @property
+    def dead_ratio(self) -> float:
+        return self.dead / self.units if self.units else 0.0
+
+    @property
+    def saturated_ratio(self) -> float:
+        return self.saturated / self.units if self.units else 0.0
+
+    @property
+    def dormant_ratio(self) -> float:
+        return self.dormant / self.units if self.units else 0.0
+
+    @property
+    def active_rate_mean(self) -> float:
+        """Mean over units of each unit's active rate (1 - activation sparsity)."""
+        rates = self.stats.active_rate
+        finite = rates[np.isfinite(rates)]
+        return float(finite.mean()) if finite.size else float("nan")
+
+    @property
+    def nonfinite(self) -> int:
+        return int(self.stats.nonfinite.sum())
+
+    def to_dict(self, unit_stats: bool = True) -> dict[str, Any]:
+        """The site as JSON-ready data (schema_version 1)."""
+        data: dict[str, Any] = {
+            "name": self.name, "module": self.module, "call_index": self.call_index,
+            "function": self.function, "kind": self.kind, "units": self.units, "unit_dim": self.unit_dim,
+            "observations": self.observations, "dead": self.dead, "dead_ratio": self.dead_ratio,
+            "saturated": self.saturated, "dormant": self.dormant,
+            "active_rate_mean": _finite_or_none(self.active_rate_mean), "nonfinite": self.nonfinite,
+            "saturation": self.saturation, "prelu_slopes": self.prelu_slopes,
+            "dead_units": self.verdict.dead_units, "saturated_units": self.verdict.saturated_units,
+            "dormant_units": self.verdict.dormant_units,
+        }
+        if unit_stats:
+            data["unit_stats"] = self.stats.to_lists()
+        return data
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Totals over every scanned site."""
+
+    sites: int
+    units: int
+    dead: int
+    dead_ratio: float
+    saturated: int
+    saturated_ratio: float
+    dormant: int
+    dormant_ratio: float
+    active_rate_mean: float | None
+    nonfinite_activations: int
+
+    @classmethod
+    def of(cls, sites: Sequence[SiteResult]) -> Summary:
+        units = sum(site.units for site in sites)
+        dead = sum(site.dead for site in sites)
+        saturated = sum(site.saturated for site in sites)
+        dormant = sum(site.dormant for site in sites)
+        rates = np.concatenate([site.stats.active_rate for site in sites]) if sites else np.array([])
+        rates = rates[np.isfinite(rates)]
+
+        def share(count: int) -> float:
+            return count / units if units else 0.0
+        return cls(sites=len(sites), units=units, dead=dead, dead_ratio=share(dead), saturated=saturated,
+                   saturated_ratio=share(saturated), dormant=dormant, dormant_ratio=share(dormant),
+                   active_rate_mean=float(rates.mean()) if rates.size else None,
+                   nonfinite_activations=sum(site.nonfinite for site in sites))
+
+
+@dataclass(frozen=True, eq=False)
+class ScanResult:
+    """Everything a scan found. Data, not a report: render it with ``deadrelu.render``.
+
+    Attributes:
+        sites: per-site results in network order.
+        summary: totals.
+        settings: the settings the scan ran (and was judged) with.
+        model: model metadata (source, format, parameters, class, sha256).
+        data: data metadata (source, samples, nonfinite, skipped...).
+        coverage: what was found but not scanned (``not_run``, ``excluded``, ``positional_names``).
+        warnings: everything the user should know about how the numbers were made.
+        gate: the CI gate's outcome, if a gate was asked for.
+        suggestions: fix suggestions with evidence (list of dicts).
+        environment: tool/torch versions, device, date.
+    """
+
+    sites: tuple[SiteResult, ...]
+    summary: Summary
+    settings: ScanSettings
+    model: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    coverage: dict[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    gate: GateOutcome | None = None
+    suggestions: tuple[dict[str, Any], ...] = ()
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    # -- access ---------------------------------------------------------------------------
+    def site(self, key: str | int) -> SiteResult:
+        """A site by name, by module name (if called once) or by position."""
+        if isinstance(key, int):
+            return self.sites[key]
+        for site in self.sites:
+            if site.name == key:
+                return site
+        matches = [site for site in self.sites if site.module == key]
+        if len(matches) == 1:
+            return matches[0]
+        names = ", ".join(site.name for site in self.sites[:10])
+        raise KeyError(f"no site named {key!r}; sites: {names}{', ...' if len(self.sites) > 10 else ''}")
+
+    def with_gate(self, gate: GateOutcome | None) -> ScanResult:
+        """A copy carrying a gate outcome."""
+        return dataclasses.replace(self, gate=gate)
+
+    def with_suggestions(self, suggestions: Sequence[dict[str, Any]]) -> ScanResult:
+        """A copy carrying fix suggestions."""
+        return dataclasses.replace(self, suggestions=tuple(suggestions))
+
+    def rejudged(self, **thresholds: float) -> ScanResult:
+        """The same statistics judged with other thresholds (no rescan needed)."""
+        new = dataclasses.replace(self.settings.thresholds, **thresholds)
+        return _assemble(self, [_rejudge(site, new) for site in self.sites],
+                         dataclasses.replace(self.settings, thresholds=new))
+
+    # -- frames ---------------------------------------------------------------------------
+    def to_frame(self) -> pd.DataFrame:
+        """One row per site, in network order."""
+        rows = [{
+            "name": s.name, "module": s.module, "call_index": s.call_index, "function": s.function,
+            "kind": s.kind, "units": s.units, "unit_dim": s.unit_dim, "observations": s.observations,
+            "dead": s.dead, "dead_ratio": s.dead_ratio, "saturated": s.saturated,
+            "saturated_ratio": s.saturated_ratio, "dormant": s.dormant, "dormant_ratio": s.dormant_ratio,
+            "active_rate_mean": s.active_rate_mean, "nonfinite": s.nonfinite,
+        } for s in self.sites]
+        return pd.DataFrame(rows, columns=None if rows else ["name"])
+
+    def units_frame(self, site: str | int) -> pd.DataFrame:
+        """One row per unit of a site, with its statistics and verdicts."""
+        chosen = self.site(site)
+        stats, verdict = chosen.stats, chosen.verdict
+        return pd.DataFrame({
+            "unit": np.arange(stats.units), "observations": stats.observations, "active": stats.active,
+            "active_rate": stats.active_rate, "mean": stats.mean, "std": stats.std,
+            "mean_abs": stats.mean_abs, "min": stats.minimum, "max": stats.maximum,
+            "floor_rate": stats.floor_rate, "bound_rate": stats.bound_rate,
+            "dormancy_score": verdict.dormancy_score, "nonfinite": stats.nonfinite,
+            "dead": verdict.dead, "saturated": verdict.saturated, "dormant": verdict.dormant,
+        })
+
+    # -- serialisation --------------------------------------------------------------------
+    def to_dict(self, unit_stats: bool = True) -> dict[str, Any]:
+        """The JSON report (schema_version 1) as plain data.
+
+        Args:
+            unit_stats: include per-unit statistics (needed by ``from_dict`` and
+                ``deadrelu report``; large for big models).
+        """
+        thresholds = self.settings.thresholds
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "tool": {"name": "deadrelu", "version": self.environment.get("deadrelu", _version())},
+            "model": self.model,
+            "data": self.data,
+            "settings": {
+                "dead_threshold": thresholds.dead_threshold, "tau": thresholds.tau,
+                "saturation": thresholds.saturation, "saturation_rtol": thresholds.saturation_rtol,
+                "granularity": self.settings.granularity.value, "batch_size": self.settings.batch_size,
+                "limit": self.settings.limit, "layers": list(self.settings.layers),
+                "exclude": list(self.settings.exclude), "functional": self.settings.functional,
+                "nonfinite": self.settings.nonfinite.value, "compile": self.settings.compile.value,
+            },
+            "summary": dataclasses.asdict(self.summary),
+            "sites": [site.to_dict(unit_stats) for site in self.sites],
+            "coverage": self.coverage,
+            "warnings": list(self.warnings),
+            "gate": None if self.gate is None else self.gate.to_dict(),
+            "suggestions": list(self.suggestions),
+            "environment": self.environment,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScanResult:
+        """Rebuild a result from ``to_dict()`` output (needs per-unit statistics)."""
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"unsupported schema_version {data.get('schema_version')!r}; expected {SCHEMA_VERSION}")
+        raw = dict(data["settings"])
+        settings = build_settings(**{k: v for k, v in raw.items() if k not in ("batch_size",)},
+                                  batch_size=raw.get("batch_size") or 1)
+        sites = []
+        for site in data["sites"]:
+            if "unit_stats" not in site:
+                raise ValueError(f"site {site.get('name')!r} has no unit_stats; write the JSON with unit statistics")
+            stats = SiteStats.from_lists(site["unit_stats"])
+            sites.append(SiteResult(
+                name=site["name"], module=site["module"], call_index=site["call_index"],
+                function=site.get("function"), kind=site["kind"], unit_dim=site.get("unit_dim"), stats=stats,
+                verdict=judge_site(stats, site.get("saturation"), settings.thresholds),
+                saturation=site.get("saturation"), prelu_slopes=site.get("prelu_slopes")))
+        gate = data.get("gate")
+        return cls(sites=tuple(sites), summary=Summary.of(sites), settings=settings, model=data.get("model", {}),
+                   data=data.get("data", {}), coverage=data.get("coverage", {}),
+                   warnings=tuple(data.get("warnings", ())),
+                   gate=None if gate is None else GateOutcome.from_dict(gate),
+                   suggestions=tuple(data.get("suggestions", ())), environment=data.get("environment", {}))
+
+    def to_json(self, path: str | Path | None = None, unit_stats: bool = True) -> str:
+        """The JSON report as text; written atomically to ``path`` when given."""
+        text = json.dumps(_json_clean(self.to_dict(unit_stats)), indent=1, allow_nan=False)
+        if path is not None:
+            from .render.files import atomic_write_text
+            atomic_write_text(path, text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> ScanResult:
+        """Read a JSON report written by ``to_json``."""
+        with open(path, encoding="utf-8") as handle:
+            return cls.from_dict(json.load(handle))
+
+    # -- display --------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        s = self.summary
+        return (f"ScanResult(sites={s.sites}, units={s.units}, dead={s.dead} ({s.dead_ratio:.1%}), "
+                f"saturated={s.saturated}, dormant={s.dormant})")
+
+    def _repr_html_(self) -> str:
+        from .render.notebook import result_html
+        return result_html(self)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if np.isfinite(value) else None
+
+
+def _json_clean(value: Any) -> Any:
+    """NaN/inf become null and numpy scalars plain numbers, so the JSON is strict."""
+    if isinstance(value, dict):
+        return {str(k): _json_clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+def _rejudge(site: SiteResult, thresholds: Thresholds) -> SiteResult:
+    return dataclasses.replace(site, verdict=judge_site(site.stats, site.saturation, thresholds))
+
+
+def _assemble(base: ScanResult, sites: list[SiteResult], settings: ScanSettings) -> ScanResult:
+    return dataclasses.replace(base, sites=tuple(sites), summary=Summary.of(sites), settings=settings, gate=None)
