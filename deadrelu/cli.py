@@ -1,0 +1,198 @@
+"""The command line: parse, call the library, render, map errors to exit codes.
+
+Exit codes: 0 scan done and gate passed (or no gate); 1 gate failed; 2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+from . import __version__
+from .errors import DeadReluError
+from .judge.gate import check_gate
+from .load.data import load_data
+from .load.model import load_model, parse_kwargs
+from .render import console as console_render
+from .settings import CompileMode, Granularity, NonFinitePolicy, build_settings, read_config
+
+EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Find dead, saturated and dormant ReLU-family units in a PyTorch model, on your data.")
+stdout = Console(highlight=False, soft_wrap=False)
+# Errors and hints stay one line each, however narrow the terminal (CI logs are grepped).
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def error_exit(debug: bool) -> Iterator[None]:
+    """Turn the deadrelu error family into one line on stderr and exit code 2."""
+    try:
+        yield
+    except DeadReluError as exc:
+        if debug:
+            raise
+        stderr.print(f"[bold red]error:[/] {_plain(exc.message)}")
+        if exc.hint:
+            stderr.print(f"[dim]hint:[/] {_plain(exc.hint)}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except KeyboardInterrupt:
+        stderr.print("[bold red]interrupted[/]: no report written (use --partial-on-interrupt to keep partial results)")
+        raise typer.Exit(130) from None
+
+
+def _plain(text: str) -> str:
+    from rich.markup import escape
+    return escape(text)
+
+
+class _ProgressReporter:
+    """A rich progress bar on stderr (samples, samples/s, ETA), only on a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and stderr.is_terminal
+        self._progress: Progress | None = None
+        self._task: Any = None
+        self._started = time.perf_counter()
+
+    def __enter__(self) -> _ProgressReporter:
+        if self.enabled:
+            self._progress = Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                                      TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                      console=stderr, transient=True)
+            self._progress.__enter__()
+            self._task = self._progress.add_task("scan", total=None, rate="")
+        return self
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if self._progress is not None:
+            elapsed = max(time.perf_counter() - self._started, 1e-9)
+            self._progress.update(self._task, completed=done, total=total, rate=f"{done / elapsed:,.0f} samples/s")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+
+def _merge(config: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
+    values = read_config(config) if config is not None else {}
+    values.update({key: value for key, value in flags.items() if value is not None and value != ()})
+    return values
+
+
+@app.command()
+def scan(
+    model: Annotated[Path, typer.Argument(help="Model file: a state_dict/checkpoint (with --arch), .safetensors, "
+                                               "or a pickled nn.Module (with --allow-pickle).")],
+    data: Annotated[Path, typer.Argument(help="Data file: .npy (memory-mapped), .npz (--key) or a .pt tensor; "
+                                              "first axis = samples.")],
+    arch: Annotated[Optional[str], typer.Option(help="Architecture factory: package.module:Factory or "
+                                                     "path/to/file.py:Factory.")] = None,
+    arch_kwargs: Annotated[Optional[str], typer.Option(help="JSON keyword arguments for --arch.")] = None,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow the full unpickler, which runs code "
+                                                                     "from the model file. Only for files you trust.")] = False,
+    key: Annotated[Optional[str], typer.Option(help="Array name inside an .npz or a dict .pt data file.")] = None,
+    input_key: Annotated[Optional[str], typer.Option(help="Entry of dict batches that is the model input.")] = None,
+    scale: Annotated[Optional[float], typer.Option(help="Multiply inputs by this (e.g. 0.00392 for uint8 images).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Samples per forward pass. [default: 256]")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Scan at most N samples.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    config: Annotated[Optional[Path], typer.Option(help="TOML config (see configs/default.toml); flags win.")] = None,
+    dead_threshold: Annotated[Optional[float], typer.Option(help="Dead when the active rate is <= this. [default: 0]")] = None,
+    tau: Annotated[Optional[float], typer.Option(help="ReDo dormancy threshold. [default: 0.1]")] = None,
+    saturation: Annotated[Optional[float], typer.Option(help="Share at the floor/bound that makes a unit "
+                                                             "saturated. [default: 0.99]")] = None,
+    granularity: Annotated[Optional[Granularity], typer.Option(help="channel: a unit is a neuron/channel; "
+                                                                    "position: every (channel, position).")] = None,
+    layers: Annotated[Optional[list[str]], typer.Option("--layers", help="Only sites matching this glob "
+                                                                         "(repeatable).")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Skip sites matching this glob "
+                                                                           "(repeatable).")] = None,
+    functional: Annotated[Optional[bool], typer.Option("--functional/--no-functional",
+                                                       help="Capture F.relu-style calls in forward().")] = None,
+    nonfinite: Annotated[Optional[NonFinitePolicy], typer.Option(help="Input samples with NaN/inf: fail, skip "
+                                                                      "or keep. [default: fail]")] = None,
+    compile_mode: Annotated[Optional[CompileMode], typer.Option("--compile", help="Compile the reduction: auto, "
+                                                                                   "on, off.")] = None,
+    max_dead_ratio: Annotated[Optional[float], typer.Option(help="Gate: fail (exit 1) when dead units over all "
+                                                                 "units are above this ratio.")] = None,
+    max_layer_dead_ratio: Annotated[Optional[float], typer.Option(help="Gate: fail when any site's dead ratio "
+                                                                       "is above this.")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here "
+                                                                     "('-' for stdout).")] = None,
+    show_units: Annotated[bool, typer.Option("--show-units", help="List dead/saturated unit indices.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the verdict and gate lines.")] = False,
+    partial_on_interrupt: Annotated[bool, typer.Option("--partial-on-interrupt", help="On Ctrl-C, report what "
+                                                                                     "was seen so far.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Scan MODEL over DATA and report dead, saturated and dormant units per activation site."""
+    with error_exit(debug):
+        values = _merge(config, {
+            "batch_size": batch_size, "limit": limit, "device": device, "dead_threshold": dead_threshold, "tau": tau,
+            "saturation": saturation, "granularity": granularity, "layers": tuple(layers or ()),
+            "exclude": tuple(exclude or ()), "functional": functional, "nonfinite": nonfinite,
+            "compile": compile_mode, "max_dead_ratio": max_dead_ratio, "max_layer_dead_ratio": max_layer_dead_ratio})
+        gate_limits = {k: values.pop(k, None) for k in ("max_dead_ratio", "max_layer_dead_ratio")}
+        settings = build_settings(**values)
+        loaded = load_model(model, arch=arch, arch_kwargs=parse_kwargs(arch_kwargs), allow_pickle=allow_pickle)
+        stream = load_data(data, batch_size=settings.batch_size, limit=settings.limit, key=key)
+        from .scan import scan as run_scan
+        with _ProgressReporter(enabled=not quiet and json_path != Path("-")) as progress:
+            result = run_scan(loaded.module, stream, settings=settings, progress=progress, model_info=loaded.info(),
+                              input_key=input_key, scale=scale, partial_on_interrupt=partial_on_interrupt)
+        if loaded.notes:
+            result = _with_notes(result, loaded.notes)
+        if any(limit_ is not None for limit_ in gate_limits.values()):
+            result = result.with_gate(check_gate(result, **gate_limits))
+        _emit(result, json_path, quiet, show_units)
+    raise typer.Exit(EXIT_GATE_FAILED if result.gate is not None and not result.gate.passed else EXIT_OK)
+
+
+def _with_notes(result: Any, notes: list[str]) -> Any:
+    import dataclasses
+    return dataclasses.replace(result, warnings=tuple(notes) + result.warnings)
+
+
+def _emit(result: Any, json_path: Path | None, quiet: bool, show_units: bool) -> None:
+    if json_path == Path("-"):
+        sys.stdout.write(result.to_json() + "\n")
+        gate = console_render.gate_lines(result)
+        if gate is not None:
+            stderr.print(gate)
+        return
+    if json_path is not None:
+        result.to_json(json_path)
+    if quiet:
+        stdout.print(console_render.verdict_line(result), soft_wrap=True)
+        gate = console_render.gate_lines(result)
+        if gate is not None:
+            stdout.print(gate)
+    else:
+        stdout.print(console_render.report(result, show_units=show_units))
+    if json_path is not None and not quiet:
+        stdout.print(f"JSON report: {json_path}", markup=False)
+
+
+@app.command()
+def version() -> None:
+    """Print deadrelu's version."""
+    stdout.print(f"deadrelu {__version__}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
