@@ -2,7 +2,10 @@
 
 A *site* is one call of an activation per forward pass. ``ActivationCapture`` owns
 every hook handle (in an ``ExitStack``) and the model's train/eval flags, and gives
-both back in ``__exit__`` whether or not the forward pass raised.
+both back in ``__exit__`` whether or not the forward pass raised. With functional
+capture on it also owns the ``TorchFunctionMode`` that sees ``F.relu`` & co. and the
+global module pre/post hooks that keep the stack of running modules those calls are
+attributed to.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
 from ..errors import CaptureError
 from ..kinds import ActiveRule, KindSpec, floor_tolerance, is_inplace, spec_for_module
 from ..settings import Granularity, ScanSettings
 from ..stats import Accumulator, ReductionPlan, SiteStats, reduce_batch
+from .functional import FunctionalActivationMode, FunctionalCall, spec_for_call
 from .units import PRODUCERS, resolve_unit_dim
 
 ROOT_NAME = "<root>"
@@ -79,6 +84,8 @@ class Coverage:
     activation_modules: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: whether functional calls (``F.relu`` in ``forward``) were captured
+    functional: bool = False
 
 
 class ActivationCapture:
@@ -109,6 +116,13 @@ class ActivationCapture:
         self._last_producer: nn.Module | None = None
         self._producer_stack: ExitStack | None = None
         self.modules_run: list[str] = []
+        # Functional capture: the modules whose forward is running (innermost last), how
+        # many of them are hooked activation modules, and whether the model's forward is
+        # running at all (calls made while loading data are not the model's).
+        self._module_names: dict[nn.Module, tuple[str, bool]] = {}
+        self._module_stack: list[tuple[nn.Module, str, bool]] = []
+        self._activation_depth = 0
+        self._in_batch = False
 
     # -- lifetime -------------------------------------------------------------------------
     def __enter__(self) -> ActivationCapture:
@@ -128,7 +142,12 @@ class ActivationCapture:
     def __exit__(self, *exc_info: Any) -> None:
         self._pending.clear()
         self._recent_outputs.clear()
-        self._stack.close()
+        self._in_batch = False
+        try:
+            self._stack.close()
+        finally:
+            self._module_stack.clear()
+            self._module_names.clear()
 
     @staticmethod
     def _restore_modes(training: dict[nn.Module, bool]) -> None:
@@ -150,6 +169,20 @@ class ActivationCapture:
             elif isinstance(module, PRODUCERS):
                 handle = module.register_forward_hook(self._producer_hook)
                 producer_stack.callback(handle.remove)
+        if self.settings.functional:
+            self._register_functional()
+
+    def _register_functional(self) -> None:
+        """Global module hooks for the module stack, then the mode that sees functional calls."""
+        activation = set(self.coverage.activation_modules)
+        self._module_names = {module: (name, name in activation) for name, module in self.model.named_modules()}
+        pre = register_module_forward_pre_hook(self._enter_module)
+        self._stack.callback(pre.remove)
+        # always_call: the module is popped even when its forward raises.
+        post = register_module_forward_hook(self._exit_module, always_call=True)
+        self._stack.callback(post.remove)
+        self._stack.enter_context(FunctionalActivationMode(self._functional_call))
+        self.coverage.functional = True
 
     # -- batch loop -----------------------------------------------------------------------
     def begin_batch(self) -> None:
@@ -157,9 +190,13 @@ class ActivationCapture:
         ``forward`` is called directly, bypassing root hooks, still gets fresh indices)."""
         self._calls.clear()
         self._pending.clear()
+        self._module_stack.clear()
+        self._activation_depth = 0
+        self._in_batch = True
 
     def end_batch(self) -> None:
         """Record call counts of this forward pass; stop tracking producers after the first."""
+        self._in_batch = False
         for key, count in self._calls.items():
             if count > self._max_calls.get(key, 0):
                 self._max_calls[key] = count
@@ -182,6 +219,53 @@ class ActivationCapture:
             if ref() is tensor:
                 return module
         return None
+
+    def _enter_module(self, module: nn.Module, args: Any) -> None:
+        # Modules outside the model (built inside forward) are not pushed: their calls
+        # belong to the model module whose forward built them.
+        known = self._module_names.get(module)
+        if known is None:
+            return
+        self._module_stack.append((module, known[0], known[1]))
+        if known[1]:
+            self._activation_depth += 1
+
+    def _exit_module(self, module: nn.Module, args: Any, output: Any) -> None:
+        stack = self._module_stack
+        if not any(entry[0] is module for entry in reversed(stack)):
+            return
+        while stack:
+            popped, _name, is_activation = stack.pop()
+            if is_activation:
+                self._activation_depth -= 1
+            if popped is module:
+                return
+
+    def _functional_call(self, call: FunctionalCall, run: Callable[[], Any]) -> Any:
+        """Attribute one functional call to the running module, run it and observe it."""
+        # nn.ReLU.forward calls F.relu: a hooked activation module already reports it.
+        if not self._in_batch or self._activation_depth:
+            return run()
+        module_name = self._module_stack[-1][1] if self._module_stack else ""
+        key = (module_name, call.function)
+        call_index = self._calls.get(key, 0)
+        self._calls[key] = call_index + 1
+        site_key = (module_name, call.function, call_index)
+        if site_key in self._sites:
+            site = self._sites[site_key]
+        else:
+            site = self._site(module_name, call.function, call_index, spec_for_call(call), call.input, None)
+        if site is None:
+            return run()
+        spec = site.spec
+        active_source = None
+        if spec.active_rule is ActiveRule.PRE_POSITIVE and not spec.output_sign_matches_input:
+            # An in-place call overwrites its input: read the sign before it runs.
+            active_source = torch.gt(call.input, spec.threshold) if call.inplace else call.input
+        output = run()
+        if isinstance(output, torch.Tensor):
+            self.observe(site, output, output if active_source is None else active_source)
+        return output
 
     def _pre_hook(self, name: str, module: nn.Module, spec: KindSpec) -> Callable:
         # Sign of the input must be read before an in-place module overwrites it, but
