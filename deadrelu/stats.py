@@ -46,6 +46,10 @@ class ReductionPlan:
     ceiling_at: float | None
 
 
+#: The largest count that float32 holds exactly (2**24).
+FLOAT32_EXACT_COUNT = 2 ** 24
+
+
 def reduce_batch(output: torch.Tensor, active_source: torch.Tensor, plan: ReductionPlan) -> BatchStats:
     """Reduce one activation tensor to per-unit statistics of this batch.
 
@@ -56,25 +60,32 @@ def reduce_batch(output: torch.Tensor, active_source: torch.Tensor, plan: Reduct
         plan: the site's reduction plan.
 
     Returns:
-        Per-unit batch statistics in float32 (float64 for float64 models).
+        Per-unit batch statistics in float32 (float64 for float64 models, and for
+        batches with more than 2**24 observations per unit).
     """
     dims = plan.dims
     value = output if output.dtype in (torch.float32, torch.float64) else output.float()
+    # float32 holds integers exactly only up to 2**24: a batch with more observations per
+    # unit than that (a large image batch per channel) is summed in float64, so counts stay exact.
+    per_unit = 1
+    for axis in dims:
+        per_unit *= value.shape[axis]
+    wide = torch.float64 if value.dtype != torch.float64 and per_unit > FLOAT32_EXACT_COUNT else None
     # Counting through a float buffer (gt(..., out=float)) avoids a bool->int64 sum,
     # which is several times slower on CPU.
     flag = torch.empty_like(value)
-    active = torch.gt(active_source, plan.threshold, out=flag).sum(dims)
-    total = value.sum(dims)
-    total_sq = torch.mul(value, value, out=flag).sum(dims)
-    total_abs = torch.abs(value, out=flag).sum(dims)
+    active = torch.gt(active_source, plan.threshold, out=flag).sum(dims, dtype=wide)
+    total = value.sum(dims, dtype=wide)
+    total_sq = torch.mul(value, value, out=flag).sum(dims, dtype=wide)
+    total_abs = torch.abs(value, out=flag).sum(dims, dtype=wide)
     minimum = value.amin(dims)
     maximum = value.amax(dims)
     if plan.floor_at is not None:
-        at_floor = torch.le(value, plan.floor_at, out=flag).sum(dims)
+        at_floor = torch.le(value, plan.floor_at, out=flag).sum(dims, dtype=wide)
     else:
         at_floor = torch.zeros_like(total)
     if plan.ceiling_at is not None:
-        at_ceiling = torch.ge(value, plan.ceiling_at, out=flag).sum(dims)
+        at_ceiling = torch.ge(value, plan.ceiling_at, out=flag).sum(dims, dtype=wide)
     else:
         at_ceiling = torch.zeros_like(total)
     return BatchStats(active, total, total_sq, total_abs, minimum, maximum, at_floor, at_ceiling)
