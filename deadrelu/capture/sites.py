@@ -328,9 +328,7 @@ class ActivationCapture:
             unit_shape = shape[1:]
             dims = (0,) if len(shape) > 1 else tuple(range(len(shape)))
         else:
-            producer = self._producer_of(inputs) if self._discovering else None
-            last = self._last_producer if self._discovering else None
-            unit_dim, warning = resolve_unit_dim(shape, producer, last, spec.per_channel_param)
+            unit_dim, warning = self._unit_dim(inputs, spec)
             if warning and not self._discovering and len(shape) > 2:
                 warning += " (site first ran after the first batch, when producers were no longer tracked)"
             if warning:
@@ -347,6 +345,13 @@ class ActivationCapture:
         return SiteRecord(module=module_name, function=function, call_index=call_index, spec=spec,
                           unit_dim=unit_dim, unit_shape=unit_shape, plan=plan, order=next(self._order),
                           accumulator=Accumulator(unit_shape, inputs.device), activation=activation)
+
+    def _unit_dim(self, inputs: torch.Tensor, spec: KindSpec) -> tuple[int | None, str | None]:
+        """The unit axis of a new site's tensor, judged from the module that produced it
+        (aten-level capture overrides this to judge from the producing op)."""
+        producer = self._producer_of(inputs) if self._discovering else None
+        last = self._last_producer if self._discovering else None
+        return resolve_unit_dim(tuple(inputs.shape), producer, last, spec.per_channel_param)
 
     def observe(self, site: SiteRecord, output: torch.Tensor, active_source: torch.Tensor) -> None:
         """Reduce one call's output into the site's accumulator; keeps no reference to it."""
