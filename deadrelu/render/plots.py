@@ -1,0 +1,317 @@
+"""Matplotlib figures of a result (Agg, no pyplot state): for notebooks, PNG files and the HTML report.
+
+Every function returns a ``matplotlib.figure.Figure`` built without ``pyplot``, so
+nothing is registered globally, nothing needs closing, and a notebook shows it as
+the cell's value. ``write_pngs`` renders them to PNG files atomically.
+
+Figures stay readable with hundreds of sites: bars are drawn in network order with at
+most ``MAX_TICK_LABELS`` labelled ticks, and the per-site active-rate histogram turns
+into a heat map (one row per site) when there are more sites than ``MAX_OVERLAID``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from .files import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..result import ScanResult, SiteResult
+
+#: at most this many site names are written along an axis; the rest are ticks only
+MAX_TICK_LABELS = 40
+#: up to this many sites, active-rate histograms are overlaid; above, a heat map
+MAX_OVERLAID = 8
+#: up to this many sites, one bar per site; above, a filled step line (same picture, much faster)
+MAX_BARS = 100
+#: site names longer than this are shortened in labels (middle elided)
+LABEL_CHARS = 32
+#: bins of the active-rate histograms over [0, 1]
+RATE_BINS = 20
+
+DEAD_COLOR = "#d62728"
+SATURATED_COLOR = "#ff7f0e"
+DORMANT_COLOR = "#7f7f7f"
+UNOBSERVED_COLOR = "#dddddd"
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def short_name(name: str, limit: int = LABEL_CHARS) -> str:
+    """A site name cut to ``limit`` characters, keeping its start and end."""
+    if len(name) <= limit:
+        return name
+    keep = limit - 1
+    return name[: keep // 2] + "…" + name[-(keep - keep // 2):]
+
+
+def _plain(text: str) -> str:
+    """Text safe for matplotlib: ``$`` would start mathtext."""
+    return text.replace("$", r"\$")
+
+
+def _tick_positions(count: int, limit: int = MAX_TICK_LABELS) -> np.ndarray:
+    if count <= limit:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, limit).round().astype(int))
+
+
+def dead_ratio_by_layer(result: ScanResult) -> Figure:
+    """Dead, saturated and dormant share per site, in network order (three panels sharing the x axis).
+
+    Args:
+        result: the scan.
+
+    Returns:
+        A Figure; the shape of death through depth is the first thing to see.
+    """
+    sites = list(result.sites)
+    count = len(sites)
+    width = min(max(7.0, 0.12 * count + 3.0), 22.0)
+    labelled = _tick_positions(count)
+    longest = max((len(short_name(sites[k].name)) for k in labelled), default=4)
+    fig = _figure(width, 5.2 + 0.065 * min(longest, LABEL_CHARS))
+    axes = fig.subplots(3, 1, sharex=True)
+    positions = np.arange(count)
+    series = (
+        ("dead", [s.dead_ratio for s in sites], DEAD_COLOR),
+        ("saturated", [s.saturated_ratio for s in sites], SATURATED_COLOR),
+        ("dormant", [s.dormant_ratio for s in sites], DORMANT_COLOR),
+    )
+    for axis, (label, values, color) in zip(axes, series):
+        if count <= MAX_BARS:
+            axis.bar(positions, values, width=0.8, color=color, linewidth=0)
+        else:  # one filled step artist instead of thousands of rectangles: same picture, far faster
+            axis.stairs(values, np.arange(count + 1) - 0.5, fill=True, color=color, linewidth=0)
+        axis.set_ylim(0, 1.0)
+        axis.set_ylabel(f"{label}\nshare", fontsize=9)
+        axis.yaxis.set_major_formatter(_percent_formatter())
+        axis.grid(axis="y", alpha=0.3)
+        axis.set_axisbelow(True)
+        if label == "saturated" and not any(s.saturation for s in sites):
+            axis.text(0.5, 0.5, "no saturating kinds (ELU/SELU/CELU/ReLU6/Hardtanh) here", transform=axis.transAxes,
+                      ha="center", va="center", fontsize=8, color="#666666")
+    s = result.summary
+    axes[0].set_title(f"Dead / saturated / dormant share per site, in network order\n{s.dead} of {s.units} units "
+                      f"dead ({s.dead_ratio:.1%}) over {s.sites} sites", fontsize=10, loc="left")
+    bottom = axes[-1]
+    bottom.set_xlim(-0.6, count - 0.4)
+    bottom.set_xticks(labelled)
+    bottom.set_xticklabels([_plain(short_name(sites[k].name)) for k in labelled], rotation=90, fontsize=7)
+    if count > len(labelled):
+        if count <= MAX_BARS:
+            bottom.set_xticks(positions, minor=True)
+        bottom.set_xlabel(f"site (network order; {len(labelled)} of {count} names shown)", fontsize=9)
+    else:
+        bottom.set_xlabel("site (network order)", fontsize=9)
+    return fig
+
+
+def _percent_formatter():
+    from matplotlib.ticker import PercentFormatter
+    return PercentFormatter(1.0, decimals=0)
+
+
+#: the dead units' own bin sits left of 0, this wide
+DEAD_BIN = 0.08
+
+
+def rate_bins() -> np.ndarray:
+    """Bin edges: ``[-DEAD_BIN, 0)`` holds units never active; then ``RATE_BINS`` bins over (0, 1]."""
+    return np.concatenate([[-DEAD_BIN], np.linspace(0.0, 1.0, RATE_BINS + 1)])
+
+
+def rate_histogram(rates: np.ndarray) -> np.ndarray:
+    """Unit counts per ``rate_bins()`` bin: first the never-active units, then active rates in (0, 1]."""
+    finite = rates[np.isfinite(rates)]
+    counts, _ = np.histogram(finite[finite > 0], bins=RATE_BINS, range=(0.0, 1.0))
+    return np.concatenate([[int((finite == 0).sum())], counts])
+
+
+def _rate_axis(axis) -> None:
+    """An active-rate x axis with the dead bin left of 0."""
+    axis.set_xticks([-DEAD_BIN / 2, 0.2, 0.4, 0.6, 0.8, 1.0], ["dead", "0.2", "0.4", "0.6", "0.8", "1"])
+    axis.set_xlim(-DEAD_BIN, 1.0)
+    axis.axvline(0.0, color="#444444", linewidth=0.8)
+
+
+def active_rate_histogram(result: ScanResult) -> Figure:
+    """Distribution of per-unit active rates per site.
+
+    Overlaid step histograms for a few sites; for more than ``MAX_OVERLAID`` sites, a heat
+    map with one row per site (network order) and the share of its units per rate bin.
+    Units never active (dead) get their own bin left of 0.
+
+    Args:
+        result: the scan.
+
+    Returns:
+        A Figure.
+    """
+    sites = list(result.sites)
+    edges = rate_bins()
+    if len(sites) <= MAX_OVERLAID:
+        fig = _figure(8.0, 4.2)
+        axis = fig.subplots()
+        for site in sites:
+            counts = rate_histogram(site.stats.active_rate)
+            axis.stairs(counts / max(site.units, 1), edges, linewidth=1.6,
+                        label=_plain(f"{short_name(site.name)} ({site.kind}; {counts[0]} of {site.units} dead)"))
+        _rate_axis(axis)
+        axis.set_xlabel("active rate (share of a unit's observations in the active region)")
+        axis.set_ylabel("share of the site's units")
+        axis.yaxis.set_major_formatter(_percent_formatter())
+        axis.set_title("Per-unit active rates per site", fontsize=10, loc="left")
+        axis.grid(alpha=0.3)
+        if sites:
+            axis.legend(fontsize=8, loc="upper center")
+        return fig
+    count = len(sites)
+    height = min(max(4.0, 0.09 * count + 1.8), 30.0)
+    fig = _figure(9.0, height)
+    axis = fig.subplots()
+    matrix = np.zeros((count, RATE_BINS + 1))
+    for row, site in enumerate(sites):
+        matrix[row] = rate_histogram(site.stats.active_rate) / max(site.units, 1)
+    # pcolormesh keeps the narrower dead bin at its true width.
+    mesh = axis.pcolormesh(edges, np.arange(count + 1) - 0.5, matrix, cmap="magma_r", vmin=0.0, vmax=1.0)
+    axis.set_ylim(count - 0.5, -0.5)
+    fig.colorbar(mesh, ax=axis, label="share of the site's units", format=_percent_formatter())
+    labelled = _tick_positions(count)
+    axis.set_yticks(labelled)
+    axis.set_yticklabels([_plain(short_name(sites[k].name)) for k in labelled], fontsize=7)
+    _rate_axis(axis)
+    axis.set_xlabel("active rate (left of 0: dead units)")
+    axis.set_ylabel(f"site (network order; {len(labelled)} of {count} names shown)" if count > len(labelled)
+                    else "site (network order)")
+    axis.set_title("Per-unit active rates, one row per site", fontsize=10, loc="left")
+    return fig
+
+
+def unit_grid(units: int) -> tuple[int, int]:
+    """Rows and columns of a near-square grid (wider than tall) holding ``units`` cells."""
+    columns = max(1, math.ceil(math.sqrt(units * 2.0)))
+    rows = max(1, math.ceil(units / columns))
+    return rows, columns
+
+
+def _resolve(result: ScanResult, site: str | int | SiteResult) -> SiteResult:
+    if isinstance(site, (str, int)):
+        return result.site(site)
+    return site
+
+
+def unit_map(result: ScanResult, site: str | int | SiteResult) -> Figure:
+    """One site's units as a grid coloured by active rate; dead units in red, saturated in orange.
+
+    Args:
+        result: the scan.
+        site: a site name, position, or ``SiteResult``.
+
+    Returns:
+        A Figure. Unit ``i`` sits at row ``i // columns``, column ``i % columns``.
+    """
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    chosen = _resolve(result, site)
+    rows, columns = unit_grid(chosen.units)
+    rates = np.full(rows * columns, np.nan)
+    rates[: chosen.units] = chosen.stats.active_rate
+    fig = _figure(min(max(5.0, columns * 0.18 + 2.0), 11.0), min(max(2.6, rows * 0.18 + 1.6), 9.0))
+    axis = fig.subplots()
+    cmap = _viridis().with_extremes(bad=UNOBSERVED_COLOR)
+    image = axis.imshow(np.ma.masked_invalid(rates.reshape(rows, columns)), cmap=cmap, vmin=0.0, vmax=1.0,
+                        interpolation="nearest", aspect="equal")
+    overlay = np.zeros(rows * columns)
+    overlay[: chosen.units][chosen.verdict.saturated] = 1
+    overlay[: chosen.units][chosen.verdict.dead] = 2
+    marks = np.ma.masked_equal(overlay.reshape(rows, columns), 0)
+    axis.imshow(marks, cmap=ListedColormap([SATURATED_COLOR, DEAD_COLOR]), vmin=1, vmax=2, interpolation="nearest",
+                aspect="equal")
+    fig.colorbar(image, ax=axis, label="active rate", shrink=0.8)
+    axis.set_xticks([])
+    axis.set_yticks([])
+    axis.set_xlabel(f"unit i at row i // {columns}, column i % {columns}", fontsize=8)
+    saturated = f", {chosen.saturated} saturated" if chosen.saturation else ""
+    axis.set_title(_plain(f"{short_name(chosen.name, 48)} ({chosen.kind}): {chosen.dead} of {chosen.units} dead"
+                          f"{saturated}"), fontsize=10, loc="left")
+    handles = [Patch(color=DEAD_COLOR, label=f"dead ({chosen.dead})")]
+    if chosen.saturation:
+        handles.append(Patch(color=SATURATED_COLOR, label=f"saturated ({chosen.saturated})"))
+    axis.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.08), ncol=2, frameon=False)
+    return fig
+
+
+def _viridis():
+    from matplotlib import colormaps
+    return colormaps["viridis"]
+
+
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
+    """A figure rendered to PNG bytes (Agg)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def safe_filename(name: str, limit: int = 60) -> str:
+    """A site name as a file-name part: letters, digits, ``._-`` only (never a path)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "site"
+    return cleaned[:limit]
+
+
+def sites_worth_mapping(result: ScanResult, limit: int) -> list[tuple[int, SiteResult]]:
+    """Sites with dead or saturated units, worst first, at most ``limit`` (network index kept)."""
+    ranked = [(k, s) for k, s in enumerate(result.sites) if s.dead or s.saturated]
+    ranked.sort(key=lambda pair: (-(pair[1].dead_ratio + pair[1].saturated_ratio), pair[0]))
+    return ranked[:limit]
+
+
+def write_pngs(result: ScanResult, directory: str | Path, max_unit_maps: int = 12,
+               sites: Sequence[str | int] | None = None) -> list[Path]:
+    """Write the plots as PNG files (atomically) into ``directory``.
+
+    Args:
+        result: the scan.
+        directory: created if missing.
+        max_unit_maps: unit maps for at most this many sites with dead/saturated units, worst first.
+        sites: unit maps for exactly these sites instead.
+
+    Returns:
+        The written paths: ``dead_ratio_by_layer.png``, ``active_rate_histogram.png`` and
+        ``unit_map_<NNN>_<site>.png`` (NNN = the site's position in network order).
+
+    Raises:
+        OutputError: the folder cannot be written.
+    """
+    directory = Path(directory)
+    written = [atomic_write_bytes(directory / "dead_ratio_by_layer.png", figure_png(dead_ratio_by_layer(result))),
+               atomic_write_bytes(directory / "active_rate_histogram.png", figure_png(active_rate_histogram(result)))]
+    if sites is not None:
+        chosen = [(result.sites.index(result.site(key)), result.site(key)) for key in sites]
+    else:
+        chosen = sites_worth_mapping(result, max_unit_maps)
+    width = max(3, len(str(len(result.sites))))
+    for index, site in chosen:
+        path = directory / f"unit_map_{index:0{width}d}_{safe_filename(site.name)}.png"
+        written.append(atomic_write_bytes(path, figure_png(unit_map(result, site))))
+    return written
+
+
+__all__ = ["dead_ratio_by_layer", "active_rate_histogram", "unit_map", "write_pngs", "figure_png", "unit_grid",
+           "rate_bins", "rate_histogram",
+           "short_name", "safe_filename", "sites_worth_mapping"]
