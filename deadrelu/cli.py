@@ -5,6 +5,7 @@ Exit codes: 0 scan done and gate passed (or no gate); 1 gate failed; 2 bad usage
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -17,10 +18,10 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgress
                            TimeElapsedColumn, TimeRemainingColumn)
 
 from . import __version__
-from .errors import DeadReluError
+from .errors import ConfigError, DeadReluError, OutputError
 from .judge.gate import check_gate
-from .load.data import load_data
-from .load.model import load_model, parse_kwargs
+from .load.data import DATA_FORMATS, load_data, load_python_data
+from .load.model import load_factory, load_model, parse_kwargs
 from .render import console as console_render
 from .settings import CompileMode, Granularity, NonFinitePolicy, build_settings, read_config
 
@@ -91,17 +92,40 @@ def _merge(config: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
 
 @app.command()
 def scan(
-    model: Annotated[Path, typer.Argument(help="Model file: a state_dict/checkpoint (with --arch), .safetensors, "
-                                               "or a pickled nn.Module (with --allow-pickle).")],
-    data: Annotated[Path, typer.Argument(help="Data file: .npy (memory-mapped), .npz (--key) or a .pt tensor; "
-                                              "first axis = samples.")],
+    model: Annotated[Optional[Path], typer.Argument(
+        metavar="MODEL", show_default=False, help="Model file: a state_dict/checkpoint or .safetensors (with --arch), TorchScript, "
+                                 "a torch.export .pt2, or a pickled nn.Module (with --allow-pickle). "
+                                 "Leave out with --model.")] = None,
+    data: Annotated[Optional[Path], typer.Argument(
+        metavar="DATA", show_default=False, help=f"Data file: {DATA_FORMATS.replace(', or --data package.module:make', '')}; "
+                                 "first axis = samples. Leave out with --data.")] = None,
     arch: Annotated[Optional[str], typer.Option(help="Architecture factory: package.module:Factory or "
                                                      "path/to/file.py:Factory.")] = None,
     arch_kwargs: Annotated[Optional[str], typer.Option(help="JSON keyword arguments for --arch.")] = None,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow the full unpickler, which runs code "
                                                                      "from the model file. Only for files you trust.")] = False,
-    key: Annotated[Optional[str], typer.Option(help="Array name inside an .npz or a dict .pt data file.")] = None,
-    input_key: Annotated[Optional[str], typer.Option(help="Entry of dict batches that is the model input.")] = None,
+    import_files: Annotated[Optional[list[Path]], typer.Option(
+        "--import", help="Import this Python file before unpickling, so the classes a pickled model names "
+                         "(also from a script's __main__) are found (repeatable).")] = None,
+    model_spec: Annotated[Optional[str], typer.Option(
+        "--model", help="Build the model with a Python factory: package.module:build or path/to/file.py:build "
+                        "(called with --arch-kwargs); replaces MODEL.")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="state_dict / checkpoint / .safetensors to load into "
+                                                         "the --model factory's model.")] = None,
+    data_spec: Annotated[Optional[str], typer.Option(
+        "--data", help="Data from Python: package.module:make or path/to/file.py:make, returning a tensor, "
+                       "ndarray, dict of them, Dataset or DataLoader; replaces DATA.")] = None,
+    key: Annotated[Optional[list[str]], typer.Option(
+        help="Array name inside an .npz, a dict .pt or a --data dict; repeat it for a model that takes "
+             "several inputs (fed as model(a, b) in this order).")] = None,
+    input_key: Annotated[Optional[list[str]], typer.Option(
+        help="Entry of dict batches (or position in tuple batches) that is the model input; repeat it for "
+             "several inputs.")] = None,
+    columns: Annotated[Optional[list[str]], typer.Option(
+        "--columns", help="Table columns to use as features, in order (repeatable or comma-separated); "
+                          "default: every numeric column.")] = None,
+    shuffle_seed: Annotated[Optional[int], typer.Option(help="With --limit, scan a random subset drawn with "
+                                                             "this seed instead of the first N samples.")] = None,
     scale: Annotated[Optional[float], typer.Option(help="Multiply inputs by this (e.g. 0.00392 for uint8 images).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Samples per forward pass. [default: 256]")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Scan at most N samples.")] = None,
@@ -144,18 +168,71 @@ def scan(
             "compile": compile_mode, "max_dead_ratio": max_dead_ratio, "max_layer_dead_ratio": max_layer_dead_ratio})
         gate_limits = {k: values.pop(k, None) for k in ("max_dead_ratio", "max_layer_dead_ratio")}
         settings = build_settings(**values)
-        loaded = load_model(model, arch=arch, arch_kwargs=parse_kwargs(arch_kwargs), allow_pickle=allow_pickle)
-        stream = load_data(data, batch_size=settings.batch_size, limit=settings.limit, key=key)
+        model, data = _positionals(model, data, model_spec, data_spec)
+        _check_output(json_path)
+        if model_spec is not None:
+            loaded = load_factory(model_spec, parse_kwargs(arch_kwargs), weights, allow_pickle=allow_pickle)
+        else:
+            assert model is not None
+            if weights is not None:
+                raise ConfigError("--weights goes with --model (a factory); a MODEL file holds its own weights")
+            loaded = load_model(model, arch=arch, arch_kwargs=parse_kwargs(arch_kwargs), allow_pickle=allow_pickle,
+                                imports=import_files or ())
+        if data_spec is not None:
+            stream = load_python_data(data_spec, batch_size=settings.batch_size, limit=settings.limit, key=key,
+                                      shuffle_seed=shuffle_seed)
+        else:
+            assert data is not None
+            stream = load_data(data, batch_size=settings.batch_size, limit=settings.limit, key=key, columns=columns,
+                               shuffle_seed=shuffle_seed)
         from .scan import scan as run_scan
         with _ProgressReporter(enabled=not quiet and json_path != Path("-")) as progress:
             result = run_scan(loaded.module, stream, settings=settings, progress=progress, model_info=loaded.info(),
-                              input_key=input_key, scale=scale, partial_on_interrupt=partial_on_interrupt)
+                              input_key=input_key or None, scale=scale, partial_on_interrupt=partial_on_interrupt)
         if loaded.notes:
             result = _with_notes(result, loaded.notes)
         if any(limit_ is not None for limit_ in gate_limits.values()):
             result = result.with_gate(check_gate(result, **gate_limits))
         _emit(result, json_path, quiet, show_units)
     raise typer.Exit(EXIT_GATE_FAILED if result.gate is not None and not result.gate.passed else EXIT_OK)
+
+
+def _positionals(model: Path | None, data: Path | None, model_spec: str | None,
+                 data_spec: str | None) -> tuple[Path | None, Path | None]:
+    """Assign the positional paths: MODEL unless --model is given, DATA unless --data is."""
+    given = [path for path in (model, data) if path is not None]
+    wanted = [name for name, spec in (("MODEL", model_spec), ("DATA", data_spec)) if spec is None]
+    if len(given) != len(wanted):
+        options = " and ".join(f"--{n.lower()}" for n, spec in (("MODEL", model_spec), ("DATA", data_spec)) if spec)
+        expected = " ".join(wanted) if wanted else "no file argument"
+        raise ConfigError(f"expected {expected}{' with ' + options if options else ''}, got "
+                          f"{len(given)} file argument(s): {' '.join(map(str, given)) or 'none'}",
+                          hint="deadrelu scan MODEL DATA, or --model pkg.mod:build DATA, or MODEL --data pkg.mod:make")
+    paths = dict(zip(wanted, given))
+    return paths.get("MODEL"), paths.get("DATA")
+
+
+def _stem(model: Path | None, model_spec: str | None) -> str:
+    if model is not None:
+        return model.stem
+    return (model_spec or "model").rpartition(":")[2] or "model"
+
+
+def _check_output(json_path: Path | None) -> None:
+    """Fail before the scan, not after it, when the report cannot be written there."""
+    if json_path is None or json_path == Path("-"):
+        return
+    if json_path.is_dir():
+        raise OutputError(f"cannot write {json_path}: it is a folder", hint="give a file path, e.g. reports/scan.json")
+    folder = json_path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"cannot write {json_path}: {folder} is a file, not a folder",
+                          hint="choose an output path in a folder you can write")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {json_path}: no permission to write in {folder}",
+                          hint="choose an output path in a folder you can write")
 
 
 def _with_notes(result: Any, notes: list[str]) -> Any:

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from .capture import ActivationCapture, SiteRecord
+from .capture.dispatch import capture_for
+from .capture.export import ExportedModel
 from .errors import CaptureError, DataLoadError, DeadReluError, ForwardError
 from .judge.verdicts import judge_site
 from .kinds import KNOWN_KINDS, ActiveRule, prelu_slope_summary
-from .load.data import DataStream, as_stream, batch_length
+from .load.data import DataStream, ModelInputs, as_stream, fit_batches
 from .load.model import unwrap
 from .result import ScanResult, SiteResult, Summary
 from .settings import NonFinitePolicy, ScanSettings, build_settings
@@ -56,30 +58,89 @@ def model_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def expected_input(model: nn.Module) -> str | None:
-    """What the first Linear/Conv layer expects, for error messages."""
+def _first_layer(model: nn.Module) -> tuple[str, str, int, int] | None:
+    """``(name, class, in_features or in_channels, conv spatial dims or 0)`` of the first Linear/Conv."""
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            return f"first layer {name} is Linear(in_features={module.in_features})"
-        if isinstance(module, nn.modules.conv._ConvNd):
-            return (f"first layer {name} is {type(module).__name__}(in_channels={module.in_channels}), "
-                    f"expecting {module.in_channels + 0} channels on axis 1")
+        # A ScriptModule keeps its class name in original_name and its constants as attributes.
+        kind = getattr(module, "original_name", None) if isinstance(module, torch.jit.ScriptModule) \
+            else type(module).__name__
+        if isinstance(module, nn.Linear) or (kind == "Linear" and hasattr(module, "in_features")):
+            return name, "Linear", int(module.in_features), 0
+        if isinstance(module, nn.modules.conv._ConvNd) or (
+                kind in ("Conv1d", "Conv2d", "Conv3d") and hasattr(module, "in_channels")):
+            return name, str(kind), int(module.in_channels), int(str(kind)[-2])
     return None
 
 
+def expected_input(model: nn.Module) -> str | None:
+    """What the first Linear/Conv layer (or an exported program) expects, for error messages."""
+    if isinstance(model, ExportedModel):
+        return model.describe_input()
+    first = _first_layer(model)
+    if first is None:
+        return None
+    name, kind, width, dims = first
+    if not dims:
+        return f"first layer {name} is Linear(in_features={width})"
+    return (f"first layer {name} is {kind}(in_channels={width}), expecting batches of shape "
+            f"(N, {width}{', L' * dims if dims == 1 else ', H, W' if dims == 2 else ', D, H, W'})")
+
+
+def _check_batched(model: nn.Module, stream: DataStream) -> None:
+    """Refuse data whose first axis is not a batch axis: one unbatched sample would be
+    fed as several 'samples' and a Conv/Linear would silently accept each slice."""
+    if stream.sample_shape is None:
+        return
+    total = stream.total_samples if stream.total_samples is not None else stream.num_samples
+    shape = (total, *stream.sample_shape)
+    hint = f"add a batch axis: shape (1, {', '.join(map(str, shape))}) (x[None] / np.expand_dims(x, 0))"
+    if isinstance(model, ExportedModel):
+        if model.sample_shape is not None and len(shape) == len(model.sample_shape) and all(
+                want is None or want == have for want, have in zip(model.sample_shape, shape)):
+            raise DataLoadError(f"{stream.source}: data of shape {shape} is one unbatched sample of what the "
+                                "exported program takes; the first axis must index samples", hint=hint)
+        return
+    first = _first_layer(model)
+    if first is None:
+        return
+    name, kind, width, dims = first
+    if len(shape) == dims + 1 and shape[0] == width and (dims or len(shape) == 1):
+        what = f"{kind}(in_features={width})" if not dims else f"{kind}(in_channels={width})"
+        raise DataLoadError(f"{stream.source}: data of shape {shape} looks like one unbatched sample for "
+                            f"{name or 'the model'} = {what}; the first axis must index samples", hint=hint)
+
+
+class _Prepared(NamedTuple):
+    """One batch ready for ``model(*args, **kwargs)``."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    samples: int
+    shapes: tuple[tuple[int, ...], ...]
+
+
 class _InputPreparer:
-    """Turns a raw batch into model arguments on the device, applying the NaN policy."""
+    """Turns a raw batch into model arguments on the device, applying the NaN policy.
+
+    A tensor batch is the input; an ``(x, y)`` tuple feeds ``x``; ``ModelInputs`` feeds
+    every element (``model(a, b)``); a dict feeds its input entry. With ``input_keys``
+    the named dict entries (or tuple positions) are fed, in that order. ``input_fn``
+    overrides all of this: it maps a raw batch to a tensor, a tuple of positional
+    inputs, or a dict of keyword inputs.
+    """
 
     def __init__(self, dtype: torch.dtype, device: torch.device, policy: NonFinitePolicy,
-                 input_key: str | None, scale: float | None) -> None:
+                 input_key: str | Sequence[str] | None, scale: float | None,
+                 input_fn: Callable[[Any], Any] | None = None) -> None:
         self.dtype, self.device, self.policy = dtype, device, policy
-        self.input_key, self.scale = input_key, scale
+        self.input_keys = [input_key] if isinstance(input_key, str) else list(input_key or ())
+        self.scale, self.input_fn = scale, input_fn
         self.notes: list[str] = []
         self.nonfinite_samples = 0
         self.skipped_samples = 0
         self._pin = device.type == "cuda"
 
-    def _select(self, batch: Any) -> torch.Tensor:
+    def _single(self, batch: Any) -> Any:
         if isinstance(batch, torch.Tensor):
             return batch
         if hasattr(batch, "__array__") and not isinstance(batch, (tuple, list, dict)):
@@ -87,48 +148,113 @@ class _InputPreparer:
         if isinstance(batch, (tuple, list)):
             if not batch:
                 raise DataLoadError("a batch is an empty tuple")
-            return self._select(batch[0])  # (x, y): the first element is the input
+            return self._single(batch[0])  # (x, y): the first element is the input
         if isinstance(batch, Mapping):
-            key = self.input_key
+            tensors = [k for k, v in batch.items() if isinstance(v, torch.Tensor)]
+            key = next((k for k in ("x", "input", "inputs", "image", "images", "pixel_values")
+                        if k in batch), tensors[0] if len(tensors) == 1 else None)
             if key is None:
-                tensors = [k for k, v in batch.items() if isinstance(v, torch.Tensor)]
-                key = next((k for k in ("x", "input", "inputs", "image", "images", "pixel_values")
-                            if k in batch), tensors[0] if len(tensors) == 1 else None)
-            if key is None or key not in batch:
                 raise DataLoadError(f"batches are dicts with keys {', '.join(map(str, batch))}; "
-                                    "cannot tell which is the model input", hint="pass --input-key NAME")
-            return self._select(batch[key])
+                                    "cannot tell which is the model input",
+                                    hint="pass --input-key NAME (repeat it for a model that takes several inputs)")
+            return self._single(batch[key])
         raise DataLoadError(f"cannot feed a batch of type {type(batch).__name__} to the model",
                             hint="batches must be tensors, (x, y) tuples or dicts of tensors")
 
-    def __call__(self, batch: Any, start: int) -> torch.Tensor | None:
-        x = self._select(batch)
-        if not (x.is_floating_point() or x.is_complex()):
-            if not self.notes or "integer" not in self.notes[-1]:
-                scale = f", scaled by {self.scale:g}" if self.scale else ""
-                self.notes.append(f"data were {str(x.dtype).replace('torch.', '')} integers; cast to "
-                                  f"{str(self.dtype).replace('torch.', '')}{scale}")
-            x = x.to(self.dtype)
-            if self.scale:
-                x = x * self.scale
-        elif x.dtype != self.dtype:
-            x = x.to(self.dtype)
-        elif self.scale:
-            x = x * self.scale
-        if self.policy is not NonFinitePolicy.KEEP and x.device.type == "cpu" and x.is_floating_point():
-            x = self._check_finite(x, start)
-            if x is None:
-                return None
-        if x.device != self.device:
-            if self._pin:
-                x = x.pin_memory()
-            x = x.to(self.device, non_blocking=True)
-        return x
+    def _select(self, batch: Any) -> tuple[list[Any], dict[str, Any]]:
+        if self.input_fn is not None:
+            try:
+                chosen = self.input_fn(batch)
+            except DeadReluError:
+                raise
+            except Exception as exc:
+                raise DataLoadError(f"input_fn failed on a batch: {type(exc).__name__}: {exc}") from exc
+            if isinstance(chosen, Mapping):
+                return [], dict(chosen)
+            if isinstance(chosen, (tuple, list)):
+                return list(chosen), {}
+            return [chosen], {}
+        if isinstance(batch, ModelInputs):
+            return list(batch), {}
+        if self.input_keys:
+            if isinstance(batch, Mapping):
+                missing = [k for k in self.input_keys if k not in batch]
+                if missing:
+                    raise DataLoadError(f"batches have no entry {missing[0]!r}; they hold "
+                                        f"{', '.join(map(str, batch))}", hint="check --input-key")
+                return [self._single(batch[k]) for k in self.input_keys], {}
+            if isinstance(batch, (tuple, list)):
+                try:
+                    positions = [int(k) for k in self.input_keys]
+                    return [self._single(batch[i]) for i in positions], {}
+                except (ValueError, IndexError):
+                    raise DataLoadError(f"batches are {len(batch)}-tuples; --input-key must name positions "
+                                        f"0..{len(batch) - 1}, got {', '.join(self.input_keys)}") from None
+            raise DataLoadError(f"--input-key {', '.join(self.input_keys)} given, but batches are "
+                                f"{type(batch).__name__}s, not dicts or tuples",
+                                hint="for several arrays in a file use --key NAME once per input")
+        return [self._single(batch)], {}
 
-    def _check_finite(self, x: torch.Tensor, start: int) -> torch.Tensor | None:
-        finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1) if x.ndim > 0 else torch.isfinite(x)
-        if bool(finite.all()):
-            return x
+    def _cast(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_complex():
+            raise DataLoadError(f"complex input ({x.dtype}); the model takes real numbers",
+                                hint="feed x.real, x.abs() or both as channels")
+        if not x.is_floating_point():
+            if not any("integer" in note or "boolean" in note for note in self.notes):
+                scale = f", scaled by {self.scale:g}" if self.scale else ""
+                what = "boolean" if x.dtype == torch.bool else f"{str(x.dtype).replace('torch.', '')} integers"
+                self.notes.append(f"data were {what}; cast to {str(self.dtype).replace('torch.', '')}{scale}")
+            x = x.to(self.dtype)
+            return x * self.scale if self.scale else x
+        if x.dtype != self.dtype:
+            x = x.to(self.dtype)
+        return x * self.scale if self.scale else x
+
+    def __call__(self, batch: Any, start: int) -> _Prepared | None:
+        args, kwargs = self._select(batch)
+        args = [self._cast(torch.as_tensor(a)) if isinstance(a, torch.Tensor) or hasattr(a, "__array__") else a
+                for a in args]
+        kwargs = {k: self._cast(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
+        if not tensors:
+            raise DataLoadError("a batch holds no tensor to feed the model")
+        samples = int(tensors[0].shape[0]) if tensors[0].ndim > 0 else 1
+        if self.policy is not NonFinitePolicy.KEEP:
+            keep = self._check_finite(tensors, samples, start)
+            if keep is not None:
+                if not bool(keep.any()):
+                    return None
+                args = [self._rows(v, keep, samples) for v in args]
+                kwargs = {k: self._rows(v, keep, samples) for k, v in kwargs.items()}
+                samples = int(keep.sum())
+        args = [self._to_device(v) for v in args]
+        kwargs = {k: self._to_device(v) for k, v in kwargs.items()}
+        shapes = tuple(tuple(v.shape) for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
+        return _Prepared(tuple(args), kwargs, samples, shapes)
+
+    @staticmethod
+    def _rows(value: Any, keep: torch.Tensor, samples: int) -> Any:
+        if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == samples:
+            return value[keep]
+        return value
+
+    def _to_device(self, value: Any) -> Any:
+        if not isinstance(value, torch.Tensor) or value.device == self.device:
+            return value
+        if self._pin:
+            value = value.pin_memory()
+        return value.to(self.device, non_blocking=True)
+
+    def _check_finite(self, tensors: list[torch.Tensor], samples: int, start: int) -> torch.Tensor | None:
+        """None when every sample is finite; else the mask of samples to keep (policy skip)."""
+        finite: torch.Tensor | None = None
+        for x in tensors:
+            if x.device.type != "cpu" or not x.is_floating_point() or x.ndim == 0 or x.shape[0] != samples:
+                continue
+            rows = torch.isfinite(x.reshape(samples, -1)).all(dim=1)
+            finite = rows if finite is None else finite & rows
+        if finite is None or bool(finite.all()):
+            return None
         bad = (~finite).nonzero().flatten()
         self.nonfinite_samples += int(bad.numel())
         if self.policy is NonFinitePolicy.FAIL:
@@ -136,8 +262,7 @@ class _InputPreparer:
                                 f"({int(bad.numel())} in its batch)",
                                 hint="clean the data, or pass --nonfinite skip (drop them) / keep (scan them)")
         self.skipped_samples += int(bad.numel())
-        kept = x[finite]
-        return kept if kept.shape[0] else None
+        return finite
 
 
 def _saturation_of(record: SiteRecord) -> str | None:
@@ -147,6 +272,9 @@ def _saturation_of(record: SiteRecord) -> str | None:
 
 
 def _no_sites_error(model: nn.Module, capture: ActivationCapture) -> CaptureError:
+    no_sites_error = getattr(capture, "no_sites_error", None)
+    if no_sites_error is not None and not capture.coverage.excluded:
+        return no_sites_error(getattr(model, "original_name", None) or type(model).__name__)
     if capture.coverage.activation_modules:
         if capture.coverage.excluded:
             return CaptureError("no activation site left to scan: --layers/--exclude excluded every site",
@@ -154,28 +282,38 @@ def _no_sites_error(model: nn.Module, capture: ActivationCapture) -> CaptureErro
         return CaptureError("the model's activation modules never ran on this data",
                             hint=f"modules found: {', '.join(capture.coverage.activation_modules[:6])}")
     types = sorted({type(m).__name__ for m in model.modules()} - {type(model).__name__})
+    functional = ("no functional activation (F.relu...) ran either" if getattr(capture.coverage, "functional", False)
+                  else "functional calls (F.relu...) were not captured: --no-functional")
     return CaptureError(
-        f"no ReLU-family activation found in {type(model).__name__} (module types: {', '.join(types[:12]) or 'none'})",
+        f"no ReLU-family activation found in {type(model).__name__} (module types: {', '.join(types[:12]) or 'none'}; "
+        f"{functional})",
         hint=f"deadrelu scans {', '.join(KNOWN_KINDS)} modules and functional calls to them")
 
 
 def scan(model: nn.Module, data: Any, *, settings: ScanSettings | None = None,
          progress: ProgressCallback | None = None, model_info: Mapping[str, Any] | None = None,
-         input_key: str | None = None, scale: float | None = None, partial_on_interrupt: bool = False,
-         **overrides: Any) -> ScanResult:
+         input_key: str | Sequence[str] | None = None, scale: float | None = None,
+         partial_on_interrupt: bool = False, input_fn: Callable[[Any], Any] | None = None,
+         shuffle_seed: int | None = None, **overrides: Any) -> ScanResult:
     """Scan a model's ReLU-family activations over a data set.
 
     Args:
-        model: any ``nn.Module`` (DataParallel and ``torch.compile`` wrappers are unwrapped).
-        data: a tensor or ndarray (first axis = samples), a data file path, a
-            ``DataStream``, or an iterable of batches (tensors, ``(x, y)`` tuples, dicts).
+        model: any ``nn.Module`` (DataParallel and ``torch.compile`` wrappers are unwrapped),
+            a TorchScript module, or a ``torch.export`` ``ExportedProgram``.
+        data: a tensor or ndarray (first axis = samples), a dict of them, a data file
+            path, a ``DataStream``, a ``Dataset``, or an iterable of batches (tensors,
+            ``(x, y)`` tuples, ``ModelInputs`` for several inputs, dicts).
         settings: full settings; or give single ones as keyword overrides
             (``batch_size=64, tau=0.05, device="cpu", granularity="position"``...).
         progress: called as ``progress(samples_done, samples_total_or_None)`` after each batch.
         model_info: metadata about where the model came from, for reports.
-        input_key: which entry of dict batches is the model input.
+        input_key: which entry of dict batches is the model input; several keys (or
+            tuple positions) feed several inputs, ``model(a, b)``.
         scale: multiply inputs by this (e.g. 1/255 for uint8 images).
         partial_on_interrupt: on Ctrl-C, return what was seen so far, marked partial.
+        input_fn: maps a raw batch to the model's inputs: a tensor, a tuple (positional
+            inputs) or a dict (keyword inputs). Overrides ``input_key``.
+        shuffle_seed: with ``limit``, scan a random subset of the samples drawn with this seed.
 
     Returns:
         A ``ScanResult`` (data: ``.summary``, ``.sites``, ``.to_frame()``...).
@@ -189,15 +327,22 @@ def scan(model: nn.Module, data: Any, *, settings: ScanSettings | None = None,
         merged = {**_flat(settings), **{k: v for k, v in overrides.items() if v is not None}}
         settings = build_settings(**merged)
     model = unwrap(model)
+    if isinstance(model, torch.export.ExportedProgram):
+        model = ExportedModel(model)
     device = resolve_device(settings.device, model)
     if settings.device is not None:
         model.to(device)
     dtype = model_dtype(model)
-    stream = data if isinstance(data, DataStream) else as_stream(data, settings.batch_size, settings.limit)
-    prepare = _InputPreparer(dtype, device, settings.nonfinite, input_key, scale)
+    stream = data if isinstance(data, DataStream) else as_stream(data, settings.batch_size, settings.limit,
+                                                                 shuffle_seed=shuffle_seed)
+    if isinstance(model, ExportedModel):
+        # An exported program accepts only the batch sizes it was exported for.
+        stream = fit_batches(stream, *model.batch_bounds, settings.batch_size)
+    _check_batched(model, stream)
+    prepare = _InputPreparer(dtype, device, settings.nonfinite, input_key, scale, input_fn)
     samples = batches = 0
     partial = False
-    with ActivationCapture(model, settings, device) as capture, torch.inference_mode():
+    with capture_for(model, settings, device) as capture, torch.inference_mode():
         try:
             for raw in stream.batches():
                 inputs = prepare(raw, samples + prepare.skipped_samples)
@@ -205,13 +350,17 @@ def scan(model: nn.Module, data: Any, *, settings: ScanSettings | None = None,
                     continue
                 capture.begin_batch()
                 try:
-                    model(inputs)
+                    model(*inputs.args, **inputs.kwargs)
                 except DeadReluError:
                     raise
                 except Exception as exc:
-                    raise _forward_error(exc, model, capture, batches, inputs) from exc
+                    # Aten-level capture errors come back from TorchScript as bare RuntimeErrors.
+                    failure = getattr(capture, "failure", None)
+                    if isinstance(failure, DeadReluError):
+                        raise failure from None
+                    raise _forward_error(exc, model, capture, batches, inputs, stream) from exc
                 capture.end_batch()
-                samples += batch_length(inputs) or 0
+                samples += inputs.samples
                 batches += 1
                 if progress is not None:
                     progress(samples, stream.num_samples)
@@ -243,7 +392,7 @@ def scan(model: nn.Module, data: Any, *, settings: ScanSettings | None = None,
                  "dtype": stream.dtype, "nonfinite": prepare.nonfinite_samples,
                  "skipped": prepare.skipped_samples, "sha256": stream.sha256, "partial": partial}
     info = dict(model_info or {})
-    info.setdefault("class", type(model).__name__)
+    info.setdefault("class", getattr(model, "original_name", None) or type(model).__name__)
     info.setdefault("parameters", sum(p.numel() for p in model.parameters()))
     info.setdefault("source", f"<{type(model).__name__} object>")
     info.setdefault("format", "object")
@@ -252,7 +401,8 @@ def scan(model: nn.Module, data: Any, *, settings: ScanSettings | None = None,
                    "dtype": str(dtype).replace("torch.", ""),
                    "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     coverage = {"activation_modules": len(capture.coverage.activation_modules), "not_run": not_run,
-                "excluded": capture.coverage.excluded, "positional_names": False}
+                "excluded": capture.coverage.excluded,
+                "positional_names": bool(getattr(capture, "positional_names", False))}
     return ScanResult(sites=tuple(sites), summary=Summary.of(sites), settings=settings, model=info, data=data_info,
                       coverage=coverage, warnings=tuple(warnings), environment=environment)
 
@@ -273,12 +423,17 @@ def _site_result(capture: ActivationCapture, record: SiteRecord, settings: ScanS
 
 
 def _forward_error(exc: Exception, model: nn.Module, capture: ActivationCapture, batch_index: int,
-                   inputs: torch.Tensor) -> ForwardError:
+                   inputs: _Prepared, stream: DataStream) -> ForwardError:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     ran = [name for (name, _function) in capture._calls] if capture._calls else []
     where = f"; activations that ran first: {', '.join(ran[:4])}" if ran else ""
     expected = expected_input(model)
+    fed = ", ".join(str(shape) for shape in inputs.shapes)
+    data_shape = ""
+    if stream.sample_shape is not None:
+        total = stream.total_samples if stream.total_samples is not None else stream.num_samples
+        data_shape = f"data shape {(total, *stream.sample_shape)}, "
     return ForwardError(
-        f"forward pass failed on batch {batch_index} (input shape {tuple(inputs.shape)}): "
+        f"forward pass failed on batch {batch_index} of {stream.source} ({data_shape}batch fed {fed}): "
         f"{type(exc).__name__}: {text[:300]}{where}",
         hint=(expected + "; check the data's shape") if expected else "check the data's shape and dtype")

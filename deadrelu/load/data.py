@@ -1,25 +1,46 @@
-"""Data: tensors, arrays, files and iterables into a stream of batches.
+"""Data: tensors, arrays, files, tables and Python sources into a stream of batches.
 
 Arrays are never copied whole: a ``.npy`` is memory-mapped and each batch is copied
-out on its own, so memory stays flat however large the file is.
+out on its own. Pages of the file already read are handed back to the kernel
+(``madvise(MADV_DONTNEED)`` on the mapping, ``posix_fadvise(POSIX_FADV_DONTNEED)`` on
+the file), because resident file pages count toward the process's RSS: a data file
+larger than RAM streams through with flat memory.
+
+Several model inputs: a batch that is a ``ModelInputs`` tuple is fed as
+``model(*inputs)``. Files give one with several ``--key``s (``.npz``, a dict ``.pt``,
+a Python source returning a dict); dict or tuple batches from a DataLoader give one
+with several ``--input-key``s (names, or positions for tuples). Any other tuple batch
+is an ``(x, y)`` pair whose first element is the input.
 """
 
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import zipfile
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from ..errors import DataLoadError
+from ..errors import DataLoadError, ModelLoadError
 
 Batch = Any
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+DATA_FORMATS = ".npy, .npz, .pt/.pth, .csv/.tsv, .parquet, or --data package.module:make"
+
+
+class ModelInputs(tuple):  # type: ignore[type-arg]
+    """A batch that is several positional model inputs, fed as ``model(*inputs)``.
+
+    A plain tuple batch is an ``(x, y)`` pair whose first element is the input; this
+    type says that every element is an input.
+    """
 
 
 @dataclass
@@ -28,12 +49,14 @@ class DataStream:
 
     Attributes:
         source: where the data came from (a path, or a description of the object).
-        batches: a callable returning a fresh iterator of raw batches (tensor, tuple or dict).
+        batches: a callable returning a fresh iterator of raw batches (tensor, tuple,
+            ``ModelInputs`` or dict).
         num_samples: total samples that will be fed, if known (for progress and reports).
-        sample_shape: shape of one sample, if known.
+        sample_shape: shape of one sample (of the first input), if known.
         dtype: the data's dtype as stored, if known.
-        notes: facts about loading the user should see (casts, limits).
+        notes: facts about loading the user should see (casts, limits, subsets).
         sha256: digest of the file, for reports.
+        total_samples: samples in the source before ``--limit``, if known.
     """
 
     source: str
@@ -43,17 +66,96 @@ class DataStream:
     dtype: str | None = None
     notes: list[str] = field(default_factory=list)
     sha256: str | None = None
+    total_samples: int | None = None
 
 
-def _array_batches(array: np.ndarray | torch.Tensor, batch_size: int, count: int) -> Callable[[], Iterator[Batch]]:
-    def batches() -> Iterator[torch.Tensor]:
-        for start in range(0, count, batch_size):
-            chunk = array[start:min(start + batch_size, count)]
-            if isinstance(chunk, np.ndarray):
-                # np.array copies the slice out of the memory map; from_numpy then shares it.
-                chunk = torch.from_numpy(np.array(chunk, copy=True, order="C"))
-            yield chunk
+# -- memory-mapped files --------------------------------------------------------------------
+
+
+class _PageDropper:
+    """Gives a memory-mapped array's pages back to the kernel once a batch is copied out.
+
+    Args:
+        array: an ``np.memmap`` (from ``np.load(mmap_mode="r")``).
+        path: its file, for ``posix_fadvise``.
+    """
+
+    def __init__(self, array: np.ndarray, path: Path) -> None:
+        self._mmap = getattr(array, "_mmap", None)
+        self._path = path
+        self._fd: int | None = None
+        usable = self._mmap is not None and hasattr(self._mmap, "madvise") and hasattr(mmap, "MADV_DONTNEED")
+        offset = int(getattr(array, "offset", 0))
+        self._map_start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        self._data_start = offset - self._map_start
+        self._length = len(self._mmap) if usable else 0  # type: ignore[arg-type]
+        # Rows are contiguous byte ranges only in C order; otherwise drop the whole map.
+        self._row_bytes = int(array.strides[0]) if array.ndim and array.flags.c_contiguous else None
+        self.enabled = usable
+
+    def release(self, first_row: int, end_row: int) -> None:
+        """Drop the pages holding rows ``[first_row, end_row)`` (whole pages around them)."""
+        if not self.enabled:
+            return
+        if self._row_bytes is None:
+            low, high = 0, self._length
+        else:
+            low = self._data_start + first_row * self._row_bytes
+            high = self._data_start + end_row * self._row_bytes
+        page = mmap.PAGESIZE
+        low -= low % page
+        high = min(self._length, -(-high // page) * page)
+        if high <= low:
+            return
+        try:
+            self._mmap.madvise(mmap.MADV_DONTNEED, low, high - low)  # type: ignore[union-attr]
+        except (OSError, ValueError):
+            self.enabled = False
+            return
+        if hasattr(os, "posix_fadvise"):
+            try:
+                if self._fd is None:
+                    self._fd = os.open(self._path, os.O_RDONLY)
+                os.posix_fadvise(self._fd, self._map_start + low, high - low, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _copy_rows(array: np.ndarray | torch.Tensor, start: int, stop: int,
+               indices: np.ndarray | None) -> torch.Tensor:
+    rows: Any = slice(start, stop) if indices is None else indices[start:stop]
+    if isinstance(array, torch.Tensor):
+        return array[rows] if indices is None else array[torch.from_numpy(rows)]
+    chunk = np.array(array[rows], copy=True, order="C")  # out of the memory map, into RAM
+    if chunk.dtype.kind == "u" and chunk.dtype.itemsize > 1:
+        chunk = chunk.astype(np.int64)  # torch has few ops for uint16/32/64
+    return torch.from_numpy(chunk)
+
+
+def _array_batches(arrays: Sequence[np.ndarray | torch.Tensor], batch_size: int, count: int,
+                   indices: np.ndarray | None, droppers: Sequence[_PageDropper]) -> Callable[[], Iterator[Batch]]:
+    def batches() -> Iterator[Batch]:
+        try:
+            for start in range(0, count, batch_size):
+                stop = min(start + batch_size, count)
+                parts = [_copy_rows(array, start, stop, indices) for array in arrays]
+                if droppers:
+                    first, end = (start, stop) if indices is None else (int(indices[start]), int(indices[stop - 1]) + 1)
+                    for dropper in droppers:
+                        dropper.release(first, end)
+                yield parts[0] if len(parts) == 1 else ModelInputs(parts)
+        finally:
+            for dropper in droppers:
+                dropper.close()
     return batches
+
+
+# -- raw batches ----------------------------------------------------------------------------
 
 
 def _limited(iterable: Iterable[Batch], limit: int | None) -> Callable[[], Iterator[Batch]]:
@@ -78,92 +180,331 @@ def batch_length(batch: Batch) -> int | None:
 
 
 def first_tensor(batch: Batch) -> torch.Tensor | None:
+    """The first tensor in a batch (its own, a tuple's first, a dict's first value)."""
     if isinstance(batch, torch.Tensor):
         return batch
     if isinstance(batch, np.ndarray):
         return torch.from_numpy(batch)
     if isinstance(batch, (tuple, list)) and batch:
         return first_tensor(batch[0])
-    if isinstance(batch, dict) and batch:
+    if isinstance(batch, Mapping) and batch:
         return first_tensor(next(iter(batch.values())))
     return None
 
 
-def slice_batch(batch: Batch, count: int) -> Batch:
+def slice_batch(batch: Batch, count: int, start: int = 0) -> Batch:
+    """Samples ``[start, start + count)`` of a raw batch, whatever its structure."""
     if isinstance(batch, (torch.Tensor, np.ndarray)):
-        return batch[:count]
+        return batch[start:start + count]
     if isinstance(batch, (tuple, list)):
-        return type(batch)(slice_batch(item, count) for item in batch)
-    if isinstance(batch, dict):
-        return {key: slice_batch(value, count) for key, value in batch.items()}
+        return type(batch)(slice_batch(item, count, start) for item in batch)
+    if isinstance(batch, Mapping):
+        return {key: slice_batch(value, count, start) for key, value in batch.items()}
     return batch
 
 
-def as_stream(data: Any, batch_size: int = 256, limit: int | None = None, **file_options: Any) -> DataStream:
+def concat_batches(batches: Sequence[Batch]) -> Batch:
+    """Join raw batches of the same structure along the sample axis."""
+    head = batches[0]
+    if len(batches) == 1:
+        return head
+    if isinstance(head, torch.Tensor):
+        return torch.cat([torch.as_tensor(b) for b in batches])
+    if isinstance(head, np.ndarray):
+        return np.concatenate(batches)
+    if isinstance(head, (tuple, list)):
+        return type(head)(concat_batches([b[i] for b in batches]) for i in range(len(head)))
+    if isinstance(head, Mapping):
+        return {key: concat_batches([b[key] for b in batches]) for key in head}
+    return head
+
+
+def fit_batches(stream: DataStream, minimum: int, maximum: int | None, preferred: int) -> DataStream:
+    """Re-batch a stream so every batch has between ``minimum`` and ``maximum`` samples.
+
+    For models that accept only some batch sizes (a ``torch.export`` program exported
+    with a fixed batch, or ``Dim("batch", min=2)``). A tail that fits no allowed size is
+    merged into the batch before it when that fits, else left out with a note.
+
+    Args:
+        stream: the data.
+        minimum: the least batch size accepted (>= 1).
+        maximum: the largest accepted, None for unbounded.
+        preferred: the batch size asked for (``--batch-size``).
+
+    Returns:
+        A stream yielding only accepted batch sizes.
+
+    Raises:
+        DataLoadError: the whole data set is smaller than ``minimum``.
+    """
+    target = max(preferred, minimum)
+    if maximum is not None:
+        target = min(target, maximum)
+    if minimum <= 1 and maximum is None:
+        return stream  # every batch size is accepted
+    notes = list(stream.notes)
+    fixed = maximum is not None and minimum == maximum
+    accepted = f"exactly {minimum}" if fixed else f"{minimum} to {maximum if maximum is not None else 'any'}"
+    notes.append(f"the model accepts batches of {accepted} samples; data re-batched to {target}")
+
+    def batches() -> Iterator[Batch]:
+        pending: list[Batch] = []
+        pending_size = 0
+        held: Batch | None = None
+        seen = 0
+        for raw in stream.batches():
+            size = batch_length(raw) or 0
+            if size == 0:
+                continue
+            pending.append(raw)
+            pending_size += size
+            seen += size
+            while pending_size >= target:
+                joined = concat_batches(pending)
+                chunk, rest = slice_batch(joined, target), slice_batch(joined, pending_size - target, target)
+                pending, pending_size = ([rest] if pending_size > target else []), pending_size - target
+                if held is not None:
+                    yield held
+                held = chunk
+        tail = concat_batches(pending) if pending else None
+        if held is None and (tail is None or pending_size < minimum):
+            raise DataLoadError(f"{stream.source}: {seen} sample(s), but the model accepts batches of "
+                                f"{accepted} samples", hint="scan more data, or re-export the model with a "
+                                                            "dynamic batch dimension (Dim.DYNAMIC)")
+        if tail is None:
+            yield held
+            return
+        if pending_size >= minimum:
+            if held is not None:
+                yield held
+            yield tail
+            return
+        combined = concat_batches([held, tail])
+        combined_size = target + pending_size
+        if maximum is None or combined_size <= maximum:
+            yield combined
+        elif combined_size - minimum >= minimum and not fixed:
+            yield slice_batch(combined, combined_size - minimum)
+            yield slice_batch(combined, minimum, combined_size - minimum)
+        else:
+            yield held
+            notes.append(f"the last {pending_size} sample(s) were not scanned: the model accepts batches of "
+                         f"{accepted} samples")
+
+    num_samples = stream.num_samples
+    if fixed and num_samples is not None:
+        num_samples -= num_samples % minimum
+    return replace(stream, batches=batches, num_samples=num_samples, notes=notes)
+
+
+# -- building streams -----------------------------------------------------------------------
+
+
+def _check_dtype(array: np.ndarray | torch.Tensor, source: str) -> None:
+    if isinstance(array, torch.Tensor):
+        if array.is_complex():
+            raise DataLoadError(f"{source}: complex data ({array.dtype}); the model takes real numbers",
+                                hint="pass x.real, x.abs() or both as channels")
+        return
+    kind = array.dtype.kind
+    if kind in "biuf":
+        return
+    if kind == "c":
+        raise DataLoadError(f"{source}: complex data ({array.dtype}); the model takes real numbers",
+                            hint="save x.real, np.abs(x) or both as channels")
+    if kind in "US":
+        raise DataLoadError(f"{source}: holds text ({array.dtype}), not numbers",
+                            hint="encode the data as numbers first (a float or int array)")
+    if kind == "V":
+        names = ", ".join(array.dtype.names or ()) or "raw bytes"
+        raise DataLoadError(f"{source}: a structured array ({names}), not a plain numeric array",
+                            hint="save the numeric field(s) as their own array")
+    raise DataLoadError(f"{source}: data of dtype {array.dtype} cannot be fed to a model",
+                        hint="save a float or int array")
+
+
+def _array_stream(arrays: Sequence[np.ndarray | torch.Tensor], source: str, batch_size: int, limit: int | None,
+                  notes: list[str] | None = None, sha256: str | None = None, shuffle_seed: int | None = None,
+                  droppers: Sequence[_PageDropper] = (), names: Sequence[str] = ()) -> DataStream:
+    head = arrays[0]
+    for array in arrays:
+        _check_dtype(array, source)
+        if array.ndim == 0:
+            raise DataLoadError(f"{source}: data is a single scalar, not a batch of samples",
+                                hint="the first axis must index samples")
+    total = int(head.shape[0])
+    for name, array in zip(names[1:], arrays[1:]):
+        if int(array.shape[0]) != total:
+            raise DataLoadError(f"{source}: inputs {names[0]} {tuple(head.shape)} and {name} {tuple(array.shape)} "
+                                "have different numbers of samples", hint="every input needs one row per sample")
+    if total == 0:
+        raise DataLoadError(f"{source}: data holds no samples (first axis has length 0)",
+                            hint="check that the file was written completely")
+    count = min(total, limit) if limit is not None else total
+    notes = list(notes or [])
+    indices = None
+    if shuffle_seed is not None and count < total:
+        rng = np.random.default_rng(shuffle_seed)
+        # Sorted, so a memory-mapped file is still read front to back.
+        indices = np.sort(rng.choice(total, size=count, replace=False))
+        notes.append(f"scanned a random subset of {count} of {total} samples (--shuffle-seed {shuffle_seed})")
+    elif count < total:
+        notes.append(f"scanned the first {count} of {total} samples (--limit)")
+    elif shuffle_seed is not None:
+        notes.append("--shuffle-seed has no effect without --limit: every sample was scanned "
+                     "(statistics do not depend on order)")
+    if len(arrays) > 1:
+        shapes = ", ".join(f"{name} {tuple(a.shape[1:])}" for name, a in zip(names, arrays))
+        notes.append(f"model fed {len(arrays)} inputs per batch: {shapes}")
+    return DataStream(source=source, batches=_array_batches(arrays, batch_size, count, indices, droppers),
+                      num_samples=count, sample_shape=tuple(head.shape[1:]),
+                      dtype=str(head.dtype).replace("torch.", ""), notes=notes, sha256=sha256,
+                      total_samples=total)
+
+
+def _keys(key: str | Sequence[str] | None) -> list[str]:
+    if key is None:
+        return []
+    if isinstance(key, str):
+        return [part for part in key.split(",") if part] if "," in key else [key]
+    return [part for item in key for part in _keys(item)]
+
+
+def _pick(values: Mapping[str, Any], keys: list[str], source: str, what: str = "arrays") -> tuple[list[Any], list[str]]:
+    names = [str(k) for k in values]
+    if not keys:
+        if len(names) != 1:
+            raise DataLoadError(f"{source}: holds {len(names)} {what} ({', '.join(names[:8])}); say which",
+                                hint="pass --key NAME (repeat --key for a model that takes several inputs)")
+        keys = names
+    missing = [k for k in keys if k not in values]
+    if missing:
+        raise DataLoadError(f"{source}: no entry named {missing[0]!r}; it holds {', '.join(names[:8])}",
+                            hint="pass --key NAME")
+    return [values[k] for k in keys], keys
+
+
+def _iterable_stream(data: Iterable[Batch], source: str, limit: int | None, shuffle_seed: int | None) -> DataStream:
+    total = None
+    dataset = getattr(data, "dataset", None)
+    if dataset is not None and hasattr(dataset, "__len__") and not getattr(data, "drop_last", False):
+        try:
+            total = len(dataset)
+        except TypeError:
+            total = None
+    if total is not None and limit is not None:
+        total = min(total, limit)
+    notes = []
+    if shuffle_seed is not None:
+        notes.append("--shuffle-seed is ignored for a DataLoader or iterable: its own sampler decides the order")
+    return DataStream(source=source, batches=_limited(data, limit), num_samples=total, notes=notes)
+
+
+def _dataset_stream(dataset: Any, source: str, batch_size: int, limit: int | None,
+                    shuffle_seed: int | None) -> DataStream:
+    from torch.utils.data import DataLoader, Subset
+
+    try:
+        total = len(dataset)
+    except TypeError:
+        total = None
+    notes: list[str] = []
+    chosen = dataset
+    if total is not None and limit is not None and limit < total:
+        if shuffle_seed is not None:
+            indices = np.sort(np.random.default_rng(shuffle_seed).choice(total, size=limit, replace=False))
+            notes.append(f"scanned a random subset of {limit} of {total} samples (--shuffle-seed {shuffle_seed})")
+        else:
+            indices = np.arange(limit)
+            notes.append(f"scanned the first {limit} of {total} samples (--limit)")
+        chosen = Subset(dataset, indices.tolist())
+    if total == 0:
+        raise DataLoadError(f"{source}: the Dataset is empty", hint="check how it is built")
+    loader = DataLoader(chosen, batch_size=batch_size, shuffle=False)
+    count = None if total is None else min(total, limit) if limit is not None else total
+    stream = DataStream(source=source, batches=_limited(loader, limit), num_samples=count, notes=notes,
+                        total_samples=total)
+    return stream
+
+
+def as_stream(data: Any, batch_size: int = 256, limit: int | None = None, shuffle_seed: int | None = None,
+              key: str | Sequence[str] | None = None, source: str | None = None, **file_options: Any) -> DataStream:
     """Turn what a user has into a ``DataStream``.
 
     Args:
-        data: a tensor or ndarray (first axis = samples), a path to a data file, or
-            any iterable of batches (a DataLoader; batches may be tensors, ``(x, y)``
-            tuples or dicts).
-        batch_size: samples per batch when ``data`` is a tensor, array or file.
+        data: a tensor or ndarray (first axis = samples); a dict of them (``key`` picks
+            the input, several keys make several model inputs); a path to a data file;
+            a ``Dataset``; or any iterable of batches (a DataLoader; batches may be
+            tensors, ``(x, y)`` tuples, ``ModelInputs`` or dicts).
+        batch_size: samples per batch when ``data`` is a tensor, array, dataset or file.
         limit: feed at most this many samples.
+        shuffle_seed: with ``limit``, scan a random subset drawn with this seed.
+        key: the entry (or entries) of a dict to feed.
+        source: how to name the data in reports and messages.
         **file_options: passed to ``load_data`` for paths.
 
     Returns:
         The stream.
     """
+    if isinstance(data, DataStream):
+        return data
     if isinstance(data, (str, os.PathLike)):
-        return load_data(data, batch_size=batch_size, limit=limit, **file_options)
+        return load_data(data, batch_size=batch_size, limit=limit, key=key, shuffle_seed=shuffle_seed,
+                         **file_options)
     if isinstance(data, (torch.Tensor, np.ndarray)):
-        return _array_stream(data, f"<{type(data).__name__} {tuple(data.shape)}>", batch_size, limit)
-    if isinstance(data, Iterable) and not isinstance(data, (dict, bytes)):
-        total = None
-        dataset = getattr(data, "dataset", None)
-        if dataset is not None and hasattr(dataset, "__len__") and not getattr(data, "drop_last", False):
-            total = len(dataset)
-        if total is not None and limit is not None:
-            total = min(total, limit)
-        return DataStream(source=f"<{type(data).__name__}>", batches=_limited(data, limit), num_samples=total)
+        name = source or f"<{type(data).__name__} {tuple(data.shape)}>"
+        return _array_stream([data], name, batch_size, limit, shuffle_seed=shuffle_seed)
+    if isinstance(data, Mapping):
+        name = source or "<dict>"
+        arrays = {str(k): v for k, v in data.items() if isinstance(v, (torch.Tensor, np.ndarray))}
+        if not arrays:
+            raise DataLoadError(f"{name}: a dict without tensors or arrays ({', '.join(map(str, list(data)[:6]))})",
+                                hint="return a tensor, an ndarray, a dict of them, a Dataset or a DataLoader")
+        chosen, names = _pick(arrays, _keys(key), name)
+        return _array_stream(chosen, name, batch_size, limit, shuffle_seed=shuffle_seed, names=names)
+    from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+    if isinstance(data, Dataset) and not isinstance(data, IterableDataset) and hasattr(data, "__getitem__"):
+        return _dataset_stream(data, source or f"<{type(data).__name__}>", batch_size, limit, shuffle_seed)
+    if isinstance(data, IterableDataset):
+        data = DataLoader(data, batch_size=batch_size)
+    if isinstance(data, Iterable) and not isinstance(data, bytes):
+        return _iterable_stream(data, source or f"<{type(data).__name__}>", limit, shuffle_seed)
     raise DataLoadError(f"cannot scan data of type {type(data).__name__}",
-                        hint="pass a tensor, an ndarray, a data file path, or an iterable of batches (DataLoader)")
-
-
-def _array_stream(array: np.ndarray | torch.Tensor, source: str, batch_size: int, limit: int | None,
-                  notes: list[str] | None = None, sha256: str | None = None) -> DataStream:
-    if array.ndim == 0:
-        raise DataLoadError(f"{source}: data is a single scalar, not a batch of samples",
-                            hint="the first axis must index samples")
-    total = int(array.shape[0])
-    if total == 0:
-        raise DataLoadError(f"{source}: data holds no samples (first axis has length 0)")
-    count = min(total, limit) if limit is not None else total
-    notes = list(notes or [])
-    if count < total:
-        notes.append(f"scanned the first {count} of {total} samples (--limit)")
-    return DataStream(source=source, batches=_array_batches(array, batch_size, count), num_samples=count,
-                      sample_shape=tuple(array.shape[1:]), dtype=str(array.dtype).replace("torch.", ""),
-                      notes=notes, sha256=sha256)
+                        hint="pass a tensor, an ndarray, a data file path, a Dataset, or an iterable of batches")
 
 
 def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks; its pages are then dropped from the cache."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+        if hasattr(os, "posix_fadvise"):
+            try:
+                os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass
     return digest.hexdigest()
 
 
 def load_data(path: str | os.PathLike, batch_size: int = 256, limit: int | None = None,
-              key: str | None = None) -> DataStream:
+              key: str | Sequence[str] | None = None, columns: Sequence[str] | None = None,
+              shuffle_seed: int | None = None) -> DataStream:
     """Open a data file as a stream of batches.
 
     Args:
-        path: ``.npy`` (memory-mapped), ``.npz`` (``key`` or its only array), or a
-            ``.pt``/``.pth`` tensor (loaded with ``weights_only=True``).
+        path: ``.npy`` (memory-mapped, pages dropped once read), ``.npz`` (``key`` or
+            its only array), a ``.pt``/``.pth`` tensor or dict of tensors (read with
+            ``weights_only=True``), or a ``.csv``/``.tsv``/``.parquet`` table (its
+            numeric columns, or ``columns``).
         batch_size: samples per batch.
         limit: feed at most this many samples.
-        key: the array to read from an ``.npz`` or a dict saved in a ``.pt``.
+        key: the array(s) to read from an ``.npz`` or a dict ``.pt``; several keys are
+            several model inputs, fed as ``model(a, b)``.
+        columns: table columns to use, in this order (default: every numeric column).
+        shuffle_seed: with ``limit``, scan a random subset drawn with this seed.
 
     Returns:
         The stream.
@@ -176,72 +517,204 @@ def load_data(path: str | os.PathLike, batch_size: int = 256, limit: int | None 
         raise DataLoadError(f"data file not found: {path}")
     if path.is_dir():
         raise DataLoadError(f"data path is a folder, not a file: {path}")
-    if path.stat().st_size == 0:
-        raise DataLoadError(f"data file is empty: {path}")
+    try:
+        size = path.stat().st_size
+        digest = file_sha256(path)
+    except OSError as exc:
+        raise DataLoadError(f"data file cannot be read: {path}: {exc.strerror or exc}",
+                            hint="check the file's permissions") from None
+    if size == 0:
+        raise DataLoadError(f"data file is empty: {path}", hint="the save may have failed; write it again")
     suffix = path.suffix.lower()
-    digest = file_sha256(path)
+    keys = _keys(key)
+    notes: list[str] = []
+    droppers: list[_PageDropper] = []
     if suffix == ".npy":
         array = _open_npy(path)
+        arrays, names = [array], [path.stem]
+        droppers.append(_PageDropper(array, path))
+        if keys:
+            notes.append("--key ignored: a .npy file holds one array")
     elif suffix == ".npz":
-        array = _open_npz(path, key)
+        arrays, names = _open_npz(path, keys)
     elif suffix in (".pt", ".pth"):
-        array = _open_pt(path, key)
+        arrays, names = _open_pt(path, keys)
+    elif suffix in TABLE_SUFFIXES:
+        table, table_notes = _open_table(path, columns)
+        arrays, names = [table], [path.stem]
+        notes.extend(table_notes)
     else:
         raise DataLoadError(f"{path}: unsupported data format {suffix or '(no extension)'}",
-                            hint="use .npy, .npz or a .pt tensor")
-    return _array_stream(array, str(path), batch_size, limit, sha256=digest)
+                            hint=f"use {DATA_FORMATS}")
+    if columns and suffix not in TABLE_SUFFIXES:
+        notes.append("--columns ignored: only tables (.csv, .parquet) have columns")
+    return _array_stream(arrays, str(path), batch_size, limit, notes=notes, sha256=digest, shuffle_seed=shuffle_seed,
+                         droppers=droppers, names=names)
+
+
+def load_python_data(spec: str, batch_size: int = 256, limit: int | None = None,
+                     key: str | Sequence[str] | None = None, shuffle_seed: int | None = None) -> DataStream:
+    """Data from a Python source: ``package.module:make`` or ``path/to/file.py:make``.
+
+    ``make()`` is called without arguments and may return a tensor, an ndarray, a dict
+    of them, a ``Dataset``, a ``DataLoader`` or any iterable of batches.
+
+    Args:
+        spec: the reference to the callable (or to a ready value).
+        batch_size: samples per batch (not for a DataLoader, which has its own).
+        limit: feed at most this many samples.
+        key: for a dict, the entry (or entries) to feed.
+        shuffle_seed: with ``limit``, scan a random subset (tensors, arrays, Datasets).
+
+    Returns:
+        The stream.
+    """
+    from .model import import_object
+
+    try:
+        target = import_object(spec, what="--data")
+    except ModelLoadError as exc:
+        raise DataLoadError(exc.message, hint=exc.hint) from None
+    value = target
+    if callable(target) and not isinstance(target, (torch.Tensor, np.ndarray, Iterable)):
+        try:
+            value = target()
+        except Exception as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataLoadError(f"--data {spec}: calling it failed: {type(exc).__name__}: {text[:200]}",
+                                hint="it is called without arguments and must return the data") from None
+    if value is None:
+        raise DataLoadError(f"--data {spec} returned None", hint="return a tensor, ndarray, Dataset or DataLoader")
+    stream = as_stream(value, batch_size=batch_size, limit=limit, shuffle_seed=shuffle_seed, key=key,
+                       source=f"{spec} ({type(value).__name__})")
+    from torch.utils.data import DataLoader
+
+    if isinstance(value, DataLoader):
+        stream.notes.append(f"batches come from the DataLoader (batch_size={value.batch_size}), not --batch-size")
+    return stream
 
 
 def _open_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
-        if "allow_pickle" in str(exc):
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
             raise DataLoadError(f"{path}: holds Python objects, not a numeric array",
                                 hint="save a numeric array (np.save with a float/int dtype)") from None
-        raise DataLoadError(f"{path}: not a valid .npy file ({exc})", hint="was it truncated?") from None
+        raise DataLoadError(f"{path}: not a valid .npy file ({exc})",
+                            hint="was it truncated? compare its size with the original") from None
     except OSError as exc:
         raise DataLoadError(f"{path}: cannot read as .npy ({exc})", hint="is it really a NumPy file?") from None
 
 
-def _open_npz(path: Path, key: str | None) -> np.ndarray:
+def _open_npz(path: Path, keys: list[str]) -> tuple[list[np.ndarray], list[str]]:
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataLoadError(f"{path}: not a valid .npz file ({exc})") from None
+        raise DataLoadError(f"{path}: not a valid .npz file ({exc})", hint="was it truncated?") from None
+    if not hasattr(archive, "files"):
+        raise DataLoadError(f"{path}: a single .npy array named .npz", hint="rename it to .npy")
     names = list(archive.files)
-    if key is None:
+    if not keys:
         if len(names) != 1:
-            raise DataLoadError(f"{path}: holds {len(names)} arrays ({', '.join(names)}); say which",
+            raise DataLoadError(f"{path}: holds {len(names)} arrays ({', '.join(names[:8])}); say which",
+                                hint="pass --key NAME (repeat --key for a model that takes several inputs)")
+        keys = names
+    for key in keys:
+        if key not in names:
+            raise DataLoadError(f"{path}: no array named {key!r}; it holds {', '.join(names[:8])}",
                                 hint="pass --key NAME")
-        key = names[0]
-    if key not in names:
-        raise DataLoadError(f"{path}: no array named {key!r}; it holds {', '.join(names)}", hint="pass --key NAME")
     try:
-        return archive[key]
-    except (ValueError, zipfile.BadZipFile, OSError) as exc:
-        raise DataLoadError(f"{path}: array {key!r} cannot be read ({exc})") from None
+        return [archive[key] for key in keys], keys
+    except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
+        if "allow_pickle" in str(exc):
+            raise DataLoadError(f"{path}: array holds Python objects, not numbers",
+                                hint="save numeric arrays") from None
+        raise DataLoadError(f"{path}: an array cannot be read ({exc})", hint="was the file truncated?") from None
 
 
-def _open_pt(path: Path, key: str | None) -> torch.Tensor:
+def _open_pt(path: Path, keys: list[str]) -> tuple[list[torch.Tensor], list[str]]:
     try:
         value = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "Weights only load failed" in first or "weights_only" in str(exc):
+            from .model import _pickle_globals
+            wanted = ", ".join(_pickle_globals(path)[:4]) or "unknown classes"
+            raise DataLoadError(f"{path}: a pickled object that needs code to load ({wanted}), "
+                                "probably a model, not data; not unpickled",
+                                hint="pass the model first and the data second; data files hold tensors or arrays") \
+                from None
         raise DataLoadError(f"{path}: cannot load as a tensor file ({first[:200]})",
                             hint="save data with torch.save(tensor) or as .npy") from None
-    if isinstance(value, dict):
-        tensors = {k: v for k, v in value.items() if isinstance(v, torch.Tensor)}
-        if key is None and len(tensors) == 1:
-            key = next(iter(tensors))
-        if key is None or key not in tensors:
-            looks_like_weights = any(str(k).endswith((".weight", ".bias")) for k in value)
-            hint = ("this looks like model weights (a state_dict), not data"
-                    if looks_like_weights else "pass --key NAME")
-            raise DataLoadError(f"{path}: a dict of {len(value)} entries; no tensor key chosen "
-                                f"({', '.join(map(str, list(value)[:5]))})", hint=hint)
-        value = tensors[key]
+    if isinstance(value, (torch.nn.Module,)):
+        raise DataLoadError(f"{path}: holds a model, not data", hint="pass the model first and the data second")
+    if isinstance(value, Mapping):
+        tensors = {str(k): v for k, v in value.items() if isinstance(v, torch.Tensor)}
+        looks_like_weights = any(str(k).endswith((".weight", ".bias", "running_mean")) for k in value)
+        if looks_like_weights and not keys:
+            raise DataLoadError(f"{path}: a state_dict (model weights: {', '.join(map(str, list(value)[:3]))}), "
+                                "not data", hint="pass the model first and the data second")
+        if not tensors:
+            raise DataLoadError(f"{path}: a dict without tensors ({', '.join(map(str, list(value)[:5]))})",
+                                hint="save data with torch.save(tensor) or a dict of tensors")
+        return _pick(tensors, keys, str(path), "tensors")
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
+        if keys:
+            try:
+                chosen = [int(k) for k in keys]
+            except ValueError:
+                raise DataLoadError(f"{path}: a {type(value).__name__} of tensors; --key must be positions (0, 1...)")
+            return [value[i] for i in chosen], [str(i) for i in chosen]
+        return [value[0]], ["0"]
     if not isinstance(value, torch.Tensor):
         raise DataLoadError(f"{path}: holds a {type(value).__name__}, not a tensor",
                             hint="save data with torch.save(tensor)")
-    return value
+    return [value], [path.stem]
+
+
+def _open_table(path: Path, columns: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:
+    import pandas as pd
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+    except ImportError as exc:
+        raise DataLoadError(f"{path}: reading it needs a package that is missing ({exc})",
+                            hint="pip install pyarrow") from None
+    except pd.errors.EmptyDataError:
+        raise DataLoadError(f"{path}: the table is empty (no header, no rows)") from None
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataLoadError(f"{path}: not a readable {suffix.lstrip('.')} table ({text[:200]})",
+                            hint="was it truncated, or is it another format?") from None
+    notes = []
+    chosen = _keys(columns) if columns else []
+    if chosen:
+        missing = [c for c in chosen if c not in frame.columns]
+        if missing:
+            raise DataLoadError(f"{path}: no column named {missing[0]!r}; columns: "
+                                f"{', '.join(map(str, frame.columns[:12]))}", hint="check --columns")
+        frame = frame[chosen]
+        text = [c for c in chosen if not (pd.api.types.is_numeric_dtype(frame[c]) or
+                                          pd.api.types.is_bool_dtype(frame[c]))]
+        if text:
+            raise DataLoadError(f"{path}: column {text[0]!r} is not numeric ({frame[text[0]].dtype})",
+                                hint="choose numeric columns with --columns")
+    else:
+        numeric = frame.select_dtypes(include=["number", "bool"])
+        dropped = [str(c) for c in frame.columns if c not in numeric.columns]
+        if numeric.shape[1] == 0:
+            raise DataLoadError(f"{path}: no numeric column ({', '.join(map(str, frame.columns[:8]))})",
+                                hint="encode the data as numbers, or choose columns with --columns")
+        if dropped:
+            notes.append(f"left out {len(dropped)} non-numeric column(s): {', '.join(dropped[:8])}")
+        frame = numeric
+    if len(frame) == 0:
+        raise DataLoadError(f"{path}: the table has a header but no rows")
+    notes.append(f"{frame.shape[1]} column(s) used as features: {', '.join(map(str, list(frame.columns)[:8]))}"
+                 + (" ..." if frame.shape[1] > 8 else ""))
+    return frame.to_numpy(), notes

@@ -1,19 +1,33 @@
 """Models: files and factories into an ``nn.Module``, never unpickling without consent.
 
-A file is first read with ``torch.load(weights_only=True)``, which cannot run code.
-Only a file that needs the full unpickler (a whole pickled ``nn.Module``) and only
-with ``allow_pickle=True`` is read the unsafe way.
+What a user may hand over, and how each is read:
+
+* a ``state_dict`` or a training checkpoint holding one, ``.safetensors``: weights
+  only (``torch.load(weights_only=True)``, which cannot run code) plus ``--arch``;
+* a pickled ``nn.Module`` (``torch.save(model)``): only with ``allow_pickle=True``.
+  Without it the file's wanted globals are listed (statically, nothing is imported).
+  With it, the weights-only unpickler is tried first with exactly those globals
+  allowed, then the full unpickler;
+* TorchScript (``torch.jit.save``): read by torch's TorchScript loader, whose
+  unpickler only builds TorchScript types and cannot import Python code;
+* a ``torch.export`` program (``.pt2``): every pickle inside the archive is checked
+  with the weights-only unpickler first; one that needs more, or native AOTInductor
+  code, needs ``allow_pickle=True``;
+* a Python factory (``--model package.module:build``), optionally with ``--weights``.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import io
 import json
 import pickle
+import pickletools
 import sys
+import types
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +39,11 @@ from ..errors import ModelLoadError, UnsafePickleError
 from .data import file_sha256
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module", "weights", "params",
-                   "model_state", "ema_state_dict")
+                   "model_state", "ema_state_dict", "state_dict_ema", "model_ema", "ema")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Last name parts that model weights have and data tensors do not.
+_PARAMETER_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked", "in_proj_weight",
+                       "in_proj_bias", "pos_embed", "cls_token", "scale", "gamma", "beta")
 
 
 @dataclass
@@ -36,7 +53,8 @@ class LoadedModel:
     Attributes:
         module: the model.
         source: the file path or factory it came from.
-        format: ``state_dict``, ``checkpoint``, ``pickle``, ``safetensors``, ``factory`` or ``object``.
+        format: ``state_dict``, ``checkpoint``, ``pickle``, ``safetensors``, ``torchscript``,
+            ``export``, ``factory`` or ``object``.
         sha256: digest of the model file, when there is one.
         notes: facts about loading the user should see (prefixes stripped...).
     """
@@ -49,8 +67,13 @@ class LoadedModel:
 
     def info(self) -> dict[str, Any]:
         """Metadata for reports."""
-        return {"source": self.source, "format": self.format, "class": type(self.module).__name__,
+        return {"source": self.source, "format": self.format, "class": _class_name(self.module),
                 "parameters": sum(p.numel() for p in self.module.parameters()), "sha256": self.sha256}
+
+
+def _class_name(module: nn.Module) -> str:
+    # A ScriptModule's Python type is RecursiveScriptModule; its original class name is kept.
+    return getattr(module, "original_name", None) or type(module).__name__
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -62,6 +85,40 @@ def unwrap(module: nn.Module) -> nn.Module:
             module = module._orig_mod
         else:
             return module
+
+
+# -- importing user code --------------------------------------------------------------------
+
+
+def import_file(path: str | Path, what: str = "--import") -> types.ModuleType:
+    """Import a Python file as a module (once per path) and return it.
+
+    Args:
+        path: the ``.py`` file.
+        what: the option it came from, for messages.
+
+    Returns:
+        The module, registered in ``sys.modules`` as ``deadrelu_user_<stem>`` so that
+        classes defined in it can be pickled and found again.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{what}: file not found: {path}")
+    module_name = f"deadrelu_user_{path.stem}"
+    existing = sys.modules.get(module_name)
+    if existing is not None and Path(getattr(existing, "__file__", "") or "").resolve() == path.resolve():
+        return existing
+    loader_spec = importlib.util.spec_from_file_location(module_name, path)
+    if loader_spec is None or loader_spec.loader is None:
+        raise ModelLoadError(f"{what}: cannot import {path}", hint="is it a Python source file?")
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[module_name] = module
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise ModelLoadError(f"{what}: importing {path} failed: {type(exc).__name__}: {_first_line(exc)}") from None
+    return module
 
 
 def import_object(spec: str, what: str = "--arch") -> Any:
@@ -78,26 +135,15 @@ def import_object(spec: str, what: str = "--arch") -> Any:
         raise ModelLoadError(f"{what} {spec!r} must look like package.module:Name or path/to/file.py:Name")
     target, _, name = spec.rpartition(":")
     if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise ModelLoadError(f"{what}: file not found: {path}")
-        module_name = f"deadrelu_user_{path.stem}"
-        loader_spec = importlib.util.spec_from_file_location(module_name, path)
-        if loader_spec is None or loader_spec.loader is None:
-            raise ModelLoadError(f"{what}: cannot import {path}")
-        module = importlib.util.module_from_spec(loader_spec)
-        sys.modules[module_name] = module
-        try:
-            loader_spec.loader.exec_module(module)
-        except Exception as exc:
-            sys.modules.pop(module_name, None)
-            raise ModelLoadError(f"{what}: importing {path} failed: {type(exc).__name__}: {exc}") from None
+        module = import_file(target, what)
     else:
         try:
             module = importlib.import_module(target)
         except ImportError as exc:
             raise ModelLoadError(f"{what}: cannot import module {target!r} ({exc})",
                                  hint="is the package installed, or did you mean a path/to/file.py?") from None
+        except Exception as exc:
+            raise ModelLoadError(f"{what}: importing {target} failed: {type(exc).__name__}: {_first_line(exc)}") from None
     try:
         return getattr(module, name)
     except AttributeError:
@@ -107,10 +153,13 @@ def import_object(spec: str, what: str = "--arch") -> Any:
 def build_from_factory(spec: str, kwargs: Mapping[str, Any] | None = None, what: str = "--arch") -> nn.Module:
     """Call a factory (a class or function) and check that it returns a module."""
     factory = import_object(spec, what)
+    if not callable(factory):
+        raise ModelLoadError(f"{what} {spec}: {type(factory).__name__} is not callable",
+                             hint="name a class or a function that returns an nn.Module")
     try:
         module = factory(**dict(kwargs or {}))
     except Exception as exc:
-        raise ModelLoadError(f"{what} {spec}: building the model failed: {type(exc).__name__}: {exc}",
+        raise ModelLoadError(f"{what} {spec}: building the model failed: {type(exc).__name__}: {_first_line(exc)}",
                              hint="check --arch-kwargs") from None
     if not isinstance(module, nn.Module):
         raise ModelLoadError(f"{what} {spec} returned a {type(module).__name__}, not an nn.Module")
@@ -131,6 +180,9 @@ def parse_kwargs(text: str | None) -> dict[str, Any]:
     return value
 
 
+# -- state dicts ----------------------------------------------------------------------------
+
+
 def _is_tensor_mapping(value: Any) -> bool:
     return isinstance(value, Mapping) and bool(value) and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
@@ -147,13 +199,22 @@ def find_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], str] | None:
     return None
 
 
+def _looks_like_data(state: Mapping[str, torch.Tensor]) -> bool:
+    """Tensors under names no module parameter has (``x``, ``inputs``): data, not weights."""
+    return not any(key.rsplit(".", 1)[-1].endswith(_PARAMETER_SUFFIXES) for key in state)
+
+
 def strip_prefixes(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Remove DataParallel/DDP ``module.`` and torch.compile ``_orig_mod.`` prefixes."""
     stripped: list[str] = []
-    for prefix in WRAPPER_PREFIXES:
-        if state and all(key.startswith(prefix) for key in state):
-            state = {key[len(prefix):]: value for key, value in state.items()}
-            stripped.append(prefix)
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if state and all(key.startswith(prefix) for key in state):
+                state = {key[len(prefix):]: value for key, value in state.items()}
+                stripped.append(prefix)
+                changed = True
     return state, stripped
 
 
@@ -175,8 +236,15 @@ def load_state_into(module: nn.Module, state: dict[str, torch.Tensor], source: s
     if problems:
         raise ModelLoadError(f"{source}: weights do not fit the architecture: {'; '.join(problems)}",
                              hint="check --arch and --arch-kwargs against the code that saved the file")
-    module.load_state_dict(state, strict=True)
+    try:
+        module.load_state_dict(state, strict=True)
+    except Exception as exc:  # dtype or custom load hooks
+        raise ModelLoadError(f"{source}: loading the weights failed: {_first_line(exc)}",
+                             hint="check --arch and --arch-kwargs against the code that saved the file") from None
     return [f"stripped the {p!r} prefix from every key" for p in stripped]
+
+
+# -- reading files --------------------------------------------------------------------------
 
 
 def _first_line(exc: BaseException) -> str:
@@ -184,87 +252,337 @@ def _first_line(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
-def _unsafe_globals(path: Path) -> list[str]:
-    getter = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
-    if getter is None:
-        return []
-    try:
-        return list(getter(str(path)))
-    except Exception:
-        return []
-
-
-def _is_torchscript(path: Path) -> bool:
+def _zip_names(path: Path) -> list[str] | None:
     try:
         with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+            return archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
 
 
-def _torch_load(path: Path, allow_pickle: bool) -> tuple[Any, str]:
+def _is_torchscript(names: list[str] | None) -> bool:
+    return bool(names) and any(name.endswith("/constants.pkl") or "/code/__torch__/" in name
+                               for name in names)  # type: ignore[union-attr]
+
+
+def _is_export_archive(names: list[str] | None) -> bool:
+    return bool(names) and any(name.endswith(("/archive_format", "serialized_exported_program.json"))
+                               or "/models/" in name and name.endswith(".json")
+                               for name in names)  # type: ignore[union-attr]
+
+
+def _pickle_globals(path: Path) -> list[str]:
+    """The globals a pickle asks for, read statically (nothing is imported or run)."""
+    getter = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    if getter is not None:
+        try:
+            return sorted(getter(str(path)))
+        except Exception:
+            pass
+    # Legacy (non-zip) files and plain pickles: walk the opcodes ourselves.
+    try:
+        with path.open("rb") as handle:
+            return _globals_in_pickle_stream(handle)
+    except OSError:
+        return []
+
+
+def _globals_in_pickle_stream(handle: Any) -> list[str]:
+    found: set[str] = set()
+    for _pickle in range(5):  # a legacy torch.save file is up to five pickles in a row
+        strings: list[str] = []
+        try:
+            for opcode, argument, _position in pickletools.genops(handle):
+                if opcode.name == "GLOBAL" and isinstance(argument, str):
+                    found.add(argument.replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.add(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(argument, str):
+                    strings.append(argument)
+        except Exception:
+            break
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+        allowed = set(_get_allowed_globals())
+    except Exception:  # a private helper; its absence only makes the list longer
+        allowed = set()
+    return sorted(found - allowed)
+
+
+def _weights_only_failure(exc: BaseException) -> bool:
+    """The weights-only unpickler refused a global (as opposed to a corrupt file)."""
+    text = str(exc)
+    return "Weights only load failed" in text and ("GLOBAL" in text or "global" in text or "Unsupported" in text)
+
+
+def _read_error(path: Path, exc: BaseException) -> ModelLoadError:
+    message = _first_line(exc)
+    lowered = message.lower()
+    if "central directory" in lowered or "zip" in lowered or "eof" in lowered or "truncated" in lowered \
+            or isinstance(exc, (EOFError, zipfile.BadZipFile)) or (isinstance(exc, OSError) and exc.errno == 22):
+        return ModelLoadError(f"{path}: not a readable PyTorch file, probably truncated or corrupt ({message})",
+                              hint="copy or download the file again; compare its size with the original")
+    if isinstance(exc, (KeyError, pickle.UnpicklingError, UnicodeDecodeError)) or "magic number" in lowered \
+            or "invalid load key" in lowered:
+        return ModelLoadError(f"{path}: not a PyTorch model file (unrecognised format: {message})",
+                              hint="expected a torch.save / torch.jit.save / torch.export.save file or .safetensors")
+    return ModelLoadError(f"{path}: cannot load ({type(exc).__name__}: {message})",
+                          hint="expected a torch.save / torch.jit.save / torch.export.save file or .safetensors")
+
+
+def _resolve_global(full_name: str, user_modules: list[types.ModuleType]) -> tuple[Any, str | None]:
+    """Find the object a pickle global names: import its module, else look it up by name
+    in the ``--import`` files (a class saved from a script's ``__main__`` lives there).
+
+    Returns:
+        ``(object, None)`` or ``(None, why)``.
+    """
+    parts = full_name.split(".")
+    why = None
+    if parts[0] != "__main__":
+        for split in range(len(parts) - 1, 0, -1):
+            module_name = ".".join(parts[:split])
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as exc:
+                why = why or f"module {module_name!r} cannot be imported ({_first_line(exc)})"
+                continue
+            except Exception as exc:
+                why = f"importing {module_name} failed ({type(exc).__name__}: {_first_line(exc)})"
+                break
+            obj: Any = module
+            try:
+                for attribute in parts[split:]:
+                    obj = getattr(obj, attribute)
+                return obj, None
+            except AttributeError:
+                why = f"{module_name} has no attribute {'.'.join(parts[split:])!r}"
+                break
+    else:
+        why = "it was defined in __main__, the script that saved the model"
+    qualname = parts[1:] if parts[0] == "__main__" else parts[-1:]
+    for module in user_modules:
+        obj = module
+        try:
+            for attribute in qualname:
+                obj = getattr(obj, attribute)
+            return obj, None
+        except AttributeError:
+            continue
+    return None, why or "not found"
+
+
+def _missing_error(path: Path, missing: list[tuple[str, str]]) -> ModelLoadError:
+    name, why = missing[0]
+    more = f" (and {len(missing) - 1} more: {', '.join(n for n, _ in missing[1:4])})" if len(missing) > 1 else ""
+    class_name = name.rsplit(".", 1)[-1]
+    if name.startswith("__main__."):
+        hint = (f"pass --import path/to/the_saving_script.py (deadrelu looks {class_name} up there), or save "
+                f"model.state_dict() and scan it with --arch that_script.py:{class_name}")
+    else:
+        hint = (f"install or add to PYTHONPATH the package that defines {class_name}, pass --import "
+                f"path/to/file.py that defines it, or save model.state_dict() and use --arch")
+    return ModelLoadError(f"{path}: the pickle needs {name}, which cannot be found: {why}{more}", hint=hint)
+
+
+def _unpickler_module(redirects: dict[str, Any]) -> types.ModuleType:
+    """A ``pickle_module`` for ``torch.load`` whose ``find_class`` uses the resolved globals."""
+
+    class RedirectingUnpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            target = redirects.get(f"{module}.{name}")
+            if target is not None:
+                return target
+            return super().find_class(module, name)
+
+    namespace = types.ModuleType("deadrelu_redirecting_pickle")
+    namespace.Unpickler = RedirectingUnpickler  # type: ignore[attr-defined]
+    namespace.load = lambda handle, **kwargs: RedirectingUnpickler(handle, **kwargs).load()  # type: ignore[attr-defined]
+    namespace.__dict__["UnpicklingError"] = pickle.UnpicklingError
+    return namespace
+
+
+def _refuse_pickle(path: Path, wanted: list[str]) -> UnsafePickleError:
+    listed = ", ".join(wanted[:8]) + (f" ... ({len(wanted)} in all)" if len(wanted) > 8 else "") \
+        if wanted else "globals that could not be listed"
+    return UnsafePickleError(
+        f"{path}: a pickled object that needs code to load ({listed}); refusing to unpickle",
+        hint="unpickling runs code from the file. Safe ways: save model.state_dict() and pass --arch "
+             "pkg.module:Factory, or save with torch.jit.save / torch.export.save. If you trust this file, "
+             "pass --allow-pickle")
+
+
+def _torch_load(path: Path, allow_pickle: bool, user_modules: list[types.ModuleType]) -> tuple[Any, str]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True), "weights_only"
     except pickle.UnpicklingError as exc:
-        wanted = _unsafe_globals(path)
+        if not _weights_only_failure(exc):
+            raise _read_error(path, exc) from None
+        wanted = _pickle_globals(path)
         if not allow_pickle:
-            listed = ", ".join(wanted[:8]) + (" ..." if len(wanted) > 8 else "") if wanted else "unknown globals"
-            raise UnsafePickleError(
-                f"{path}: a pickled object that needs code to load ({listed}); refusing to unpickle",
-                hint="unpickling runs code from the file. Safe: save model.state_dict() and pass --arch "
-                     "pkg.module:Factory. If you trust this file, pass --allow-pickle") from None
-        if not wanted:
-            raise ModelLoadError(f"{path}: cannot load ({_first_line(exc)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        message = _first_line(exc)
-        if _is_torchscript(path):
-            raise ModelLoadError(f"{path}: a TorchScript archive; this version of deadrelu scans eager models",
-                                 hint="scan the eager model (state_dict + --arch) instead") from None
-        if "zip" in message.lower() or "EOF" in message or "truncated" in message.lower():
-            raise ModelLoadError(f"{path}: not a readable PyTorch file ({message})",
-                                 hint="the file may be truncated or in another format") from None
-        raise ModelLoadError(f"{path}: cannot load ({message})") from None
-    # Full unpickler: only reached with explicit consent.
+            raise _refuse_pickle(path, wanted) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, UnicodeDecodeError,
+            AttributeError, TypeError) as exc:
+        raise _read_error(path, exc) from None
+    # Past here the user allowed unpickling: resolving globals may import their modules.
+    resolved: dict[str, Any] = {}
+    missing: list[tuple[str, str]] = []
+    for name in wanted:
+        obj, why = _resolve_global(name, user_modules)
+        if obj is None:
+            missing.append((name, why or "not found"))
+        else:
+            resolved[name] = obj
+    if missing:
+        raise _missing_error(path, missing)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False), "pickle"
+        with torch.serialization.safe_globals([(obj, name) for name, obj in resolved.items()]):
+            return torch.load(path, map_location="cpu", weights_only=True), "weights_only+globals"
+    except Exception:
+        pass  # the weights-only unpickler could not rebuild it; the full one may
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False,
+                          pickle_module=_unpickler_module(resolved)), "pickle"
     except (ModuleNotFoundError, AttributeError) as exc:
         raise ModelLoadError(
             f"{path}: the pickle refers to code that cannot be imported here ({_first_line(exc)})",
-            hint="make the model's package importable (PYTHONPATH), or save a state_dict and use --arch") from None
+            hint="make the model's package importable (PYTHONPATH), pass --import path/to/file.py, or save a "
+                 "state_dict and use --arch") from None
     except Exception as exc:
         raise ModelLoadError(f"{path}: unpickling failed ({type(exc).__name__}: {_first_line(exc)})") from None
 
 
+def _load_torchscript(path: Path) -> nn.Module:
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: a TorchScript archive that cannot be loaded ({_first_line(exc)})",
+                             hint="was it saved by a much newer torch, or truncated?") from None
+
+
+def _audit_export_archive(path: Path) -> list[str]:
+    """What in a ``.pt2`` archive would run code when ``torch.export.load`` reads it.
+
+    ``torch.export.load`` unpickles weights marked ``use_pickle`` and sample inputs
+    with the full unpickler when the weights-only one fails, and loads AOTInductor
+    shared libraries. Each such member is checked here first: a pickle is fine when
+    the weights-only unpickler reads it.
+    """
+    problems: list[str] = []
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        flagged: set[str] = set()
+        for name in names:
+            if "/data/aotinductor/" in name or name.startswith("data/aotinductor/"):
+                problems.append("AOTInductor native code")
+                break
+        for name in names:
+            if not name.endswith("_config.json"):
+                continue
+            try:
+                config = json.loads(archive.read(name))
+            except (ValueError, KeyError):
+                continue
+            payloads = config.get("config", {}) if isinstance(config, dict) else {}
+            folder = name.rsplit("/", 1)[0]
+            for entry in payloads.values() if isinstance(payloads, dict) else ():
+                if not isinstance(entry, dict):
+                    continue
+                member = f"{folder}/{entry.get('path_name', '')}"
+                if str(entry.get("path_name", "")).startswith(("custom_obj", "opaque_obj")):
+                    problems.append(f"pickled object {entry.get('path_name')}")
+                elif entry.get("use_pickle"):
+                    flagged.add(member)
+        for name in names:
+            if name.endswith(".pt") or "serialized_" in name and not name.endswith(".json"):
+                flagged.add(name)
+        for member in sorted(flagged):
+            if member not in names:
+                continue
+            try:
+                torch.load(io.BytesIO(archive.read(member)), map_location="cpu", weights_only=True)
+            except Exception:
+                problems.append(f"pickle {member.split('/', 1)[-1]}")
+    return problems
+
+
+def _load_export(path: Path, allow_pickle: bool) -> nn.Module:
+    from ..capture.export import ExportedModel
+
+    try:
+        problems = _audit_export_archive(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise _read_error(path, exc) from None
+    if problems and not allow_pickle:
+        raise UnsafePickleError(f"{path}: a torch.export archive holding {', '.join(problems[:4])}, which would "
+                                "run code when loaded; refusing to load it",
+                                hint="re-export without custom objects, or pass --allow-pickle if you trust the file")
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: a torch.export archive that cannot be loaded ({_first_line(exc)})",
+                             hint="was it saved by a different torch version? torch.export archives are "
+                                  "not stable across versions") from None
+    return ExportedModel(program)
+
+
+def _load_weights_file(path: Path, allow_pickle: bool,
+                       user_modules: list[types.ModuleType]) -> tuple[Any, str]:
+    if path.suffix.lower() == ".safetensors":
+        return _load_safetensors(path), "safetensors"
+    names = _zip_names(path)
+    if _is_export_archive(names) or path.suffix.lower() == ".pt2":
+        return _load_export(path, allow_pickle), "export"
+    if _is_torchscript(names):
+        return _load_torchscript(path), "torchscript"
+    return _torch_load(path, allow_pickle, user_modules)
+
+
+def _check_file(path: Path, what: str) -> str:
+    """Raise for a missing, folder, empty or unreadable file; return its sha256."""
+    if not path.exists():
+        raise ModelLoadError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise ModelLoadError(f"{what.split(' ')[0]} path is a folder, not a file: {path}")
+    try:
+        size = path.stat().st_size
+        digest = file_sha256(path)
+    except OSError as exc:
+        raise ModelLoadError(f"{what} cannot be read: {path}: {exc.strerror or exc}",
+                             hint="check the file's permissions") from None
+    if size == 0:
+        raise ModelLoadError(f"{what} is empty: {path}", hint="the save may have failed; save it again")
+    return digest
+
+
 def load_model(path: str | Path, arch: str | None = None, arch_kwargs: Mapping[str, Any] | None = None,
-               allow_pickle: bool = False) -> LoadedModel:
+               allow_pickle: bool = False, imports: Iterable[str | Path] = ()) -> LoadedModel:
     """Load a model file into an ``nn.Module``.
 
     Args:
         path: a ``state_dict`` / checkpoint (with ``arch``), a ``.safetensors`` file
-            (with ``arch``), or a pickled ``nn.Module`` (with ``allow_pickle``).
+            (with ``arch``), a TorchScript file, a ``torch.export`` ``.pt2`` archive, or a
+            pickled ``nn.Module`` (with ``allow_pickle``).
         arch: ``package.module:Factory`` or ``file.py:Factory`` building the architecture.
         arch_kwargs: keyword arguments for the factory.
-        allow_pickle: permit the full unpickler, which runs code from the file.
+        allow_pickle: permit unpickling, which runs code from the file.
+        imports: Python files imported before unpickling, so that classes the pickle
+            names (also ones saved from a script's ``__main__``) can be found.
 
     Returns:
         The loaded model with its provenance.
 
     Raises:
         ModelLoadError: the file is missing, unreadable, not a model, or does not fit ``arch``.
-        UnsafePickleError: the file needs the full unpickler and ``allow_pickle`` is False.
+        UnsafePickleError: the file needs the unpickler and ``allow_pickle`` is False.
     """
     path = Path(path)
-    if not path.exists():
-        raise ModelLoadError(f"model file not found: {path}")
-    if path.is_dir():
-        raise ModelLoadError(f"model path is a folder, not a file: {path}")
-    if path.stat().st_size == 0:
-        raise ModelLoadError(f"model file is empty: {path}")
-    digest = file_sha256(path)
-    if path.suffix.lower() == ".safetensors":
-        obj, how = _load_safetensors(path), "safetensors"
-    else:
-        obj, how = _torch_load(path, allow_pickle)
+    digest = _check_file(path, "model file")
+    user_modules = [import_file(item) for item in imports]
+    obj, how = _load_weights_file(path, allow_pickle, user_modules)
+    if how in ("torchscript", "export"):
+        notes = ["--arch ignored: the file holds a whole program"] if arch else []
+        return LoadedModel(obj, str(path), how, digest, notes)
     if isinstance(obj, nn.Module):
         module = unwrap(obj)
         notes = [] if module is obj else [f"unwrapped {type(obj).__name__} to {type(module).__name__}"]
@@ -278,17 +596,53 @@ def load_model(path: str | Path, arch: str | None = None, arch_kwargs: Mapping[s
     if found is None:
         kind = type(obj).__name__
         keys = f" with keys {', '.join(map(str, list(obj)[:6]))}" if isinstance(obj, Mapping) else ""
-        raise ModelLoadError(f"{path}: a {kind}{keys}, which holds no state_dict",
-                             hint=f"expected a state_dict or a checkpoint with one of: {', '.join(STATE_DICT_KEYS)}")
+        raise ModelLoadError(f"{path}: a {kind}{keys}, which holds no model and no state_dict",
+                             hint=f"expected a model, a state_dict or a checkpoint with one of: "
+                                  f"{', '.join(STATE_DICT_KEYS[:6])}, ...")
     state, fmt = found
     if how == "safetensors":
         fmt = "safetensors"
+    elif fmt == "state_dict" and _looks_like_data(state):
+        names = ", ".join(f"{k} {tuple(v.shape)}" for k, v in list(state.items())[:3])
+        raise ModelLoadError(f"{path}: holds tensors named {names}: data, not model weights",
+                             hint="pass it as DATA (the second argument, with --key NAME), and the model first")
     if not arch:
         raise ModelLoadError(f"{path}: holds weights only ({fmt}, {len(state)} tensors); the architecture is needed",
                              hint="pass --arch package.module:Factory or --arch path/to/file.py:Factory")
     module = build_from_factory(arch, arch_kwargs)
     notes = load_state_into(module, state, str(path))
     return LoadedModel(module, str(path), fmt, digest, notes)
+
+
+def load_factory(spec: str, kwargs: Mapping[str, Any] | None = None, weights: str | Path | None = None,
+                 allow_pickle: bool = False) -> LoadedModel:
+    """Build a model from a Python factory, optionally loading weights into it.
+
+    Args:
+        spec: ``package.module:build`` or ``path/to/file.py:build``; a class or a
+            function returning an ``nn.Module``.
+        kwargs: keyword arguments for the factory.
+        weights: a state_dict / checkpoint / ``.safetensors`` file to load into it.
+        allow_pickle: permit the unpickler for ``weights`` (not needed for state_dicts).
+
+    Returns:
+        The model with its provenance (format ``factory``).
+    """
+    module = unwrap(build_from_factory(spec, kwargs, what="--model"))
+    if weights is None:
+        return LoadedModel(module, spec, "factory", None, [])
+    path = Path(weights)
+    digest = _check_file(path, "weights file")
+    obj, how = _load_weights_file(path, allow_pickle, [])
+    if isinstance(obj, nn.Module):
+        raise ModelLoadError(f"{path}: holds a whole model ({_class_name(obj)}), not weights for --model",
+                             hint="pass the file as MODEL without --model")
+    found = find_state_dict(obj)
+    if found is None:
+        raise ModelLoadError(f"{path}: holds no state_dict for --model {spec}",
+                             hint=f"save model.state_dict(), or a checkpoint with one of: {', '.join(STATE_DICT_KEYS[:6])}")
+    notes = load_state_into(module, found[0], str(path))
+    return LoadedModel(module, f"{spec} + {path}", "factory", digest, notes)
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -300,4 +654,5 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except Exception as exc:
-        raise ModelLoadError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
+        raise ModelLoadError(f"{path}: not a readable safetensors file ({_first_line(exc)})",
+                             hint="the file may be truncated; copy or download it again") from None
