@@ -484,13 +484,14 @@ def rule_prelu_slopes(result: ScanResult, model: nn.Module | None) -> list[Sugge
             collapsed = None
             if max(abs(summary["min"]), abs(summary["max"])) <= PRELU_COLLAPSED:
                 collapsed = list(range(int(summary["count"])))
-        if not negative and not collapsed:
+        has_negative = negative is None or bool(negative)  # None: the JSON summary says some are negative
+        if not has_negative and not collapsed:
             continue
         evidence: dict[str, Any] = {"slope_min": _num(summary["min"]), "slope_mean": _num(summary["mean"]),
                                     "slope_max": _num(summary["max"]), "slopes": summary["count"],
                                     "nonpositive": summary["nonpositive"], "dead_units_at_site": site.dead}
         parts, severity = [], "info"
-        if negative is None or negative:
+        if has_negative:
             evidence["negative_slopes"] = None if negative is None else len(negative)
             if negative:
                 evidence["negative_channels"] = _cut(negative)
@@ -665,8 +666,8 @@ def rule_bias(result: ScanResult, model: nn.Module | None, input_bounds: tuple[f
     layer, else taken as 1). Its bias is strongly negative when below ``-STRONG_BIAS``
     times that. When the input's per-feature range ``[lo, hi]`` is known (the previous
     site's observed min/max, or ``input_bounds``), a unit whose largest reachable
-    pre-activation ``sum_j max(w_ij*lo_j, w_ij*hi_j) + b_i`` is < 0 cannot fire on any
-    input in that range.
+    pre-activation ``sum_j max(w_ij*lo_j, w_ij*hi_j) + b_i`` is <= 0 cannot fire on any
+    input in that range. Hardtanh sites (active above ``min_val``) are left out.
     """
     if model is None or not _channel_granularity(result):
         return []
@@ -675,7 +676,7 @@ def rule_bias(result: ScanResult, model: nn.Module | None, input_bounds: tuple[f
     index_of = {id(site): k for k, site in enumerate(result.sites)}
     out = []
     for site in _module_sites(result):
-        if not site.dead:
+        if not site.dead or site.kind == "Hardtanh":
             continue
         feeder = _feeder_for(site, feeders)
         if feeder is None or not _is_weight_layer(feeder[1]) or feeder[1].bias is None:
@@ -702,7 +703,8 @@ def rule_bias(result: ScanResult, model: nn.Module | None, input_bounds: tuple[f
                 if any(int(p) > 0 for p in np.atleast_1d(layer.padding)) or layer.padding == "same":
                     low, high = np.minimum(low, 0.0), np.maximum(high, 0.0)
             upper = np.maximum(weight * low, weight * high).sum(axis=1) + bias
-            cannot_fire = np.flatnonzero(upper < 0).tolist()
+            # Active means pre-activation > 0, so a unit whose largest reachable value is <= 0 never fires.
+            cannot_fire = np.flatnonzero(upper <= 0).tolist()
         flagged = np.flatnonzero(strong).tolist()
         if cannot_fire:
             flagged = sorted(set(flagged) | (set(cannot_fire) & set(np.flatnonzero(dead).tolist())))
@@ -726,7 +728,7 @@ def rule_bias(result: ScanResult, model: nn.Module | None, input_bounds: tuple[f
                          f"{_fmt(float(np.median(reach)))})")
         if cannot_fire:
             parts.append(f"{len(cannot_fire)} unit(s) of layer {name} cannot fire for any input in the observed "
-                         f"range (max reachable pre-activation < 0)")
+                         f"range (max reachable pre-activation ≤ 0)")
         title = f"Site {site.name}: " + "; ".join(parts)
         action = ("These units' bias holds their pre-activation below zero for every input seen, so they output 0 "
                   "and get no gradient. Reset those biases to 0 (or re-initialise the units' incoming weights, "

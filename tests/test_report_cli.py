@@ -1,0 +1,180 @@
+"""The CLI's report outputs: --html, --png-dir, --out, suggestions under the table, and
+``deadrelu report RESULT.json`` re-rendering without the model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deadrelu.cli import app
+from truth_models import bounded_inputs, linear_with_dead_units
+
+ARCH_SOURCE = """
+from torch import nn
+
+def build(width=32):
+    return nn.Sequential(nn.Linear(10, width), nn.ReLU(), nn.Linear(width, 1))
+"""
+PLOTS = ["active_rate_histogram.png", "dead_ratio_by_layer.png", "unit_map_000_1.png"]
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    """A state_dict with exactly 8 dead of 32 units (bias -100), its arch file, and bounded data."""
+    torch.save(linear_with_dead_units(dead=8, width=32).state_dict(), tmp_path / "model.pt")
+    (tmp_path / "arch.py").write_text(ARCH_SOURCE)
+    np.save(tmp_path / "data.npy", bounded_inputs(150, 10).numpy())
+    return {"model": tmp_path / "model.pt", "arch": tmp_path / "arch.py", "data": tmp_path / "data.npy",
+            "dir": tmp_path}
+
+
+def scan(runner, files, *args):
+    return runner.invoke(app, ["scan", str(files["model"]), str(files["data"]), "--arch", f"{files['arch']}:build",
+                               *map(str, args)])
+
+
+@pytest.fixture
+def saved(runner, files) -> Path:
+    path = files["dir"] / "saved.json"
+    done = scan(runner, files, "--json", path, "--max-layer-dead-ratio", "0.1", "-q")
+    assert done.exit_code == 1, done.output
+    return path
+
+
+def test_scan_writes_html_and_pngs(runner, files):
+    html_path = files["dir"] / "out" / "run.html"
+    png_dir = files["dir"] / "out" / "run"
+    done = scan(runner, files, "--html", html_path, "--png-dir", png_dir)
+    assert done.exit_code == 0, done.output
+    page = html_path.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and "8 of 32 units dead (25.0%)" in page
+    assert sorted(p.name for p in png_dir.iterdir()) == PLOTS
+    assert f"HTML report: {html_path}" in done.stdout
+    assert f"PNG plots: {png_dir} (3 files)" in done.stdout
+
+
+def test_suggestions_print_under_the_table_and_land_in_the_json(runner, files):
+    json_path = files["dir"] / "r.json"
+    done = scan(runner, files, "--json", json_path)
+    assert done.exit_code == 0, done.output
+    out = done.stdout
+    assert out.index("Activation sites") < out.index("Suggested fixes:") < out.index("8 of 32 units dead")
+    assert "WARNING  1 ReLU site(s) have more than 10% dead units (worst: site 1, 8 of 32 = 25.0%)" in out
+    assert "layer.bias[[0, 1, 2, 3, 4, 5, 6, 7]] = 0.0" in out or "code: in the HTML / JSON report" in out
+    stored = json.loads(json_path.read_text())["suggestions"]
+    ids = [s["id"] for s in stored]
+    assert ids[:3] == ["dead-share", "init-not-he", "bias-reset"]
+    bias = stored[ids.index("bias-reset")]
+    assert bias["evidence"]["units"] == list(range(8)) and bias["evidence"]["biases"] == [-100.0] * 8
+
+
+def test_quiet_leaves_suggestions_out(runner, files):
+    done = scan(runner, files, "-q")
+    assert done.exit_code == 0
+    assert "Suggested fixes" not in done.stdout
+
+
+def test_out_writes_json_html_and_plots_in_one_folder(runner, files):
+    folder = files["dir"] / "bundle"
+    done = scan(runner, files, "--out", folder)
+    assert done.exit_code == 0, done.output
+    assert sorted(p.name for p in folder.iterdir()) == ["plots", "report.html", "result.json"]
+    assert sorted(p.name for p in (folder / "plots").iterdir()) == PLOTS
+    assert json.loads((folder / "result.json").read_text())["summary"]["dead"] == 8
+
+
+def test_out_auto_uses_reports_model_stem_and_timestamp(runner, files, monkeypatch):
+    monkeypatch.chdir(files["dir"])
+    done = scan(runner, files, "--out", "auto", "-q")
+    assert done.exit_code == 0, done.output
+    folders = list((files["dir"] / "reports").iterdir())
+    assert len(folders) == 1
+    import re
+    assert re.fullmatch(r"model-\d{8}-\d{6}", folders[0].name)
+    assert (folders[0] / "report.html").exists()
+
+
+def test_json_to_stdout_keeps_stdout_pure(runner, files):
+    html_path = files["dir"] / "r.html"
+    done = scan(runner, files, "--json", "-", "--html", html_path)
+    assert done.exit_code == 0
+    assert json.loads(done.stdout)["summary"]["dead"] == 8
+    assert f"HTML report: {html_path}" in done.stderr
+    assert html_path.exists()
+
+
+def test_unwritable_html_path_is_one_line_and_exit_2(runner, files):
+    folder = files["dir"] / "a_folder"
+    folder.mkdir()
+    done = scan(runner, files, "--html", folder)
+    assert done.exit_code == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("error: cannot write") and lines[1].startswith("hint:")
+
+
+# -- deadrelu report -------------------------------------------------------------------------------
+
+def test_report_rerenders_from_json_without_the_model(runner, files, saved):
+    files["model"].unlink()
+    html_path = files["dir"] / "again.html"
+    png_dir = files["dir"] / "again"
+    done = runner.invoke(app, ["report", str(saved), "--html", str(html_path), "--png-dir", str(png_dir)])
+    assert done.exit_code == 0, done.output
+    assert "Activation sites" in done.stdout and "Suggested fixes:" in done.stdout
+    assert "Gate FAILED" in done.stdout, "the stored gate is shown"
+    page = html_path.read_text(encoding="utf-8")
+    stored = json.loads(saved.read_text())["suggestions"]
+    import html
+    for suggestion in stored:  # the stored suggestions, weight-based ones included
+        assert html.escape(suggestion["title"], quote=True) in page
+    assert "bias-reset" in [s["id"] for s in stored]
+    assert sorted(p.name for p in png_dir.iterdir()) == PLOTS
+
+
+def test_report_from_json_without_suggestions_runs_the_result_only_rules(runner, saved, tmp_path):
+    data = json.loads(saved.read_text())
+    del data["suggestions"]
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps(data))
+    out = tmp_path / "bundle"
+    done = runner.invoke(app, ["report", str(bare), "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    rewritten = json.loads((out / "result.json").read_text())
+    ids = [s["id"] for s in rewritten["suggestions"]]
+    assert "dead-share" in ids and "bias-reset" not in ids and "init-not-he" not in ids
+
+
+def test_report_show_units_lists_dead_indices(runner, saved):
+    done = runner.invoke(app, ["report", str(saved), "--show-units"])
+    assert done.exit_code == 0
+    assert "1 dead [8]: 0, 1, 2, 3, 4, 5, 6, 7" in done.stdout
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "error: result file not found"),
+    ("not json {", "is not JSON"),
+    ('{"hello": 1}', "is not a deadrelu JSON report"),
+    ('{"schema_version": 99, "sites": []}', "unsupported schema_version 99"),
+])
+def test_report_bad_input_is_one_line_and_exit_2(runner, tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    if content is not None:
+        path.write_text(content)
+    done = runner.invoke(app, ["report", str(path)])
+    assert done.exit_code == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert message in lines[0] and lines[1].startswith("hint:") and len(lines) == 2
+
+
+def test_report_needs_unit_statistics(runner, files, tmp_path):
+    import deadrelu
+    result = deadrelu.scan(linear_with_dead_units(dead=8), bounded_inputs(50, 10))
+    path = tmp_path / "lean.json"
+    result.to_json(path, unit_stats=False)
+    done = runner.invoke(app, ["report", str(path)])
+    assert done.exit_code == 2
+    assert "has no unit_stats" in done.stderr
