@@ -84,6 +84,13 @@ class _ProgressReporter:
             self._progress.__exit__(*exc)
 
 
+HtmlOption = Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML report here.")]
+PngDirOption = Annotated[Optional[Path], typer.Option("--png-dir", help="Write PNG plots into this folder.")]
+OutOption = Annotated[Optional[Path], typer.Option("--out", help="Write result.json, report.html and plots/*.png "
+                                                                 "into this folder ('auto': "
+                                                                 "reports/<model-stem>-<timestamp>/).")]
+
+
 def _merge(config: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
     values = read_config(config) if config is not None else {}
     values.update({key: value for key, value in flags.items() if value is not None and value != ()})
@@ -153,6 +160,9 @@ def scan(
                                                                        "is above this.")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here "
                                                                      "('-' for stdout).")] = None,
+    html_path: HtmlOption = None,
+    png_dir: PngDirOption = None,
+    out_dir: OutOption = None,
     show_units: Annotated[bool, typer.Option("--show-units", help="List dead/saturated unit indices.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the verdict and gate lines.")] = False,
     partial_on_interrupt: Annotated[bool, typer.Option("--partial-on-interrupt", help="On Ctrl-C, report what "
@@ -194,6 +204,7 @@ def scan(
         if any(limit_ is not None for limit_ in gate_limits.values()):
             result = result.with_gate(check_gate(result, **gate_limits))
         _emit(result, json_path, quiet, show_units)
+        _write_reports(result, html_path, png_dir, _out_folder(out_dir, _stem(model, model_spec)), json_path == Path("-"))
     raise typer.Exit(EXIT_GATE_FAILED if result.gate is not None and not result.gate.passed else EXIT_OK)
 
 
@@ -258,6 +269,88 @@ def _emit(result: Any, json_path: Path | None, quiet: bool, show_units: bool) ->
         stdout.print(console_render.report(result, show_units=show_units))
     if json_path is not None and not quiet:
         stdout.print(f"JSON report: {json_path}", markup=False)
+
+
+def _out_folder(out_dir: Path | None, stem: str) -> Path | None:
+    """``--out auto`` means ``reports/<stem>-<timestamp>/``."""
+    if out_dir is None or str(out_dir) != "auto":
+        return out_dir
+    return Path("reports") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _write_reports(result: Any, html_path: Path | None, png_dir: Path | None, out_dir: Path | None,
+                   to_stderr: bool) -> None:
+    """Write the HTML report, the PNG plots and (for --out) all of them plus the JSON, and say where."""
+    from .render import html as html_render
+    from .render import plots
+    from .render.files import atomic_write_text
+    written: list[str] = []
+    html_targets = [path for path in (html_path, out_dir / "report.html" if out_dir else None) if path]
+    if html_targets:
+        page = html_render.report(result)
+        for path in html_targets:
+            atomic_write_text(path, page)
+            written.append(f"HTML report: {path}")
+    for folder in (png_dir, out_dir / "plots" if out_dir else None):
+        if folder is not None:
+            written.append(f"PNG plots: {folder} ({len(plots.write_pngs(result, folder))} files)")
+    if out_dir is not None:
+        result.to_json(out_dir / "result.json")
+        written.append(f"JSON report: {out_dir / 'result.json'}")
+    for line in written:
+        (stderr if to_stderr else stdout).print(line, markup=False, soft_wrap=True)
+
+
+def _read_result(path: Path) -> Any:
+    """A saved JSON report as a ScanResult; every failure is one DataLoadError line."""
+    import json
+
+    from .errors import DataLoadError
+    from .result import ScanResult
+    hint = "write one with: deadrelu scan MODEL DATA --json PATH"
+    try:
+        with path.open(encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        raise DataLoadError(f"result file not found: {path}", hint=hint) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataLoadError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}", hint=hint) from None
+    except json.JSONDecodeError as exc:
+        raise DataLoadError(f"{path} is not JSON: {exc.msg} at line {exc.lineno}", hint=hint) from None
+    if not isinstance(data, dict) or "sites" not in data or "schema_version" not in data:
+        raise DataLoadError(f"{path} is not a deadrelu JSON report (no schema_version/sites)", hint=hint)
+    try:
+        return ScanResult.from_dict(data)
+    except ValueError as exc:
+        raise DataLoadError(f"{path}: {exc}", hint=hint) from None
+    except (KeyError, TypeError, IndexError) as exc:
+        raise DataLoadError(f"{path} is not a complete deadrelu JSON report ({type(exc).__name__}: {exc})",
+                            hint=hint) from None
+
+
+@app.command()
+def report(
+    result_path: Annotated[Path, typer.Argument(metavar="RESULT.json", help="A JSON report written by "
+                                                "'deadrelu scan ... --json PATH' (with unit statistics).")],
+    html_path: HtmlOption = None,
+    png_dir: PngDirOption = None,
+    out_dir: OutOption = None,
+    show_units: Annotated[bool, typer.Option("--show-units", help="List dead/saturated unit indices.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the verdict and gate lines.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Re-render a saved JSON report (terminal, HTML, PNGs) without the model.
+
+    Shows the stored suggestions (if none: those that need no weights) and gate; exits 0.
+    """
+    with error_exit(debug):
+        result = _read_result(result_path)
+        if not result.suggestions:
+            from .judge.suggestions import suggest
+            result = result.with_suggestions(suggest(result))
+        _emit(result, None, quiet, show_units)
+        _write_reports(result, html_path, png_dir, _out_folder(out_dir, result_path.stem), False)
+    raise typer.Exit(EXIT_OK)
 
 
 @app.command()

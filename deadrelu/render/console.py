@@ -119,12 +119,82 @@ def dead_units_text(result: ScanResult, max_per_site: int = 64) -> Text:
     return text
 
 
-def report(result: ScanResult, show_units: bool = False, limit: int | None = None) -> Group:
-    """Everything the terminal shows after a scan: table, verdict, gate, notes."""
+_SEVERITY_STYLE = {"critical": "bold red", "warning": "bold yellow", "info": "bold cyan"}
+
+
+def _evidence_summary(evidence: dict, limit: int = 8) -> str:
+    """The first few scalar numbers of a suggestion's evidence (nested dicts: their first entry)."""
+    items: list[str] = []
+
+    def walk(data: dict, prefix: str) -> None:
+        for key, value in data.items():
+            if len(items) >= limit:
+                return
+            if isinstance(value, dict):
+                first = next(iter(value.items()), None)
+                if first is not None and isinstance(first[1], dict):
+                    inner: list[str] = []
+                    for inner_key, inner_value in first[1].items():
+                        if isinstance(inner_value, (int, float)) and not isinstance(inner_value, bool):
+                            inner.append(f"{inner_key}={inner_value:.4g}")
+                    more = f" (+{len(value) - 1} more)" if len(value) > 1 else ""
+                    items.append(f"{prefix}[{first[0]}] {' '.join(inner[:6])}{more}")
+                elif value:
+                    walk(value, f"{prefix}{key}.")
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                items.append(f"{prefix}{key}={value:.4g}" if isinstance(value, float) else f"{prefix}{key}={value}")
+            elif isinstance(value, str) and len(value) <= 40:
+                items.append(f"{prefix}{key}={value}")
+    walk(evidence, "")
+    return ", ".join(items)
+
+
+def suggestions_text(result: ScanResult, limit: int = 8, code: int = 3) -> Text | None:
+    """Suggested fixes, worst first: title, evidence numbers, the fix and its code.
+
+    Args:
+        result: a scan carrying ``suggestions``.
+        limit: show at most this many (the rest are counted).
+        code: show the code snippet of the first ``code`` suggestions (all are in the JSON/HTML).
+
+    Returns:
+        A rich Text, or None when the result carries no suggestions.
+    """
+    if not result.suggestions:
+        return None
+    text = Text("Suggested fixes:", style="bold")
+    for position, suggestion in enumerate(result.suggestions[:limit]):
+        severity = str(suggestion.get("severity", "info"))
+        text.append(f"\n  {severity.upper():<8} ", style=_SEVERITY_STYLE.get(severity, "bold"))
+        text.append(str(suggestion.get("title", "")))
+        evidence = _evidence_summary(dict(suggestion.get("evidence") or {}))
+        if evidence:
+            text.append(f"\n    evidence: {evidence}", style="dim")
+        action = str(suggestion.get("action", "")).split("\n")
+        text.append(f"\n    fix: {action[0]}")
+        for line in action[1:]:
+            text.append(f"\n      {line}")
+        snippet = str(suggestion.get("code") or "")
+        if snippet and position < code:
+            text.append("\n    code:")
+            for line in snippet.splitlines():
+                text.append(f"\n      {line}", style="green")
+        elif snippet:
+            text.append("\n    code: in the HTML / JSON report", style="dim")
+    hidden = len(result.suggestions) - limit
+    if hidden > 0:
+        text.append(f"\n  ... {hidden} more suggestion(s) in the JSON / HTML report", style="dim")
+    return text
+
+
+def report(result: ScanResult, show_units: bool = False, limit: int | None = None,
+           suggestions: bool = True) -> Group:
+    """Everything the terminal shows after a scan: table, suggested fixes, notes, verdict, gate."""
     parts: list = [layer_table(result, limit)]
     if show_units:
         parts.append(dead_units_text(result))
-    for extra in (warnings_text(result), verdict_line(result), gate_lines(result)):
+    for extra in (suggestions_text(result) if suggestions else None, warnings_text(result), verdict_line(result),
+                  gate_lines(result)):
         if extra is not None:
             parts.append(extra)
     return Group(*parts)
