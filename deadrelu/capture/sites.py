@@ -123,6 +123,8 @@ class ActivationCapture:
         self._module_stack: list[tuple[nn.Module, str, bool]] = []
         self._activation_depth = 0
         self._in_batch = False
+        self._mode: FunctionalActivationMode | None = None
+        self._mode_on = False
 
     # -- lifetime -------------------------------------------------------------------------
     def __enter__(self) -> ActivationCapture:
@@ -181,8 +183,18 @@ class ActivationCapture:
         # always_call: the module is popped even when its forward raises.
         post = register_module_forward_hook(self._exit_module, always_call=True)
         self._stack.callback(post.remove)
-        self._stack.enter_context(FunctionalActivationMode(self._functional_call))
+        # The mode is on only from begin_batch to end_batch: every torch call made while it
+        # is on pays a Python pass-through (~2-4 us), and the tool's own work between
+        # forward passes (input checks, the data loader) is not the model's. The ExitStack
+        # turns it off if a forward pass raised before end_batch.
+        self._mode = FunctionalActivationMode(self._functional_call)
+        self._stack.callback(self._leave_mode)
         self.coverage.functional = True
+
+    def _leave_mode(self) -> None:
+        if self._mode_on and self._mode is not None:
+            self._mode_on = False
+            self._mode.__exit__(None, None, None)
 
     # -- batch loop -----------------------------------------------------------------------
     def begin_batch(self) -> None:
@@ -193,10 +205,14 @@ class ActivationCapture:
         self._module_stack.clear()
         self._activation_depth = 0
         self._in_batch = True
+        if self._mode is not None and not self._mode_on:
+            self._mode.__enter__()
+            self._mode_on = True
 
     def end_batch(self) -> None:
         """Record call counts of this forward pass; stop tracking producers after the first."""
         self._in_batch = False
+        self._leave_mode()
         for key, count in self._calls.items():
             if count > self._max_calls.get(key, 0):
                 self._max_calls[key] = count
@@ -232,6 +248,11 @@ class ActivationCapture:
 
     def _exit_module(self, module: nn.Module, args: Any, output: Any) -> None:
         stack = self._module_stack
+        if stack and stack[-1][0] is module:  # the usual case: the innermost module returns
+            if stack.pop()[2]:
+                self._activation_depth -= 1
+            return
+        # A module whose forward raised (always_call) or one entered before begin_batch.
         if not any(entry[0] is module for entry in reversed(stack)):
             return
         while stack:
@@ -293,7 +314,10 @@ class ActivationCapture:
             site, active_source = pending.pop()
             if site is None or not isinstance(output, torch.Tensor):
                 return
-            self.observe(site, output, output if active_source is None else active_source)
+            # The tool's own reductions are not the model's calls: they bypass the
+            # functional mode (and its Python pass-through per op).
+            with torch._C.DisableTorchFunction():
+                self.observe(site, output, output if active_source is None else active_source)
         return post_hook
 
     # -- sites ----------------------------------------------------------------------------
