@@ -18,6 +18,7 @@ from .capture import ActivationCapture, SiteRecord
 from .capture.dispatch import capture_for
 from .capture.export import ExportedModel
 from .errors import CaptureError, DataLoadError, DeadReluError, ForwardError
+from .judge.suggestions import suggest
 from .judge.verdicts import judge_site
 from .kinds import KNOWN_KINDS, ActiveRule, prelu_slope_summary
 from .load.data import DataStream, ModelInputs, as_stream, fit_batches
@@ -403,8 +404,9 @@ def scan(model: nn.Module, data: Any, *, settings: ScanSettings | None = None,
     coverage = {"activation_modules": len(capture.coverage.activation_modules), "not_run": not_run,
                 "excluded": capture.coverage.excluded,
                 "positional_names": bool(getattr(capture, "positional_names", False))}
-    return ScanResult(sites=tuple(sites), summary=Summary.of(sites), settings=settings, model=info, data=data_info,
-                      coverage=coverage, warnings=tuple(warnings), environment=environment)
+    result = ScanResult(sites=tuple(sites), summary=Summary.of(sites), settings=settings, model=info, data=data_info,
+                        coverage=coverage, warnings=tuple(warnings), environment=environment)
+    return result.with_suggestions(suggest(result, model))
 
 
 def _flat(settings: ScanSettings) -> dict[str, Any]:
