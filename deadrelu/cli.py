@@ -180,6 +180,7 @@ def scan(
         settings = build_settings(**values)
         model, data = _positionals(model, data, model_spec, data_spec)
         _check_output(json_path)
+        _check_output(html_path)
         if model_spec is not None:
             loaded = load_factory(model_spec, parse_kwargs(arch_kwargs), weights, allow_pickle=allow_pickle)
         else:

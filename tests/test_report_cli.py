@@ -107,13 +107,16 @@ def test_json_to_stdout_keeps_stdout_pure(runner, files):
     assert html_path.exists()
 
 
-def test_unwritable_html_path_is_one_line_and_exit_2(runner, files):
+def test_unwritable_html_path_is_one_line_and_exit_2_before_scanning(runner, files, monkeypatch):
     folder = files["dir"] / "a_folder"
     folder.mkdir()
+    import sys
+    monkeypatch.setattr(sys.modules["deadrelu.scan"], "scan",
+                        lambda *a, **k: pytest.fail("scanned before checking --html"))
     done = scan(runner, files, "--html", folder)
     assert done.exit_code == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert lines[0].startswith("error: cannot write") and lines[1].startswith("hint:")
+    assert lines[0] == f"error: cannot write {folder}: it is a folder" and lines[1].startswith("hint:")
 
 
 # -- deadrelu report -------------------------------------------------------------------------------
