@@ -403,7 +403,9 @@ def scan(model: nn.Module, data: Any, *, settings: ScanSettings | None = None,
                    "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     coverage = {"activation_modules": len(capture.coverage.activation_modules), "not_run": not_run,
                 "excluded": capture.coverage.excluded,
-                "positional_names": bool(getattr(capture, "positional_names", False))}
+                "positional_names": bool(getattr(capture, "positional_names", False)),
+                "functional": bool(getattr(capture.coverage, "functional", False)),
+                "functional_sites": sum(1 for site in sites if site.function is not None)}
     result = ScanResult(sites=tuple(sites), summary=Summary.of(sites), settings=settings, model=info, data=data_info,
                         coverage=coverage, warnings=tuple(warnings), environment=environment)
     return result.with_suggestions(suggest(result, model))

@@ -495,3 +495,16 @@ def test_forward_called_directly_bypassing_root_hooks_is_still_attributed_to_the
     assert names == ["act", "<root>:relu#0", "<root>:leaky_relu#0"]
     assert calls == [2, 2, 2]
     assert no_global_capture_state() and no_module_hooks(model)
+
+
+def test_coverage_says_whether_functional_calls_were_captured():
+    on = deadrelu.scan(Mixed(), bounded(6, 10))
+    assert (on.coverage["functional"], on.coverage["functional_sites"]) == (True, 2)
+    off = deadrelu.scan(Mixed(), bounded(6, 10), functional=False)
+    assert (off.coverage["functional"], off.coverage["functional_sites"]) == (False, 0)
+    assert deadrelu.ScanResult.from_dict(on.to_dict()).coverage["functional_sites"] == 2
+
+
+def test_no_functional_on_a_functional_only_model_says_why_nothing_was_found():
+    with pytest.raises(deadrelu.CaptureError, match="--no-functional"):
+        deadrelu.scan(PitchCNN(), torch.randn(2, 1, 64, 1), functional=False)
