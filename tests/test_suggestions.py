@@ -221,6 +221,7 @@ def test_bias_rule_lists_exactly_the_units_with_bias_minus_100_and_its_code_revi
     assert found["evidence"]["biases"] == [-100.0] * 8
     assert found["evidence"]["layer"] == "0"
     assert found["evidence"]["median_bias_other_units"] == 0.5
+    assert "they output 0 and get no gradient" in found["action"]
     apply_code(found, model)
     assert scan(model, data).summary.dead == 0
 
@@ -359,6 +360,9 @@ def test_elu_pinned_at_its_floor_gets_lower_lr_normalise_and_check_bias():
     assert entry["saturated"] == 4 and entry["units"] == 16 and entry["saturated_ratio"] == 0.25
     assert entry["min_output"] == pytest.approx(-1.0)
     assert entry["median_bias_saturated"] == -100.0 and entry["median_bias_others"] == 0.5
+    bias = one(suggest(result, model), "bias-reset")
+    assert bias["evidence"]["units"] == [0, 1, 2, 3]
+    assert "at or near the floor where the gradient is ~0" in bias["action"] and "output 0" not in bias["action"]
     assert "learning rate" in found["action"] and "normalise" in found["action"] and "bias" in found["action"]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     apply_code(found, model, optimizer=optimizer, print=lambda *a: None)

@@ -730,16 +730,25 @@ def rule_bias(result: ScanResult, model: nn.Module | None, input_bounds: tuple[f
             parts.append(f"{len(cannot_fire)} unit(s) of layer {name} cannot fire for any input in the observed "
                          f"range (max reachable pre-activation ≤ 0)")
         title = f"Site {site.name}: " + "; ".join(parts)
-        action = ("These units' bias holds their pre-activation below zero for every input seen, so they output 0 "
-                  "and get no gradient. Reset those biases to 0 (or re-initialise the units' incoming weights, "
-                  "ReDo-style) and fine-tune; then find what drove them there (a learning-rate spike, an "
-                  "aggressive bias initialisation).")
+        action = ("These units' bias holds their pre-activation below zero for every input seen, so "
+                  + _negative_side_effect(site.kind) + ". Reset those biases to 0 (or re-initialise the units' "
+                  "incoming weights, ReDo-style) and fine-tune; then find what drove them there (a learning-rate "
+                  "spike, an aggressive bias initialisation).")
         code = (f"import torch\n"
                 f"layer = model.get_submodule({_lit(name)})\n"
                 f"with torch.no_grad():\n"
                 f"    layer.bias[{flagged}] = 0.0")
         out.append(_suggestion("bias-reset", "warning", [site.name], title, evidence, action, code))
     return out
+
+
+def _negative_side_effect(kind: str) -> str:
+    """What a unit whose pre-activation never gets above zero does, per kind."""
+    if kind in ZERO_GRADIENT_KINDS:
+        return "they output 0 and get no gradient"
+    if kind in ("ELU", "SELU", "CELU"):
+        return "they sit on the negative branch, at or near the floor where the gradient is ~0"
+    return (f"{kind} only ever uses its negative side there: a small gradient, a scaled-down function of the input")
 
 
 def rule_batchnorm(result: ScanResult, model: nn.Module | None) -> list[Suggestion]:
