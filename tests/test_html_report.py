@@ -274,3 +274,13 @@ def test_in_a_real_browser_it_renders_and_no_script_runs(tmp_path, hostile_page)
     kept = REPO / "reports" / "browser-report-screenshot.png"
     kept.parent.mkdir(exist_ok=True)
     shutil.copyfile(shot, kept)
+
+
+def test_unit_map_pixels_show_elu_floor_units_as_saturated():
+    from matplotlib.image import imread
+    torch.manual_seed(0)
+    result = deadrelu.scan(linear_with_dead_units(dead=4, width=16, activation=nn.ELU()), bounded_inputs(200, 10))
+    png, _, _ = html_render.unit_map_png(result.sites[0])
+    flat = (imread(io.BytesIO(png), format="png").reshape(-1, 3) * 255).round().astype(int)
+    orange = [k for k in range(16) if tuple(flat[k]) == (0xFF, 0x7F, 0x0E)]
+    assert orange == result.sites[0].verdict.saturated_units == [0, 1, 2, 3]

@@ -149,3 +149,14 @@ def test_png_decodes_to_the_figure_size(small):
     image = imread(io.BytesIO(plots.figure_png(fig, dpi=50)), format="png")
     width, height = fig.get_size_inches()
     assert image.shape[:2] == (round(height * 50), round(width * 50))
+
+
+def test_unit_map_shows_elu_floor_units_as_saturated():
+    import torch
+    from torch import nn
+    torch.manual_seed(0)
+    result = deadrelu.scan(linear_with_dead_units(dead=4, width=16, activation=nn.ELU()), bounded_inputs(200, 10))
+    site = result.sites[0]
+    assert site.verdict.dead_units[:4] == [0, 1, 2, 3] and site.verdict.saturated_units == [0, 1, 2, 3]
+    marks = np.ma.filled(plots.unit_map(result, 0).axes[0].get_images()[1].get_array(), 0).reshape(-1)
+    assert np.flatnonzero(marks == 1).tolist() == [0, 1, 2, 3]

@@ -106,12 +106,13 @@ def _hex_rgb(color: str) -> np.ndarray:
 
 
 def unit_map_png(site: SiteResult) -> tuple[bytes, int, int]:
-    """A site's units as pixels (viridis by active rate; dead red, saturated orange, unobserved grey).
+    """A site's units as pixels (viridis by active rate; dead red, saturated orange, unobserved grey;
+    an ELU/SELU/CELU unit at its floor is orange even though it is dead too).
 
     Returns:
         PNG bytes, columns and rows (unit ``i`` is at row ``i // columns``).
     """
-    from .plots import DEAD_COLOR, SATURATED_COLOR, UNOBSERVED_COLOR, unit_grid
+    from .plots import DEAD_COLOR, SATURATED_COLOR, UNOBSERVED_COLOR, saturated_mark, unit_grid
     rows, columns = unit_grid(site.units)
     if columns > MAP_MAX_COLUMNS:
         columns = MAP_MAX_COLUMNS
@@ -124,8 +125,8 @@ def unit_map_png(site: SiteResult) -> tuple[bytes, int, int]:
     index = np.clip(np.nan_to_num(rates, nan=0.0) * 255, 0, 255).astype(int)
     unit_colors = _viridis_lut()[index]
     unit_colors[~observed] = _hex_rgb(UNOBSERVED_COLOR)
-    unit_colors[site.verdict.saturated] = _hex_rgb(SATURATED_COLOR)
     unit_colors[site.verdict.dead] = _hex_rgb(DEAD_COLOR)
+    unit_colors[saturated_mark(site)] = _hex_rgb(SATURATED_COLOR)
     colors[: site.units] = unit_colors
     return png_rgb(colors.reshape(rows, columns, 3)), columns, rows
 

@@ -212,6 +212,14 @@ def _resolve(result: ScanResult, site: str | int | SiteResult) -> SiteResult:
     return site
 
 
+def saturated_mark(site: SiteResult) -> np.ndarray:
+    """Units drawn as saturated: every saturated unit of an ELU/SELU/CELU site (at the floor, which is the
+    stronger statement than "never positive"), and for ReLU6/Hardtanh those stuck at a bound but not dead."""
+    if site.saturation == "floor":
+        return site.verdict.saturated
+    return site.verdict.saturated & ~site.verdict.dead
+
+
 def unit_map(result: ScanResult, site: str | int | SiteResult) -> Figure:
     """One site's units as a grid coloured by active rate; dead units in red, saturated in orange.
 
@@ -235,8 +243,8 @@ def unit_map(result: ScanResult, site: str | int | SiteResult) -> Figure:
     image = axis.imshow(np.ma.masked_invalid(rates.reshape(rows, columns)), cmap=cmap, vmin=0.0, vmax=1.0,
                         interpolation="nearest", aspect="equal")
     overlay = np.zeros(rows * columns)
-    overlay[: chosen.units][chosen.verdict.saturated] = 1
     overlay[: chosen.units][chosen.verdict.dead] = 2
+    overlay[: chosen.units][saturated_mark(chosen)] = 1
     marks = np.ma.masked_equal(overlay.reshape(rows, columns), 0)
     axis.imshow(marks, cmap=ListedColormap([SATURATED_COLOR, DEAD_COLOR]), vmin=1, vmax=2, interpolation="nearest",
                 aspect="equal")
@@ -313,5 +321,5 @@ def write_pngs(result: ScanResult, directory: str | Path, max_unit_maps: int = 1
 
 
 __all__ = ["dead_ratio_by_layer", "active_rate_histogram", "unit_map", "write_pngs", "figure_png", "unit_grid",
-           "rate_bins", "rate_histogram",
+           "rate_bins", "rate_histogram", "saturated_mark",
            "short_name", "safe_filename", "sites_worth_mapping"]
