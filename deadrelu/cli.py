@@ -186,7 +186,8 @@ def scan(
         else:
             assert model is not None
             if weights is not None:
-                raise ConfigError("--weights goes with --model (a factory); a MODEL file holds its own weights")
+                raise ConfigError("--weights goes with --model (a factory); a MODEL file holds its own weights",
+                                  hint="--model pkg.module:build --weights state_dict.pt DATA, or MODEL --arch ...")
             loaded = load_model(model, arch=arch, arch_kwargs=parse_kwargs(arch_kwargs), allow_pickle=allow_pickle,
                                 imports=import_files or ())
         if data_spec is not None:

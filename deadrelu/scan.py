@@ -107,8 +107,9 @@ def _check_batched(model: nn.Module, stream: DataStream) -> None:
     name, kind, width, dims = first
     if len(shape) == dims + 1 and shape[0] == width and (dims or len(shape) == 1):
         what = f"{kind}(in_features={width})" if not dims else f"{kind}(in_channels={width})"
-        raise DataLoadError(f"{stream.source}: data of shape {shape} looks like one unbatched sample for "
-                            f"{name or 'the model'} = {what}; the first axis must index samples", hint=hint)
+        raise DataLoadError(f"{stream.source}: data of shape {shape} looks like one unbatched sample for the "
+                            f"first layer ({name or 'the model'}: {what}); the first axis must index samples",
+                            hint=hint)
 
 
 class _Prepared(NamedTuple):
@@ -148,7 +149,7 @@ class _InputPreparer:
             return torch.as_tensor(batch)
         if isinstance(batch, (tuple, list)):
             if not batch:
-                raise DataLoadError("a batch is an empty tuple")
+                raise DataLoadError("a batch is an empty tuple", hint="batches must hold the model input")
             return self._single(batch[0])  # (x, y): the first element is the input
         if isinstance(batch, Mapping):
             tensors = [k for k, v in batch.items() if isinstance(v, torch.Tensor)]
@@ -169,7 +170,8 @@ class _InputPreparer:
             except DeadReluError:
                 raise
             except Exception as exc:
-                raise DataLoadError(f"input_fn failed on a batch: {type(exc).__name__}: {exc}") from exc
+                raise DataLoadError(f"input_fn failed on a batch: {type(exc).__name__}: {exc}",
+                                    hint="input_fn receives each raw batch as the data yields it") from exc
             if isinstance(chosen, Mapping):
                 return [], dict(chosen)
             if isinstance(chosen, (tuple, list)):
@@ -190,7 +192,8 @@ class _InputPreparer:
                     return [self._single(batch[i]) for i in positions], {}
                 except (ValueError, IndexError):
                     raise DataLoadError(f"batches are {len(batch)}-tuples; --input-key must name positions "
-                                        f"0..{len(batch) - 1}, got {', '.join(self.input_keys)}") from None
+                                        f"0..{len(batch) - 1}, got {', '.join(self.input_keys)}",
+                                        hint="for (a, b, y) batches: --input-key 0 --input-key 1") from None
             raise DataLoadError(f"--input-key {', '.join(self.input_keys)} given, but batches are "
                                 f"{type(batch).__name__}s, not dicts or tuples",
                                 hint="for several arrays in a file use --key NAME once per input")
@@ -218,16 +221,17 @@ class _InputPreparer:
         kwargs = {k: self._cast(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
         tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
         if not tensors:
-            raise DataLoadError("a batch holds no tensor to feed the model")
+            raise DataLoadError("a batch holds no tensor to feed the model",
+                                hint="batches must be tensors, (x, y) tuples or dicts of tensors")
         samples = int(tensors[0].shape[0]) if tensors[0].ndim > 0 else 1
-        if self.policy is not NonFinitePolicy.KEEP:
-            keep = self._check_finite(tensors, samples, start)
-            if keep is not None:
-                if not bool(keep.any()):
-                    return None
-                args = [self._rows(v, keep, samples) for v in args]
-                kwargs = {k: self._rows(v, keep, samples) for k, v in kwargs.items()}
-                samples = int(keep.sum())
+        # Counted under every policy (the report says how many), dropped only with skip.
+        keep = self._check_finite(tensors, samples, start)
+        if keep is not None:
+            if not bool(keep.any()):
+                return None
+            args = [self._rows(v, keep, samples) for v in args]
+            kwargs = {k: self._rows(v, keep, samples) for k, v in kwargs.items()}
+            samples = int(keep.sum())
         args = [self._to_device(v) for v in args]
         kwargs = {k: self._to_device(v) for k, v in kwargs.items()}
         shapes = tuple(tuple(v.shape) for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
@@ -258,6 +262,8 @@ class _InputPreparer:
             return None
         bad = (~finite).nonzero().flatten()
         self.nonfinite_samples += int(bad.numel())
+        if self.policy is NonFinitePolicy.KEEP:
+            return None
         if self.policy is NonFinitePolicy.FAIL:
             raise DataLoadError(f"input holds NaN/inf: sample {start + int(bad[0])} is the first "
                                 f"({int(bad.numel())} in its batch)",
@@ -272,7 +278,12 @@ def _saturation_of(record: SiteRecord) -> str | None:
     return "floor" if record.spec.floor is not None else None
 
 
-def _no_sites_error(model: nn.Module, capture: ActivationCapture) -> CaptureError:
+def _no_sites_error(model: nn.Module, capture: ActivationCapture, source: str | None = None) -> CaptureError:
+    error = _no_sites_reason(model, capture)
+    return CaptureError(f"{source}: {error.message}", hint=error.hint) if source else error
+
+
+def _no_sites_reason(model: nn.Module, capture: ActivationCapture) -> CaptureError:
     no_sites_error = getattr(capture, "no_sites_error", None)
     if no_sites_error is not None and not capture.coverage.excluded:
         return no_sites_error(getattr(model, "original_name", None) or type(model).__name__)
@@ -371,7 +382,7 @@ def scan(model: nn.Module, data: Any, *, settings: ScanSettings | None = None,
             partial = True
         records = capture.records()
         if not records:
-            raise _no_sites_error(model, capture)
+            raise _no_sites_error(model, capture, (model_info or {}).get("source"))
         sites = [_site_result(capture, record, settings) for record in records]
         not_run = capture.not_run()
         coverage_warnings = list(capture.coverage.warnings)

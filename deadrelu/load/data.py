@@ -514,9 +514,10 @@ def load_data(path: str | os.PathLike, batch_size: int = 256, limit: int | None 
     """
     path = Path(path)
     if not path.exists():
-        raise DataLoadError(f"data file not found: {path}")
+        raise DataLoadError(f"data file not found: {path}", hint="check the path; MODEL comes first, DATA second")
     if path.is_dir():
-        raise DataLoadError(f"data path is a folder, not a file: {path}")
+        raise DataLoadError(f"data path is a folder, not a file: {path}",
+                            hint="pass one data file (.npy, .npz, .pt, .csv, .parquet) inside it")
     try:
         size = path.stat().st_size
         digest = file_sha256(path)
@@ -598,7 +599,7 @@ def _open_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
-        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc) or "Python objects" in str(exc):
             raise DataLoadError(f"{path}: holds Python objects, not a numeric array",
                                 hint="save a numeric array (np.save with a float/int dtype)") from None
         raise DataLoadError(f"{path}: not a valid .npy file ({exc})",
@@ -664,7 +665,8 @@ def _open_pt(path: Path, keys: list[str]) -> tuple[list[torch.Tensor], list[str]
             try:
                 chosen = [int(k) for k in keys]
             except ValueError:
-                raise DataLoadError(f"{path}: a {type(value).__name__} of tensors; --key must be positions (0, 1...)")
+                raise DataLoadError(f"{path}: a {type(value).__name__} of tensors; --key must be positions",
+                                    hint="pass --key 0 (and --key 1 ... for several inputs)") from None
             return [value[i] for i in chosen], [str(i) for i in chosen]
         return [value[0]], ["0"]
     if not isinstance(value, torch.Tensor):
@@ -686,11 +688,14 @@ def _open_table(path: Path, columns: Sequence[str] | None) -> tuple[np.ndarray, 
         raise DataLoadError(f"{path}: reading it needs a package that is missing ({exc})",
                             hint="pip install pyarrow") from None
     except pd.errors.EmptyDataError:
-        raise DataLoadError(f"{path}: the table is empty (no header, no rows)") from None
+        raise DataLoadError(f"{path}: the table is empty (no header, no rows)",
+                            hint="was the export cut short?") from None
     except Exception as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataLoadError(f"{path}: not a readable {suffix.lstrip('.')} table ({text[:200]})",
                             hint="was it truncated, or is it another format?") from None
+    if len(frame) == 0:
+        raise DataLoadError(f"{path}: the table has a header but no rows", hint="was the export cut short?")
     notes = []
     chosen = _keys(columns) if columns else []
     if chosen:
@@ -713,8 +718,6 @@ def _open_table(path: Path, columns: Sequence[str] | None) -> tuple[np.ndarray, 
         if dropped:
             notes.append(f"left out {len(dropped)} non-numeric column(s): {', '.join(dropped[:8])}")
         frame = numeric
-    if len(frame) == 0:
-        raise DataLoadError(f"{path}: the table has a header but no rows")
     notes.append(f"{frame.shape[1]} column(s) used as features: {', '.join(map(str, list(frame.columns)[:8]))}"
                  + (" ..." if frame.shape[1] > 8 else ""))
     return frame.to_numpy(), notes

@@ -103,7 +103,7 @@ def import_file(path: str | Path, what: str = "--import") -> types.ModuleType:
     """
     path = Path(path)
     if not path.is_file():
-        raise ModelLoadError(f"{what}: file not found: {path}")
+        raise ModelLoadError(f"{what}: file not found: {path}", hint="check the path (relative to the current folder)")
     module_name = f"deadrelu_user_{path.stem}"
     existing = sys.modules.get(module_name)
     if existing is not None and Path(getattr(existing, "__file__", "") or "").resolve() == path.resolve():
@@ -117,7 +117,9 @@ def import_file(path: str | Path, what: str = "--import") -> types.ModuleType:
         loader_spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(module_name, None)
-        raise ModelLoadError(f"{what}: importing {path} failed: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise ModelLoadError(f"{what}: importing {path} failed: {type(exc).__name__}: {_first_line(exc)}",
+                             hint="the file must import cleanly; guard training code with if __name__ == '__main__'") \
+            from None
     return module
 
 
@@ -132,7 +134,8 @@ def import_object(spec: str, what: str = "--arch") -> Any:
         The named attribute.
     """
     if ":" not in spec:
-        raise ModelLoadError(f"{what} {spec!r} must look like package.module:Name or path/to/file.py:Name")
+        raise ModelLoadError(f"{what} {spec!r} must look like package.module:Name or path/to/file.py:Name",
+                             hint="for example mypkg.models:build or models.py:Net")
     target, _, name = spec.rpartition(":")
     if target.endswith(".py"):
         module = import_file(target, what)
@@ -143,11 +146,13 @@ def import_object(spec: str, what: str = "--arch") -> Any:
             raise ModelLoadError(f"{what}: cannot import module {target!r} ({exc})",
                                  hint="is the package installed, or did you mean a path/to/file.py?") from None
         except Exception as exc:
-            raise ModelLoadError(f"{what}: importing {target} failed: {type(exc).__name__}: {_first_line(exc)}") from None
+            raise ModelLoadError(f"{what}: importing {target} failed: {type(exc).__name__}: {_first_line(exc)}",
+                                 hint="the module must import cleanly") from None
     try:
         return getattr(module, name)
     except AttributeError:
-        raise ModelLoadError(f"{what}: {target} has no attribute {name!r}") from None
+        raise ModelLoadError(f"{what}: {target} has no attribute {name!r}",
+                             hint="check the name after the ':' (a class or a function)") from None
 
 
 def build_from_factory(spec: str, kwargs: Mapping[str, Any] | None = None, what: str = "--arch") -> nn.Module:
@@ -162,7 +167,8 @@ def build_from_factory(spec: str, kwargs: Mapping[str, Any] | None = None, what:
         raise ModelLoadError(f"{what} {spec}: building the model failed: {type(exc).__name__}: {_first_line(exc)}",
                              hint="check --arch-kwargs") from None
     if not isinstance(module, nn.Module):
-        raise ModelLoadError(f"{what} {spec} returned a {type(module).__name__}, not an nn.Module")
+        raise ModelLoadError(f"{what} {spec} returned a {type(module).__name__}, not an nn.Module",
+                             hint="the factory must return the model itself (an nn.Module instance)")
     return module
 
 
@@ -271,6 +277,16 @@ def _is_export_archive(names: list[str] | None) -> bool:
                                for name in names)  # type: ignore[union-attr]
 
 
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file whatever its suffix: an 8-byte header length, then a JSON header."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(10)
+    except OSError:
+        return False
+    return len(head) == 10 and head[8:10] == b'{"'
+
+
 def _pickle_globals(path: Path) -> list[str]:
     """The globals a pickle asks for, read statically (nothing is imported or run)."""
     getter = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
@@ -310,12 +326,41 @@ def _globals_in_pickle_stream(handle: Any) -> list[str]:
 
 
 def _weights_only_failure(exc: BaseException) -> bool:
-    """The weights-only unpickler refused a global (as opposed to a corrupt file)."""
+    """The weights-only unpickler refused a global (as opposed to an unreadable file,
+    which it reports as an "Unsupported operand")."""
     text = str(exc)
-    return "Weights only load failed" in text and ("GLOBAL" in text or "global" in text or "Unsupported" in text)
+    return "Weights only load failed" in text and ("GLOBAL" in text or "Unsupported global" in text)
+
+
+def _sniff(path: Path) -> tuple[str, str] | None:
+    """``(what the file is, hint)`` from its first bytes, for files torch cannot read."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(512)
+    except OSError:
+        return None
+    if head.startswith(b"\x93NUMPY"):
+        return "a NumPy .npy array, i.e. data, not a model", "pass it as DATA (the second argument), and the model first"
+    if head.startswith(b"\x89HDF"):
+        return "an HDF5 file (Keras/TensorFlow?), not a PyTorch model", "export the model from PyTorch (torch.save)"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return ("a plain pickle, not a torch.save file", "load it in Python and save it again with torch.save, "
+                "or better, save model.state_dict()")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if text and all(ch.isprintable() or ch in "\r\n\t" for ch in text):
+        first_line = (text.strip().splitlines() or [""])[0][:30]
+        return f"a text file (it starts with {first_line!r}), not a model", \
+            "pass a file written by torch.save, torch.jit.save, torch.export.save or safetensors"
+    return None
 
 
 def _read_error(path: Path, exc: BaseException) -> ModelLoadError:
+    sniffed = _sniff(path)
+    if sniffed is not None:
+        return ModelLoadError(f"{path}: {sniffed[0]}", hint=sniffed[1])
     message = _first_line(exc)
     lowered = message.lower()
     if "central directory" in lowered or "zip" in lowered or "eof" in lowered or "truncated" in lowered \
@@ -449,7 +494,9 @@ def _torch_load(path: Path, allow_pickle: bool, user_modules: list[types.ModuleT
             hint="make the model's package importable (PYTHONPATH), pass --import path/to/file.py, or save a "
                  "state_dict and use --arch") from None
     except Exception as exc:
-        raise ModelLoadError(f"{path}: unpickling failed ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise ModelLoadError(f"{path}: unpickling failed ({type(exc).__name__}: {_first_line(exc)})",
+                             hint="the file may come from another version of its code; a state_dict with --arch is "
+                                  "more robust") from None
 
 
 def _load_torchscript(path: Path) -> nn.Module:
@@ -531,6 +578,8 @@ def _load_weights_file(path: Path, allow_pickle: bool,
     if path.suffix.lower() == ".safetensors":
         return _load_safetensors(path), "safetensors"
     names = _zip_names(path)
+    if names is None and _is_safetensors(path):
+        return _load_safetensors(path), "safetensors"
     if _is_export_archive(names) or path.suffix.lower() == ".pt2":
         return _load_export(path, allow_pickle), "export"
     if _is_torchscript(names):
@@ -541,9 +590,10 @@ def _load_weights_file(path: Path, allow_pickle: bool,
 def _check_file(path: Path, what: str) -> str:
     """Raise for a missing, folder, empty or unreadable file; return its sha256."""
     if not path.exists():
-        raise ModelLoadError(f"{what} not found: {path}")
+        raise ModelLoadError(f"{what} not found: {path}", hint="check the path; MODEL comes first, DATA second")
     if path.is_dir():
-        raise ModelLoadError(f"{what.split(' ')[0]} path is a folder, not a file: {path}")
+        raise ModelLoadError(f"{what.split(' ')[0]} path is a folder, not a file: {path}",
+                             hint="pass the model file inside it")
     try:
         size = path.stat().st_size
         digest = file_sha256(path)
