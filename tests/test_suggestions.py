@@ -430,7 +430,9 @@ def test_prelu_negative_slopes_explained():
         model[1].weight[:3] = -0.5
     found = one(suggest(scan(model, bounded_inputs(100, 10)), model), "prelu-slopes")
     assert found["severity"] == "info"
-    assert found["evidence"]["negative_channels"] == [0, 1, 2] and found["evidence"]["negative_slopes"] == 3
+    entry = found["evidence"]["per_site"]["1"]
+    assert entry["negative_channels"] == [0, 1, 2] and entry["negative_slopes"] == 3
+    assert found["title"] == "Site 1: PReLU slopes 3 negative (min -0.5, max 0.25)"
     assert "non-monotonic" in found["action"]
 
 
@@ -441,7 +443,7 @@ def test_prelu_collapsed_slopes_with_dead_units_is_a_warning():
         model[0].bias[4:8] = -100.0
     found = one(suggest(scan(model, bounded_inputs(100, 10)), model), "prelu-slopes")
     assert found["severity"] == "warning"
-    assert found["evidence"]["collapsed_channels"] == [4, 5, 6, 7]
+    assert found["evidence"]["per_site"]["1"]["collapsed_channels"] == [4, 5, 6, 7]
     apply_code(found, model)
     assert float(model[1].weight.detach().min()) == pytest.approx(0.01)
 
@@ -457,7 +459,21 @@ def test_prelu_negative_slopes_from_json_summary():
         model[1].weight[:3] = -0.5
     result = ScanResult.from_dict(json.loads(scan(model, bounded_inputs(100, 10)).to_json()))
     found = one(suggest(result), "prelu-slopes")
-    assert found["evidence"]["nonpositive"] == 3 and found["evidence"]["slope_min"] == -0.5
+    entry = found["evidence"]["per_site"]["1"]
+    assert entry["nonpositive"] == 3 and entry["slope_min"] == -0.5
+    assert found["title"] == "Site 1: PReLU slopes negative (min -0.5, max 0.25)"
+
+
+def test_many_prelu_sites_make_one_suggestion():
+    model = nn.Sequential(*[layer for _ in range(5) for layer in (nn.Linear(12, 12), nn.PReLU(12))])
+    with torch.no_grad():
+        for k in range(1, 10, 2):
+            model[k].weight[:2] = -0.4
+    found = one(suggest(scan(model, bounded_inputs(50, 12)), model), "prelu-slopes")
+    assert found["sites"] == ["1", "3", "5", "7", "9"] and found["evidence"]["sites"] == 5
+    assert found["title"].startswith("5 PReLU sites with negative or collapsed slopes (first: site 1:")
+    apply_code(found, model)
+    assert all(float(model[k].weight.detach().min()) == pytest.approx(0.01) for k in range(1, 10, 2))
 
 
 # -- the selection guide ------------------------------------------------------------------------------

@@ -465,8 +465,12 @@ def rule_depth_trend(result: ScanResult, model: nn.Module | None) -> list[Sugges
 
 
 def rule_prelu_slopes(result: ScanResult, model: nn.Module | None) -> list[Suggestion]:
-    """PReLU slopes collapsed to ~0 (a ReLU again, can die) or negative (a non-monotonic unit)."""
-    out = []
+    """PReLU slopes collapsed to ~0 (a ReLU again, can die) or negative (a non-monotonic unit).
+
+    One suggestion per severity: ``warning`` for sites whose collapsed slopes come with dead
+    units, ``info`` for the rest; per-site numbers under ``evidence.per_site``.
+    """
+    groups: dict[str, list[tuple[SiteResult, dict[str, Any], bool, bool]]] = {"warning": [], "info": []}
     for site in result.sites:
         if site.kind != "PReLU" or not site.prelu_slopes:
             continue
@@ -476,49 +480,63 @@ def rule_prelu_slopes(result: ScanResult, model: nn.Module | None) -> list[Sugge
             module = _activation_module(model, site.module)
             if module is not None and hasattr(module, "weight"):
                 weights = module.weight.detach().double().cpu().numpy().reshape(-1)
+        entry: dict[str, Any] = {"slope_min": _num(summary["min"]), "slope_mean": _num(summary["mean"]),
+                                 "slope_max": _num(summary["max"]), "slopes": summary["count"],
+                                 "nonpositive": summary["nonpositive"], "dead_units": site.dead}
         if weights is not None:
             negative = np.flatnonzero(weights < -PRELU_COLLAPSED).tolist()
             collapsed = np.flatnonzero(np.abs(weights) <= PRELU_COLLAPSED).tolist()
-        else:
-            negative = [] if summary["min"] >= -PRELU_COLLAPSED else None
-            collapsed = None
-            if max(abs(summary["min"]), abs(summary["max"])) <= PRELU_COLLAPSED:
-                collapsed = list(range(int(summary["count"])))
-        has_negative = negative is None or bool(negative)  # None: the JSON summary says some are negative
-        if not has_negative and not collapsed:
+            entry["negative_slopes"] = len(negative)
+            entry["collapsed_slopes"] = len(collapsed)
+            entry["negative_channels"] = _cut(negative)
+            entry["collapsed_channels"] = _cut(collapsed)
+            has_negative, has_collapsed = bool(negative), bool(collapsed)
+        else:  # from the JSON summary: min/max/count only
+            has_negative = summary["min"] < -PRELU_COLLAPSED
+            has_collapsed = max(abs(summary["min"]), abs(summary["max"])) <= PRELU_COLLAPSED
+            if has_collapsed:
+                entry["collapsed_slopes"] = int(summary["count"])
+        if not has_negative and not has_collapsed:
             continue
-        evidence: dict[str, Any] = {"slope_min": _num(summary["min"]), "slope_mean": _num(summary["mean"]),
-                                    "slope_max": _num(summary["max"]), "slopes": summary["count"],
-                                    "nonpositive": summary["nonpositive"], "dead_units_at_site": site.dead}
-        parts, severity = [], "info"
-        if has_negative:
-            evidence["negative_slopes"] = None if negative is None else len(negative)
-            if negative:
-                evidence["negative_channels"] = _cut(negative)
+        severity = "warning" if has_collapsed and site.dead else "info"
+        groups[severity].append((site, entry, has_negative, has_collapsed))
+    out = []
+    for severity, hits in groups.items():
+        if not hits:
+            continue
+        site, entry, _, _ = hits[0]
+        counts = []
+        if any(negative for *_, negative, _ in hits):
+            counts.append(f"{entry['negative_slopes']} negative" if "negative_slopes" in entry and
+                          entry["negative_slopes"] else "negative")
+        if any(collapsed for *_, collapsed in hits):
+            counts.append(f"{entry.get('collapsed_slopes', 'some')} collapsed to ~0")
+        title = (f"Site {site.name}: PReLU slopes {', '.join(counts)} (min {entry['slope_min']:.3g}, "
+                 f"max {entry['slope_max']:.3g})")
+        if len(hits) > 1:
+            title = f"{len(hits)} PReLU sites with negative or collapsed slopes (first: " + title[0].lower() + \
+                    title[1:] + ")"
+        parts = []
+        if any(negative for *_, negative, _ in hits):
             parts.append("negative slopes (for x < 0 the output is a·x > 0, so the unit answers large negative and "
                          "large positive inputs alike — a V-shaped, non-monotonic response; real trained models, "
                          "e.g. face detectors, have them; deadrelu judges such units on the pre-activation)")
-        if collapsed:
-            evidence["collapsed_slopes"] = len(collapsed)
-            evidence["collapsed_channels"] = _cut(collapsed)
-            parts.append(f"slopes collapsed to ~0 (|a| ≤ {PRELU_COLLAPSED:g}: these channels are plain ReLUs again "
-                         "and can die like them)")
-            if site.dead:
-                severity = "warning"
-        count_text = (f"{len(negative)} negative" if negative else "negative" if negative is None else "")
-        if collapsed:
-            count_text += (", " if count_text else "") + f"{len(collapsed)} collapsed to ~0"
-        title = f"Site {site.name}: PReLU slopes {count_text} (min {summary['min']:.3g}, max {summary['max']:.3g})"
-        action = ("This PReLU has " + " and ".join(parts) + ". If that is not intended, keep the slopes in a sane "
-                  "range during training (clamp after each optimiser step) or use LeakyReLU with a fixed slope.")
+        if any(collapsed for *_, collapsed in hits):
+            parts.append(f"slopes collapsed to ~0 (|a| ≤ {PRELU_COLLAPSED:g}: those channels are plain ReLUs "
+                         "again and can die like them)")
+        action = ("These PReLUs have " + " and ".join(parts) + ". If that is not intended, keep the slopes in a "
+                  "sane range during training (clamp after each optimiser step) or use LeakyReLU with a fixed slope.")
+        modules = [s.module for s, *_ in hits if s.function is None and s.module]
         code = ""
-        if site.function is None and site.module:
+        if modules:
             code = (f"import torch\n"
-                    f"prelu = model.get_submodule({_lit(site.module)})\n"
                     f"# after each optimizer.step():\n"
                     f"with torch.no_grad():\n"
-                    f"    prelu.weight.clamp_({PRELU_COLLAPSED:g}, 0.3)")
-        out.append(_suggestion("prelu-slopes", severity, [site.name], title, evidence, action, code))
+                    f"    for name in [{', '.join(_lit(m) for m in modules[:32])}]:\n"
+                    f"        model.get_submodule(name).weight.clamp_({PRELU_COLLAPSED:g}, 0.3)")
+        evidence = {"collapsed_below": PRELU_COLLAPSED, "sites": len(hits),
+                    "per_site": {s.name: e for s, e, _, _ in hits[:EVIDENCE_LIST_MAX]}}
+        out.append(_suggestion("prelu-slopes", severity, [s.name for s, *_ in hits], title, evidence, action, code))
     return out
 
 

@@ -183,7 +183,8 @@ padding-bottom:4px}h3{font-size:16px;margin:0 0 6px}
 .card .value{font-size:24px;font-weight:650}.card .note{font-size:13px;color:var(--muted)}
 .card.bad .value{color:var(--crit)}.card.good .value{color:var(--ok)}
 .verdict{font-size:17px;margin:16px 0 0}
-img.plot{max-width:100%;height:auto;border:1px solid var(--line);border-radius:6px}
+.plotbox{overflow-x:auto;max-width:100%}
+img.plot{max-width:none;height:auto;border:1px solid var(--line);border-radius:6px}
 table{border-collapse:collapse;width:100%;font-size:14px}
 th,td{padding:5px 8px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
 th{background:var(--soft);font-weight:600}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
@@ -216,7 +217,7 @@ white-space:nowrap}table.facts td{overflow-wrap:anywhere;max-width:360px}
 .meta td{overflow-wrap:anywhere}
 ul.warnings li{margin:2px 0;overflow-wrap:anywhere}
 footer{margin-top:40px;color:var(--muted);font-size:13px}
-@media print{main{max-width:none;padding:0}details.site{break-inside:avoid}
+@media print{main{max-width:none;padding:0}img.plot{max-width:100%}details.site{break-inside:avoid}
 details::details-content{content-visibility:visible;display:block;height:auto}
 a{color:inherit;text-decoration:none}}
 """
@@ -444,7 +445,9 @@ def _overview_plots(result: ScanResult) -> str:
                               ("Per-unit active rates", active_rate_histogram,
                                "distribution of per-unit active rates per site")):
         png = figure_png(build(result), dpi=90)
-        parts.append(f'<h3>{_e(title)}</h3><img class="plot" alt="{_e(alt)}" src="{_data_uri(png)}">')
+        # Natural size in a scrolling box: a wide plot of hundreds of sites stays legible instead of shrinking.
+        parts.append(f'<h3>{_e(title)}</h3><div class="plotbox"><img class="plot" alt="{_e(alt)}" '
+                     f'src="{_data_uri(png)}"></div>')
     return "".join(parts)
 
 

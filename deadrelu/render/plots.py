@@ -178,7 +178,7 @@ def active_rate_histogram(result: ScanResult) -> Figure:
             axis.legend(fontsize=8, loc="upper center")
         return fig
     count = len(sites)
-    height = min(max(4.0, 0.09 * count + 1.8), 30.0)
+    height = min(max(4.0, 0.09 * count + 1.8), 14.0)
     fig = _figure(9.0, height)
     axis = fig.subplots()
     matrix = np.zeros((count, RATE_BINS + 1))
