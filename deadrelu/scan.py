@@ -17,6 +17,7 @@ from torch import nn
 from .capture import ActivationCapture, SiteRecord
 from .capture.dispatch import capture_for
 from .capture.export import ExportedModel
+from .compile_policy import CompileDecision
 from .errors import CaptureError, DataLoadError, DeadReluError, ForwardError
 from .judge.suggestions import suggest
 from .judge.verdicts import judge_site
@@ -246,7 +247,7 @@ class _InputPreparer:
     def _to_device(self, value: Any) -> Any:
         if not isinstance(value, torch.Tensor) or value.device == self.device:
             return value
-        if self._pin:
+        if self._pin and not value.is_pinned():
             value = value.pin_memory()
         return value.to(self.device, non_blocking=True)
 
@@ -255,6 +256,11 @@ class _InputPreparer:
         finite: torch.Tensor | None = None
         for x in tensors:
             if x.device.type != "cpu" or not x.is_floating_point() or x.ndim == 0 or x.shape[0] != samples:
+                continue
+            # Fast path: one read (a sum, where NaN/inf propagate) clears an all-finite batch;
+            # only a non-finite sum (or a float overflow) pays for the per-sample check.
+            low_precision = x.dtype in (torch.float16, torch.bfloat16)
+            if bool(torch.isfinite(x.sum(dtype=torch.float32) if low_precision else x.sum())):
                 continue
             rows = torch.isfinite(x.reshape(samples, -1)).all(dim=1)
             finite = rows if finite is None else finite & rows
@@ -355,6 +361,7 @@ def scan(model: nn.Module, data: Any, *, settings: ScanSettings | None = None,
     samples = batches = 0
     partial = False
     with capture_for(model, settings, device) as capture, torch.inference_mode():
+        compile_decision = CompileDecision(settings.compile, capture, stream.num_samples)
         try:
             for raw in stream.batches():
                 inputs = prepare(raw, samples + prepare.skipped_samples)
@@ -374,6 +381,7 @@ def scan(model: nn.Module, data: Any, *, settings: ScanSettings | None = None,
                 capture.end_batch()
                 samples += inputs.samples
                 batches += 1
+                compile_decision.after_batch(batches, samples)
                 if progress is not None:
                     progress(samples, stream.num_samples)
         except KeyboardInterrupt:
@@ -388,7 +396,7 @@ def scan(model: nn.Module, data: Any, *, settings: ScanSettings | None = None,
         coverage_warnings = list(capture.coverage.warnings)
     if samples == 0:
         raise DataLoadError(f"{stream.source}: no sample was scanned", hint="check the data and --nonfinite")
-    warnings = coverage_warnings + list(stream.notes) + prepare.notes
+    warnings = coverage_warnings + list(stream.notes) + prepare.notes + compile_decision.warnings()
     if not_run:
         warnings.append(f"{len(not_run)} activation module(s) never ran on this data: {', '.join(not_run[:8])}")
     if prepare.skipped_samples:
@@ -411,7 +419,8 @@ def scan(model: nn.Module, data: Any, *, settings: ScanSettings | None = None,
     from . import __version__
     environment = {"deadrelu": __version__, "torch": torch.__version__, "device": str(device),
                    "dtype": str(dtype).replace("torch.", ""),
-                   "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+                   "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                   **compile_decision.environment()}
     coverage = {"activation_modules": len(capture.coverage.activation_modules), "not_run": not_run,
                 "excluded": capture.coverage.excluded,
                 "positional_names": bool(getattr(capture, "positional_names", False)),

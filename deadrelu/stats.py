@@ -1,32 +1,52 @@
 """Pure tensor math: per-unit accumulators that stream over batches in O(units) memory.
 
 Nothing here knows about modules, files or printing. ``reduce_batch`` is the one
-per-batch reduction (kept in one function so it can be compiled or fused);
-``Accumulator`` adds its output into float64 running tensors on the model's device
-without any host synchronisation; ``SiteStats`` is the finalised, host-side copy.
+per-batch reduction; ``fused_reduction`` is the same reduction written as one pure
+function for ``torch.compile`` (``CompiledReduction``); ``Accumulator`` adds either's
+output into float64 running tensors on the model's device without any host
+synchronisation; ``SiteStats`` is the finalised, host-side copy.
+
+Why the eager reduction looks the way it does (each measured on a 2-core CPU, see
+``benchmarks/RESULTS.md``):
+
+* The activation is viewed as ``(outer, units, inner)`` (a conv output ``(N, C, H, W)``
+  is ``(N, C, H*W)``; a Linear output ``(N, L, D)`` is ``(N*L, D, 1)``) and reduced in
+  two stages: first over the contiguous ``inner`` axis when it is long (>= 64), else
+  over ``outer``; then the small partial result. Reducing ``(0, 2, 3)`` in one call is
+  up to 10x slower for small spatial sizes.
+* Comparisons are counted through a float buffer (``gt(x, 0, out=float_buffer)``,
+  several times faster than ``x.gt(0).sum()``); the buffer and the partial results
+  live in a ``ReductionWorkspace`` shared by all sites, so no call allocates (a fresh
+  1 MB buffer per call costs page faults that doubled the reduction's time).
+* ``amin`` and ``amax`` separately (``aminmax`` was 5x slower); ``vector_norm`` for the
+  sum of squares and of ``|h|`` over a long inner axis (one read, no buffer write).
+* Per-batch sums are float32 (float64 inside the reduction was 2-3x slower) and are
+  added into float64 accumulators; a batch with more than 2**24 observations per unit
+  is reduced in float64 so counts stay exact.
+* Kind identities skip passes where they are exact (``ReductionPlan.fields``): a ReLU
+  output is >= 0, so sum |h| == sum h; ReLU6/Hardtanh outputs never go below the lower
+  bound, so "at the lower bound" == "not above it" == observations - active.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, fields
-from typing import NamedTuple
+from functools import cached_property
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+#: The largest count that float32 holds exactly (2**24).
+FLOAT32_EXACT_COUNT = 2 ** 24
 
-class BatchStats(NamedTuple):
-    """Per-unit reductions of one batch (all tensors of the unit shape)."""
+#: Every per-unit sum a site can have, in accumulator order.
+SUM_FIELDS = ("active", "total", "total_sq", "total_abs", "at_floor", "at_ceiling")
 
-    active: torch.Tensor
-    total: torch.Tensor
-    total_sq: torch.Tensor
-    total_abs: torch.Tensor
-    minimum: torch.Tensor
-    maximum: torch.Tensor
-    at_floor: torch.Tensor
-    at_ceiling: torch.Tensor
+#: Reduce over the contiguous inner axis first when it is at least this long.
+INNER_FIRST_MIN = 64
 
 
 @dataclass(frozen=True)
@@ -38,19 +58,127 @@ class ReductionPlan:
         threshold: an observation is active when its active source is > this.
         floor_at: outputs <= this count as "at the floor" (None: the kind has no floor).
         ceiling_at: outputs >= this count as "at the ceiling" (None: no upper bound).
+        output_floor: the least value the activation can output by definition (ReLU 0,
+            ReLU6 0, Hardtanh ``min_val``), or None when it is unbounded below. It lets
+            the reduction skip passes whose result an identity already gives.
     """
 
     dims: tuple[int, ...]
     threshold: float
     floor_at: float | None
     ceiling_at: float | None
+    output_floor: float | None = None
+
+    @property
+    def nonnegative(self) -> bool:
+        """Outputs are >= 0, so ``total_abs == total`` exactly."""
+        return self.output_floor is not None and self.output_floor >= 0
+
+    @property
+    def floor_from_active(self) -> bool:
+        """Outputs never go below ``floor_at`` and "active" means "above it", so
+        ``at_floor == observations - active`` exactly (ReLU6, Hardtanh)."""
+        return (self.output_floor is not None and self.floor_at is not None
+                and self.threshold == self.floor_at == self.output_floor)
+
+    @cached_property
+    def fields(self) -> tuple[str, ...]:
+        """The sums this plan computes per batch, in ``SUM_FIELDS`` order."""
+        skipped = set(self.derived)
+        if self.floor_at is None:
+            skipped.add("at_floor")
+        if self.ceiling_at is None:
+            skipped.add("at_ceiling")
+        return tuple(name for name in SUM_FIELDS if name not in skipped)
+
+    @cached_property
+    def derived(self) -> tuple[str, ...]:
+        """The sums an identity gives instead of a pass over the data."""
+        return (("total_abs",) if self.nonnegative else ()) + (("at_floor",) if self.floor_from_active else ())
 
 
-#: The largest count that float32 holds exactly (2**24).
-FLOAT32_EXACT_COUNT = 2 ** 24
+class BatchStats(NamedTuple):
+    """Per-unit reductions of one batch, units flattened.
+
+    Attributes:
+        fields: names of the rows of ``sums`` (a subset of ``SUM_FIELDS``, in that order).
+        sums: ``(len(fields), units)`` per-unit sums (float32; float64 for float64
+            models and for batches of more than 2**24 observations per unit).
+        minimum, maximum: ``(units,)`` extremes of h.
+        derived: sums left out because an identity gives them (see ``ReductionPlan``).
+    """
+
+    fields: tuple[str, ...]
+    sums: torch.Tensor
+    minimum: torch.Tensor
+    maximum: torch.Tensor
+    derived: tuple[str, ...] = ()
+
+    def get(self, name: str) -> torch.Tensor | None:
+        """The row of sum ``name``, or None when it was not computed."""
+        return self.sums[self.fields.index(name)] if name in self.fields else None
 
 
-def reduce_batch(output: torch.Tensor, active_source: torch.Tensor, plan: ReductionPlan) -> BatchStats:
+class ReductionWorkspace:
+    """Scratch buffers reused by every call of every site, grown on demand.
+
+    One flat buffer per purpose, dtype and device; a call takes a prefix of it. Hooks
+    run one at a time, so sharing is safe, and the memory is that of the largest
+    activation, not of all sites together. Buffers are created outside
+    ``inference_mode`` so they stay ordinary tensors.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
+
+    def take(self, purpose: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A flat tensor of ``numel`` elements whose contents are undefined."""
+        key = (purpose, dtype, device)
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.numel() < numel:
+            self._buffers.pop(key, None)
+            with torch.inference_mode(False):
+                buffer = torch.empty(numel, dtype=dtype, device=device)
+            self._buffers[key] = buffer
+        return buffer[:numel]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the scratch buffers."""
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+
+
+def _reduced_value(output: torch.Tensor) -> torch.Tensor:
+    return output if output.dtype in (torch.float32, torch.float64) else output.float()
+
+
+def _units_view(tensor: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor | None:
+    """``tensor`` as an ``(outer, units, inner)`` view without a copy, or None if it has none.
+
+    The kept (unit) axes must be one consecutive block; a channels-last tensor whose
+    unit axis is physically last becomes ``(N*H*W, C, 1)``.
+    """
+    ndim = tensor.ndim
+    reduced = {axis % ndim for axis in dims} if ndim else set()
+    kept = [axis for axis in range(ndim) if axis not in reduced]
+    if not kept:
+        return tensor.reshape(-1, 1, 1) if tensor.is_contiguous() else None
+    first, last = kept[0], kept[-1] + 1
+    if kept != list(range(first, last)):
+        return None
+    shape = tensor.shape
+    units = math.prod(shape[first:last])
+    if tensor.is_contiguous():
+        return tensor.view(math.prod(shape[:first]), units, math.prod(shape[last:]))
+    moved = tensor.movedim(tuple(range(first, last)), tuple(range(ndim - (last - first), ndim)))
+    if moved.is_contiguous():
+        return moved.view(-1, units, 1)
+    return None
+
+
+def reduce_batch(output: torch.Tensor, active_source: torch.Tensor, plan: ReductionPlan,
+                 workspace: ReductionWorkspace | None = None,
+                 compiled: CompiledReduction | None = None) -> BatchStats:
     """Reduce one activation tensor to per-unit statistics of this batch.
 
     Args:
@@ -58,37 +186,237 @@ def reduce_batch(output: torch.Tensor, active_source: torch.Tensor, plan: Reduct
         active_source: the tensor judged against ``plan.threshold`` for "active"
             (the pre-activation for PReLU-like kinds with negative slopes, else ``output``).
         plan: the site's reduction plan.
+        workspace: scratch buffers to reuse (a fresh one per call if None).
+        compiled: use this ``torch.compile``'d reduction when it is usable.
 
     Returns:
-        Per-unit batch statistics in float32 (float64 for float64 models, and for
-        batches with more than 2**24 observations per unit).
+        Per-unit batch statistics (see ``BatchStats``), in float32 (float64 for float64
+        models, and for batches with more than 2**24 observations per unit).
+
+    Raises:
+        ValueError: a plan that derives ``at_floor`` from ``active`` was given an
+            active source other than the output.
     """
+    if plan.floor_from_active and active_source is not output:
+        raise ValueError("this plan derives at_floor from active, which needs active_source to be the output")
+    value = _reduced_value(output)
+    reduced = {axis % value.ndim for axis in plan.dims} if value.ndim else set()
+    per_unit = math.prod(value.shape[axis] for axis in reduced)
+    if value.dtype != torch.float64 and per_unit > FLOAT32_EXACT_COUNT:
+        # float32 holds integers exactly only up to 2**24: such a batch (a large image
+        # batch per channel) is summed in float64, so its counts stay exact.
+        return _reduce_wide(value, active_source, plan)
+    view = _units_view(output, plan.dims)
+    active_view = view if active_source is output else _units_view(active_source, plan.dims)
+    if view is None or active_view is None or active_view.shape != view.shape:
+        return _reduce_wide(value, active_source, plan, dtype=None)
+    if compiled is not None and compiled.usable:
+        batch = compiled(view, active_view, plan)
+        if batch is not None:
+            return batch
+    if value is not output:  # low-precision model: reduce a float32 copy
+        cast = (workspace or ReductionWorkspace()).take("cast", view.numel(), torch.float32, view.device)
+        view = cast.view(view.shape).copy_(view)
+        if active_source is output:
+            active_view = view
+    return _reduce_view(view, active_view, plan, workspace or ReductionWorkspace())
+
+
+def _reduce_view(view: torch.Tensor, active: torch.Tensor, plan: ReductionPlan,
+                 workspace: ReductionWorkspace) -> BatchStats:
+    """The eager two-stage reduction of an ``(outer, units, inner)`` view."""
+    outer, units, inner = view.shape
+    dtype, device = view.dtype, view.device
+    names = plan.fields
+    flags = workspace.take("flags", view.numel(), dtype, device).view(view.shape)
+    sums = torch.empty((len(names), units), dtype=dtype, device=device)
+    minimum = torch.empty(units, dtype=dtype, device=device)
+    maximum = torch.empty(units, dtype=dtype, device=device)
+    if inner == 1:
+        # (outer, units): one stage over the outer axis, straight into the result rows.
+        value, active, flags = view.view(outer, units), active.view(outer, units), flags.view(outer, units)
+        stage, rows = 0, sums
+        extreme_partial = None
+    elif inner >= INNER_FIRST_MIN:
+        stage = 2
+        rows = workspace.take("partials", len(names) * outer * units, dtype, device).view(len(names), outer, units)
+        extreme_partial = workspace.take("extremes", outer * units, dtype, device).view(outer, units)
+        value = view
+    else:
+        stage = 0
+        rows = workspace.take("partials", len(names) * units * inner, dtype, device).view(len(names), units, inner)
+        extreme_partial = workspace.take("extremes", units * inner, dtype, device).view(units, inner)
+        value = view
+    for row, name in zip(rows, names):
+        if name == "active":
+            torch.sum(torch.gt(active, plan.threshold, out=flags), stage, out=row)
+        elif name == "total":
+            torch.sum(value, stage, out=row)
+        elif name == "total_sq":
+            if stage == 2:  # one read, no buffer write; sqrt then square costs ~1 ulp
+                torch.linalg.vector_norm(value, 2, dim=2, out=row)
+                row.square_()
+            else:
+                torch.sum(torch.mul(value, value, out=flags), stage, out=row)
+        elif name == "total_abs":
+            if stage == 2:
+                torch.linalg.vector_norm(value, 1, dim=2, out=row)
+            else:
+                torch.sum(torch.abs(value, out=flags), stage, out=row)
+        elif name == "at_floor":
+            torch.sum(torch.le(value, plan.floor_at, out=flags), stage, out=row)
+        elif name == "at_ceiling":
+            torch.sum(torch.ge(value, plan.ceiling_at, out=flags), stage, out=row)
+    if extreme_partial is None:
+        torch.amin(value, 0, out=minimum)
+        torch.amax(value, 0, out=maximum)
+    else:
+        final = 0 if stage == 2 else 1
+        torch.sum(rows, final + 1, out=sums)
+        torch.amin(torch.amin(value, stage, out=extreme_partial), final, out=minimum)
+        torch.amax(torch.amax(value, stage, out=extreme_partial), final, out=maximum)
+    return BatchStats(names, sums, minimum, maximum, plan.derived)
+
+
+def _reduce_wide(value: torch.Tensor, active_source: torch.Tensor, plan: ReductionPlan,
+                 dtype: torch.dtype | None = torch.float64) -> BatchStats:
+    """The plain reduction over ``plan.dims`` (sums in ``dtype``): for batches too large for
+    float32 counts and for tensors that have no ``(outer, units, inner)`` view."""
     dims = plan.dims
-    value = output if output.dtype in (torch.float32, torch.float64) else output.float()
-    # float32 holds integers exactly only up to 2**24: a batch with more observations per
-    # unit than that (a large image batch per channel) is summed in float64, so counts stay exact.
-    per_unit = 1
-    for axis in dims:
-        per_unit *= value.shape[axis]
-    wide = torch.float64 if value.dtype != torch.float64 and per_unit > FLOAT32_EXACT_COUNT else None
-    # Counting through a float buffer (gt(..., out=float)) avoids a bool->int64 sum,
-    # which is several times slower on CPU.
-    flag = torch.empty_like(value)
-    active = torch.gt(active_source, plan.threshold, out=flag).sum(dims, dtype=wide)
-    total = value.sum(dims, dtype=wide)
-    total_sq = torch.mul(value, value, out=flag).sum(dims, dtype=wide)
-    total_abs = torch.abs(value, out=flag).sum(dims, dtype=wide)
-    minimum = value.amin(dims)
-    maximum = value.amax(dims)
-    if plan.floor_at is not None:
-        at_floor = torch.le(value, plan.floor_at, out=flag).sum(dims, dtype=wide)
-    else:
-        at_floor = torch.zeros_like(total)
-    if plan.ceiling_at is not None:
-        at_ceiling = torch.ge(value, plan.ceiling_at, out=flag).sum(dims, dtype=wide)
-    else:
-        at_ceiling = torch.zeros_like(total)
-    return BatchStats(active, total, total_sq, total_abs, minimum, maximum, at_floor, at_ceiling)
+    flags = torch.empty_like(value)
+    rows = []
+    for name in plan.fields:
+        if name == "active":
+            rows.append(torch.gt(active_source, plan.threshold, out=flags).sum(dims, dtype=dtype))
+        elif name == "total":
+            rows.append(value.sum(dims, dtype=dtype))
+        elif name == "total_sq":
+            rows.append(torch.mul(value, value, out=flags).sum(dims, dtype=dtype))
+        elif name == "total_abs":
+            rows.append(torch.abs(value, out=flags).sum(dims, dtype=dtype))
+        elif name == "at_floor":
+            rows.append(torch.le(value, plan.floor_at, out=flags).sum(dims, dtype=dtype))
+        elif name == "at_ceiling":
+            rows.append(torch.ge(value, plan.ceiling_at, out=flags).sum(dims, dtype=dtype))
+    sums = torch.stack([row.reshape(-1) for row in rows])
+    return BatchStats(plan.fields, sums, value.amin(dims).reshape(-1), value.amax(dims).reshape(-1), plan.derived)
+
+
+def fused_reduction(view: torch.Tensor, active: torch.Tensor, threshold: float, floor_at: float | None,
+                    ceiling_at: float | None, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The per-batch reduction as one pure function, for ``torch.compile`` to fuse into one pass.
+
+    Args:
+        view: the activation as ``(outer, units, inner)``.
+        active: the active source, same shape.
+        threshold, floor_at, ceiling_at: as in ``ReductionPlan``.
+        names: the sums to compute (``ReductionPlan.fields``).
+
+    Returns:
+        ``(sums, minimum, maximum)`` as in ``BatchStats``.
+    """
+    value = view if view.dtype in (torch.float32, torch.float64) else view.float()
+    dims = (0, 2)
+    rows = []
+    for name in names:
+        if name == "active":
+            rows.append(torch.gt(active, threshold).to(value.dtype).sum(dims))
+        elif name == "total":
+            rows.append(value.sum(dims))
+        elif name == "total_sq":
+            rows.append((value * value).sum(dims))
+        elif name == "total_abs":
+            rows.append(value.abs().sum(dims))
+        elif name == "at_floor":
+            rows.append(torch.le(value, floor_at).to(value.dtype).sum(dims))
+        elif name == "at_ceiling":
+            rows.append(torch.ge(value, ceiling_at).to(value.dtype).sum(dims))
+    return torch.stack(rows), value.amin(dims), value.amax(dims)
+
+
+class CompiledReduction:
+    """``fused_reduction`` through ``torch.compile(dynamic=True)``, shared by all sites.
+
+    One compiled function serves every shape (dynamic sizes) and every plan (one graph
+    per distinct set of sums and constants); dynamo's recompile limit is raised while
+    it runs, because the default (8) would silently fall back to eager after 8 variants.
+    If compiling fails (no C compiler, an unsupported platform), the failure is kept
+    in ``note`` and every later call returns None, so callers reduce eagerly.
+
+    Attributes:
+        note: why compilation was given up, or None.
+        compile_seconds: wall time spent in calls that compiled a new variant.
+    """
+
+    #: dynamo recompile limit while the reduction runs (variants: plans x dtypes x 0/1 sizes)
+    RECOMPILE_LIMIT = 64
+
+    def __init__(self) -> None:
+        self.note: str | None = None
+        self.compile_seconds = 0.0
+        self._function: Any = None
+        self._variants: set[tuple] = set()
+
+    @property
+    def usable(self) -> bool:
+        return self.note is None
+
+    def __call__(self, view: torch.Tensor, active: torch.Tensor, plan: ReductionPlan) -> BatchStats | None:
+        """Reduce with the compiled function; None once compilation has failed."""
+        if self.note is not None:
+            return None
+        variant = (plan.fields, plan.threshold, plan.floor_at, plan.ceiling_at, view.dtype, active.dtype,
+                   view.device.type, tuple(size == 1 for size in view.shape))
+        new = variant not in self._variants
+        start = time.perf_counter() if new else 0.0
+        try:
+            if self._function is None:
+                self._function = torch.compile(fused_reduction, dynamic=True)
+            with _dynamo_limits(self.RECOMPILE_LIMIT):
+                sums, minimum, maximum = self._function(view, active, plan.threshold, plan.floor_at,
+                                                        plan.ceiling_at, plan.fields)
+        except Exception as exc:  # any compiler failure: reduce eagerly from now on
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            self.note = f"torch.compile failed ({type(exc).__name__}: {first}); the reduction ran eagerly"
+            return None
+        if new:
+            self._variants.add(variant)
+            self.compile_seconds += time.perf_counter() - start
+        return BatchStats(plan.fields, sums, minimum, maximum, plan.derived)
+
+
+class _dynamo_limits:
+    """Raise dynamo's recompile limits for the duration of a call (never lower them)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.saved: dict[str, int] = {}
+
+    def __enter__(self) -> None:
+        config = torch._dynamo.config
+        for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                     "accumulated_cache_size_limit"):
+            current = getattr(config, name, None)
+            if isinstance(current, int) and current < self.limit:
+                self.saved[name] = current
+                setattr(config, name, self.limit)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        config = torch._dynamo.config
+        for name, value in self.saved.items():
+            setattr(config, name, value)
+        self.saved.clear()
+
+
+_SHARED_COMPILED: CompiledReduction | None = None
+
+
+def shared_compiled_reduction() -> CompiledReduction:
+    """The process-wide compiled reduction: its kernels are reused by every later scan."""
+    global _SHARED_COMPILED
+    if _SHARED_COMPILED is None:
+        _SHARED_COMPILED = CompiledReduction()
+    return _SHARED_COMPILED
 
 
 @dataclass(frozen=True)
@@ -192,53 +520,80 @@ class Accumulator:
     Args:
         unit_shape: shape of the per-unit tensors (``(C,)`` for channels).
         device: where the model runs.
+
+    The sums kept are those of the first batch added (its ``fields``); the ones an
+    identity gives (``derived``) are filled in by ``finalize``.
     """
 
     def __init__(self, unit_shape: tuple[int, ...], device: torch.device) -> None:
+        self.unit_shape = tuple(unit_shape)
+        self.units = math.prod(self.unit_shape)
+        self.device = device
+        #: observations offered to ``add``, finite or not (a host int: no sync to keep it)
+        self.offered = 0
+        self._fields: tuple[str, ...] | None = None
+        self._derived: tuple[str, ...] = ()
         # Accumulators are made outside inference_mode so they stay ordinary tensors
         # that can be read after the scan (and are faster to update in place).
         with torch.inference_mode(False):
-            def zeros() -> torch.Tensor:
-                return torch.zeros(unit_shape, dtype=torch.float64, device=device)
-            self.unit_shape = unit_shape
-            self.observations = zeros()
-            self.active = zeros()
-            self.total = zeros()
-            self.total_sq = zeros()
-            self.total_abs = zeros()
-            self.minimum = torch.full(unit_shape, math.inf, dtype=torch.float64, device=device)
-            self.maximum = torch.full(unit_shape, -math.inf, dtype=torch.float64, device=device)
-            self.at_floor = zeros()
-            self.at_ceiling = zeros()
-            self.nonfinite = zeros()
+            self.observations = torch.zeros(self.units, dtype=torch.float64, device=device)
+            self.minimum = torch.full((self.units,), math.inf, dtype=torch.float64, device=device)
+            self.maximum = torch.full((self.units,), -math.inf, dtype=torch.float64, device=device)
+            self.sums = torch.zeros((0, self.units), dtype=torch.float64, device=device)
+
+    def update(self, output: torch.Tensor, active_source: torch.Tensor, plan: ReductionPlan,
+               workspace: ReductionWorkspace | None = None, compiled: CompiledReduction | None = None) -> None:
+        """Reduce one activation tensor (``reduce_batch``) and add it.
+
+        Args:
+            output: the activation's output.
+            active_source: what "active" is judged on (see ``reduce_batch``).
+            plan: the site's reduction plan.
+            workspace: scratch buffers to reuse.
+            compiled: a compiled reduction to use when usable.
+        """
+        if output.numel() == 0:
+            return
+        # The reduction is plain tensor math: no __torch_function__ override (a capture
+        # mode, a tensor subclass) needs to see it, and skipping dispatch saves ~4 us an op.
+        with torch._C.DisableTorchFunction():
+            batch = reduce_batch(output, active_source, plan, workspace, compiled)
+            self.add(batch, output.numel() // max(self.units, 1))
 
     def add(self, batch: BatchStats, observations_per_unit: int) -> None:
         """Add one batch's reductions.
 
-        A unit whose batch slice held NaN/inf shows it in ``total_abs`` (NaN or inf
-        propagate through the sum); that slice is left out of every statistic and
-        counted in ``nonfinite`` instead, so one bad value never poisons min/max/sums.
+        A unit whose batch slice held NaN/inf shows it in sum |h| (NaN or inf propagate
+        through it; for outputs >= 0 that is sum h): that slice is left out of every
+        statistic and counted in ``nonfinite`` instead, so one bad value never poisons
+        min/max/sums.
         """
-        finite = torch.isfinite(batch.total_abs)
-        zero = torch.zeros((), dtype=batch.total.dtype, device=batch.total.device)
-        count = torch.full((), float(observations_per_unit), dtype=torch.float64, device=finite.device)
-        self.observations += torch.where(finite, count, 0.0)
-        self.nonfinite += torch.where(finite, 0.0, count)
-        self.active += torch.where(finite, batch.active, zero)
-        self.total += torch.where(finite, batch.total, zero)
-        self.total_sq += torch.where(finite, batch.total_sq, zero)
-        self.total_abs += torch.where(finite, batch.total_abs, zero)
-        self.at_floor += torch.where(finite, batch.at_floor, zero)
-        self.at_ceiling += torch.where(finite, batch.at_ceiling, zero)
-        torch.minimum(self.minimum, torch.where(finite, batch.minimum, math.inf), out=self.minimum)
-        torch.maximum(self.maximum, torch.where(finite, batch.maximum, -math.inf), out=self.maximum)
+        if self._fields is None:
+            self._fields, self._derived = batch.fields, batch.derived
+            with torch.inference_mode(False):
+                self.sums = torch.zeros((len(batch.fields), self.units), dtype=torch.float64, device=self.device)
+        elif batch.fields != self._fields:
+            raise ValueError(f"batch has sums {batch.fields}, this accumulator keeps {self._fields}")
+        sums = batch.sums.reshape(len(batch.fields), -1)
+        check = sums[batch.fields.index("total_abs" if "total_abs" in batch.fields else "total")]
+        finite = torch.isfinite(check)
+        self.observations.add_(finite, alpha=observations_per_unit)
+        self.sums.add_(torch.where(finite, sums, 0.0))
+        torch.minimum(self.minimum, torch.where(finite, batch.minimum.reshape(-1), math.inf), out=self.minimum)
+        torch.maximum(self.maximum, torch.where(finite, batch.maximum.reshape(-1), -math.inf), out=self.maximum)
+        self.offered += observations_per_unit
 
     def finalize(self) -> SiteStats:
         """Copy to the host as flat float64 arrays (one host sync, at the end)."""
         def host(tensor: torch.Tensor) -> np.ndarray:
             return tensor.detach().reshape(-1).cpu().numpy().astype(np.float64)
-        return SiteStats(
-            observations=host(self.observations), active=host(self.active), total=host(self.total),
-            total_sq=host(self.total_sq), total_abs=host(self.total_abs), minimum=host(self.minimum),
-            maximum=host(self.maximum), at_floor=host(self.at_floor), at_ceiling=host(self.at_ceiling),
-            nonfinite=host(self.nonfinite))
+        observations = host(self.observations)
+        kept = dict(zip(self._fields or (), (host(row) for row in self.sums)))
+        zeros = np.zeros(self.units, dtype=np.float64)
+        values = {name: kept.get(name, zeros) for name in SUM_FIELDS}
+        if "total_abs" in self._derived:
+            values["total_abs"] = values["total"]
+        if "at_floor" in self._derived:
+            values["at_floor"] = observations - values["active"]
+        return SiteStats(observations=observations, minimum=host(self.minimum), maximum=host(self.maximum),
+                         nonfinite=self.offered - observations, **values)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import time
 import weakref
 from collections import deque
 from contextlib import ExitStack
@@ -25,7 +26,7 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 from ..errors import CaptureError
 from ..kinds import ActiveRule, KindSpec, floor_tolerance, is_inplace, spec_for_module
 from ..settings import Granularity, ScanSettings
-from ..stats import Accumulator, ReductionPlan, SiteStats, reduce_batch
+from ..stats import Accumulator, CompiledReduction, ReductionPlan, ReductionWorkspace, SiteStats
 from .functional import FunctionalActivationMode, FunctionalCall, spec_for_call
 from .units import PRODUCERS, resolve_unit_dim
 
@@ -116,6 +117,11 @@ class ActivationCapture:
         self._last_producer: nn.Module | None = None
         self._producer_stack: ExitStack | None = None
         self.modules_run: list[str] = []
+        # Reduction plumbing: scratch buffers shared by all sites, the compiled reduction
+        # when the scan chose one, and host seconds spent reducing (for that choice).
+        self.workspace = ReductionWorkspace()
+        self.compiled: CompiledReduction | None = None
+        self.reduce_seconds = 0.0
         # Functional capture: the modules whose forward is running (innermost last), how
         # many of them are hooked activation modules, and whether the model's forward is
         # running at all (calls made while loading data are not the model's).
@@ -365,7 +371,14 @@ class ActivationCapture:
         else:
             floor_at = None if spec.floor is None else floor_tolerance(spec.floor, self.settings.thresholds.saturation_rtol)
             ceiling_at = None
-        plan = ReductionPlan(dims=dims, threshold=spec.threshold, floor_at=floor_at, ceiling_at=ceiling_at)
+        # The least output by definition lets the reduction use exact identities (ReLU:
+        # sum |h| == sum h; ReLU6/Hardtanh: at the lower bound == not active).
+        if spec.kind == "ReLU":
+            output_floor: float | None = 0.0
+        else:
+            output_floor = spec.floor if spec.active_rule is ActiveRule.ABOVE_LOWER else None
+        plan = ReductionPlan(dims=dims, threshold=spec.threshold, floor_at=floor_at, ceiling_at=ceiling_at,
+                             output_floor=output_floor)
         return SiteRecord(module=module_name, function=function, call_index=call_index, spec=spec,
                           unit_dim=unit_dim, unit_shape=unit_shape, plan=plan, order=next(self._order),
                           accumulator=Accumulator(unit_shape, inputs.device), activation=activation)
@@ -379,13 +392,12 @@ class ActivationCapture:
 
     def observe(self, site: SiteRecord, output: torch.Tensor, active_source: torch.Tensor) -> None:
         """Reduce one call's output into the site's accumulator; keeps no reference to it."""
+        start = time.perf_counter()
         site.check_shape(output.shape, self.settings.granularity)
-        units = 1
-        for size in site.unit_shape:
-            units *= size
-        batch = reduce_batch(output, active_source, site.plan)
-        site.accumulator.add(batch, output.numel() // max(units, 1))
+        site.accumulator.update(output, active_source, site.plan, self.workspace, self.compiled)
         site.calls += 1
+        # Host time only (no device sync): what the compile decision weighs.
+        self.reduce_seconds += time.perf_counter() - start
 
     # -- results --------------------------------------------------------------------------
     def records(self) -> list[SiteRecord]:
