@@ -149,6 +149,14 @@ def test_truncated_torchscript_and_export_archives(runner, f):
     bad(scan(runner, _truncate(f["dir"] / "ep.pt2"), f["x"]), "truncated.pt2")
 
 
+def test_broken_export_archive_is_one_line_not_a_logged_traceback(runner, f, capfd):
+    with zipfile.ZipFile(f["dir"] / "broken.pt2", "w") as archive:
+        archive.writestr("broken/archive_format", "pt2")
+        archive.writestr("broken/data/weights/model_weights_config.json", "{")
+    bad(scan(runner, f["dir"] / "broken.pt2", f["x"]), "broken.pt2", "a torch.export archive that cannot be loaded")
+    assert "Traceback" not in capfd.readouterr().err  # torch logs one; deadrelu keeps it off the terminal
+
+
 @pytest.mark.parametrize("content,expected", [
     (b"hello, this is a README\nnot a model\n", "a text file (it starts with 'hello, this is a README')"),
     (b"\x89HDF\r\n\x1a\n" + bytes(100), "an HDF5 file"),
@@ -205,6 +213,18 @@ def test_data_shape_the_model_rejects(runner, f):
     result = scan(runner, "--model", f"{f['models']}:conv", f["dir"] / "gray.npy")
     bad(result, "gray.npy", "data shape (6, 1, 8, 8)", "batch fed (6, 1, 8, 8)")
     assert "Conv2d(in_channels=3)" in result.stderr
+
+
+def test_data_shape_an_exported_program_rejects(runner, f):
+    program = torch.export.export(linear_with_dead_units().eval(), (torch.zeros(4, 10),),
+                                  dynamic_shapes={"input": {0: torch.export.Dim("batch", min=2)}})
+    torch.export.save(program, str(f["dir"] / "ep.pt2"))
+    np.save(f["dir"] / "seven.npy", bounded_inputs(30, 7).numpy())
+    result = scan(runner, f["dir"] / "ep.pt2", f["dir"] / "seven.npy")
+    bad(result, "seven.npy", "data shape (30, 7)", "batch fed (30, 7)")
+    assert "the exported program takes input of shape (B in [2, inf], 10)" in result.stderr
+    np.save(f["dir"] / "one.npy", bounded_inputs(1, 10).numpy()[0])
+    bad(scan(runner, f["dir"] / "ep.pt2", f["dir"] / "one.npy"), "one.npy", "one unbatched sample")
 
 
 def test_unbatched_data(runner, f):

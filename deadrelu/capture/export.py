@@ -14,6 +14,7 @@ the scan re-batches the data to fit (see ``load.data.fit_batches``).
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
 import torch
@@ -43,10 +44,13 @@ class ExportedModel(nn.Module):
     def __init__(self, program: Any) -> None:
         super().__init__()
         self.program = program
-        try:
-            self.graph_module = torch.export.unflatten(program)
-        except Exception:
-            self.graph_module = program.module()
+        with warnings.catch_warnings():
+            # torch's own pytree deprecation notices are not the user's business.
+            warnings.simplefilter("ignore", FutureWarning)
+            try:
+                self.graph_module = torch.export.unflatten(program)
+            except Exception:
+                self.graph_module = program.module()
         self.batch_bounds, self.sample_shape = input_constraints(program)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:

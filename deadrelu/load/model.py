@@ -18,16 +18,19 @@ What a user may hand over, and how each is read:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import io
 import json
+import logging
 import pickle
 import pickletools
 import sys
 import types
+import warnings
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -553,6 +556,40 @@ def _audit_export_archive(path: Path) -> list[str]:
     return problems
 
 
+class _FirstLoggedError(logging.Handler):
+    """Remembers the first exception torch logs (it logs the real cause, then raises a vaguer one)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.cause: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.cause is None and record.exc_info and record.exc_info[1] is not None:
+            self.cause = f"{type(record.exc_info[1]).__name__}: {_first_line(record.exc_info[1])}"
+
+
+@contextlib.contextmanager
+def _quiet_torch_export() -> Iterator[_FirstLoggedError]:
+    """Keep torch's own notices (deprecations, logged tracebacks of a failed load) off the
+    user's terminal: the failure reaches them as one line."""
+    loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export")]
+    saved = [(logger.level, logger.propagate, list(logger.handlers)) for logger in loggers]
+    recorder = _FirstLoggedError()
+    try:
+        for logger in loggers:
+            logger.handlers = [recorder]
+            logger.propagate = False
+            logger.setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield recorder
+    finally:
+        for logger, (level, propagate, handlers) in zip(loggers, saved):
+            logger.setLevel(level)
+            logger.propagate = propagate
+            logger.handlers = handlers
+
+
 def _load_export(path: Path, allow_pickle: bool) -> nn.Module:
     from ..capture.export import ExportedModel
 
@@ -564,10 +601,14 @@ def _load_export(path: Path, allow_pickle: bool) -> nn.Module:
         raise UnsafePickleError(f"{path}: a torch.export archive holding {', '.join(problems[:4])}, which would "
                                 "run code when loaded; refusing to load it",
                                 hint="re-export without custom objects, or pass --allow-pickle if you trust the file")
+    recorder = None
     try:
-        program = torch.export.load(str(path))
+        with _quiet_torch_export() as recorder:
+            program = torch.export.load(str(path))
     except Exception as exc:
-        raise ModelLoadError(f"{path}: a torch.export archive that cannot be loaded ({_first_line(exc)})",
+        cause = (recorder.cause if recorder is not None else None) or _first_line(exc).replace(
+            " Please check the warnings above for possible errors.", "")
+        raise ModelLoadError(f"{path}: a torch.export archive that cannot be loaded ({cause})",
                              hint="was it saved by a different torch version? torch.export archives are "
                                   "not stable across versions") from None
     return ExportedModel(program)
