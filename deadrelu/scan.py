@@ -325,8 +325,9 @@ def scan(model: nn.Module, data: Any, *, settings: ScanSettings | None = None,
             (``batch_size=64, tau=0.05, device="cpu", granularity="position"``...).
         progress: called as ``progress(samples_done, samples_total_or_None)`` after each batch.
         model_info: metadata about where the model came from, for reports.
-        input_key: which entry of dict batches is the model input; several keys (or
-            tuple positions) feed several inputs, ``model(a, b)``.
+        input_key: which entry of dict batches (or of a dict of arrays given as
+            ``data``) is the model input; several keys (or tuple positions) feed several
+            inputs, ``model(a, b)``.
         scale: multiply inputs by this (e.g. 1/255 for uint8 images).
         partial_on_interrupt: on Ctrl-C, return what was seen so far, marked partial.
         input_fn: maps a raw batch to the model's inputs: a tensor, a tuple (positional
@@ -351,8 +352,10 @@ def scan(model: nn.Module, data: Any, *, settings: ScanSettings | None = None,
     if settings.device is not None:
         model.to(device)
     dtype = model_dtype(model)
-    stream = data if isinstance(data, DataStream) else as_stream(data, settings.batch_size, settings.limit,
-                                                                 shuffle_seed=shuffle_seed)
+    # A dict of arrays is one array per input: input_key names them (and their order).
+    stream = data if isinstance(data, DataStream) else as_stream(
+        data, settings.batch_size, settings.limit, shuffle_seed=shuffle_seed,
+        key=input_key if isinstance(data, Mapping) else None)
     if isinstance(model, ExportedModel):
         # An exported program accepts only the batch sizes it was exported for.
         stream = fit_batches(stream, *model.batch_bounds, settings.batch_size)

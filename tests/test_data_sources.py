@@ -298,6 +298,15 @@ def test_api_input_fn_with_keyword_inputs():
     assert result.summary.dead == 8 and result.data["samples"] == 60
 
 
+def test_api_dict_of_arrays_with_input_keys():
+    data = {"a": bounded_inputs(30, 10), "b": torch.rand(30, 4) * 2 - 1, "y": torch.zeros(30)}
+    result = deadrelu.scan(TwoInputs(), data, input_key=["a", "b"], batch_size=8)
+    assert {s.name: s.dead for s in result.sites} == {"a_path.1": 8, "b_act": 2}
+    assert (result.data["samples"], result.data["batches"]) == (30, 4)
+    with pytest.raises(deadrelu.DataLoadError, match=r"holds 3 arrays \(a, b, y\); say which"):
+        deadrelu.scan(TwoInputs(), data)
+
+
 def test_api_model_inputs_batches():
     model = TwoInputs()
     a, b = bounded_inputs(30, 10), torch.rand(30, 4) * 2 - 1

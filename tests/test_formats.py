@@ -303,6 +303,15 @@ def test_torchscript_file_gives_the_eager_names_and_counts(runner, tmp_path, mix
         assert site["unit_stats"]["active"] == eager_site.stats.active.tolist()
 
 
+def test_torchscript_no_functional_keeps_only_activation_modules(mixed):
+    model, x = mixed
+    scripted = torch.jit.script(model)
+    result = deadrelu.scan(scripted, x, functional=False)
+    assert [site.name for site in result.sites] == ["stem.1", "block.relu#0", "block.relu#1"]
+    assert [site.name for site in result.sites] == [site.name for site in deadrelu.scan(model, x, functional=False).sites]
+    assert result.coverage["functional"] is False
+
+
 def test_torchscript_every_kind_matches_eager(tmp_path):
     torch.manual_seed(0)
     model = EveryKind().eval()

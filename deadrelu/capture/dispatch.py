@@ -423,6 +423,8 @@ class DispatchCapture(ActivationCapture):
         # never sees; the plain interpreter calls every op.
         self._stack.enter_context(torch.jit.optimized_execution(False))
         self.coverage.activation_modules = list(self.plan.activation_modules)
+        # The graph holds functional calls like any other op; they are sites unless turned off.
+        self.coverage.functional = self.settings.functional
         self._stack.enter_context(_AtenActivationMode(self))
         return self
 
@@ -491,6 +493,8 @@ class DispatchCapture(ActivationCapture):
         op_index = self._op_calls.get(function, 0)
         self._op_calls[function] = op_index + 1
         planned = self._plan_entry(position, function)
+        if planned is not None and planned.function is not None and not self.settings.functional:
+            return _run(func, args, kwargs)  # --no-functional: only activation modules' calls
         positional_key = ("", f"aten.{function}", op_index)
         record = self._sites.get(positional_key) if positional_key in self._sites else self._new_site(
             positional_key, planned, op, arguments, tensor)

@@ -376,7 +376,8 @@ def _pick(values: Mapping[str, Any], keys: list[str], source: str, what: str = "
     if not keys:
         if len(names) != 1:
             raise DataLoadError(f"{source}: holds {len(names)} {what} ({', '.join(names[:8])}); say which",
-                                hint="pass --key NAME (repeat --key for a model that takes several inputs)")
+                                hint="pass --key NAME, or input_key= in Python (several for a model that "
+                                     "takes several inputs)")
         keys = names
     missing = [k for k in keys if k not in values]
     if missing:
@@ -619,7 +620,8 @@ def _open_npz(path: Path, keys: list[str]) -> tuple[list[np.ndarray], list[str]]
     if not keys:
         if len(names) != 1:
             raise DataLoadError(f"{path}: holds {len(names)} arrays ({', '.join(names[:8])}); say which",
-                                hint="pass --key NAME (repeat --key for a model that takes several inputs)")
+                                hint="pass --key NAME, or input_key= in Python (several for a model that "
+                                     "takes several inputs)")
         keys = names
     for key in keys:
         if key not in names:
