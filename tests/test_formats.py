@@ -160,6 +160,19 @@ def test_pickled_module_is_refused_then_loaded_weights_only_with_its_globals(run
     assert report["model"]["format"] == "pickle"
 
 
+def test_pickle_the_weights_only_unpickler_cannot_rebuild_falls_back_with_consent(runner, tmp_path, data):
+    model = linear_with_dead_units(dead=8)
+    model.input_stats = np.array([0.0, 1.0])  # numpy state: beyond the weights-only unpickler
+    torch.save(model, tmp_path / "with_numpy.pt")
+    assert run(runner, tmp_path / "with_numpy.pt", data).exit_code == 2
+    report = report_of(runner, tmp_path / "with_numpy.pt", data, "--allow-pickle")
+    assert report["summary"]["dead"] == 8
+    assert any("full unpickler" in w for w in report["warnings"])
+    torch.save(linear_with_dead_units(dead=8), tmp_path / "plain.pt")
+    report = report_of(runner, tmp_path / "plain.pt", data, "--allow-pickle")
+    assert any("weights-only unpickler, allowing only the globals" in w for w in report["warnings"])
+
+
 def test_pickled_dataparallel_is_unwrapped(runner, tmp_path, data):
     path = tmp_path / "dp.pt"
     torch.save(nn.DataParallel(linear_with_dead_units(dead=8)), path)
@@ -167,6 +180,7 @@ def test_pickled_dataparallel_is_unwrapped(runner, tmp_path, data):
     assert report["summary"]["dead"] == 8
     assert report["model"]["class"] == "Sequential"
     assert "unwrapped DataParallel to Sequential" in report["warnings"]
+    assert any("weights-only unpickler" in w for w in report["warnings"])
     assert [site["name"] for site in report["sites"]] == ["1"]
 
 

@@ -460,6 +460,14 @@ def _refuse_pickle(path: Path, wanted: list[str]) -> UnsafePickleError:
              "pass --allow-pickle")
 
 
+#: How a pickled module was read, as the report says it.
+_UNPICKLED = {
+    "weights_only+globals": "unpickled with the weights-only unpickler, allowing only the globals the file names "
+                            "(--allow-pickle)",
+    "pickle": "unpickled with the full unpickler (--allow-pickle): the weights-only one could not rebuild it",
+}
+
+
 def _torch_load(path: Path, allow_pickle: bool, user_modules: list[types.ModuleType]) -> tuple[Any, str]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True), "weights_only"
@@ -676,7 +684,9 @@ def load_model(path: str | Path, arch: str | None = None, arch_kwargs: Mapping[s
         return LoadedModel(obj, str(path), how, digest, notes)
     if isinstance(obj, nn.Module):
         module = unwrap(obj)
-        notes = [] if module is obj else [f"unwrapped {type(obj).__name__} to {type(module).__name__}"]
+        notes = [_UNPICKLED[how]] if how in _UNPICKLED else []
+        if module is not obj:
+            notes.append(f"unwrapped {type(obj).__name__} to {type(module).__name__}")
         if arch:
             notes.append("--arch ignored: the file holds a whole module")
         return LoadedModel(module, str(path), "pickle", digest, notes)
