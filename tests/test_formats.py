@@ -374,6 +374,38 @@ def test_torchscript_unit_axes_follow_the_producing_op():
     assert (site.unit_dim, site.units, list(site.verdict.dead_units)) == (2, 24, [0, 7, 23])
 
 
+class Stacks(nn.Module):
+    """ReLUs inside ModuleList / ModuleDict entries, which TorchScript's call hierarchy leaves out."""
+
+    def __init__(self, twin: bool = False) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Sequential(nn.Linear(8, 8), nn.ReLU()) for _ in range(2)])
+        self.heads = nn.ModuleDict({"gelu": nn.GELU(), "elu": nn.ELU()})
+        # A second list whose entries have the same names and types: "0(Sequential)" is ambiguous.
+        self.twin = nn.ModuleList([nn.Sequential(nn.Linear(8, 8), nn.ReLU())]) if twin else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        if self.twin is not None:
+            for layer in self.twin:
+                x = layer(x)
+        return self.heads["elu"](self.heads["gelu"](x))
+
+
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_torchscript_names_through_modulelists_and_dicts(how):
+    model, x = Stacks().eval(), torch.randn(12, 8)
+    program = torch.jit.script(model) if how == "script" else torch.jit.trace(model, x)
+    result = deadrelu.scan(program, x)
+    assert [site.name for site in result.sites] == ["layers.0.1", "layers.1.1", "heads.gelu", "heads.elu"]
+    assert [site.name for site in result.sites] == [site.name for site in deadrelu.scan(model, x).sites]
+    twin = deadrelu.scan(torch.jit.script(Stacks(twin=True).eval()), x)
+    assert [site.name for site in twin.sites] == ["aten.relu#0", "aten.relu#1", "aten.relu#2", "aten.gelu#0",
+                                                  "aten.elu#0"]
+    assert any("ambiguous" in warning and "positional" in warning for warning in twin.warnings)
+
+
 def test_torchscript_with_a_loop_gets_positional_names_and_says_so():
     model = torch.jit.script(LoopNet().eval())
     result = deadrelu.scan(model, torch.rand(10, 5))

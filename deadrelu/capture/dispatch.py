@@ -149,32 +149,71 @@ def plan_from_calls(calls: list[tuple[str, str, str | None]], activation_modules
 # -- TorchScript plans ----------------------------------------------------------------------
 
 _HIERARCHY_ENTRY = re.compile(r"([^().]*)\(([^()]*)\)")
+#: Containers TorchScript does not list as a level of the call hierarchy (they have no forward).
+_CONTAINERS = ("ModuleList", "ModuleDict")
 
 
-def _parse_hierarchy(text: str) -> tuple[str, str | None]:
-    """``block(Block).act(ReLU).UNKNOWN_INSTANCE(UNKNOWN_TYPE)`` -> ``("block.act", "ReLU")``."""
-    names, last_type = [], None
-    for instance, type_name in _HIERARCHY_ENTRY.findall(text):
-        if not instance or instance == "UNKNOWN_INSTANCE":
-            continue
-        names.append(instance)
-        last_type = type_name
-    return ".".join(names), last_type
+class _UnclearHierarchy(Exception):
+    """A hierarchy entry matches no submodule, or several (children of two ModuleLists)."""
 
 
-def _script_calls(nodes: Any) -> list[tuple[str, str, str | None]] | None:
+def _original_name(module: Any) -> str:
+    return getattr(module, "original_name", None) or type(module).__name__
+
+
+class _HierarchyResolver:
+    """Turns TorchScript's call hierarchy into ``named_modules()`` names.
+
+    ``getModuleHierarchy()`` gives ``layers(ModuleList)``-free chains such as
+    ``0(Sequential).1(ReLU).UNKNOWN_INSTANCE(UNKNOWN_TYPE)`` (the last entry: a function
+    called inside ``1``); ModuleList/ModuleDict levels are looked up here.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self._cache: dict[str, tuple[str, str | None]] = {}
+
+    def __call__(self, text: str) -> tuple[str, str | None]:
+        """``(qualified module name, its class name)`` of the module that made the call."""
+        if text not in self._cache:
+            self._cache[text] = self._resolve(text)
+        return self._cache[text]
+
+    def _resolve(self, text: str) -> tuple[str, str | None]:
+        module, names, last_type = self.model, [], None
+        for instance, type_name in _HIERARCHY_ENTRY.findall(text):
+            if not instance or instance == "UNKNOWN_INSTANCE":
+                continue
+            children = dict(module.named_children())
+            if instance in children:
+                names.append(instance)
+                module = children[instance]
+            else:
+                found = [(name, dict(child.named_children())[instance]) for name, child in children.items()
+                         if _original_name(child) in _CONTAINERS and instance in dict(child.named_children())
+                         and _original_name(dict(child.named_children())[instance]) == type_name]
+                if len(found) != 1:
+                    raise _UnclearHierarchy(f"{'.'.join(names + [instance]) or text} matches "
+                                            f"{len(found)} submodules")
+                names += [found[0][0], instance]
+                module = found[0][1]
+            last_type = type_name
+        return ".".join(names), last_type
+
+
+def _script_calls(nodes: Any, resolve: _HierarchyResolver) -> list[tuple[str, str, str | None]] | None:
     """Activation calls of a TorchScript block in order; None when control flow makes
     the order depend on the data (a loop or an ``if`` whose branches differ)."""
     calls: list[tuple[str, str, str | None]] = []
     for node in nodes:
         kind = node.kind()
         if kind.startswith("aten::") and kind[6:] in ACTIVATION_OPS:
-            path, type_name = _parse_hierarchy(node.getModuleHierarchy() or "")
+            path, type_name = resolve(node.getModuleHierarchy() or "")
             calls.append((ACTIVATION_OPS[kind[6:]], path, type_name))
         blocks = list(node.blocks())
         if not blocks:
             continue
-        inner = [_script_calls(block.nodes()) for block in blocks]
+        inner = [_script_calls(block.nodes(), resolve) for block in blocks]
         if any(branch is None for branch in inner):
             return None
         if kind == "prim::If":
@@ -193,14 +232,17 @@ def torchscript_plan(model: torch.jit.ScriptModule) -> SitePlan:
     """The activation calls of a ScriptModule's inlined graph, named from its module hierarchy."""
     activation_modules, types = [], set()
     for name, module in model.named_modules():
-        original = getattr(module, "original_name", type(module).__name__)
+        original = _original_name(module)
         types.add(original)
         if original in KNOWN_KINDS and name:
             activation_modules.append(name)
-    module_types = tuple(sorted(types - {getattr(model, "original_name", "")}))
+    module_types = tuple(sorted(types - {_original_name(model)}))
     try:
         graph = model.inlined_graph
-        calls = _script_calls(graph.nodes())
+        calls = _script_calls(graph.nodes(), _HierarchyResolver(model))
+    except _UnclearHierarchy as exc:
+        return SitePlan(None, f"the TorchScript call hierarchy is ambiguous ({exc})", tuple(activation_modules),
+                        module_types)
     except Exception as exc:  # getModuleHierarchy is missing in old torch; some graphs do not inline
         return SitePlan(None, f"the TorchScript graph cannot be read ({type(exc).__name__})",
                         tuple(activation_modules), module_types)
