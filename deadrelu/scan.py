@@ -451,7 +451,12 @@ def _site_result(capture: ActivationCapture, record: SiteRecord, settings: ScanS
 
 def _forward_error(exc: Exception, model: nn.Module, capture: ActivationCapture, batch_index: int,
                    inputs: _Prepared, stream: DataStream) -> ForwardError:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # TorchScript re-raises an op's error from inside a dispatch mode without its text.
+    exc = getattr(capture, "op_error", None) or exc
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    if text.startswith("The following operation failed in the TorchScript interpreter") and len(lines) > 1:
+        text = lines[-1]  # the TorchScript traceback ends with the error that was raised
     ran = [name for (name, _function) in capture._calls] if capture._calls else []
     where = f"; activations that ran first: {', '.join(ran[:4])}" if ran else ""
     expected = expected_input(model)

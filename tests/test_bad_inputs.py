@@ -215,6 +215,14 @@ def test_data_shape_the_model_rejects(runner, f):
     assert "Conv2d(in_channels=3)" in result.stderr
 
 
+def test_data_shape_a_torchscript_model_rejects_keeps_the_ops_message(runner, f):
+    torch.jit.save(torch.jit.script(linear_with_dead_units()), str(f["dir"] / "ts.pt"))
+    np.save(f["dir"] / "seven.npy", bounded_inputs(30, 7).numpy())
+    result = scan(runner, f["dir"] / "ts.pt", f["dir"] / "seven.npy")
+    bad(result, "seven.npy", "data shape (30, 7)", "mat1 and mat2 shapes cannot be multiplied (30x7 and 10x32)")
+    assert "Linear(in_features=10)" in result.stderr
+
+
 def test_data_shape_an_exported_program_rejects(runner, f):
     program = torch.export.export(linear_with_dead_units().eval(), (torch.zeros(4, 10),),
                                   dynamic_shapes={"input": {0: torch.export.Dim("batch", min=2)}})

@@ -407,7 +407,11 @@ class _AtenActivationMode(TorchDispatchMode):
             name = self._names[func] = func.overloadpacket.__name__
         if name in ACTIVATION_OPS:
             return capture.activation_call(name, func, args, kwargs)
-        output = func(*args, **kwargs)
+        try:
+            output = func(*args, **kwargs)
+        except Exception as exc:
+            capture.op_error = exc
+            raise
         if capture.discovering:
             capture.producer_output(name, output)
         return output
@@ -433,6 +437,8 @@ class DispatchCapture(ActivationCapture):
         self.running = False
         #: an error raised by the capture inside a forward pass, if any
         self.failure: Exception | None = None
+        #: the model's own op error, whose text TorchScript drops when it re-raises it
+        self.op_error: Exception | None = None
         self._position = 0
         self._op_calls: dict[str, int] = {}
         self._planned: dict[tuple[str, str | None, int], PlannedSite] = {}
@@ -478,6 +484,7 @@ class DispatchCapture(ActivationCapture):
     # -- batch loop -----------------------------------------------------------------------
     def begin_batch(self) -> None:
         super().begin_batch()
+        self.failure = self.op_error = None
         self._position = 0
         self._op_calls.clear()
         self.running = True
@@ -519,6 +526,7 @@ class DispatchCapture(ActivationCapture):
         try:
             return self._activation_call(op, func, args, kwargs)
         except _OpFailed as wrapped:
+            self.op_error = wrapped.error
             raise wrapped.error from None
         except Exception as exc:
             self.failure = exc
