@@ -321,6 +321,15 @@ def test_output_path_that_cannot_be_written_fails_before_the_scan(runner, f):
     bad(scan(runner, f["sd"], f["x"], *arch, "--json", f["dir"]), "cannot write", "it is a folder")
 
 
+def test_a_python_reference_given_as_a_path_points_to_the_option(runner, f):
+    result = scan(runner, f"{f['models']}:build", f["x"])
+    bad(result, "model file not found", "models.py:build")
+    assert f"use --model {f['models']}:build" in result.stderr
+    result = scan(runner, f["sd"], f"{f['models']}:make", "--arch", f"{f['models']}:build")
+    bad(result, "data file not found", "models.py:make")
+    assert f"use --data {f['models']}:make" in result.stderr
+
+
 def test_wrong_number_of_file_arguments(runner, f):
     bad(scan(runner, f["sd"]), "expected MODEL DATA", "sd.pt")
     bad(scan(runner, "--model", f"{f['models']}:build", f["sd"], f["x"]), "expected DATA with --model")

@@ -515,7 +515,10 @@ def load_data(path: str | os.PathLike, batch_size: int = 256, limit: int | None 
     """
     path = Path(path)
     if not path.exists():
-        raise DataLoadError(f"data file not found: {path}", hint="check the path; MODEL comes first, DATA second")
+        spec = ":" in path.name and path.suffix.lower() not in (".npy", ".npz", ".pt", ".pth", ".csv", ".parquet")
+        raise DataLoadError(f"data file not found: {path}",
+                            hint=f"for data from Python, use --data {path}" if spec
+                            else "check the path; MODEL comes first, DATA second")
     if path.is_dir():
         raise DataLoadError(f"data path is a folder, not a file: {path}",
                             hint="pass one data file (.npy, .npz, .pt, .csv, .parquet) inside it")

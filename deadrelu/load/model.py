@@ -639,7 +639,10 @@ def _load_weights_file(path: Path, allow_pickle: bool,
 def _check_file(path: Path, what: str) -> str:
     """Raise for a missing, folder, empty or unreadable file; return its sha256."""
     if not path.exists():
-        raise ModelLoadError(f"{what} not found: {path}", hint="check the path; MODEL comes first, DATA second")
+        spec = ":" in path.name and what == "model file"
+        raise ModelLoadError(f"{what} not found: {path}",
+                             hint=f"to build the model with Python, use --model {path}" if spec
+                             else "check the path; MODEL comes first, DATA second")
     if path.is_dir():
         raise ModelLoadError(f"{what.split(' ')[0]} path is a folder, not a file: {path}",
                              hint="pass the model file inside it")
