@@ -14,6 +14,8 @@ Why the eager reduction looks the way it does (each measured on a 2-core CPU, se
   two stages: first over the contiguous ``inner`` axis when it is long (>= 64), else
   over ``outer``; then the small partial result. Reducing ``(0, 2, 3)`` in one call is
   up to 10x slower for small spatial sizes.
+* Sums over the outer axis are one matrix-vector product, ``ones(outer) @ x`` (BLAS
+  reads ``x`` once at full bandwidth: 1.1-1.8x faster than ``torch.sum(x, 0)``).
 * Comparisons are counted through a float buffer (``gt(x, 0, out=float_buffer)``,
   several times faster than ``x.gt(0).sum()``); the buffer and the partial results
   live in a ``ReductionWorkspace`` shared by all sites, so no call allocates (a fresh
@@ -25,7 +27,9 @@ Why the eager reduction looks the way it does (each measured on a 2-core CPU, se
   is reduced in float64 so counts stay exact.
 * Kind identities skip passes where they are exact (``ReductionPlan.fields``): a ReLU
   output is >= 0, so sum |h| == sum h; ReLU6/Hardtanh outputs never go below the lower
-  bound, so "at the lower bound" == "not above it" == observations - active.
+  bound, so "at the lower bound" == "not above it" == observations - active. For the
+  same kinds a batch where every unit has an inactive observation has its minimum at the
+  bound; on CPU tensors (where reading that costs no device sync) the amin pass is skipped.
 """
 
 from __future__ import annotations
@@ -80,6 +84,12 @@ class ReductionPlan:
         ``at_floor == observations - active`` exactly (ReLU6, Hardtanh)."""
         return (self.output_floor is not None and self.floor_at is not None
                 and self.threshold == self.floor_at == self.output_floor)
+
+    @property
+    def floor_attained(self) -> bool:
+        """Outputs never go below ``output_floor`` and "active" means "above it", so every
+        finite observation that is not active equals ``output_floor`` (ReLU, ReLU6, Hardtanh)."""
+        return self.output_floor is not None and self.threshold == self.output_floor
 
     @cached_property
     def fields(self) -> tuple[str, ...]:
@@ -139,6 +149,16 @@ class ReductionWorkspace:
             self._buffers.pop(key, None)
             with torch.inference_mode(False):
                 buffer = torch.empty(numel, dtype=dtype, device=device)
+            self._buffers[key] = buffer
+        return buffer[:numel]
+
+    def ones(self, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A flat tensor of ``numel`` ones (filled once, when the buffer grows)."""
+        key = ("ones", dtype, device)
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.numel() < numel:
+            with torch.inference_mode(False):
+                buffer = torch.ones(numel, dtype=dtype, device=device)
             self._buffers[key] = buffer
         return buffer[:numel]
 
@@ -228,6 +248,7 @@ def _reduce_view(view: torch.Tensor, active: torch.Tensor, plan: ReductionPlan,
     outer, units, inner = view.shape
     dtype, device = view.dtype, view.device
     names = plan.fields
+    same_source = active is view
     flags = workspace.take("flags", view.numel(), dtype, device).view(view.shape)
     sums = torch.empty((len(names), units), dtype=dtype, device=device)
     minimum = torch.empty(units, dtype=dtype, device=device)
@@ -247,35 +268,62 @@ def _reduce_view(view: torch.Tensor, active: torch.Tensor, plan: ReductionPlan,
         rows = workspace.take("partials", len(names) * units * inner, dtype, device).view(len(names), units, inner)
         extreme_partial = workspace.take("extremes", units * inner, dtype, device).view(units, inner)
         value = view
+    if stage == 0:
+        # Sums over the outer axis as one matrix-vector product, ones(outer) @ x: BLAS reads
+        # x once at full bandwidth, 1.1-1.8x faster than torch.sum(x, 0) here. Counts stay
+        # exact (partial sums of 0/1 below 2**24); float sums agree to ~1e-6 relative.
+        ones = workspace.ones(outer, dtype, device).view(1, outer)
+        columns = units * inner
+
+        def stage_sum(tensor: torch.Tensor, row: torch.Tensor) -> None:
+            torch.mm(ones, tensor.view(outer, columns), out=row.view(1, columns))
+    else:
+        def stage_sum(tensor: torch.Tensor, row: torch.Tensor) -> None:
+            torch.sum(tensor, 2, out=row)
     for row, name in zip(rows, names):
         if name == "active":
-            torch.sum(torch.gt(active, plan.threshold, out=flags), stage, out=row)
+            stage_sum(torch.gt(active, plan.threshold, out=flags), row)
         elif name == "total":
-            torch.sum(value, stage, out=row)
+            stage_sum(value, row)
         elif name == "total_sq":
             if stage == 2:  # one read, no buffer write; sqrt then square costs ~1 ulp
                 torch.linalg.vector_norm(value, 2, dim=2, out=row)
                 row.square_()
             else:
-                torch.sum(torch.mul(value, value, out=flags), stage, out=row)
+                stage_sum(torch.mul(value, value, out=flags), row)
         elif name == "total_abs":
             if stage == 2:
                 torch.linalg.vector_norm(value, 1, dim=2, out=row)
             else:
-                torch.sum(torch.abs(value, out=flags), stage, out=row)
+                stage_sum(torch.abs(value, out=flags), row)
         elif name == "at_floor":
-            torch.sum(torch.le(value, plan.floor_at, out=flags), stage, out=row)
+            stage_sum(torch.le(value, plan.floor_at, out=flags), row)
         elif name == "at_ceiling":
-            torch.sum(torch.ge(value, plan.ceiling_at, out=flags), stage, out=row)
-    if extreme_partial is None:
+            stage_sum(torch.ge(value, plan.ceiling_at, out=flags), row)
+    final = 0 if stage == 2 else 1
+    if extreme_partial is not None:
+        torch.sum(rows, final + 1, out=sums)
+    # ReLU, ReLU6, Hardtanh: a finite observation that is not active sits exactly at the lower
+    # bound, so a unit with one in this batch has its minimum there. Where reading that answer
+    # on the host costs nothing (CPU tensors; on CUDA it would be a sync), the amin pass is
+    # skipped when every unit has one. (A NaN counts as not active, but its slice is dropped.)
+    if (plan.floor_attained and same_source and _host_read_is_free(device)
+            and bool((sums[0] < outer * inner).all())):
+        minimum.fill_(plan.output_floor)  # type: ignore[arg-type]
+    elif extreme_partial is None:
         torch.amin(value, 0, out=minimum)
+    else:
+        torch.amin(torch.amin(value, stage, out=extreme_partial), final, out=minimum)
+    if extreme_partial is None:
         torch.amax(value, 0, out=maximum)
     else:
-        final = 0 if stage == 2 else 1
-        torch.sum(rows, final + 1, out=sums)
-        torch.amin(torch.amin(value, stage, out=extreme_partial), final, out=minimum)
         torch.amax(torch.amax(value, stage, out=extreme_partial), final, out=maximum)
     return BatchStats(names, sums, minimum, maximum, plan.derived)
+
+
+def _host_read_is_free(device: torch.device) -> bool:
+    """Whether reading a tensor's value on the host costs no device synchronisation."""
+    return device.type == "cpu"
 
 
 def _reduce_wide(value: torch.Tensor, active_source: torch.Tensor, plan: ReductionPlan,

@@ -172,7 +172,7 @@ def test_float64_outputs_stay_float64():
     output = torch.relu(torch.randn(8, 3, dtype=torch.float64))
     batch = reduce_batch(output, output, plan)
     assert batch.sums.dtype == torch.float64
-    np.testing.assert_array_equal(batch.get("total").numpy(), output.sum(0).numpy())
+    np.testing.assert_allclose(batch.get("total").numpy(), output.sum(0).numpy(), rtol=1e-12)
 
 
 def test_in_place_negative_slope_reads_a_boolean_active_source():
@@ -213,6 +213,33 @@ def test_relu_total_abs_is_total_and_relu6_floor_is_not_active():
     assert relu6.at_floor.tolist() == sum((o <= 0).sum(0) for o, _a, _p in batches).double().tolist()
     assert relu6.at_ceiling.tolist() == sum((o >= 6).sum(0) for o, _a, _p in batches).double().tolist()
     assert relu6.at_floor.min() > 0 and relu6.at_ceiling.min() > 0
+
+
+@pytest.mark.parametrize("kind", ["relu", "relu6", "hardtanh"])
+@pytest.mark.parametrize("layout", ["conv_inner_first", "conv_outer_first", "linear_nd"])
+def test_minimum_shortcut_equals_amin(kind, layout, monkeypatch):
+    """On the CPU, a batch where every unit has an inactive observation takes its minimum
+    from the lower bound instead of an amin pass; a unit active throughout a batch forces
+    the pass. Both ways give the reference minimum."""
+    shape, dims = LAYOUTS[layout]
+    plan = ReductionPlan(dims=dims, **KINDS[kind][1])
+    activation = KINDS[kind][0]
+    generator = torch.Generator().manual_seed(6)
+    always_on = torch.randn(shape, generator=generator)
+    always_on.select(1, 1).copy_(always_on.select(1, 1).abs() * 0.1 + 0.5)  # unit 1: active everywhere
+    mixed = torch.randn(shape, generator=generator) * 3
+    batches = [(activation(pre), activation(pre), pre) for pre in (mixed, always_on, mixed * 2)]
+    batches = [(output, output, pre) for output, _a, pre in batches]
+    unit_shape = unit_shape_of(shape, dims)
+    for stream in (batches, batches[1:2]):
+        expected = reference([(o, a) for o, a, _ in stream], dims, plan)
+        shortcut = accumulate(stream, plan, unit_shape)
+        with monkeypatch.context() as patch:
+            patch.setattr(stats_module, "_host_read_is_free", lambda device: False)
+            full = accumulate(stream, plan, unit_shape)
+        assert_matches(shortcut, expected, "shortcut")
+        assert_matches(full, expected, "amin")
+    assert shortcut.minimum.reshape(unit_shape)[1].min() > KINDS[kind][1]["output_floor"]  # its own minimum
 
 
 def test_derived_floor_needs_the_output_as_active_source():
@@ -288,8 +315,10 @@ class _CountInside(nn.Module):
             self.reads.counting = False
 
 
-def test_hot_path_reads_no_scalar_from_the_device():
-    """No .item()/.tolist()/bool(tensor) in the hooks: on CUDA each would be a host sync per batch."""
+def test_hot_path_reads_no_scalar_from_the_device(monkeypatch):
+    """No .item()/.tolist()/bool(tensor) in the hooks: on CUDA each would be a host sync per batch.
+    (The one read allowed on CPU tensors, where it costs nothing, is switched off as on CUDA.)"""
+    monkeypatch.setattr(stats_module, "_host_read_is_free", lambda device: False)
     inner = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(4 * 25, 6), nn.ELU(),
                           nn.Linear(6, 5), nn.ReLU6(), nn.Linear(5, 3), nn.PReLU(3), nn.GELU())
     with torch.no_grad():
