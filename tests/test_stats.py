@@ -48,6 +48,7 @@ LAYOUTS = {
     "conv_outer_first": ((5, 4, 3, 5), (0, 2, 3)),     # inner 15: reduce N first
     "linear_nld": ((4, 6, 7), (0, 1)),                 # (N*L, D): one stage
     "linear_nd": ((9, 5), (0,)),
+    "linear_past_gemv": ((3, 200, 1000), (0, 1)),      # > GEMV_MAX_ELEMENTS: torch.sum over the outer axis
     "position_units": ((4, 2, 3, 3), (0,)),            # every (C, H, W) is a unit
     "whole_tensor_one_unit": ((6, 4), (0, 1)),
     "unit_axis_first": ((3, 4, 5), (1, 2)),            # outer is empty
@@ -455,3 +456,8 @@ def test_scan_records_what_reduction_ran():
     assert env["reduction_seconds"] >= 0
     off = deadrelu.scan(model, torch.randn(20, 4), batch_size=5, compile="off").environment
     assert (off["compile"], off["reduction"], off["reduction_reason"]) == ("off", "eager", "--compile off")
+
+
+def test_layouts_cover_both_outer_axis_sums():
+    sizes = {name: math.prod(shape) for name, (shape, _dims) in LAYOUTS.items()}
+    assert sizes["linear_past_gemv"] > stats_module.GEMV_MAX_ELEMENTS >= sizes["linear_nld"]
