@@ -582,3 +582,18 @@ def test_weight_rules_skip_a_reused_relu():
     model = ReusedReLUBlock()
     found = suggest(scan(model, torch.rand(50, 6) * 2 - 1), model)
     assert by_id(found, "bias-reset") == [] and by_id(found, "init-not-he") == []
+
+
+def test_torchscript_model_gets_result_only_rules_without_rule_errors():
+    import torch
+    from torch import nn
+
+    import deadrelu
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 1))
+    with torch.no_grad():
+        model[0].bias[:20] = -100.0
+    scripted = torch.jit.script(model)
+    result = deadrelu.scan(scripted, torch.rand(64, 10) * 2 - 1)
+    ids = [s["id"] for s in result.suggestions]
+    assert "rule-error" not in ids
+    assert "dead-share" in ids
