@@ -197,6 +197,7 @@ def time_workload(workload: Any, device: Any, threads: int, variants: list[str],
     cpu: dict[str, list[float]] = {v: [] for v in variants}
     first: dict[str, float] = {}
     gpu_peak: dict[str, float] = {}
+    in_hooks: dict[str, list[float]] = {v: [] for v in variants}  # host share of time spent reducing
     environment: dict[str, Any] = {}
     load_before = os.getloadavg()[0]
     order = list(variants)
@@ -212,9 +213,12 @@ def time_workload(workload: Any, device: Any, threads: int, variants: list[str],
             if device.type == "cuda":
                 gpu_peak[variant] = max(gpu_peak.get(variant, 0.0),
                                         (torch.cuda.max_memory_allocated(device) - allocated) / 2 ** 20)
-            if variant.startswith("scan") and variant not in environment:
-                environment[variant] = {k: result.environment.get(k) for k in
-                                        ("compile", "reduction", "reduction_reason", "compile_seconds")}
+            if variant.startswith("scan"):
+                if variant not in environment:
+                    environment[variant] = {k: result.environment.get(k) for k in
+                                            ("compile", "reduction", "reduction_reason", "compile_seconds")}
+                if repeat:
+                    in_hooks[variant].append(result.environment.get("reduction_seconds", 0.0) / elapsed)
             del result
             if repeat == 0:
                 first[variant] = elapsed
@@ -240,7 +244,8 @@ def time_workload(workload: Any, device: Any, threads: int, variants: list[str],
             "median_cpu_ratio": statistics.median(cpu_ratios) if cpu_ratios else None,
             "samples_per_second": workload.samples / statistics.median(wall[variant]),
             "environment": environment.get(variant), "load_average": [load_before, load_after],
-            "gpu_peak_growth_mb": gpu_peak.get(variant)})
+            "gpu_peak_growth_mb": gpu_peak.get(variant),
+            "reduction_share": statistics.median(in_hooks[variant]) if in_hooks[variant] else None})
     return rows
 
 
@@ -296,8 +301,12 @@ def markdown(report: dict[str, Any]) -> str:
              f"Date: {report['date']}; {report['repeats']} timed repeats per variant after a warm-up, "
              "variants interleaved, ratio = variant / bare within each repeat, median (min-max).", "",
              "| workload | threads | variant | median s | ratio to bare | CPU-time ratio | samples/s | "
-             "first call s | reduction |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "first call s | reduction | time in reduction |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    gpu = any(row.get("gpu_peak_growth_mb") is not None for row in report["timings"])
+    if gpu:
+        lines[-2] += " GPU peak growth MB |"
+        lines[-1] += "---|"
     for row in report["timings"]:
         ratio = (f"{row['median_ratio']:.3f} ({row['min_ratio']:.2f}-{row['max_ratio']:.2f})"
                  if row["median_ratio"] is not None else "-")
@@ -306,7 +315,9 @@ def markdown(report: dict[str, Any]) -> str:
         reduction = env.get("reduction", "") if row["variant"].startswith("scan") else ""
         lines.append(f"| {row['workload']} ({row['samples']} x batch {row['batch_size']}) | {row['threads']} | "
                      f"{row['variant']} | {row['median_seconds']:.2f} | {ratio} | {cpu_ratio} | "
-                     f"{row['samples_per_second']:.0f} | {row['cold_seconds']:.2f} | {reduction} |")
+                     f"{row['samples_per_second']:.0f} | {row['cold_seconds']:.2f} | {reduction} | "
+                     f"{format(row['reduction_share'], '.1%') if row.get('reduction_share') is not None else ''} |"
+                     + (f" {row['gpu_peak_growth_mb']:.0f} |" if gpu else ""))
     if report.get("rss"):
         lines += ["", "Peak RSS growth over model + data loaded (MB; one subprocess per variant, 1 thread, "
                   "`VmHWM` after `/proc/self/clear_refs` reset):", "",
@@ -396,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"  RSS {workload.name} {variant} {samples} samples")
                     entry[variant] = measure_rss(workload, variant, samples)
                 rss.append(entry)
-    report = {"command": "python benchmarks/overhead.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    report = {"command": ("python benchmarks/overhead.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip(),
               "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(), "repeats": repeats,
               "inductor_cache": "fresh (first compile is cold)" if not args.keep_inductor_cache else "default",
               "timings": timings, "rss": rss, "rss_variants": rss_variants, "notes": notes}

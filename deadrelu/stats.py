@@ -14,8 +14,9 @@ Why the eager reduction looks the way it does (each measured on a 2-core CPU, se
   two stages: first over the contiguous ``inner`` axis when it is long (>= 64), else
   over ``outer``; then the small partial result. Reducing ``(0, 2, 3)`` in one call is
   up to 10x slower for small spatial sizes.
-* Sums over the outer axis of a cache-sized tensor are one matrix-vector product,
-  ``ones(outer) @ x`` (1.3-2x faster than ``torch.sum(x, 0)``; not on larger tensors).
+* Sums over the outer axis are one matrix-vector product, ``ones(outer) @ x`` (1.3-2x
+  faster than ``torch.sum(x, 0)`` on cache-sized tensors, ~10% on larger ones; BLAS runs
+  it on one thread, so larger tensors on several threads keep ``torch.sum``).
 * Comparisons are counted through a float buffer (``gt(x, 0, out=float_buffer)``,
   several times faster than ``x.gt(0).sum()``); the buffer and the partial results
   live in a ``ReductionWorkspace`` shared by all sites, so no call allocates (a fresh
@@ -52,8 +53,9 @@ SUM_FIELDS = ("active", "total", "total_sq", "total_abs", "at_floor", "at_ceilin
 #: Reduce over the contiguous inner axis first when it is at least this long.
 INNER_FIRST_MIN = 64
 
-#: Sum over the outer axis with a BLAS matrix-vector product up to this many elements
-#: (2 MiB of float32, about what stays in this machine's L2 caches).
+#: With several threads, sum over the outer axis with a BLAS matrix-vector product up to
+#: this many elements (2 MiB of float32, about what stays in this machine's L2 caches);
+#: with one thread, always.
 GEMV_MAX_ELEMENTS = 2 ** 19
 
 
@@ -277,11 +279,12 @@ def _reduce_view(view: torch.Tensor, active: torch.Tensor, plan: ReductionPlan,
             rows = workspace.take("partials", count * columns, dtype, device).view(count, 1, columns)
             extreme_partial = workspace.take("extremes", columns, dtype, device)
     active = value if same_source else active.view(value.shape)
-    if stage == 0 and view.numel() <= GEMV_MAX_ELEMENTS:
-        # Sums over the outer axis as one matrix-vector product, ones(outer) @ x: on a tensor
-        # that is still in cache BLAS is 1.3-2x faster than torch.sum(x, 0); on larger ones it
-        # is not (and it runs on one thread). Counts stay exact (partial sums of 0/1 below
-        # 2**24); float sums agree with float64 to ~1e-6 relative.
+    if stage == 0 and (view.numel() <= GEMV_MAX_ELEMENTS or torch.get_num_threads() == 1):
+        # Sums over the outer axis as one matrix-vector product, ones(outer) @ x: 1.3-2x faster
+        # than torch.sum(x, 0) on a tensor still in cache, ~10% on one thread otherwise; but
+        # BLAS runs it on one thread, so larger tensors on several threads use torch.sum.
+        # Counts stay exact (partial sums of 0/1 below 2**24); float sums agree with
+        # float64 to ~1e-6 relative.
         ones = workspace.ones_row(outer, dtype, device)
 
         def stage_sum(tensor: torch.Tensor, row: torch.Tensor) -> None:

@@ -461,3 +461,16 @@ def test_scan_records_what_reduction_ran():
 def test_layouts_cover_both_outer_axis_sums():
     sizes = {name: math.prod(shape) for name, (shape, _dims) in LAYOUTS.items()}
     assert sizes["linear_past_gemv"] > stats_module.GEMV_MAX_ELEMENTS >= sizes["linear_nld"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])  # 1: BLAS matrix-vector sums; 2: torch.sum for large tensors
+def test_large_outer_sums_match_on_one_and_two_threads(threads):
+    plan = ReductionPlan(dims=(0, 1), **KINDS["gelu"][1])
+    batches = make_batches("gelu", LAYOUTS["linear_past_gemv"][0], torch.Generator().manual_seed(9))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        stats = accumulate(batches, plan, (1000,))
+    finally:
+        torch.set_num_threads(before)
+    assert_matches(stats, reference([(o, a) for o, a, _ in batches], plan.dims, plan))
