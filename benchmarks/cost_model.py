@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "sample_shape": [3, 224, 224], "samples": 256, "batch_size": 32, "rounds": 1,
                                   "threads": 2}))
         log(f"  -> {largest[-1]}")
-    report = {"command": "python benchmarks/cost_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    report = {"command": ("python benchmarks/cost_model.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip(),
               "date": time.strftime("%Y-%m-%d %H:%M %Z"), "points": results, "largest": largest}
     folder = HERE / "results"
     folder.mkdir(exist_ok=True)
