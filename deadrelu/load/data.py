@@ -476,6 +476,24 @@ def as_stream(data: Any, batch_size: int = 256, limit: int | None = None, shuffl
                         hint="pass a tensor, an ndarray, a data file path, a Dataset, or an iterable of batches")
 
 
+def check_file(path: Path, what: str, error: type[Exception], missing_hint: str, folder_hint: str,
+               empty_hint: str) -> str:
+    """Raise ``error`` for a missing, folder, unreadable or empty file; return its sha256."""
+    if not path.exists():
+        raise error(f"{what} not found: {path}", hint=missing_hint)
+    if path.is_dir():
+        raise error(f"{what.split(' ')[0]} path is a folder, not a file: {path}", hint=folder_hint)
+    try:
+        size = path.stat().st_size
+        digest = file_sha256(path)
+    except OSError as exc:
+        raise error(f"{what} cannot be read: {path}: {exc.strerror or exc}",
+                    hint="check the file's permissions") from None
+    if size == 0:
+        raise error(f"{what} is empty: {path}", hint=empty_hint)
+    return digest
+
+
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file, read in 1 MiB blocks; its pages are then dropped from the cache."""
     digest = hashlib.sha256()
@@ -514,22 +532,12 @@ def load_data(path: str | os.PathLike, batch_size: int = 256, limit: int | None 
         DataLoadError: missing, unreadable, empty or unsupported data.
     """
     path = Path(path)
-    if not path.exists():
-        spec = ":" in path.name and path.suffix.lower() not in (".npy", ".npz", ".pt", ".pth", ".csv", ".parquet")
-        raise DataLoadError(f"data file not found: {path}",
-                            hint=f"for data from Python, use --data {path}" if spec
-                            else "check the path; MODEL comes first, DATA second")
-    if path.is_dir():
-        raise DataLoadError(f"data path is a folder, not a file: {path}",
-                            hint="pass one data file (.npy, .npz, .pt, .csv, .parquet) inside it")
-    try:
-        size = path.stat().st_size
-        digest = file_sha256(path)
-    except OSError as exc:
-        raise DataLoadError(f"data file cannot be read: {path}: {exc.strerror or exc}",
-                            hint="check the file's permissions") from None
-    if size == 0:
-        raise DataLoadError(f"data file is empty: {path}", hint="the save may have failed; write it again")
+    spec = ":" in path.name and path.suffix.lower() not in (".npy", ".npz", ".pt", ".pth", ".csv", ".parquet")
+    digest = check_file(path, "data file", DataLoadError,
+                        missing_hint=f"for data from Python, use --data {path}" if spec
+                        else "check the path; MODEL comes first, DATA second",
+                        folder_hint="pass one data file (.npy, .npz, .pt, .csv, .parquet) inside it",
+                        empty_hint="the save may have failed; write it again")
     suffix = path.suffix.lower()
     keys = _keys(key)
     notes: list[str] = []

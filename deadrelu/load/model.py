@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError, UnsafePickleError
-from .data import file_sha256
+from .data import check_file, file_sha256
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module", "weights", "params",
                    "model_state", "ema_state_dict", "state_dict_ema", "model_ema", "ema")
@@ -638,23 +638,12 @@ def _load_weights_file(path: Path, allow_pickle: bool,
 
 def _check_file(path: Path, what: str) -> str:
     """Raise for a missing, folder, empty or unreadable file; return its sha256."""
-    if not path.exists():
-        spec = ":" in path.name and what == "model file"
-        raise ModelLoadError(f"{what} not found: {path}",
-                             hint=f"to build the model with Python, use --model {path}" if spec
-                             else "check the path; MODEL comes first, DATA second")
-    if path.is_dir():
-        raise ModelLoadError(f"{what.split(' ')[0]} path is a folder, not a file: {path}",
-                             hint="pass the model file inside it")
-    try:
-        size = path.stat().st_size
-        digest = file_sha256(path)
-    except OSError as exc:
-        raise ModelLoadError(f"{what} cannot be read: {path}: {exc.strerror or exc}",
-                             hint="check the file's permissions") from None
-    if size == 0:
-        raise ModelLoadError(f"{what} is empty: {path}", hint="the save may have failed; save it again")
-    return digest
+    spec = ":" in path.name and what == "model file"
+    return check_file(path, what, ModelLoadError,
+                      missing_hint=f"to build the model with Python, use --model {path}" if spec
+                      else "check the path; MODEL comes first, DATA second",
+                      folder_hint="pass the model file inside it",
+                      empty_hint="the save may have failed; save it again")
 
 
 def load_model(path: str | Path, arch: str | None = None, arch_kwargs: Mapping[str, Any] | None = None,
