@@ -99,10 +99,19 @@ class ActivationCapture:
 
     Use ``begin_batch()`` before each forward pass and ``end_batch()`` after it;
     ``records()`` lists the sites in network order once the scan is done.
+
+    With ``training=True`` (a training monitor's window) the capture watches the
+    model's own forward passes: it leaves every train/eval flag alone; root-module
+    hooks call ``begin_batch()``/``end_batch()`` around each forward (a loop that calls
+    submodules directly gets a batch opened by the first activation and closed by the
+    caller's ``end_batch()``); nothing is observed while the model is in eval mode
+    (validation); reductions run under ``no_grad`` so nothing joins the autograd graph.
     """
 
-    def __init__(self, model: nn.Module, settings: ScanSettings, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, settings: ScanSettings, device: torch.device, *,
+                 training: bool = False) -> None:
         self.model = model
+        self.training = training
         self.settings = settings
         self.device = device
         self.coverage = Coverage()
@@ -137,11 +146,14 @@ class ActivationCapture:
         if isinstance(self.model, torch.jit.ScriptModule):
             raise CaptureError("TorchScript modules refuse forward hooks",
                                hint="scan the eager model, or load the TorchScript file with deadrelu.load")
-        training = {module: module.training for module in self.model.modules()}
-        self._stack.callback(self._restore_modes, training)
-        self.model.eval()
+        if not self.training:
+            training = {module: module.training for module in self.model.modules()}
+            self._stack.callback(self._restore_modes, training)
+            self.model.eval()
         try:
             self._register()
+            if self.training:
+                self._register_root_hooks()
         except BaseException:
             self._stack.close()
             raise
@@ -179,6 +191,23 @@ class ActivationCapture:
                 producer_stack.callback(handle.remove)
         if self.settings.functional:
             self._register_functional()
+
+    def _register_root_hooks(self) -> None:
+        """Begin/end a batch around every forward pass of the root (training capture only)."""
+        def begin(module: nn.Module, args: Any) -> None:
+            if module.training:
+                self.begin_batch()
+
+        def end(module: nn.Module, args: Any, output: Any) -> None:
+            if self._in_batch:
+                self.end_batch()
+
+        # prepend: a root that is itself an activation module gets its batch begun first.
+        pre = self.model.register_forward_pre_hook(begin, prepend=True)
+        # always_call: a forward that raises still ends its batch (and leaves the functional mode).
+        post = self.model.register_forward_hook(end, always_call=True)
+        self._stack.callback(pre.remove)
+        self._stack.callback(post.remove)
 
     def _register_functional(self) -> None:
         """Global module hooks for the module stack, then the mode that sees functional calls."""
@@ -301,6 +330,11 @@ class ActivationCapture:
         read_sign_now = needs_input_sign and is_inplace(module)
 
         def pre_hook(mod: nn.Module, args: tuple) -> None:
+            if self.training:
+                if not self.model.training:
+                    return  # an eval-mode forward pass (validation) inside a training window
+                if not self._in_batch:
+                    self.begin_batch()  # the loop called a submodule, bypassing the root's hooks
             key = (name, None)
             call_index = self._calls.get(key, 0)
             self._calls[key] = call_index + 1
@@ -394,7 +428,12 @@ class ActivationCapture:
         """Reduce one call's output into the site's accumulator; keeps no reference to it."""
         start = time.perf_counter()
         site.check_shape(output.shape, self.settings.granularity)
-        site.accumulator.update(output, active_source, site.plan, self.workspace, self.compiled)
+        if self.training:
+            # The training forward pass builds a graph; the tool's reductions must not join it.
+            with torch.no_grad():
+                site.accumulator.update(output, active_source, site.plan, self.workspace, self.compiled)
+        else:
+            site.accumulator.update(output, active_source, site.plan, self.workspace, self.compiled)
         site.calls += 1
         # Host time only (no device sync): what the compile decision weighs.
         self.reduce_seconds += time.perf_counter() - start
