@@ -1,0 +1,302 @@
+"""Watch units die while a model trains: ``deadrelu.Monitor``.
+
+    monitor = deadrelu.Monitor(model, probe=probe_batches, every=500, log="runs/exp1/deadrelu.jsonl")
+    for step, batch in enumerate(loader):
+        ...                       # forward, backward, optimizer step
+        monitor.step(step)        # at step % every == 0 (step 0 too): scan the probe, append a record
+    monitor.close()
+    monitor.history               # pandas DataFrame, one row per (step, site)
+
+Two ways to measure:
+
+* **probe mode** (``probe=``): a fixed data set is scanned with ``deadrelu.scan`` (eval
+  mode, ``inference_mode``), so steps are comparable. Every module's train/eval flag
+  (restored by the capture) and the RNG state (torch CPU and CUDA, numpy, ``random``)
+  are as before afterwards, and no hook stays on the model between scans.
+* **window mode** (``window=K``, no probe): the statistics come from the training
+  forward passes of the K steps starting at each multiple of ``every``; no extra
+  forward pass, train mode kept (dropout on, BatchNorm in batch statistics), hooks
+  only during the window, reductions under ``no_grad``.
+
+Each scan is one JSON line in ``log`` (flushed and synced as it is written, so a
+crashed run keeps what it logged; an existing log is read and appended to, so a
+resumed run continues it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .capture import ActivationCapture
+from .errors import ConfigError, OutputError
+from .history import Mode, history_frame, read_log, record_from_result
+from .load.data import as_stream
+from .load.model import unwrap
+from .result import ScanResult, Summary, _json_clean
+from .scan import _site_result, resolve_device, scan
+from .settings import ScanSettings, build_settings
+
+
+@contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Put the random number generators back as they were (torch CPU and CUDA, numpy, random)."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    numpy_state = np.random.get_state()
+    python_state = random.getstate()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+
+
+def record_metrics(record: Mapping[str, Any], prefix: str = "deadrelu") -> dict[str, float]:
+    """Scalars of one record for a metrics logger: totals and each site's dead share.
+
+    Args:
+        record: a monitor record.
+        prefix: metric name prefix.
+
+    Returns:
+        ``{prefix/dead, prefix/dead_ratio, prefix/dormant_ratio, prefix/dead_ratio/<site>...}``.
+    """
+    sites = record["sites"]
+    units = sum(site["units"] for site in sites)
+    dead = sum(site["dead"] for site in sites)
+    dormant = sum(site["dormant"] for site in sites)
+    metrics = {f"{prefix}/dead": float(dead), f"{prefix}/dead_ratio": dead / units if units else 0.0,
+               f"{prefix}/dormant_ratio": dormant / units if units else 0.0}
+    for site in sites:
+        metrics[f"{prefix}/dead_ratio/{site['name']}"] = site["dead"] / site["units"] if site["units"] else 0.0
+    return metrics
+
+
+class Monitor:
+    """Scan a model every ``every`` training steps and keep the history of dead units.
+
+    Args:
+        model: the model being trained (DataParallel/DDP/``torch.compile`` wrappers are unwrapped).
+        probe: a fixed data set (tensor, array, dict, Dataset, DataLoader, data file path)
+            scanned in eval mode at each multiple of ``every``. Must be re-iterable.
+        every: scan at steps that are multiples of this (step 0 too).
+        log: JSONL file to append one record per scan to (None: keep records in memory only).
+        window: without a probe: measure on the training forward passes of this many
+            steps from each multiple of ``every`` (at most ``every``).
+        input_key: which entry of dict probe batches is the model input.
+        input_fn: maps a raw probe batch to the model's inputs (see ``deadrelu.scan``).
+        scale: multiply probe inputs by this.
+        **scan_settings: any ``deadrelu.scan`` setting (``tau``, ``dead_threshold``,
+            ``batch_size``, ``layers``, ``granularity``...). The reduction is not compiled
+            unless ``compile="on"`` is given.
+
+    Raises:
+        ConfigError: neither or both of ``probe`` and ``window``, a one-shot iterator as
+            probe, or a bad ``every``/``window``.
+    """
+
+    def __init__(self, model: nn.Module, probe: Any = None, *, every: int = 500, log: str | Path | None = None,
+                 window: int | None = None, input_key: str | Sequence[str] | None = None,
+                 input_fn: Callable[[Any], Any] | None = None, scale: float | None = None,
+                 **scan_settings: Any) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ConfigError(f"Monitor: every must be a positive number of steps, got {every!r}")
+        if (probe is None) == (window is None):
+            raise ConfigError("Monitor needs exactly one of probe= (a fixed data set scanned in eval mode) "
+                              "and window=K (measure on K training steps' own forward passes)",
+                              hint="deadrelu.Monitor(model, probe=x_probe, every=500) or "
+                                   "deadrelu.Monitor(model, window=20, every=500)")
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int)
+                                   or not 1 <= window <= every):
+            raise ConfigError(f"Monitor: window must be a number of steps from 1 to every ({every}), got {window!r}",
+                              hint="windows start at each multiple of every and must not overlap")
+        if isinstance(probe, Iterator):
+            raise ConfigError(f"Monitor: the probe is a one-shot iterator ({type(probe).__name__}); it is scanned "
+                              "again at every multiple of every", hint="pass a tensor, an array, a Dataset or "
+                                                                       "a DataLoader")
+        self.model = unwrap(model)
+        self.every = every
+        self.window = window
+        self.settings: ScanSettings = build_settings(**{"compile": "off", **scan_settings})
+        self.mode = Mode.PROBE if probe is not None else Mode.WINDOW
+        self._probe = None if probe is None else as_stream(
+            probe, self.settings.batch_size, self.settings.limit,
+            key=input_key if isinstance(probe, Mapping) else None)
+        self._scan_options = {"input_key": input_key, "input_fn": input_fn, "scale": scale}
+        self.log_path = None if log is None else Path(log)
+        # A resumed run continues its log: earlier records stay part of the history.
+        self._records: list[dict[str, Any]] = read_log(self.log_path) \
+            if self.log_path is not None and self.log_path.exists() and self.log_path.stat().st_size else []
+        self._handle: Any = None
+        self._last_step: int | None = None
+        self._closed = False
+        self.last_result: ScanResult | None = None
+        self._capture: ActivationCapture | None = None
+        self._window_start: int | None = None
+        self._window_steps = 0
+        if self.mode == Mode.WINDOW:
+            self._open_window()
+
+    # -- the training loop's calls --------------------------------------------------------
+    def step(self, step: int) -> dict[str, Any] | None:
+        """Call once after every training step.
+
+        Args:
+            step: the step just finished (0, 1, 2...). A repeated step number (several
+                micro-batches of one optimizer step) is ignored after its first call.
+
+        Returns:
+            The record written at this step, or None.
+        """
+        if self._closed:
+            raise ConfigError("Monitor.step() after close()", hint="make a new Monitor to keep monitoring")
+        if step == self._last_step:
+            return None
+        self._last_step = step
+        if self.mode == Mode.PROBE:
+            return self._probe_scan(step) if step % self.every == 0 else None
+        record = None
+        if self._capture is not None:
+            self._capture_end_batch()
+            if self._window_start is None:
+                self._window_start = step
+            self._window_steps += 1
+            if self._window_steps >= (self.window or 1):
+                record = self._close_window()
+        if self._capture is None and (step + 1) % self.every == 0:
+            self._open_window()  # the next step is a multiple of every: watch its forward pass
+        return record
+
+    def end_batch(self) -> None:
+        """End one forward pass of a window (for loops that call submodules rather than the model)."""
+        if self._capture is not None:
+            self._capture_end_batch()
+
+    def close(self) -> None:
+        """Finish: a window with steps in it is logged, hooks are removed, the log is closed."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._capture is not None:
+                if self._window_steps:
+                    self._close_window()
+                else:
+                    self._discard_window()
+        finally:
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # -- what it found --------------------------------------------------------------------
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """Every record of this log, earlier runs' included, in the order written."""
+        return list(self._records)
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """One row per (step, site): ``step, site, kind, units, dead, dead_ratio, saturated,
+        dormant, active_rate_mean, newly_dead, revived``."""
+        return history_frame(self._records)
+
+    def __repr__(self) -> str:
+        return (f"Monitor(mode={self.mode}, every={self.every}, records={len(self._records)}, "
+                f"log={str(self.log_path) if self.log_path else None})")
+
+    # -- probe mode -----------------------------------------------------------------------
+    def _probe_scan(self, step: int) -> dict[str, Any]:
+        assert self._probe is not None
+        # The scan restores every module's train/eval flag itself; a shuffling probe loader
+        # or any other draw must not shift the training run's random stream.
+        with preserved_rng():
+            result = scan(self.model, self._probe, settings=self.settings, progress=None, **self._scan_options)
+        return self._append(result, step, None)
+
+    # -- window mode ----------------------------------------------------------------------
+    def _open_window(self) -> None:
+        capture = ActivationCapture(self.model, self.settings, resolve_device(None, self.model), training=True)
+        capture.__enter__()
+        self._capture, self._window_start, self._window_steps = capture, None, 0
+
+    def _capture_end_batch(self) -> None:
+        assert self._capture is not None
+        if self._capture._in_batch:
+            self._capture.end_batch()
+
+    def _discard_window(self) -> None:
+        capture, self._capture = self._capture, None
+        if capture is not None:
+            capture.__exit__(None, None, None)
+
+    def _close_window(self) -> dict[str, Any] | None:
+        capture = self._capture
+        assert capture is not None
+        self._discard_window()  # hooks off first: building the result runs no forward pass
+        site_records = capture.records()
+        start = self._window_start if self._window_start is not None else 0
+        if not site_records:
+            warnings.warn(f"deadrelu.Monitor: no activation ran in train mode during the window at step {start}; "
+                          "nothing logged", stacklevel=3)
+            return None
+        sites = [_site_result(capture, record, self.settings) for record in site_records]
+        result = ScanResult(sites=tuple(sites), summary=Summary.of(sites), settings=self.settings,
+                            model={"class": type(self.model).__name__},
+                            data={"source": "training forward passes", "samples": None})
+        return self._append(result, start, self._window_steps)
+
+    # -- the log --------------------------------------------------------------------------
+    def _append(self, result: ScanResult, step: int, window_steps: int | None) -> dict[str, Any]:
+        record = record_from_result(result, step, self.mode, window_steps=window_steps)
+        self._records.append(record)
+        self.last_result = result
+        if self.log_path is not None:
+            self._write(record)
+        return record
+
+    def _write(self, record: dict[str, Any]) -> None:
+        assert self.log_path is not None
+        line = json.dumps(_json_clean(record), allow_nan=False) + "\n"
+        try:
+            if self._handle is None:
+                self.log_path.parent.mkdir(parents=True, exist_ok=True)
+                _drop_cut_line(self.log_path)
+                self._handle = open(self.log_path, "a", encoding="utf-8")
+            self._handle.write(line)
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except OSError as exc:
+            raise OutputError(f"cannot write the monitor log {self.log_path}: {exc.strerror or exc}",
+                              hint="choose a log path in a folder you can write") from None
+
+
+def _drop_cut_line(path: Path) -> None:
+    """Cut off a last line a killed run left unfinished (no newline), so appending continues cleanly."""
+    if not path.exists() or not path.stat().st_size:
+        return
+    with open(path, "r+b") as handle:
+        data = handle.read()
+        if data.endswith(b"\n"):
+            return
+        handle.truncate(data.rfind(b"\n") + 1)
