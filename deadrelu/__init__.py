@@ -14,6 +14,7 @@ from .errors import (CaptureError, ConfigError, DataLoadError, DeadReluError, Fo
                      OutputError, UnsafePickleError)
 from .judge.gate import GateOutcome, check_gate
 from .load import load_data, load_model
+from .monitor import Monitor
 from .result import ScanResult, SiteResult, Summary
 from .scan import scan
 from .settings import Granularity, ScanSettings, Thresholds, build_settings
@@ -22,5 +23,5 @@ __all__ = [
     "__version__", "scan", "check_gate", "load_model", "load_data", "ScanResult", "SiteResult", "Summary",
     "GateOutcome", "ScanSettings", "Thresholds", "Granularity", "build_settings", "DeadReluError",
     "ModelLoadError", "UnsafePickleError", "DataLoadError", "ConfigError", "ForwardError", "CaptureError",
-    "OutputError",
+    "OutputError", "Monitor",
 ]

@@ -196,7 +196,7 @@ class ActivationCapture:
         """Begin/end a batch around every forward pass of the root (training capture only)."""
         def begin(module: nn.Module, args: Any) -> None:
             if module.training:
-                self.begin_batch()
+                self._begin_batch_mid_forward()  # the global hooks already pushed the root
 
         def end(module: nn.Module, args: Any, output: Any) -> None:
             if self._in_batch:
@@ -243,6 +243,14 @@ class ActivationCapture:
         if self._mode is not None and not self._mode_on:
             self._mode.__enter__()
             self._mode_on = True
+
+    def _begin_batch_mid_forward(self) -> None:
+        """Open a batch from inside a forward pass: the stack of running modules (kept by the
+        global hooks) stays, so functional calls are still attributed to the right module."""
+        stack, depth = list(self._module_stack), self._activation_depth
+        self.begin_batch()
+        self._module_stack.extend(stack)
+        self._activation_depth = depth
 
     def end_batch(self) -> None:
         """Record call counts of this forward pass; stop tracking producers after the first."""
@@ -334,7 +342,7 @@ class ActivationCapture:
                 if not self.model.training:
                     return  # an eval-mode forward pass (validation) inside a training window
                 if not self._in_batch:
-                    self.begin_batch()  # the loop called a submodule, bypassing the root's hooks
+                    self._begin_batch_mid_forward()  # the loop called a submodule, bypassing the root's hooks
             key = (name, None)
             call_index = self._calls.get(key, 0)
             self._calls[key] = call_index + 1
