@@ -25,6 +25,9 @@ from .load.model import load_factory, load_model, parse_kwargs
 from .render import console as console_render
 from .settings import CompileMode, Granularity, NonFinitePolicy, build_settings, read_config
 
+# trend, diff and the CI files (--junit, --markdown) live in commands/training.py.
+from .commands.training import JunitOption, MarkdownOption, check_ci_outputs, write_ci_reports
+
 EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -163,6 +166,8 @@ def scan(
     html_path: HtmlOption = None,
     png_dir: PngDirOption = None,
     out_dir: OutOption = None,
+    junit_path: JunitOption = None,
+    markdown_path: MarkdownOption = None,
     show_units: Annotated[bool, typer.Option("--show-units", help="List dead/saturated unit indices.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the verdict and gate lines.")] = False,
     partial_on_interrupt: Annotated[bool, typer.Option("--partial-on-interrupt", help="On Ctrl-C, report what "
@@ -181,6 +186,7 @@ def scan(
         model, data = _positionals(model, data, model_spec, data_spec)
         _check_output(json_path)
         _check_output(html_path)
+        check_ci_outputs(junit_path, markdown_path)
         if model_spec is not None:
             loaded = load_factory(model_spec, parse_kwargs(arch_kwargs), weights, allow_pickle=allow_pickle)
         else:
@@ -207,6 +213,7 @@ def scan(
             result = result.with_gate(check_gate(result, **gate_limits))
         _emit(result, json_path, quiet, show_units)
         _write_reports(result, html_path, png_dir, _out_folder(out_dir, _stem(model, model_spec)), json_path == Path("-"))
+        write_ci_reports(result, junit_path, markdown_path, json_path == Path("-"))
     raise typer.Exit(EXIT_GATE_FAILED if result.gate is not None and not result.gate.passed else EXIT_OK)
 
 
@@ -359,6 +366,11 @@ def report(
 def version() -> None:
     """Print deadrelu's version."""
     stdout.print(f"deadrelu {__version__}")
+
+
+from .commands.training import register as _register_training  # noqa: E402
+
+_register_training(app)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""CLI command groups beyond ``scan`` and ``report``; each module exposes ``register(app)``."""

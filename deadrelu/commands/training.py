@@ -1,0 +1,260 @@
+"""``deadrelu trend`` and ``deadrelu diff``, and the CI files (``--junit``, ``--markdown``) of scan and diff.
+
+Thin command bodies: parse, call the library (``deadrelu.trend``, ``deadrelu.compare``),
+render, exit. Nothing here imports torch at import time; ``diff`` never needs it.
+The shared helpers (``error_exit``, result loading, output checks) come from
+``deadrelu.cli``, imported inside the commands so the two modules can import each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from ..compare import DiffResult
+    from ..history import Trend
+    from ..result import ScanResult
+
+EXIT_OK, EXIT_GATE_FAILED = 0, 1
+
+JunitOption = Annotated[Optional[Path], typer.Option(
+    "--junit", help="Write JUnit XML here: one testcase per site, a failure for each site the gate fails.",
+    rich_help_panel="CI outputs")]
+MarkdownOption = Annotated[Optional[Path], typer.Option(
+    "--markdown", help="Write a short Markdown summary here (appended when it is $GITHUB_STEP_SUMMARY).",
+    rich_help_panel="CI outputs")]
+
+
+# -- CI files -------------------------------------------------------------------------------
+
+def check_ci_outputs(junit_path: Path | None, markdown_path: Path | None) -> None:
+    """Fail before a scan, not after it, when a CI file cannot be written there."""
+    from ..cli import _check_output
+    _check_output(junit_path)
+    _check_output(markdown_path)
+
+
+def _write_markdown(path: Path, text: str) -> None:
+    from ..errors import OutputError
+    from ..render.files import atomic_write_text
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary and Path(summary).resolve() == path.resolve():
+        # GitHub's step summary collects what every command of the step appends.
+        try:
+            with path.open("a", encoding="utf-8") as handle:
+                handle.write(text)
+        except OSError as exc:
+            raise OutputError(f"cannot append to {path}: {exc.strerror or exc}") from None
+        return
+    atomic_write_text(path, text)
+
+
+def write_ci_reports(outcome: ScanResult | DiffResult, junit_path: Path | None, markdown_path: Path | None,
+                     to_stderr: bool = False) -> None:
+    """Write the JUnit and Markdown files of a scan result or a diff, and say where.
+
+    Args:
+        outcome: a ``ScanResult`` (judged by ``result.gate``) or a ``DiffResult`` (by ``diff.gate``).
+        junit_path: JUnit XML destination, or None.
+        markdown_path: Markdown destination, or None.
+        to_stderr: print the "written" lines on stderr (stdout carries JSON).
+    """
+    from .. import cli
+    from ..compare import DiffResult
+    from ..render import junit, markdown
+    from ..render.files import atomic_write_bytes
+    is_diff = isinstance(outcome, DiffResult)
+    written = []
+    if junit_path is not None:
+        atomic_write_bytes(junit_path, junit.diff_junit(outcome) if is_diff else junit.scan_junit(outcome))  # type: ignore[arg-type]
+        written.append(f"JUnit report: {junit_path}")
+    if markdown_path is not None:
+        _write_markdown(markdown_path, markdown.diff_summary(outcome) if is_diff  # type: ignore[arg-type]
+                        else markdown.scan_summary(outcome))  # type: ignore[arg-type]
+        written.append(f"Markdown summary: {markdown_path}")
+    for line in written:
+        (cli.stderr if to_stderr else cli.stdout).print(line, markup=False, soft_wrap=True)
+
+
+# -- diff -----------------------------------------------------------------------------------
+
+def diff(
+    base_path: Annotated[Path, typer.Argument(metavar="BASE.json", help="The baseline scan's JSON report.")],
+    new_path: Annotated[Path, typer.Argument(metavar="NEW.json", help="The new scan's JSON report.")],
+    max_new_dead: Annotated[Optional[int], typer.Option(
+        min=0, help="Gate: fail (exit 1) when more units than this, over all sites, are dead in NEW but not in "
+                    "BASE.")] = None,
+    max_dead_ratio_increase: Annotated[Optional[float], typer.Option(
+        help="Gate: fail when a site's dead ratio rose by more than this (0.05 = 5 points).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Compare results of different models or settings "
+                                                        "(the sites they share).")] = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the diff as JSON here ('-' for "
+                                                                     "stdout).")] = None,
+    junit_path: JunitOption = None,
+    markdown_path: MarkdownOption = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Compare two scan results site by site: dead counts, newly dead and revived units; a CI gate.
+
+    Exit 0 when the gate passes (or no limit is given), 1 when it fails, 2 when the results cannot be compared (different models or settings, without --force).
+    """  # noqa: E501 (typer keeps the docstring's line breaks)
+    from .. import cli
+    from ..compare import check_diff_gate
+    from ..compare import diff as compare
+    from ..render import compare as compare_render
+    with cli.error_exit(debug):
+        cli._check_output(json_path)
+        check_ci_outputs(junit_path, markdown_path)
+        result = compare(cli._read_result(base_path), cli._read_result(new_path), force=force)
+        if max_new_dead is not None or max_dead_ratio_increase is not None:
+            result = result.with_gate(check_diff_gate(result, max_new_dead, max_dead_ratio_increase))
+        to_stdout_json = json_path == Path("-")
+        if to_stdout_json:
+            sys.stdout.write(json.dumps(result.to_dict(), indent=1) + "\n")
+            gate = compare_render.gate_text(result)
+            if gate is not None:
+                cli.stderr.print(gate)
+        else:
+            cli.stdout.print(compare_render.report(result))
+            if json_path is not None:
+                from ..render.files import atomic_write_text
+                atomic_write_text(json_path, json.dumps(result.to_dict(), indent=1) + "\n")
+                cli.stdout.print(f"JSON diff: {json_path}", markup=False, soft_wrap=True)
+        write_ci_reports(result, junit_path, markdown_path, to_stdout_json)
+    raise typer.Exit(EXIT_GATE_FAILED if result.gate is not None and not result.gate.passed else EXIT_OK)
+
+
+# -- trend ----------------------------------------------------------------------------------
+
+def _is_log(path: Path) -> bool:
+    return path.suffix.lower() in (".jsonl", ".ndjson")
+
+
+def trend(
+    paths: Annotated[list[Path], typer.Argument(
+        metavar="CKPT... DATA | LOG.jsonl", show_default=False,
+        help="Checkpoints (files in the order given; a folder or a quoted glob sorted by the step number in the "
+             "names), then the data file; or one monitor log (deadrelu.jsonl).")],
+    arch: Annotated[Optional[str], typer.Option(help="Architecture factory for weight-only checkpoints: "
+                                                     "package.module:Factory or path/to/file.py:Factory.",
+                                                rich_help_panel="Model")] = None,
+    arch_kwargs: Annotated[Optional[str], typer.Option(help="JSON keyword arguments for --arch.",
+                                                       rich_help_panel="Model")] = None,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow the full unpickler (files you "
+                                                                     "trust only).", rich_help_panel="Model")] = False,
+    import_files: Annotated[Optional[list[Path]], typer.Option("--import", help="Import this Python file before "
+                                                               "unpickling (repeatable).",
+                                                               rich_help_panel="Model")] = None,
+    key: Annotated[Optional[list[str]], typer.Option(help="Array name inside an .npz or a dict .pt (repeatable).",
+                                                     rich_help_panel="Data")] = None,
+    input_key: Annotated[Optional[list[str]], typer.Option(help="Entry of dict batches that is the model input.",
+                                                           rich_help_panel="Data")] = None,
+    scale: Annotated[Optional[float], typer.Option(help="Multiply inputs by this.", rich_help_panel="Data")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Samples per forward pass. [default: 256]",
+                                                      rich_help_panel="Data")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Scan at most N samples.", rich_help_panel="Data")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    dead_threshold: Annotated[Optional[float], typer.Option(help="Dead when the active rate is <= this. "
+                                                                 "[default: 0]", rich_help_panel="Verdicts")] = None,
+    tau: Annotated[Optional[float], typer.Option(help="ReDo dormancy threshold. [default: 0.1]",
+                                                 rich_help_panel="Verdicts")] = None,
+    layers: Annotated[Optional[list[str]], typer.Option("--layers", help="Only sites matching this glob "
+                                                        "(repeatable).", rich_help_panel="Verdicts")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Skip sites matching this glob "
+                                                         "(repeatable).", rich_help_panel="Verdicts")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write {\"points\": [scan result, ...]} "
+                                                      "here (a log's records for a monitor log).",
+                                                      rich_help_panel="Outputs")] = None,
+    html_path: Annotated[Optional[Path], typer.Option("--html", help="Write an HTML page with the heat map "
+                                                      "and the worst sites' curves.",
+                                                      rich_help_panel="Outputs")] = None,
+    png_dir: Annotated[Optional[Path], typer.Option("--png-dir", help="Write trend_heatmap.png and "
+                                                    "trend_worst_sites.png here.", rich_help_panel="Outputs")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Dead units across checkpoints (scanned over the same DATA) or across a monitor log's records."""
+    from .. import cli
+    from ..errors import ConfigError
+    with cli.error_exit(debug):
+        cli._check_output(json_path)
+        cli._check_output(html_path)
+        if len(paths) == 1 and _is_log(paths[0]):
+            points, trend_data = _trend_of_log(paths[0])
+        else:
+            if any(_is_log(path) for path in paths):
+                raise ConfigError("a monitor log (.jsonl) is rendered on its own",
+                                  hint="deadrelu trend run/deadrelu.jsonl, or deadrelu trend CKPT... DATA")
+            if len(paths) < 2:
+                raise ConfigError(f"expected checkpoints then DATA, got one path: {paths[0]}",
+                                  hint="deadrelu trend ckpt_100.pt ckpt_200.pt data.npy --arch pkg.module:Factory")
+            values = {"batch_size": batch_size, "limit": limit, "device": device, "dead_threshold": dead_threshold,
+                      "tau": tau, "layers": tuple(layers or ()) or None, "exclude": tuple(exclude or ()) or None}
+            points, trend_data = _trend_of_checkpoints(
+                paths[:-1], paths[-1], arch=arch, arch_kwargs=arch_kwargs, allow_pickle=allow_pickle,
+                imports=import_files or (), key=key or None, input_key=input_key or None, scale=scale,
+                settings={k: v for k, v in values.items() if v is not None})
+        _emit_trend(trend_data, points, json_path, html_path, png_dir)
+    raise typer.Exit(EXIT_OK)
+
+
+def _trend_of_log(path: Path) -> tuple[list[dict[str, Any]], Trend]:
+    from ..errors import DataLoadError
+    from ..history import Trend, read_log
+    records = read_log(path)
+    if not records:
+        raise DataLoadError(f"{path}: the monitor log holds no record yet",
+                            hint="records are written at each multiple of Monitor(every=...)")
+    return records, Trend.from_records(records)
+
+
+def _trend_of_checkpoints(checkpoints: list[Path], data: Path, *, settings: dict[str, Any],
+                          **options: Any) -> tuple[list[dict[str, Any]], Trend]:
+    from .. import cli
+    from ..history import Trend
+    from ..load.model import parse_kwargs
+    from ..result import _json_clean
+    from ..trend import checkpoint_files, scan_checkpoints
+    files, notes = checkpoint_files(checkpoints)
+    for note in notes:
+        cli.stderr.print(f"note: {note}", markup=False, soft_wrap=True)
+
+    def progress(index: int, path: Path, result: ScanResult) -> None:
+        if cli.stderr.is_terminal:
+            cli.stderr.print(f"scanned {index + 1}/{len(files)}: {path} ({result.summary.dead} dead)", markup=False)
+
+    options["arch_kwargs"] = parse_kwargs(options.get("arch_kwargs"))
+    results = scan_checkpoints(files, data, on_scanned=progress, **options, **settings)
+    points = [_json_clean(result.to_dict()) for result in results]
+    return points, Trend.from_results(results, [str(path) for path in files])
+
+
+def _emit_trend(trend_data: Trend, points: list[dict[str, Any]], json_path: Path | None, html_path: Path | None,
+                png_dir: Path | None) -> None:
+    from .. import cli
+    from ..render import trend as trend_render
+    from ..render.files import atomic_write_text
+    cli.stdout.print(trend_render.trend_table(trend_data, width=min(cli.stdout.width, 200)))
+    written = []
+    if json_path is not None:
+        atomic_write_text(json_path, json.dumps({"points": points}, indent=1, allow_nan=False) + "\n")
+        written.append(f"JSON trend: {json_path}")
+    if html_path is not None:
+        trend_render.write_html(trend_data, html_path)
+        written.append(f"HTML trend: {html_path}")
+    if png_dir is not None:
+        paths = trend_render.write_pngs(trend_data, png_dir)
+        written.append(f"PNG plots: {png_dir} ({len(paths)} files)")
+    for line in written:
+        cli.stdout.print(line, markup=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``trend`` and ``diff`` to the deadrelu CLI."""
+    app.command("trend")(trend)
+    app.command("diff")(diff)
