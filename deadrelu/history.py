@@ -97,8 +97,10 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise DataLoadError(f"monitor log not found: {path}", hint=hint) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataLoadError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}", hint=hint) from None
+    except UnicodeDecodeError:
+        raise DataLoadError(f"{path} is not a deadrelu monitor log (not UTF-8 text)", hint=hint) from None
+    except OSError as exc:
+        raise DataLoadError(f"cannot read {path}: {exc.strerror or exc}", hint=hint) from None
     records: list[dict[str, Any]] = []
     numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
     for position, (number, line) in enumerate(numbered):
