@@ -158,21 +158,23 @@ class Monitor:
 
         Args:
             step: the step just finished (0, 1, 2...). A repeated step number (several
-                micro-batches of one optimizer step) is ignored after its first call.
+                micro-batches of one optimizer step) and a negative one only end the
+                forward pass; they start no scan and count no window step.
 
         Returns:
             The record written at this step, or None.
         """
         if self._closed:
             raise ConfigError("Monitor.step() after close()", hint="make a new Monitor to keep monitoring")
-        if step == self._last_step:
+        if self._capture is not None:
+            self._capture_end_batch()  # every call ends a forward pass, also a repeated step's
+        if step == self._last_step or step < 0:
             return None
         self._last_step = step
         if self.mode == Mode.PROBE:
             return self._probe_scan(step) if step % self.every == 0 else None
         record = None
         if self._capture is not None:
-            self._capture_end_batch()
             if self._window_start is None:
                 self._window_start = step
             self._window_steps += 1
