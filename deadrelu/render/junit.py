@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .files import atomic_write_bytes
 
 if TYPE_CHECKING:
     from ..compare import DiffResult
@@ -121,7 +119,3 @@ def _units(units: tuple[int, ...], limit: int = 32) -> str:
     shown = ", ".join(map(str, units[:limit]))
     return shown + (f" (+{len(units) - limit} more)" if len(units) > limit else "")
 
-
-def write_junit(document: bytes, path: str | Path) -> Path:
-    """Write a JUnit document atomically (see ``files.atomic_write_bytes``)."""
-    return atomic_write_bytes(path, document)
