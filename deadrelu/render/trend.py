@@ -57,12 +57,25 @@ def point_headers(trend: Trend) -> list[str]:
     return [f"#{k + 1}" for k in range(len(trend.labels))]
 
 
-def shown_points(count: int, width: int) -> list[int]:
-    """Indices of the points that fit in ``width`` columns: evenly spread, first and last kept."""
+def shown_points(trend: Trend, width: int) -> list[int]:
+    """Indices of the points that fit in ``width`` columns: first and last, then the points where the
+    dead share changed most (the moment units died is the one to see), then evenly spread ones."""
+    count = len(trend.labels)
     fit = max(2, (width - SITE_WIDTH - 2) // (POINT_WIDTH + 2))
     if count <= fit:
         return list(range(count))
-    return sorted({int(round(k)) for k in np.linspace(0, count - 1, fit)})
+    ratio = np.nan_to_num(trend.dead_ratio, nan=0.0)
+    change = np.abs(np.diff(ratio, axis=1)).sum(axis=0) if len(trend.sites) else np.zeros(count - 1)
+    chosen = {0, count - 1}
+    for index in np.argsort(-change, kind="stable"):
+        if len(chosen) + 2 > fit or change[index] <= 0:
+            break
+        chosen.update((int(index), int(index) + 1))  # the points on both sides of the change
+    for k in np.linspace(0, count - 1, fit):
+        if len(chosen) >= fit:
+            break
+        chosen.add(int(round(k)))
+    return sorted(chosen)
 
 
 def _ratio(value: float) -> str:
@@ -83,7 +96,7 @@ def trend_table(trend: Trend, width: int = 80) -> Group:
     Returns:
         A rich renderable (table, then legend and notes).
     """
-    points = shown_points(len(trend.labels), width)
+    points = shown_points(trend, width)
     headers = point_headers(trend)
     ratio = trend.dead_ratio
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title="Dead share per site over training",
