@@ -5,7 +5,6 @@ Exit codes: 0 scan done and gate passed (or no gate); 1 gate failed; 2 bad usage
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from contextlib import contextmanager
@@ -18,11 +17,12 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgress
                            TimeElapsedColumn, TimeRemainingColumn)
 
 from . import __version__
-from .errors import ConfigError, DeadReluError, OutputError
+from .errors import ConfigError, DeadReluError
 from .judge.gate import check_gate
 from .load.data import DATA_FORMATS, load_data, load_python_data
 from .load.model import load_factory, load_model, parse_kwargs
 from .render import console as console_render
+from .render.reports import ReportTargets, write_reports
 from .settings import CompileMode, Granularity, NonFinitePolicy, build_settings, read_config
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -53,7 +53,9 @@ def error_exit(debug: bool) -> Iterator[None]:
 
 def _plain(text: str) -> str:
     from rich.markup import escape
-    return escape(text)
+
+    from .render.text import visible
+    return escape(visible(text))
 
 
 class _ProgressReporter:
@@ -179,8 +181,11 @@ def scan(
         gate_limits = {k: values.pop(k, None) for k in ("max_dead_ratio", "max_layer_dead_ratio")}
         settings = build_settings(**values)
         model, data = _positionals(model, data, model_spec, data_spec)
-        _check_output(json_path)
-        _check_output(html_path)
+        targets = ReportTargets(json=json_path, html=html_path, png_dir=png_dir,
+                                out=_out_folder(out_dir, _stem(model, model_spec)))
+        targets.check({"MODEL": model, "DATA": data, "--weights": weights, "--config": config,
+                       "--import": import_files, "--arch": _spec_file(arch), "--model": _spec_file(model_spec),
+                       "--data": _spec_file(data_spec)})
         if model_spec is not None:
             loaded = load_factory(model_spec, parse_kwargs(arch_kwargs), weights, allow_pickle=allow_pickle)
         else:
@@ -206,7 +211,7 @@ def scan(
         if any(limit_ is not None for limit_ in gate_limits.values()):
             result = result.with_gate(check_gate(result, **gate_limits))
         _emit(result, json_path, quiet, show_units)
-        _write_reports(result, html_path, png_dir, _out_folder(out_dir, _stem(model, model_spec)), json_path == Path("-"))
+        _write_reports(result, targets, json_path == Path("-"))
     raise typer.Exit(EXIT_GATE_FAILED if result.gate is not None and not result.gate.passed else EXIT_OK)
 
 
@@ -231,21 +236,12 @@ def _stem(model: Path | None, model_spec: str | None) -> str:
     return (model_spec or "model").rpartition(":")[2] or "model"
 
 
-def _check_output(json_path: Path | None) -> None:
-    """Fail before the scan, not after it, when the report cannot be written there."""
-    if json_path is None or json_path == Path("-"):
-        return
-    if json_path.is_dir():
-        raise OutputError(f"cannot write {json_path}: it is a folder", hint="give a file path, e.g. reports/scan.json")
-    folder = json_path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise OutputError(f"cannot write {json_path}: {folder} is a file, not a folder",
-                          hint="choose an output path in a folder you can write")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write {json_path}: no permission to write in {folder}",
-                          hint="choose an output path in a folder you can write")
+def _spec_file(spec: str | None) -> Path | None:
+    """The file of a ``path/to/file.py:Name`` reference (None for ``package.module:Name``)."""
+    if not spec or ":" not in spec:
+        return None
+    target = spec.rpartition(":")[0]
+    return Path(target) if target.endswith(".py") else None
 
 
 def _with_notes(result: Any, notes: list[str]) -> Any:
@@ -280,27 +276,12 @@ def _out_folder(out_dir: Path | None, stem: str) -> Path | None:
     return Path("reports") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _write_reports(result: Any, html_path: Path | None, png_dir: Path | None, out_dir: Path | None,
-                   to_stderr: bool) -> None:
+def _write_reports(result: Any, targets: ReportTargets, to_stderr: bool) -> None:
     """Write the HTML report, the PNG plots and (for --out) all of them plus the JSON, and say where."""
-    from .render import html as html_render
-    from .render import plots
-    from .render.files import atomic_write_text
-    written: list[str] = []
-    html_targets = [path for path in (html_path, out_dir / "report.html" if out_dir else None) if path]
-    if html_targets:
-        page = html_render.report(result)
-        for path in html_targets:
-            atomic_write_text(path, page)
-            written.append(f"HTML report: {path}")
-    for folder in (png_dir, out_dir / "plots" if out_dir else None):
-        if folder is not None:
-            written.append(f"PNG plots: {folder} ({len(plots.write_pngs(result, folder))} files)")
-    if out_dir is not None:
-        result.to_json(out_dir / "result.json")
-        written.append(f"JSON report: {out_dir / 'result.json'}")
-    for line in written:
-        (stderr if to_stderr else stdout).print(line, markup=False, soft_wrap=True)
+    from .render.text import visible
+    for what, path, files in write_reports(result, targets):
+        count = f" ({files} files)" if what == "PNG plots" else ""
+        (stderr if to_stderr else stdout).print(f"{what}: {visible(path)}{count}", markup=False, soft_wrap=True)
 
 
 def _read_result(path: Path) -> Any:
@@ -346,12 +327,14 @@ def report(
     Shows the stored suggestions (if none: those that need no weights) and gate; exits 0.
     """
     with error_exit(debug):
+        targets = ReportTargets(html=html_path, png_dir=png_dir, out=_out_folder(out_dir, result_path.stem))
+        targets.check({"RESULT.json": result_path})
         result = _read_result(result_path)
         if not result.suggestions:
             from .judge.suggestions import suggest
             result = result.with_suggestions(suggest(result))
         _emit(result, None, quiet, show_units)
-        _write_reports(result, html_path, png_dir, _out_folder(out_dir, result_path.stem), False)
+        _write_reports(result, targets, False)
     raise typer.Exit(EXIT_OK)
 
 
