@@ -53,6 +53,14 @@ class KindSpec:
         return self.floor is not None
 
     @property
+    def saturation(self) -> str | None:
+        """How this kind saturates: ``"bounds"`` (ReLU6, Hardtanh: either bound), ``"floor"``
+        (ELU, SELU, CELU: the negative floor), or None."""
+        if self.active_rule is ActiveRule.ABOVE_LOWER:
+            return "bounds"
+        return "floor" if self.floor is not None else None
+
+    @property
     def threshold(self) -> float:
         """The value an observation must exceed to be active."""
         if self.active_rule is ActiveRule.ABOVE_LOWER:

@@ -48,7 +48,7 @@ def scan(runner, files, *args):
 @pytest.fixture
 def no_scan(monkeypatch):
     """Fail the test if the scan starts: every refusal must come before any work."""
-    monkeypatch.setattr(sys.modules["deadrelu.scan"], "scan", lambda *a, **k: pytest.fail("scanned before checking"))
+    monkeypatch.setattr(sys.modules["deadrelu.scanning"], "scan", lambda *a, **k: pytest.fail("scanned before checking"))
 
 
 def error_line(done) -> str:

@@ -1019,10 +1019,11 @@ def suggest(result: ScanResult, model: nn.Module | None = None, *, input_bounds:
         order of its first site. When no rule finds anything worth a warning, a ``healthy``
         suggestion says so with the numbers.
     """
-    import torch
-    if isinstance(model, torch.jit.ScriptModule):
-        # TorchScript modules expose no get_submodule/ordinary layers: judge from the result alone.
-        model = None
+    if model is not None:
+        import torch
+        if isinstance(model, torch.jit.ScriptModule):
+            # TorchScript modules expose no get_submodule/ordinary layers: judge from the result alone.
+            model = None
     found: list[Suggestion] = []
     for rule in (RULES if rules is None else rules):
         try:
