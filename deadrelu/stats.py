@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from .errors import first_line
 from .unitstats import SUM_FIELDS, SiteStats
 
 #: The largest count that float32 holds exactly (2**24).
@@ -440,7 +441,7 @@ class CompiledReduction:
                 sums, minimum, maximum = self._function(view, active, plan.threshold, plan.floor_at,
                                                         plan.ceiling_at, plan.fields)
         except Exception as exc:  # any compiler failure: reduce eagerly from now on
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            first = first_line(exc, 200)
             self.note = f"torch.compile failed ({type(exc).__name__}: {first}); the reduction ran eagerly"
             return None
         if new:

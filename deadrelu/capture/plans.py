@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..kinds import KNOWN_KINDS
+from ..kinds import KNOWN_KINDS, family
 
 #: aten op (overload packet name) -> the function name sites use.
 ACTIVATION_OPS: dict[str, str] = {
@@ -34,17 +34,6 @@ ACTIVATION_OPS: dict[str, str] = {
     "gelu": "gelu", "gelu_": "gelu",
     "silu": "silu", "silu_": "silu",
 }
-
-#: Functions that one op may turn into when it is decomposed (selu -> elu, relu6 ->
-#: hardtanh, rrelu -> leaky_relu): a plan entry and a call match when families agree.
-_FAMILY = {"relu": "relu", "threshold": "threshold", "leaky_relu": "leaky", "rrelu": "leaky", "elu": "elu",
-           "selu": "elu", "celu": "elu", "hardtanh": "hardtanh", "relu6": "hardtanh", "prelu": "prelu",
-           "gelu": "gelu", "silu": "silu"}
-
-def family(function: str) -> str:
-    """The decomposition family of a site function name (``selu`` and ``elu`` agree)."""
-    return _FAMILY.get(function, function)
-
 
 @dataclass(frozen=True)
 class PlannedSite:
