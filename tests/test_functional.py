@@ -83,7 +83,7 @@ def test_six_functional_relus_give_six_sites_with_hand_counted_dead_channels():
     x = torch.randn(10, 1, 128, 1)
     result = deadrelu.scan(model, x, batch_size=4)
     assert [s.name for s in result.sites] == [f"<root>:relu#{k}" for k in range(6)]
-    for k, (site, pre) in enumerate(zip(result.sites, model.pre_activations(x))):
+    for k, (site, pre) in enumerate(zip(result.sites, model.pre_activations(x), strict=True)):
         assert (site.module, site.function, site.call_index, site.kind) == ("", "relu", k, "ReLU")
         assert site.unit_dim == 1 and site.units == PitchCNN.widths[k]
         assert site.observations == 10 * pre.shape[2] * pre.shape[3]
