@@ -378,3 +378,14 @@ def test_a_plain_pickle_gives_our_two_lines_and_no_torch_warning(tmp_path, clean
     result = CliRunner().invoke(app, ["scan", str(tmp_path / "plain.pkl"), str(clean["data"])])
     refused(result, "plain.pkl", "a plain pickle")
     assert "Warning" not in result.output and "Warning" not in capfd.readouterr().err
+
+
+def test_an_unreadable_file_is_not_told_to_retry_with_the_full_unpickler(tmp_path, clean):
+    """torch's "Weights only load failed" text advises weights_only=False, i.e. running the
+    file's code; our line gives the unpickler's own reason instead."""
+    from typer.testing import CliRunner
+
+    (tmp_path / "garbage.pt").write_bytes(b"\x00" * 100)
+    result = CliRunner().invoke(app, ["scan", str(tmp_path / "garbage.pt"), str(clean["data"])])
+    line = refused(result, "garbage.pt", "the weights-only unpickler stopped at: Unsupported operand 0")
+    assert "weights_only" not in line

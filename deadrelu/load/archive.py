@@ -325,7 +325,7 @@ def audit_archive(handle: BinaryIO, label: str) -> list[str]:
 # -- layer 2: the guard while torch loads ----------------------------------------------------------
 
 _guard = threading.local()
-_guard_lock = threading.Lock()
+_guard_lock = threading.RLock()
 _hook_installed = False
 
 

@@ -251,11 +251,21 @@ def _sniff(path: Path) -> tuple[str, str] | None:
     return None
 
 
+def _weights_only_reason(exc: BaseException) -> str | None:
+    """The unpickler's own reason inside torch's "Weights only load failed" essay, whose first
+    line advises retrying with ``weights_only=False`` (running the file's code)."""
+    text = str(exc)
+    if not text.startswith("Weights only load failed") or "WeightsUnpickler error:" not in text:
+        return None
+    reason = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0].strip()
+    return f"the weights-only unpickler stopped at: {reason.splitlines()[0][:200]}" if reason else None
+
+
 def _read_error(path: Path, exc: BaseException) -> ModelLoadError:
     sniffed = _sniff(path)
     if sniffed is not None:
         return ModelLoadError(f"{path}: {sniffed[0]}", hint=sniffed[1])
-    message = _first_line(exc)
+    message = _weights_only_reason(exc) or _first_line(exc)
     lowered = message.lower()
     if "central directory" in lowered or "zip" in lowered or "eof" in lowered or "truncated" in lowered \
             or isinstance(exc, (EOFError, zipfile.BadZipFile)) or (isinstance(exc, OSError) and exc.errno == 22):
