@@ -363,10 +363,35 @@ def _refuse_pickle(path: Path, wanted: list[str]) -> UnsafePickleError:
 
 #: How a pickled module was read, as the report says it.
 _UNPICKLED = {
+    "weights_only+torch.nn": "a pickled model of torch.nn classes only: read with the weights-only unpickler "
+                             "allowing exactly those classes (no code from the file runs; no --allow-pickle needed)",
     "weights_only+globals": "unpickled with the weights-only unpickler, allowing only the globals the file names "
                             "(--allow-pickle)",
     "pickle": "unpickled with the full unpickler (--allow-pickle): the weights-only one could not rebuild it",
 }
+
+
+def _torch_nn_globals(wanted: list[str]) -> list[Any] | None:
+    """The objects ``wanted`` names when every one is a ``torch.nn`` module class (or a
+    ``torch.nn.functional`` function, as ``TransformerEncoderLayer`` keeps its activation);
+    None when any is not. Only modules torch has already imported are looked at, one
+    attribute deep, so naming something else (``torch.nn.modules.os.system``) fails."""
+    if not wanted:
+        return None
+    found = []
+    for full_name in wanted:
+        module_name, _, attribute = full_name.rpartition(".")
+        module = sys.modules.get(module_name)
+        if not module_name.startswith("torch.nn.") or module is None:
+            return None
+        obj = getattr(module, attribute, None)
+        is_module_class = isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__module__.startswith("torch.nn.")
+        is_functional = (module_name == "torch.nn.functional" and callable(obj) and not isinstance(obj, type)
+                         and getattr(obj, "__module__", "") in ("torch.nn.functional", "torch._C._nn"))
+        if not (is_module_class or is_functional):
+            return None
+        found.append(obj)
+    return found
 
 
 def _torch_load(path: Path, allow_pickle: bool, user_modules: list[types.ModuleType]) -> tuple[Any, str]:
@@ -377,6 +402,13 @@ def _torch_load(path: Path, allow_pickle: bool, user_modules: list[types.ModuleT
             raise _read_error(path, exc) from None
         wanted = _pickle_globals(path)
         if not allow_pickle:
+            plain = _torch_nn_globals(wanted)
+            if plain is not None:
+                try:
+                    with torch.serialization.safe_globals(plain):
+                        return torch.load(path, map_location="cpu", weights_only=True), "weights_only+torch.nn"
+                except Exception:
+                    pass  # not rebuildable from those classes alone: consent needed, as for any pickle
             raise _refuse_pickle(path, wanted) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, UnicodeDecodeError,
             AttributeError, TypeError) as exc:
