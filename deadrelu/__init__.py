@@ -14,6 +14,7 @@ from .errors import (CaptureError, ConfigError, DataLoadError, DeadReluError, Fo
                      OutputError, UnsafePickleError)
 from .judge.gate import GateOutcome, check_gate
 from .load import load_data, load_model
+from .repair import RepairError, prune, recycle, reinit, swap_activations
 from .result import ScanResult, SiteResult, Summary
 from .scan import scan
 from .settings import Granularity, ScanSettings, Thresholds, build_settings
@@ -23,4 +24,5 @@ __all__ = [
     "GateOutcome", "ScanSettings", "Thresholds", "Granularity", "build_settings", "DeadReluError",
     "ModelLoadError", "UnsafePickleError", "DataLoadError", "ConfigError", "ForwardError", "CaptureError",
     "OutputError",
+    "prune", "recycle", "reinit", "swap_activations", "RepairError",
 ]
