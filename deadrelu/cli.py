@@ -361,6 +361,10 @@ def version() -> None:
     stdout.print(f"deadrelu {__version__}")
 
 
+from .commands.repair import register as _register_repair  # noqa: E402  (needs app and the helpers above)
+_register_repair(app)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -140,8 +140,9 @@ def prune(model: nn.Module, result: ScanResult, data: Any = None, *, layers: Seq
                    if k in before and before[k] != tuple(v.shape))
     outcome = compare_outputs(model, pruned, data, options, atol) if data is not None else None
     samples = result.data.get("samples")
-    warnings = [f"units dead on the {samples} scanned samples (limit {result.settings.limit}) may fire on other "
-                "data: check the pruned model on held-out data"]
+    limit = "no limit" if result.settings.limit is None else f"limit {result.settings.limit}"
+    warnings = [f"units dead on the {samples} scanned samples ({limit}) may fire on other data: check the "
+                "pruned model on held-out data"]
     report = PruneReport(sites=tuple(changes), parameters_before=count_parameters(model),
                          parameters_after=count_parameters(pruned), macs_before=count_macs(model, example),
                          macs_after=count_macs(pruned, example), shapes=shapes, check=outcome, samples=samples,
