@@ -233,7 +233,8 @@ class Dataflow:
                 if index in seen and user.role not in ("linear", "conv"):
                     continue
                 seen.add(index)
-                if user.inputs and user.inputs[0] != node.index:
+                if user.role in ("linear", "conv", "passthrough", "activation", "flatten", "batchnorm") \
+                        and user.inputs and user.inputs[0] != node.index:
                     return f"its units reach {user.label} as a non-data input"
                 if user.role in ("linear", "conv"):
                     found = self._consumer(user, units, block, last)
