@@ -147,7 +147,7 @@ def recycle(model: nn.Module, result: ScanResult, units: str = "dead", optimizer
             raise RepairError(f"recycling moved the outputs by {outcome.max_abs_diff:.3g} (allowed: {atol:g} x output "
                               f"scale {outcome.output_scale:.3g}); the model was restored",
                               hint="recycled units that are not exactly 0 (dormant, or not ReLU) still fed the "
-                                   "next layer; raise --atol to accept the change")
+                                   f"next layer; --atol {_needed(outcome):.2g} accepts this change")
     reset: list[str] = []
     if optimizer is not None:
         touched = [item for route, index in work for item in _rows_and_columns(model, route, index)]
@@ -155,6 +155,12 @@ def recycle(model: nn.Module, result: ScanResult, units: str = "dead", optimizer
     warnings = [] if work else [f"no {units} unit could be recycled"]
     return RecycleReport(units=units, sites=tuple(changes), optimizer_state=tuple(reset), check=outcome,
                          graph=flow.source, warnings=tuple(warnings))
+
+
+def _needed(outcome: OutputCheck) -> float:
+    """The smallest ``atol`` (rounded up to 2 digits) that this check would pass."""
+    ratio = outcome.max_abs_diff / outcome.output_scale if outcome.output_scale > 0 else outcome.max_abs_diff
+    return float(f"{ratio * 1.01:.2g}")
 
 
 def _slope_for(site: SiteResult, model: nn.Module) -> float:
