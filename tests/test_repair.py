@@ -319,3 +319,21 @@ def test_cli_fix_swap_and_reinit(runner, mlp_files, tmp_path: Path) -> None:
     assert run.exit_code == 2 and "exactly one of" in run.output
     run = runner.invoke(app, ["fix", str(model_path), str(data_path), "--arch", arch, "--swap-activation", "tanh"])
     assert run.exit_code == 2 and "unknown activation" in run.output
+
+
+def test_prune_sees_user_subclasses_of_torch_layers_as_layers() -> None:
+    class MyReLU(nn.ReLU):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(x)
+
+    class MyLinear(nn.Linear):
+        pass
+
+    model = nn.Sequential(MyLinear(10, 12), MyReLU(), nn.Linear(12, 2)).eval()
+    with torch.no_grad():
+        model[0].bias.fill_(5.0)
+        model[0].bias[:3] = -100.0
+    x = inputs()
+    pruned, report = deadrelu.prune(model, _scan(model, x), x)
+    assert report.sites[0].changed == (0, 1, 2) and type(pruned[0]) is MyLinear
+    assert tuple(pruned[0].weight.shape) == (9, 10) and pruned[0].out_features == 9

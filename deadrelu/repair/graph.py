@@ -390,8 +390,14 @@ def _from_fx(model: nn.Module, example: Sequence[Any] | None) -> Dataflow:
     import torch.fx
     from torch.fx.passes.shape_prop import ShapeProp
 
-    tracer = torch.fx.Tracer()
-    graph = tracer.trace(model)
+    class _Tracer(torch.fx.Tracer):
+        # Subclasses of nn.ReLU / nn.Linear / nn.Conv2d... defined in user code stay whole too,
+        # so their calls name the module the scan named.
+        def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+            return _module_role(module) in ("linear", "conv", "batchnorm", "activation") or \
+                super().is_leaf_module(module, qualified_name)
+
+    graph = _Tracer().trace(model)
     graph_module = torch.fx.GraphModule(model, graph)
     if example is not None:
         was_training = [m.training for m in model.modules()]

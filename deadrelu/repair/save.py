@@ -63,7 +63,10 @@ def save_program(model: nn.Module, example: Sequence[Any], path: str | Path) -> 
         _atomic(path, lambda temporary: torch.export.save(program, temporary))
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}", hint="choose a path you can write") from None
-    batch = "any batch size" if shapes is not None else f"batches of {int(args[0].shape[0])} only"
+    from ..capture.export import input_constraints
+    (low, high), _sample = input_constraints(program)
+    batch = f"batches of {low} only" if low == high else \
+        f"batch sizes {low} to {high}" if high is not None else f"batch sizes >= {low}"
     return f"{path} (torch.export program for {batch}; load with torch.export.load)"
 
 
