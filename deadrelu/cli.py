@@ -1,11 +1,15 @@
 """The command line: parse, call the library, render, map errors to exit codes.
 
 Exit codes: 0 scan done and gate passed (or no gate); 1 gate failed; 2 bad usage or input.
+
+Only typer, rich and the torch-free parts of deadrelu are imported at start-up; the
+model, data and scan modules (and torch with them) are imported by the commands that
+need them, so ``deadrelu --help``, ``version`` and ``report`` start at once.
 """
 
 from __future__ import annotations
 
-import os
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -14,24 +18,38 @@ from typing import Annotated, Any, Iterator, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
 
 from . import __version__
-from .errors import ConfigError, DeadReluError, OutputError
-from .judge.gate import check_gate
-from .load.data import DATA_FORMATS, load_data, load_python_data
-from .load.model import load_factory, load_model, parse_kwargs
+from .errors import ConfigError, DeadReluError
 from .render import console as console_render
-from .settings import CompileMode, Granularity, NonFinitePolicy, build_settings, read_config
+from .render.reports import ReportTargets, write_reports
+from .settings import CompileMode, Granularity, NonFinitePolicy, ScanSettings, Thresholds
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+#: what ``--help`` groups options under
+MODEL, DATA, CAPTURE, THRESHOLDS, GATE, OUTPUT, RUN = "Model", "Data", "Capture", "Thresholds", "Gate", "Output", "Run"
+#: data formats, for help texts (a torch-free copy of ``load.data.DATA_FORMATS``)
+DATA_FILES = ".npy, .npz, .pt/.pth, .csv/.tsv, .parquet"
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="rich",
                   help="Find dead, saturated and dormant ReLU-family units in a PyTorch model, on your data.")
 stdout = Console(highlight=False, soft_wrap=False)
 # Errors and hints stay one line each, however narrow the terminal (CI logs are grepped).
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+#: library parameter names -> the flags a CLI user types, for error lines
+PARAMETER_FLAGS = {"batch_size": "--batch-size", "dead_threshold": "--dead-threshold", "tau": "--tau",
+                   "saturation": "--saturation", "granularity": "--granularity", "nonfinite": "--nonfinite",
+                   "limit": "--limit", "max_dead_ratio": "--max-dead-ratio",
+                   "max_layer_dead_ratio": "--max-layer-dead-ratio", "compile": "--compile"}
+_LEADING_PARAMETER = re.compile(r"^(" + "|".join(sorted(map(re.escape, PARAMETER_FLAGS), key=len, reverse=True))
+                                + r")\b(?!_)")
+
+
+def as_flags(message: str) -> str:
+    """A library message that starts with a parameter name (``batch_size must be >= 1``), with the flag."""
+    return _LEADING_PARAMETER.sub(lambda match: PARAMETER_FLAGS[match.group(1)], message, count=1)
 
 
 @contextmanager
@@ -42,7 +60,8 @@ def error_exit(debug: bool) -> Iterator[None]:
     except DeadReluError as exc:
         if debug:
             raise
-        stderr.print(f"[bold red]error:[/] {_plain(exc.message)}")
+        message = as_flags(exc.message) if isinstance(exc, ConfigError) else exc.message
+        stderr.print(f"[bold red]error:[/] {_plain(message)}")
         if exc.hint:
             stderr.print(f"[dim]hint:[/] {_plain(exc.hint)}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
@@ -53,7 +72,9 @@ def error_exit(debug: bool) -> Iterator[None]:
 
 def _plain(text: str) -> str:
     from rich.markup import escape
-    return escape(text)
+
+    from .render.text import visible
+    return escape(visible(text))
 
 
 class _ProgressReporter:
@@ -61,12 +82,14 @@ class _ProgressReporter:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and stderr.is_terminal
-        self._progress: Progress | None = None
+        self._progress: Any = None
         self._task: Any = None
         self._started = time.perf_counter()
 
     def __enter__(self) -> _ProgressReporter:
         if self.enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
             self._progress = Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
                                       TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                                       console=stderr, transient=True)
@@ -84,129 +107,150 @@ class _ProgressReporter:
             self._progress.__exit__(*exc)
 
 
-HtmlOption = Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML report here.")]
-PngDirOption = Annotated[Optional[Path], typer.Option("--png-dir", help="Write PNG plots into this folder.")]
-OutOption = Annotated[Optional[Path], typer.Option("--out", help="Write result.json, report.html and plots/*.png "
-                                                                 "into this folder ('auto': "
-                                                                 "reports/<model-stem>-<timestamp>/).")]
-
-
-def _merge(config: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
-    values = read_config(config) if config is not None else {}
-    values.update({key: value for key, value in flags.items() if value is not None and value != ()})
-    return values
+HtmlOption = Annotated[Optional[Path], typer.Option("--html", metavar="FILE", rich_help_panel=OUTPUT,
+                                                     help="Write a self-contained HTML report here.")]
+PngDirOption = Annotated[Optional[Path], typer.Option("--png-dir", metavar="DIR", rich_help_panel=OUTPUT,
+                                                      help="Write PNG plots into this folder.")]
+OutOption = Annotated[Optional[Path], typer.Option("--out", metavar="DIR", rich_help_panel=OUTPUT,
+                                                   help="Write result.json, report.html and plots/*.png into this "
+                                                        "folder ('auto': reports/<model-stem>-<timestamp>/).")]
+ShowUnitsOption = Annotated[bool, typer.Option("--show-units", rich_help_panel=OUTPUT,
+                                               help="List dead/saturated unit indices.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=OUTPUT,
+                                           help="Only the verdict and gate lines.")]
+DebugOption = Annotated[bool, typer.Option("--debug", rich_help_panel=RUN, help="Show tracebacks.")]
+_DEFAULTS = ScanSettings()
+_THRESHOLDS = Thresholds()
 
 
 @app.command()
 def scan(
     model: Annotated[Optional[Path], typer.Argument(
-        metavar="MODEL", show_default=False, help="Model file: a state_dict/checkpoint or .safetensors (with --arch), TorchScript, "
-                                 "a torch.export .pt2, or a pickled nn.Module (with --allow-pickle). "
-                                 "Leave out with --model.")] = None,
+        metavar="MODEL", show_default=False,
+        help="Model file: a state_dict/checkpoint or .safetensors (with --arch), TorchScript, a torch.export "
+             ".pt2, or a pickled nn.Module. Leave out with --model.")] = None,
     data: Annotated[Optional[Path], typer.Argument(
-        metavar="DATA", show_default=False, help=f"Data file: {DATA_FORMATS.replace(', or --data package.module:make', '')}; "
-                                 "first axis = samples. Leave out with --data.")] = None,
-    arch: Annotated[Optional[str], typer.Option(help="Architecture factory: package.module:Factory or "
-                                                     "path/to/file.py:Factory.")] = None,
-    arch_kwargs: Annotated[Optional[str], typer.Option(help="JSON keyword arguments for --arch.")] = None,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow the full unpickler, which runs code "
-                                                                     "from the model file. Only for files you trust.")] = False,
-    import_files: Annotated[Optional[list[Path]], typer.Option(
-        "--import", help="Import this Python file before unpickling, so the classes a pickled model names "
-                         "(also from a script's __main__) are found (repeatable).")] = None,
+        metavar="DATA", show_default=False,
+        help=f"Data file: {DATA_FILES}; first axis = samples. Leave out with --data.")] = None,
+    arch: Annotated[Optional[str], typer.Option(
+        metavar="SPEC", rich_help_panel=MODEL,
+        help="Architecture for a state_dict: package.module:Factory or path/to/file.py:Factory.")] = None,
+    arch_kwargs: Annotated[Optional[str], typer.Option(
+        metavar="JSON", rich_help_panel=MODEL, help="Keyword arguments for --arch / --model, as JSON.")] = None,
     model_spec: Annotated[Optional[str], typer.Option(
-        "--model", help="Build the model with a Python factory: package.module:build or path/to/file.py:build "
-                        "(called with --arch-kwargs); replaces MODEL.")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="state_dict / checkpoint / .safetensors to load into "
-                                                         "the --model factory's model.")] = None,
+        "--model", metavar="SPEC", rich_help_panel=MODEL,
+        help="Build the model with a Python factory (package.module:build or file.py:build); replaces "
+             "MODEL.")] = None,
+    weights: Annotated[Optional[Path], typer.Option(
+        metavar="FILE", rich_help_panel=MODEL,
+        help="state_dict / checkpoint / .safetensors to load into the --model factory's model.")] = None,
+    allow_pickle: Annotated[bool, typer.Option(
+        "--allow-pickle", rich_help_panel=MODEL,
+        help="Allow the full unpickler, which runs code from the model file. Only for files you trust.")] = False,
+    import_files: Annotated[Optional[list[Path]], typer.Option(
+        "--import", metavar="FILE", rich_help_panel=MODEL,
+        help="Import this Python file before unpickling, so the classes a pickled model names are found "
+             "(repeatable).")] = None,
     data_spec: Annotated[Optional[str], typer.Option(
-        "--data", help="Data from Python: package.module:make or path/to/file.py:make, returning a tensor, "
-                       "ndarray, dict of them, Dataset or DataLoader; replaces DATA.")] = None,
+        "--data", metavar="SPEC", rich_help_panel=DATA,
+        help="Data from Python (package.module:make or file.py:make) returning a tensor, ndarray, dict, "
+             "Dataset or DataLoader; replaces DATA.")] = None,
     key: Annotated[Optional[list[str]], typer.Option(
-        help="Array name inside an .npz, a dict .pt or a --data dict; repeat it for a model that takes "
-             "several inputs (fed as model(a, b) in this order).")] = None,
+        metavar="NAME", rich_help_panel=DATA,
+        help="Array in an .npz, a dict .pt or a --data dict; repeat for a model with several inputs.")] = None,
     input_key: Annotated[Optional[list[str]], typer.Option(
-        help="Entry of dict batches (or position in tuple batches) that is the model input; repeat it for "
-             "several inputs.")] = None,
+        metavar="NAME", rich_help_panel=DATA,
+        help="Entry of dict batches (or position in tuple batches) that is the model input; "
+             "repeatable.")] = None,
     columns: Annotated[Optional[list[str]], typer.Option(
-        "--columns", help="Table columns to use as features, in order (repeatable or comma-separated); "
-                          "default: every numeric column.")] = None,
-    shuffle_seed: Annotated[Optional[int], typer.Option(help="With --limit, scan a random subset drawn with "
-                                                             "this seed instead of the first N samples.")] = None,
-    scale: Annotated[Optional[float], typer.Option(help="Multiply inputs by this (e.g. 0.00392 for uint8 images).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Samples per forward pass. [default: 256]")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Scan at most N samples.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    config: Annotated[Optional[Path], typer.Option(help="TOML config (see configs/default.toml); flags win.")] = None,
-    dead_threshold: Annotated[Optional[float], typer.Option(help="Dead when the active rate is <= this. [default: 0]")] = None,
-    tau: Annotated[Optional[float], typer.Option(help="ReDo dormancy threshold. [default: 0.1]")] = None,
-    saturation: Annotated[Optional[float], typer.Option(help="Share at the floor/bound that makes a unit "
-                                                             "saturated. [default: 0.99]")] = None,
-    granularity: Annotated[Optional[Granularity], typer.Option(help="channel: a unit is a neuron/channel; "
-                                                                    "position: every (channel, position).")] = None,
-    layers: Annotated[Optional[list[str]], typer.Option("--layers", help="Only sites matching this glob "
-                                                                         "(repeatable).")] = None,
-    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Skip sites matching this glob "
-                                                                           "(repeatable).")] = None,
-    functional: Annotated[Optional[bool], typer.Option("--functional/--no-functional",
-                                                       help="Capture F.relu-style calls in forward().")] = None,
-    nonfinite: Annotated[Optional[NonFinitePolicy], typer.Option(help="Input samples with NaN/inf: fail, skip "
-                                                                      "or keep. [default: fail]")] = None,
-    compile_mode: Annotated[Optional[CompileMode], typer.Option("--compile", help="Compile the reduction: auto, "
-                                                                                   "on, off.")] = None,
-    max_dead_ratio: Annotated[Optional[float], typer.Option(help="Gate: fail (exit 1) when dead units over all "
-                                                                 "units are above this ratio.")] = None,
-    max_layer_dead_ratio: Annotated[Optional[float], typer.Option(help="Gate: fail when any site's dead ratio "
-                                                                       "is above this.")] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here "
-                                                                     "('-' for stdout).")] = None,
+        "--columns", metavar="A,B", rich_help_panel=DATA,
+        help="Table columns to use as features, in order (default: every numeric column).")] = None,
+    limit: Annotated[Optional[int], typer.Option(
+        metavar="N", rich_help_panel=DATA, show_default="all", help="Scan at most N samples.")] = None,
+    shuffle_seed: Annotated[Optional[int], typer.Option(
+        metavar="SEED", rich_help_panel=DATA,
+        help="With --limit, scan a random subset drawn with this seed instead of the first N.")] = None,
+    scale: Annotated[Optional[float], typer.Option(
+        metavar="X", rich_help_panel=DATA, help="Multiply inputs by this (e.g. 0.00392 for uint8 images).")] = None,
+    nonfinite: Annotated[Optional[NonFinitePolicy], typer.Option(
+        rich_help_panel=DATA, show_default=_DEFAULTS.nonfinite.value,
+        help="Input samples holding NaN/inf: fail, skip or keep.")] = None,
+    granularity: Annotated[Optional[Granularity], typer.Option(
+        rich_help_panel=CAPTURE, show_default=_DEFAULTS.granularity.value,
+        help="channel: a unit is a neuron/channel; position: every (channel, position).")] = None,
+    layers: Annotated[Optional[list[str]], typer.Option(
+        "--layers", metavar="GLOB", rich_help_panel=CAPTURE,
+        help="Only sites matching this glob (repeatable).")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option(
+        "--exclude", metavar="GLOB", rich_help_panel=CAPTURE,
+        help="Skip sites matching this glob (repeatable).")] = None,
+    functional: Annotated[Optional[bool], typer.Option(
+        "--functional/--no-functional", rich_help_panel=CAPTURE, show_default="functional",
+        help="Capture F.relu-style calls in forward().")] = None,
+    dead_threshold: Annotated[Optional[float], typer.Option(
+        metavar="RATE", rich_help_panel=THRESHOLDS, show_default=f"{_THRESHOLDS.dead_threshold:g}",
+        help="Dead when the active rate is <= this.")] = None,
+    tau: Annotated[Optional[float], typer.Option(
+        metavar="TAU", rich_help_panel=THRESHOLDS, show_default=f"{_THRESHOLDS.tau:g}",
+        help="ReDo dormancy threshold.")] = None,
+    saturation: Annotated[Optional[float], typer.Option(
+        metavar="SHARE", rich_help_panel=THRESHOLDS, show_default=f"{_THRESHOLDS.saturation:g}",
+        help="Share of observations at the floor/bound that makes a unit saturated.")] = None,
+    max_dead_ratio: Annotated[Optional[float], typer.Option(
+        metavar="RATIO", rich_help_panel=GATE,
+        help="Fail (exit 1) when dead units over all units are above this ratio.")] = None,
+    max_layer_dead_ratio: Annotated[Optional[float], typer.Option(
+        metavar="RATIO", rich_help_panel=GATE,
+        help="Fail (exit 1) when any site's dead ratio is above this.")] = None,
+    json_path: Annotated[Optional[Path], typer.Option(
+        "--json", metavar="FILE", rich_help_panel=OUTPUT,
+        help="Write the JSON report here ('-' for stdout).")] = None,
     html_path: HtmlOption = None,
     png_dir: PngDirOption = None,
     out_dir: OutOption = None,
-    show_units: Annotated[bool, typer.Option("--show-units", help="List dead/saturated unit indices.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the verdict and gate lines.")] = False,
-    partial_on_interrupt: Annotated[bool, typer.Option("--partial-on-interrupt", help="On Ctrl-C, report what "
-                                                                                     "was seen so far.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    show_units: ShowUnitsOption = False,
+    quiet: QuietOption = False,
+    batch_size: Annotated[Optional[int], typer.Option(
+        metavar="N", rich_help_panel=RUN, show_default=str(_DEFAULTS.batch_size),
+        help="Samples per forward pass.")] = None,
+    device: Annotated[str, typer.Option(
+        metavar="DEVICE", rich_help_panel=RUN, help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    compile_mode: Annotated[Optional[CompileMode], typer.Option(
+        "--compile", rich_help_panel=RUN, show_default=_DEFAULTS.compile.value,
+        help="Compile the per-batch reduction with torch.compile.")] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        metavar="FILE", rich_help_panel=RUN,
+        help="TOML config (see configs/default.toml); flags win over it.")] = None,
+    partial_on_interrupt: Annotated[bool, typer.Option(
+        "--partial-on-interrupt", rich_help_panel=RUN, help="On Ctrl-C, report what was seen so far.")] = False,
+    debug: DebugOption = False,
 ) -> None:
     """Scan MODEL over DATA and report dead, saturated and dormant units per activation site."""
     with error_exit(debug):
-        values = _merge(config, {
-            "batch_size": batch_size, "limit": limit, "device": device, "dead_threshold": dead_threshold, "tau": tau,
-            "saturation": saturation, "granularity": granularity, "layers": tuple(layers or ()),
-            "exclude": tuple(exclude or ()), "functional": functional, "nonfinite": nonfinite,
-            "compile": compile_mode, "max_dead_ratio": max_dead_ratio, "max_layer_dead_ratio": max_layer_dead_ratio})
-        gate_limits = {k: values.pop(k, None) for k in ("max_dead_ratio", "max_layer_dead_ratio")}
-        settings = build_settings(**values)
+        from .judge.gate import GateLimits
+        from .settings import build_settings
+        settings = build_settings(
+            config=config, batch_size=batch_size, limit=limit, device=device, dead_threshold=dead_threshold,
+            tau=tau, saturation=saturation, granularity=granularity, layers=tuple(layers or ()),
+            exclude=tuple(exclude or ()), functional=functional, nonfinite=nonfinite, compile=compile_mode)
+        gate = GateLimits.from_config(config, max_dead_ratio=max_dead_ratio, max_layer_dead_ratio=max_layer_dead_ratio)
         model, data = _positionals(model, data, model_spec, data_spec)
-        _check_output(json_path)
-        _check_output(html_path)
-        if model_spec is not None:
-            loaded = load_factory(model_spec, parse_kwargs(arch_kwargs), weights, allow_pickle=allow_pickle)
-        else:
-            assert model is not None
-            if weights is not None:
-                raise ConfigError("--weights goes with --model (a factory); a MODEL file holds its own weights",
-                                  hint="--model pkg.module:build --weights state_dict.pt DATA, or MODEL --arch ...")
-            loaded = load_model(model, arch=arch, arch_kwargs=parse_kwargs(arch_kwargs), allow_pickle=allow_pickle,
-                                imports=import_files or ())
-        if data_spec is not None:
-            stream = load_python_data(data_spec, batch_size=settings.batch_size, limit=settings.limit, key=key,
-                                      shuffle_seed=shuffle_seed)
-        else:
-            assert data is not None
-            stream = load_data(data, batch_size=settings.batch_size, limit=settings.limit, key=key, columns=columns,
-                               shuffle_seed=shuffle_seed)
-        from .scan import scan as run_scan
+        targets = ReportTargets(json=json_path, html=html_path, png_dir=png_dir,
+                                out=_out_folder(out_dir, _stem(model, model_spec)))
+        targets.check({"MODEL": model, "DATA": data, "--weights": weights, "--config": config,
+                       "--import": import_files, "--arch": _spec_file(arch), "--model": _spec_file(model_spec),
+                       "--data": _spec_file(data_spec)})
+        from .load.sources import open_data, open_model
+        from .scanning import scan as run_scan
+        loaded = open_model(model, arch=arch, arch_kwargs=arch_kwargs, factory=model_spec, weights=weights,
+                            allow_pickle=allow_pickle, imports=import_files or ())
+        stream = open_data(data, source=data_spec, batch_size=settings.batch_size, limit=settings.limit, key=key,
+                           columns=columns, shuffle_seed=shuffle_seed)
         with _ProgressReporter(enabled=not quiet and json_path != Path("-")) as progress:
-            result = run_scan(loaded.module, stream, settings=settings, progress=progress, model_info=loaded.info(),
+            result = run_scan(loaded, stream, settings=settings, gate=gate, progress=progress,
                               input_key=input_key or None, scale=scale, partial_on_interrupt=partial_on_interrupt)
-        if loaded.notes:
-            result = _with_notes(result, loaded.notes)
-        if any(limit_ is not None for limit_ in gate_limits.values()):
-            result = result.with_gate(check_gate(result, **gate_limits))
         _emit(result, json_path, quiet, show_units)
-        _write_reports(result, html_path, png_dir, _out_folder(out_dir, _stem(model, model_spec)), json_path == Path("-"))
+        _write_reports(result, targets, json_path == Path("-"))
     raise typer.Exit(EXIT_GATE_FAILED if result.gate is not None and not result.gate.passed else EXIT_OK)
 
 
@@ -231,26 +275,12 @@ def _stem(model: Path | None, model_spec: str | None) -> str:
     return (model_spec or "model").rpartition(":")[2] or "model"
 
 
-def _check_output(json_path: Path | None) -> None:
-    """Fail before the scan, not after it, when the report cannot be written there."""
-    if json_path is None or json_path == Path("-"):
-        return
-    if json_path.is_dir():
-        raise OutputError(f"cannot write {json_path}: it is a folder", hint="give a file path, e.g. reports/scan.json")
-    folder = json_path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise OutputError(f"cannot write {json_path}: {folder} is a file, not a folder",
-                          hint="choose an output path in a folder you can write")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write {json_path}: no permission to write in {folder}",
-                          hint="choose an output path in a folder you can write")
-
-
-def _with_notes(result: Any, notes: list[str]) -> Any:
-    import dataclasses
-    return dataclasses.replace(result, warnings=tuple(notes) + result.warnings)
+def _spec_file(spec: str | None) -> Path | None:
+    """The file of a ``path/to/file.py:Name`` reference (None for ``package.module:Name``)."""
+    if not spec or ":" not in spec:
+        return None
+    target = spec.rpartition(":")[0]
+    return Path(target) if target.endswith(".py") else None
 
 
 def _emit(result: Any, json_path: Path | None, quiet: bool, show_units: bool) -> None:
@@ -280,27 +310,12 @@ def _out_folder(out_dir: Path | None, stem: str) -> Path | None:
     return Path("reports") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _write_reports(result: Any, html_path: Path | None, png_dir: Path | None, out_dir: Path | None,
-                   to_stderr: bool) -> None:
+def _write_reports(result: Any, targets: ReportTargets, to_stderr: bool) -> None:
     """Write the HTML report, the PNG plots and (for --out) all of them plus the JSON, and say where."""
-    from .render import html as html_render
-    from .render import plots
-    from .render.files import atomic_write_text
-    written: list[str] = []
-    html_targets = [path for path in (html_path, out_dir / "report.html" if out_dir else None) if path]
-    if html_targets:
-        page = html_render.report(result)
-        for path in html_targets:
-            atomic_write_text(path, page)
-            written.append(f"HTML report: {path}")
-    for folder in (png_dir, out_dir / "plots" if out_dir else None):
-        if folder is not None:
-            written.append(f"PNG plots: {folder} ({len(plots.write_pngs(result, folder))} files)")
-    if out_dir is not None:
-        result.to_json(out_dir / "result.json")
-        written.append(f"JSON report: {out_dir / 'result.json'}")
-    for line in written:
-        (stderr if to_stderr else stdout).print(line, markup=False, soft_wrap=True)
+    from .render.text import visible
+    for what, path, files in write_reports(result, targets):
+        count = f" ({files} files)" if what == "PNG plots" else ""
+        (stderr if to_stderr else stdout).print(f"{what}: {visible(path)}{count}", markup=False, soft_wrap=True)
 
 
 def _read_result(path: Path) -> Any:
@@ -337,21 +352,23 @@ def report(
     html_path: HtmlOption = None,
     png_dir: PngDirOption = None,
     out_dir: OutOption = None,
-    show_units: Annotated[bool, typer.Option("--show-units", help="List dead/saturated unit indices.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the verdict and gate lines.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    show_units: ShowUnitsOption = False,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """Re-render a saved JSON report (terminal, HTML, PNGs) without the model.
 
     Shows the stored suggestions (if none: those that need no weights) and gate; exits 0.
     """
     with error_exit(debug):
+        targets = ReportTargets(html=html_path, png_dir=png_dir, out=_out_folder(out_dir, result_path.stem))
+        targets.check({"RESULT.json": result_path})
         result = _read_result(result_path)
         if not result.suggestions:
             from .judge.suggestions import suggest
             result = result.with_suggestions(suggest(result))
         _emit(result, None, quiet, show_units)
-        _write_reports(result, html_path, png_dir, _out_folder(out_dir, result_path.stem), False)
+        _write_reports(result, targets, False)
     raise typer.Exit(EXIT_OK)
 
 

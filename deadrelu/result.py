@@ -11,15 +11,17 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import pandas as pd
 
 from .judge.gate import GateOutcome
 from .judge.verdicts import SiteVerdict, judge_site
 from .settings import ScanSettings, Thresholds, build_settings
-from .stats import SiteStats
+from .unitstats import SiteStats
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCHEMA_VERSION = 1
 
@@ -204,6 +206,7 @@ class ScanResult:
     # -- frames ---------------------------------------------------------------------------
     def to_frame(self) -> pd.DataFrame:
         """One row per site, in network order."""
+        import pandas as pd
         rows = [{
             "name": s.name, "module": s.module, "call_index": s.call_index, "function": s.function,
             "kind": s.kind, "units": s.units, "unit_dim": s.unit_dim, "observations": s.observations,
@@ -215,6 +218,7 @@ class ScanResult:
 
     def units_frame(self, site: str | int) -> pd.DataFrame:
         """One row per unit of a site, with its statistics and verdicts."""
+        import pandas as pd
         chosen = self.site(site)
         stats, verdict = chosen.stats, chosen.verdict
         return pd.DataFrame({

@@ -19,7 +19,8 @@ from torch import nn
 from torch.export import Dim
 
 import deadrelu
-from deadrelu.capture.dispatch import DispatchCapture, torchscript_plan
+from deadrelu.capture.dispatch import DispatchCapture
+from deadrelu.capture.plans import torchscript_plan
 from deadrelu.cli import app
 from deadrelu.settings import build_settings
 from truth_models import ConvBNInplace, ReusedReLUBlock, SequenceMLP, bounded_inputs, linear_with_dead_units

@@ -111,7 +111,7 @@ def test_unwritable_html_path_is_one_line_and_exit_2_before_scanning(runner, fil
     folder = files["dir"] / "a_folder"
     folder.mkdir()
     import sys
-    monkeypatch.setattr(sys.modules["deadrelu.scan"], "scan",
+    monkeypatch.setattr(sys.modules["deadrelu.scanning"], "scan",
                         lambda *a, **k: pytest.fail("scanned before checking --html"))
     done = scan(runner, files, "--html", folder)
     assert done.exit_code == 2

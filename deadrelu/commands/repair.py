@@ -70,39 +70,33 @@ class ReinitScheme(str, Enum):
 
 def _load(model: Path | None, data: Path | None, arch: str | None, arch_kwargs: str | None, allow_pickle: bool,
           import_files: list[Path] | None, model_spec: str | None, weights: Path | None, data_spec: str | None,
-          key: list[str] | None, batch_size: int, limit: int | None, device: str) -> tuple[Any, Any, Any]:
-    """Model, data stream and scan settings, loaded the way ``deadrelu scan`` loads them."""
-    from ..cli import _positionals
-    from ..load.data import load_data, load_python_data
-    from ..load.model import load_factory, load_model, parse_kwargs
+          key: list[str] | None, batch_size: int, limit: int | None, device: str,
+          outputs: dict[str, Path | None]) -> tuple[Any, Any, Any]:
+    """Model, data stream and scan settings, loaded as ``deadrelu scan`` loads them; outputs checked first."""
+    from ..cli import _positionals, _spec_file
+    from ..load.sources import open_data, open_model
+    from ..render.reports import ReportTargets
     from ..repair.report import RepairError
     from ..settings import build_settings
 
     settings = build_settings(batch_size=batch_size, limit=limit, device=device)
     model, data = _positionals(model, data, model_spec, data_spec)
-    if model_spec is not None:
-        loaded = load_factory(model_spec, parse_kwargs(arch_kwargs), weights, allow_pickle=allow_pickle)
-    else:
-        assert model is not None
-        if weights is not None:
-            raise ConfigError("--weights goes with --model (a factory); a MODEL file holds its own weights",
-                              hint="--model pkg.module:build --weights state_dict.pt DATA, or MODEL --arch ...")
-        loaded = load_model(model, arch=arch, arch_kwargs=parse_kwargs(arch_kwargs), allow_pickle=allow_pickle,
-                            imports=import_files or ())
+    json_path = outputs.pop("--json", None)
+    ReportTargets(json=json_path, files=outputs).check({
+        "MODEL": model, "DATA": data, "--weights": weights, "--import": import_files, "--arch": _spec_file(arch),
+        "--model": _spec_file(model_spec), "--data": _spec_file(data_spec)})
+    loaded = open_model(model, arch=arch, arch_kwargs=arch_kwargs, factory=model_spec, weights=weights,
+                        allow_pickle=allow_pickle, imports=import_files or ())
     if loaded.format in ("torchscript", "export"):
         raise RepairError(f"{loaded.source}: a {loaded.format} program; repairs change layers, which needs the "
                           "Python model", hint="pass the state_dict with --arch, a pickled module, or --model")
-    if data_spec is not None:
-        stream = load_python_data(data_spec, batch_size=settings.batch_size, limit=settings.limit, key=key)
-    else:
-        assert data is not None
-        stream = load_data(data, batch_size=settings.batch_size, limit=settings.limit, key=key)
+    stream = open_data(data, source=data_spec, batch_size=settings.batch_size, limit=settings.limit, key=key)
     return loaded, stream, settings
 
 
-def _scan(module: Any, stream: Any, settings: Any, input_key: list[str] | None, info: Any = None) -> Any:
-    from ..scan import scan
-    return scan(module, stream, settings=settings, input_key=input_key or None, model_info=info)
+def _scan(module: Any, stream: Any, settings: Any, input_key: list[str] | None) -> Any:
+    from ..scanning import scan
+    return scan(module, stream, settings=settings, input_key=input_key or None)
 
 
 def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
@@ -131,7 +125,7 @@ def prune(
     json_path: JsonOpt = None, debug: DebugOpt = False,
 ) -> None:
     """Remove dead units whose output is exactly 0 on every sample, check the outputs are unchanged, write."""
-    from ..cli import _check_output, error_exit, stderr, stdout
+    from ..cli import error_exit, stderr, stdout
     from ..render import repair as render
     from ..repair import prune as prune_model
     from ..repair import scan_deltas
@@ -142,11 +136,10 @@ def prune(
         if out is not None and out.suffix.lower() != ".pt2":
             raise ConfigError(f"--out {out}: prune writes a torch.export program, which needs a .pt2 name",
                               hint=f"--out {out.with_suffix('.pt2')}, and --state-dict {out} for the weights")
-        for path in (out, state_dict, json_path):
-            _check_output(path)
         loaded, stream, settings = _load(model, data, arch, arch_kwargs, allow_pickle, import_files, model_spec,
-                                         weights, data_spec, key, batch_size, limit, device)
-        before = _scan(loaded.module, stream, settings, input_key, loaded.info())
+                                         weights, data_spec, key, batch_size, limit, device,
+                                         {"--json": json_path, "--out": out, "--state-dict": state_dict})
+        before = _scan(loaded, stream, settings, input_key)
         pruned, report = prune_model(loaded.module, before, stream, layers=layers, atol=atol, input_key=input_key)
         after = _scan(pruned, stream, settings, input_key)
         deltas = scan_deltas(before, after)
@@ -191,7 +184,7 @@ def fix(
     json_path: JsonOpt = None, debug: DebugOpt = False,
 ) -> None:
     """Recycle dead/dormant units (ReDo), swap activations, or re-initialise layers; show dead before -> after."""
-    from ..cli import _check_output, error_exit, stderr, stdout
+    from ..cli import error_exit, stderr, stdout
     from ..render import repair as render
     from ..repair import firing, recycle as recycle_units, reinit as reinit_layers, scan_deltas, swap_activations
     from ..repair.save import check_destination, save_like_input
@@ -206,13 +199,12 @@ def fix(
         if swap_activation is not None:
             from ..repair.swap import parse_target
             parse_target(swap_activation)
-        for path in (out, json_path):
-            _check_output(path)
         loaded, stream, settings = _load(model, data, arch, arch_kwargs, allow_pickle, import_files, model_spec,
-                                         weights, data_spec, key, batch_size, limit, device)
+                                         weights, data_spec, key, batch_size, limit, device,
+                                         {"--json": json_path, "--out": out})
         check_destination(out, loaded.format, architecture_kept=swap_activation is None)
         module = loaded.module
-        before = _scan(module, stream, settings, input_key, loaded.info())
+        before = _scan(loaded, stream, settings, input_key)
         options: dict[str, Any] = {"input_key": input_key}
         fired: tuple[int, int] | None = None
         if recycle is not None:

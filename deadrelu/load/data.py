@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..errors import DataLoadError, ModelLoadError
+from ..errors import DataLoadError, ModelLoadError, first_line
 
 Batch = Any
 
@@ -593,7 +593,7 @@ def load_python_data(spec: str, batch_size: int = 256, limit: int | None = None,
         try:
             value = target()
         except Exception as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            text = first_line(exc)
             raise DataLoadError(f"--data {spec}: calling it failed: {type(exc).__name__}: {text[:200]}",
                                 hint="it is called without arguments and must return the data") from None
     if value is None:
@@ -651,7 +651,7 @@ def _open_pt(path: Path, keys: list[str]) -> tuple[list[torch.Tensor], list[str]
     try:
         value = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         if "Weights only load failed" in first or "weights_only" in str(exc):
             from .model import _pickle_globals
             wanted = ", ".join(_pickle_globals(path)[:4]) or "unknown classes"
@@ -704,7 +704,7 @@ def _open_table(path: Path, columns: Sequence[str] | None) -> tuple[np.ndarray, 
         raise DataLoadError(f"{path}: the table is empty (no header, no rows)",
                             hint="was the export cut short?") from None
     except Exception as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = first_line(exc)
         raise DataLoadError(f"{path}: not a readable {suffix.lstrip('.')} table ({text[:200]})",
                             hint="was it truncated, or is it another format?") from None
     if len(frame) == 0:

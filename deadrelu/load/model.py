@@ -599,7 +599,7 @@ def _quiet_torch_export() -> Iterator[_FirstLoggedError]:
 
 
 def _load_export(path: Path, allow_pickle: bool) -> nn.Module:
-    from ..capture.export import ExportedModel
+    from .exported import ExportedModel
 
     try:
         problems = _audit_export_archive(path)

@@ -63,7 +63,7 @@ def save_program(model: nn.Module, example: Sequence[Any], path: str | Path) -> 
         _atomic(path, lambda temporary: torch.export.save(program, temporary))
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}", hint="choose a path you can write") from None
-    from ..capture.export import input_constraints
+    from ..load.exported import input_constraints
     (low, high), _sample = input_constraints(program)
     batch = f"batches of {low} only" if low == high else \
         f"batch sizes {low} to {high}" if high is not None else f"batch sizes >= {low}"

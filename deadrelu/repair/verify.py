@@ -49,12 +49,12 @@ def _device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 def iter_inputs(model: nn.Module, data: Any, options: DataOptions) -> Iterator[tuple[tuple[Any, ...], dict[str, Any]]]:
     """Yield ``(args, kwargs)`` for each batch of ``data``, prepared as the scan prepares them."""
-    from ..scan import _InputPreparer
+    from ..load.inputs import InputPreparer
     device, dtype = _device_and_dtype(model)
     stream = data if isinstance(data, DataStream) else as_stream(
         data, options.batch_size, options.limit, shuffle_seed=options.shuffle_seed,
         key=options.input_key if isinstance(data, Mapping) else None)
-    prepare = _InputPreparer(dtype, device, NonFinitePolicy.SKIP, options.input_key, options.scale)
+    prepare = InputPreparer(dtype, device, NonFinitePolicy.SKIP, options.input_key, options.scale)
     start = 0
     for raw in stream.batches():
         prepared = prepare(raw, start)
