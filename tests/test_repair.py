@@ -337,3 +337,11 @@ def test_prune_sees_user_subclasses_of_torch_layers_as_layers() -> None:
     pruned, report = deadrelu.prune(model, _scan(model, x), x)
     assert report.sites[0].changed == (0, 1, 2) and type(pruned[0]) is MyLinear
     assert tuple(pruned[0].weight.shape) == (9, 10) and pruned[0].out_features == 9
+
+
+def test_cli_refuses_to_overwrite_the_input_before_any_work(runner, mlp_files) -> None:
+    model_path, data_path, arch = mlp_files
+    before = model_path.read_bytes()
+    run = runner.invoke(app, ["prune", str(model_path), str(data_path), "--arch", arch, "--state-dict",
+                              str(model_path)])
+    assert run.exit_code == 2 and "is the input MODEL" in run.output and model_path.read_bytes() == before
