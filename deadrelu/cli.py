@@ -173,11 +173,11 @@ def scan(
     scale: Annotated[Optional[float], typer.Option(
         metavar="X", rich_help_panel=DATA, help="Multiply inputs by this (e.g. 0.00392 for uint8 images).")] = None,
     nonfinite: Annotated[Optional[NonFinitePolicy], typer.Option(
-        rich_help_panel=DATA, show_default=_DEFAULTS.nonfinite.value,
+        metavar="POLICY", rich_help_panel=DATA, show_default=_DEFAULTS.nonfinite.value,
         help="Input samples holding NaN/inf: fail, skip or keep.")] = None,
     granularity: Annotated[Optional[Granularity], typer.Option(
-        rich_help_panel=CAPTURE, show_default=_DEFAULTS.granularity.value,
-        help="channel: a unit is a neuron/channel; position: every (channel, position).")] = None,
+        metavar="UNIT", rich_help_panel=CAPTURE, show_default=_DEFAULTS.granularity.value,
+        help="channel (a neuron or conv channel) or position (every channel x position).")] = None,
     layers: Annotated[Optional[list[str]], typer.Option(
         "--layers", metavar="GLOB", rich_help_panel=CAPTURE,
         help="Only sites matching this glob (repeatable).")] = None,
@@ -216,8 +216,8 @@ def scan(
     device: Annotated[str, typer.Option(
         metavar="DEVICE", rich_help_panel=RUN, help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     compile_mode: Annotated[Optional[CompileMode], typer.Option(
-        "--compile", rich_help_panel=RUN, show_default=_DEFAULTS.compile.value,
-        help="Compile the per-batch reduction with torch.compile.")] = None,
+        "--compile", metavar="MODE", rich_help_panel=RUN, show_default=_DEFAULTS.compile.value,
+        help="Compile the per-batch reduction with torch.compile: auto, on or off.")] = None,
     config: Annotated[Optional[Path], typer.Option(
         metavar="FILE", rich_help_panel=RUN,
         help="TOML config (see configs/default.toml); flags win over it.")] = None,

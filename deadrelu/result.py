@@ -197,11 +197,22 @@ class ScanResult:
         """A copy carrying fix suggestions."""
         return dataclasses.replace(self, suggestions=tuple(suggestions))
 
-    def rejudged(self, **thresholds: float) -> ScanResult:
-        """The same statistics judged with other thresholds (no rescan needed)."""
+    def rejudged(self, model: Any = None, **thresholds: float) -> ScanResult:
+        """The same statistics judged with other thresholds (no rescan needed).
+
+        Verdicts, the summary and the suggestions are recomputed (suggestions quote
+        dead counts, so they depend on the thresholds); the gate outcome is dropped.
+
+        Args:
+            model: the scanned model, so the weight-based suggestion rules run again too;
+                without it only the rules that need nothing but the result run.
+            **thresholds: ``dead_threshold``, ``tau``, ``saturation``, ``saturation_rtol``.
+        """
+        from .judge.suggestions import suggest
         new = dataclasses.replace(self.settings.thresholds, **thresholds)
-        return _assemble(self, [_rejudge(site, new) for site in self.sites],
-                         dataclasses.replace(self.settings, thresholds=new))
+        judged = _assemble(self, [_rejudge(site, new) for site in self.sites],
+                           dataclasses.replace(self.settings, thresholds=new))
+        return judged.with_suggestions(suggest(judged, model))
 
     # -- frames ---------------------------------------------------------------------------
     def to_frame(self) -> pd.DataFrame:

@@ -116,7 +116,7 @@ def test_unreadable_model_file(runner, f):
 def test_unreadable_model_file_as_the_os_reports_it(runner, f, monkeypatch):
     def denied(path: Path) -> str:
         raise PermissionError(13, "Permission denied", str(path))
-    monkeypatch.setattr("deadrelu.load.data.file_sha256", denied)  # check_file hashes there
+    monkeypatch.setattr("deadrelu.load.files.file_sha256", denied)  # check_file hashes there
     bad(scan(runner, f["sd"], f["x"], "--arch", f"{f['models']}:build"), "cannot be read", "sd.pt",
         "Permission denied")
 

@@ -15,7 +15,6 @@ is an ``(x, y)`` pair whose first element is the input.
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 import os
 import zipfile
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import DataLoadError, ModelLoadError, first_line
+from .files import check_file, file_sha256  # noqa: F401  (file_sha256: part of this module's API)
 
 Batch = Any
 
@@ -476,38 +476,6 @@ def as_stream(data: Any, batch_size: int = 256, limit: int | None = None, shuffl
                         hint="pass a tensor, an ndarray, a data file path, a Dataset, or an iterable of batches")
 
 
-def check_file(path: Path, what: str, error: type[Exception], missing_hint: str, folder_hint: str,
-               empty_hint: str) -> str:
-    """Raise ``error`` for a missing, folder, unreadable or empty file; return its sha256."""
-    if not path.exists():
-        raise error(f"{what} not found: {path}", hint=missing_hint)
-    if path.is_dir():
-        raise error(f"{what.split(' ')[0]} path is a folder, not a file: {path}", hint=folder_hint)
-    try:
-        size = path.stat().st_size
-        digest = file_sha256(path)
-    except OSError as exc:
-        raise error(f"{what} cannot be read: {path}: {exc.strerror or exc}",
-                    hint="check the file's permissions") from None
-    if size == 0:
-        raise error(f"{what} is empty: {path}", hint=empty_hint)
-    return digest
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks; its pages are then dropped from the cache."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-        if hasattr(os, "posix_fadvise"):
-            try:
-                os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-            except OSError:
-                pass
-    return digest.hexdigest()
-
-
 def load_data(path: str | os.PathLike, batch_size: int = 256, limit: int | None = None,
               key: str | Sequence[str] | None = None, columns: Sequence[str] | None = None,
               shuffle_seed: int | None = None) -> DataStream:
@@ -582,7 +550,7 @@ def load_python_data(spec: str, batch_size: int = 256, limit: int | None = None,
     Returns:
         The stream.
     """
-    from .model import import_object
+    from .usercode import import_object
 
     try:
         target = import_object(spec, what="--data")
@@ -653,8 +621,8 @@ def _open_pt(path: Path, keys: list[str]) -> tuple[list[torch.Tensor], list[str]
     except Exception as exc:  # torch raises many types for a bad file
         first = first_line(exc)
         if "Weights only load failed" in first or "weights_only" in str(exc):
-            from .model import _pickle_globals
-            wanted = ", ".join(_pickle_globals(path)[:4]) or "unknown classes"
+            from .pickles import pickle_globals
+            wanted = ", ".join(pickle_globals(path)[:4]) or "unknown classes"
             raise DataLoadError(f"{path}: a pickled object that needs code to load ({wanted}), "
                                 "probably a model, not data; not unpickled",
                                 hint="pass the model first and the data second; data files hold tensors or arrays") \

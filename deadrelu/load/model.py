@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.util
 import io
 import json
 import logging
 import pickle
-import pickletools
 import sys
 import types
 import warnings
@@ -39,7 +37,10 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError, UnsafePickleError
-from .data import check_file, file_sha256
+from ..errors import first_line as _first_line
+from .files import check_file
+from .pickles import pickle_globals as _pickle_globals
+from .usercode import import_file, import_object
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module", "weights", "params",
                    "model_state", "ema_state_dict", "state_dict_ema", "model_ema", "ema")
@@ -91,71 +92,6 @@ def unwrap(module: nn.Module) -> nn.Module:
 
 
 # -- importing user code --------------------------------------------------------------------
-
-
-def import_file(path: str | Path, what: str = "--import") -> types.ModuleType:
-    """Import a Python file as a module (once per path) and return it.
-
-    Args:
-        path: the ``.py`` file.
-        what: the option it came from, for messages.
-
-    Returns:
-        The module, registered in ``sys.modules`` as ``deadrelu_user_<stem>`` so that
-        classes defined in it can be pickled and found again.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"{what}: file not found: {path}", hint="check the path (relative to the current folder)")
-    module_name = f"deadrelu_user_{path.stem}"
-    existing = sys.modules.get(module_name)
-    if existing is not None and Path(getattr(existing, "__file__", "") or "").resolve() == path.resolve():
-        return existing
-    loader_spec = importlib.util.spec_from_file_location(module_name, path)
-    if loader_spec is None or loader_spec.loader is None:
-        raise ModelLoadError(f"{what}: cannot import {path}", hint="is it a Python source file?")
-    module = importlib.util.module_from_spec(loader_spec)
-    sys.modules[module_name] = module
-    try:
-        loader_spec.loader.exec_module(module)
-    except Exception as exc:
-        sys.modules.pop(module_name, None)
-        raise ModelLoadError(f"{what}: importing {path} failed: {type(exc).__name__}: {_first_line(exc)}",
-                             hint="the file must import cleanly; guard training code with if __name__ == '__main__'") \
-            from None
-    return module
-
-
-def import_object(spec: str, what: str = "--arch") -> Any:
-    """Import ``package.module:Name`` or ``path/to/file.py:Name``.
-
-    Args:
-        spec: the reference.
-        what: the option it came from, for messages.
-
-    Returns:
-        The named attribute.
-    """
-    if ":" not in spec:
-        raise ModelLoadError(f"{what} {spec!r} must look like package.module:Name or path/to/file.py:Name",
-                             hint="for example mypkg.models:build or models.py:Net")
-    target, _, name = spec.rpartition(":")
-    if target.endswith(".py"):
-        module = import_file(target, what)
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as exc:
-            raise ModelLoadError(f"{what}: cannot import module {target!r} ({exc})",
-                                 hint="is the package installed, or did you mean a path/to/file.py?") from None
-        except Exception as exc:
-            raise ModelLoadError(f"{what}: importing {target} failed: {type(exc).__name__}: {_first_line(exc)}",
-                                 hint="the module must import cleanly") from None
-    try:
-        return getattr(module, name)
-    except AttributeError:
-        raise ModelLoadError(f"{what}: {target} has no attribute {name!r}",
-                             hint="check the name after the ':' (a class or a function)") from None
 
 
 def build_from_factory(spec: str, kwargs: Mapping[str, Any] | None = None, what: str = "--arch") -> nn.Module:
@@ -256,11 +192,6 @@ def load_state_into(module: nn.Module, state: dict[str, torch.Tensor], source: s
 # -- reading files --------------------------------------------------------------------------
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
-
-
 def _zip_names(path: Path) -> list[str] | None:
     try:
         with zipfile.ZipFile(path) as archive:
@@ -288,44 +219,6 @@ def _is_safetensors(path: Path) -> bool:
     except OSError:
         return False
     return len(head) == 10 and head[8:10] == b'{"'
-
-
-def _pickle_globals(path: Path) -> list[str]:
-    """The globals a pickle asks for, read statically (nothing is imported or run)."""
-    getter = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
-    if getter is not None:
-        try:
-            return sorted(getter(str(path)))
-        except Exception:
-            pass
-    # Legacy (non-zip) files and plain pickles: walk the opcodes ourselves.
-    try:
-        with path.open("rb") as handle:
-            return _globals_in_pickle_stream(handle)
-    except OSError:
-        return []
-
-
-def _globals_in_pickle_stream(handle: Any) -> list[str]:
-    found: set[str] = set()
-    for _pickle in range(5):  # a legacy torch.save file is up to five pickles in a row
-        strings: list[str] = []
-        try:
-            for opcode, argument, _position in pickletools.genops(handle):
-                if opcode.name == "GLOBAL" and isinstance(argument, str):
-                    found.add(argument.replace(" ", "."))
-                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    found.add(f"{strings[-2]}.{strings[-1]}")
-                elif isinstance(argument, str):
-                    strings.append(argument)
-        except Exception:
-            break
-    try:
-        from torch._weights_only_unpickler import _get_allowed_globals
-        allowed = set(_get_allowed_globals())
-    except Exception:  # a private helper; its absence only makes the list longer
-        allowed = set()
-    return sorted(found - allowed)
 
 
 def _weights_only_failure(exc: BaseException) -> bool:

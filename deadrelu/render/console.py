@@ -9,7 +9,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ..result import ScanResult, SiteResult
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..result import ScanResult, SiteResult
 from .text import visible
 
 

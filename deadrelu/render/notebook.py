@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from html import escape
 
-from ..result import ScanResult
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..result import ScanResult
 from .console import worst_first
 from .text import visible
 
