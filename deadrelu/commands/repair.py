@@ -16,8 +16,6 @@ import typer
 
 from ..errors import ConfigError
 
-# deadrelu.cli imports this module to register the commands, so its helpers are imported when a
-# command runs, not at import time (``python -m deadrelu.cli`` would otherwise import it half-built).
 EXIT_OK = 0
 MODEL_PANEL, DATA_PANEL, OUT_PANEL = "Model", "Data", "Output"
 
@@ -73,18 +71,18 @@ def _load(model: Path | None, data: Path | None, arch: str | None, arch_kwargs: 
           key: list[str] | None, batch_size: int, limit: int | None, device: str,
           outputs: dict[str, Path | None]) -> tuple[Any, Any, Any]:
     """Model, data stream and scan settings, loaded as ``deadrelu scan`` loads them; outputs checked first."""
-    from ..cli import _positionals, _spec_file
+    from .common import positionals, spec_file
     from ..load.sources import open_data, open_model
     from ..render.reports import ReportTargets
     from ..repair.report import RepairError
     from ..settings import build_settings
 
     settings = build_settings(batch_size=batch_size, limit=limit, device=device)
-    model, data = _positionals(model, data, model_spec, data_spec)
+    model, data = positionals(model, data, model_spec, data_spec)
     json_path = outputs.pop("--json", None)
     ReportTargets(json=json_path, files=outputs).check({
-        "MODEL": model, "DATA": data, "--weights": weights, "--import": import_files, "--arch": _spec_file(arch),
-        "--model": _spec_file(model_spec), "--data": _spec_file(data_spec)})
+        "MODEL": model, "DATA": data, "--weights": weights, "--import": import_files, "--arch": spec_file(arch),
+        "--model": spec_file(model_spec), "--data": spec_file(data_spec)})
     loaded = open_model(model, arch=arch, arch_kwargs=arch_kwargs, factory=model_spec, weights=weights,
                         allow_pickle=allow_pickle, imports=import_files or ())
     if loaded.format in ("torchscript", "export"):
@@ -125,7 +123,7 @@ def prune(
     json_path: JsonOpt = None, debug: DebugOpt = False,
 ) -> None:
     """Remove dead units whose output is exactly 0 on every sample, check the outputs are unchanged, write."""
-    from ..cli import error_exit, stderr, stdout
+    from .common import error_exit, stderr, stdout
     from ..render import repair as render
     from ..repair import prune as prune_model
     from ..repair import scan_deltas
@@ -184,7 +182,7 @@ def fix(
     json_path: JsonOpt = None, debug: DebugOpt = False,
 ) -> None:
     """Recycle dead/dormant units (ReDo), swap activations, or re-initialise layers; show dead before -> after."""
-    from ..cli import error_exit, stderr, stdout
+    from .common import error_exit, stderr, stdout
     from ..render import repair as render
     from ..repair import firing, recycle as recycle_units, reinit as reinit_layers, scan_deltas, swap_activations
     from ..repair.save import check_destination, save_like_input

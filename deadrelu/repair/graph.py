@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..capture.functional import FUNCTIONS, _is_relu_clamp
-from ..kinds import spec_for_module
+from ..kinds import FUNCTION_KINDS, spec_for_module
 from ..result import SiteResult
 
 #: Modules that act on each channel alone and map an all-zero channel to zeros.
@@ -47,13 +47,9 @@ PASSTHROUGH_NAMES = frozenset({
 #: Calls that read a tensor's metadata, not its values: not data users.
 META_NAMES = frozenset({"size", "dim", "shape", "numel", "sym_size", "sym_numel", "sym_stride", "stride",
                         "device", "dtype", "getattr"})
-#: Activations (fx functions/methods and aten ops) by canonical name.
-ATEN_ACTIVATIONS = {"relu": "relu", "relu_": "relu", "relu6": "relu6", "hardtanh": "hardtanh",
-                    "hardtanh_": "hardtanh", "leaky_relu": "leaky_relu", "leaky_relu_": "leaky_relu",
-                    "elu": "elu", "elu_": "elu", "selu": "selu", "selu_": "selu", "celu": "celu",
-                    "celu_": "celu", "gelu": "gelu", "silu": "silu", "silu_": "silu", "prelu": "prelu",
-                    "_prelu_kernel": "prelu", "rrelu": "rrelu", "rrelu_": "rrelu", "clamp_min": "clamp",
-                    "clamp_min_": "clamp", "clamp": "clamp", "clamp_": "clamp"}
+#: Activations (fx functions/methods and aten ops) -> the canonical function name the scan uses.
+ATEN_ACTIVATIONS = {**{name: name for name in FUNCTION_KINDS}, **{f"{name}_": name for name in FUNCTION_KINDS},
+                    "clamp_min": "clamp", "clamp_min_": "clamp", "_prelu_kernel": "prelu"}
 
 
 @dataclass

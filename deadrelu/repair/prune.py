@@ -18,14 +18,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..kinds import ZERO_GRADIENT_KINDS
 from ..result import ScanResult, SiteResult
 from ..settings import Granularity
 from .graph import build_dataflow
 from .report import PruneReport, RepairError, SiteChange
 from .verify import DataOptions, compare_outputs, count_macs, count_parameters, example_inputs
 
-#: Kinds whose inactive output is exactly 0.
-EXACT_KINDS = frozenset({"ReLU", "ReLU6", "Hardtanh"})
+#: Kinds whose inactive output can be exactly 0: the zero-gradient kinds (ReLU, ReLU6) and Hardtanh,
+#: which qualifies only with min_val 0 (enforced per unit: minimum == maximum == 0).
+EXACT_KINDS = frozenset(ZERO_GRADIENT_KINDS) | {"Hardtanh"}
 
 
 def exact_zero_units(site: SiteResult) -> np.ndarray:
