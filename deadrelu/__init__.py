@@ -44,6 +44,8 @@ _LAZY: dict[str, str] = {
     "ForwardError": "deadrelu.errors",
     "CaptureError": "deadrelu.errors",
     "OutputError": "deadrelu.errors",
+    "prune": "deadrelu.repair", "recycle": "deadrelu.repair", "reinit": "deadrelu.repair",
+    "swap_activations": "deadrelu.repair", "RepairError": "deadrelu.repair",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -57,6 +59,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .load.data import load_data
     from .load.model import load_model
     from .render.reports import ReportTargets, write_reports
+    from .repair import RepairError, prune, recycle, reinit, swap_activations
     from .result import ScanResult, SiteResult, Summary
     from .scanning import scan
     from .settings import Granularity, ScanSettings, Thresholds, build_settings

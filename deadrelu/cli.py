@@ -9,23 +9,21 @@ need them, so ``deadrelu --help``, ``version`` and ``report`` start at once.
 
 from __future__ import annotations
 
-import re
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 
 from . import __version__
-from .errors import ConfigError, DeadReluError
+# Shared with the command groups in deadrelu/commands (which must not import this module).
+from .commands.common import EXIT_GATE_FAILED, EXIT_OK, error_exit, stderr, stdout
+from .commands.common import positionals as _positionals
+from .commands.common import spec_file as _spec_file
 from .render import console as console_render
 from .render.reports import ReportTargets, write_reports
 from .settings import CompileMode, Granularity, NonFinitePolicy, ScanSettings, Thresholds
-
-EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 #: what ``--help`` groups options under
 MODEL, DATA, CAPTURE, THRESHOLDS, GATE, OUTPUT, RUN = "Model", "Data", "Capture", "Thresholds", "Gate", "Output", "Run"
@@ -34,47 +32,6 @@ DATA_FILES = ".npy, .npz, .pt/.pth, .csv/.tsv, .parquet"
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="rich",
                   help="Find dead, saturated and dormant ReLU-family units in a PyTorch model, on your data.")
-stdout = Console(highlight=False, soft_wrap=False)
-# Errors and hints stay one line each, however narrow the terminal (CI logs are grepped).
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-
-#: library parameter names -> the flags a CLI user types, for error lines
-PARAMETER_FLAGS = {"batch_size": "--batch-size", "dead_threshold": "--dead-threshold", "tau": "--tau",
-                   "saturation": "--saturation", "granularity": "--granularity", "nonfinite": "--nonfinite",
-                   "limit": "--limit", "max_dead_ratio": "--max-dead-ratio",
-                   "max_layer_dead_ratio": "--max-layer-dead-ratio", "compile": "--compile"}
-_LEADING_PARAMETER = re.compile(r"^(" + "|".join(sorted(map(re.escape, PARAMETER_FLAGS), key=len, reverse=True))
-                                + r")\b(?!_)")
-
-
-def as_flags(message: str) -> str:
-    """A library message that starts with a parameter name (``batch_size must be >= 1``), with the flag."""
-    return _LEADING_PARAMETER.sub(lambda match: PARAMETER_FLAGS[match.group(1)], message, count=1)
-
-
-@contextmanager
-def error_exit(debug: bool) -> Iterator[None]:
-    """Turn the deadrelu error family into one line on stderr and exit code 2."""
-    try:
-        yield
-    except DeadReluError as exc:
-        if debug:
-            raise
-        message = as_flags(exc.message) if isinstance(exc, ConfigError) else exc.message
-        stderr.print(f"[bold red]error:[/] {_plain(message)}")
-        if exc.hint:
-            stderr.print(f"[dim]hint:[/] {_plain(exc.hint)}")
-        raise typer.Exit(EXIT_BAD_INPUT) from None
-    except KeyboardInterrupt:
-        stderr.print("[bold red]interrupted[/]: no report written (use --partial-on-interrupt to keep partial results)")
-        raise typer.Exit(130) from None
-
-
-def _plain(text: str) -> str:
-    from rich.markup import escape
-
-    from .render.text import visible
-    return escape(visible(text))
 
 
 class _ProgressReporter:
@@ -254,33 +211,10 @@ def scan(
     raise typer.Exit(EXIT_GATE_FAILED if result.gate is not None and not result.gate.passed else EXIT_OK)
 
 
-def _positionals(model: Path | None, data: Path | None, model_spec: str | None,
-                 data_spec: str | None) -> tuple[Path | None, Path | None]:
-    """Assign the positional paths: MODEL unless --model is given, DATA unless --data is."""
-    given = [path for path in (model, data) if path is not None]
-    wanted = [name for name, spec in (("MODEL", model_spec), ("DATA", data_spec)) if spec is None]
-    if len(given) != len(wanted):
-        options = " and ".join(f"--{n.lower()}" for n, spec in (("MODEL", model_spec), ("DATA", data_spec)) if spec)
-        expected = " ".join(wanted) if wanted else "no file argument"
-        raise ConfigError(f"expected {expected}{' with ' + options if options else ''}, got "
-                          f"{len(given)} file argument(s): {' '.join(map(str, given)) or 'none'}",
-                          hint="deadrelu scan MODEL DATA, or --model pkg.mod:build DATA, or MODEL --data pkg.mod:make")
-    paths = dict(zip(wanted, given))
-    return paths.get("MODEL"), paths.get("DATA")
-
-
 def _stem(model: Path | None, model_spec: str | None) -> str:
     if model is not None:
         return model.stem
     return (model_spec or "model").rpartition(":")[2] or "model"
-
-
-def _spec_file(spec: str | None) -> Path | None:
-    """The file of a ``path/to/file.py:Name`` reference (None for ``package.module:Name``)."""
-    if not spec or ":" not in spec:
-        return None
-    target = spec.rpartition(":")[0]
-    return Path(target) if target.endswith(".py") else None
 
 
 def _emit(result: Any, json_path: Path | None, quiet: bool, show_units: bool) -> None:
@@ -376,6 +310,10 @@ def report(
 def version() -> None:
     """Print deadrelu's version."""
     stdout.print(f"deadrelu {__version__}")
+
+
+from .commands.repair import register as _register_repair  # noqa: E402  (needs app and the helpers above)
+_register_repair(app)
 
 
 def main() -> None:
