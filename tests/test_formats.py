@@ -22,7 +22,8 @@ from conftest import error_line, report_of, run
 from deadrelu.capture.dispatch import DispatchCapture
 from deadrelu.capture.plans import torchscript_plan
 from deadrelu.settings import build_settings
-from truth_models import ConvBNInplace, ReusedReLUBlock, SequenceMLP, bounded_inputs, linear_with_dead_units
+from truth_models import (ConvBNInplace, ReusedReLUBlock, SequenceMLP, UserModel, bounded_inputs,
+                          linear_with_dead_units)
 
 class MixedNet(nn.Module):
     """Linear(10->32) with 8 dead units, a reused ReLU (3 then 5 dead of 12) and a
@@ -132,7 +133,7 @@ def test_safetensors_with_arch(runner, tmp_path, data, arch):
 
 def test_pickled_module_is_refused_then_loaded_weights_only_with_its_globals(runner, tmp_path, data):
     path = tmp_path / "whole.pt"
-    torch.save(linear_with_dead_units(dead=8), path)
+    torch.save(UserModel(linear_with_dead_units(dead=8)), path)  # the user's own class: consent needed
     refused = run(runner, path, data)
     assert refused.exit_code == 2
     assert "torch.nn.modules.container.Sequential" in refused.stderr
