@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from conftest import error_line, run
 from deadrelu.cli import app

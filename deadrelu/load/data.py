@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import DataLoadError, ModelLoadError, first_line
-from .files import check_file, file_sha256  # noqa: F401  (file_sha256: part of this module's API)
+from .files import check_file
 
 Batch = Any
 

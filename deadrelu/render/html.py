@@ -382,7 +382,7 @@ def _site_detail(result: ScanResult, site: SiteResult, anchor: str, opened: bool
     table = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in stats_rows)
     linked = "".join(f'<li><a href="#suggestion-{k}">{_e(s.get("title", ""))}</a></li>' for k, s in mentions)
     linked = f"<p><b>Suggestions for this site</b></p><ul>{linked}</ul>" if linked else ""
-    legend = (f'<span style="background:#d62728"></span>dead'
+    legend = ('<span style="background:#d62728"></span>dead'
               + ('<span style="background:#ff7f0e"></span>saturated' if site.saturation else "")
               + '<span style="background:#dddddd"></span>no observation')
     summary = (f"<b>{_e(site.name)}</b> · {_e(site.kind)} · {site.dead:,} of {site.units:,} dead "
