@@ -39,13 +39,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .capture import ActivationCapture
-from .errors import ConfigError, OutputError
+from .capture.session import CaptureSession
+from .errors import CaptureError, ConfigError, OutputError
 from .history import Mode, history_frame, read_log, record_from_result
 from .load.data import as_stream
 from .load.model import unwrap
-from .result import ScanResult, Summary, _json_clean
-from .scan import _site_result, resolve_device, scan
+from .result import ScanResult, _json_clean
+from .scanning import scan
 from .settings import ScanSettings, build_settings
 
 
@@ -146,7 +146,7 @@ class Monitor:
         self._last_step: int | None = None
         self._closed = False
         self.last_result: ScanResult | None = None
-        self._capture: ActivationCapture | None = None
+        self._capture: CaptureSession | None = None
         self._window_start: int | None = None
         self._window_steps = 0
         if self.mode == Mode.WINDOW:
@@ -238,34 +238,34 @@ class Monitor:
 
     # -- window mode ----------------------------------------------------------------------
     def _open_window(self) -> None:
-        capture = ActivationCapture(self.model, self.settings, resolve_device(None, self.model), training=True)
-        capture.__enter__()
-        self._capture, self._window_start, self._window_steps = capture, None, 0
+        # eval_mode=False: the model keeps its mode; the session's root hooks make each call
+        # of the model one batch, and eval-mode calls (validation) are not observed.
+        session = CaptureSession(self.model, self.settings, eval_mode=False)
+        session.__enter__()
+        self._capture, self._window_start, self._window_steps = session, None, 0
 
     def _capture_end_batch(self) -> None:
         assert self._capture is not None
-        if self._capture._in_batch:
+        if self._capture.engine._in_batch:  # a batch opened by a submodule call, or one left open
             self._capture.end_batch()
 
     def _discard_window(self) -> None:
-        capture, self._capture = self._capture, None
-        if capture is not None:
-            capture.__exit__(None, None, None)
+        session, self._capture = self._capture, None
+        if session is not None:
+            session.__exit__(None, None, None)
 
     def _close_window(self) -> dict[str, Any] | None:
-        capture = self._capture
-        assert capture is not None
+        session = self._capture
+        assert session is not None
         self._discard_window()  # hooks off first: building the result runs no forward pass
-        site_records = capture.records()
         start = self._window_start if self._window_start is not None else 0
-        if not site_records:
+        try:
+            result = session.result(data_info={"source": "training forward passes (train mode)", "samples": None},
+                                    suggestions=False)
+        except CaptureError:
             warnings.warn(f"deadrelu.Monitor: no activation ran in train mode during the window at step {start}; "
                           "nothing logged", stacklevel=3)
             return None
-        sites = [_site_result(capture, record, self.settings) for record in site_records]
-        result = ScanResult(sites=tuple(sites), summary=Summary.of(sites), settings=self.settings,
-                            model={"class": type(self.model).__name__},
-                            data={"source": "training forward passes", "samples": None})
         return self._append(result, start, self._window_steps)
 
     # -- the log --------------------------------------------------------------------------

@@ -11,15 +11,17 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import pandas as pd
 
 from .judge.gate import GateOutcome
 from .judge.verdicts import SiteVerdict, judge_site
 from .settings import ScanSettings, Thresholds, build_settings
-from .stats import SiteStats
+from .unitstats import SiteStats
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCHEMA_VERSION = 1
 
@@ -195,15 +197,27 @@ class ScanResult:
         """A copy carrying fix suggestions."""
         return dataclasses.replace(self, suggestions=tuple(suggestions))
 
-    def rejudged(self, **thresholds: float) -> ScanResult:
-        """The same statistics judged with other thresholds (no rescan needed)."""
+    def rejudged(self, model: Any = None, **thresholds: float) -> ScanResult:
+        """The same statistics judged with other thresholds (no rescan needed).
+
+        Verdicts, the summary and the suggestions are recomputed (suggestions quote
+        dead counts, so they depend on the thresholds); the gate outcome is dropped.
+
+        Args:
+            model: the scanned model, so the weight-based suggestion rules run again too;
+                without it only the rules that need nothing but the result run.
+            **thresholds: ``dead_threshold``, ``tau``, ``saturation``, ``saturation_rtol``.
+        """
+        from .judge.suggestions import suggest
         new = dataclasses.replace(self.settings.thresholds, **thresholds)
-        return _assemble(self, [_rejudge(site, new) for site in self.sites],
-                         dataclasses.replace(self.settings, thresholds=new))
+        judged = _assemble(self, [_rejudge(site, new) for site in self.sites],
+                           dataclasses.replace(self.settings, thresholds=new))
+        return judged.with_suggestions(suggest(judged, model))
 
     # -- frames ---------------------------------------------------------------------------
     def to_frame(self) -> pd.DataFrame:
         """One row per site, in network order."""
+        import pandas as pd
         rows = [{
             "name": s.name, "module": s.module, "call_index": s.call_index, "function": s.function,
             "kind": s.kind, "units": s.units, "unit_dim": s.unit_dim, "observations": s.observations,
@@ -215,6 +229,7 @@ class ScanResult:
 
     def units_frame(self, site: str | int) -> pd.DataFrame:
         """One row per unit of a site, with its statistics and verdicts."""
+        import pandas as pd
         chosen = self.site(site)
         stats, verdict = chosen.stats, chosen.verdict
         return pd.DataFrame({

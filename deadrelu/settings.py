@@ -102,6 +102,16 @@ class ScanSettings:
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be >= 1, got {self.limit}")
 
+    def flat(self) -> dict[str, Any]:
+        """Every setting by name, thresholds included (what ``build_settings`` takes)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "thresholds"}
+        values.update(dataclasses.asdict(self.thresholds))
+        return values
+
+    def replace(self, **values: Any) -> ScanSettings:
+        """A copy with some settings changed by name (``None`` means "keep"), validated like ``build_settings``."""
+        return build_settings(**{**self.flat(), **{k: v for k, v in values.items() if v is not None}})
+
 
 _THRESHOLD_KEYS = {f.name for f in dataclasses.fields(Thresholds)}
 _SCAN_KEYS = {f.name for f in dataclasses.fields(ScanSettings)} - {"thresholds"}
@@ -109,10 +119,17 @@ _ENUMS: dict[str, type[Enum]] = {"granularity": Granularity, "nonfinite": NonFin
                                  "compile": CompileMode}
 
 
-def build_settings(**values: Any) -> ScanSettings:
-    """Build settings from flat keyword values, ignoring ``None`` (meaning "not given").
+#: Keys of a config file's ``[gate]`` section (``judge.gate.GateLimits``).
+GATE_KEYS = ("max_dead_ratio", "max_layer_dead_ratio")
+
+
+def build_settings(config: str | Path | None = None, **values: Any) -> ScanSettings:
+    """Build settings from a config file and flat keyword values, ignoring ``None`` (meaning "not given").
 
     Args:
+        config: a TOML config (sections ``[scan]``, ``[thresholds]``, ``[gate]``); the
+            keyword values win over it. Its ``[gate]`` limits are read by
+            ``judge.gate.GateLimits.from_config``, not here.
         **values: any ``ScanSettings`` or ``Thresholds`` field by name.
 
     Returns:
@@ -121,6 +138,9 @@ def build_settings(**values: Any) -> ScanSettings:
     Raises:
         ConfigError: an unknown name or a value of the wrong kind.
     """
+    if config is not None:
+        from_file = {k: v for k, v in read_config(config).items() if k not in GATE_KEYS}
+        values = {**from_file, **{k: v for k, v in values.items() if v is not None and v != ()}}
     threshold_values: dict[str, Any] = {}
     scan_values: dict[str, Any] = {}
     for key, value in values.items():
@@ -168,8 +188,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     flat: dict[str, Any] = {}
-    for section, allowed in (("scan", _SCAN_KEYS), ("thresholds", _THRESHOLD_KEYS),
-                             ("gate", {"max_dead_ratio", "max_layer_dead_ratio"})):
+    for section, allowed in (("scan", _SCAN_KEYS), ("thresholds", _THRESHOLD_KEYS), ("gate", set(GATE_KEYS))):
         table = document.pop(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [{section}] must be a table")

@@ -93,7 +93,7 @@ def scan_checkpoints(checkpoints: Sequence[str | Path], data: Any, *, arch: str 
     """
     from .load.data import as_stream
     from .load.model import load_model
-    from .scan import scan
+    from .scanning import scan
     from .settings import build_settings
 
     if not checkpoints:
@@ -103,8 +103,7 @@ def scan_checkpoints(checkpoints: Sequence[str | Path], data: Any, *, arch: str 
     results = []
     for index, path in enumerate(checkpoints):
         loaded = load_model(path, arch=arch, arch_kwargs=arch_kwargs, allow_pickle=allow_pickle, imports=imports)
-        result = scan(loaded.module, stream, settings=scan_settings, model_info=loaded.info(), input_key=input_key,
-                      scale=scale)
+        result = scan(loaded, stream, settings=scan_settings, input_key=input_key, scale=scale)
         results.append(result)
         if on_scanned is not None:
             on_scanned(index, Path(path), result)

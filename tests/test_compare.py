@@ -133,7 +133,7 @@ def test_junit_escapes_names() -> None:
     result = deadrelu.scan(model, DATA)
     document = scan_junit(result)
     case = ET.fromstring(document).find("testsuite/testcase")
-    assert case.get("name") == 'a<b&"c"?'
+    assert case.get("name") == 'a<b&"c"\\x01'  # escaped (render.text.visible), never raw
 
 
 def test_diff_junit_and_markdown() -> None:

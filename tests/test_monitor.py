@@ -20,11 +20,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import deadrelu
-from deadrelu.capture import ActivationCapture
 from deadrelu.errors import ConfigError
 from deadrelu.history import HISTORY_COLUMNS, current_run, history_frame, read_log
 from deadrelu.monitor import Monitor, preserved_rng
-from deadrelu.settings import build_settings
 
 #: step -> [(layer index in the Sequential, units)]: killed at the start of that step
 KILLS = {5: [(0, [1, 3, 7])], 11: [(0, [10]), (3, [0, 5])]}
@@ -177,19 +175,17 @@ def test_window_hooks_only_during_the_window() -> None:
 
 def test_training_capture_skips_eval_forwards_and_builds_no_graph() -> None:
     model = make_model()
-    settings = build_settings()
-    with ActivationCapture(model, settings, torch.device("cpu"), training=True) as capture:
+    with deadrelu.capture(model, eval_mode=False) as session:
         output = model(bounded(5))
         model.eval()
         model(bounded(7))  # validation: not observed
         model.train()
         output.sum().backward()  # the training graph is intact
-        records = capture.records()
-        stats = [capture.finalize(record) for record in records]
     assert model.training and all(m.training for m in model.modules())
-    assert [capture.site_name(r) for r in records] == ["1", "4"]
-    assert [int(s.observations.max()) for s in stats] == [5, 5]
-    assert not any(record.accumulator.sums.requires_grad for record in records)
+    result = session.result(suggestions=False)
+    assert [site.name for site in result.sites] == ["1", "4"]
+    assert [site.observations for site in result.sites] == [5, 5]
+    assert not any(record.accumulator.sums.requires_grad for record in session.engine.records())
 
 
 class Wrapper(nn.Module):

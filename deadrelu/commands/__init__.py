@@ -1,1 +1,1 @@
-"""CLI command groups beyond ``scan`` and ``report``; each module exposes ``register(app)``."""
+"""Command groups added to the ``deadrelu`` app by ``register(app)``."""

@@ -2,8 +2,7 @@
 
 Thin command bodies: parse, call the library (``deadrelu.trend``, ``deadrelu.compare``),
 render, exit. Nothing here imports torch at import time; ``diff`` never needs it.
-The shared helpers (``error_exit``, result loading, output checks) come from
-``deadrelu.cli``, imported inside the commands so the two modules can import each other.
+Consoles, error lines and reading a saved result come from ``commands.common``.
 """
 
 from __future__ import annotations
@@ -16,29 +15,22 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from .common import EXIT_GATE_FAILED, EXIT_OK, error_exit, read_result, stderr, stdout
+
 if TYPE_CHECKING:
     from ..compare import DiffResult
     from ..history import Trend
     from ..result import ScanResult
 
-EXIT_OK, EXIT_GATE_FAILED = 0, 1
-
 JunitOption = Annotated[Optional[Path], typer.Option(
-    "--junit", help="Write JUnit XML here: one testcase per site, a failure for each site the gate fails.",
-    rich_help_panel="CI outputs")]
+    "--junit", metavar="FILE", rich_help_panel="Output",
+    help="Write JUnit XML here: one testcase per site, a failure for each site the gate fails.")]
 MarkdownOption = Annotated[Optional[Path], typer.Option(
-    "--markdown", help="Write a short Markdown summary here (appended when it is $GITHUB_STEP_SUMMARY).",
-    rich_help_panel="CI outputs")]
+    "--markdown", metavar="FILE", rich_help_panel="Output",
+    help="Write a short Markdown summary here (appended when it is $GITHUB_STEP_SUMMARY).")]
 
 
 # -- CI files -------------------------------------------------------------------------------
-
-def check_ci_outputs(junit_path: Path | None, markdown_path: Path | None) -> None:
-    """Fail before a scan, not after it, when a CI file cannot be written there."""
-    from ..cli import _check_output
-    _check_output(junit_path)
-    _check_output(markdown_path)
-
 
 def _write_markdown(path: Path, text: str) -> None:
     from ..errors import OutputError
@@ -65,21 +57,21 @@ def write_ci_reports(outcome: ScanResult | DiffResult, junit_path: Path | None, 
         markdown_path: Markdown destination, or None.
         to_stderr: print the "written" lines on stderr (stdout carries JSON).
     """
-    from .. import cli
     from ..compare import DiffResult
     from ..render import junit, markdown
     from ..render.files import atomic_write_bytes
+    from ..render.text import visible
     is_diff = isinstance(outcome, DiffResult)
     written = []
     if junit_path is not None:
         atomic_write_bytes(junit_path, junit.diff_junit(outcome) if is_diff else junit.scan_junit(outcome))  # type: ignore[arg-type]
-        written.append(f"JUnit report: {junit_path}")
+        written.append(f"JUnit report: {visible(junit_path)}")
     if markdown_path is not None:
         _write_markdown(markdown_path, markdown.diff_summary(outcome) if is_diff  # type: ignore[arg-type]
                         else markdown.scan_summary(outcome))  # type: ignore[arg-type]
-        written.append(f"Markdown summary: {markdown_path}")
+        written.append(f"Markdown summary: {visible(markdown_path)}")
     for line in written:
-        (cli.stderr if to_stderr else cli.stdout).print(line, markup=False, soft_wrap=True)
+        (stderr if to_stderr else stdout).print(line, markup=False, soft_wrap=True)
 
 
 # -- diff -----------------------------------------------------------------------------------
@@ -104,14 +96,15 @@ def diff(
 
     Exit 0 when the gate passes (or no limit is given), 1 when it fails, 2 when the results cannot be compared (different models or settings, without --force).
     """  # noqa: E501 (typer keeps the docstring's line breaks)
-    from .. import cli
     from ..compare import check_diff_gate
     from ..compare import diff as compare
     from ..render import compare as compare_render
-    with cli.error_exit(debug):
-        cli._check_output(json_path)
-        check_ci_outputs(junit_path, markdown_path)
-        result = compare(cli._read_result(base_path), cli._read_result(new_path), force=force)
+    from ..render.reports import ReportTargets
+    from ..render.text import visible
+    with error_exit(debug):
+        ReportTargets(json=json_path, files={"--junit": junit_path, "--markdown": markdown_path}).check(
+            {"BASE.json": base_path, "NEW.json": new_path})
+        result = compare(read_result(base_path), read_result(new_path), force=force)
         if max_new_dead is not None or max_dead_ratio_increase is not None:
             result = result.with_gate(check_diff_gate(result, max_new_dead, max_dead_ratio_increase))
         to_stdout_json = json_path == Path("-")
@@ -119,13 +112,13 @@ def diff(
             sys.stdout.write(json.dumps(result.to_dict(), indent=1) + "\n")
             gate = compare_render.gate_text(result)
             if gate is not None:
-                cli.stderr.print(gate)
+                stderr.print(gate)
         else:
-            cli.stdout.print(compare_render.report(result))
+            stdout.print(compare_render.report(result))
             if json_path is not None:
                 from ..render.files import atomic_write_text
                 atomic_write_text(json_path, json.dumps(result.to_dict(), indent=1) + "\n")
-                cli.stdout.print(f"JSON diff: {json_path}", markup=False, soft_wrap=True)
+                stdout.print(f"JSON diff: {visible(json_path)}", markup=False, soft_wrap=True)
         write_ci_reports(result, junit_path, markdown_path, to_stdout_json)
     raise typer.Exit(EXIT_GATE_FAILED if result.gate is not None and not result.gate.passed else EXIT_OK)
 
@@ -179,11 +172,10 @@ def trend(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Dead units across checkpoints (scanned over the same DATA) or across a monitor log's records."""
-    from .. import cli
     from ..errors import ConfigError
-    with cli.error_exit(debug):
-        cli._check_output(json_path)
-        cli._check_output(html_path)
+    from ..render.reports import ReportTargets
+    with error_exit(debug):
+        ReportTargets(json=json_path, html=html_path, png_dir=png_dir).check({"CKPT/DATA/LOG": paths})
         if len(paths) == 1 and _is_log(paths[0]):
             points, trend_data = _trend_of_log(paths[0])
         else:
@@ -215,18 +207,19 @@ def _trend_of_log(path: Path) -> tuple[list[dict[str, Any]], Trend]:
 
 def _trend_of_checkpoints(checkpoints: list[Path], data: Path, *, settings: dict[str, Any],
                           **options: Any) -> tuple[list[dict[str, Any]], Trend]:
-    from .. import cli
     from ..history import Trend
     from ..load.model import parse_kwargs
+    from ..render.text import visible
     from ..result import _json_clean
     from ..trend import checkpoint_files, scan_checkpoints
     files, notes = checkpoint_files(checkpoints)
     for note in notes:
-        cli.stderr.print(f"note: {note}", markup=False, soft_wrap=True)
+        stderr.print(f"note: {note}", markup=False, soft_wrap=True)
 
     def progress(index: int, path: Path, result: ScanResult) -> None:
-        if cli.stderr.is_terminal:
-            cli.stderr.print(f"scanned {index + 1}/{len(files)}: {path} ({result.summary.dead} dead)", markup=False)
+        if stderr.is_terminal:
+            stderr.print(f"scanned {index + 1}/{len(files)}: {visible(path)} ({result.summary.dead} dead)",
+                         markup=False)
 
     options["arch_kwargs"] = parse_kwargs(options.get("arch_kwargs"))
     results = scan_checkpoints(files, data, on_scanned=progress, **options, **settings)
@@ -236,22 +229,22 @@ def _trend_of_checkpoints(checkpoints: list[Path], data: Path, *, settings: dict
 
 def _emit_trend(trend_data: Trend, points: list[dict[str, Any]], json_path: Path | None, html_path: Path | None,
                 png_dir: Path | None) -> None:
-    from .. import cli
     from ..render import trend as trend_render
     from ..render.files import atomic_write_text
-    cli.stdout.print(trend_render.trend_table(trend_data, width=min(cli.stdout.width, 200)))
+    from ..render.text import visible
+    stdout.print(trend_render.trend_table(trend_data, width=min(stdout.width, 200)))
     written = []
     if json_path is not None:
         atomic_write_text(json_path, json.dumps({"points": points}, indent=1, allow_nan=False) + "\n")
-        written.append(f"JSON trend: {json_path}")
+        written.append(f"JSON trend: {visible(json_path)}")
     if html_path is not None:
         trend_render.write_html(trend_data, html_path)
-        written.append(f"HTML trend: {html_path}")
+        written.append(f"HTML trend: {visible(html_path)}")
     if png_dir is not None:
         paths = trend_render.write_pngs(trend_data, png_dir)
-        written.append(f"PNG plots: {png_dir} ({len(paths)} files)")
+        written.append(f"PNG plots: {visible(png_dir)} ({len(paths)} files)")
     for line in written:
-        cli.stdout.print(line, markup=False, soft_wrap=True)
+        stdout.print(line, markup=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

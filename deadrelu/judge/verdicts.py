@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..settings import Thresholds
-from ..stats import SiteStats
+from ..unitstats import SiteStats
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,6 +8,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from .text import visible
+
 if TYPE_CHECKING:
     from ..compare import DiffResult
 
@@ -32,7 +34,7 @@ def diff_table(diff: DiffResult) -> Table:
     table.add_column("Δ dead %", justify="right")
     for site in diff.sites:
         style = "bold red" if site.name in failing else ("red" if site.newly_dead else None)
-        table.add_row(site.name, f"{site.units_new:,}", f"{site.dead_base:,} → {site.dead_new:,}",
+        table.add_row(Text(visible(site.name)), f"{site.units_new:,}", f"{site.dead_base:,} → {site.dead_new:,}",
                       f"{len(site.newly_dead):,}", f"{len(site.revived):,}",
                       f"{site.dead_ratio_increase * 100:+.1f}", style=style)
     return table
@@ -56,7 +58,7 @@ def gate_text(diff: DiffResult) -> Text | None:
             text.append(f"\n  {int(violation.value)} units newly dead > limit {violation.limit:g}")
         else:
             site = diff.site(violation.scope)
-            text.append(f"\n  site {site.name}: dead ratio {site.dead_ratio_base:.1%} -> {site.dead_ratio_new:.1%} "
+            text.append(f"\n  site {visible(site.name)}: dead ratio {site.dead_ratio_base:.1%} -> {site.dead_ratio_new:.1%} "
                         f"(+{violation.value * 100:.1f} points) > limit +{violation.limit * 100:.1f} points")
     return text
 
@@ -70,16 +72,16 @@ def report(diff: DiffResult) -> Group:
         text = Text("Changed units:", style="bold")
         for site in changed:
             if site.newly_dead:
-                text.append(f"\n  {site.name} newly dead: {_units(site.newly_dead)}")
+                text.append(f"\n  {visible(site.name)} newly dead: {_units(site.newly_dead)}")
             if site.revived:
-                text.append(f"\n  {site.name} revived: {_units(site.revived)}")
+                text.append(f"\n  {visible(site.name)} revived: {_units(site.revived)}")
         parts.append(text)
     notes = [f"only in base: {', '.join(diff.only_in_base)}" if diff.only_in_base else "",
              f"only in new: {', '.join(diff.only_in_new)}" if diff.only_in_new else "",
              *(f"compared anyway (--force): {item}" for item in diff.differences), *diff.notes]
     notes = [note for note in notes if note]
     if notes:
-        parts.append(Text("Notes:\n" + "\n".join(f"  - {note}" for note in notes)))
+        parts.append(Text("Notes:\n" + "\n".join(f"  - {visible(note)}" for note in notes)))
     gate = gate_text(diff)
     if gate is not None:
         parts.append(gate)

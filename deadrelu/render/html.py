@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from .console import worst_first
+from .text import visible
 
 if TYPE_CHECKING:
     from ..result import ScanResult, SiteResult
@@ -49,9 +50,9 @@ MAP_DISPLAY_WIDTH = 480
 SEVERITY_LABEL = {"critical": "CRITICAL", "warning": "WARNING", "info": "INFO"}
 
 
-def _e(value: Any) -> str:
-    """Escape anything for HTML text or a quoted attribute."""
-    return html.escape(str(value), quote=True)
+def _e(value: Any, keep_newlines: bool = False) -> str:
+    """Escape anything for HTML text or a quoted attribute (invisible characters shown as escapes)."""
+    return html.escape(visible(value, keep_newlines=keep_newlines), quote=True)
 
 
 def _pct(value: float | None) -> str:
@@ -321,7 +322,7 @@ def _suggestions(result: ScanResult, anchors: dict[str, str]) -> str:
         evidence = (f'<details{opened}><summary>Evidence ({numbers} values)</summary>{table}</details>'
                     if numbers else "")
         code = suggestion.get("code") or ""
-        code_html = f"<pre><code>{_e(code)}</code></pre>" if code else ""
+        code_html = f"<pre><code>{_e(code, keep_newlines=True)}</code></pre>" if code else ""
         blocks.append(
             f'<article class="sugg {tone}" id="suggestion-{k}"><h3><span class="sev">'
             f'{SEVERITY_LABEL.get(tone, "INFO")}</span>{_e(suggestion.get("title", ""))}</h3>'
@@ -381,7 +382,7 @@ def _site_detail(result: ScanResult, site: SiteResult, anchor: str, opened: bool
     table = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in stats_rows)
     linked = "".join(f'<li><a href="#suggestion-{k}">{_e(s.get("title", ""))}</a></li>' for k, s in mentions)
     linked = f"<p><b>Suggestions for this site</b></p><ul>{linked}</ul>" if linked else ""
-    legend = (f'<span style="background:#d62728"></span>dead'
+    legend = ('<span style="background:#d62728"></span>dead'
               + ('<span style="background:#ff7f0e"></span>saturated' if site.saturation else "")
               + '<span style="background:#dddddd"></span>no observation')
     summary = (f"<b>{_e(site.name)}</b> · {_e(site.kind)} · {site.dead:,} of {site.units:,} dead "

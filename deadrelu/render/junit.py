@@ -13,6 +13,7 @@ import re
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
+from .text import visible
 
 if TYPE_CHECKING:
     from ..compare import DiffResult
@@ -22,8 +23,8 @@ _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
 def _text(value: object) -> str:
-    """A string XML 1.0 can hold (control characters become '?')."""
-    return _NOT_XML.sub("?", str(value))
+    """A string XML 1.0 can hold, with invisible characters shown escaped (``render.text.visible``)."""
+    return _NOT_XML.sub("?", visible(value))
 
 
 def _suite(name: str) -> ET.Element:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .text import visible
+
 if TYPE_CHECKING:
     from ..compare import DiffResult
     from ..result import ScanResult
@@ -19,7 +21,7 @@ MAX_ROWS = 20
 
 def _code(name: str) -> str:
     """A name as a code span safe inside a table cell."""
-    return "`" + name.replace("`", "'").replace("|", "\\|").replace("\n", " ") + "`"
+    return "`" + visible(name).replace("`", "'").replace("|", "\\|").replace("\n", " ") + "`"
 
 
 def _pct(value: float) -> str:

@@ -20,6 +20,7 @@ from rich.text import Text
 
 from .files import atomic_write_bytes, atomic_write_text
 from .plots import _figure, _percent_formatter, _plain, _tick_positions, figure_png, short_name
+from .text import visible
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -117,7 +118,7 @@ def trend_table(trend: Trend, width: int = 80) -> Group:
             before = ratio[k, points[position - 1]] if position else np.nan
             style = "bold red" if value > 0 and not (before >= value) else ("red" if value > 0 else "dim")
             cells.append(Text(_ratio(value), style=style))
-        table.add_row(short_name(trend.sites[k], SITE_WIDTH), *cells)
+        table.add_row(Text(short_name(visible(trend.sites[k]), SITE_WIDTH)), *cells)
     total = trend.total_dead_ratio
     table.add_section()
     table.add_row(Text("all sites", style="bold"), *(Text(_ratio(total[p]), style="bold") for p in points))
@@ -128,7 +129,7 @@ def trend_table(trend: Trend, width: int = 80) -> Group:
         for p in points:
             if legend:
                 legend.append("\n")
-            legend.append(f"{headers[p]:>{POINT_WIDTH}} = {trend.labels[p]}")
+            legend.append(f"{headers[p]:>{POINT_WIDTH}} = {visible(trend.labels[p])}")
     notes = []
     if len(points) < len(trend.labels):
         notes.append(f"{len(points)} of {len(trend.labels)} points shown; --json/--html hold all of them")
