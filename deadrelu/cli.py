@@ -1,6 +1,8 @@
 """The command line: parse, call the library, render, map errors to exit codes.
 
-Exit codes: 0 scan done and gate passed (or no gate); 1 gate failed; 2 bad usage or input.
+Exit codes: 0 scan done and gate passed (or no gate); 1 gate failed; 2 bad usage or input;
+3 a bug in deadrelu (the traceback is written to a file whose path the error line gives);
+130 interrupted. Exit 1 means only "the gate failed", so CI never mistakes a crash for a verdict.
 
 Only typer, rich and the torch-free parts of deadrelu are imported at start-up; the
 model, data and scan modules (and torch with them) are imported by the commands that
@@ -252,33 +254,6 @@ def _write_reports(result: Any, targets: ReportTargets, to_stderr: bool) -> None
         (stderr if to_stderr else stdout).print(f"{what}: {visible(path)}{count}", markup=False, soft_wrap=True)
 
 
-def _read_result(path: Path) -> Any:
-    """A saved JSON report as a ScanResult; every failure is one DataLoadError line."""
-    import json
-
-    from .errors import DataLoadError
-    from .result import ScanResult
-    hint = "write one with: deadrelu scan MODEL DATA --json PATH"
-    try:
-        with path.open(encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        raise DataLoadError(f"result file not found: {path}", hint=hint) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataLoadError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}", hint=hint) from None
-    except json.JSONDecodeError as exc:
-        raise DataLoadError(f"{path} is not JSON: {exc.msg} at line {exc.lineno}", hint=hint) from None
-    if not isinstance(data, dict) or "sites" not in data or "schema_version" not in data:
-        raise DataLoadError(f"{path} is not a deadrelu JSON report (no schema_version/sites)", hint=hint)
-    try:
-        return ScanResult.from_dict(data)
-    except ValueError as exc:
-        raise DataLoadError(f"{path}: {exc}", hint=hint) from None
-    except (KeyError, TypeError, IndexError) as exc:
-        raise DataLoadError(f"{path} is not a complete deadrelu JSON report ({type(exc).__name__}: {exc})",
-                            hint=hint) from None
-
-
 @app.command()
 def report(
     result_path: Annotated[Path, typer.Argument(metavar="RESULT.json", help="A JSON report written by "
@@ -297,7 +272,8 @@ def report(
     with error_exit(debug):
         targets = ReportTargets(html=html_path, png_dir=png_dir, out=_out_folder(out_dir, result_path.stem))
         targets.check({"RESULT.json": result_path})
-        result = _read_result(result_path)
+        from .result import ScanResult
+        result = ScanResult.from_json(result_path)
         if not result.suggestions:
             from .judge.suggestions import suggest
             result = result.with_suggestions(suggest(result))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from .errors import DeadReluError
 from .judge.gate import GateOutcome
 from .judge.verdicts import SiteVerdict, judge_site
 from .settings import ScanSettings, Thresholds, build_settings
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 SCHEMA_VERSION = 1
+_SETTING_KEYS = ({f.name for f in dataclasses.fields(ScanSettings)} | {f.name for f in dataclasses.fields(Thresholds)}) \
+    - {"thresholds", "device"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -273,17 +276,45 @@ class ScanResult:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ScanResult:
-        """Rebuild a result from ``to_dict()`` output (needs per-unit statistics)."""
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"unsupported schema_version {data.get('schema_version')!r}; expected {SCHEMA_VERSION}")
-        raw = dict(data["settings"])
-        settings = build_settings(**{k: v for k, v in raw.items() if k not in ("batch_size",)},
-                                  batch_size=raw.get("batch_size") or 1)
+    def from_dict(cls, data: dict[str, Any], source: str = "result") -> ScanResult:
+        """Rebuild a result from ``to_dict()`` output (needs per-unit statistics).
+
+        The data is validated first (``deadrelu.schema``: the published JSON Schema plus
+        finite numbers, bounded nesting and per-unit array lengths).
+
+        Args:
+            data: ``to_dict()`` output or a parsed JSON report.
+            source: what to call the data in error messages (a file name).
+
+        Returns:
+            The result, its verdicts re-judged from the stored statistics and thresholds.
+
+        Raises:
+            ResultFormatError: the data is not a valid schema_version 1 report; the message
+                names ``source`` and the JSON path of the first bad field.
+        """
+        from .schema import check_tree
+        check_tree(data, source)  # iterative: bounds the depth before the recursive clean-up below
+        return cls._from_valid_dict(_json_clean(data), source)
+
+    @classmethod
+    def _from_valid_dict(cls, data: dict[str, Any], source: str) -> ScanResult:
+        from .errors import ResultFormatError
+        from .schema import HINT, validate_result
+        validate_result(data, source)
+        # Keys are only ever added within schema_version 1: settings this version does not know are left out.
+        raw = {k: v for k, v in data["settings"].items() if k in _SETTING_KEYS}
+        try:
+            settings = build_settings(**{k: v for k, v in raw.items() if k not in ("batch_size",)},
+                                      batch_size=raw.get("batch_size") or 1)
+        except DeadReluError as exc:
+            raise ResultFormatError(f"{source}: settings: {exc.message}", hint=HINT) from None
         sites = []
-        for site in data["sites"]:
+        for index, site in enumerate(data["sites"]):
             if "unit_stats" not in site:
-                raise ValueError(f"site {site.get('name')!r} has no unit_stats; write the JSON with unit statistics")
+                raise ResultFormatError(f"{source}: site {site.get('name')!r} (sites[{index}]) has no unit_stats",
+                                        hint="write the JSON with unit statistics: deadrelu scan MODEL DATA "
+                                             "--json PATH")
             stats = SiteStats.from_lists(site["unit_stats"])
             sites.append(SiteResult(
                 name=site["name"], module=site["module"], call_index=site["call_index"],
@@ -307,9 +338,20 @@ class ScanResult:
 
     @classmethod
     def from_json(cls, path: str | Path) -> ScanResult:
-        """Read a JSON report written by ``to_json``."""
-        with open(path, encoding="utf-8") as handle:
-            return cls.from_dict(json.load(handle))
+        """Read a JSON report written by ``to_json``, validated before use (see ``from_dict``).
+
+        Args:
+            path: the JSON file.
+
+        Returns:
+            The result.
+
+        Raises:
+            ResultFormatError: the file is missing, unreadable, not JSON, nested too deep, or not
+                a valid schema_version 1 report (the message names the file and the field).
+        """
+        from .schema import read_result_file
+        return cls._from_valid_dict(read_result_file(path), str(path))
 
     # -- display --------------------------------------------------------------------------
     def __repr__(self) -> str:

@@ -1,22 +1,33 @@
 """What every ``deadrelu`` command shares: the consoles, exit codes, error lines, positional paths.
 
+Exit codes: 0 done (gate passed or none); 1 the gate failed, and only that; 2 bad usage or
+input (one line naming the file, flag or field, plus a hint); 3 a bug in deadrelu (one line
+naming a crash file that holds the traceback); 130 interrupted.
+
 ``deadrelu.cli`` and the command groups in this package (``commands/repair.py``) import
 from here, so no command module has to import the CLI that registers it.
 """
 
 from __future__ import annotations
 
+import os
+import platform
 import re
+import sys
+import tempfile
+import time
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import click
 import typer
 from rich.console import Console
 
 from ..errors import ConfigError, DeadReluError
 
-EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_BUG = 0, 1, 2, 3
 
 stdout = Console(highlight=False, soft_wrap=False)
 # Errors and hints stay one line each, however narrow the terminal (CI logs are grepped).
@@ -38,9 +49,12 @@ def as_flags(message: str) -> str:
 
 @contextmanager
 def error_exit(debug: bool) -> Iterator[None]:
-    """Turn the deadrelu error family into one line on stderr and exit code 2."""
+    """Map errors to exit codes: the deadrelu error family is one line (plus a hint) and exit 2;
+    anything else is a bug in deadrelu: one line naming a file that holds the traceback, exit 3."""
     try:
         yield
+    except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.exceptions.ClickException):
+        raise
     except DeadReluError as exc:
         if debug:
             raise
@@ -52,6 +66,31 @@ def error_exit(debug: bool) -> Iterator[None]:
     except KeyboardInterrupt:
         stderr.print("[bold red]interrupted[/]: no report written (use --partial-on-interrupt to keep partial results)")
         raise typer.Exit(130) from None
+    except Exception as exc:
+        if debug:
+            raise
+        crash_file = _write_crash_report(exc)
+        what = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
+        where = f"traceback in {crash_file}" if crash_file else "traceback below"
+        stderr.print(f"[bold red]error:[/] deadrelu bug ({_plain(what[:200])}); {_plain(where)}")
+        stderr.print("[dim]hint:[/] please report it with that file; --debug shows the traceback here")
+        if crash_file is None:
+            stderr.print("".join(traceback.format_exception(exc)), markup=False)
+        raise typer.Exit(EXIT_BUG) from None
+
+
+def _write_crash_report(exc: BaseException) -> Path | None:
+    """Write the traceback of a bug to ``<tmp>/deadrelu-crash-<timestamp>-<pid>.txt``; None if that fails."""
+    from .. import __version__
+    from ..render.files import atomic_write_text
+    path = Path(tempfile.gettempdir()) / f"deadrelu-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    text = (f"deadrelu {__version__} crashed (a bug: please report it with this file)\n"
+            f"python {platform.python_version()} on {platform.platform()}\n"
+            f"command: {' '.join(sys.argv)}\n\n{''.join(traceback.format_exception(exc))}")
+    try:
+        return atomic_write_text(path, text)
+    except (DeadReluError, OSError):
+        return None
 
 
 def _plain(text: str) -> str:
@@ -84,5 +123,5 @@ def spec_file(spec: str | None) -> Path | None:
     return Path(target) if target.endswith(".py") else None
 
 
-__all__ = ["EXIT_OK", "EXIT_GATE_FAILED", "EXIT_BAD_INPUT", "stdout", "stderr", "PARAMETER_FLAGS", "as_flags",
+__all__ = ["EXIT_OK", "EXIT_GATE_FAILED", "EXIT_BAD_INPUT", "EXIT_BUG", "stdout", "stderr", "PARAMETER_FLAGS", "as_flags",
            "error_exit", "positionals", "spec_file"]

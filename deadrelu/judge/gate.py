@@ -39,7 +39,8 @@ class GateOutcome:
     def from_dict(cls, data: dict[str, Any]) -> GateOutcome:
         return cls(max_dead_ratio=data.get("max_dead_ratio"), max_layer_dead_ratio=data.get("max_layer_dead_ratio"),
                    passed=bool(data["passed"]),
-                   violations=tuple(GateViolation(**v) for v in data.get("violations", [])))
+                   violations=tuple(GateViolation(v["scope"], v["dead_ratio"], v["limit"])
+                                    for v in data.get("violations", [])))
 
 
 def _check_limit(name: str, value: float | None) -> None:
