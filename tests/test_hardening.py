@@ -1,0 +1,184 @@
+"""Issue 15, sections 3-5: crashes are exit 3 with a crash file (never exit 1); every report
+``deadrelu report`` loads is validated against the published JSON Schema; configs and
+flags are validated (types, ranges, finite); data that cannot fit in memory is exit 2;
+units with no finite observation are "unobserved", never healthy."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import deadrelu
+from deadrelu.cli import app
+from truth_models import bounded_inputs, linear_with_dead_units
+
+SCHEMA_FILE = Path(deadrelu.__file__).parent / "schemas" / "result-v1.schema.json"
+
+
+def one_error_line(done: Any) -> str:
+    """The first stderr line after checking the run was exit 2 with exactly one error line and one hint."""
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.exit_code == 2, done.output
+    assert len(lines) == 2 and lines[0].startswith("error: ") and lines[1].startswith("hint: "), lines
+    return lines[0]
+
+
+# -- exit codes ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> Path:
+    """A JSON report of a model with exactly 8 dead of 32 ReLU units, a PReLU site and a failed gate."""
+    model = nn.Sequential(linear_with_dead_units(dead=8), nn.PReLU())
+    result = deadrelu.scan(model, bounded_inputs(60, 10), batch_size=16)
+    result = result.with_gate(deadrelu.check_gate(result, max_dead_ratio=0.1))
+    path = tmp_path / "saved.json"
+    result.to_json(path)
+    return path
+
+
+def test_a_bug_is_exit_3_with_the_traceback_in_a_crash_file(runner, saved, tmp_path, monkeypatch):
+    import tempfile
+
+    import deadrelu.render.console as console
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("boom in the renderer")
+    monkeypatch.setattr(console, "report", broken)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    done = runner.invoke(app, ["report", str(saved)])
+    assert done.exit_code == 3, done.output
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 2 and "deadrelu bug (RuntimeError: boom in the renderer)" in lines[0], lines
+    crash_files = list((tmp_path / "tmp").glob("deadrelu-crash-*.txt"))
+    assert len(crash_files) == 1 and str(crash_files[0]) in lines[0]
+    text = crash_files[0].read_text()
+    assert "Traceback (most recent call last)" in text and "RuntimeError: boom in the renderer" in text
+    assert not list((tmp_path / "tmp").glob("*.tmp"))  # written atomically
+    debugged = runner.invoke(app, ["report", str(saved), "--debug"])
+    assert isinstance(debugged.exception, RuntimeError)  # --debug re-raises
+
+
+# -- the published JSON Schema ------------------------------------------------------------------------
+
+
+def test_our_own_output_validates_against_the_published_schema(saved):
+    import jsonschema
+    schema = json.loads(SCHEMA_FILE.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    document = json.loads(saved.read_text())
+    assert document["gate"]["passed"] is False and document["sites"][1]["prelu_slopes"]["count"] == 1
+    jsonschema.validate(document, schema)  # the whole document, per-unit arrays included
+    lean = deadrelu.ScanResult.from_json(saved).to_dict(unit_stats=False)
+    jsonschema.validate(json.loads(json.dumps(lean)), schema)
+
+
+def test_the_schema_ships_in_the_package_data():
+    import tomllib
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert "schemas/*.json" in project["tool"]["setuptools"]["package-data"]["deadrelu"]
+    assert any(dep.startswith("jsonschema") for dep in project["project"]["dependencies"])
+
+
+def _tamper(document: dict[str, Any], change: str) -> None:
+    site, prelu = document["sites"][0], document["sites"][1]
+    if change == "sites as an object":
+        document["sites"] = {"0": site}
+    elif change == "gate without numbers":
+        document["gate"]["violations"] = [{"scope": "model"}]
+    elif change == "gate as a string":
+        document["gate"] = "passed"
+    elif change == "prelu_slopes as a list":
+        prelu["prelu_slopes"] = [0.25, 0.25]
+    elif change == "prelu_slopes text":
+        prelu["prelu_slopes"]["min"] = "low"
+    elif change == "coverage not_run as a number":
+        document["coverage"]["not_run"] = 5
+    elif change == "suggestion evidence as a list":
+        document["suggestions"] = [{"id": "x", "severity": "warning", "title": "t", "evidence": [1, 2]}]
+    elif change == "suggestion severity unknown":
+        document["suggestions"][0]["severity"] = "catastrophic"
+    elif change == "negative unit count":
+        site["unit_stats"]["active"][3] = -5
+    elif change == "on -7 samples":
+        document["data"]["samples"] = -7
+    elif change == "count above observations":
+        site["unit_stats"]["active"][2] = site["unit_stats"]["observations"][2] + 1
+    elif change == "short unit array":
+        site["unit_stats"]["active"].pop()
+    elif change == "unit index beyond units":
+        site["dead_units"].append(32)
+    elif change == "tau negative":
+        document["settings"]["tau"] = -1
+    else:  # pragma: no cover
+        raise AssertionError(change)
+
+
+@pytest.mark.parametrize("change, where", [
+    ("sites as an object", "sites must be array (got an object)"),
+    ("gate without numbers", "gate.violations[0] is missing key 'dead_ratio'"),
+    ("gate as a string", "gate must be object or null (got a string)"),
+    ("prelu_slopes as a list", "sites[1].prelu_slopes must be object or null (got an array)"),
+    ("prelu_slopes text", "sites[1].prelu_slopes.min must be number or null (got a string)"),
+    ("coverage not_run as a number", "coverage.not_run must be array (got an integer)"),
+    ("suggestion evidence as a list", "suggestions[0].evidence must be object (got an array)"),
+    ("suggestion severity unknown",
+     'suggestions[0].severity must be one of "info", "warning", "critical" (got \'catastrophic\')'),
+    ("negative unit count", "sites[0].unit_stats.active[3] must be >= 0 (got -5)"),
+    ("on -7 samples", "data.samples must be >= 0 (got -7)"),
+    ("count above observations", "sites[0].unit_stats.active[2] = 61 is more than that unit's observations (60)"),
+    ("short unit array", "sites[0].unit_stats.active has 31 entries, but the site has units = 32"),
+    ("unit index beyond units", "sites[0].dead_units holds unit 32, but the site has 32 units"),
+    ("tau negative", "settings.tau must be >= 0 (got -1)"),
+])
+def test_a_tampered_report_is_exit_2_naming_the_file_and_the_field(runner, saved, tmp_path, change, where):
+    document = json.loads(saved.read_text())
+    _tamper(document, change)
+    path = tmp_path / "tampered.json"
+    path.write_text(json.dumps(document))
+    line = one_error_line(runner.invoke(app, ["report", str(path), "--html", str(tmp_path / "r.html")]))
+    assert line == f"error: {path}: {where}"
+    assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda text: text.replace('"sites":', '"deep": ' + "[" * 100_000 + "]" * 100_000 + ', "sites":', 1),
+     "is not a deadrelu JSON report: JSON nested 100,002 deep (at most 64)"),
+    (lambda text: text.replace('"samples": 60', '"samples": ' + "7" * 5000, 1),
+     "is not a deadrelu JSON report: it holds an integer too long to read"),
+    (lambda text: text.replace('"samples": 60', '"samples": ' + "7" * 400, 1),
+     ": data.samples is an integer of 400 digits, too large for a count"),
+    (lambda text: text.replace('"dead_ratio": 0.25', '"dead_ratio": NaN', 1),
+     ": sites[0].dead_ratio must be a finite number or null (got nan)"),
+    (lambda text: text.replace('"tau": 0.1', '"tau": 1e400', 1),
+     ": settings.tau must be a finite number or null (got inf)"),
+])
+def test_hostile_json_text_is_exit_2(runner, saved, tmp_path, make, message):
+    path = tmp_path / "hostile.json"
+    path.write_text(make(saved.read_text()))
+    line = one_error_line(runner.invoke(app, ["report", str(path)]))
+    assert line.startswith(f"error: {path}") and line.endswith(message), line
+
+
+def test_library_loading_raises_the_error_family_not_value_or_key_errors(saved):
+    document = json.loads(saved.read_text())
+    del document["sites"][0]["kind"]
+    with pytest.raises(deadrelu.ResultFormatError, match=r"^result: sites\[0\] is missing key 'kind'$"):
+        deadrelu.ScanResult.from_dict(document)
+    deep: Any = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(deadrelu.ResultFormatError, match="nested deeper than 64"):
+        deadrelu.ScanResult.from_dict({"schema_version": 1, "sites": [], "x": deep})
+    # and a valid document round-trips through the same checks
+    again = deadrelu.ScanResult.from_dict(json.loads(saved.read_text()))
+    assert again.summary.dead == 8
