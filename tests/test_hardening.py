@@ -6,6 +6,7 @@ units with no finite observation are "unobserved", never healthy."""
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zipfile
 from pathlib import Path
@@ -182,3 +183,77 @@ def test_library_loading_raises_the_error_family_not_value_or_key_errors(saved):
     # and a valid document round-trips through the same checks
     again = deadrelu.ScanResult.from_dict(json.loads(saved.read_text()))
     assert again.summary.dead == 8
+
+
+# -- settings: config files, flags, library parameters -----------------------------------------------
+
+
+@pytest.fixture
+def scan_files(tmp_path: Path) -> dict[str, Path]:
+    """A state_dict with exactly 8 dead of 32 units, its architecture file and 50 bounded samples."""
+    torch.save(linear_with_dead_units(dead=8).state_dict(), tmp_path / "model.pt")
+    (tmp_path / "arch.py").write_text("from torch import nn\n\ndef build():\n"
+                                      "    return nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 1))\n")
+    np.save(tmp_path / "data.npy", bounded_inputs(50, 10).numpy())
+    return {"model": tmp_path / "model.pt", "arch": tmp_path / "arch.py", "data": tmp_path / "data.npy",
+            "dir": tmp_path}
+
+
+def scan_cli(runner: Any, files: dict[str, Path], *args: Any) -> Any:
+    return runner.invoke(app, ["scan", str(files["model"]), str(files["data"]), "--arch", f"{files['arch']}:build",
+                               "-q", *map(str, args)])
+
+
+@pytest.mark.parametrize("toml, message", [
+    ("[scan]\nbatch_size = 3.5", "[scan] batch_size must be a positive integer, got 3.5"),
+    ("[scan]\nbatch_size = true", "[scan] batch_size must be a positive integer, got True"),
+    ("[scan]\nbatch_size = 0", "[scan] batch_size must be >= 1, got 0"),
+    ("[scan]\nlimit = \"all\"", "[scan] limit must be a positive integer, got 'all'"),
+    ("[scan]\ngranularity = \"neuron\"", "[scan] granularity must be one of channel, position, got 'neuron'"),
+    ("[scan]\ndevice = \"gpu\"", "[scan] device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
+    ("[scan]\nlayers = 3", "[scan] layers must be a glob or a list of globs, got 3"),
+    ("[scan]\nfunctional = \"yes\"", "[scan] functional must be true or false, got 'yes'"),
+    ("[thresholds]\ntau = nan", "[thresholds] tau must be a finite number, got nan"),
+    ("[thresholds]\ntau = \"0.1\"", "[thresholds] tau must be a number, got '0.1'"),
+    ("[thresholds]\nsaturation = inf", "[thresholds] saturation must be a finite number, got inf"),
+    ("[thresholds]\ndead_threshold = 1.5", "[thresholds] dead_threshold must be between 0 and 1, got 1.5"),
+    ("[gate]\nmax_dead_ratio = \"x\"", "[gate] max_dead_ratio must be a number, got 'x'"),
+    ("[gate]\nmax_layer_dead_ratio = nan", "[gate] max_layer_dead_ratio must be a finite number, got nan"),
+])
+def test_a_bad_config_value_is_exit_2_naming_the_file_and_the_key(runner, scan_files, toml, message):
+    config = scan_files["dir"] / "bad.toml"
+    config.write_text(toml + "\n")
+    line = one_error_line(scan_cli(runner, scan_files, "--config", config))
+    assert line == f"error: {config}: {message}"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--tau", "nan"), "--tau must be a finite number, got nan"),
+    (("--tau", "inf"), "--tau must be a finite number, got inf"),
+    (("--saturation", "nan"), "--saturation must be a finite number, got nan"),
+    (("--max-dead-ratio", "nan"), "--max-dead-ratio must be a finite number, got nan"),
+    (("--max-layer-dead-ratio", "-inf"), "--max-layer-dead-ratio must be a finite number, got -inf"),
+    (("--batch-size", "0"), "--batch-size must be >= 1, got 0"),
+    (("--device", "gpu"), "--device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
+    (("--device", "cuda:7"), "--device cuda:7 asked for, but "),
+])
+def test_a_bad_flag_is_exit_2_naming_the_flag_with_a_hint(runner, scan_files, flags, message):
+    line = one_error_line(scan_cli(runner, scan_files, *flags))
+    assert line.startswith(f"error: {message}"), line
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"batch_size": 3.5}, "batch_size must be a positive integer, got 3.5"),
+    ({"tau": float("nan")}, "tau must be a finite number, got nan"),
+    ({"dead_threshold": True}, "dead_threshold must be a number, got True"),
+    ({"granularity": "neuron"}, "granularity must be one of channel, position, got 'neuron'"),
+    ({"device": "gpu"}, "device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
+])
+def test_library_settings_name_the_parameter_and_give_a_hint(overrides, message):
+    with pytest.raises(deadrelu.ConfigError) as caught:
+        deadrelu.scan(linear_with_dead_units(), bounded_inputs(8, 10), **overrides)
+    assert caught.value.message == message and caught.value.hint
+    with pytest.raises(deadrelu.ConfigError, match="finite"):
+        deadrelu.Thresholds(tau=float("inf"))
+    with pytest.raises(deadrelu.ConfigError, match="finite"):
+        deadrelu.check_gate(deadrelu.scan(linear_with_dead_units(), bounded_inputs(8, 10)), max_dead_ratio=math.nan)
