@@ -257,3 +257,22 @@ def test_library_settings_name_the_parameter_and_give_a_hint(overrides, message)
         deadrelu.Thresholds(tau=float("inf"))
     with pytest.raises(deadrelu.ConfigError, match="finite"):
         deadrelu.check_gate(deadrelu.scan(linear_with_dead_units(), bounded_inputs(8, 10)), max_dead_ratio=math.nan)
+
+
+# -- data that cannot fit in memory --------------------------------------------------------------------
+
+
+def test_an_npz_array_larger_than_memory_is_exit_2_with_its_declared_size(runner, scan_files):
+    """A 4 PiB float32 array declared by a hand-built .npz member's header (the member holds 64 bytes)."""
+    import io
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (2 ** 30, 2 ** 20)})
+    path = scan_files["dir"] / "huge.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x.npy", header.getvalue() + bytes(64))
+    done = runner.invoke(app, ["scan", str(scan_files["model"]), str(path), "--arch", f"{scan_files['arch']}:build"])
+    line = one_error_line(done)
+    assert line == (f"error: {path}: array 'x' declares shape (1073741824, 1048576) float32 = "
+                    f"4,503,599,627,370,496 bytes (4.0 PiB), more than fits in memory")
+    assert ".npy, which is streamed from disk" in done.stderr
