@@ -98,6 +98,12 @@ class SiteResult:
         return float(finite.mean()) if finite.size else float("nan")
 
     @property
+    def unobserved(self) -> int:
+        """Units with no finite observation (every batch slice held NaN/inf): never dead, saturated or
+        dormant, never alive either; they count in ``units`` (the ratios' denominator)."""
+        return int((self.stats.observations == 0).sum())
+
+    @property
     def nonfinite(self) -> int:
         return int(self.stats.nonfinite.sum())
 
@@ -108,6 +114,7 @@ class SiteResult:
             "function": self.function, "kind": self.kind, "units": self.units, "unit_dim": self.unit_dim,
             "observations": self.observations, "dead": self.dead, "dead_ratio": self.dead_ratio,
             "saturated": self.saturated, "dormant": self.dormant,
+            "unobserved": self.unobserved,
             "active_rate_mean": _finite_or_none(self.active_rate_mean), "nonfinite": self.nonfinite,
             "saturation": self.saturation, "prelu_slopes": self.prelu_slopes,
             "dead_units": self.verdict.dead_units, "saturated_units": self.verdict.saturated_units,
@@ -120,7 +127,11 @@ class SiteResult:
 
 @dataclass(frozen=True)
 class Summary:
-    """Totals over every scanned site."""
+    """Totals over every scanned site.
+
+    Ratios are over all ``units``; ``unobserved`` units (no finite observation) are in that
+    denominator but are never dead, saturated or dormant.
+    """
 
     sites: int
     units: int
@@ -132,6 +143,7 @@ class Summary:
     dormant_ratio: float
     active_rate_mean: float | None
     nonfinite_activations: int
+    unobserved: int = 0
 
     @classmethod
     def of(cls, sites: Sequence[SiteResult]) -> Summary:
@@ -147,7 +159,8 @@ class Summary:
         return cls(sites=len(sites), units=units, dead=dead, dead_ratio=share(dead), saturated=saturated,
                    saturated_ratio=share(saturated), dormant=dormant, dormant_ratio=share(dormant),
                    active_rate_mean=float(rates.mean()) if rates.size else None,
-                   nonfinite_activations=sum(site.nonfinite for site in sites))
+                   nonfinite_activations=sum(site.nonfinite for site in sites),
+                   unobserved=sum(site.unobserved for site in sites))
 
 
 @dataclass(frozen=True, eq=False)
@@ -226,7 +239,7 @@ class ScanResult:
             "kind": s.kind, "units": s.units, "unit_dim": s.unit_dim, "observations": s.observations,
             "dead": s.dead, "dead_ratio": s.dead_ratio, "saturated": s.saturated,
             "saturated_ratio": s.saturated_ratio, "dormant": s.dormant, "dormant_ratio": s.dormant_ratio,
-            "active_rate_mean": s.active_rate_mean, "nonfinite": s.nonfinite,
+            "unobserved": s.unobserved, "active_rate_mean": s.active_rate_mean, "nonfinite": s.nonfinite,
         } for s in self.sites]
         return pd.DataFrame(rows, columns=None if rows else ["name"])
 

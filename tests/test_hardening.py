@@ -276,3 +276,57 @@ def test_an_npz_array_larger_than_memory_is_exit_2_with_its_declared_size(runner
     assert line == (f"error: {path}: array 'x' declares shape (1073741824, 1048576) float32 = "
                     f"4,503,599,627,370,496 bytes (4.0 PiB), more than fits in memory")
     assert ".npy, which is streamed from disk" in done.stderr
+
+
+# -- unobserved units -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def relu_only(tmp_path: Path) -> dict[str, Path]:
+    """A bare ReLU over 8 features (unit i sees feature i), data with features 0-2 NaN in every sample,
+    and data that is NaN everywhere."""
+    (tmp_path / "relu.py").write_text("from torch import nn\n\ndef build():\n    return nn.Sequential(nn.ReLU())\n")
+    x = bounded_inputs(40, 8).numpy()
+    x[:, :3] = np.nan
+    np.save(tmp_path / "partly_nan.npy", x)
+    np.save(tmp_path / "all_nan.npy", np.full((40, 8), np.nan, dtype=np.float32))
+    return {"model": tmp_path / "relu.py", "partly": tmp_path / "partly_nan.npy", "all": tmp_path / "all_nan.npy",
+            "dir": tmp_path}
+
+
+def test_a_scan_that_observed_nothing_is_exit_2(runner, relu_only):
+    done = runner.invoke(app, ["scan", "--model", f"{relu_only['model']}:build", str(relu_only["all"]),
+                               "--nonfinite", "keep"])
+    line = one_error_line(done)
+    assert line == (f"error: {relu_only['all']}: nothing was observed: all 8 units at 1 site(s) saw only NaN/inf "
+                    f"(40 of 40 samples held NaN/inf)")
+
+
+def test_units_without_a_finite_observation_are_unobserved_not_healthy(runner, relu_only):
+    path = relu_only["dir"] / "partly.json"
+    done = runner.invoke(app, ["scan", "--model", f"{relu_only['model']}:build", str(relu_only["partly"]),
+                               "--nonfinite", "keep", "--json", str(path), "-q"])
+    assert done.exit_code == 0, done.output
+    assert "No dead units among the 5 observed" in done.stdout
+    assert "3 units unobserved (no finite observation)" in done.stdout
+    document = json.loads(path.read_text())
+    assert document["summary"]["unobserved"] == 3 and document["summary"]["units"] == 8
+    assert document["summary"]["dead"] == 0 and document["summary"]["dormant"] == 0
+    site = document["sites"][0]
+    assert site["unobserved"] == 3 and site["unit_stats"]["observations"][:4] == [0, 0, 0, 40]
+    import jsonschema
+    jsonschema.validate(document, json.loads(SCHEMA_FILE.read_text()))
+    reread = deadrelu.ScanResult.from_json(path)
+    assert reread.summary.unobserved == 3 and reread.to_frame().loc[0, "unobserved"] == 3
+    rendered = runner.invoke(app, ["report", str(path), "-q", "--html", str(relu_only["dir"] / "r.html")])
+    assert "3 units unobserved (no finite observation)" in rendered.stdout
+    assert "Unobserved" in (relu_only["dir"] / "r.html").read_text()
+
+
+def test_a_model_whose_activations_are_all_nan_observed_nothing():
+    model = nn.Sequential(nn.Linear(10, 4), nn.ReLU())
+    with torch.no_grad():
+        model[0].bias.fill_(float("nan"))
+    with pytest.raises(deadrelu.DataLoadError, match="nothing was observed: all 4 units") as caught:
+        deadrelu.scan(model, bounded_inputs(20, 10))
+    assert "weights" in caught.value.hint
