@@ -25,8 +25,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 SCHEMA_VERSION = 1
-_SETTING_KEYS = ({f.name for f in dataclasses.fields(ScanSettings)} | {f.name for f in dataclasses.fields(Thresholds)}) \
-    - {"thresholds", "device"}
+#: settings a saved report may restore (the device is where that scan ran, not a setting of the report)
+_SETTING_KEYS = ({f.name for f in dataclasses.fields(ScanSettings)}
+                 | {f.name for f in dataclasses.fields(Thresholds)}) - {"thresholds", "device"}
 
 
 @dataclass(frozen=True, eq=False)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -129,7 +128,7 @@ def _tamper(document: dict[str, Any], change: str) -> None:
     ("gate without numbers", "gate.violations[0] is missing key 'dead_ratio'"),
     ("gate as a string", "gate must be object or null (got a string)"),
     ("prelu_slopes as a list", "sites[1].prelu_slopes must be object or null (got an array)"),
-    ("prelu_slopes text", "sites[1].prelu_slopes.min must be number or null (got a string)"),
+    ("prelu_slopes text", "sites[1].prelu_slopes.min must be number (got a string)"),
     ("coverage not_run as a number", "coverage.not_run must be array (got an integer)"),
     ("suggestion evidence as a list", "suggestions[0].evidence must be object (got an array)"),
     ("suggestion severity unknown",
