@@ -329,3 +329,36 @@ def test_a_model_whose_activations_are_all_nan_observed_nothing():
     with pytest.raises(deadrelu.DataLoadError, match="nothing was observed: all 4 units") as caught:
         deadrelu.scan(model, bounded_inputs(20, 10))
     assert "weights" in caught.value.hint
+
+
+def test_no_mutation_of_a_report_crashes_the_report_command(runner, saved, tmp_path):
+    """Seeded mutations (a value swapped for another JSON type, a negative, a huge number, a key
+    removed) of a valid report: each ends in exit 0 (still valid) or exit 2, never 1 or 3."""
+    import random
+    base = json.loads(saved.read_text())
+
+    def paths(node: Any, path: tuple = ()) -> Any:
+        if path:
+            yield path
+        children = node.items() if isinstance(node, dict) else enumerate(node[:2]) if isinstance(node, list) else ()
+        for key, child in children:
+            yield from paths(child, (*path, key))
+    every = list(paths(base))
+    values = [-1, "x", None, [], {}, 1e308, True, 2 ** 60, 0.5, -0.5, [1, "a"], {"a": {"b": 1}}, 0, ""]
+    rng = random.Random(15)
+    codes = []
+    for _ in range(16):
+        document = json.loads(json.dumps(base))
+        path = rng.choice(every)
+        parent = document
+        for key in path[:-1]:
+            parent = parent[key]
+        if rng.random() < 0.2 and isinstance(parent, dict):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = rng.choice(values)
+        (tmp_path / "m.json").write_text(json.dumps(document))
+        done = runner.invoke(app, ["report", str(tmp_path / "m.json"), "--html", str(tmp_path / "m.html"), "-q"])
+        assert done.exit_code in (0, 2), (path, done.output)
+        codes.append(done.exit_code)
+    assert codes.count(2) >= 8  # most mutations are caught, not waved through
