@@ -18,13 +18,13 @@ import numpy as np
 from .errors import DeadReluError
 from .judge.gate import GateOutcome
 from .judge.verdicts import SiteVerdict, judge_site
+from .schema import SCHEMA_VERSION
 from .settings import ScanSettings, Thresholds, build_settings
 from .unitstats import SiteStats
 
 if TYPE_CHECKING:
     import pandas as pd
 
-SCHEMA_VERSION = 1
 #: settings a saved report may restore (the device is where that scan ran, not a setting of the report)
 _SETTING_KEYS = ({f.name for f in dataclasses.fields(ScanSettings)}
                  | {f.name for f in dataclasses.fields(Thresholds)}) - {"thresholds", "device"}

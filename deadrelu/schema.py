@@ -30,6 +30,8 @@ import numpy as np
 
 from .errors import ResultFormatError
 
+#: The result format's version; ``result.ScanResult.to_dict`` writes it.
+SCHEMA_VERSION = 1
 #: The JSON Schema of the result format (schema_version 1), shipped inside the package.
 SCHEMA_FILE = Path(__file__).parent / "schemas" / "result-v1.schema.json"
 #: Deepest nesting of arrays/objects a report may have (deadrelu writes at most ~8).
@@ -167,7 +169,6 @@ def validate_result(data: Any, source: str) -> None:
     Raises:
         ResultFormatError: one line naming ``source`` and the JSON path of the first bad field.
     """
-    from .result import SCHEMA_VERSION
     if not isinstance(data, Mapping) or "sites" not in data or "schema_version" not in data:
         raise ResultFormatError(f"{source} is not a deadrelu JSON report (no schema_version/sites)",
                                 hint=_READ_HINT)
