@@ -47,6 +47,7 @@ _LAZY: dict[str, str] = {
     "OutputError": "deadrelu.errors",
     "prune": "deadrelu.repair", "recycle": "deadrelu.repair", "reinit": "deadrelu.repair",
     "swap_activations": "deadrelu.repair", "RepairError": "deadrelu.repair",
+    "ResultFormatError": "deadrelu.errors",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -55,7 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from . import capture
     from .capture.session import CaptureSession
     from .errors import (CaptureError, ConfigError, DataLoadError, DeadReluError, ForwardError, ModelLoadError,
-                         OutputError, UnsafePickleError)
+                         OutputError, ResultFormatError, UnsafePickleError)
     from .judge.gate import GateOutcome, check_gate
     from .load.data import load_data
     from .load.model import load_model

@@ -1,6 +1,8 @@
 """The command line: parse, call the library, render, map errors to exit codes.
 
-Exit codes: 0 scan done and gate passed (or no gate); 1 gate failed; 2 bad usage or input.
+Exit codes: 0 scan done and gate passed (or no gate); 1 gate failed; 2 bad usage or input;
+3 a bug in deadrelu (the traceback is written to a file whose path the error line gives);
+130 interrupted. Exit 1 means only "the gate failed", so CI never mistakes a crash for a verdict.
 
 Only typer, rich and the torch-free parts of deadrelu are imported at start-up; the
 model, data and scan modules (and torch with them) are imported by the commands that
@@ -20,7 +22,6 @@ from . import __version__
 # Shared with the command groups in deadrelu/commands (which must not import this module).
 from .commands.common import EXIT_GATE_FAILED, EXIT_OK, error_exit, stderr, stdout
 from .commands.common import positionals as _positionals
-from .commands.common import read_result as _read_result
 from .commands.common import spec_file as _spec_file
 from .commands.training import JunitOption, MarkdownOption, write_ci_reports
 from .render import console as console_render
@@ -276,7 +277,8 @@ def report(
     with error_exit(debug):
         targets = ReportTargets(html=html_path, png_dir=png_dir, out=_out_folder(out_dir, result_path.stem))
         targets.check({"RESULT.json": result_path})
-        result = _read_result(result_path)
+        from .result import ScanResult
+        result = ScanResult.from_json(result_path)
         if not result.suggestions:
             from .judge.suggestions import suggest
             result = result.with_suggestions(suggest(result))

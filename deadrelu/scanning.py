@@ -140,6 +140,16 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
     notes += list(stream.notes) + prepare.notes + compile_decision.warnings()
     result = session.result(samples=samples, data_info=data_info, model_info=model_info or {}, notes=notes,
                             environment=compile_decision.environment())
+    if result.summary.unobserved == result.summary.units:
+        # No unit saw one finite value: a report would claim health it never saw.
+        if prepare.nonfinite_samples:
+            cause = f"{prepare.nonfinite_samples} of {samples} samples held NaN/inf"
+            hint = "clean the data, or pass --nonfinite skip to leave such samples out"
+        else:
+            cause = "the model's activations were NaN/inf for every sample"
+            hint = "check the model's weights and buffers for NaN/inf (torch.isfinite(p).all())"
+        raise DataLoadError(f"{stream.source}: nothing was observed: all {result.summary.units} units at "
+                            f"{result.summary.sites} site(s) saw only NaN/inf ({cause})", hint=hint)
     return result.with_gate(limits.check(result)) if limits.active else result
 
 

@@ -50,7 +50,7 @@ def test_dict_and_json_round_trip(result, tmp_path):
 def test_from_dict_rejects_other_schema(result):
     data = result.to_dict()
     data["schema_version"] = 99
-    with pytest.raises(ValueError, match="schema_version"):
+    with pytest.raises(deadrelu.ResultFormatError, match="schema_version"):
         ScanResult.from_dict(data)
 
 

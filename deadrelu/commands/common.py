@@ -1,22 +1,33 @@
 """What every ``deadrelu`` command shares: the consoles, exit codes, error lines, positional paths.
 
+Exit codes: 0 done (gate passed or none); 1 the gate failed, and only that; 2 bad usage or
+input (one line naming the file, flag or field, plus a hint); 3 a bug in deadrelu (one line
+naming a crash file that holds the traceback); 130 interrupted.
+
 ``deadrelu.cli`` and the command groups in this package (``commands/repair.py``) import
 from here, so no command module has to import the CLI that registers it.
 """
 
 from __future__ import annotations
 
+import os
+import platform
 import re
+import sys
+import tempfile
+import time
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
+import click
 import typer
 from rich.console import Console
 
 from ..errors import ConfigError, DeadReluError
 
-EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_BUG = 0, 1, 2, 3
 
 stdout = Console(highlight=False, soft_wrap=False)
 # Errors and hints stay one line each, however narrow the terminal (CI logs are grepped).
@@ -26,7 +37,7 @@ stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 PARAMETER_FLAGS = {"batch_size": "--batch-size", "dead_threshold": "--dead-threshold", "tau": "--tau",
                    "saturation": "--saturation", "granularity": "--granularity", "nonfinite": "--nonfinite",
                    "limit": "--limit", "max_dead_ratio": "--max-dead-ratio",
-                   "max_layer_dead_ratio": "--max-layer-dead-ratio", "compile": "--compile"}
+                   "max_layer_dead_ratio": "--max-layer-dead-ratio", "compile": "--compile", "device": "--device"}
 _LEADING_PARAMETER = re.compile(r"^(" + "|".join(sorted(map(re.escape, PARAMETER_FLAGS), key=len, reverse=True))
                                 + r")\b(?!_)")
 
@@ -38,9 +49,12 @@ def as_flags(message: str) -> str:
 
 @contextmanager
 def error_exit(debug: bool) -> Iterator[None]:
-    """Turn the deadrelu error family into one line on stderr and exit code 2."""
+    """Map errors to exit codes: the deadrelu error family is one line (plus a hint) and exit 2;
+    anything else is a bug in deadrelu: one line naming a file that holds the traceback, exit 3."""
     try:
         yield
+    except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.exceptions.ClickException):
+        raise
     except DeadReluError as exc:
         if debug:
             raise
@@ -52,6 +66,31 @@ def error_exit(debug: bool) -> Iterator[None]:
     except KeyboardInterrupt:
         stderr.print("[bold red]interrupted[/]: no report written (use --partial-on-interrupt to keep partial results)")
         raise typer.Exit(130) from None
+    except Exception as exc:
+        if debug:
+            raise
+        crash_file = _write_crash_report(exc)
+        what = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
+        where = f"traceback in {crash_file}" if crash_file else "traceback below"
+        stderr.print(f"[bold red]error:[/] deadrelu bug ({_plain(what[:200])}); {_plain(where)}")
+        stderr.print("[dim]hint:[/] please report it with that file; --debug shows the traceback here")
+        if crash_file is None:
+            stderr.print("".join(traceback.format_exception(exc)), markup=False)
+        raise typer.Exit(EXIT_BUG) from None
+
+
+def _write_crash_report(exc: BaseException) -> Path | None:
+    """Write the traceback of a bug to ``<tmp>/deadrelu-crash-<timestamp>-<pid>.txt``; None if that fails."""
+    from .. import __version__
+    from ..render.files import atomic_write_text
+    path = Path(tempfile.gettempdir()) / f"deadrelu-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    text = (f"deadrelu {__version__} crashed (a bug: please report it with this file)\n"
+            f"python {platform.python_version()} on {platform.platform()}\n"
+            f"command: {' '.join(sys.argv)}\n\n{''.join(traceback.format_exception(exc))}")
+    try:
+        return atomic_write_text(path, text)
+    except (DeadReluError, OSError):
+        return None
 
 
 def _plain(text: str) -> str:
@@ -84,32 +123,5 @@ def spec_file(spec: str | None) -> Path | None:
     return Path(target) if target.endswith(".py") else None
 
 
-def read_result(path: Path) -> Any:
-    """A saved JSON report as a ScanResult; every failure is one DataLoadError line."""
-    import json
-
-    from ..errors import DataLoadError
-    from ..result import ScanResult
-    hint = "write one with: deadrelu scan MODEL DATA --json PATH"
-    try:
-        with path.open(encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        raise DataLoadError(f"result file not found: {path}", hint=hint) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataLoadError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}", hint=hint) from None
-    except json.JSONDecodeError as exc:
-        raise DataLoadError(f"{path} is not JSON: {exc.msg} at line {exc.lineno}", hint=hint) from None
-    if not isinstance(data, dict) or "sites" not in data or "schema_version" not in data:
-        raise DataLoadError(f"{path} is not a deadrelu JSON report (no schema_version/sites)", hint=hint)
-    try:
-        return ScanResult.from_dict(data)
-    except ValueError as exc:
-        raise DataLoadError(f"{path}: {exc}", hint=hint) from None
-    except (KeyError, TypeError, IndexError) as exc:
-        raise DataLoadError(f"{path} is not a complete deadrelu JSON report ({type(exc).__name__}: {exc})",
-                            hint=hint) from None
-
-
-__all__ = ["EXIT_OK", "EXIT_GATE_FAILED", "EXIT_BAD_INPUT", "stdout", "stderr", "PARAMETER_FLAGS", "as_flags",
-           "error_exit", "positionals", "spec_file", "read_result"]
+__all__ = ["EXIT_OK", "EXIT_GATE_FAILED", "EXIT_BAD_INPUT", "EXIT_BUG", "stdout", "stderr", "PARAMETER_FLAGS", "as_flags",
+           "error_exit", "positionals", "spec_file"]

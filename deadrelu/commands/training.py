@@ -2,7 +2,7 @@
 
 Thin command bodies: parse, call the library (``deadrelu.trend``, ``deadrelu.compare``),
 render, exit. Nothing here imports torch at import time; ``diff`` never needs it.
-Consoles, error lines and reading a saved result come from ``commands.common``.
+Consoles and error lines come from ``commands.common``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from .common import EXIT_GATE_FAILED, EXIT_OK, error_exit, read_result, stderr, stdout
+from .common import EXIT_GATE_FAILED, EXIT_OK, error_exit, stderr, stdout
 
 if TYPE_CHECKING:
     from ..compare import DiffResult
@@ -101,10 +101,11 @@ def diff(
     from ..render import compare as compare_render
     from ..render.reports import ReportTargets
     from ..render.text import visible
+    from ..result import ScanResult
     with error_exit(debug):
         ReportTargets(json=json_path, files={"--junit": junit_path, "--markdown": markdown_path}).check(
             {"BASE.json": base_path, "NEW.json": new_path})
-        result = compare(read_result(base_path), read_result(new_path), force=force)
+        result = compare(ScanResult.from_json(base_path), ScanResult.from_json(new_path), force=force)
         if max_new_dead is not None or max_dead_ratio_increase is not None:
             result = result.with_gate(check_diff_gate(result, max_new_dead, max_dead_ratio_increase))
         to_stdout_json = json_path == Path("-")

@@ -983,6 +983,10 @@ def rule_healthy(result: ScanResult, suggestions: Sequence[Suggestion]) -> list[
               if rate is not None else "No fix needed")
     action += (f"; {summary.dormant} unit(s) are dormant by ReDo's score (τ = {result.settings.thresholds.tau:g}), "
                "which is worth watching if it grows during training." if summary.dormant else ".")
+    if summary.unobserved:
+        # Units that saw only NaN/inf are neither healthy nor dead: say so next to the all-clear.
+        title += f"; {summary.unobserved} unit(s) unobserved (no finite observation), not judged"
+        evidence["unobserved"] = summary.unobserved
     return [_suggestion("healthy", "info", [], title, evidence, action)]
 
 

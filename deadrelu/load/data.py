@@ -15,6 +15,7 @@ is an ``(x, y)`` pair whose first element is the input.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import zipfile
@@ -608,11 +609,46 @@ def _open_npz(path: Path, keys: list[str]) -> tuple[list[np.ndarray], list[str]]
                                 hint="pass --key NAME")
     try:
         return [archive[key] for key in keys], keys
+    except MemoryError:
+        # An .npz member is read whole into memory (only a plain .npy is memory-mapped).
+        declared = {key: _npz_declared(archive, key) for key in keys}
+        key = max(keys, key=lambda name: declared[name][2] if declared[name] else -1)
+        what = f"array {key!r}"
+        if declared[key] is not None:
+            shape, dtype, size = declared[key]
+            what += f" declares shape {shape} {dtype} = {size:,} bytes ({_bytes(size)})"
+        raise DataLoadError(f"{path}: {what}, more than fits in memory",
+                            hint="an .npz array is read whole into memory; save it with np.save as .npy, "
+                                 "which is streamed from disk, or cut it into smaller files") from None
     except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
         if "allow_pickle" in str(exc):
             raise DataLoadError(f"{path}: array holds Python objects, not numbers",
                                 hint="save numeric arrays") from None
         raise DataLoadError(f"{path}: an array cannot be read ({exc})", hint="was the file truncated?") from None
+
+
+def _npz_declared(archive: Any, key: str) -> tuple[tuple[int, ...], np.dtype, int] | None:
+    """The shape, dtype and size in bytes an .npz member's header declares, read without the array."""
+    try:
+        with archive.zip.open(f"{key}.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _fortran_order, dtype = read_header(member)
+    except Exception:  # a header that cannot be read: the message then names the array only
+        return None
+    shape = tuple(int(n) for n in shape)
+    return shape, np.dtype(dtype), math.prod(shape) * np.dtype(dtype).itemsize
+
+
+def _bytes(size: int) -> str:
+    """A byte count in the largest binary unit below it (``4.0 PiB``)."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} PiB"  # pragma: no cover
 
 
 def _open_pt(path: Path, keys: list[str]) -> tuple[list[torch.Tensor], list[str]]:

@@ -66,13 +66,20 @@ def verdict_line(result: ScanResult) -> Text:
     """One line saying what the scan found."""
     s = result.summary
     partial = " (PARTIAL)" if result.data.get("partial") else ""
-    if s.dead == 0 and s.saturated == 0:
+    unobserved = getattr(s, "unobserved", 0)
+    if s.units and unobserved == s.units:
+        head = Text(f"Nothing observed{partial}: every unit saw only NaN/inf: ", style="bold red")
+    elif s.dead == 0 and s.saturated == 0 and unobserved:
+        head = Text(f"No dead units among the {s.units - unobserved} observed{partial}: ", style="bold yellow")
+    elif s.dead == 0 and s.saturated == 0:
         head = Text(f"No dead units{partial}: ", style="bold green")
     else:
         head = Text(f"{s.dead} of {s.units} units dead ({s.dead_ratio:.1%}){partial}: ", style="bold red")
     worst = worst_first(result)[0] if result.sites else None
     body = (f"{s.sites} site(s), {s.units} units, {s.saturated} saturated, {s.dormant} dormant "
             f"(tau={result.settings.thresholds.tau:g}), on {result.data.get('samples', '?')} samples")
+    if unobserved:
+        body += f"; {unobserved} units unobserved (no finite observation)"
     if worst is not None and worst.dead:
         body += f"; worst site {visible(worst.name)} ({worst.dead_ratio:.0%} dead)"
     return head + Text(body + ".")

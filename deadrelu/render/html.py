@@ -245,6 +245,8 @@ def _headline(result: ScanResult) -> str:
         _card("Dead", f"{s.dead:,}", f"{_pct(s.dead_ratio)} of units", "bad" if s.dead else "good"),
         _card("Saturated", f"{s.saturated:,}", f"{_pct(s.saturated_ratio)} of units", "bad" if s.saturated else ""),
         _card("Dormant", f"{s.dormant:,}", f"{_pct(s.dormant_ratio)} (ReDo τ={result.settings.thresholds.tau:g})"),
+        *([_card("Unobserved", f"{s.unobserved:,}", "no finite observation: neither alive nor dead", "bad")]
+          if s.unobserved else []),
         _card("Mean active rate", _rate(s.active_rate_mean), "share of observations active"),
         gate_card,
     ]
