@@ -64,7 +64,8 @@ def write_ci_reports(outcome: ScanResult | DiffResult, junit_path: Path | None, 
     is_diff = isinstance(outcome, DiffResult)
     written = []
     if junit_path is not None:
-        atomic_write_bytes(junit_path, junit.diff_junit(outcome) if is_diff else junit.scan_junit(outcome))  # type: ignore[arg-type]
+        document = junit.diff_junit(outcome) if is_diff else junit.scan_junit(outcome)  # type: ignore[arg-type]
+        atomic_write_bytes(junit_path, document)
         written.append(f"JUnit report: {visible(junit_path)}")
     if markdown_path is not None:
         _write_markdown(markdown_path, markdown.diff_summary(outcome) if is_diff  # type: ignore[arg-type]
@@ -80,22 +81,24 @@ def diff(
     base_path: Annotated[Path, typer.Argument(metavar="BASE.json", help="The baseline scan's JSON report.")],
     new_path: Annotated[Path, typer.Argument(metavar="NEW.json", help="The new scan's JSON report.")],
     max_new_dead: Annotated[Optional[int], typer.Option(
-        min=0, help="Gate: fail (exit 1) when more units than this, over all sites, are dead in NEW but not in "
-                    "BASE.")] = None,
+        min=0, metavar="N", rich_help_panel="Gate",
+        help="Fail (exit 1) when more units than this, over all sites, are dead in NEW but not in BASE.")] = None,
     max_dead_ratio_increase: Annotated[Optional[float], typer.Option(
-        help="Gate: fail when a site's dead ratio rose by more than this (0.05 = 5 points).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Compare results of different models or settings "
-                                                        "(the sites they share).")] = False,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the diff as JSON here ('-' for "
-                                                                     "stdout).")] = None,
+        metavar="RATIO", rich_help_panel="Gate",
+        help="Fail (exit 1) when a site's dead ratio rose by more than this (0.05 = 5 points).")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Compare results of different models or settings (the sites they share).")] = False,
+    json_path: Annotated[Optional[Path], typer.Option(
+        "--json", metavar="FILE", rich_help_panel="Output",
+        help="Write the diff as JSON here ('-' for stdout).")] = None,
     junit_path: JunitOption = None,
     markdown_path: MarkdownOption = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Compare two scan results site by site: dead counts, newly dead and revived units; a CI gate.
 
-    Exit 0 when the gate passes (or no limit is given), 1 when it fails, 2 when the results cannot be compared (different models or settings, without --force).
-    """  # noqa: E501 (typer keeps the docstring's line breaks)
+    Exit 0: gate passed (or no limit given); 1: gate failed; 2: not comparable (see --force).
+    """
     from ..compare import check_diff_gate
     from ..compare import diff as compare
     from ..render import compare as compare_render
@@ -135,41 +138,47 @@ def trend(
         metavar="CKPT... DATA | LOG.jsonl", show_default=False,
         help="Checkpoints (files in the order given; a folder or a quoted glob sorted by the step number in the "
              "names), then the data file; or one monitor log (deadrelu.jsonl).")],
-    arch: Annotated[Optional[str], typer.Option(help="Architecture factory for weight-only checkpoints: "
-                                                     "package.module:Factory or path/to/file.py:Factory.",
-                                                rich_help_panel="Model")] = None,
-    arch_kwargs: Annotated[Optional[str], typer.Option(help="JSON keyword arguments for --arch.",
-                                                       rich_help_panel="Model")] = None,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow the full unpickler (files you "
-                                                                     "trust only).", rich_help_panel="Model")] = False,
-    import_files: Annotated[Optional[list[Path]], typer.Option("--import", help="Import this Python file before "
-                                                               "unpickling (repeatable).",
-                                                               rich_help_panel="Model")] = None,
-    key: Annotated[Optional[list[str]], typer.Option(help="Array name inside an .npz or a dict .pt (repeatable).",
-                                                     rich_help_panel="Data")] = None,
-    input_key: Annotated[Optional[list[str]], typer.Option(help="Entry of dict batches that is the model input.",
-                                                           rich_help_panel="Data")] = None,
-    scale: Annotated[Optional[float], typer.Option(help="Multiply inputs by this.", rich_help_panel="Data")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Samples per forward pass. [default: 256]",
-                                                      rich_help_panel="Data")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Scan at most N samples.", rich_help_panel="Data")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    dead_threshold: Annotated[Optional[float], typer.Option(help="Dead when the active rate is <= this. "
-                                                                 "[default: 0]", rich_help_panel="Verdicts")] = None,
-    tau: Annotated[Optional[float], typer.Option(help="ReDo dormancy threshold. [default: 0.1]",
-                                                 rich_help_panel="Verdicts")] = None,
-    layers: Annotated[Optional[list[str]], typer.Option("--layers", help="Only sites matching this glob "
-                                                        "(repeatable).", rich_help_panel="Verdicts")] = None,
-    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Skip sites matching this glob "
-                                                         "(repeatable).", rich_help_panel="Verdicts")] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write {\"points\": [scan result, ...]} "
-                                                      "here (a log's records for a monitor log).",
-                                                      rich_help_panel="Outputs")] = None,
-    html_path: Annotated[Optional[Path], typer.Option("--html", help="Write an HTML page with the heat map "
-                                                      "and the worst sites' curves.",
-                                                      rich_help_panel="Outputs")] = None,
-    png_dir: Annotated[Optional[Path], typer.Option("--png-dir", help="Write trend_heatmap.png and "
-                                                    "trend_worst_sites.png here.", rich_help_panel="Outputs")] = None,
+    arch: Annotated[Optional[str], typer.Option(
+        metavar="SPEC", rich_help_panel="Model",
+        help="Architecture for weight-only checkpoints: package.module:Factory or path/to/file.py:Factory.")] = None,
+    arch_kwargs: Annotated[Optional[str], typer.Option(
+        metavar="JSON", rich_help_panel="Model", help="Keyword arguments for --arch, as JSON.")] = None,
+    allow_pickle: Annotated[bool, typer.Option(
+        "--allow-pickle", rich_help_panel="Model", help="Allow the full unpickler (files you trust only).")] = False,
+    import_files: Annotated[Optional[list[Path]], typer.Option(
+        "--import", metavar="FILE", rich_help_panel="Model",
+        help="Import this Python file before unpickling (repeatable).")] = None,
+    key: Annotated[Optional[list[str]], typer.Option(
+        metavar="NAME", rich_help_panel="Data", help="Array in an .npz or a dict .pt (repeatable).")] = None,
+    input_key: Annotated[Optional[list[str]], typer.Option(
+        metavar="NAME", rich_help_panel="Data", help="Entry of dict batches that is the model input.")] = None,
+    scale: Annotated[Optional[float], typer.Option(
+        metavar="X", rich_help_panel="Data", help="Multiply inputs by this.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        metavar="N", rich_help_panel="Data", show_default="256", help="Samples per forward pass.")] = None,
+    limit: Annotated[Optional[int], typer.Option(
+        metavar="N", rich_help_panel="Data", show_default="all", help="Scan at most N samples.")] = None,
+    device: Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    dead_threshold: Annotated[Optional[float], typer.Option(
+        metavar="RATE", rich_help_panel="Thresholds", show_default="0",
+        help="Dead when the active rate is <= this.")] = None,
+    tau: Annotated[Optional[float], typer.Option(
+        metavar="TAU", rich_help_panel="Thresholds", show_default="0.1", help="ReDo dormancy threshold.")] = None,
+    layers: Annotated[Optional[list[str]], typer.Option(
+        "--layers", metavar="GLOB", rich_help_panel="Capture",
+        help="Only sites matching this glob (repeatable).")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option(
+        "--exclude", metavar="GLOB", rich_help_panel="Capture",
+        help="Skip sites matching this glob (repeatable).")] = None,
+    json_path: Annotated[Optional[Path], typer.Option(
+        "--json", metavar="FILE", rich_help_panel="Output",
+        help="Write {\"points\": \\[scan result, ...]} here (a monitor log: its records).")] = None,
+    html_path: Annotated[Optional[Path], typer.Option(
+        "--html", metavar="FILE", rich_help_panel="Output",
+        help="Write an HTML page with the heat map and the worst sites' curves.")] = None,
+    png_dir: Annotated[Optional[Path], typer.Option(
+        "--png-dir", metavar="DIR", rich_help_panel="Output",
+        help="Write trend_heatmap.png and trend_worst_sites.png here.")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Dead units across checkpoints (scanned over the same DATA) or across a monitor log's records."""

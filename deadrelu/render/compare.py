@@ -58,8 +58,9 @@ def gate_text(diff: DiffResult) -> Text | None:
             text.append(f"\n  {int(violation.value)} units newly dead > limit {violation.limit:g}")
         else:
             site = diff.site(violation.scope)
-            text.append(f"\n  site {visible(site.name)}: dead ratio {site.dead_ratio_base:.1%} -> {site.dead_ratio_new:.1%} "
-                        f"(+{violation.value * 100:.1f} points) > limit +{violation.limit * 100:.1f} points")
+            text.append(f"\n  site {visible(site.name)}: dead ratio {site.dead_ratio_base:.1%} -> "
+                        f"{site.dead_ratio_new:.1%} (+{violation.value * 100:.1f} points) > limit "
+                        f"+{violation.limit * 100:.1f} points")
     return text
 
 
