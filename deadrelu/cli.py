@@ -136,6 +136,8 @@ def scan(
     scale: Annotated[Optional[float], typer.Option(help="Multiply inputs by this (e.g. 0.00392 for uint8 images).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Samples per forward pass. [default: 256]")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Scan at most N samples.")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="Scan only shard I/N of the samples (contiguous blocks); "
+                                                      "combine the parts with 'deadrelu merge'.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     config: Annotated[Optional[Path], typer.Option(help="TOML config (see configs/default.toml); flags win.")] = None,
     dead_threshold: Annotated[Optional[float], typer.Option(help="Dead when the active rate is <= this. [default: 0]")] = None,
@@ -197,16 +199,21 @@ def scan(
             assert data is not None
             stream = load_data(data, batch_size=settings.batch_size, limit=settings.limit, key=key, columns=columns,
                                shuffle_seed=shuffle_seed)
+        from .distributed import is_main_process
         from .scan import scan as run_scan
-        with _ProgressReporter(enabled=not quiet and json_path != Path("-")) as progress:
+        main_process = is_main_process()  # under torchrun, rank 0 alone prints and writes reports
+        with _ProgressReporter(enabled=not quiet and json_path != Path("-") and main_process) as progress:
             result = run_scan(loaded.module, stream, settings=settings, progress=progress, model_info=loaded.info(),
-                              input_key=input_key or None, scale=scale, partial_on_interrupt=partial_on_interrupt)
+                              input_key=input_key or None, scale=scale, partial_on_interrupt=partial_on_interrupt,
+                              shard=shard)
         if loaded.notes:
             result = _with_notes(result, loaded.notes)
         if any(limit_ is not None for limit_ in gate_limits.values()):
             result = result.with_gate(check_gate(result, **gate_limits))
-        _emit(result, json_path, quiet, show_units)
-        _write_reports(result, html_path, png_dir, _out_folder(out_dir, _stem(model, model_spec)), json_path == Path("-"))
+        if main_process:
+            _emit(result, json_path, quiet, show_units)
+            _write_reports(result, html_path, png_dir, _out_folder(out_dir, _stem(model, model_spec)),
+                           json_path == Path("-"))
     raise typer.Exit(EXIT_GATE_FAILED if result.gate is not None and not result.gate.passed else EXIT_OK)
 
 
@@ -361,9 +368,15 @@ def version() -> None:
     stdout.print(f"deadrelu {__version__}")
 
 
+from .commands import merge as _merge_command  # noqa: E402  (commands use the helpers above)
+
+_merge_command.register(app)
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point (under torchrun: one process group, rank 0 reports)."""
+    from .distributed import run_cli
+    run_cli(app)
 
 
 if __name__ == "__main__":  # pragma: no cover

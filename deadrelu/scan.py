@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from . import distributed
 from .capture import ActivationCapture, SiteRecord
 from .capture.dispatch import capture_for
 from .capture.export import ExportedModel
@@ -308,11 +309,13 @@ def _no_sites_reason(model: nn.Module, capture: ActivationCapture) -> CaptureErr
         hint=f"deadrelu scans {', '.join(KNOWN_KINDS)} modules and functional calls to them")
 
 
+@distributed.across_ranks  # data-parallel inside a process group; a no-op outside one
 def scan(model: nn.Module, data: Any, *, settings: ScanSettings | None = None,
          progress: ProgressCallback | None = None, model_info: Mapping[str, Any] | None = None,
          input_key: str | Sequence[str] | None = None, scale: float | None = None,
          partial_on_interrupt: bool = False, input_fn: Callable[[Any], Any] | None = None,
-         shuffle_seed: int | None = None, **overrides: Any) -> ScanResult:
+         shuffle_seed: int | None = None, shard: str | distributed.Shard | None = None,
+         shard_data: bool = True, **overrides: Any) -> ScanResult:
     """Scan a model's ReLU-family activations over a data set.
 
     Args:
@@ -333,6 +336,12 @@ def scan(model: nn.Module, data: Any, *, settings: ScanSettings | None = None,
         input_fn: maps a raw batch to the model's inputs: a tensor, a tuple (positional
             inputs) or a dict (keyword inputs). Overrides ``input_key``.
         shuffle_seed: with ``limit``, scan a random subset of the samples drawn with this seed.
+        shard: ``"I/N"``: scan only part I of N disjoint parts of the samples (merge the
+            parts with ``deadrelu.merge.merge_results``). Inside a process group
+            (torchrun) each rank also scans only its own block and the ranks' results
+            are combined; see ``deadrelu.distributed``.
+        shard_data: inside a process group, False when each rank passes its own part of
+            the data already (a DataLoader with a ``DistributedSampler``).
 
     Returns:
         A ``ScanResult`` (data: ``.summary``, ``.sites``, ``.to_frame()``...).
@@ -348,14 +357,18 @@ def scan(model: nn.Module, data: Any, *, settings: ScanSettings | None = None,
     model = unwrap(model)
     if isinstance(model, torch.export.ExportedProgram):
         model = ExportedModel(model)
-    device = resolve_device(settings.device, model)
-    if settings.device is not None:
+    # A model spread over several devices (device_map="auto", pipeline stages) stays where it is under "auto".
+    spread = distributed.spread_over_devices(model, settings.device)
+    device = resolve_device(None if spread else settings.device, model)
+    if settings.device is not None and not spread:
         model.to(device)
     dtype = model_dtype(model)
     # A dict of arrays is one array per input: input_key names them (and their order).
     stream = data if isinstance(data, DataStream) else as_stream(
         data, settings.batch_size, settings.limit, shuffle_seed=shuffle_seed,
         key=input_key if isinstance(data, Mapping) else None)
+    # This process's part: shard I/N, then this rank's block of it (the whole stream in one process).
+    stream = distributed.shard_stream(stream, shard, split_ranks=shard_data, lockstep=distributed.needs_lockstep(model))
     if isinstance(model, ExportedModel):
         # An exported program accepts only the batch sizes it was exported for.
         stream = fit_batches(stream, *model.batch_bounds, settings.batch_size)
@@ -413,7 +426,8 @@ def scan(model: nn.Module, data: Any, *, settings: ScanSettings | None = None,
     data_info = {"source": stream.source, "samples": samples, "batches": batches,
                  "sample_shape": list(stream.sample_shape) if stream.sample_shape else None,
                  "dtype": stream.dtype, "nonfinite": prepare.nonfinite_samples,
-                 "skipped": prepare.skipped_samples, "sha256": stream.sha256, "partial": partial}
+                 "skipped": prepare.skipped_samples, "sha256": stream.sha256, "partial": partial,
+                 "shard": stream.shard}
     info = dict(model_info or {})
     info.setdefault("class", getattr(model, "original_name", None) or type(model).__name__)
     info.setdefault("parameters", sum(p.numel() for p in model.parameters()))
