@@ -79,9 +79,18 @@ class Shard:
             raise ConfigError(f"--shard {text!r} is not I/N", hint="e.g. --shard 0/4 scans the first of 4 parts")
         return cls(int(match.group(1)), int(match.group(2)))
 
-    def bounds(self, total: int) -> tuple[int, int]:
-        """The ``[start, stop)`` sample range of this part of ``total`` samples."""
-        return self.index * total // self.count, (self.index + 1) * total // self.count
+    def bounds(self, total: int, batch_size: int | None = None) -> tuple[int, int]:
+        """The ``[start, stop)`` sample range of this part of ``total`` samples.
+
+        With ``batch_size`` the parts are made of whole batches (the last part ends with
+        the short last batch): each part then feeds exactly the batches one process would,
+        so per-batch sums (float32) are bit-identical and only their float64 total's
+        addition order differs.
+        """
+        step = batch_size if batch_size and batch_size > 1 else 1
+        units = -(-total // step)
+        return (min(total, self.index * units // self.count * step),
+                min(total, (self.index + 1) * units // self.count * step))
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
@@ -90,7 +99,8 @@ class Shard:
 def restrict(stream: DataStream, shard: Shard, what: str = "shard") -> DataStream:
     """The part of ``stream`` that ``shard`` names.
 
-    With a known sample count the part is a contiguous block by sample index: a
+    With a known sample count the part is a contiguous block by sample index, cut at
+    whole batches when the stream knows its batch size (``Shard.bounds``): a
     seekable stream (arrays, files, Datasets, sequential DataLoaders) reads only its
     block; any other stream is read up to the block's end and its batches are cut at
     the block's edges. With no known count (a generator, an IterableDataset) the split
@@ -123,12 +133,15 @@ def restrict(stream: DataStream, shard: Shard, what: str = "shard") -> DataStrea
         note = (f"the data was split into {shard.count} {what}s by batch (batch b to {what} b % {shard.count}), "
                 "not by sample: the sample count is unknown")
         return dataclasses.replace(stream, batches=by_batch, notes=[*stream.notes, note], select=None)
-    start, stop = shard.bounds(total)
+    start, stop = shard.bounds(total, stream.batch_size)
     if stop == start:
-        raise DataLoadError(f"{stream.source}: {what} {shard} of {total} sample(s) holds no sample",
-                            hint=f"use at most {total} {what}s")
+        batches = -(-total // stream.batch_size) if stream.batch_size else total
+        raise DataLoadError(f"{stream.source}: {what} {shard} of {total} sample(s) holds no sample "
+                            f"(parts are whole batches: {batches} to share)",
+                            hint=f"use at most {batches} {what}s, or a smaller batch size")
     if stream.select is not None:
-        part = stream.select(start, stop)
+        # Only the batches come from select: notes, shard and the rest stay this stream's.
+        batches = stream.select(start, stop).batches
     else:
         def cut() -> Iterator[Any]:
             position = 0
@@ -143,13 +156,14 @@ def restrict(stream: DataStream, shard: Shard, what: str = "shard") -> DataStrea
                 position += size
                 if position >= stop:
                     return
-        part = dataclasses.replace(stream, batches=cut, num_samples=stop - start)
+        batches = cut
     parent_select = stream.select
 
     def select(low: int, high: int) -> DataStream:
         assert parent_select is not None
         return parent_select(start + low, start + high)
-    return dataclasses.replace(part, num_samples=stop - start, select=select if parent_select else None)
+    return dataclasses.replace(stream, batches=batches, num_samples=stop - start,
+                               select=select if parent_select else None, first_sample=stream.first_sample + start)
 
 
 def shard_stream(stream: DataStream, shard: Shard | str | None, *, split_ranks: bool = True,
@@ -174,7 +188,7 @@ def shard_stream(stream: DataStream, shard: Shard | str | None, *, split_ranks: 
         total = stream.num_samples
         stream = restrict(stream, shard)
         stream = dataclasses.replace(stream, shard={"index": shard.index, "count": shard.count, "of": total},
-                                     notes=[*stream.notes, _shard_note(shard, total)])
+                                     notes=[*stream.notes, _shard_note(shard, total, stream.batch_size)])
     group = ScanGroup.current()
     if group is None:
         return stream
@@ -185,10 +199,10 @@ def shard_stream(stream: DataStream, shard: Shard | str | None, *, split_ranks: 
     return stream
 
 
-def _shard_note(shard: Shard, total: int | None) -> str:
+def _shard_note(shard: Shard, total: int | None, batch_size: int | None) -> str:
     if total is None:
         return f"shard {shard}: by batch (the sample count is unknown)"
-    start, stop = shard.bounds(total)
+    start, stop = shard.bounds(total, batch_size)
     return f"shard {shard}: samples {start} to {stop - 1} of {total}"
 
 
@@ -473,6 +487,26 @@ def _stamped(result: ScanResult, model: Any, world_size: int) -> ScanResult:
     return dataclasses.replace(result, environment=environment)
 
 
+def exit_on_sigterm(code: int) -> None:
+    """From now on, SIGTERM ends this process with ``code`` (after flushing its output).
+
+    Once the ranks have agreed on an exit code they exit a few milliseconds apart, and
+    torchrun stops the ranks still running as soon as one exits non-zero; without this
+    those would report -15 instead of the agreed code.
+    """
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    if code:
+        signal.signal(signal.SIGTERM, stop)
+
+
 def is_main_process() -> bool:
     """Rank 0 of a process group, or a process outside one: the one that prints and writes."""
     group = ScanGroup.current()
@@ -502,6 +536,7 @@ def run_cli(app: Callable[[], Any]) -> None:
         group = ScanGroup.current()
         if group is not None and _combined_scans:
             code = group.agree_exit_code(code)
+            exit_on_sigterm(code)
     finally:
         if started:
             import torch.distributed as dist

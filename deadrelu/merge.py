@@ -216,10 +216,6 @@ def _check_same_scan(facts: Sequence[Mapping[str, Any]], names: Sequence[str]) -
             shown = "; ".join(f"{key} {part['settings'].get(key)!r} vs {facts[0]['settings'].get(key)!r}"
                               for key in differ)
             raise MergeError(f"{name} and {names[0]} were scanned with different settings ({shown})", hint=hint)
-        totals = {(f.get("data", {}).get("shard") or {}).get("of") for f in (facts[0], part)}
-        if len(totals) > 1:
-            raise MergeError(f"{name} and {names[0]} are shards of data sets of different sizes "
-                             f"({' vs '.join(map(str, totals))} samples)", hint=hint)
 
 
 def _check_shards(facts: Sequence[Mapping[str, Any]], names: Sequence[str],
@@ -237,6 +233,10 @@ def _check_shards(facts: Sequence[Mapping[str, Any]], names: Sequence[str],
         raise MergeError(f"the parts split the data into different numbers of shards ({sorted(counts)})",
                          hint="merge shards of one split: every part scanned with --shard I/N, the same N")
     count = counts.pop()
+    for name, shard in shards[1:]:
+        if shard.get("of") != shards[0][1].get("of"):
+            raise MergeError(f"{name} and {shards[0][0]} are shards of data of different sizes ({shard.get('of')} "
+                             f"vs {shards[0][1].get('of')} samples)", hint="merge only the parts of one scan")
     seen: dict[int, str] = {}
     for name, shard in shards:
         index = int(shard["index"])

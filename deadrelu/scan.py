@@ -380,7 +380,7 @@ def scan(model: nn.Module, data: Any, *, settings: ScanSettings | None = None,
         compile_decision = CompileDecision(settings.compile, capture, stream.num_samples)
         try:
             for raw in stream.batches():
-                inputs = prepare(raw, samples + prepare.skipped_samples)
+                inputs = prepare(raw, stream.first_sample + samples + prepare.skipped_samples)
                 if inputs is None:
                     continue
                 capture.begin_batch()

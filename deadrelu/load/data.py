@@ -60,6 +60,10 @@ class DataStream:
         select: for sources that can seek (arrays, files, Datasets, sequential
             DataLoaders), ``select(start, stop)`` is this stream restricted to its samples
             ``[start, stop)``, reading only those (``deadrelu.distributed`` shards with it).
+        batch_size: samples in every batch but the last, when the stream knows it
+            (shards are cut at whole batches, so each batch is one a single process would feed).
+        first_sample: the index, in the whole data, of this stream's first sample (a
+            shard's stream starts inside the data; messages name samples by this index).
         shard: which shard of the source this stream is (``{"index", "count", "of"}``),
             set by ``deadrelu.distributed.shard_stream`` for ``--shard I/N``.
     """
@@ -73,6 +77,8 @@ class DataStream:
     sha256: str | None = None
     total_samples: int | None = None
     select: Callable[[int, int], DataStream] | None = None
+    batch_size: int | None = None
+    first_sample: int = 0
     shard: dict[str, Any] | None = None
 
 
@@ -369,7 +375,7 @@ def _array_stream(arrays: Sequence[np.ndarray | torch.Tensor], source: str, batc
     stream = DataStream(source=source, batches=_array_batches(arrays, batch_size, count, indices, droppers),
                         num_samples=count, sample_shape=tuple(head.shape[1:]),
                         dtype=str(head.dtype).replace("torch.", ""), notes=notes, sha256=sha256,
-                        total_samples=total)
+                        total_samples=total, batch_size=batch_size)
 
     def select(start: int, stop: int) -> DataStream:
         return replace(stream, batches=_array_batches(arrays, batch_size, stop - start, indices, droppers, start),
@@ -414,7 +420,8 @@ def _iterable_stream(data: Iterable[Batch], source: str, limit: int | None, shuf
     notes = []
     if shuffle_seed is not None:
         notes.append("--shuffle-seed is ignored for a DataLoader or iterable: its own sampler decides the order")
-    stream = DataStream(source=source, batches=_limited(data, limit), num_samples=total, notes=notes)
+    stream = DataStream(source=source, batches=_limited(data, limit), num_samples=total, notes=notes,
+                        batch_size=getattr(data, "batch_size", None))
     from torch.utils.data import DataLoader, IterableDataset, SequentialSampler, Subset
 
     if (isinstance(data, DataLoader) and total is not None and data.batch_size is not None
@@ -454,7 +461,7 @@ def _dataset_stream(dataset: Any, source: str, batch_size: int, limit: int | Non
     loader = DataLoader(chosen, batch_size=batch_size, shuffle=False)
     count = None if total is None else min(total, limit) if limit is not None else total
     stream = DataStream(source=source, batches=_limited(loader, limit), num_samples=count, notes=notes,
-                        total_samples=total)
+                        total_samples=total, batch_size=batch_size)
     if count is not None:
         def select(start: int, stop: int) -> DataStream:
             part = DataLoader(Subset(chosen, range(start, stop)), batch_size=batch_size, shuffle=False)
