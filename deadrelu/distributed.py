@@ -424,13 +424,21 @@ class ScanGroup:
                         shard=local.data.get("shard"))
 
     def agree_exit_code(self, code: int) -> int:
-        """Rank 0's exit code, on every rank."""
+        """Rank 0's exit code, on every rank, kept however the rank is stopped after this.
+
+        Ranks exit a few milliseconds apart, and torchrun stops the ranks still running
+        as soon as one exits non-zero: each rank first makes SIGTERM exit with the agreed
+        code (``exit_on_sigterm``), and no rank returns before all have (a barrier).
+        """
         import torch
         import torch.distributed as dist
 
         value = torch.tensor([int(code)], device=self.device)
         dist.broadcast(value, src=0)
-        return int(value.item())
+        agreed = int(value.item())
+        exit_on_sigterm(agreed)
+        dist.barrier()
+        return agreed
 
 
 def _failure_of(exc: BaseException) -> tuple[str, str, str | None]:
@@ -490,21 +498,28 @@ def _stamped(result: ScanResult, model: Any, world_size: int) -> ScanResult:
 def exit_on_sigterm(code: int) -> None:
     """From now on, SIGTERM ends this process with ``code`` (after flushing its output).
 
-    Once the ranks have agreed on an exit code they exit a few milliseconds apart, and
-    torchrun stops the ranks still running as soon as one exits non-zero; without this
-    those would report -15 instead of the agreed code.
+    For ranks that agreed on a non-zero exit code: torchrun stops the ranks still running
+    as soon as one exits, which would otherwise report -15 instead of the agreed code.
+    Call it on every rank before a barrier, so no rank exits before all have called it.
     """
     import signal
 
-    def stop(signum: int, frame: Any) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(code)
     if code:
-        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGTERM, lambda signum, frame: exit_now(code))
+
+
+def exit_now(code: int) -> None:
+    """Flush stdout and stderr and end the process with ``code``, skipping interpreter shutdown.
+
+    After ``exit_on_sigterm``: Python's shutdown puts the default SIGTERM handler back
+    (and torch's takes a while), so a SIGTERM from torchrun then would still report -15.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def is_main_process() -> bool:
@@ -527,6 +542,7 @@ def run_cli(app: Callable[[], Any]) -> None:
         return
     started = init_from_env()
     code: Any = 0
+    agreed = False
     try:
         try:
             app()
@@ -536,11 +552,13 @@ def run_cli(app: Callable[[], Any]) -> None:
         group = ScanGroup.current()
         if group is not None and _combined_scans:
             code = group.agree_exit_code(code)
-            exit_on_sigterm(code)
+            agreed = True
     finally:
         if started:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+    if agreed:
+        exit_now(code)
     sys.exit(code)
 

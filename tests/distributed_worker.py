@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 import deadrelu
-from deadrelu.distributed import exit_on_sigterm
+from deadrelu.distributed import exit_now, exit_on_sigterm
 from deadrelu.errors import DeadReluError
 
 
@@ -45,9 +45,10 @@ def main(mode: str, arch: str, model_path: str, data_path: str, out_path: str) -
         print(f"rank {rank}: error: {exc.message}", file=sys.stderr, flush=True)
         code = 2
     exit_on_sigterm(code)  # the ranks agreed: torchrun stopping a slower one must not turn 2 into -15
+    dist.barrier()
     dist.destroy_process_group()
     return code
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:6]))
+    exit_now(main(*sys.argv[1:6]))
