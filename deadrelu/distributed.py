@@ -207,15 +207,30 @@ def _shard_note(shard: Shard, total: int | None, batch_size: int | None) -> str:
 
 
 def needs_lockstep(model: nn.Module) -> bool:
-    """Whether the model's forward pass is a collective (FSDP, DTensor parameters), so every
-    rank must run as many forward passes as the others."""
+    """Whether the model's forward pass is a collective (FSDP), so every rank must run as
+    many forward passes as the others.
+
+    Raises:
+        ConfigError: the model is tensor-parallel (DTensor parameters outside FSDP, or
+            on a mesh of several dimensions): its units are split across ranks, which
+            the combine step does not handle yet (docs/scale.md).
+    """
     try:
+        from torch.distributed.fsdp import FSDPModule
         from torch.distributed.tensor import DTensor
     except ImportError:  # a torch built without distributed
         return False
-    if any(isinstance(p, DTensor) for p in model.parameters()):
-        return True
-    return any(type(m).__name__ == "FullyShardedDataParallel" for m in model.modules())
+    fsdp1 = any(type(m).__name__ == "FullyShardedDataParallel" for m in model.modules())
+    sharded = {id(p) for m in model.modules() if isinstance(m, FSDPModule) for p in m.parameters()}
+    dtensors = [(name, p) for name, p in model.named_parameters() if isinstance(p, DTensor)]
+    for name, parameter in dtensors:
+        if id(parameter) not in sharded or parameter.device_mesh.ndim > 1:
+            placements = ", ".join(map(repr, parameter.placements))
+            raise ConfigError(f"{name} is a DTensor ({placements}) on a {parameter.device_mesh.ndim}-D mesh"
+                              f"{'' if id(parameter) in sharded else ' outside FSDP'}: tensor-parallel "
+                              "(or 2-D/HSDP) models are not scanned yet: their units are split across ranks",
+                              hint="scan a data-parallel or FSDP (1-D mesh) copy of the model; see docs/scale.md")
+    return bool(dtensors) or fsdp1
 
 
 def model_devices(model: nn.Module) -> list[torch.device]:

@@ -368,7 +368,8 @@ def scan(model: nn.Module, data: Any, *, settings: ScanSettings | None = None,
         data, settings.batch_size, settings.limit, shuffle_seed=shuffle_seed,
         key=input_key if isinstance(data, Mapping) else None)
     # This process's part: shard I/N, then this rank's block of it (the whole stream in one process).
-    stream = distributed.shard_stream(stream, shard, split_ranks=shard_data, lockstep=distributed.needs_lockstep(model))
+    lockstep = distributed.needs_lockstep(model)  # FSDP: the forward pass is a collective
+    stream = distributed.shard_stream(stream, shard, split_ranks=shard_data, lockstep=lockstep)
     if isinstance(model, ExportedModel):
         # An exported program accepts only the batch sizes it was exported for.
         stream = fit_batches(stream, *model.batch_bounds, settings.batch_size)
@@ -376,7 +377,8 @@ def scan(model: nn.Module, data: Any, *, settings: ScanSettings | None = None,
     prepare = _InputPreparer(dtype, device, settings.nonfinite, input_key, scale, input_fn)
     samples = batches = 0
     partial = False
-    with capture_for(model, settings, device) as capture, torch.inference_mode():
+    # FSDP2's unshard reads its parameters' version counters, which inference tensors do not have.
+    with capture_for(model, settings, device) as capture, (torch.no_grad() if lockstep else torch.inference_mode()):
         compile_decision = CompileDecision(settings.compile, capture, stream.num_samples)
         try:
             for raw in stream.batches():

@@ -331,3 +331,31 @@ def test_python_dash_m_deadrelu_runs_the_cli():
     run = subprocess.run([sys.executable, "-m", "deadrelu", "version"], env=env, capture_output=True, text=True,
                          timeout=60)
     assert run.returncode == 0 and run.stdout.startswith("deadrelu ")
+
+
+@pytest.fixture
+def group_of_one(tmp_path):
+    """A gloo process group of one process (what DTensor and FSDP2 need), destroyed after."""
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    from torch.distributed.device_mesh import init_device_mesh
+    yield init_device_mesh("cpu", (1,))
+    dist.destroy_process_group()
+
+
+def test_tensor_parallel_model_is_refused_and_fsdp_is_scanned(group_of_one, files):
+    import runpy
+
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    build = runpy.run_path(str(files["arch"]))["Net"]
+    data = np.load(files["data"])
+    parallel = parallelize_module(build(), group_of_one, {"fc1": ColwiseParallel(), "fc2": RowwiseParallel()})
+    with pytest.raises(ConfigError, match=r"fc1.weight is a DTensor \(Shard\(dim=0\)\) on a 1-D mesh outside FSDP"):
+        deadrelu.scan(parallel, data, batch_size=16)
+    sharded = build()
+    fully_shard(sharded, mesh=group_of_one)
+    assert distributed.needs_lockstep(sharded)
+    result = deadrelu.scan(sharded, data, batch_size=16)  # a group of one: no lockstep, no combine
+    assert {site.name: site.dead for site in result.sites} == EXPECTED_DEAD
+    assert result.environment["world_size"] == 1
