@@ -26,7 +26,7 @@ from deadrelu.cli import app
 from deadrelu.distributed import Shard, restrict
 from deadrelu.errors import ConfigError, DataLoadError
 from deadrelu.load.data import DataStream, as_stream
-from deadrelu.merge import MergeError, merge_results
+from deadrelu.merge import merge_results
 from truth_models import bounded_inputs
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,17 +19,17 @@ def register(app: typer.Typer) -> None:
         json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the merged JSON report here "
                                                                          "('-' for stdout).")] = None,
         dead_threshold: Annotated[Optional[float], typer.Option(help="Dead when the active rate is <= this. "
-                                                                     "[default: the first part's]")] = None,
-        tau: Annotated[Optional[float], typer.Option(help="ReDo dormancy threshold. [default: the first "
-                                                          "part's]")] = None,
+                                                                     "(default: the first part's)")] = None,
+        tau: Annotated[Optional[float], typer.Option(help="ReDo dormancy threshold. (default: the first "
+                                                          "part's)")] = None,
         saturation: Annotated[Optional[float], typer.Option(help="Share at the floor/bound that makes a unit "
-                                                                 "saturated. [default: the first part's]")] = None,
+                                                                 "saturated. (default: the first part's)")] = None,
         max_dead_ratio: Annotated[Optional[float], typer.Option(help="Gate: fail (exit 1) when dead units over "
                                                                      "all units are above this ratio.")] = None,
         max_layer_dead_ratio: Annotated[Optional[float], typer.Option(help="Gate: fail when any site's dead "
                                                                            "ratio is above this.")] = None,
-        allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Merge the shards given even when "
-                                                                            "some are missing (marked partial).")] = False,
+        allow_missing: Annotated[bool, typer.Option(
+            "--allow-missing", help="Merge the shards given even when some are missing (marked partial).")] = False,
         html_path: cli.HtmlOption = None,
         png_dir: cli.PngDirOption = None,
         out_dir: cli.OutOption = None,
@@ -39,8 +39,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Merge the JSON reports of shards of one scan into the report of the whole scan.
 
-        Refuses (exit 2) parts of different models, data or settings, overlapping shards
-        and missing shards; verdicts are judged again on the merged statistics.
+        Verdicts are judged again on the merged statistics. Refuses (exit 2) parts of
+        different models, data or settings, and overlapping or missing shards.
         """
         with cli.error_exit(debug):
             from ..judge.gate import check_gate
