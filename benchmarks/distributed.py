@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
-def worker(workload_name: str, samples: int, out: str) -> None:
+def worker(workload_name: str, samples: int, out: str, device: str = "cpu") -> None:
     """Run one timed scan in this process (a torchrun rank, or the only process)."""
     sys.path[:0] = [str(HERE), str(REPO)]
     import torch
@@ -62,7 +62,10 @@ def worker(workload_name: str, samples: int, out: str) -> None:
 
     workload = WORKLOADS[workload_name].scaled(samples=samples)
     model, data = workload.model(), workload.data()
-    options = {"batch_size": workload.batch_size, "device": "cpu", "compile": "off"}
+    if device == "cuda":  # each rank on its own GPU (init_from_env set it); not measured yet
+        device = f"cuda:{torch.cuda.current_device()}"
+    options = {"batch_size": workload.batch_size, "device": device, "compile": "off"}
+    model, data = model.to(device), data.to(device)
     deadrelu.scan(model, data[: workload.batch_size * 4 * max(1, int(os.environ.get("WORLD_SIZE", "1")))],
                   **options)  # warm-up (allocator, first-call costs), combined like the real one
     for key in timings:
@@ -93,10 +96,11 @@ def worker(workload_name: str, samples: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def run_config(workload: str, samples: int, processes: int, threads: int, out: Path) -> dict[str, Any]:
+def run_config(workload: str, samples: int, processes: int, threads: int, out: Path,
+               device: str = "cpu") -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": str(threads)}
-    args = [str(Path(__file__).resolve()), "--worker", workload, str(samples), str(out)]
+    args = [str(Path(__file__).resolve()), "--worker", workload, str(samples), str(out), device]
     if processes > 1:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                    str(processes), *args]
@@ -117,25 +121,27 @@ def run_config(workload: str, samples: int, processes: int, threads: int, out: P
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--worker", nargs=3, metavar=("WORKLOAD", "SAMPLES", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=4, metavar=("WORKLOAD", "SAMPLES", "OUT", "DEVICE"), help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (one GPU per rank; nccl)")
     parser.add_argument("--quick", action="store_true", help="mlp only, 4096 samples, one repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "distributed.json")
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker[0], int(args.worker[1]), args.worker[2])
+        worker(args.worker[0], int(args.worker[1]), args.worker[2], args.worker[3])
         return
     plan = {"mlp": 4096} if args.quick else {"mlp": 16384, "transformer": 1024}
     repeats = 1 if args.quick else args.repeats
     configs = [("1 proc x 1 thread", 1, 1), ("1 proc x 2 threads", 1, 2), ("2 procs x 1 thread (torchrun)", 2, 1)]
     results: dict[str, Any] = {"python": sys.version.split()[0], "cpus": os.cpu_count(), "repeats": repeats,
+                               "device": args.device,
                                "load_before": os.getloadavg()[0], "workloads": {}}
     import tempfile
     with tempfile.TemporaryDirectory() as folder:
         for workload, samples in plan.items():
             rows = {}
             for label, processes, threads in configs:
-                runs = [run_config(workload, samples, processes, threads, Path(folder) / "out.json")
+                runs = [run_config(workload, samples, processes, threads, Path(folder) / "out.json", args.device)
                         for _ in range(repeats)]
                 median = {key: statistics.median(r[key] for r in runs)
                           for key in ("command_s", "scan_s", "forward_s", "combine_s", "all_reduce_s",
