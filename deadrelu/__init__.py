@@ -4,23 +4,78 @@
     >>> result = deadrelu.scan(model, data)          # doctest: +SKIP
     >>> result.to_frame()                            # one row per activation site
     >>> deadrelu.check_gate(result, max_dead_ratio=0.1).passed
+
+Names are imported on first use (PEP 562), so ``import deadrelu`` is cheap and the parts
+that only read results (``ScanResult.from_json``, the renderers, ``deadrelu report``)
+never import torch.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .errors import (CaptureError, ConfigError, DataLoadError, DeadReluError, ForwardError, ModelLoadError,
-                     OutputError, UnsafePickleError)
-from .judge.gate import GateOutcome, check_gate
-from .load import load_data, load_model
-from .result import ScanResult, SiteResult, Summary
-from .scan import scan
-from .settings import Granularity, ScanSettings, Thresholds, build_settings
+#: public name -> module that defines it
+_LAZY: dict[str, str] = {
+    "scan": "deadrelu.scanning",
+    "capture": "deadrelu.capture",
+    "CaptureSession": "deadrelu.capture.session",
+    "check_gate": "deadrelu.judge.gate",
+    "GateOutcome": "deadrelu.judge.gate",
+    "load_model": "deadrelu.load.model",
+    "load_data": "deadrelu.load.data",
+    "ScanResult": "deadrelu.result",
+    "SiteResult": "deadrelu.result",
+    "Summary": "deadrelu.result",
+    "SiteStats": "deadrelu.unitstats",
+    "ScanSettings": "deadrelu.settings",
+    "Thresholds": "deadrelu.settings",
+    "Granularity": "deadrelu.settings",
+    "build_settings": "deadrelu.settings",
+    "write_reports": "deadrelu.render.reports",
+    "ReportTargets": "deadrelu.render.reports",
+    "DeadReluError": "deadrelu.errors",
+    "ModelLoadError": "deadrelu.errors",
+    "UnsafePickleError": "deadrelu.errors",
+    "DataLoadError": "deadrelu.errors",
+    "ConfigError": "deadrelu.errors",
+    "ForwardError": "deadrelu.errors",
+    "CaptureError": "deadrelu.errors",
+    "OutputError": "deadrelu.errors",
+    "prune": "deadrelu.repair", "recycle": "deadrelu.repair", "reinit": "deadrelu.repair",
+    "swap_activations": "deadrelu.repair", "RepairError": "deadrelu.repair",
+    "ResultFormatError": "deadrelu.errors",
+}
 
-__all__ = [
-    "__version__", "scan", "check_gate", "load_model", "load_data", "ScanResult", "SiteResult", "Summary",
-    "GateOutcome", "ScanSettings", "Thresholds", "Granularity", "build_settings", "DeadReluError",
-    "ModelLoadError", "UnsafePickleError", "DataLoadError", "ConfigError", "ForwardError", "CaptureError",
-    "OutputError",
-]
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from . import capture
+    from .capture.session import CaptureSession
+    from .errors import (CaptureError, ConfigError, DataLoadError, DeadReluError, ForwardError, ModelLoadError,
+                         OutputError, ResultFormatError, UnsafePickleError)
+    from .judge.gate import GateOutcome, check_gate
+    from .load.data import load_data
+    from .load.model import load_model
+    from .render.reports import ReportTargets, write_reports
+    from .repair import RepairError, prune, recycle, reinit, swap_activations
+    from .result import ScanResult, SiteResult, Summary
+    from .scanning import scan
+    from .settings import Granularity, ScanSettings, Thresholds, build_settings
+    from .unitstats import SiteStats
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'deadrelu' has no attribute {name!r}")
+    # deadrelu.capture is the capture package itself, whose module type is callable.
+    value = importlib.import_module(module) if name == "capture" else getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

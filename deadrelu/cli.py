@@ -1,59 +1,39 @@
 """The command line: parse, call the library, render, map errors to exit codes.
 
-Exit codes: 0 scan done and gate passed (or no gate); 1 gate failed; 2 bad usage or input.
+Exit codes: 0 scan done and gate passed (or no gate); 1 gate failed; 2 bad usage or input;
+3 a bug in deadrelu (the traceback is written to a file whose path the error line gives);
+130 interrupted. Exit 1 means only "the gate failed", so CI never mistakes a crash for a verdict.
+
+Only typer, rich and the torch-free parts of deadrelu are imported at start-up; the
+model, data and scan modules (and torch with them) are imported by the commands that
+need them, so ``deadrelu --help``, ``version`` and ``report`` start at once.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
 
 from . import __version__
-from .errors import ConfigError, DeadReluError, OutputError
-from .judge.gate import check_gate
-from .load.data import DATA_FORMATS, load_data, load_python_data
-from .load.model import load_factory, load_model, parse_kwargs
+# Shared with the command groups in deadrelu/commands (which must not import this module).
+from .commands.common import EXIT_GATE_FAILED, EXIT_OK, error_exit, stderr, stdout
+from .commands.common import positionals as _positionals
+from .commands.common import spec_file as _spec_file
 from .render import console as console_render
-from .settings import CompileMode, Granularity, NonFinitePolicy, build_settings, read_config
+from .render.reports import ReportTargets, write_reports
+from .settings import CompileMode, Granularity, NonFinitePolicy, ScanSettings, Thresholds
 
-EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+#: what ``--help`` groups options under
+MODEL, DATA, CAPTURE, THRESHOLDS, GATE, OUTPUT, RUN = "Model", "Data", "Capture", "Thresholds", "Gate", "Output", "Run"
+#: data formats, for help texts (a torch-free copy of ``load.data.DATA_FORMATS``)
+DATA_FILES = ".npy, .npz, .pt/.pth, .csv/.tsv, .parquet"
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="rich",
                   help="Find dead, saturated and dormant ReLU-family units in a PyTorch model, on your data.")
-stdout = Console(highlight=False, soft_wrap=False)
-# Errors and hints stay one line each, however narrow the terminal (CI logs are grepped).
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-@contextmanager
-def error_exit(debug: bool) -> Iterator[None]:
-    """Turn the deadrelu error family into one line on stderr and exit code 2."""
-    try:
-        yield
-    except DeadReluError as exc:
-        if debug:
-            raise
-        stderr.print(f"[bold red]error:[/] {_plain(exc.message)}")
-        if exc.hint:
-            stderr.print(f"[dim]hint:[/] {_plain(exc.hint)}")
-        raise typer.Exit(EXIT_BAD_INPUT) from None
-    except KeyboardInterrupt:
-        stderr.print("[bold red]interrupted[/]: no report written (use --partial-on-interrupt to keep partial results)")
-        raise typer.Exit(130) from None
-
-
-def _plain(text: str) -> str:
-    from rich.markup import escape
-    return escape(text)
 
 
 class _ProgressReporter:
@@ -61,12 +41,14 @@ class _ProgressReporter:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and stderr.is_terminal
-        self._progress: Progress | None = None
+        self._progress: Any = None
         self._task: Any = None
         self._started = time.perf_counter()
 
     def __enter__(self) -> _ProgressReporter:
         if self.enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
             self._progress = Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
                                       TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                                       console=stderr, transient=True)
@@ -84,180 +66,165 @@ class _ProgressReporter:
             self._progress.__exit__(*exc)
 
 
-HtmlOption = Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML report here.")]
-PngDirOption = Annotated[Optional[Path], typer.Option("--png-dir", help="Write PNG plots into this folder.")]
-OutOption = Annotated[Optional[Path], typer.Option("--out", help="Write result.json, report.html and plots/*.png "
-                                                                 "into this folder ('auto': "
-                                                                 "reports/<model-stem>-<timestamp>/).")]
-
-
-def _merge(config: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
-    values = read_config(config) if config is not None else {}
-    values.update({key: value for key, value in flags.items() if value is not None and value != ()})
-    return values
+HtmlOption = Annotated[Optional[Path], typer.Option("--html", metavar="FILE", rich_help_panel=OUTPUT,
+                                                     help="Write a self-contained HTML report here.")]
+PngDirOption = Annotated[Optional[Path], typer.Option("--png-dir", metavar="DIR", rich_help_panel=OUTPUT,
+                                                      help="Write PNG plots into this folder.")]
+OutOption = Annotated[Optional[Path], typer.Option("--out", metavar="DIR", rich_help_panel=OUTPUT,
+                                                   help="Write result.json, report.html and plots/*.png into this "
+                                                        "folder ('auto': reports/<model-stem>-<timestamp>/).")]
+ShowUnitsOption = Annotated[bool, typer.Option("--show-units", rich_help_panel=OUTPUT,
+                                               help="List dead/saturated unit indices.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=OUTPUT,
+                                           help="Only the verdict and gate lines.")]
+DebugOption = Annotated[bool, typer.Option("--debug", rich_help_panel=RUN, help="Show tracebacks.")]
+_DEFAULTS = ScanSettings()
+_THRESHOLDS = Thresholds()
 
 
 @app.command()
 def scan(
     model: Annotated[Optional[Path], typer.Argument(
-        metavar="MODEL", show_default=False, help="Model file: a state_dict/checkpoint or .safetensors (with --arch), TorchScript, "
-                                 "a torch.export .pt2, or a pickled nn.Module (with --allow-pickle). "
-                                 "Leave out with --model.")] = None,
+        metavar="MODEL", show_default=False,
+        help="Model file: a state_dict/checkpoint or .safetensors (with --arch), TorchScript, a torch.export "
+             ".pt2, or a pickled nn.Module. Leave out with --model.")] = None,
     data: Annotated[Optional[Path], typer.Argument(
-        metavar="DATA", show_default=False, help=f"Data file: {DATA_FORMATS.replace(', or --data package.module:make', '')}; "
-                                 "first axis = samples. Leave out with --data.")] = None,
-    arch: Annotated[Optional[str], typer.Option(help="Architecture factory: package.module:Factory or "
-                                                     "path/to/file.py:Factory.")] = None,
-    arch_kwargs: Annotated[Optional[str], typer.Option(help="JSON keyword arguments for --arch.")] = None,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow the full unpickler, which runs code "
-                                                                     "from the model file. Only for files you trust.")] = False,
-    import_files: Annotated[Optional[list[Path]], typer.Option(
-        "--import", help="Import this Python file before unpickling, so the classes a pickled model names "
-                         "(also from a script's __main__) are found (repeatable).")] = None,
+        metavar="DATA", show_default=False,
+        help=f"Data file: {DATA_FILES}; first axis = samples. Leave out with --data.")] = None,
+    arch: Annotated[Optional[str], typer.Option(
+        metavar="SPEC", rich_help_panel=MODEL,
+        help="Architecture for a state_dict: package.module:Factory or path/to/file.py:Factory.")] = None,
+    arch_kwargs: Annotated[Optional[str], typer.Option(
+        metavar="JSON", rich_help_panel=MODEL, help="Keyword arguments for --arch / --model, as JSON.")] = None,
     model_spec: Annotated[Optional[str], typer.Option(
-        "--model", help="Build the model with a Python factory: package.module:build or path/to/file.py:build "
-                        "(called with --arch-kwargs); replaces MODEL.")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="state_dict / checkpoint / .safetensors to load into "
-                                                         "the --model factory's model.")] = None,
+        "--model", metavar="SPEC", rich_help_panel=MODEL,
+        help="Build the model with a Python factory (package.module:build or file.py:build); replaces "
+             "MODEL.")] = None,
+    weights: Annotated[Optional[Path], typer.Option(
+        metavar="FILE", rich_help_panel=MODEL,
+        help="state_dict / checkpoint / .safetensors to load into the --model factory's model.")] = None,
+    allow_pickle: Annotated[bool, typer.Option(
+        "--allow-pickle", rich_help_panel=MODEL,
+        help="Allow the full unpickler, which runs code from the model file. Only for files you trust.")] = False,
+    import_files: Annotated[Optional[list[Path]], typer.Option(
+        "--import", metavar="FILE", rich_help_panel=MODEL,
+        help="Import this Python file before unpickling, so the classes a pickled model names are found "
+             "(repeatable).")] = None,
     data_spec: Annotated[Optional[str], typer.Option(
-        "--data", help="Data from Python: package.module:make or path/to/file.py:make, returning a tensor, "
-                       "ndarray, dict of them, Dataset or DataLoader; replaces DATA.")] = None,
+        "--data", metavar="SPEC", rich_help_panel=DATA,
+        help="Data from Python (package.module:make or file.py:make) returning a tensor, ndarray, dict, "
+             "Dataset or DataLoader; replaces DATA.")] = None,
     key: Annotated[Optional[list[str]], typer.Option(
-        help="Array name inside an .npz, a dict .pt or a --data dict; repeat it for a model that takes "
-             "several inputs (fed as model(a, b) in this order).")] = None,
+        metavar="NAME", rich_help_panel=DATA,
+        help="Array in an .npz, a dict .pt or a --data dict; repeat for a model with several inputs.")] = None,
     input_key: Annotated[Optional[list[str]], typer.Option(
-        help="Entry of dict batches (or position in tuple batches) that is the model input; repeat it for "
-             "several inputs.")] = None,
+        metavar="NAME", rich_help_panel=DATA,
+        help="Entry of dict batches (or position in tuple batches) that is the model input; "
+             "repeatable.")] = None,
     columns: Annotated[Optional[list[str]], typer.Option(
-        "--columns", help="Table columns to use as features, in order (repeatable or comma-separated); "
-                          "default: every numeric column.")] = None,
-    shuffle_seed: Annotated[Optional[int], typer.Option(help="With --limit, scan a random subset drawn with "
-                                                             "this seed instead of the first N samples.")] = None,
-    scale: Annotated[Optional[float], typer.Option(help="Multiply inputs by this (e.g. 0.00392 for uint8 images).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Samples per forward pass. [default: 256]")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Scan at most N samples.")] = None,
-    shard: Annotated[Optional[str], typer.Option(help="Scan only shard I/N of the samples (contiguous blocks); "
-                                                      "combine the parts with 'deadrelu merge'.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    config: Annotated[Optional[Path], typer.Option(help="TOML config (see configs/default.toml); flags win.")] = None,
-    dead_threshold: Annotated[Optional[float], typer.Option(help="Dead when the active rate is <= this. [default: 0]")] = None,
-    tau: Annotated[Optional[float], typer.Option(help="ReDo dormancy threshold. [default: 0.1]")] = None,
-    saturation: Annotated[Optional[float], typer.Option(help="Share at the floor/bound that makes a unit "
-                                                             "saturated. [default: 0.99]")] = None,
-    granularity: Annotated[Optional[Granularity], typer.Option(help="channel: a unit is a neuron/channel; "
-                                                                    "position: every (channel, position).")] = None,
-    layers: Annotated[Optional[list[str]], typer.Option("--layers", help="Only sites matching this glob "
-                                                                         "(repeatable).")] = None,
-    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Skip sites matching this glob "
-                                                                           "(repeatable).")] = None,
-    functional: Annotated[Optional[bool], typer.Option("--functional/--no-functional",
-                                                       help="Capture F.relu-style calls in forward().")] = None,
-    nonfinite: Annotated[Optional[NonFinitePolicy], typer.Option(help="Input samples with NaN/inf: fail, skip "
-                                                                      "or keep. [default: fail]")] = None,
-    compile_mode: Annotated[Optional[CompileMode], typer.Option("--compile", help="Compile the reduction: auto, "
-                                                                                   "on, off.")] = None,
-    max_dead_ratio: Annotated[Optional[float], typer.Option(help="Gate: fail (exit 1) when dead units over all "
-                                                                 "units are above this ratio.")] = None,
-    max_layer_dead_ratio: Annotated[Optional[float], typer.Option(help="Gate: fail when any site's dead ratio "
-                                                                       "is above this.")] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here "
-                                                                     "('-' for stdout).")] = None,
+        "--columns", metavar="A,B", rich_help_panel=DATA,
+        help="Table columns to use as features, in order (default: every numeric column).")] = None,
+    limit: Annotated[Optional[int], typer.Option(
+        metavar="N", rich_help_panel=DATA, show_default="all", help="Scan at most N samples.")] = None,
+    shard: Annotated[Optional[str], typer.Option(
+        metavar="I/N", rich_help_panel=DATA, show_default="all",
+        help="Scan only shard I of N (contiguous blocks of whole batches); join the parts with "
+             "'deadrelu merge'.")] = None,
+    shuffle_seed: Annotated[Optional[int], typer.Option(
+        metavar="SEED", rich_help_panel=DATA,
+        help="With --limit, scan a random subset drawn with this seed instead of the first N.")] = None,
+    scale: Annotated[Optional[float], typer.Option(
+        metavar="X", rich_help_panel=DATA, help="Multiply inputs by this (e.g. 0.00392 for uint8 images).")] = None,
+    nonfinite: Annotated[Optional[NonFinitePolicy], typer.Option(
+        metavar="POLICY", rich_help_panel=DATA, show_default=_DEFAULTS.nonfinite.value,
+        help="Input samples holding NaN/inf: fail, skip or keep.")] = None,
+    granularity: Annotated[Optional[Granularity], typer.Option(
+        metavar="UNIT", rich_help_panel=CAPTURE, show_default=_DEFAULTS.granularity.value,
+        help="channel (a neuron or conv channel) or position (every channel x position).")] = None,
+    layers: Annotated[Optional[list[str]], typer.Option(
+        "--layers", metavar="GLOB", rich_help_panel=CAPTURE,
+        help="Only sites matching this glob (repeatable).")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option(
+        "--exclude", metavar="GLOB", rich_help_panel=CAPTURE,
+        help="Skip sites matching this glob (repeatable).")] = None,
+    functional: Annotated[Optional[bool], typer.Option(
+        "--functional/--no-functional", rich_help_panel=CAPTURE, show_default="functional",
+        help="Capture F.relu-style calls in forward().")] = None,
+    dead_threshold: Annotated[Optional[float], typer.Option(
+        metavar="RATE", rich_help_panel=THRESHOLDS, show_default=f"{_THRESHOLDS.dead_threshold:g}",
+        help="Dead when the active rate is <= this.")] = None,
+    tau: Annotated[Optional[float], typer.Option(
+        metavar="TAU", rich_help_panel=THRESHOLDS, show_default=f"{_THRESHOLDS.tau:g}",
+        help="ReDo dormancy threshold.")] = None,
+    saturation: Annotated[Optional[float], typer.Option(
+        metavar="SHARE", rich_help_panel=THRESHOLDS, show_default=f"{_THRESHOLDS.saturation:g}",
+        help="Share of observations at the floor/bound that makes a unit saturated.")] = None,
+    max_dead_ratio: Annotated[Optional[float], typer.Option(
+        metavar="RATIO", rich_help_panel=GATE,
+        help="Fail (exit 1) when dead units over all units are above this ratio.")] = None,
+    max_layer_dead_ratio: Annotated[Optional[float], typer.Option(
+        metavar="RATIO", rich_help_panel=GATE,
+        help="Fail (exit 1) when any site's dead ratio is above this.")] = None,
+    json_path: Annotated[Optional[Path], typer.Option(
+        "--json", metavar="FILE", rich_help_panel=OUTPUT,
+        help="Write the JSON report here ('-' for stdout).")] = None,
     html_path: HtmlOption = None,
     png_dir: PngDirOption = None,
     out_dir: OutOption = None,
-    show_units: Annotated[bool, typer.Option("--show-units", help="List dead/saturated unit indices.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the verdict and gate lines.")] = False,
-    partial_on_interrupt: Annotated[bool, typer.Option("--partial-on-interrupt", help="On Ctrl-C, report what "
-                                                                                     "was seen so far.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    show_units: ShowUnitsOption = False,
+    quiet: QuietOption = False,
+    batch_size: Annotated[Optional[int], typer.Option(
+        metavar="N", rich_help_panel=RUN, show_default=str(_DEFAULTS.batch_size),
+        help="Samples per forward pass.")] = None,
+    device: Annotated[str, typer.Option(
+        metavar="DEVICE", rich_help_panel=RUN, help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    compile_mode: Annotated[Optional[CompileMode], typer.Option(
+        "--compile", metavar="MODE", rich_help_panel=RUN, show_default=_DEFAULTS.compile.value,
+        help="Compile the per-batch reduction with torch.compile: auto, on or off.")] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        metavar="FILE", rich_help_panel=RUN,
+        help="TOML config (see configs/default.toml); flags win over it.")] = None,
+    partial_on_interrupt: Annotated[bool, typer.Option(
+        "--partial-on-interrupt", rich_help_panel=RUN, help="On Ctrl-C, report what was seen so far.")] = False,
+    debug: DebugOption = False,
 ) -> None:
     """Scan MODEL over DATA and report dead, saturated and dormant units per activation site."""
     with error_exit(debug):
-        values = _merge(config, {
-            "batch_size": batch_size, "limit": limit, "device": device, "dead_threshold": dead_threshold, "tau": tau,
-            "saturation": saturation, "granularity": granularity, "layers": tuple(layers or ()),
-            "exclude": tuple(exclude or ()), "functional": functional, "nonfinite": nonfinite,
-            "compile": compile_mode, "max_dead_ratio": max_dead_ratio, "max_layer_dead_ratio": max_layer_dead_ratio})
-        gate_limits = {k: values.pop(k, None) for k in ("max_dead_ratio", "max_layer_dead_ratio")}
-        settings = build_settings(**values)
+        from .judge.gate import GateLimits
+        from .settings import build_settings
+        settings = build_settings(
+            config=config, batch_size=batch_size, limit=limit, device=device, dead_threshold=dead_threshold,
+            tau=tau, saturation=saturation, granularity=granularity, layers=tuple(layers or ()),
+            exclude=tuple(exclude or ()), functional=functional, nonfinite=nonfinite, compile=compile_mode)
+        gate = GateLimits.from_config(config, max_dead_ratio=max_dead_ratio, max_layer_dead_ratio=max_layer_dead_ratio)
         model, data = _positionals(model, data, model_spec, data_spec)
-        _check_output(json_path)
-        _check_output(html_path)
-        if model_spec is not None:
-            loaded = load_factory(model_spec, parse_kwargs(arch_kwargs), weights, allow_pickle=allow_pickle)
-        else:
-            assert model is not None
-            if weights is not None:
-                raise ConfigError("--weights goes with --model (a factory); a MODEL file holds its own weights",
-                                  hint="--model pkg.module:build --weights state_dict.pt DATA, or MODEL --arch ...")
-            loaded = load_model(model, arch=arch, arch_kwargs=parse_kwargs(arch_kwargs), allow_pickle=allow_pickle,
-                                imports=import_files or ())
-        if data_spec is not None:
-            stream = load_python_data(data_spec, batch_size=settings.batch_size, limit=settings.limit, key=key,
-                                      shuffle_seed=shuffle_seed)
-        else:
-            assert data is not None
-            stream = load_data(data, batch_size=settings.batch_size, limit=settings.limit, key=key, columns=columns,
-                               shuffle_seed=shuffle_seed)
+        targets = ReportTargets(json=json_path, html=html_path, png_dir=png_dir,
+                                out=_out_folder(out_dir, _stem(model, model_spec)))
+        targets.check({"MODEL": model, "DATA": data, "--weights": weights, "--config": config,
+                       "--import": import_files, "--arch": _spec_file(arch), "--model": _spec_file(model_spec),
+                       "--data": _spec_file(data_spec)})
         from .distributed import is_main_process
-        from .scan import scan as run_scan
+        from .load.sources import open_data, open_model
+        from .scanning import scan as run_scan
         main_process = is_main_process()  # under torchrun, rank 0 alone prints and writes reports
+        loaded = open_model(model, arch=arch, arch_kwargs=arch_kwargs, factory=model_spec, weights=weights,
+                            allow_pickle=allow_pickle, imports=import_files or ())
+        stream = open_data(data, source=data_spec, batch_size=settings.batch_size, limit=settings.limit, key=key,
+                           columns=columns, shuffle_seed=shuffle_seed)
         with _ProgressReporter(enabled=not quiet and json_path != Path("-") and main_process) as progress:
-            result = run_scan(loaded.module, stream, settings=settings, progress=progress, model_info=loaded.info(),
+            result = run_scan(loaded, stream, settings=settings, gate=gate, progress=progress,
                               input_key=input_key or None, scale=scale, partial_on_interrupt=partial_on_interrupt,
                               shard=shard)
-        if loaded.notes:
-            result = _with_notes(result, loaded.notes)
-        if any(limit_ is not None for limit_ in gate_limits.values()):
-            result = result.with_gate(check_gate(result, **gate_limits))
         if main_process:
             _emit(result, json_path, quiet, show_units)
-            _write_reports(result, html_path, png_dir, _out_folder(out_dir, _stem(model, model_spec)),
-                           json_path == Path("-"))
+            _write_reports(result, targets, json_path == Path("-"))
     raise typer.Exit(EXIT_GATE_FAILED if result.gate is not None and not result.gate.passed else EXIT_OK)
-
-
-def _positionals(model: Path | None, data: Path | None, model_spec: str | None,
-                 data_spec: str | None) -> tuple[Path | None, Path | None]:
-    """Assign the positional paths: MODEL unless --model is given, DATA unless --data is."""
-    given = [path for path in (model, data) if path is not None]
-    wanted = [name for name, spec in (("MODEL", model_spec), ("DATA", data_spec)) if spec is None]
-    if len(given) != len(wanted):
-        options = " and ".join(f"--{n.lower()}" for n, spec in (("MODEL", model_spec), ("DATA", data_spec)) if spec)
-        expected = " ".join(wanted) if wanted else "no file argument"
-        raise ConfigError(f"expected {expected}{' with ' + options if options else ''}, got "
-                          f"{len(given)} file argument(s): {' '.join(map(str, given)) or 'none'}",
-                          hint="deadrelu scan MODEL DATA, or --model pkg.mod:build DATA, or MODEL --data pkg.mod:make")
-    paths = dict(zip(wanted, given))
-    return paths.get("MODEL"), paths.get("DATA")
 
 
 def _stem(model: Path | None, model_spec: str | None) -> str:
     if model is not None:
         return model.stem
     return (model_spec or "model").rpartition(":")[2] or "model"
-
-
-def _check_output(json_path: Path | None) -> None:
-    """Fail before the scan, not after it, when the report cannot be written there."""
-    if json_path is None or json_path == Path("-"):
-        return
-    if json_path.is_dir():
-        raise OutputError(f"cannot write {json_path}: it is a folder", hint="give a file path, e.g. reports/scan.json")
-    folder = json_path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise OutputError(f"cannot write {json_path}: {folder} is a file, not a folder",
-                          hint="choose an output path in a folder you can write")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write {json_path}: no permission to write in {folder}",
-                          hint="choose an output path in a folder you can write")
-
-
-def _with_notes(result: Any, notes: list[str]) -> Any:
-    import dataclasses
-    return dataclasses.replace(result, warnings=tuple(notes) + result.warnings)
 
 
 def _emit(result: Any, json_path: Path | None, quiet: bool, show_units: bool) -> None:
@@ -287,54 +254,12 @@ def _out_folder(out_dir: Path | None, stem: str) -> Path | None:
     return Path("reports") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _write_reports(result: Any, html_path: Path | None, png_dir: Path | None, out_dir: Path | None,
-                   to_stderr: bool) -> None:
+def _write_reports(result: Any, targets: ReportTargets, to_stderr: bool) -> None:
     """Write the HTML report, the PNG plots and (for --out) all of them plus the JSON, and say where."""
-    from .render import html as html_render
-    from .render import plots
-    from .render.files import atomic_write_text
-    written: list[str] = []
-    html_targets = [path for path in (html_path, out_dir / "report.html" if out_dir else None) if path]
-    if html_targets:
-        page = html_render.report(result)
-        for path in html_targets:
-            atomic_write_text(path, page)
-            written.append(f"HTML report: {path}")
-    for folder in (png_dir, out_dir / "plots" if out_dir else None):
-        if folder is not None:
-            written.append(f"PNG plots: {folder} ({len(plots.write_pngs(result, folder))} files)")
-    if out_dir is not None:
-        result.to_json(out_dir / "result.json")
-        written.append(f"JSON report: {out_dir / 'result.json'}")
-    for line in written:
-        (stderr if to_stderr else stdout).print(line, markup=False, soft_wrap=True)
-
-
-def _read_result(path: Path) -> Any:
-    """A saved JSON report as a ScanResult; every failure is one DataLoadError line."""
-    import json
-
-    from .errors import DataLoadError
-    from .result import ScanResult
-    hint = "write one with: deadrelu scan MODEL DATA --json PATH"
-    try:
-        with path.open(encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        raise DataLoadError(f"result file not found: {path}", hint=hint) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataLoadError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}", hint=hint) from None
-    except json.JSONDecodeError as exc:
-        raise DataLoadError(f"{path} is not JSON: {exc.msg} at line {exc.lineno}", hint=hint) from None
-    if not isinstance(data, dict) or "sites" not in data or "schema_version" not in data:
-        raise DataLoadError(f"{path} is not a deadrelu JSON report (no schema_version/sites)", hint=hint)
-    try:
-        return ScanResult.from_dict(data)
-    except ValueError as exc:
-        raise DataLoadError(f"{path}: {exc}", hint=hint) from None
-    except (KeyError, TypeError, IndexError) as exc:
-        raise DataLoadError(f"{path} is not a complete deadrelu JSON report ({type(exc).__name__}: {exc})",
-                            hint=hint) from None
+    from .render.text import visible
+    for what, path, files in write_reports(result, targets):
+        count = f" ({files} files)" if what == "PNG plots" else ""
+        (stderr if to_stderr else stdout).print(f"{what}: {visible(path)}{count}", markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -344,21 +269,24 @@ def report(
     html_path: HtmlOption = None,
     png_dir: PngDirOption = None,
     out_dir: OutOption = None,
-    show_units: Annotated[bool, typer.Option("--show-units", help="List dead/saturated unit indices.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the verdict and gate lines.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    show_units: ShowUnitsOption = False,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """Re-render a saved JSON report (terminal, HTML, PNGs) without the model.
 
     Shows the stored suggestions (if none: those that need no weights) and gate; exits 0.
     """
     with error_exit(debug):
-        result = _read_result(result_path)
+        targets = ReportTargets(html=html_path, png_dir=png_dir, out=_out_folder(out_dir, result_path.stem))
+        targets.check({"RESULT.json": result_path})
+        from .result import ScanResult
+        result = ScanResult.from_json(result_path)
         if not result.suggestions:
             from .judge.suggestions import suggest
             result = result.with_suggestions(suggest(result))
         _emit(result, None, quiet, show_units)
-        _write_reports(result, html_path, png_dir, _out_folder(out_dir, result_path.stem), False)
+        _write_reports(result, targets, False)
     raise typer.Exit(EXIT_OK)
 
 
@@ -368,9 +296,10 @@ def version() -> None:
     stdout.print(f"deadrelu {__version__}")
 
 
-from .commands import merge as _merge_command  # noqa: E402  (commands use the helpers above)
-
-_merge_command.register(app)
+from .commands.repair import register as _register_repair  # noqa: E402  (needs app and the helpers above)
+_register_repair(app)
+from .commands.merge import register as _register_merge  # noqa: E402
+_register_merge(app)
 
 
 def main() -> None:

@@ -324,20 +324,31 @@ class ScanGroup:
     def agree_on_failure(self) -> Iterator[None]:
         """Make a failure on one rank a failure on every rank, instead of a hang.
 
-        Every rank passes this point once, failed or not, and tells the others. A rank
-        that failed re-raises its own error; the others raise a ``DeadReluError`` of the
-        same kind naming the rank. Ctrl-C is not caught (torchrun stops every rank).
+        Every rank reaches one checkpoint, an ``all_gather_object``: a rank that finished
+        its part reaches it in ``combine`` (carrying its facts), a rank that failed reaches
+        it here (carrying its error). When any rank failed, the failed ranks re-raise their
+        own error and the others raise a ``DeadReluError`` of the same kind naming the
+        failed rank. Ctrl-C is not caught (torchrun stops every rank).
         """
+        before = _combined_scans
         try:
             yield
         except Exception as exc:
-            self.gather(_failure_of(exc))
+            if not getattr(exc, "agreed", False):
+                self.gather(("failed", _failure_of(exc)))
             raise
-        failures = [(rank, f) for rank, f in enumerate(self.gather(None)) if f is not None]
+        if _combined_scans == before:  # the block did not combine: keep every rank at one checkpoint
+            self._check(self.gather(("ok", None)))
+
+    def _check(self, gathered: list[tuple[str, Any]]) -> list[Any]:
+        """The payloads of a checkpoint; raises (agreed) when a rank failed."""
+        failures = [(rank, payload) for rank, (state, payload) in enumerate(gathered) if state == "failed"]
         if failures:
             rank, (kind, message, hint) = failures[0]
-            error_class = _error_class(kind)
-            raise error_class(f"rank {rank} of {self.world_size} failed: {message}", hint=hint)
+            error = _error_class(kind)(f"rank {rank} of {self.world_size} failed: {message}", hint=hint)
+            error.agreed = True  # type: ignore[attr-defined]
+            raise error
+        return [payload for _state, payload in gathered]
 
     def lockstep(self, stream: DataStream) -> DataStream:
         """``stream`` with empty batches appended until every rank's stream has ended.
@@ -371,28 +382,31 @@ class ScanGroup:
                     yield batch
         return dataclasses.replace(stream, batches=batches, select=None)
 
-    def combine(self, local: ScanResult) -> ScanResult:
+    def combine(self, local: ScanResult, model: Any = None) -> ScanResult:
         """Every rank's part combined into the whole scan's result (the same on every rank).
 
         Sites are matched by ``(module, function, call_index)``; a site that ran on some
         ranks only counts as unobserved on the others. One ``all_gather_object`` carries
-        the per-rank facts (no per-unit data); the per-unit statistics go through three
-        ``all_reduce`` calls (sum, min, max) of flat float64 buffers.
+        the per-rank facts (no per-unit data) and is the ranks' failure checkpoint
+        (``agree_on_failure``); the per-unit statistics go through three ``all_reduce``
+        calls (sum, min, max) of flat float64 buffers.
 
         Args:
             local: this rank's result.
+            model: the model, for the weight-based suggestion rules.
 
         Returns:
-            The combined result, judged with ``local``'s thresholds.
+            The combined result, judged with ``local``'s thresholds, without gate.
         """
         import torch
         import torch.distributed as dist
 
         from .merge import assemble, site_key
-        from .stats import SiteStats
+        from .unitstats import SiteStats
 
-        facts = local.to_dict(unit_stats=False)
-        gathered = self.gather(facts)
+        global _combined_scans
+        gathered = self._check(self.gather(("ok", local.to_dict(unit_stats=False))))
+        _combined_scans += 1
         order: list[tuple] = []
         described: dict[tuple, dict[str, Any]] = {}
         for part in gathered:
@@ -435,8 +449,10 @@ class ScanGroup:
             sum_offset += len(sum_fields) * units
             extreme_offset += units
         sites = [(described[key], stats_of[key]) for key in order]
-        return assemble(gathered, sites, local.settings, world_size=self.world_size,
-                        shard=local.data.get("shard"))
+        combined = assemble(gathered, sites, local.settings, world_size=self.world_size,
+                            shard=local.data.get("shard"))
+        from .judge.suggestions import suggest
+        return combined.with_suggestions(suggest(combined, model))
 
     def agree_exit_code(self, code: int) -> int:
         """Rank 0's exit code, on every rank, kept however the rank is stopped after this.
@@ -478,36 +494,38 @@ _combined_scans = 0
 
 
 def across_ranks(scan_function: Callable[..., ScanResult]) -> Callable[..., ScanResult]:
-    """Make ``scan`` data-parallel inside a process group (a no-op outside one).
+    """Make a failure of ``scan`` on one rank a failure on every rank (a no-op outside a group).
 
-    Each rank scans its block (``shard_stream``, called inside ``scan``), failures are
-    agreed on, and the parts are combined (``ScanGroup.combine``). The JSON records
-    ``environment.world_size`` (1 outside a group) and, where the model spans several
-    devices, ``environment.devices``.
+    Inside ``scan``, ``shard_stream`` gives each rank its block and ``combine`` joins the
+    parts; this wrapper is the other half of ``combine``'s checkpoint, for a rank that
+    fails before reaching it.
     """
     @functools.wraps(scan_function)
-    def scan(model: Any, data: Any, *args: Any, **kwargs: Any) -> ScanResult:
-        global _combined_scans
+    def scan(*args: Any, **kwargs: Any) -> ScanResult:
         group = ScanGroup.current()
         if group is None:
-            return _stamped(scan_function(model, data, *args, **kwargs), model, 1)
+            return scan_function(*args, **kwargs)
         with group.agree_on_failure():
-            local = scan_function(model, data, *args, **kwargs)
-        combined = group.combine(local)
-        _combined_scans += 1
-        from .judge.suggestions import suggest
-        from .load.model import unwrap
-
-        return _stamped(combined.with_suggestions(suggest(combined, unwrap(model))), model, group.world_size)
+            return scan_function(*args, **kwargs)
     return scan
 
 
-def _stamped(result: ScanResult, model: Any, world_size: int) -> ScanResult:
-    environment = {**result.environment, "world_size": world_size}
+def combine(result: ScanResult, model: Any = None) -> ScanResult:
+    """Every rank's part joined into the whole scan (``ScanGroup.combine``); ``result`` itself
+    outside a process group."""
+    group = ScanGroup.current()
+    return result if group is None else group.combine(result, model)
+
+
+def environment(model: Any) -> dict[str, Any]:
+    """The result's ``environment`` entries about processes and devices: ``world_size``, and
+    ``devices`` for a model whose parameters span several."""
+    group = ScanGroup.current()
+    facts: dict[str, Any] = {"world_size": group.world_size if group else 1}
     devices = model_devices(model) if hasattr(model, "parameters") else []
     if len(devices) > 1:
-        environment["devices"] = [str(d) for d in devices]
-    return dataclasses.replace(result, environment=environment)
+        facts["devices"] = [str(d) for d in devices]
+    return facts
 
 
 def exit_on_sigterm(code: int) -> None:

@@ -22,6 +22,12 @@ class DeadReluError(Exception):
         return self.message
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's text (its type name when it has none), cut to ``limit``."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
 class ModelLoadError(DeadReluError):
     """The model file or architecture could not be turned into an ``nn.Module``."""
 
@@ -48,3 +54,8 @@ class CaptureError(DeadReluError):
 
 class OutputError(DeadReluError):
     """A report could not be written."""
+
+
+class ResultFormatError(DataLoadError):
+    """A saved JSON report is not a valid deadrelu result (schema_version 1); the message names the file
+    and the JSON path of the first bad field."""

@@ -1,16 +1,31 @@
-"""The ReLU family in one table: what "active" means per kind and where it saturates.
+"""The ReLU family in one table: what "active" means per kind, where it saturates, how it is advised.
 
-Every rule below reads its constants from the module (``negative_slope``, ``alpha``,
-``min_val``/``max_val``, PReLU's learned weight), so a user's ``nn.ELU(alpha=0.5)`` is
-judged against its own floor, not the default one.
+``KINDS`` is the one place a kind is described: the ``nn`` module class it comes from,
+the functional names that compute it (``F.relu``, ``torch.clamp(min=0)`` -> ``relu``;
+aten ops use the same names), the family a decomposed op belongs to (``selu`` is an
+``elu`` with fixed constants), the ``KindSpec`` built from a module's or a call's own
+constants, and the facts advice rests on (gradient exactly 0 where inactive; a gradient
+on the negative side; He initialisation applies). ``KNOWN_KINDS``, the suggestion
+rules' kind groups, the dispatch family map and the saturation of a site all derive
+from it, so adding a kind is one entry here (plus, for a new functional spelling, its
+argument reader in ``capture.functional``).
+
+Every spec reads its constants from the module or the call (``negative_slope``,
+``alpha``, ``min_val``/``max_val``, PReLU's learned weight), so a user's
+``nn.ELU(alpha=0.5)`` is judged against its own floor, not the default one.
+
+No torch at import time: result-only commands read the kind groups.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 SELU_SCALE = 1.0507009873554805
 SELU_ALPHA = 1.6732632423543772
@@ -53,6 +68,14 @@ class KindSpec:
         return self.floor is not None
 
     @property
+    def saturation(self) -> str | None:
+        """How this kind saturates: ``"bounds"`` (ReLU6, Hardtanh: either bound), ``"floor"``
+        (ELU, SELU, CELU: the negative floor), or None."""
+        if self.active_rule is ActiveRule.ABOVE_LOWER:
+            return "bounds"
+        return "floor" if self.floor is not None else None
+
+    @property
     def threshold(self) -> float:
         """The value an observation must exceed to be active."""
         if self.active_rule is ActiveRule.ABOVE_LOWER:
@@ -61,21 +84,125 @@ class KindSpec:
         return 0.0
 
 
-def _hardtanh_spec(kind: str, min_val: float, max_val: float) -> KindSpec:
-    return KindSpec(kind, ActiveRule.ABOVE_LOWER, floor=float(min_val), ceiling=float(max_val))
+# -- specs from constants ---------------------------------------------------------------------
+
+def _positive(kind: str) -> Callable[[Mapping[str, Any]], KindSpec]:
+    return lambda constants: KindSpec(kind, ActiveRule.PRE_POSITIVE)
 
 
-def _prelu_spec(module: nn.PReLU) -> KindSpec:
-    weight = module.weight.detach()
+def _bounded(kind: str, low: float | None = None, high: float | None = None
+             ) -> Callable[[Mapping[str, Any]], KindSpec]:
+    def spec(constants: Mapping[str, Any]) -> KindSpec:
+        lower = low if low is not None else float(constants.get("min_val", -1.0))
+        upper = high if high is not None else float(constants.get("max_val", 1.0))
+        return KindSpec(kind, ActiveRule.ABOVE_LOWER, floor=float(lower), ceiling=float(upper))
+    return spec
+
+
+def _leaky(constants: Mapping[str, Any]) -> KindSpec:
+    return KindSpec("LeakyReLU", ActiveRule.PRE_POSITIVE,
+                    output_sign_matches_input=float(constants.get("negative_slope", 0.01)) >= 0)
+
+
+def _rrelu(constants: Mapping[str, Any]) -> KindSpec:
+    lower, upper = float(constants.get("lower", 1 / 8)), float(constants.get("upper", 1 / 3))
+    return KindSpec("RReLU", ActiveRule.PRE_POSITIVE, output_sign_matches_input=min(lower, upper) >= 0)
+
+
+def _prelu(constants: Mapping[str, Any]) -> KindSpec:
+    weight = constants.get("weight")
+    if weight is None or not hasattr(weight, "detach"):
+        return KindSpec("PReLU", ActiveRule.PRE_POSITIVE, output_sign_matches_input=False)
     # PReLU slopes are learned and can be negative (seen in face-detection models):
     # then a negative input gives a positive output, so "active" must be read from the input.
-    nonnegative = bool((weight >= 0).all())
+    nonnegative = bool((weight.detach() >= 0).all())
     return KindSpec("PReLU", ActiveRule.PRE_POSITIVE, output_sign_matches_input=nonnegative,
                     per_channel_param=weight.numel() > 1)
 
 
+def _exponential(kind: str) -> Callable[[Mapping[str, Any]], KindSpec]:
+    def spec(constants: Mapping[str, Any]) -> KindSpec:
+        alpha = float(constants.get("alpha", 1.0))
+        return KindSpec(kind, ActiveRule.PRE_POSITIVE, output_sign_matches_input=alpha > 0, floor=-abs(alpha))
+    return spec
+
+
+def _selu(constants: Mapping[str, Any]) -> KindSpec:
+    return KindSpec("SELU", ActiveRule.PRE_POSITIVE, floor=-SELU_SCALE * SELU_ALPHA)
+
+
+#: the constants a module keeps under the names its functional form takes them
+_MODULE_CONSTANTS = ("negative_slope", "alpha", "min_val", "max_val", "lower", "upper", "weight")
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    """One kind of activation.
+
+    Attributes:
+        name: as users know it (``"ReLU"``); also the ``nn`` class name.
+        functions: functional / aten names that compute it (``relu``, ``relu6``...).
+        family: what a decomposed aten op of this kind looks like (``selu`` -> ``elu``).
+        spec: builds the ``KindSpec`` from constants by name (a module's attributes or a
+            call's arguments).
+        zero_gradient: the gradient is exactly 0 where the unit is inactive: a dead unit
+            stops learning (ReLU, ReLU6).
+        negative_side: a gradient remains for negative inputs: a "dead" unit only ever uses
+            its negative side.
+        he_init: He (Kaiming) initialisation is the matching init.
+    """
+
+    name: str
+    functions: tuple[str, ...]
+    family: str
+    spec: Callable[[Mapping[str, Any]], KindSpec]
+    zero_gradient: bool = False
+    negative_side: bool = False
+    he_init: bool = False
+
+
+#: Every kind deadrelu scans. Order matters for module lookup: subclasses first (ReLU6 is a Hardtanh).
+KINDS: dict[str, KindInfo] = {info.name: info for info in (
+    KindInfo("ReLU", ("relu", "clamp"), "relu", _positive("ReLU"), zero_gradient=True, he_init=True),
+    KindInfo("ReLU6", ("relu6",), "hardtanh", _bounded("ReLU6", 0.0, 6.0), zero_gradient=True, he_init=True),
+    KindInfo("Hardtanh", ("hardtanh",), "hardtanh", _bounded("Hardtanh")),
+    KindInfo("LeakyReLU", ("leaky_relu",), "leaky", _leaky, negative_side=True, he_init=True),
+    KindInfo("PReLU", ("prelu",), "prelu", _prelu, negative_side=True, he_init=True),
+    KindInfo("RReLU", ("rrelu",), "leaky", _rrelu, negative_side=True, he_init=True),
+    KindInfo("SELU", ("selu",), "elu", _selu, negative_side=True),
+    KindInfo("CELU", ("celu",), "elu", _exponential("CELU"), negative_side=True),
+    KindInfo("ELU", ("elu",), "elu", _exponential("ELU"), negative_side=True),
+    KindInfo("GELU", ("gelu",), "gelu", _positive("GELU"), negative_side=True),
+    KindInfo("SiLU", ("silu",), "silu", _positive("SiLU"), negative_side=True),
+)}
+
+#: Kind names, for messages ("this model has no ...").
+KNOWN_KINDS: tuple[str, ...] = tuple(KINDS)
+#: Kinds whose gradient is exactly 0 where they are inactive: a dead unit stops learning.
+ZERO_GRADIENT_KINDS: tuple[str, ...] = tuple(k for k, info in KINDS.items() if info.zero_gradient)
+#: Kinds that keep some gradient for negative inputs.
+NEGATIVE_SIDE_KINDS: tuple[str, ...] = tuple(k for k, info in KINDS.items() if info.negative_side)
+#: Kinds the He-initialisation advice applies to.
+HE_KINDS: tuple[str, ...] = tuple(k for k, info in KINDS.items() if info.he_init)
+#: Function / aten name -> decomposition family (``threshold`` is ReLU's general form).
+FAMILIES: dict[str, str] = {"threshold": "threshold",
+                            **{name: info.family for info in KINDS.values() for name in info.functions}}
+#: Function / aten name -> kind.
+FUNCTION_KINDS: dict[str, KindInfo] = {name: info for info in KINDS.values() for name in info.functions}
+
+
+def family(function: str) -> str:
+    """The decomposition family of a function name (``selu`` and ``elu`` agree)."""
+    return FAMILIES.get(function, function)
+
+
+def _module_classes() -> list[tuple[type, KindInfo]]:
+    from torch import nn
+    return [(getattr(nn, info.name), info) for info in KINDS.values() if hasattr(nn, info.name)]
+
+
 def spec_for_module(module: nn.Module) -> KindSpec | None:
-    """The kind table: a spec for a ReLU-family module, or None for anything else.
+    """The kind table for modules: a spec for a ReLU-family module, or None for anything else.
 
     Args:
         module: any module.
@@ -83,39 +210,22 @@ def spec_for_module(module: nn.Module) -> KindSpec | None:
     Returns:
         The module's ``KindSpec``, with constants read from the module itself.
     """
-    # Order matters: ReLU6 subclasses Hardtanh.
-    if isinstance(module, nn.ReLU):
-        return KindSpec("ReLU", ActiveRule.PRE_POSITIVE)
-    if isinstance(module, nn.ReLU6):
-        return _hardtanh_spec("ReLU6", 0.0, 6.0)
-    if isinstance(module, nn.Hardtanh):
-        return _hardtanh_spec("Hardtanh", module.min_val, module.max_val)
-    if isinstance(module, nn.LeakyReLU):
-        return KindSpec("LeakyReLU", ActiveRule.PRE_POSITIVE,
-                        output_sign_matches_input=module.negative_slope >= 0)
-    if isinstance(module, nn.PReLU):
-        return _prelu_spec(module)
-    if isinstance(module, nn.RReLU):
-        return KindSpec("RReLU", ActiveRule.PRE_POSITIVE,
-                        output_sign_matches_input=min(module.lower, module.upper) >= 0)
-    if isinstance(module, nn.SELU):
-        return KindSpec("SELU", ActiveRule.PRE_POSITIVE, floor=-SELU_SCALE * SELU_ALPHA)
-    if isinstance(module, nn.CELU):
-        return KindSpec("CELU", ActiveRule.PRE_POSITIVE, output_sign_matches_input=module.alpha > 0,
-                        floor=-abs(module.alpha))
-    if isinstance(module, nn.ELU):
-        return KindSpec("ELU", ActiveRule.PRE_POSITIVE, output_sign_matches_input=module.alpha > 0,
-                        floor=-abs(module.alpha))
-    if isinstance(module, nn.GELU):
-        return KindSpec("GELU", ActiveRule.PRE_POSITIVE)
-    if isinstance(module, nn.SiLU):
-        return KindSpec("SiLU", ActiveRule.PRE_POSITIVE)
+    for cls, info in _module_classes():
+        if isinstance(module, cls):
+            return info.spec({name: getattr(module, name) for name in _MODULE_CONSTANTS if hasattr(module, name)})
     return None
 
 
-#: Module types the kind table knows, for messages ("this model has no ...").
-KNOWN_KINDS = ("ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "SELU", "CELU",
-               "Hardtanh", "GELU", "SiLU")
+def spec_for_function(function: str, arguments: Mapping[str, Any]) -> KindSpec:
+    """The kind table for functions and aten ops: a spec from the call's own arguments.
+
+    Raises:
+        KeyError: ``function`` is not a known ReLU-family function.
+    """
+    info = FUNCTION_KINDS.get(function)
+    if info is None:
+        raise KeyError(f"no kind rule for function {function!r}")
+    return info.spec(arguments)
 
 
 def floor_tolerance(floor: float, rtol: float) -> float:
@@ -130,6 +240,7 @@ def is_inplace(module: nn.Module) -> bool:
 
 def prelu_slope_summary(module: nn.Module) -> dict[str, float] | None:
     """Min / mean / max of a PReLU's learned slopes and how many are <= 0."""
+    from torch import nn
     if not isinstance(module, nn.PReLU):
         return None
     weight = module.weight.detach().float().cpu()
@@ -142,5 +253,6 @@ def prelu_slope_summary(module: nn.Module) -> dict[str, float] | None:
     }
 
 
-__all__ = ["ActiveRule", "KindSpec", "spec_for_module", "KNOWN_KINDS", "SELU_SCALE",
-           "SELU_ALPHA", "floor_tolerance", "is_inplace", "prelu_slope_summary"]
+__all__ = ["ActiveRule", "KindSpec", "KindInfo", "KINDS", "KNOWN_KINDS", "ZERO_GRADIENT_KINDS",
+           "NEGATIVE_SIDE_KINDS", "HE_KINDS", "FAMILIES", "family", "spec_for_module", "spec_for_function",
+           "SELU_SCALE", "SELU_ALPHA", "floor_tolerance", "is_inplace", "prelu_slope_summary"]

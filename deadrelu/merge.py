@@ -22,7 +22,7 @@ from .errors import DeadReluError
 from .judge.verdicts import judge_site
 from .result import ScanResult, SiteResult, Summary
 from .settings import ScanSettings
-from .stats import SiteStats
+from .unitstats import SiteStats
 
 #: Settings that change what is measured: parts must agree on them. Thresholds (which
 #: only change verdicts), batch size, compile mode and device may differ.

@@ -11,17 +11,23 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import pandas as pd
 
+from .errors import DeadReluError
 from .judge.gate import GateOutcome
 from .judge.verdicts import SiteVerdict, judge_site
+from .schema import SCHEMA_VERSION
 from .settings import ScanSettings, Thresholds, build_settings
-from .stats import SiteStats
+from .unitstats import SiteStats
 
-SCHEMA_VERSION = 1
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: settings a saved report may restore (the device is where that scan ran, not a setting of the report)
+_SETTING_KEYS = ({f.name for f in dataclasses.fields(ScanSettings)}
+                 | {f.name for f in dataclasses.fields(Thresholds)}) - {"thresholds", "device"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,6 +99,12 @@ class SiteResult:
         return float(finite.mean()) if finite.size else float("nan")
 
     @property
+    def unobserved(self) -> int:
+        """Units with no finite observation (every batch slice held NaN/inf): never dead, saturated or
+        dormant, never alive either; they count in ``units`` (the ratios' denominator)."""
+        return int((self.stats.observations == 0).sum())
+
+    @property
     def nonfinite(self) -> int:
         return int(self.stats.nonfinite.sum())
 
@@ -103,6 +115,7 @@ class SiteResult:
             "function": self.function, "kind": self.kind, "units": self.units, "unit_dim": self.unit_dim,
             "observations": self.observations, "dead": self.dead, "dead_ratio": self.dead_ratio,
             "saturated": self.saturated, "dormant": self.dormant,
+            "unobserved": self.unobserved,
             "active_rate_mean": _finite_or_none(self.active_rate_mean), "nonfinite": self.nonfinite,
             "saturation": self.saturation, "prelu_slopes": self.prelu_slopes,
             "dead_units": self.verdict.dead_units, "saturated_units": self.verdict.saturated_units,
@@ -115,7 +128,11 @@ class SiteResult:
 
 @dataclass(frozen=True)
 class Summary:
-    """Totals over every scanned site."""
+    """Totals over every scanned site.
+
+    Ratios are over all ``units``; ``unobserved`` units (no finite observation) are in that
+    denominator but are never dead, saturated or dormant.
+    """
 
     sites: int
     units: int
@@ -127,6 +144,7 @@ class Summary:
     dormant_ratio: float
     active_rate_mean: float | None
     nonfinite_activations: int
+    unobserved: int = 0
 
     @classmethod
     def of(cls, sites: Sequence[SiteResult]) -> Summary:
@@ -142,7 +160,8 @@ class Summary:
         return cls(sites=len(sites), units=units, dead=dead, dead_ratio=share(dead), saturated=saturated,
                    saturated_ratio=share(saturated), dormant=dormant, dormant_ratio=share(dormant),
                    active_rate_mean=float(rates.mean()) if rates.size else None,
-                   nonfinite_activations=sum(site.nonfinite for site in sites))
+                   nonfinite_activations=sum(site.nonfinite for site in sites),
+                   unobserved=sum(site.unobserved for site in sites))
 
 
 @dataclass(frozen=True, eq=False)
@@ -195,26 +214,39 @@ class ScanResult:
         """A copy carrying fix suggestions."""
         return dataclasses.replace(self, suggestions=tuple(suggestions))
 
-    def rejudged(self, **thresholds: float) -> ScanResult:
-        """The same statistics judged with other thresholds (no rescan needed)."""
+    def rejudged(self, model: Any = None, **thresholds: float) -> ScanResult:
+        """The same statistics judged with other thresholds (no rescan needed).
+
+        Verdicts, the summary and the suggestions are recomputed (suggestions quote
+        dead counts, so they depend on the thresholds); the gate outcome is dropped.
+
+        Args:
+            model: the scanned model, so the weight-based suggestion rules run again too;
+                without it only the rules that need nothing but the result run.
+            **thresholds: ``dead_threshold``, ``tau``, ``saturation``, ``saturation_rtol``.
+        """
+        from .judge.suggestions import suggest
         new = dataclasses.replace(self.settings.thresholds, **thresholds)
-        return _assemble(self, [_rejudge(site, new) for site in self.sites],
-                         dataclasses.replace(self.settings, thresholds=new))
+        judged = _assemble(self, [_rejudge(site, new) for site in self.sites],
+                           dataclasses.replace(self.settings, thresholds=new))
+        return judged.with_suggestions(suggest(judged, model))
 
     # -- frames ---------------------------------------------------------------------------
     def to_frame(self) -> pd.DataFrame:
         """One row per site, in network order."""
+        import pandas as pd
         rows = [{
             "name": s.name, "module": s.module, "call_index": s.call_index, "function": s.function,
             "kind": s.kind, "units": s.units, "unit_dim": s.unit_dim, "observations": s.observations,
             "dead": s.dead, "dead_ratio": s.dead_ratio, "saturated": s.saturated,
             "saturated_ratio": s.saturated_ratio, "dormant": s.dormant, "dormant_ratio": s.dormant_ratio,
-            "active_rate_mean": s.active_rate_mean, "nonfinite": s.nonfinite,
+            "unobserved": s.unobserved, "active_rate_mean": s.active_rate_mean, "nonfinite": s.nonfinite,
         } for s in self.sites]
         return pd.DataFrame(rows, columns=None if rows else ["name"])
 
     def units_frame(self, site: str | int) -> pd.DataFrame:
         """One row per unit of a site, with its statistics and verdicts."""
+        import pandas as pd
         chosen = self.site(site)
         stats, verdict = chosen.stats, chosen.verdict
         return pd.DataFrame({
@@ -258,17 +290,45 @@ class ScanResult:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ScanResult:
-        """Rebuild a result from ``to_dict()`` output (needs per-unit statistics)."""
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"unsupported schema_version {data.get('schema_version')!r}; expected {SCHEMA_VERSION}")
-        raw = dict(data["settings"])
-        settings = build_settings(**{k: v for k, v in raw.items() if k not in ("batch_size",)},
-                                  batch_size=raw.get("batch_size") or 1)
+    def from_dict(cls, data: dict[str, Any], source: str = "result") -> ScanResult:
+        """Rebuild a result from ``to_dict()`` output (needs per-unit statistics).
+
+        The data is validated first (``deadrelu.schema``: the published JSON Schema plus
+        finite numbers, bounded nesting and per-unit array lengths).
+
+        Args:
+            data: ``to_dict()`` output or a parsed JSON report.
+            source: what to call the data in error messages (a file name).
+
+        Returns:
+            The result, its verdicts re-judged from the stored statistics and thresholds.
+
+        Raises:
+            ResultFormatError: the data is not a valid schema_version 1 report; the message
+                names ``source`` and the JSON path of the first bad field.
+        """
+        from .schema import check_tree
+        check_tree(data, source)  # iterative: bounds the depth before the recursive clean-up below
+        return cls._from_valid_dict(_json_clean(data), source)
+
+    @classmethod
+    def _from_valid_dict(cls, data: dict[str, Any], source: str) -> ScanResult:
+        from .errors import ResultFormatError
+        from .schema import HINT, validate_result
+        validate_result(data, source)
+        # Keys are only ever added within schema_version 1: settings this version does not know are left out.
+        raw = {k: v for k, v in data["settings"].items() if k in _SETTING_KEYS}
+        try:
+            settings = build_settings(**{k: v for k, v in raw.items() if k not in ("batch_size",)},
+                                      batch_size=raw.get("batch_size") or 1)
+        except DeadReluError as exc:
+            raise ResultFormatError(f"{source}: settings: {exc.message}", hint=HINT) from None
         sites = []
-        for site in data["sites"]:
+        for index, site in enumerate(data["sites"]):
             if "unit_stats" not in site:
-                raise ValueError(f"site {site.get('name')!r} has no unit_stats; write the JSON with unit statistics")
+                raise ResultFormatError(f"{source}: site {site.get('name')!r} (sites[{index}]) has no unit_stats",
+                                        hint="write the JSON with unit statistics: deadrelu scan MODEL DATA "
+                                             "--json PATH")
             stats = SiteStats.from_lists(site["unit_stats"])
             sites.append(SiteResult(
                 name=site["name"], module=site["module"], call_index=site["call_index"],
@@ -292,9 +352,20 @@ class ScanResult:
 
     @classmethod
     def from_json(cls, path: str | Path) -> ScanResult:
-        """Read a JSON report written by ``to_json``."""
-        with open(path, encoding="utf-8") as handle:
-            return cls.from_dict(json.load(handle))
+        """Read a JSON report written by ``to_json``, validated before use (see ``from_dict``).
+
+        Args:
+            path: the JSON file.
+
+        Returns:
+            The result.
+
+        Raises:
+            ResultFormatError: the file is missing, unreadable, not JSON, nested too deep, or not
+                a valid schema_version 1 report (the message names the file and the field).
+        """
+        from .schema import read_result_file
+        return cls._from_valid_dict(read_result_file(path), str(path))
 
     # -- display --------------------------------------------------------------------------
     def __repr__(self) -> str:

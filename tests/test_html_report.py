@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -23,7 +24,6 @@ from deadrelu.render import html as html_render
 from report_fixtures import synthetic_result
 from truth_models import bounded_inputs, linear_with_dead_units
 
-REPO = Path(__file__).resolve().parents[1]
 # Torch forbids "." in module names, so the payloads reach document.title without one.
 IMG_PAYLOAD = "<img src=x onerror=document['title']='PWNED'>"
 ALERT_PAYLOAD = "<img src=x onerror=alert(1)>"
@@ -271,9 +271,11 @@ def test_in_a_real_browser_it_renders_and_no_script_runs(tmp_path, hostile_page)
     pixels = imread(shot)
     assert pixels.shape[:2] == (2000, 1280)
     assert shot.stat().st_size > 50_000 and float(pixels[..., :3].std()) > 0.05
-    kept = REPO / "reports" / "browser-report-screenshot.png"
-    kept.parent.mkdir(exist_ok=True)
-    shutil.copyfile(shot, kept)
+    # The screenshot stays in tmp_path; DEADRELU_SCREENSHOT_DIR keeps a copy for a human (or a CI artifact).
+    kept_dir = os.environ.get("DEADRELU_SCREENSHOT_DIR")
+    if kept_dir:
+        Path(kept_dir).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, Path(kept_dir) / "browser-report-screenshot.png")
 
 
 def test_unit_map_pixels_show_elu_floor_units_as_saturated():

@@ -1,5 +1,29 @@
-"""Capture: find activation sites, own hook lifetime, hand tensors to the accumulators."""
+"""Capture: find activation sites, own hook lifetime, hand tensors to the accumulators.
 
-from .sites import ActivationCapture, SiteRecord, resolve_unit_dim
+``deadrelu.capture`` is this package, and calling it opens a capture session
+(``with deadrelu.capture(model) as cap: ...``, see ``capture.session``): the package's
+module type is callable so that the public mode and the package that implements it
+share one name.
+"""
 
-__all__ = ["ActivationCapture", "SiteRecord", "resolve_unit_dim"]
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+from .session import CaptureSession, capture, capture_for
+from .sites import ActivationCapture, SiteRecord
+from .units import resolve_unit_dim
+
+
+class _CallableModule(types.ModuleType):
+    """``deadrelu.capture(model, ...)`` is ``deadrelu.capture.session.capture(model, ...)``."""
+
+    def __call__(self, model: Any, **kwargs: Any) -> CaptureSession:
+        return capture(model, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+__all__ = ["ActivationCapture", "CaptureSession", "SiteRecord", "capture", "capture_for", "resolve_unit_dim"]

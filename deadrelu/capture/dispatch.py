@@ -29,10 +29,9 @@ input (by tensor identity through a weakref): ``linear``/``addmm``/``matmul``/
 
 from __future__ import annotations
 
-import re
 import weakref
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Callable
 
 import torch
@@ -43,255 +42,11 @@ from ..errors import CaptureError
 from ..kinds import KNOWN_KINDS, SELU_ALPHA, SELU_SCALE, ActiveRule, KindSpec
 from ..settings import ScanSettings
 from .functional import FunctionalCall, spec_for_call
+from .plans import ACTIVATION_OPS, PlannedSite, SitePlan, family
 from .sites import ROOT_NAME, ActivationCapture, SiteRecord
+from .units import LAST_AXIS_OPS, Producer, producer_of_op, resolve_unit_dim
 
-#: aten op (overload packet name) -> the function name sites use.
-ACTIVATION_OPS: dict[str, str] = {
-    "relu": "relu", "relu_": "relu",
-    "threshold": "threshold", "threshold_": "threshold",
-    "leaky_relu": "leaky_relu", "leaky_relu_": "leaky_relu",
-    "rrelu": "rrelu", "rrelu_": "rrelu", "rrelu_with_noise": "rrelu", "rrelu_with_noise_": "rrelu",
-    "elu": "elu", "elu_": "elu",
-    "selu": "selu", "selu_": "selu",
-    "celu": "celu", "celu_": "celu",
-    "hardtanh": "hardtanh", "hardtanh_": "hardtanh",
-    "relu6": "relu6", "relu6_": "relu6",
-    "prelu": "prelu", "_prelu_kernel": "prelu",
-    "gelu": "gelu", "gelu_": "gelu",
-    "silu": "silu", "silu_": "silu",
-}
-
-#: Functions that one op may turn into when it is decomposed (selu -> elu, relu6 ->
-#: hardtanh, rrelu -> leaky_relu): a plan entry and a call match when families agree.
-_FAMILY = {"relu": "relu", "threshold": "threshold", "leaky_relu": "leaky", "rrelu": "leaky", "elu": "elu",
-           "selu": "elu", "celu": "elu", "hardtanh": "hardtanh", "relu6": "hardtanh", "prelu": "prelu",
-           "gelu": "gelu", "silu": "silu"}
-
-#: Ops whose output carries features on the last axis / on axis 1.
-_LAST_AXIS_OPS = frozenset({"linear", "addmm", "mm", "matmul", "bmm", "baddbmm", "addmv", "mv", "layer_norm",
-                            "native_layer_norm", "rms_norm", "embedding", "embedding_bag", "_embedding_bag",
-                            "bilinear", "einsum", "_addmm_activation"})
-_CHANNEL_AXIS_OPS = frozenset({"convolution", "_convolution", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
-                               "conv_transpose2d", "conv_transpose3d", "mkldnn_convolution", "cudnn_convolution",
-                               "miopen_convolution", "batch_norm", "native_batch_norm", "_native_batch_norm_legit",
-                               "_native_batch_norm_legit_no_training", "cudnn_batch_norm", "group_norm",
-                               "native_group_norm", "instance_norm"})
 _RENAMES = {("ReLU6", "Hardtanh"), ("Hardtanh", "ReLU6"), ("LeakyReLU", "RReLU")}
-
-
-def family(function: str) -> str:
-    """The decomposition family of a site function name (``selu`` and ``elu`` agree)."""
-    return _FAMILY.get(function, function)
-
-
-@dataclass(frozen=True)
-class PlannedSite:
-    """One activation call of the static graph, with who made it.
-
-    Attributes:
-        module: qualified name of the calling module ("" for the root).
-        function: None when ``module`` is the activation module itself; else the
-            function it called (``relu``) inside its ``forward``.
-        call_index: which call of that module (or of that function within it) per forward.
-        op_function: the graph op's function name (``selu``), for matching calls.
-        kind: the calling module's class name when it is a known activation kind.
-    """
-
-    module: str
-    function: str | None
-    call_index: int
-    op_function: str
-    kind: str | None = None
-
-
-@dataclass(frozen=True)
-class SitePlan:
-    """The activation calls a graph makes, in order, or why there is no such list.
-
-    Attributes:
-        sites: planned sites in call order (None: names will be positional).
-        reason: why there is no plan (control flow, no module hierarchy...).
-        activation_modules: activation modules the model contains, by qualified name.
-        module_types: class names of the modules the model contains (for "nothing found").
-    """
-
-    sites: tuple[PlannedSite, ...] | None
-    reason: str | None = None
-    activation_modules: tuple[str, ...] = ()
-    module_types: tuple[str, ...] = ()
-
-
-def plan_from_calls(calls: list[tuple[str, str, str | None]], activation_modules: tuple[str, ...],
-                    module_types: tuple[str, ...]) -> SitePlan:
-    """Number a graph's activation calls the way eager scans number them.
-
-    Args:
-        calls: ``(op_function, calling_module_path, calling_module_type)`` in call order.
-        activation_modules: activation modules of the model.
-        module_types: class names of its modules.
-
-    Returns:
-        The plan.
-    """
-    counts: dict[tuple[str, str | None], int] = {}
-    sites = []
-    for op_function, path, type_name in calls:
-        short_type = type_name.rsplit(".", 1)[-1] if type_name else None
-        is_module = short_type in KNOWN_KINDS and path != ""
-        function = None if is_module else op_function
-        key = (path, function)
-        call_index = counts.get(key, 0)
-        counts[key] = call_index + 1
-        sites.append(PlannedSite(path, function, call_index, op_function, short_type if is_module else None))
-    return SitePlan(tuple(sites), None, activation_modules, module_types)
-
-
-# -- TorchScript plans ----------------------------------------------------------------------
-
-_HIERARCHY_ENTRY = re.compile(r"([^().]*)\(([^()]*)\)")
-#: Containers TorchScript does not list as a level of the call hierarchy (they have no forward).
-_CONTAINERS = ("ModuleList", "ModuleDict")
-
-
-class _UnclearHierarchy(Exception):
-    """A hierarchy entry matches no submodule, or several (children of two ModuleLists)."""
-
-
-def _original_name(module: Any) -> str:
-    return getattr(module, "original_name", None) or type(module).__name__
-
-
-class _HierarchyResolver:
-    """Turns TorchScript's call hierarchy into ``named_modules()`` names.
-
-    ``getModuleHierarchy()`` gives ``layers(ModuleList)``-free chains such as
-    ``0(Sequential).1(ReLU).UNKNOWN_INSTANCE(UNKNOWN_TYPE)`` (the last entry: a function
-    called inside ``1``); ModuleList/ModuleDict levels are looked up here.
-    """
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self._cache: dict[str, tuple[str, str | None]] = {}
-
-    def __call__(self, text: str) -> tuple[str, str | None]:
-        """``(qualified module name, its class name)`` of the module that made the call."""
-        if text not in self._cache:
-            self._cache[text] = self._resolve(text)
-        return self._cache[text]
-
-    def _resolve(self, text: str) -> tuple[str, str | None]:
-        module, names, last_type = self.model, [], None
-        for instance, type_name in _HIERARCHY_ENTRY.findall(text):
-            if not instance or instance == "UNKNOWN_INSTANCE":
-                continue
-            children = dict(module.named_children())
-            if instance in children:
-                names.append(instance)
-                module = children[instance]
-            else:
-                found = [(name, dict(child.named_children())[instance]) for name, child in children.items()
-                         if _original_name(child) in _CONTAINERS and instance in dict(child.named_children())
-                         and _original_name(dict(child.named_children())[instance]) == type_name]
-                if len(found) != 1:
-                    raise _UnclearHierarchy(f"{'.'.join(names + [instance]) or text} matches "
-                                            f"{len(found)} submodules")
-                names += [found[0][0], instance]
-                module = found[0][1]
-            last_type = type_name
-        return ".".join(names), last_type
-
-
-def _script_calls(nodes: Any, resolve: _HierarchyResolver) -> list[tuple[str, str, str | None]] | None:
-    """Activation calls of a TorchScript block in order; None when control flow makes
-    the order depend on the data (a loop or an ``if`` whose branches differ)."""
-    calls: list[tuple[str, str, str | None]] = []
-    for node in nodes:
-        kind = node.kind()
-        if kind.startswith("aten::") and kind[6:] in ACTIVATION_OPS:
-            path, type_name = resolve(node.getModuleHierarchy() or "")
-            calls.append((ACTIVATION_OPS[kind[6:]], path, type_name))
-        blocks = list(node.blocks())
-        if not blocks:
-            continue
-        inner = [_script_calls(block.nodes(), resolve) for block in blocks]
-        if any(branch is None for branch in inner):
-            return None
-        if kind == "prim::If":
-            # ``F.threshold`` scripted is ``if inplace: threshold_ else: threshold``: one call either way.
-            shapes = [[(family(f), p) for f, p, _t in branch] for branch in inner]  # type: ignore[union-attr]
-            if all(shape == shapes[0] for shape in shapes):
-                calls.extend(inner[0])  # type: ignore[arg-type]
-                continue
-            return None
-        if any(inner):
-            return None
-    return calls
-
-
-def torchscript_plan(model: torch.jit.ScriptModule) -> SitePlan:
-    """The activation calls of a ScriptModule's inlined graph, named from its module hierarchy."""
-    activation_modules, types = [], set()
-    for name, module in model.named_modules():
-        original = _original_name(module)
-        types.add(original)
-        if original in KNOWN_KINDS and name:
-            activation_modules.append(name)
-    module_types = tuple(sorted(types - {_original_name(model)}))
-    try:
-        graph = model.inlined_graph
-        calls = _script_calls(graph.nodes(), _HierarchyResolver(model))
-    except _UnclearHierarchy as exc:
-        return SitePlan(None, f"the TorchScript call hierarchy is ambiguous ({exc})", tuple(activation_modules),
-                        module_types)
-    except Exception as exc:  # getModuleHierarchy is missing in old torch; some graphs do not inline
-        return SitePlan(None, f"the TorchScript graph cannot be read ({type(exc).__name__})",
-                        tuple(activation_modules), module_types)
-    if calls is None:
-        return SitePlan(None, "activation calls sit inside control flow (if/loop) in the TorchScript graph",
-                        tuple(activation_modules), module_types)
-    return plan_from_calls(calls, tuple(activation_modules), module_types)
-
-
-# -- unit axes from ops ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _OpProducer:
-    """An op whose output may feed an activation: which axis holds its features, how many."""
-
-    op: str
-    axis: str  # "last" or "channel"
-    width: int
-
-
-def resolve_unit_dim_from_op(shape: tuple[int, ...], producer: _OpProducer | None, last: _OpProducer | None,
-                             per_channel_param: bool) -> tuple[int | None, str | None]:
-    """The eager unit-axis rule (``capture.units.resolve_unit_dim``) with ops for modules.
-
-    Args:
-        shape: the activation's shape.
-        producer: the op whose output *is* the activation's input, if known.
-        last: the most recent producing op before the activation.
-        per_channel_param: a PReLU with one slope per channel.
-
-    Returns:
-        ``(unit_dim, warning)``.
-    """
-    ndim = len(shape)
-    if ndim <= 1:
-        return None, None
-    if ndim == 2 or per_channel_param:
-        return 1, None
-    if producer is not None:
-        return (ndim - 1 if producer.axis == "last" else 1), None
-    if last is not None:
-        matches = [axis for axis in range(1, ndim) if shape[axis] == last.width]
-        if len(matches) == 1:
-            return matches[0], None
-        why = f"{len(matches)} axes of shape {tuple(shape)} match the width {last.width} of aten.{last.op}"
-    else:
-        why = f"no linear/convolution/norm op ran before it (shape {tuple(shape)})"
-    return 1, f"unit axis is ambiguous ({why}); assumed axis 1"
 
 
 # -- reading an aten call -------------------------------------------------------------------
@@ -425,7 +180,7 @@ class DispatchCapture(ActivationCapture):
         settings: scan settings.
         device: where accumulators live.
         plan: the graph's activation calls (see ``torchscript_plan`` and
-            ``capture.export.export_plan``).
+            ``capture.plans.export_plan``).
 
     Owns, like ``ActivationCapture``, the train/eval flags and the dispatch mode for the
     duration of the ``with`` block, and gives both back on exit, raised or not.
@@ -435,17 +190,13 @@ class DispatchCapture(ActivationCapture):
         super().__init__(model, settings, device)
         self.plan = plan
         self.running = False
-        #: an error raised by the capture inside a forward pass, if any
-        self.failure: Exception | None = None
-        #: the model's own op error, whose text TorchScript drops when it re-raises it
-        self.op_error: Exception | None = None
         self._position = 0
         self._op_calls: dict[str, int] = {}
         self._planned: dict[tuple[str, str | None, int], PlannedSite] = {}
         self._plan_problem: str | None = plan.reason
         self._plan_ran: set[int] = set()
-        self._op_outputs: deque[tuple[weakref.ref, _OpProducer]] = deque(maxlen=256)
-        self._last_op: _OpProducer | None = None
+        self._op_outputs: deque[tuple[weakref.ref, Producer]] = deque(maxlen=256)
+        self._last_op: Producer | None = None
         self._relabelled = False
         # Per site: whether "active" is read from the input (negative slopes, threshold).
         self._reads_input: dict[tuple[str, str, int], bool] = {}
@@ -503,17 +254,13 @@ class DispatchCapture(ActivationCapture):
     # -- dispatch callbacks ---------------------------------------------------------------
     def producer_output(self, op: str, output: Any) -> None:
         """Remember a linear/conv/norm output (by weakref) to judge unit axes from."""
-        if op in _LAST_AXIS_OPS:
-            axis = "last"
-        elif op in _CHANNEL_AXIS_OPS:
-            axis = "channel"
-        else:
-            return
         tensor = output[0] if isinstance(output, (tuple, list)) and output else output
         if not isinstance(tensor, torch.Tensor) or tensor.ndim == 0:
             return
-        width = int(tensor.shape[-1] if axis == "last" else tensor.shape[1] if tensor.ndim > 1 else tensor.shape[0])
-        producer = _OpProducer(op, axis, width)
+        width = int(tensor.shape[-1] if op in LAST_AXIS_OPS else tensor.shape[1] if tensor.ndim > 1 else tensor.shape[0])
+        producer = producer_of_op(op, width)
+        if producer is None:
+            return
         self._op_outputs.append((weakref.ref(tensor), producer))
         self._last_op = producer
 
@@ -614,7 +361,7 @@ class DispatchCapture(ActivationCapture):
                     producer = candidate
                     break
         last = self._last_op if self._discovering else None
-        return resolve_unit_dim_from_op(tuple(inputs.shape), producer, last, spec.per_channel_param)
+        return resolve_unit_dim(tuple(inputs.shape), producer, last, spec.per_channel_param)
 
     # -- results --------------------------------------------------------------------------
     def records(self) -> list[SiteRecord]:
@@ -654,6 +401,8 @@ class DispatchCapture(ActivationCapture):
 
     def no_sites_error(self, model_name: str) -> CaptureError:
         """The error for a model in which no activation call was seen."""
+        if self.coverage.excluded:
+            return super().no_sites_error(model_name)
         types = ", ".join(self.plan.module_types[:12]) or "none"
         return CaptureError(f"no ReLU-family activation call seen in {model_name} (module types: {types}; "
                             "functional calls are captured too and none ran)",
@@ -666,25 +415,4 @@ def _planned_name(planned: PlannedSite) -> str:
     return f"{planned.module or ROOT_NAME}:{planned.function}#{planned.call_index}"
 
 
-def capture_for(model: nn.Module, settings: ScanSettings, device: torch.device) -> ActivationCapture:
-    """The capture that fits a model: hooks for eager modules, aten-level for others.
-
-    Args:
-        model: an eager ``nn.Module``, a ``ScriptModule`` or an ``ExportedModel``.
-        settings: scan settings.
-        device: where accumulators live.
-
-    Returns:
-        An (unentered) capture context manager.
-    """
-    from .export import ExportedModel, export_plan
-
-    if isinstance(model, torch.jit.ScriptModule):
-        return DispatchCapture(model, settings, device, torchscript_plan(model))
-    if isinstance(model, ExportedModel):
-        return DispatchCapture(model, settings, device, export_plan(model.program))
-    return ActivationCapture(model, settings, device)
-
-
-__all__ = ["ACTIVATION_OPS", "DispatchCapture", "PlannedSite", "SitePlan", "capture_for", "family",
-           "plan_from_calls", "resolve_unit_dim_from_op", "spec_for_op", "torchscript_plan"]
+__all__ = ["DispatchCapture", "spec_for_op"]

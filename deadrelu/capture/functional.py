@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from ..kinds import SELU_ALPHA, SELU_SCALE, ActiveRule, KindSpec
+from ..kinds import KindSpec, spec_for_function
 
 #: What ``rrelu`` uses when ``lower``/``upper`` are not given.
 RRELU_LOWER = 1.0 / 8.0
@@ -161,7 +161,7 @@ def read_call(func: Callable, args: tuple, kwargs: dict[str, Any]) -> Functional
 
 
 def spec_for_call(call: FunctionalCall) -> KindSpec:
-    """The kind table for functions: a spec whose constants come from the call's arguments.
+    """The kind table for functions: a spec whose constants come from the call's own arguments.
 
     Args:
         call: a recognised call.
@@ -169,40 +169,7 @@ def spec_for_call(call: FunctionalCall) -> KindSpec:
     Returns:
         Its ``KindSpec`` (the same rules ``spec_for_module`` gives the matching module).
     """
-    arguments = call.arguments
-    function = call.function
-    if function in ("relu", "clamp"):
-        return KindSpec("ReLU", ActiveRule.PRE_POSITIVE)
-    if function == "relu6":
-        return KindSpec("ReLU6", ActiveRule.ABOVE_LOWER, floor=0.0, ceiling=6.0)
-    if function == "hardtanh":
-        return KindSpec("Hardtanh", ActiveRule.ABOVE_LOWER, floor=float(arguments["min_val"]),
-                        ceiling=float(arguments["max_val"]))
-    if function == "leaky_relu":
-        return KindSpec("LeakyReLU", ActiveRule.PRE_POSITIVE,
-                        output_sign_matches_input=float(arguments["negative_slope"]) >= 0)
-    if function == "prelu":
-        weight = arguments["weight"]
-        if not isinstance(weight, torch.Tensor):
-            return KindSpec("PReLU", ActiveRule.PRE_POSITIVE, output_sign_matches_input=False)
-        # Learned slopes can be negative; then "active" must be read from the input.
-        nonnegative = bool((weight.detach() >= 0).all())
-        return KindSpec("PReLU", ActiveRule.PRE_POSITIVE, output_sign_matches_input=nonnegative,
-                        per_channel_param=weight.numel() > 1)
-    if function == "rrelu":
-        lower, upper = float(arguments["lower"]), float(arguments["upper"])
-        return KindSpec("RReLU", ActiveRule.PRE_POSITIVE, output_sign_matches_input=min(lower, upper) >= 0)
-    if function == "selu":
-        return KindSpec("SELU", ActiveRule.PRE_POSITIVE, floor=-SELU_SCALE * SELU_ALPHA)
-    if function in ("elu", "celu"):
-        alpha = float(arguments["alpha"])
-        return KindSpec(function.upper(), ActiveRule.PRE_POSITIVE, output_sign_matches_input=alpha > 0,
-                        floor=-abs(alpha))
-    if function == "gelu":
-        return KindSpec("GELU", ActiveRule.PRE_POSITIVE)
-    if function == "silu":
-        return KindSpec("SiLU", ActiveRule.PRE_POSITIVE)
-    raise KeyError(f"no kind rule for function {function!r}")
+    return spec_for_function(call.function, call.arguments)
 
 
 #: Called with the recognised call and a zero-argument function that runs it; returns

@@ -24,11 +24,11 @@ from torch import nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
 from ..errors import CaptureError
-from ..kinds import ActiveRule, KindSpec, floor_tolerance, is_inplace, spec_for_module
+from ..kinds import KNOWN_KINDS, ActiveRule, KindSpec, floor_tolerance, is_inplace, spec_for_module
 from ..settings import Granularity, ScanSettings
 from ..stats import Accumulator, CompiledReduction, ReductionPlan, ReductionWorkspace, SiteStats
 from .functional import FunctionalActivationMode, FunctionalCall, spec_for_call
-from .units import PRODUCERS, resolve_unit_dim
+from .units import PRODUCERS, producer_of_module, resolve_unit_dim
 
 ROOT_NAME = "<root>"
 
@@ -96,16 +96,33 @@ class ActivationCapture:
         model: the model; its modules' train/eval flags are restored on exit.
         settings: scan settings (granularity, layer filters, thresholds' tolerance).
         device: where accumulators live (the model's device).
+        eval_mode: put the model in eval mode inside the block (a scan); False keeps the
+            mode it has (a training monitor reading the training forward passes).
 
-    Use ``begin_batch()`` before each forward pass and ``end_batch()`` after it;
-    ``records()`` lists the sites in network order once the scan is done.
+    The contract every capture keeps (``DispatchCapture`` overrides parts of it):
+
+    * ``begin_batch()`` before each forward pass, ``end_batch()`` after it;
+    * ``records()`` lists the sites in network order, ``site_name(record)`` names one,
+      ``finalize(record)`` returns its statistics, ``not_run()`` the activation modules
+      that never ran;
+    * ``failure`` / ``op_error``: an error the capture raised inside a forward pass, and
+      the model's own op error, for interpreters that re-raise without the text;
+    * ``positional_names``: whether sites are named by position, not by module;
+    * ``ran_this_batch()``: the activations that ran in the current forward pass;
+    * ``no_sites_error(model_name)``: the error for a model in which nothing was captured.
     """
 
-    def __init__(self, model: nn.Module, settings: ScanSettings, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, settings: ScanSettings, device: torch.device,
+                 eval_mode: bool = True) -> None:
         self.model = model
         self.settings = settings
         self.device = device
+        self.eval_mode = eval_mode
         self.coverage = Coverage()
+        #: an error raised by the capture inside a forward pass, if any
+        self.failure: Exception | None = None
+        #: the model's own op error, when an interpreter re-raised it without its text
+        self.op_error: Exception | None = None
         self._stack = ExitStack()
         self._sites: dict[tuple[str, str | None, int], SiteRecord | None] = {}
         self._calls: dict[tuple[str, str | None], int] = {}
@@ -139,7 +156,8 @@ class ActivationCapture:
                                hint="scan the eager model, or load the TorchScript file with deadrelu.load")
         training = {module: module.training for module in self.model.modules()}
         self._stack.callback(self._restore_modes, training)
-        self.model.eval()
+        if self.eval_mode:
+            self.model.eval()
         try:
             self._register()
         except BaseException:
@@ -388,16 +406,47 @@ class ActivationCapture:
         (aten-level capture overrides this to judge from the producing op)."""
         producer = self._producer_of(inputs) if self._discovering else None
         last = self._last_producer if self._discovering else None
-        return resolve_unit_dim(tuple(inputs.shape), producer, last, spec.per_channel_param)
+        return resolve_unit_dim(tuple(inputs.shape), None if producer is None else producer_of_module(producer),
+                                None if last is None else producer_of_module(last), spec.per_channel_param)
 
     def observe(self, site: SiteRecord, output: torch.Tensor, active_source: torch.Tensor) -> None:
         """Reduce one call's output into the site's accumulator; keeps no reference to it."""
         start = time.perf_counter()
         site.check_shape(output.shape, self.settings.granularity)
-        site.accumulator.update(output, active_source, site.plan, self.workspace, self.compiled)
+        if torch.is_grad_enabled():  # a training forward pass: the statistics are not part of its graph
+            with torch.no_grad():
+                site.accumulator.update(output, active_source, site.plan, self.workspace, self.compiled)
+        else:
+            site.accumulator.update(output, active_source, site.plan, self.workspace, self.compiled)
         site.calls += 1
         # Host time only (no device sync): what the compile decision weighs.
         self.reduce_seconds += time.perf_counter() - start
+
+    # -- the contract's queries -----------------------------------------------------------
+    @property
+    def positional_names(self) -> bool:
+        """Whether sites are named by position rather than by module (never, for hooks)."""
+        return False
+
+    def ran_this_batch(self) -> list[str]:
+        """Activation modules (or ``module:function``) that ran in the current forward pass, in order."""
+        return [name if function is None else f"{name or ROOT_NAME}:{function}" for name, function in self._calls]
+
+    def no_sites_error(self, model_name: str) -> CaptureError:
+        """The error for a scan in which no site ran: excluded, never ran, or nothing to capture."""
+        if self.coverage.excluded:
+            return CaptureError("no activation site left to scan: --layers/--exclude excluded every site",
+                                hint=f"sites found: {', '.join(self.coverage.excluded[:6])}")
+        if self.coverage.activation_modules:
+            return CaptureError("the model's activation modules never ran on this data",
+                                hint=f"modules found: {', '.join(self.coverage.activation_modules[:6])}")
+        types = sorted({type(m).__name__ for m in self.model.modules()} - {type(self.model).__name__})
+        functional = ("no functional activation (F.relu...) ran either" if self.coverage.functional
+                      else "functional calls (F.relu...) were not captured: --no-functional")
+        return CaptureError(
+            f"no ReLU-family activation found in {model_name} (module types: {', '.join(types[:12]) or 'none'}; "
+            f"{functional})",
+            hint=f"deadrelu scans {', '.join(KNOWN_KINDS)} modules and functional calls to them")
 
     # -- results --------------------------------------------------------------------------
     def records(self) -> list[SiteRecord]:

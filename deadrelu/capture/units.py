@@ -1,6 +1,15 @@
-"""Which axis of an activation holds its units, judged from the module that fed it."""
+"""Which axis of an activation holds its units, judged from what produced its input.
+
+One rule for every capture: a *producer* is described by the axis its features sit on
+(``last`` for Linear/LayerNorm/Embedding, ``channel`` — axis 1 — for Conv/BatchNorm/
+GroupNorm/InstanceNorm) and how many features it emits. Eager capture describes the
+producing module (``producer_of_module``), aten-level capture the producing op
+(``producer_of_op``); ``resolve_unit_dim`` is the same for both.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -16,6 +25,31 @@ CHANNEL_AXIS_PRODUCERS: tuple[type[nn.Module], ...] = (
 )
 PRODUCERS = LAST_AXIS_PRODUCERS + CHANNEL_AXIS_PRODUCERS
 
+#: aten ops (overload packet names) whose output carries features on the last axis / on axis 1.
+LAST_AXIS_OPS = frozenset({"linear", "addmm", "mm", "matmul", "bmm", "baddbmm", "addmv", "mv", "layer_norm",
+                           "native_layer_norm", "rms_norm", "embedding", "embedding_bag", "_embedding_bag",
+                           "bilinear", "einsum", "_addmm_activation"})
+CHANNEL_AXIS_OPS = frozenset({"convolution", "_convolution", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
+                              "conv_transpose2d", "conv_transpose3d", "mkldnn_convolution", "cudnn_convolution",
+                              "miopen_convolution", "batch_norm", "native_batch_norm", "_native_batch_norm_legit",
+                              "_native_batch_norm_legit_no_training", "cudnn_batch_norm", "group_norm",
+                              "native_group_norm", "instance_norm"})
+
+
+@dataclass(frozen=True)
+class Producer:
+    """What produced an activation's input, as far as the unit axis is concerned.
+
+    Attributes:
+        label: for messages (``BatchNorm2d``, ``aten.convolution``).
+        axis: ``"last"`` or ``"channel"`` (axis 1), or None when the producer does not say.
+        width: how many features it emits, when known.
+    """
+
+    label: str
+    axis: str | None
+    width: int | None
+
 
 def producer_width(module: nn.Module) -> int | None:
     """How many features a producer module emits (out_features, out_channels, ...)."""
@@ -29,15 +63,30 @@ def producer_width(module: nn.Module) -> int | None:
     return None
 
 
-def resolve_unit_dim(shape: tuple[int, ...], producer: nn.Module | None,
-                     last_producer: nn.Module | None, per_channel_param: bool) -> tuple[int | None, str | None]:
+def producer_of_module(module: nn.Module) -> Producer:
+    """A module as a producer (its feature axis from its type)."""
+    axis = "last" if isinstance(module, LAST_AXIS_PRODUCERS) else (
+        "channel" if isinstance(module, CHANNEL_AXIS_PRODUCERS) else None)
+    return Producer(type(module).__name__, axis, producer_width(module))
+
+
+def producer_of_op(op: str, width: int) -> Producer | None:
+    """An aten op as a producer, or None when the op does not produce features."""
+    if op in LAST_AXIS_OPS:
+        return Producer(f"aten.{op}", "last", width)
+    if op in CHANNEL_AXIS_OPS:
+        return Producer(f"aten.{op}", "channel", width)
+    return None
+
+
+def resolve_unit_dim(shape: tuple[int, ...], producer: Producer | None, last_producer: Producer | None,
+                     per_channel_param: bool) -> tuple[int | None, str | None]:
     """Pick the unit axis of an activation output.
 
     Args:
         shape: the activation's output shape (batch first).
-        producer: the Linear/Conv/Norm/Embedding whose output tensor *is* the
-            activation's input (matched by identity), if any.
-        last_producer: the most recent such module that ran before the activation.
+        producer: what produced the activation's input (matched by tensor identity), if known.
+        last_producer: the most recent producer that ran before the activation.
         per_channel_param: the activation has one parameter per channel (PReLU).
 
     Returns:
@@ -49,23 +98,21 @@ def resolve_unit_dim(shape: tuple[int, ...], producer: nn.Module | None,
         # (N,) has no feature axis; its last axis is the batch. One unit, so counts do
         # not change with the batch size.
         return None, None
-    if ndim == 2:
+    if ndim == 2 or per_channel_param:
         return 1, None
-    if per_channel_param:
-        return 1, None
-    if producer is not None:
-        if isinstance(producer, LAST_AXIS_PRODUCERS):
-            return ndim - 1, None
-        if isinstance(producer, CHANNEL_AXIS_PRODUCERS):
-            return 1, None
+    if producer is not None and producer.axis is not None:
+        return (ndim - 1 if producer.axis == "last" else 1), None
     reference = producer or last_producer
     if reference is not None:
-        width = producer_width(reference)
-        matches = [axis for axis in range(1, ndim) if shape[axis] == width]
+        # The batch axis (0) is never a unit axis.
+        matches = [axis for axis in range(1, ndim) if shape[axis] == reference.width]
         if len(matches) == 1:
             return matches[0], None
-        why = (f"{len(matches)} axes of shape {tuple(shape)} match the width {width} of "
-               f"{type(reference).__name__}")
+        why = f"{len(matches)} axes of shape {tuple(shape)} match the width {reference.width} of {reference.label}"
     else:
         why = f"no Linear/Conv/Norm/Embedding ran before it (shape {tuple(shape)})"
     return 1, f"unit axis is ambiguous ({why}); assumed axis 1"
+
+
+__all__ = ["Producer", "producer_of_module", "producer_of_op", "producer_width", "resolve_unit_dim", "PRODUCERS",
+           "LAST_AXIS_PRODUCERS", "CHANNEL_AXIS_PRODUCERS", "LAST_AXIS_OPS", "CHANNEL_AXIS_OPS"]

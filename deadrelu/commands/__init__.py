@@ -1,1 +1,1 @@
-"""CLI commands kept in their own modules; each exposes ``register(app)``."""
+"""Command groups added to the ``deadrelu`` app by ``register(app)``."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
@@ -37,12 +39,62 @@ class GateOutcome:
     def from_dict(cls, data: dict[str, Any]) -> GateOutcome:
         return cls(max_dead_ratio=data.get("max_dead_ratio"), max_layer_dead_ratio=data.get("max_layer_dead_ratio"),
                    passed=bool(data["passed"]),
-                   violations=tuple(GateViolation(**v) for v in data.get("violations", [])))
+                   violations=tuple(GateViolation(v["scope"], v["dead_ratio"], v["limit"])
+                                    for v in data.get("violations", [])))
 
 
 def _check_limit(name: str, value: float | None) -> None:
-    if value is not None and not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{name} must be between 0 and 1, got {value}", hint="it is a share of units")
+    if value is not None:
+        from ..settings import check_setting
+        check_setting(name, value)  # a finite number in [0, 1]
+
+
+@dataclass(frozen=True)
+class GateLimits:
+    """The CI gate's limits; None means "no limit".
+
+    Attributes:
+        max_dead_ratio: limit on dead units over all units of all sites.
+        max_layer_dead_ratio: limit on any single site's dead ratio.
+    """
+
+    max_dead_ratio: float | None = None
+    max_layer_dead_ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_limit("max_dead_ratio", self.max_dead_ratio)
+        _check_limit("max_layer_dead_ratio", self.max_layer_dead_ratio)
+
+    @property
+    def active(self) -> bool:
+        """Whether any limit is set."""
+        return self.max_dead_ratio is not None or self.max_layer_dead_ratio is not None
+
+    @classmethod
+    def of(cls, limits: GateLimits | Mapping[str, float | None]) -> GateLimits:
+        """Limits from a ``GateLimits`` or a mapping with the same keys."""
+        if isinstance(limits, GateLimits):
+            return limits
+        unknown = set(limits) - {"max_dead_ratio", "max_layer_dead_ratio"}
+        if unknown:
+            raise ConfigError(f"unknown gate limit(s) {', '.join(sorted(unknown))}",
+                              hint="gate limits are max_dead_ratio and max_layer_dead_ratio")
+        from ..settings import check_setting
+        return cls(**{k: None if v is None else check_setting(k, v) for k, v in limits.items()})
+
+    @classmethod
+    def from_config(cls, config: str | Path | None = None, **limits: float | None) -> GateLimits:
+        """Limits from a config file's ``[gate]`` section, with keyword limits winning over it."""
+        values: dict[str, Any] = {}
+        if config is not None:
+            from ..settings import GATE_KEYS, read_config
+            values = {k: v for k, v in read_config(config).items() if k in GATE_KEYS}
+        values.update({k: v for k, v in limits.items() if v is not None})
+        return cls.of(values)
+
+    def check(self, result: ScanResult) -> GateOutcome:
+        """Judge a result against these limits."""
+        return check_gate(result, self.max_dead_ratio, self.max_layer_dead_ratio)
 
 
 def check_gate(result: ScanResult, max_dead_ratio: float | None = None,

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from ..kinds import HE_KINDS, NEGATIVE_SIDE_KINDS, ZERO_GRADIENT_KINDS
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -76,12 +78,6 @@ VERY_DEEP_SITES = 8
 EVIDENCE_LIST_MAX = 64
 
 SEVERITIES = ("critical", "warning", "info")
-#: kinds whose gradient is exactly 0 where they are inactive: a dead unit stops learning
-ZERO_GRADIENT_KINDS = ("ReLU", "ReLU6")
-#: kinds that keep some gradient for negative inputs: a "dead" unit only ever sees the negative side
-NEGATIVE_SIDE_KINDS = ("LeakyReLU", "PReLU", "RReLU", "ELU", "SELU", "CELU", "GELU", "SiLU")
-#: kinds the He-initialisation check applies to
-HE_KINDS = ("ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU")
 
 
 # -- small helpers ------------------------------------------------------------------------
@@ -987,6 +983,10 @@ def rule_healthy(result: ScanResult, suggestions: Sequence[Suggestion]) -> list[
               if rate is not None else "No fix needed")
     action += (f"; {summary.dormant} unit(s) are dormant by ReDo's score (τ = {result.settings.thresholds.tau:g}), "
                "which is worth watching if it grows during training." if summary.dormant else ".")
+    if summary.unobserved:
+        # Units that saw only NaN/inf are neither healthy nor dead: say so next to the all-clear.
+        title += f"; {summary.unobserved} unit(s) unobserved (no finite observation), not judged"
+        evidence["unobserved"] = summary.unobserved
     return [_suggestion("healthy", "info", [], title, evidence, action)]
 
 
@@ -1019,10 +1019,11 @@ def suggest(result: ScanResult, model: nn.Module | None = None, *, input_bounds:
         order of its first site. When no rule finds anything worth a warning, a ``healthy``
         suggestion says so with the numbers.
     """
-    import torch
-    if isinstance(model, torch.jit.ScriptModule):
-        # TorchScript modules expose no get_submodule/ordinary layers: judge from the result alone.
-        model = None
+    if model is not None:
+        import torch
+        if isinstance(model, torch.jit.ScriptModule):
+            # TorchScript modules expose no get_submodule/ordinary layers: judge from the result alone.
+            model = None
     found: list[Suggestion] = []
     for rule in (RULES if rules is None else rules):
         try:

@@ -15,7 +15,7 @@ is an ``(x, y)`` pair whose first element is the input.
 
 from __future__ import annotations
 
-import hashlib
+import math
 import mmap
 import os
 import zipfile
@@ -27,7 +27,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..errors import DataLoadError, ModelLoadError
+from ..errors import DataLoadError, ModelLoadError, first_line
+from .files import check_file
 
 Batch = Any
 
@@ -518,38 +519,6 @@ def as_stream(data: Any, batch_size: int = 256, limit: int | None = None, shuffl
                         hint="pass a tensor, an ndarray, a data file path, a Dataset, or an iterable of batches")
 
 
-def check_file(path: Path, what: str, error: type[Exception], missing_hint: str, folder_hint: str,
-               empty_hint: str) -> str:
-    """Raise ``error`` for a missing, folder, unreadable or empty file; return its sha256."""
-    if not path.exists():
-        raise error(f"{what} not found: {path}", hint=missing_hint)
-    if path.is_dir():
-        raise error(f"{what.split(' ')[0]} path is a folder, not a file: {path}", hint=folder_hint)
-    try:
-        size = path.stat().st_size
-        digest = file_sha256(path)
-    except OSError as exc:
-        raise error(f"{what} cannot be read: {path}: {exc.strerror or exc}",
-                    hint="check the file's permissions") from None
-    if size == 0:
-        raise error(f"{what} is empty: {path}", hint=empty_hint)
-    return digest
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks; its pages are then dropped from the cache."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-        if hasattr(os, "posix_fadvise"):
-            try:
-                os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-            except OSError:
-                pass
-    return digest.hexdigest()
-
-
 def load_data(path: str | os.PathLike, batch_size: int = 256, limit: int | None = None,
               key: str | Sequence[str] | None = None, columns: Sequence[str] | None = None,
               shuffle_seed: int | None = None) -> DataStream:
@@ -624,7 +593,7 @@ def load_python_data(spec: str, batch_size: int = 256, limit: int | None = None,
     Returns:
         The stream.
     """
-    from .model import import_object
+    from .usercode import import_object
 
     try:
         target = import_object(spec, what="--data")
@@ -635,7 +604,7 @@ def load_python_data(spec: str, batch_size: int = 256, limit: int | None = None,
         try:
             value = target()
         except Exception as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            text = first_line(exc)
             raise DataLoadError(f"--data {spec}: calling it failed: {type(exc).__name__}: {text[:200]}",
                                 hint="it is called without arguments and must return the data") from None
     if value is None:
@@ -682,6 +651,17 @@ def _open_npz(path: Path, keys: list[str]) -> tuple[list[np.ndarray], list[str]]
                                 hint="pass --key NAME")
     try:
         return [archive[key] for key in keys], keys
+    except MemoryError:
+        # An .npz member is read whole into memory (only a plain .npy is memory-mapped).
+        declared = {key: _npz_declared(archive, key) for key in keys}
+        key = max(keys, key=lambda name: declared[name][2] if declared[name] else -1)
+        what = f"array {key!r}"
+        if declared[key] is not None:
+            shape, dtype, size = declared[key]
+            what += f" declares shape {shape} {dtype} = {size:,} bytes ({_bytes(size)})"
+        raise DataLoadError(f"{path}: {what}, more than fits in memory",
+                            hint="an .npz array is read whole into memory; save it with np.save as .npy, "
+                                 "which is streamed from disk, or cut it into smaller files") from None
     except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
         if "allow_pickle" in str(exc):
             raise DataLoadError(f"{path}: array holds Python objects, not numbers",
@@ -689,14 +669,38 @@ def _open_npz(path: Path, keys: list[str]) -> tuple[list[np.ndarray], list[str]]
         raise DataLoadError(f"{path}: an array cannot be read ({exc})", hint="was the file truncated?") from None
 
 
+def _npz_declared(archive: Any, key: str) -> tuple[tuple[int, ...], np.dtype, int] | None:
+    """The shape, dtype and size in bytes an .npz member's header declares, read without the array."""
+    try:
+        with archive.zip.open(f"{key}.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _fortran_order, dtype = read_header(member)
+    except Exception:  # a header that cannot be read: the message then names the array only
+        return None
+    shape = tuple(int(n) for n in shape)
+    return shape, np.dtype(dtype), math.prod(shape) * np.dtype(dtype).itemsize
+
+
+def _bytes(size: int) -> str:
+    """A byte count in the largest binary unit below it (``4.0 PiB``)."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} PiB"  # pragma: no cover
+
+
 def _open_pt(path: Path, keys: list[str]) -> tuple[list[torch.Tensor], list[str]]:
     try:
         value = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         if "Weights only load failed" in first or "weights_only" in str(exc):
-            from .model import _pickle_globals
-            wanted = ", ".join(_pickle_globals(path)[:4]) or "unknown classes"
+            from .pickles import pickle_globals
+            wanted = ", ".join(pickle_globals(path)[:4]) or "unknown classes"
             raise DataLoadError(f"{path}: a pickled object that needs code to load ({wanted}), "
                                 "probably a model, not data; not unpickled",
                                 hint="pass the model first and the data second; data files hold tensors or arrays") \
@@ -746,7 +750,7 @@ def _open_table(path: Path, columns: Sequence[str] | None) -> tuple[np.ndarray, 
         raise DataLoadError(f"{path}: the table is empty (no header, no rows)",
                             hint="was the export cut short?") from None
     except Exception as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = first_line(exc)
         raise DataLoadError(f"{path}: not a readable {suffix.lstrip('.')} table ({text[:200]})",
                             hint="was it truncated, or is it another format?") from None
     if len(frame) == 0:

@@ -9,7 +9,11 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ..result import ScanResult, SiteResult
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..result import ScanResult, SiteResult
+from .text import visible
 
 
 def worst_first(result: ScanResult) -> list[SiteResult]:
@@ -50,7 +54,7 @@ def layer_table(result: ScanResult, limit: int | None = None) -> Table:
     shown = ordered if limit is None else ordered[:limit]
     for site in shown:
         style = "red" if site.dead_ratio > 0.5 else ("yellow" if site.dead or site.saturated else "")
-        table.add_row(escape(site.name), site.kind, str(site.units), str(site.dead),
+        table.add_row(escape(visible(site.name)), escape(visible(site.kind)), str(site.units), str(site.dead),
                       _share(site.dead, site.units), str(site.saturated) if site.saturation else "-",
                       str(site.dormant), _rate(site.active_rate_mean), style=style)
     if len(shown) < len(ordered):
@@ -62,15 +66,22 @@ def verdict_line(result: ScanResult) -> Text:
     """One line saying what the scan found."""
     s = result.summary
     partial = " (PARTIAL)" if result.data.get("partial") else ""
-    if s.dead == 0 and s.saturated == 0:
+    unobserved = getattr(s, "unobserved", 0)
+    if s.units and unobserved == s.units:
+        head = Text(f"Nothing observed{partial}: every unit saw only NaN/inf: ", style="bold red")
+    elif s.dead == 0 and s.saturated == 0 and unobserved:
+        head = Text(f"No dead units among the {s.units - unobserved} observed{partial}: ", style="bold yellow")
+    elif s.dead == 0 and s.saturated == 0:
         head = Text(f"No dead units{partial}: ", style="bold green")
     else:
         head = Text(f"{s.dead} of {s.units} units dead ({s.dead_ratio:.1%}){partial}: ", style="bold red")
     worst = worst_first(result)[0] if result.sites else None
     body = (f"{s.sites} site(s), {s.units} units, {s.saturated} saturated, {s.dormant} dormant "
             f"(tau={result.settings.thresholds.tau:g}), on {result.data.get('samples', '?')} samples")
+    if unobserved:
+        body += f"; {unobserved} units unobserved (no finite observation)"
     if worst is not None and worst.dead:
-        body += f"; worst site {worst.name} ({worst.dead_ratio:.0%} dead)"
+        body += f"; worst site {visible(worst.name)} ({worst.dead_ratio:.0%} dead)"
     return head + Text(body + ".")
 
 
@@ -88,7 +99,7 @@ def gate_lines(result: ScanResult) -> Text | None:
         return Text(f"Gate passed ({', '.join(limits) or 'no limits'}).", style="green")
     text = Text("Gate FAILED:", style="bold red")
     for violation in gate.violations:
-        scope = "all units" if violation.scope == "model" else f"site {violation.scope}"
+        scope = "all units" if violation.scope == "model" else f"site {visible(violation.scope)}"
         text.append(f"\n  {scope}: dead ratio {violation.dead_ratio:.4f} > limit {violation.limit:g}")
     return text
 
@@ -99,7 +110,7 @@ def warnings_text(result: ScanResult) -> Text | None:
         return None
     text = Text("Notes:", style="bold")
     for warning in result.warnings:
-        text.append(f"\n  - {warning}")
+        text.append(f"\n  - {visible(warning)}")
     return text
 
 
@@ -113,7 +124,7 @@ def dead_units_text(result: ScanResult, max_per_site: int = 64) -> Text:
                 any_listed = True
                 listed = ", ".join(map(str, units[:max_per_site]))
                 more = f" ... (+{len(units) - max_per_site})" if len(units) > max_per_site else ""
-                text.append(f"\n  {site.name} {label} [{len(units)}]: {listed}{more}")
+                text.append(f"\n  {visible(site.name)} {label} [{len(units)}]: {listed}{more}")
     if not any_listed:
         text.append("\n  none")
     return text
@@ -166,11 +177,11 @@ def suggestions_text(result: ScanResult, limit: int = 8, code: int = 3) -> Text 
     for position, suggestion in enumerate(result.suggestions[:limit]):
         severity = str(suggestion.get("severity", "info"))
         text.append(f"\n  {severity.upper():<8} ", style=_SEVERITY_STYLE.get(severity, "bold"))
-        text.append(str(suggestion.get("title", "")))
+        text.append(visible(suggestion.get("title", "")))
         evidence = _evidence_summary(dict(suggestion.get("evidence") or {}))
         if evidence:
-            text.append(f"\n    evidence: {evidence}", style="dim")
-        action = str(suggestion.get("action", "")).split("\n")
+            text.append(f"\n    evidence: {visible(evidence)}", style="dim")
+        action = visible(suggestion.get("action", ""), keep_newlines=True).split("\n")
         text.append(f"\n    fix: {action[0]}")
         for line in action[1:]:
             text.append(f"\n      {line}")
@@ -178,7 +189,7 @@ def suggestions_text(result: ScanResult, limit: int = 8, code: int = 3) -> Text 
         if snippet and position < code:
             text.append("\n    code:")
             for line in snippet.splitlines():
-                text.append(f"\n      {line}", style="green")
+                text.append(f"\n      {visible(line)}", style="green")
         elif snippet:
             text.append("\n    code: in the HTML / JSON report", style="dim")
     hidden = len(result.suggestions) - limit

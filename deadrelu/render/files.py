@@ -1,12 +1,64 @@
-"""Atomic file writes: a report is either whole or absent, never half-written."""
+"""Atomic file writes: a report is either whole or absent, never half-written.
+
+Temp files are named ``.<name>.deadrelu-<pid>.tmp`` beside their destination, so they
+are recognisably ours: a write that was killed (SIGKILL, power loss) leaves one behind,
+and the next write to the same path removes it when the process that made it is gone.
+"""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from ..errors import OutputError
+
+#: ``.<destination name>.deadrelu-<pid>.tmp``
+TEMP_MARKER = ".deadrelu-"
+
+
+def temp_path(path: Path, pid: int | None = None) -> Path:
+    """Where the temp file of a write to ``path`` by process ``pid`` lives."""
+    return path.with_name(f".{path.name}{TEMP_MARKER}{os.getpid() if pid is None else pid}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Delete temp files a killed write to ``path`` left behind (their process is gone).
+
+    Returns:
+        The removed paths.
+    """
+    removed = []
+    prefix = f".{path.name}{TEMP_MARKER}"
+    try:
+        candidates = list(path.parent.glob(f"{_glob_escape(prefix)}*.tmp"))
+    except OSError:
+        return removed
+    for candidate in candidates:
+        pid_text = candidate.name[len(prefix):-len(".tmp")]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        try:
+            candidate.unlink()
+            removed.append(candidate)
+        except OSError:
+            pass
+    return removed
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in text)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -23,9 +75,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         OutputError: the folder cannot be created or written.
     """
     path = Path(path)
+    temp = temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        remove_stale_temps(path)
+        handle = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}",
                           hint="choose an output path in a folder you can write") from None
@@ -34,14 +88,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, path)
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
     except OSError as exc:
-        Path(temp_name).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}",
                           hint="choose an output path in a folder you can write") from None
     except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise
     return path
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from .console import worst_first
+from .text import visible
 
 if TYPE_CHECKING:
     from ..result import ScanResult, SiteResult
@@ -49,9 +50,9 @@ MAP_DISPLAY_WIDTH = 480
 SEVERITY_LABEL = {"critical": "CRITICAL", "warning": "WARNING", "info": "INFO"}
 
 
-def _e(value: Any) -> str:
-    """Escape anything for HTML text or a quoted attribute."""
-    return html.escape(str(value), quote=True)
+def _e(value: Any, keep_newlines: bool = False) -> str:
+    """Escape anything for HTML text or a quoted attribute (invisible characters shown as escapes)."""
+    return html.escape(visible(value, keep_newlines=keep_newlines), quote=True)
 
 
 def _pct(value: float | None) -> str:
@@ -244,6 +245,8 @@ def _headline(result: ScanResult) -> str:
         _card("Dead", f"{s.dead:,}", f"{_pct(s.dead_ratio)} of units", "bad" if s.dead else "good"),
         _card("Saturated", f"{s.saturated:,}", f"{_pct(s.saturated_ratio)} of units", "bad" if s.saturated else ""),
         _card("Dormant", f"{s.dormant:,}", f"{_pct(s.dormant_ratio)} (ReDo τ={result.settings.thresholds.tau:g})"),
+        *([_card("Unobserved", f"{s.unobserved:,}", "no finite observation: neither alive nor dead", "bad")]
+          if s.unobserved else []),
         _card("Mean active rate", _rate(s.active_rate_mean), "share of observations active"),
         gate_card,
     ]
@@ -321,7 +324,7 @@ def _suggestions(result: ScanResult, anchors: dict[str, str]) -> str:
         evidence = (f'<details{opened}><summary>Evidence ({numbers} values)</summary>{table}</details>'
                     if numbers else "")
         code = suggestion.get("code") or ""
-        code_html = f"<pre><code>{_e(code)}</code></pre>" if code else ""
+        code_html = f"<pre><code>{_e(code, keep_newlines=True)}</code></pre>" if code else ""
         blocks.append(
             f'<article class="sugg {tone}" id="suggestion-{k}"><h3><span class="sev">'
             f'{SEVERITY_LABEL.get(tone, "INFO")}</span>{_e(suggestion.get("title", ""))}</h3>'
@@ -381,7 +384,7 @@ def _site_detail(result: ScanResult, site: SiteResult, anchor: str, opened: bool
     table = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in stats_rows)
     linked = "".join(f'<li><a href="#suggestion-{k}">{_e(s.get("title", ""))}</a></li>' for k, s in mentions)
     linked = f"<p><b>Suggestions for this site</b></p><ul>{linked}</ul>" if linked else ""
-    legend = (f'<span style="background:#d62728"></span>dead'
+    legend = ('<span style="background:#d62728"></span>dead'
               + ('<span style="background:#ff7f0e"></span>saturated' if site.saturation else "")
               + '<span style="background:#dddddd"></span>no observation')
     summary = (f"<b>{_e(site.name)}</b> · {_e(site.kind)} · {site.dead:,} of {site.units:,} dead "

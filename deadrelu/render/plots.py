@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .files import atomic_write_bytes
+from .text import visible
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -57,8 +58,8 @@ def short_name(name: str, limit: int = LABEL_CHARS) -> str:
 
 
 def _plain(text: str) -> str:
-    """Text safe for matplotlib: ``$`` would start mathtext."""
-    return text.replace("$", r"\$")
+    """Text safe for matplotlib: ``$`` would start mathtext; invisible characters are shown escaped."""
+    return visible(text).replace("$", r"\$")
 
 
 def _tick_positions(count: int, limit: int = MAX_TICK_LABELS) -> np.ndarray:

@@ -1,10 +1,8 @@
-"""``torch.export`` programs: a module to run, the activation plan, and the batch sizes it accepts.
+"""``torch.export`` programs as modules: what runs, and the batch sizes a program accepts.
 
 ``torch.export.unflatten`` rebuilds the submodule tree with the original names, but
-each submodule is an ``InterpreterModule``, not an ``nn.ReLU``: an activation's kind
-is read from the graph (the op it calls, and ``nn_module_stack``, the stack of
-modules that made each call). Functional activations (``F.relu`` in a ``forward``)
-sit in their caller's graph and are reported as that module's functional sites.
+each submodule is an ``InterpreterModule``, not an ``nn.ReLU``; capture reads the
+program's graph instead (``capture.plans.export_plan``).
 
 An exported program only accepts the batch sizes it was exported for: a fixed size,
 or a range (``Dim("batch", min=2)``). ``ExportedModel.batch_bounds`` says which, and
@@ -13,17 +11,11 @@ the scan re-batches the data to fit (see ``load.data.fit_batches``).
 
 from __future__ import annotations
 
-import re
 import warnings
 from typing import Any
 
 import torch
 from torch import nn
-
-from ..kinds import KNOWN_KINDS
-from .dispatch import ACTIVATION_OPS, SitePlan, plan_from_calls
-
-_PATH_CLEANUP = re.compile(r"^L\['self'\]\.?|@\d+$")
 
 
 class ExportedModel(nn.Module):
@@ -109,60 +101,15 @@ def input_constraints(program: Any) -> tuple[tuple[int, int | None], tuple[int |
     return (max(1, low or 1), high), sample
 
 
-def _activation_op(node: Any) -> str | None:
-    target = node.target
-    packet = getattr(target, "overloadpacket", None)
-    name = getattr(packet, "__name__", None)
-    return name if name in ACTIVATION_OPS else None
+def is_exported_graph_module(module: Any) -> bool:
+    """Whether ``module`` is ``ExportedProgram.module()``'s output: a graph of aten ops whose
+    activation modules are gone (and whose ``eval()`` raises)."""
+    graph = getattr(module, "graph", None)
+    if not isinstance(module, torch.fx.GraphModule) or graph is None:
+        return False
+    if any(cls.__name__ == "_StatefulGraphModule" for cls in type(module).__mro__):
+        return True
+    return any(node.meta.get("nn_module_stack") for node in graph.nodes if node.op == "call_function")
 
 
-def export_plan(program: Any) -> SitePlan:
-    """The activation calls of an exported graph in order, named from ``nn_module_stack``.
-
-    Args:
-        program: an ``ExportedProgram``.
-
-    Returns:
-        The plan (positional when a control-flow operator holds activations).
-    """
-    calls: list[tuple[str, str, str | None]] = []
-    activation_modules: dict[str, None] = {}
-    types: set[str] = set()
-    reason = None
-    for node in program.graph.nodes:
-        stack = node.meta.get("nn_module_stack") or {}
-        for path, type_name in stack.values():
-            short = str(type_name).rsplit(".", 1)[-1]
-            types.add(short)
-            clean = _PATH_CLEANUP.sub("", str(path))
-            if short in KNOWN_KINDS and clean:
-                activation_modules[clean] = None
-        if node.op != "call_function":
-            continue
-        if isinstance(node.target, torch._ops.HigherOrderOperator):
-            reason = f"the graph has a control-flow operator ({node.target.__name__}); calls inside it vary with the data"
-            continue
-        op = _activation_op(node)
-        if op is None:
-            continue
-        if stack:
-            path, type_name = list(stack.values())[-1]
-            calls.append((ACTIVATION_OPS[op], _PATH_CLEANUP.sub("", str(path)), str(type_name)))
-        else:
-            calls.append((ACTIVATION_OPS[op], "", None))
-    root = {str(t).rsplit(".", 1)[-1] for p, t in _root_entries(program)}
-    module_types = tuple(sorted(types - root))
-    if reason is not None:
-        return SitePlan(None, reason, tuple(activation_modules), module_types)
-    return plan_from_calls(calls, tuple(activation_modules), module_types)
-
-
-def _root_entries(program: Any) -> list[tuple[str, str]]:
-    for node in program.graph.nodes:
-        stack = node.meta.get("nn_module_stack") or {}
-        if stack:
-            return [entry for entry in stack.values() if _PATH_CLEANUP.sub("", str(entry[0])) == ""]
-    return []
-
-
-__all__ = ["ExportedModel", "export_plan", "input_constraints"]
+__all__ = ["ExportedModel", "input_constraints", "is_exported_graph_module"]

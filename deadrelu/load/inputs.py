@@ -1,0 +1,290 @@
+"""Feeding the model: the device and dtype it runs in, and raw batches turned into its arguments.
+
+``InputPreparer`` turns whatever a data stream yields (a tensor, an ``(x, y)`` tuple,
+``ModelInputs``, a dict) into ``model(*args, **kwargs)`` on the model's device, casts to
+the model's dtype and applies the NaN/inf policy. ``check_batched`` and
+``expected_input`` look at the model's first layer so that a wrong shape gets a message
+that names it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, DataLoadError, DeadReluError
+from ..settings import NonFinitePolicy
+from .data import DataStream, ModelInputs
+from .exported import ExportedModel
+
+
+def resolve_device(name: str | None, model: nn.Module) -> torch.device:
+    """``auto`` -> cuda, then mps, then cpu; None -> wherever the model already is."""
+    if name is None:
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            return tensor.device
+        return torch.device("cpu")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    hint = "device: use auto, cpu, cuda, cuda:N or mps"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a device torch knows", hint=hint) from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {name!r} is not supported for scans", hint=hint)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name} asked for, but CUDA is not available here",
+                              hint="device: use cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name} asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                              f"device(s), numbered from 0", hint="device: use cuda (the first) or auto")
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError(f"device {name} asked for, but MPS (Apple GPU) is not available here",
+                              hint="device: use cpu (or auto)")
+    return device
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating parameter (float32 if none)."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
+def first_layer(model: nn.Module) -> tuple[str, str, int, int] | None:
+    """``(name, class, in_features or in_channels, conv spatial dims or 0)`` of the first Linear/Conv."""
+    for name, module in model.named_modules():
+        # A ScriptModule keeps its class name in original_name and its constants as attributes.
+        kind = getattr(module, "original_name", None) if isinstance(module, torch.jit.ScriptModule) \
+            else type(module).__name__
+        if isinstance(module, nn.Linear) or (kind == "Linear" and hasattr(module, "in_features")):
+            return name, "Linear", int(module.in_features), 0
+        if isinstance(module, nn.modules.conv._ConvNd) or (
+                kind in ("Conv1d", "Conv2d", "Conv3d") and hasattr(module, "in_channels")):
+            return name, str(kind), int(module.in_channels), int(str(kind)[-2])
+    return None
+
+
+def expected_input(model: nn.Module) -> str | None:
+    """What the first Linear/Conv layer (or an exported program) expects, for error messages."""
+    if isinstance(model, ExportedModel):
+        return model.describe_input()
+    first = first_layer(model)
+    if first is None:
+        return None
+    name, kind, width, dims = first
+    if not dims:
+        return f"first layer {name} is Linear(in_features={width})"
+    return (f"first layer {name} is {kind}(in_channels={width}), expecting batches of shape "
+            f"(N, {width}{', L' * dims if dims == 1 else ', H, W' if dims == 2 else ', D, H, W'})")
+
+
+def check_batched(model: nn.Module, stream: DataStream) -> None:
+    """Refuse data whose first axis is not a batch axis: one unbatched sample would be
+    fed as several 'samples' and a Conv/Linear would silently accept each slice.
+
+    Raises:
+        DataLoadError: the data looks like one unbatched sample.
+    """
+    if stream.sample_shape is None:
+        return
+    total = stream.total_samples if stream.total_samples is not None else stream.num_samples
+    shape = (total, *stream.sample_shape)
+    hint = f"add a batch axis: shape (1, {', '.join(map(str, shape))}) (x[None] / np.expand_dims(x, 0))"
+    if isinstance(model, ExportedModel):
+        if model.sample_shape is not None and len(shape) == len(model.sample_shape) and all(
+                want is None or want == have for want, have in zip(model.sample_shape, shape)):
+            raise DataLoadError(f"{stream.source}: data of shape {shape} is one unbatched sample of what the "
+                                "exported program takes; the first axis must index samples", hint=hint)
+        return
+    first = first_layer(model)
+    if first is None:
+        return
+    name, kind, width, dims = first
+    if len(shape) == dims + 1 and shape[0] == width and (dims or len(shape) == 1):
+        what = f"{kind}(in_features={width})" if not dims else f"{kind}(in_channels={width})"
+        raise DataLoadError(f"{stream.source}: data of shape {shape} looks like one unbatched sample for the "
+                            f"first layer ({name or 'the model'}: {what}); the first axis must index samples",
+                            hint=hint)
+
+
+class Prepared(NamedTuple):
+    """One batch ready for ``model(*args, **kwargs)``."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    samples: int
+    shapes: tuple[tuple[int, ...], ...]
+
+
+class InputPreparer:
+    """Turns a raw batch into model arguments on the device, applying the NaN policy.
+
+    A tensor batch is the input; an ``(x, y)`` tuple feeds ``x``; ``ModelInputs`` feeds
+    every element (``model(a, b)``); a dict feeds its input entry. With ``input_keys``
+    the named dict entries (or tuple positions) are fed, in that order. ``input_fn``
+    overrides all of this: it maps a raw batch to a tensor, a tuple of positional
+    inputs, or a dict of keyword inputs.
+    """
+
+    def __init__(self, dtype: torch.dtype, device: torch.device, policy: NonFinitePolicy,
+                 input_key: str | Sequence[str] | None, scale: float | None,
+                 input_fn: Callable[[Any], Any] | None = None) -> None:
+        self.dtype, self.device, self.policy = dtype, device, policy
+        self.input_keys = [input_key] if isinstance(input_key, str) else list(input_key or ())
+        self.scale, self.input_fn = scale, input_fn
+        self.notes: list[str] = []
+        self.nonfinite_samples = 0
+        self.skipped_samples = 0
+        self._pin = device.type == "cuda"
+
+    def _single(self, batch: Any) -> Any:
+        if isinstance(batch, torch.Tensor):
+            return batch
+        if hasattr(batch, "__array__") and not isinstance(batch, (tuple, list, dict)):
+            return torch.as_tensor(batch)
+        if isinstance(batch, (tuple, list)):
+            if not batch:
+                raise DataLoadError("a batch is an empty tuple", hint="batches must hold the model input")
+            return self._single(batch[0])  # (x, y): the first element is the input
+        if isinstance(batch, Mapping):
+            tensors = [k for k, v in batch.items() if isinstance(v, torch.Tensor)]
+            key = next((k for k in ("x", "input", "inputs", "image", "images", "pixel_values")
+                        if k in batch), tensors[0] if len(tensors) == 1 else None)
+            if key is None:
+                raise DataLoadError(f"batches are dicts with keys {', '.join(map(str, batch))}; "
+                                    "cannot tell which is the model input",
+                                    hint="pass --input-key NAME (repeat it for a model that takes several inputs)")
+            return self._single(batch[key])
+        raise DataLoadError(f"cannot feed a batch of type {type(batch).__name__} to the model",
+                            hint="batches must be tensors, (x, y) tuples or dicts of tensors")
+
+    def _select(self, batch: Any) -> tuple[list[Any], dict[str, Any]]:
+        if self.input_fn is not None:
+            try:
+                chosen = self.input_fn(batch)
+            except DeadReluError:
+                raise
+            except Exception as exc:
+                raise DataLoadError(f"input_fn failed on a batch: {type(exc).__name__}: {exc}",
+                                    hint="input_fn receives each raw batch as the data yields it") from exc
+            if isinstance(chosen, Mapping):
+                return [], dict(chosen)
+            if isinstance(chosen, (tuple, list)):
+                return list(chosen), {}
+            return [chosen], {}
+        if isinstance(batch, ModelInputs):
+            return list(batch), {}
+        if self.input_keys:
+            if isinstance(batch, Mapping):
+                missing = [k for k in self.input_keys if k not in batch]
+                if missing:
+                    raise DataLoadError(f"batches have no entry {missing[0]!r}; they hold "
+                                        f"{', '.join(map(str, batch))}", hint="check --input-key")
+                return [self._single(batch[k]) for k in self.input_keys], {}
+            if isinstance(batch, (tuple, list)):
+                try:
+                    positions = [int(k) for k in self.input_keys]
+                    return [self._single(batch[i]) for i in positions], {}
+                except (ValueError, IndexError):
+                    raise DataLoadError(f"batches are {len(batch)}-tuples; --input-key must name positions "
+                                        f"0..{len(batch) - 1}, got {', '.join(self.input_keys)}",
+                                        hint="for (a, b, y) batches: --input-key 0 --input-key 1") from None
+            raise DataLoadError(f"--input-key {', '.join(self.input_keys)} given, but batches are "
+                                f"{type(batch).__name__}s, not dicts or tuples",
+                                hint="for several arrays in a file use --key NAME once per input")
+        return [self._single(batch)], {}
+
+    def _cast(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_complex():
+            raise DataLoadError(f"complex input ({x.dtype}); the model takes real numbers",
+                                hint="feed x.real, x.abs() or both as channels")
+        if not x.is_floating_point():
+            if not any("integer" in note or "boolean" in note for note in self.notes):
+                scale = f", scaled by {self.scale:g}" if self.scale else ""
+                what = "boolean" if x.dtype == torch.bool else f"{str(x.dtype).replace('torch.', '')} integers"
+                self.notes.append(f"data were {what}; cast to {str(self.dtype).replace('torch.', '')}{scale}")
+            x = x.to(self.dtype)
+            return x * self.scale if self.scale else x
+        if x.dtype != self.dtype:
+            x = x.to(self.dtype)
+        return x * self.scale if self.scale else x
+
+    def __call__(self, batch: Any, start: int) -> Prepared | None:
+        args, kwargs = self._select(batch)
+        args = [self._cast(torch.as_tensor(a)) if isinstance(a, torch.Tensor) or hasattr(a, "__array__") else a
+                for a in args]
+        kwargs = {k: self._cast(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
+        if not tensors:
+            raise DataLoadError("a batch holds no tensor to feed the model",
+                                hint="batches must be tensors, (x, y) tuples or dicts of tensors")
+        samples = int(tensors[0].shape[0]) if tensors[0].ndim > 0 else 1
+        # Counted under every policy (the report says how many), dropped only with skip.
+        keep = self._check_finite(tensors, samples, start)
+        if keep is not None:
+            if not bool(keep.any()):
+                return None
+            args = [self._rows(v, keep, samples) for v in args]
+            kwargs = {k: self._rows(v, keep, samples) for k, v in kwargs.items()}
+            samples = int(keep.sum())
+        args = [self._to_device(v) for v in args]
+        kwargs = {k: self._to_device(v) for k, v in kwargs.items()}
+        shapes = tuple(tuple(v.shape) for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
+        return Prepared(tuple(args), kwargs, samples, shapes)
+
+    @staticmethod
+    def _rows(value: Any, keep: torch.Tensor, samples: int) -> Any:
+        if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == samples:
+            return value[keep]
+        return value
+
+    def _to_device(self, value: Any) -> Any:
+        if not isinstance(value, torch.Tensor) or value.device == self.device:
+            return value
+        if self._pin and not value.is_pinned():
+            value = value.pin_memory()
+        return value.to(self.device, non_blocking=True)
+
+    def _check_finite(self, tensors: list[torch.Tensor], samples: int, start: int) -> torch.Tensor | None:
+        """None when every sample is finite; else the mask of samples to keep (policy skip)."""
+        finite: torch.Tensor | None = None
+        for x in tensors:
+            if x.device.type != "cpu" or not x.is_floating_point() or x.ndim == 0 or x.shape[0] != samples:
+                continue
+            # Fast path: one read (a sum, where NaN/inf propagate) clears an all-finite batch;
+            # only a non-finite sum (or a float overflow) pays for the per-sample check.
+            low_precision = x.dtype in (torch.float16, torch.bfloat16)
+            if bool(torch.isfinite(x.sum(dtype=torch.float32) if low_precision else x.sum())):
+                continue
+            rows = torch.isfinite(x.reshape(samples, -1)).all(dim=1)
+            finite = rows if finite is None else finite & rows
+        if finite is None or bool(finite.all()):
+            return None
+        bad = (~finite).nonzero().flatten()
+        self.nonfinite_samples += int(bad.numel())
+        if self.policy is NonFinitePolicy.KEEP:
+            return None
+        if self.policy is NonFinitePolicy.FAIL:
+            raise DataLoadError(f"input holds NaN/inf: sample {start + int(bad[0])} is the first "
+                                f"({int(bad.numel())} in its batch)",
+                                hint="clean the data, or pass --nonfinite skip (drop them) / keep (scan them)")
+        self.skipped_samples += int(bad.numel())
+        return finite
+
+
+__all__ = ["InputPreparer", "Prepared", "check_batched", "expected_input", "first_layer", "model_dtype",
+           "resolve_device"]
