@@ -359,3 +359,20 @@ def test_tensor_parallel_model_is_refused_and_fsdp_is_scanned(group_of_one, file
     result = deadrelu.scan(sharded, data, batch_size=16)  # a group of one: no lockstep, no combine
     assert {site.name: site.dead for site in result.sites} == EXPECTED_DEAD
     assert result.environment["world_size"] == 1
+
+
+def test_merge_needs_no_torch(files, scans):
+    """`deadrelu merge` runs where torch cannot be imported (a laptop merging cluster parts)."""
+    block = ("import sys\n"
+             "class Block:\n"
+             "    def find_spec(self, name, path, target=None):\n"
+             "        if name == 'torch' or name.startswith('torch.'):\n"
+             "            raise ImportError('torch is blocked in this test')\n"
+             "sys.meta_path.insert(0, Block())\n"
+             "from deadrelu.cli import main\n"
+             "main()\n")
+    parts = [str(files["dir"] / f"part-{i}.json") for i in range(3)]
+    run = subprocess.run([sys.executable, "-c", block, "merge", *parts, "--json", "-"], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["summary"]["dead"] == scans["whole"]["summary"]["dead"]
