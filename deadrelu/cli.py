@@ -127,6 +127,10 @@ def scan(
         help="Table columns to use as features, in order (default: every numeric column).")] = None,
     limit: Annotated[Optional[int], typer.Option(
         metavar="N", rich_help_panel=DATA, show_default="all", help="Scan at most N samples.")] = None,
+    shard: Annotated[Optional[str], typer.Option(
+        metavar="I/N", rich_help_panel=DATA, show_default="all",
+        help="Scan only shard I of N (contiguous blocks of whole batches); join the parts with "
+             "'deadrelu merge'.")] = None,
     shuffle_seed: Annotated[Optional[int], typer.Option(
         metavar="SEED", rich_help_panel=DATA,
         help="With --limit, scan a random subset drawn with this seed instead of the first N.")] = None,
@@ -203,18 +207,22 @@ def scan(
         targets.check({"MODEL": model, "DATA": data, "--weights": weights, "--config": config,
                        "--import": import_files, "--arch": _spec_file(arch), "--model": _spec_file(model_spec),
                        "--data": _spec_file(data_spec)})
+        from .distributed import is_main_process
         from .load.sources import open_data, open_model
         from .scanning import scan as run_scan
+        main_process = is_main_process()  # under torchrun, rank 0 alone prints and writes reports
         loaded = open_model(model, arch=arch, arch_kwargs=arch_kwargs, factory=model_spec, weights=weights,
                             allow_pickle=allow_pickle, imports=import_files or ())
         stream = open_data(data, source=data_spec, batch_size=settings.batch_size, limit=settings.limit, key=key,
                            columns=columns, shuffle_seed=shuffle_seed)
-        with _ProgressReporter(enabled=not quiet and json_path != Path("-")) as progress:
+        with _ProgressReporter(enabled=not quiet and json_path != Path("-") and main_process) as progress:
             result = run_scan(loaded, stream, settings=settings, gate=gate, progress=progress,
-                              input_key=input_key or None, scale=scale, partial_on_interrupt=partial_on_interrupt)
-        _emit(result, json_path, quiet, show_units)
-        _write_reports(result, targets, json_path == Path("-"))
-        write_ci_reports(result, junit_path, markdown_path, json_path == Path("-"))
+                              input_key=input_key or None, scale=scale, partial_on_interrupt=partial_on_interrupt,
+                              shard=shard)
+        if main_process:
+            _emit(result, json_path, quiet, show_units)
+            _write_reports(result, targets, json_path == Path("-"))
+            write_ci_reports(result, junit_path, markdown_path, json_path == Path("-"))
     raise typer.Exit(EXIT_GATE_FAILED if result.gate is not None and not result.gate.passed else EXIT_OK)
 
 
@@ -295,13 +303,16 @@ def version() -> None:
 
 from .commands.repair import register as _register_repair  # noqa: E402  (needs app and the helpers above)
 _register_repair(app)
+from .commands.merge import register as _register_merge  # noqa: E402
+_register_merge(app)
 from .commands.training import register as _register_training  # noqa: E402  (trend, diff)
 _register_training(app)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point (under torchrun: one process group, rank 0 reports)."""
+    from .distributed import run_cli
+    run_cli(app)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed
 from .capture.session import CaptureSession
 from .capture.sites import ActivationCapture
 from .compile_policy import CompileDecision
@@ -36,12 +37,14 @@ def _settings(settings: ScanSettings | None, config: str | Path | None, override
     return settings.replace(**overrides) if overrides else settings
 
 
+@distributed.across_ranks  # a failure on one rank fails every rank; a no-op outside a process group
 def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | None = None,
          config: str | Path | None = None, gate: GateLimits | Mapping[str, float | None] | None = None,
          progress: ProgressCallback | None = None, model_info: Mapping[str, Any] | None = None,
          input_key: str | Sequence[str] | None = None, scale: float | None = None,
          partial_on_interrupt: bool = False, input_fn: Callable[[Any], Any] | None = None,
-         shuffle_seed: int | None = None, **overrides: Any) -> ScanResult:
+         shuffle_seed: int | None = None, shard: str | distributed.Shard | None = None,
+         shard_data: bool = True, **overrides: Any) -> ScanResult:
     """Scan a model's ReLU-family activations over a data set.
 
     Args:
@@ -68,6 +71,12 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
         input_fn: maps a raw batch to the model's inputs: a tensor, a tuple (positional
             inputs) or a dict (keyword inputs). Overrides ``input_key``.
         shuffle_seed: with ``limit``, scan a random subset of the samples drawn with this seed.
+        shard: ``"I/N"``: scan only part I of N disjoint parts of the samples (merge the
+            parts with ``deadrelu.merge.merge_results``). Inside a process group
+            (torchrun) each rank scans only its own block and the ranks' results are
+            combined; see ``deadrelu.distributed`` and docs/scale.md.
+        shard_data: inside a process group, False when each rank passes its own part of
+            the data already (a DataLoader with a ``DistributedSampler``).
 
     Returns:
         A ``ScanResult`` (data: ``.summary``, ``.sites``, ``.to_frame()``...).
@@ -85,14 +94,19 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
     model = unwrap(model)
     if isinstance(model, torch.export.ExportedProgram):
         model = ExportedModel(model)
-    device = resolve_device(settings.device, model)
-    if settings.device is not None:
+    # A model spread over several devices (device_map="auto", pipeline stages) stays where it is under "auto".
+    spread = distributed.spread_over_devices(model, settings.device)
+    device = resolve_device(None if spread else settings.device, model)
+    if settings.device is not None and not spread:
         model.to(device)
     dtype = model_dtype(model)
     # A dict of arrays is one array per input: input_key names them (and their order).
     stream = data if isinstance(data, DataStream) else as_stream(
         data, settings.batch_size, settings.limit, shuffle_seed=shuffle_seed,
         key=input_key if isinstance(data, Mapping) else None)
+    # This process's part: shard I/N, then this rank's block of it (the whole stream in one process).
+    lockstep = distributed.needs_lockstep(model)  # FSDP: the forward pass is a collective
+    stream = distributed.shard_stream(stream, shard, split_ranks=shard_data, lockstep=lockstep)
     if isinstance(model, ExportedModel):
         # An exported program accepts only the batch sizes it was exported for.
         stream = fit_batches(stream, *model.batch_bounds, settings.batch_size)
@@ -101,12 +115,13 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
     samples = batches = 0
     partial = False
     session = CaptureSession(model, settings, device, auto_batches=False)
-    with session, torch.inference_mode():
+    # FSDP2's unshard reads its parameters' version counters, which inference tensors do not have.
+    with session, (torch.no_grad() if lockstep else torch.inference_mode()):
         capture = session.engine
         compile_decision = CompileDecision(settings.compile, capture, stream.num_samples)
         try:
             for raw in stream.batches():
-                inputs = prepare(raw, samples + prepare.skipped_samples)
+                inputs = prepare(raw, stream.first_sample + samples + prepare.skipped_samples)
                 if inputs is None:
                     continue
                 session.begin_batch()
@@ -136,10 +151,12 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
     data_info = {"source": stream.source, "samples": samples, "batches": batches,
                  "sample_shape": list(stream.sample_shape) if stream.sample_shape else None,
                  "dtype": stream.dtype, "nonfinite": prepare.nonfinite_samples,
-                 "skipped": prepare.skipped_samples, "sha256": stream.sha256, "partial": partial}
+                 "skipped": prepare.skipped_samples, "sha256": stream.sha256, "partial": partial,
+                 "shard": stream.shard}
     notes += list(stream.notes) + prepare.notes + compile_decision.warnings()
     result = session.result(samples=samples, data_info=data_info, model_info=model_info or {}, notes=notes,
-                            environment=compile_decision.environment())
+                            environment={**compile_decision.environment(), **distributed.environment(model)})
+    result = distributed.combine(result, model)  # every rank's part joined (a no-op in one process)
     if result.summary.unobserved == result.summary.units:
         # No unit saw one finite value: a report would claim health it never saw.
         if prepare.nonfinite_samples:

@@ -58,6 +58,15 @@ class DataStream:
         notes: facts about loading the user should see (casts, limits, subsets).
         sha256: digest of the file, for reports.
         total_samples: samples in the source before ``--limit``, if known.
+        select: for sources that can seek (arrays, files, Datasets, sequential
+            DataLoaders), ``select(start, stop)`` is this stream restricted to its samples
+            ``[start, stop)``, reading only those (``deadrelu.distributed`` shards with it).
+        batch_size: samples in every batch but the last, when the stream knows it
+            (shards are cut at whole batches, so each batch is one a single process would feed).
+        first_sample: the index, in the whole data, of this stream's first sample (a
+            shard's stream starts inside the data; messages name samples by this index).
+        shard: which shard of the source this stream is (``{"index", "count", "of"}``),
+            set by ``deadrelu.distributed.shard_stream`` for ``--shard I/N``.
     """
 
     source: str
@@ -68,6 +77,10 @@ class DataStream:
     notes: list[str] = field(default_factory=list)
     sha256: str | None = None
     total_samples: int | None = None
+    select: Callable[[int, int], DataStream] | None = None
+    batch_size: int | None = None
+    first_sample: int = 0
+    shard: dict[str, Any] | None = None
 
 
 # -- memory-mapped files --------------------------------------------------------------------
@@ -139,11 +152,13 @@ def _copy_rows(array: np.ndarray | torch.Tensor, start: int, stop: int,
 
 
 def _array_batches(arrays: Sequence[np.ndarray | torch.Tensor], batch_size: int, count: int,
-                   indices: np.ndarray | None, droppers: Sequence[_PageDropper]) -> Callable[[], Iterator[Batch]]:
+                   indices: np.ndarray | None, droppers: Sequence[_PageDropper],
+                   offset: int = 0) -> Callable[[], Iterator[Batch]]:
+    # Rows [offset, offset + count) of the arrays (of ``indices`` when given).
     def batches() -> Iterator[Batch]:
         try:
-            for start in range(0, count, batch_size):
-                stop = min(start + batch_size, count)
+            for start in range(offset, offset + count, batch_size):
+                stop = min(start + batch_size, offset + count)
                 parts = [_copy_rows(array, start, stop, indices) for array in arrays]
                 if droppers:
                     first, end = (start, stop) if indices is None else (int(indices[start]), int(indices[stop - 1]) + 1)
@@ -296,7 +311,7 @@ def fit_batches(stream: DataStream, minimum: int, maximum: int | None, preferred
     num_samples = stream.num_samples
     if fixed and num_samples is not None:
         num_samples -= num_samples % minimum
-    return replace(stream, batches=batches, num_samples=num_samples, notes=notes)
+    return replace(stream, batches=batches, num_samples=num_samples, notes=notes, select=None)
 
 
 # -- building streams -----------------------------------------------------------------------
@@ -358,10 +373,16 @@ def _array_stream(arrays: Sequence[np.ndarray | torch.Tensor], source: str, batc
     if len(arrays) > 1:
         shapes = ", ".join(f"{name} {tuple(a.shape[1:])}" for name, a in zip(names, arrays))
         notes.append(f"model fed {len(arrays)} inputs per batch: {shapes}")
-    return DataStream(source=source, batches=_array_batches(arrays, batch_size, count, indices, droppers),
-                      num_samples=count, sample_shape=tuple(head.shape[1:]),
-                      dtype=str(head.dtype).replace("torch.", ""), notes=notes, sha256=sha256,
-                      total_samples=total)
+    stream = DataStream(source=source, batches=_array_batches(arrays, batch_size, count, indices, droppers),
+                        num_samples=count, sample_shape=tuple(head.shape[1:]),
+                        dtype=str(head.dtype).replace("torch.", ""), notes=notes, sha256=sha256,
+                        total_samples=total, batch_size=batch_size)
+
+    def select(start: int, stop: int) -> DataStream:
+        return replace(stream, batches=_array_batches(arrays, batch_size, stop - start, indices, droppers, start),
+                       num_samples=stop - start, notes=list(stream.notes), select=None)
+    stream.select = select
+    return stream
 
 
 def _keys(key: str | Sequence[str] | None) -> list[str]:
@@ -400,7 +421,22 @@ def _iterable_stream(data: Iterable[Batch], source: str, limit: int | None, shuf
     notes = []
     if shuffle_seed is not None:
         notes.append("--shuffle-seed is ignored for a DataLoader or iterable: its own sampler decides the order")
-    return DataStream(source=source, batches=_limited(data, limit), num_samples=total, notes=notes)
+    stream = DataStream(source=source, batches=_limited(data, limit), num_samples=total, notes=notes,
+                        batch_size=getattr(data, "batch_size", None))
+    from torch.utils.data import DataLoader, IterableDataset, SequentialSampler, Subset
+
+    if (isinstance(data, DataLoader) and total is not None and data.batch_size is not None
+            and isinstance(data.sampler, SequentialSampler) and not isinstance(data.dataset, IterableDataset)):
+        # A sequential loader over a map-style Dataset: a shard is a loader over its own samples.
+        def select(start: int, stop: int) -> DataStream:
+            loader = DataLoader(Subset(data.dataset, range(start, stop)), batch_size=data.batch_size,
+                                collate_fn=data.collate_fn, num_workers=data.num_workers,
+                                pin_memory=data.pin_memory, timeout=data.timeout,
+                                worker_init_fn=data.worker_init_fn)
+            return replace(stream, batches=_limited(loader, None), num_samples=stop - start,
+                           notes=list(stream.notes), select=None)
+        stream.select = select
+    return stream
 
 
 def _dataset_stream(dataset: Any, source: str, batch_size: int, limit: int | None,
@@ -426,7 +462,13 @@ def _dataset_stream(dataset: Any, source: str, batch_size: int, limit: int | Non
     loader = DataLoader(chosen, batch_size=batch_size, shuffle=False)
     count = None if total is None else min(total, limit) if limit is not None else total
     stream = DataStream(source=source, batches=_limited(loader, limit), num_samples=count, notes=notes,
-                        total_samples=total)
+                        total_samples=total, batch_size=batch_size)
+    if count is not None:
+        def select(start: int, stop: int) -> DataStream:
+            part = DataLoader(Subset(chosen, range(start, stop)), batch_size=batch_size, shuffle=False)
+            return replace(stream, batches=_limited(part, None), num_samples=stop - start,
+                           notes=list(stream.notes), select=None)
+        stream.select = select
     return stream
 
 
