@@ -67,7 +67,7 @@ def test_suggestions_print_under_the_table_and_land_in_the_json(runner, files):
     assert "layer.bias[[0, 1, 2, 3, 4, 5, 6, 7]] = 0.0" in out or "code: in the HTML / JSON report" in out
     stored = json.loads(json_path.read_text())["suggestions"]
     ids = [s["id"] for s in stored]
-    assert ids[:3] == ["dead-share", "init-not-he", "bias-reset"]
+    assert ids[:3] == ["bias-reset", "dead-share", "init-not-he"], "ranked: the named cause first (issue 10)"
     bias = stored[ids.index("bias-reset")]
     assert bias["evidence"]["units"] == list(range(8)) and bias["evidence"]["biases"] == [-100.0] * 8
 
