@@ -357,7 +357,7 @@ class DispatchCapture(ActivationCapture):
         """Aten-level sites are not linked to layers: the graph's ops have no modules to blame."""
         return None
 
-    def _unit_dim(self, inputs: torch.Tensor, spec: KindSpec) -> tuple[int | None, str | None]:
+    def _unit_dim(self, inputs: torch.Tensor, spec: KindSpec, link: Any = None) -> tuple[int | None, str | None]:
         producer = None
         if self._discovering:
             for reference, candidate in reversed(self._op_outputs):

@@ -315,8 +315,11 @@ class ActivationCapture:
 
     def _forget_output(self, tensor: torch.Tensor) -> None:
         # An output written into in place (a residual add) is no longer what its layer produced.
-        for entry in [entry for entry in self._recent_outputs if entry[0]() is tensor]:
-            self._recent_outputs.remove(entry)
+        # (Rebuilt, not .remove(): tuples compare their weakrefs, which compare the tensors.)
+        if any(ref() is tensor for ref, _ in self._recent_outputs):
+            kept = [entry for entry in self._recent_outputs if entry[0]() is not tensor]
+            self._recent_outputs.clear()
+            self._recent_outputs.extend(kept)
 
     def _input_link(self, inputs: torch.Tensor, module_name: str, activation: nn.Module | None) -> InputLink | None:
         """Which layer produced a new site's input (eager capture; aten-level capture overrides).
@@ -452,12 +455,13 @@ class ActivationCapture:
     def _new_record(self, module_name: str, function: str | None, call_index: int, spec: KindSpec,
                     inputs: torch.Tensor, activation: nn.Module | None) -> SiteRecord:
         shape = tuple(inputs.shape)  # activations are elementwise: output shape == input shape
+        link = self._input_link(inputs, module_name, activation)
         if self.settings.granularity is Granularity.POSITION:
             unit_dim: int | None = 1 if len(shape) > 1 else None
             unit_shape = shape[1:]
             dims = (0,) if len(shape) > 1 else tuple(range(len(shape)))
         else:
-            unit_dim, warning = self._unit_dim(inputs, spec)
+            unit_dim, warning = self._unit_dim(inputs, spec, link)
             if warning and not self._discovering and len(shape) > 2:
                 warning += " (site first ran after the first batch, when producers were no longer tracked)"
             if warning:
@@ -481,12 +485,15 @@ class ActivationCapture:
         return SiteRecord(module=module_name, function=function, call_index=call_index, spec=spec,
                           unit_dim=unit_dim, unit_shape=unit_shape, plan=plan, order=next(self._order),
                           accumulator=Accumulator(unit_shape, inputs.device), activation=activation,
-                          link=self._input_link(inputs, module_name, activation))
+                          link=link)
 
-    def _unit_dim(self, inputs: torch.Tensor, spec: KindSpec) -> tuple[int | None, str | None]:
+    def _unit_dim(self, inputs: torch.Tensor, spec: KindSpec,
+                  link: InputLink | None = None) -> tuple[int | None, str | None]:
         """The unit axis of a new site's tensor, judged from the module that produced it
         (aten-level capture overrides this to judge from the producing op)."""
         producer = self._producer_of(inputs) if self._discovering else None
+        if producer is None and link is not None and link.how == "enclosing" and link.layer is not None:
+            producer = self.model.get_submodule(link.layer)  # the norm layer the activation sits in
         last = self._last_producer if self._discovering else None
         return resolve_unit_dim(tuple(inputs.shape), None if producer is None else producer_of_module(producer),
                                 None if last is None else producer_of_module(last), spec.per_channel_param)

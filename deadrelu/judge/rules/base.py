@@ -148,8 +148,10 @@ def suggestion(id: str, severity: str | Severity, sites: Iterable[str], title: s
 
 
 def site_severity(site: SiteResult) -> Severity:
-    """A cause found at a site is as urgent as the site: critical above half dead, else a warning."""
-    return Severity.CRITICAL if site.dead_ratio > DEAD_SHARE_CRITICAL else Severity.WARNING
+    """A cause found at a site is as urgent as the site's level: FAIL critical, WARN warning, OK info
+    (a named cause for a few dead units under the thresholds is worth knowing, not a warning)."""
+    from ..overall import Level, site_level
+    return {Level.FAIL: Severity.CRITICAL, Level.WARN: Severity.WARNING}.get(site_level(site), Severity.INFO)
 
 
 # -- small helpers ------------------------------------------------------------------------

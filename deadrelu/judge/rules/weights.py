@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...kinds import HE_KINDS, ZERO_GRADIENT_KINDS
+from ..overall import leaky, stuck_mask
 from .base import (BN_GAMMA_EPS, BN_STRONG_BETA, DEAD_SHARE_WARNING, EVIDENCE_LIST_MAX, INIT_MIN_WEIGHTS,
                    INIT_TOLERANCE, SCOPE_MODEL, STRONG_BIAS, RuleContext, Suggestion, _cut, _fan_in, _fmt,
                    _is_activation, _is_batchnorm, _is_weight_layer, _leaky_slope, _lit, _module_counts, _num,
@@ -110,12 +111,11 @@ def rule_init(context: RuleContext) -> list[Suggestion]:
     first = findings[0]
     site, name, _layer, slope, fan_in, refs, std, looks = first
     if looks == "pytorch_default":
-        title = (f"Layer {name} ({type(_layer).__name__}) feeding site {site.name} ({site.dead_ratio:.0%} dead) has "
-                 f"PyTorch's default init: std {_fmt(std)} ≈ 1/sqrt(3·fan_in), He would be sqrt(2/fan_in) = "
-                 f"{_fmt(refs['he'])} (fan_in {fan_in})")
+        title = (f"{name} → {site.name} ({site.dead_ratio:.0%} dead): PyTorch's default init, std {_fmt(std)} ≈ "
+                 f"1/sqrt(3·fan_in); He would be sqrt(2/fan_in) = {_fmt(refs['he'])} (fan_in {fan_in})")
     else:
-        title = (f"Layer {name} ({type(_layer).__name__}) feeding site {site.name} ({site.dead_ratio:.0%} dead) is not "
-                 f"He-initialised: std {_fmt(std)}, He would be {_fmt(refs['he'])} (fan_in {fan_in})")
+        title = (f"{name} → {site.name} ({site.dead_ratio:.0%} dead): not He-initialised, std {_fmt(std)}; He "
+                 f"would be {_fmt(refs['he'])} (fan_in {fan_in})")
     if len(findings) > 1:
         title += f"; {len(findings) - 1} more layer(s)"
     action = ("He initialisation keeps the activations' variance constant through ReLU layers; PyTorch's default "
@@ -130,7 +130,9 @@ def rule_init(context: RuleContext) -> list[Suggestion]:
         code_lines.append(f"nn.init.kaiming_normal_(model.get_submodule({_lit(name)}).weight, mode='fan_in', "
                           f"nonlinearity='{nonlinearity}'{extra})")
     evidence = {"dead_share_threshold": DEAD_SHARE_WARNING, "tolerance": INIT_TOLERANCE, "layers": per_layer}
-    return [suggestion("init-not-he", "warning", [f[0].name for f in findings], title, evidence, action,
+    # Never-active LeakyReLU/PReLU units keep a gradient: the advice stands, with less urgency.
+    severity = "warning" if any(not leaky(f[0]) for f in findings) else "info"
+    return [suggestion("init-not-he", severity, [f[0].name for f in findings], title, evidence, action,
                        "\n".join(code_lines), destructive=True,
                        changes=f"re-initialises the weights of {min(len(findings), 8)} layer(s) (He normal)")]
 
@@ -266,13 +268,12 @@ def rule_bias(context: RuleContext) -> list[Suggestion]:
         strong_units = np.flatnonzero(strong).tolist()
         parts = []
         if strong_units:
-            parts.append(f"{len(strong_units)} dead unit(s) held below zero by their bias in layer {name} "
-                         f"(as low as {_fmt(float(bias[strong_units].min()))}, while a typical |w·x| is "
-                         f"{_fmt(float(np.median(reach)))})")
+            parts.append(f"bias < −{STRONG_BIAS:g}·|w·x| on {_ranges(strong_units, 'unit')} (as low as "
+                         f"{_fmt(float(bias[strong_units].min()))}, typical |w·x| {_fmt(float(np.median(reach)))})")
         if cannot_fire:
-            parts.append(f"{len(cannot_fire)} unit(s) of layer {name} cannot fire for any input in the observed "
-                         f"range (max reachable pre-activation ≤ 0)")
-        title = f"{name} → {site.name}: " + "; ".join(parts) + f": explains {len(flagged)} of {site.dead} dead"
+            parts.append(f"{_ranges(cannot_fire, 'unit')} cannot fire for any input in the observed range "
+                         f"(max reachable pre-activation ≤ 0)")
+        title = f"{site.name} ← {name}: " + "; ".join(parts)
         action = ("These units' bias holds their pre-activation below zero for every input seen, so "
                   + _negative_side_effect(site.kind) + ". Reset those biases to 0 (or re-initialise the units' "
                   "incoming weights, ReDo-style) and fine-tune; then find what drove them there (a learning-rate "
@@ -282,7 +283,7 @@ def rule_bias(context: RuleContext) -> list[Suggestion]:
                 f"with torch.no_grad():\n"
                 f"    layer.bias[{flagged}] = 0.0")
         out.append(suggestion("bias-reset", site_severity(site), [site.name], title, evidence, action, code,
-                              explains=len(flagged),
+                              explains=int(stuck_mask(site)[flagged].sum()),
                               changes=f"sets the bias of {len(flagged)} unit(s) of {name} to 0"))
     return out
 
@@ -330,8 +331,7 @@ def rule_batchnorm(context: RuleContext) -> list[Suggestion]:
             reasons.append(f"β < −{BN_STRONG_BETA:g}·|γ|" + (f" ({int(negative_beta.sum())})" if zero_gamma.any() else ""))
         if zero_gamma.any():
             reasons.append("γ ≈ 0 with β ≤ 0" + (f" ({int(zero_gamma.sum())})" if negative_beta.any() else ""))
-        title = (f"{name} → {site.name}: {_ranges(flagged)} of BatchNorm {name} have " + " and ".join(reasons)
-                 + f": explains {len(flagged)} of {site.dead} dead")
+        title = f"{site.name} ← {name}: " + " and ".join(reasons) + f" on {_ranges(flagged)}"
         action = ("After BatchNorm a channel is ~N(β, γ²); with β several γ below zero (or γ ≈ 0 and β ≤ 0) the "
                   f"following {site.kind} almost never fires, and the channel stops learning. Reset β to 0 and γ to 1 on "
                   "those channels and fine-tune; check the learning rate and any weight decay on BN parameters.")
@@ -341,12 +341,12 @@ def rule_batchnorm(context: RuleContext) -> list[Suggestion]:
                 f"    bn.bias[{flagged}] = 0.0\n"
                 f"    bn.weight[{flagged}] = 1.0")
         out.append(suggestion("batchnorm-dead", site_severity(site), [site.name], title, evidence, action, code,
-                              explains=len(flagged),
+                              explains=int(stuck_mask(site)[flagged].sum()),
                               changes=f"sets β = 0 and γ = 1 on {len(flagged)} channel(s) of {name}"))
     return out
 
 
-def _ranges(indices: list[int], limit: int = 6) -> str:
+def _ranges(indices: list[int], noun: str = "channel", limit: int = 6) -> str:
     """``channels 0–31`` / ``channels 1, 4, 6`` / ``channel 3``: index runs, compactly."""
     runs: list[tuple[int, int]] = []
     for index in indices:
@@ -356,7 +356,7 @@ def _ranges(indices: list[int], limit: int = 6) -> str:
             runs.append((index, index))
     parts = [f"{a}" if a == b else f"{a}–{b}" for a, b in runs[:limit]]
     more = f", … ({len(indices)} in all)" if len(runs) > limit else ""
-    return ("channel " if len(indices) == 1 else "channels ") + ", ".join(parts) + more
+    return (f"{noun} " if len(indices) == 1 else f"{noun}s ") + ", ".join(parts) + more
 
 
 @rule
