@@ -201,3 +201,9 @@ def test_unit_map_shows_elu_floor_units_as_saturated():
     assert site.verdict.dead_units[:4] == [0, 1, 2, 3] and site.verdict.saturated_units == [0, 1, 2, 3]
     marks = np.ma.filled(plots.unit_map(result, 0).axes[0].get_images()[1].get_array(), 0).reshape(-1)
     assert np.flatnonzero(marks == 1).tolist() == [0, 1, 2, 3]
+
+
+def test_result_plot_is_the_overview_figure(small):
+    fig = small.plot()
+    assert isinstance(fig, Figure)
+    assert [label.get_text() for label in fig.axes[0].get_yticklabels()] == ["1"]
