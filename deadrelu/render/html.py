@@ -206,8 +206,9 @@ margin:12px 0;break-inside:avoid}
 .sugg p{margin:6px 0}.sugg .sites{color:var(--muted);font-size:13px;overflow-wrap:anywhere}
 .evidence{font-size:13px;margin:8px 0}.evidence td:first-child{color:var(--muted);width:34%}
 .evidence.matrix td:first-child{width:auto}.evidence.matrix th{font-size:12px}
-pre{background:#f1f3f4;border-radius:6px;padding:10px 12px;overflow:auto;font-size:13px;line-height:1.4;
-white-space:pre-wrap;overflow-wrap:anywhere}
+pre{background:#f1f3f4;border-radius:6px;padding:10px 12px;overflow-x:auto;font-size:13px;line-height:1.4;
+white-space:pre}
+.tablebox{overflow-x:auto;max-width:100%}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 details.site{border:1px solid var(--line);border-radius:8px;margin:8px 0;padding:0 12px}
 details.site>summary{cursor:pointer;padding:8px 0;overflow-wrap:anywhere}
@@ -224,7 +225,8 @@ white-space:nowrap}table.facts td{overflow-wrap:anywhere;max-width:360px}
 .meta td{overflow-wrap:anywhere}
 ul.warnings li{margin:2px 0;overflow-wrap:anywhere}
 footer{margin-top:40px;color:var(--muted);font-size:13px}
-@media (max-width:640px){main{padding:14px 10px 40px}.verdictcard .level{font-size:22px}}
+@media (max-width:640px){main{padding:14px 10px 40px}.verdictcard .level{font-size:22px}
+td.name{overflow-wrap:normal;white-space:nowrap;max-width:none}}
 @media print{main{max-width:none;padding:0}img.plot{max-width:100%}details.site{break-inside:avoid}
 details::details-content{content-visibility:visible;display:block;height:auto}
 a{color:inherit;text-decoration:none}}
@@ -495,15 +497,15 @@ def _site_table(result: ScanResult, ordered: Sequence[SiteResult], anchors: dict
             + '<th class="n">dormant</th><th class="n">active rate</th></tr></thead>')
     table = ""
     if problems:
-        table = (f'<table>{head}<tbody>{_site_rows(result, problems, anchors, 1, saturating, leaky_kinds)}'
-                 "</tbody></table>")
+        table = (f'<div class="tablebox"><table>{head}<tbody>'
+                 f'{_site_rows(result, problems, anchors, 1, saturating, leaky_kinds)}</tbody></table></div>')
     else:
         table = '<p>No site has a dead, saturated or never-active unit.</p><table></table>'
     if clean:
         table += (f'<details><summary>{len(clean)} site(s) clean (no dead or saturated unit): show them</summary>'
-                  f'<table>{head}<tbody>'
+                  f'<div class="tablebox"><table>{head}<tbody>'
                   f'{_site_rows(result, clean, anchors, len(problems) + 1, saturating, leaky_kinds)}'
-                  "</tbody></table></details>")
+                  "</tbody></table></div></details>")
     more = (f'<p class="muted">{len(ordered) - max_rows} more site(s) not listed; all are in the JSON report.</p>'
             if len(ordered) > max_rows else "")
     return table + more

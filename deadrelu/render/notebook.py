@@ -10,7 +10,8 @@ from __future__ import annotations
 from html import escape
 from typing import TYPE_CHECKING
 
-from ..judge.overall import Level, flagged, never_active, site_level, stuck_share, worst_sites
+from ..judge.overall import (Level, dead_no_gradient, flagged, leaky, never_active, site_level, stuck_share,
+                             worst_sites)
 from .html import SEVERITY_LABEL, scope_css, verdict_card
 from .text import visible
 
@@ -29,7 +30,7 @@ border-left:6px solid var(--ok);border-radius:6px;padding:8px 12px;margin:0 0 8p
 .verdictcard .level{font-size:18px;font-weight:750;color:var(--ok)}.verdictcard.WARN .level{color:var(--warn)}
 .verdictcard.FAIL .level{color:var(--crit)}.verdictcard .what{font-size:14px;overflow-wrap:anywhere}
 .verdictcard .more{flex-basis:100%;color:var(--muted);font-size:12px}
-table{border-collapse:collapse;margin:4px 0;font-size:12px;color:inherit;font-family:inherit}
+table{border-collapse:collapse;border:0;margin:4px 0;font-size:12px;color:inherit;font-family:inherit}
 th,td{padding:2px 8px;border-bottom:1px solid var(--line);text-align:left}td.n,th.n{text-align:right}
 tr.FAIL td{background:#fdecea}tr.WARN td{background:#fff4e5}tr.leaky td{background:#e8f6f8}
 td.name{overflow-wrap:anywhere;max-width:360px;font-family:ui-monospace,Menlo,Consolas,monospace}
@@ -60,10 +61,12 @@ def sparkline_svg(result: ScanResult, width: int = 600, height: int = 64) -> str
     bars = []
     for k, site in enumerate(sites):
         share = stuck_share(site)
+        color, what = _BAR[site_level(site)], "dead or saturated"
+        if not share and never_active(site):  # leaky units that never activate: their own colour
+            share, color, what = never_active(site) / max(site.units, 1), "#17becf", "never active (leaky)"
         h = max(plot_h * share, 1.0 if share else 0.0)
         bars.append(f'<rect x="{left + k * bar_w:.2f}" y="{4 + plot_h - h:.2f}" width="{max(bar_w * 0.85, 0.6):.2f}" '
-                    f'height="{h:.2f}" fill="{_BAR[site_level(site)]}"><title>{_e(site.name)}: '
-                    f'{share:.1%} stuck</title></rect>')
+                    f'height="{h:.2f}" fill="{color}"><title>{_e(site.name)}: {share:.1%} {what}</title></rect>')
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
             f'aria-label="dead or saturated share per site, network order">'
             f'<line x1="{left}" y1="{4 + plot_h}" x2="{width - 2}" y2="{4 + plot_h}" stroke="#888"/>'
@@ -86,15 +89,21 @@ def result_html(result: ScanResult, limit: int = NB_SITES) -> str:
     """
     problems = [site for site in worst_sites(result) if flagged(site)]
     clean = len(result.sites) - len(problems)
-    rows = "".join(
-        f'<tr class="{site_level(site).value if site_level(site) is not Level.OK else ("leaky" if never_active(site) else "")}">'
-        f'<td class="name">{_e(site.name)}</td><td>{_e(site.kind)}</td><td class="n">{site.units}</td>'
-        f'<td class="n">{site.dead}</td><td class="n">{site.dead_ratio:.1%}</td><td class="n">{site.saturated}</td>'
-        f'<td class="n">{site.dormant}</td></tr>'
-        for site in problems[:limit])
-    table = ("<table><tr><th>site</th><th>kind</th><th class=\"n\">units</th><th class=\"n\">dead</th>"
-             "<th class=\"n\">dead %</th><th class=\"n\">saturated</th><th class=\"n\">dormant</th></tr>"
-             f"{rows}</table>") if rows else ""
+    rows = []
+    for site in problems[:limit]:
+        level = site_level(site)
+        tone = level.value if level is not Level.OK else ("leaky" if never_active(site) else "")
+        dead = dead_no_gradient(site)
+        rows.append(
+            f'<tr class="{tone}"><td class="name">{_e(site.name)}</td><td>{_e(site.kind)}</td>'
+            f'<td class="n">{site.units}</td>'
+            + (f'<td class="n">{dead}</td><td class="n">{dead / max(site.units, 1):.1%}</td>' if not leaky(site)
+               else '<td class="n">–</td><td class="n">–</td>')
+            + f'<td class="n">{site.saturated if site.saturation else "–"}</td>'
+            f'<td class="n">{never_active(site) if leaky(site) else "–"}</td><td class="n">{site.dormant}</td></tr>')
+    table = ('<table><tr><th>site</th><th>kind</th><th class="n">units</th><th class="n">dead</th>'
+             '<th class="n">dead %</th><th class="n">saturated</th><th class="n">never active (leaky)</th>'
+             f'<th class="n">dormant</th></tr>{"".join(rows)}</table>') if rows else ""
     notes = []
     if len(problems) > limit:
         notes.append(f"{len(problems) - limit} more site(s) with a problem")

@@ -111,10 +111,10 @@ def rule_init(context: RuleContext) -> list[Suggestion]:
     first = findings[0]
     site, name, _layer, slope, fan_in, refs, std, looks = first
     if looks == "pytorch_default":
-        title = (f"{name} → {site.name} ({site.dead_ratio:.0%} dead): PyTorch's default init, std {_fmt(std)} ≈ "
+        title = (f"{site.name} ← {name} ({site.dead_ratio:.0%} dead): PyTorch's default init, std {_fmt(std)} ≈ "
                  f"1/sqrt(3·fan_in); He would be sqrt(2/fan_in) = {_fmt(refs['he'])} (fan_in {fan_in})")
     else:
-        title = (f"{name} → {site.name} ({site.dead_ratio:.0%} dead): not He-initialised, std {_fmt(std)}; He "
+        title = (f"{site.name} ← {name} ({site.dead_ratio:.0%} dead): not He-initialised, std {_fmt(std)}; He "
                  f"would be {_fmt(refs['he'])} (fan_in {fan_in})")
     if len(findings) > 1:
         title += f"; {len(findings) - 1} more layer(s)"
