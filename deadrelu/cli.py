@@ -78,6 +78,8 @@ ShowUnitsOption = Annotated[bool, typer.Option("--show-units", rich_help_panel=O
                                                help="List dead/saturated unit indices.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=OUTPUT,
                                            help="Only the verdict and gate lines.")]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", rich_help_panel=OUTPUT,
+                                             help="Every site, and each suggestion's evidence, action and code.")]
 DebugOption = Annotated[bool, typer.Option("--debug", rich_help_panel=RUN, help="Show tracebacks.")]
 _DEFAULTS = ScanSettings()
 _THRESHOLDS = Thresholds()
@@ -176,6 +178,7 @@ def scan(
     markdown_path: MarkdownOption = None,
     show_units: ShowUnitsOption = False,
     quiet: QuietOption = False,
+    verbose: VerboseOption = False,
     batch_size: Annotated[Optional[int], typer.Option(
         metavar="N", rich_help_panel=RUN, show_default=str(_DEFAULTS.batch_size),
         help="Samples per forward pass.")] = None,
@@ -220,7 +223,7 @@ def scan(
                               input_key=input_key or None, scale=scale, partial_on_interrupt=partial_on_interrupt,
                               shard=shard)
         if main_process:
-            _emit(result, json_path, quiet, show_units)
+            _emit(result, json_path, quiet, show_units, verbose)
             _write_reports(result, targets, json_path == Path("-"))
             write_ci_reports(result, junit_path, markdown_path, json_path == Path("-"))
     raise typer.Exit(EXIT_GATE_FAILED if result.gate is not None and not result.gate.passed else EXIT_OK)
@@ -232,7 +235,19 @@ def _stem(model: Path | None, model_spec: str | None) -> str:
     return (model_spec or "model").rpartition(":")[2] or "model"
 
 
-def _emit(result: Any, json_path: Path | None, quiet: bool, show_units: bool) -> None:
+def _width() -> int | None:
+    """The width to lay the report out for: the terminal's, or COLUMNS; None (no limit) for a log."""
+    import os
+    columns = os.environ.get("COLUMNS", "")
+    if stdout.is_terminal:
+        return stdout.width
+    if columns.isdigit():
+        return int(columns)
+    stdout.width = 400  # a CI log: full names and lines, nothing wrapped mid-word
+    return None
+
+
+def _emit(result: Any, json_path: Path | None, quiet: bool, show_units: bool, verbose: bool = False) -> None:
     if json_path == Path("-"):
         sys.stdout.write(result.to_json() + "\n")
         gate = console_render.gate_lines(result)
@@ -247,7 +262,7 @@ def _emit(result: Any, json_path: Path | None, quiet: bool, show_units: bool) ->
         if gate is not None:
             stdout.print(gate)
     else:
-        stdout.print(console_render.report(result, show_units=show_units))
+        stdout.print(console_render.report(result, show_units=show_units, width=_width(), verbose=verbose))
     if json_path is not None and not quiet:
         stdout.print(f"JSON report: {json_path}", markup=False)
 
@@ -276,6 +291,7 @@ def report(
     out_dir: OutOption = None,
     show_units: ShowUnitsOption = False,
     quiet: QuietOption = False,
+    verbose: VerboseOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Re-render a saved JSON report (terminal, HTML, PNGs) without the model.
@@ -290,7 +306,7 @@ def report(
         if not result.suggestions:
             from .judge.suggestions import suggest
             result = result.with_suggestions(suggest(result))
-        _emit(result, None, quiet, show_units)
+        _emit(result, None, quiet, show_units, verbose)
         _write_reports(result, targets, False)
     raise typer.Exit(EXIT_OK)
 

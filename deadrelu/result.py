@@ -29,6 +29,41 @@ if TYPE_CHECKING:
 _SETTING_KEYS = ({f.name for f in dataclasses.fields(ScanSettings)}
                  | {f.name for f in dataclasses.fields(Thresholds)}) - {"thresholds", "device"}
 
+#: how a site's input relates to the layer named in its ``InputLink``
+LINK_OUTPUT, LINK_ENCLOSING, LINK_AFTER_OP = "output", "enclosing", "after-op"
+
+
+@dataclass(frozen=True)
+class InputLink:
+    """Which layer produced an activation site's input, as the capture saw it.
+
+    Attributes:
+        layer: the layer's qualified module name (None when no Linear/Conv/Norm/Embedding
+            ran before the site).
+        how: ``"output"`` — the site's input *is* that layer's output tensor, untouched;
+            ``"enclosing"`` — the activation is a child of that norm layer and applies to
+            its normalised output (timm's ``BatchNormAct2d``); ``"after-op"`` — something
+            else (a residual add, a concatenation, a reshape) came after ``layer``, the last
+            layer that ran, so that layer alone does not decide the site's input.
+    """
+
+    layer: str | None
+    how: str
+
+    @property
+    def direct(self) -> bool:
+        """Whether ``layer``'s parameters decide the site's input (weight rules may blame it)."""
+        return self.layer is not None and self.how in (LINK_OUTPUT, LINK_ENCLOSING)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "how": self.how}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> InputLink | None:
+        if not isinstance(data, dict) or "how" not in data:
+            return None
+        return cls(layer=data.get("layer"), how=str(data["how"]))
+
 
 @dataclass(frozen=True, eq=False)
 class SiteResult:
@@ -45,6 +80,8 @@ class SiteResult:
         verdict: per-unit verdicts.
         saturation: ``"floor"``, ``"bounds"`` or None (how this kind saturates).
         prelu_slopes: min/mean/max of PReLU's learned slopes, else None.
+        producer: the layer that produced the site's input (None: not tracked, e.g. an
+            exported program or a site first seen after the first batch).
     """
 
     name: str
@@ -57,6 +94,7 @@ class SiteResult:
     verdict: SiteVerdict
     saturation: str | None = None
     prelu_slopes: dict[str, float] | None = None
+    producer: InputLink | None = None
 
     @property
     def units(self) -> int:
@@ -120,6 +158,7 @@ class SiteResult:
             "saturation": self.saturation, "prelu_slopes": self.prelu_slopes,
             "dead_units": self.verdict.dead_units, "saturated_units": self.verdict.saturated_units,
             "dormant_units": self.verdict.dormant_units,
+            "producer": None if self.producer is None else self.producer.to_dict(),
         }
         if unit_stats:
             data["unit_stats"] = self.stats.to_lists()
@@ -334,7 +373,8 @@ class ScanResult:
                 name=site["name"], module=site["module"], call_index=site["call_index"],
                 function=site.get("function"), kind=site["kind"], unit_dim=site.get("unit_dim"), stats=stats,
                 verdict=judge_site(stats, site.get("saturation"), settings.thresholds),
-                saturation=site.get("saturation"), prelu_slopes=site.get("prelu_slopes")))
+                saturation=site.get("saturation"), prelu_slopes=site.get("prelu_slopes"),
+                producer=InputLink.from_dict(site.get("producer"))))
         gate = data.get("gate")
         return cls(sites=tuple(sites), summary=Summary.of(sites), settings=settings, model=data.get("model", {}),
                    data=data.get("data", {}), coverage=data.get("coverage", {}),
@@ -376,6 +416,15 @@ class ScanResult:
     def _repr_html_(self) -> str:
         from .render.notebook import result_html
         return result_html(self)
+
+    def plot(self) -> Any:
+        """The overview figure (dead / saturated / dormant share per site, flagged sites named).
+
+        Returns:
+            A matplotlib ``Figure`` (shown as the cell's value in a notebook).
+        """
+        from .render.plots import dead_ratio_by_layer
+        return dead_ratio_by_layer(self)
 
 
 def _finite_or_none(value: float) -> float | None:

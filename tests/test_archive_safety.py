@@ -112,7 +112,10 @@ def named(entries: list[Entry], suffix: str) -> int:
 
 def with_json(entries: list[Entry], suffix: str, edit) -> list[Entry]:
     index = named(entries, suffix)
-    document = json.loads(entries[index].data)
+    try:
+        document = json.loads(entries[index].data)
+    except ValueError:  # an earlier mutation swapped this member's bytes: nothing left to edit
+        return entries
     edit(document)
     out = list(entries)
     out[index] = replace(entries[index], data=json.dumps(document).encode())

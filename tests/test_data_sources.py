@@ -381,3 +381,16 @@ def test_fit_batches(sizes, low, high, preferred, expected, dropped):
     seen = torch.cat(batches).flatten().tolist()
     assert seen == list(range(sum(sizes) - dropped))
     assert any(f"last {dropped} sample(s) were not scanned" in note for note in fitted.notes) == bool(dropped)
+
+
+def test_fit_batches_says_re_batched_only_when_the_batches_change():
+    # issue 10: a .pt2 exported with Dim("batch", min=2) scanned at the batch size asked for changes nothing.
+    same = fit_batches(_stream([32, 32]), 2, None, 32)
+    assert [len(b) for b in same.batches()] == [32, 32]
+    assert not any("re-batched" in note for note in same.notes)
+    joined = fit_batches(_stream([32, 1]), 2, None, 32)
+    assert [len(b) for b in joined.batches()] == [33]
+    assert joined.notes[-1] == ("the last 1 sample(s) joined the batch before them: the model accepts batches of "
+                                "2 to any samples")
+    fixed = fit_batches(_stream([7, 7]), 4, 4, 7)
+    assert "the model accepts batches of exactly 4 samples; data re-batched to 4" in fixed.notes

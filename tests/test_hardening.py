@@ -306,7 +306,7 @@ def test_units_without_a_finite_observation_are_unobserved_not_healthy(runner, r
     done = runner.invoke(app, ["scan", "--model", f"{relu_only['model']}:build", str(relu_only["partly"]),
                                "--nonfinite", "keep", "--json", str(path), "-q"])
     assert done.exit_code == 0, done.output
-    assert "No dead units among the 5 observed" in done.stdout
+    assert "WARN  no dead units among the 5 observed" in done.stdout  # issue 10: verdict line leads with the level
     assert "3 units unobserved (no finite observation)" in done.stdout
     document = json.loads(path.read_text())
     assert document["summary"]["unobserved"] == 3 and document["summary"]["units"] == 8

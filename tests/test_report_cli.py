@@ -40,13 +40,13 @@ def test_suggestions_print_under_the_table_and_land_in_the_json(runner, files):
     done = scan_files(runner, files, "--json", json_path)
     assert done.exit_code == 0, done.output
     out = done.stdout
-    assert out.index("Activation sites") < out.index("Suggested fixes:") < out.index("8 of 32 units dead")
-    assert "WARNING  1 ReLU site(s) have more than 10% dead units (worst: site 1, 8 of 32 = 25.0%)" in out
-    # bias-reset is among the first three suggestions, whose code is printed in full (not deferred).
-    assert "layer.bias[[0, 1, 2, 3, 4, 5, 6, 7]] = 0.0" in out
+    # issue 10: the verdict first, then the sites, then one ranked line per suggestion.
+    assert out.index("8 of 32 units dead") < out.index("Activation sites") < out.index("Suggested fixes:")
+    assert "  #2  WARN       –  1 ReLU site(s) have more than 10% dead units (worst: site 1, 8 of 32 = 25.0%)" in out
+    assert "evidence and code: --verbose, --html or --json" in out, "code is never soft-wrapped: shown in full there"
     stored = json.loads(json_path.read_text())["suggestions"]
     ids = [s["id"] for s in stored]
-    assert ids[:3] == ["dead-share", "init-not-he", "bias-reset"]
+    assert ids[:3] == ["bias-reset", "dead-share", "init-not-he"], "ranked: the named cause first (issue 10)"
     bias = stored[ids.index("bias-reset")]
     assert bias["evidence"]["units"] == list(range(8)) and bias["evidence"]["biases"] == [-100.0] * 8
 

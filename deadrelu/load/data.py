@@ -262,7 +262,8 @@ def fit_batches(stream: DataStream, minimum: int, maximum: int | None, preferred
     notes = list(stream.notes)
     fixed = maximum is not None and minimum == maximum
     accepted = f"exactly {minimum}" if fixed else f"{minimum} to {maximum if maximum is not None else 'any'}"
-    notes.append(f"the model accepts batches of {accepted} samples; data re-batched to {target}")
+    if target != preferred:  # said only when the batches change; a tail merged below says so itself
+        notes.append(f"the model accepts batches of {accepted} samples; data re-batched to {target}")
 
     def batches() -> Iterator[Batch]:
         pending: list[Batch] = []
@@ -299,6 +300,8 @@ def fit_batches(stream: DataStream, minimum: int, maximum: int | None, preferred
         combined = concat_batches([held, tail])
         combined_size = target + pending_size
         if maximum is None or combined_size <= maximum:
+            notes.append(f"the last {pending_size} sample(s) joined the batch before them: the model accepts "
+                         f"batches of {accepted} samples")
             yield combined
         elif combined_size - minimum >= minimum and not fixed:
             yield slice_batch(combined, combined_size - minimum)
