@@ -30,7 +30,7 @@ from ..kinds import (GATED_KINDS, KINDS, KNOWN_KINDS, ActiveRule, KindSpec, floo
 from ..settings import Granularity, ScanSettings
 from ..stats import Accumulator, CompiledReduction, ReductionPlan, ReductionWorkspace, SiteStats
 from .functional import FunctionalActivationMode, FunctionalCall, spec_for_call
-from .units import PRODUCERS, producer_of_module, resolve_unit_dim
+from .units import is_producer, producer_of_module, resolve_unit_dim
 
 ROOT_NAME = "<root>"
 
@@ -212,7 +212,7 @@ class ActivationCapture:
                 post = module.register_forward_hook(self._post_hook(name))
                 self._stack.callback(pre.remove)
                 self._stack.callback(post.remove)
-            elif isinstance(module, PRODUCERS):
+            elif is_producer(module):
                 handle = module.register_forward_hook(self._producer_hook)
                 producer_stack.callback(handle.remove)
             elif self._unsupported_activation(name, module):

@@ -24,6 +24,14 @@ CHANNEL_AXIS_PRODUCERS: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
 )
 PRODUCERS = LAST_AXIS_PRODUCERS + CHANNEL_AXIS_PRODUCERS
+#: Producers outside ``torch.nn`` with features on the last axis, by class name -> width attribute
+#: (transformers' GPT-2 ``Conv1D`` is a Linear with transposed weights).
+NAMED_LAST_AXIS_PRODUCERS = {"Conv1D": "nf"}
+
+
+def is_producer(module: nn.Module) -> bool:
+    """Whether a module produces features whose axis its type tells (Linear, Conv, norms, GPT-2's Conv1D)."""
+    return isinstance(module, PRODUCERS) or type(module).__name__ in NAMED_LAST_AXIS_PRODUCERS
 
 #: aten ops (overload packet names) whose output carries features on the last axis / on axis 1.
 LAST_AXIS_OPS = frozenset({"linear", "addmm", "mm", "matmul", "bmm", "baddbmm", "addmv", "mv", "layer_norm",
@@ -65,6 +73,10 @@ def producer_width(module: nn.Module) -> int | None:
 
 def producer_of_module(module: nn.Module) -> Producer:
     """A module as a producer (its feature axis from its type)."""
+    width_attribute = NAMED_LAST_AXIS_PRODUCERS.get(type(module).__name__)
+    if width_attribute is not None:
+        width = getattr(module, width_attribute, None)
+        return Producer(type(module).__name__, "last", width if isinstance(width, int) else None)
     axis = "last" if isinstance(module, LAST_AXIS_PRODUCERS) else (
         "channel" if isinstance(module, CHANNEL_AXIS_PRODUCERS) else None)
     return Producer(type(module).__name__, axis, producer_width(module))
@@ -114,5 +126,5 @@ def resolve_unit_dim(shape: tuple[int, ...], producer: Producer | None, last_pro
     return 1, f"unit axis is ambiguous ({why}); assumed axis 1"
 
 
-__all__ = ["Producer", "producer_of_module", "producer_of_op", "producer_width", "resolve_unit_dim", "PRODUCERS",
+__all__ = ["NAMED_LAST_AXIS_PRODUCERS", "is_producer", "Producer", "producer_of_module", "producer_of_op", "producer_width", "resolve_unit_dim", "PRODUCERS",
            "LAST_AXIS_PRODUCERS", "CHANNEL_AXIS_PRODUCERS", "LAST_AXIS_OPS", "CHANNEL_AXIS_OPS"]

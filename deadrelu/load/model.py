@@ -535,7 +535,7 @@ def _check_file(path: Path, what: str) -> str:
     return check_file(path, what, ModelLoadError,
                       missing_hint=f"to build the model with Python, use --model {path}" if spec
                       else "check the path; MODEL comes first, DATA second",
-                      folder_hint="pass the model file inside it",
+                      folder_hint="pass the model file inside it (a Hugging Face model folder holds a config.json)",
                       empty_hint="the save may have failed; save it again")
 
 
