@@ -26,6 +26,7 @@ _LAZY: dict[str, str] = {
     "GateOutcome": "deadrelu.judge.gate",
     "load_model": "deadrelu.load.model",
     "load_data": "deadrelu.load.data",
+    "load_text": "deadrelu.load.huggingface",
     "ScanResult": "deadrelu.result",
     "SiteResult": "deadrelu.result",
     "Summary": "deadrelu.result",
@@ -55,6 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover
                          OutputError, UnsafePickleError)
     from .judge.gate import GateOutcome, check_gate
     from .load.data import load_data
+    from .load.huggingface import load_text
     from .load.model import load_model
     from .render.reports import ReportTargets, write_reports
     from .result import ScanResult, SiteResult, Summary

@@ -308,6 +308,10 @@ class InputPreparer:
                                 hint="batches must be tensors, (x, y) tuples or dicts of tensors")
         samples = int(tensors[0].shape[0]) if tensors[0].ndim > 0 else 1
         mask = self._mask(mask_value, samples) if mask_value is not None else None
+        ids = next((v for v in tensors if v.ndim == 2 and not v.is_floating_point()), None)
+        if mask is not None and ids is not None and tuple(ids.shape) != tuple(mask.shape):
+            raise DataLoadError(f"the padding mask {self.mask_key or self.auto_mask!r} has shape {tuple(mask.shape)}, "
+                                f"the token ids {tuple(ids.shape)}", hint="the mask needs one entry per token")
         # Counted under every policy (the report says how many), dropped only with skip.
         keep = self._check_finite(tensors, samples, start)
         if keep is not None:

@@ -50,8 +50,7 @@ def open_model(path: str | os.PathLike | None = None, *, arch: str | None = None
         raise ConfigError("no model given", hint="pass a model file, or factory= (--model) with a Python reference")
     from .huggingface import is_model_folder
     if is_model_folder(path):
-        from .huggingface import load_hf_model
-        return load_hf_model(path, hf_class=hf_class, allow_remote_code=allow_remote_code)
+        return load_model(Path(path), hf_class=hf_class, allow_remote_code=allow_remote_code)
     if hf_class is not None:
         raise ConfigError(f"--hf-class goes with a Hugging Face model folder (config.json + weights); {path} is not one",
                           hint="deadrelu scan path/to/model_folder DATA --hf-class AutoModelForCausalLM")
