@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_CPU)
-	$(PY) -m pip install -q -e '.[test,formats]'
+	$(PY) -m pip install -q -e '.[test,formats,hf]'
 	touch $(STAMP)
 
 demo: $(STAMP)
