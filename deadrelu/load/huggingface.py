@@ -30,7 +30,6 @@ import numpy as np
 from ..errors import ConfigError, DataLoadError, ModelLoadError, first_line
 from .data import DataStream
 from .files import check_file, file_sha256
-from .model import LoadedModel
 
 #: what to run when transformers is missing
 INSTALL_HINT = "pip install 'deadrelu[hf]'  (transformers and tokenizers)"
@@ -84,8 +83,8 @@ def _quiet(transformers: Any) -> Iterator[None]:
 
 
 def load_hf_model(path: str | os.PathLike, hf_class: str | None = None,
-                  allow_remote_code: bool = False) -> LoadedModel:
-    """Load a ``save_pretrained`` folder with ``transformers``.
+                  allow_remote_code: bool = False) -> tuple[Any, list[str], str | None]:
+    """Load a ``save_pretrained`` folder with ``transformers`` (``load_model`` wraps it in a ``LoadedModel``).
 
     Args:
         path: the folder (``config.json`` + weights).
@@ -95,7 +94,8 @@ def load_hf_model(path: str | os.PathLike, hf_class: str | None = None,
             (``trust_remote_code``), for architectures it does not ship.
 
     Returns:
-        The model in eval mode, with ``use_cache`` off, and notes on what was loaded.
+        ``(model, notes, sha256 of the weights file)``: the model in eval mode with
+        ``use_cache`` off, and notes on what was loaded.
 
     Raises:
         ModelLoadError: transformers is missing, the folder has no weights, the class
@@ -141,7 +141,7 @@ def load_hf_model(path: str | os.PathLike, hf_class: str | None = None,
     if remote and allow_remote_code:
         notes.append("ran the folder's own Python code (--allow-remote-code)")
     digest = file_sha256(path / weights[0]) if weights and not weights[0].endswith(".json") else None
-    return LoadedModel(model, str(path), "huggingface", digest, notes)
+    return model, notes, digest
 
 
 def load_tokenizer(path: str | os.PathLike) -> Any:

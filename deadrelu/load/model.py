@@ -567,7 +567,8 @@ def load_model(path: str | Path, arch: str | None = None, arch_kwargs: Mapping[s
     path = Path(path)
     from .huggingface import is_model_folder, load_hf_model
     if is_model_folder(path):
-        return load_hf_model(path, hf_class=hf_class, allow_remote_code=allow_remote_code)
+        module, notes, hf_digest = load_hf_model(path, hf_class=hf_class, allow_remote_code=allow_remote_code)
+        return LoadedModel(module, str(path), "huggingface", hf_digest, notes)
     digest = _check_file(path, "model file")
     user_modules = [import_file(item) for item in imports]
     obj, how = _load_weights_file(path, allow_pickle, user_modules)
