@@ -221,3 +221,15 @@ def test_labels_in_dict_batches_are_never_fed():
     assert result.sites[0].verdict.dead_units == [0] and result.sites[0].observations == int(mask.sum())
     assert ("dict batches fed as keyword inputs: input_ids, attention_mask (labels left out); "
             "padding mask: attention_mask") in result.warnings
+
+
+def test_the_mask_applies_in_torchscript_too():
+    class Detector(PadDetector):
+        def forward(self, input_ids):
+            return self.act(self.proj(self.embed(input_ids)))
+
+    ids, mask = padded_tokens()
+    data = {"input_ids": ids, "attention_mask": mask}
+    for model in (Detector(), torch.jit.script(Detector())):
+        result = deadrelu.scan(model, data, input_key="input_ids", mask="attention_mask")
+        assert result.sites[0].verdict.dead_units == [0] and result.sites[0].observations == int(mask.sum())
