@@ -12,10 +12,13 @@ TORCH_CPU ?= torch==2.13.0
 
 setup: $(STAMP)
 
+# Extras that depend on torch (transformers, lightning) are installed with the installed
+# torch held as a constraint, so pip never swaps in another (CUDA) build.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_CPU)
-	$(PY) -m pip install -q -e '.[test,formats,hf]'
+	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/constraints.txt
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[test,formats,hf,lightning]'
 	touch $(STAMP)
 
 demo: $(STAMP)

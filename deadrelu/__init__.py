@@ -45,6 +45,9 @@ _LAZY: dict[str, str] = {
     "ForwardError": "deadrelu.errors",
     "CaptureError": "deadrelu.errors",
     "OutputError": "deadrelu.errors",
+    "prune": "deadrelu.repair", "recycle": "deadrelu.repair", "reinit": "deadrelu.repair",
+    "swap_activations": "deadrelu.repair", "RepairError": "deadrelu.repair",
+    "ResultFormatError": "deadrelu.errors",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -53,12 +56,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from . import capture
     from .capture.session import CaptureSession
     from .errors import (CaptureError, ConfigError, DataLoadError, DeadReluError, ForwardError, ModelLoadError,
-                         OutputError, UnsafePickleError)
+                         OutputError, ResultFormatError, UnsafePickleError)
     from .judge.gate import GateOutcome, check_gate
     from .load.data import load_data
     from .load.huggingface import load_text
     from .load.model import load_model
     from .render.reports import ReportTargets, write_reports
+    from .repair import RepairError, prune, recycle, reinit, swap_activations
     from .result import ScanResult, SiteResult, Summary
     from .scanning import scan
     from .settings import Granularity, ScanSettings, Thresholds, build_settings

@@ -38,7 +38,8 @@ def site_result(capture: ActivationCapture, record: SiteRecord, settings: ScanSe
     return SiteResult(name=capture.site_name(record), module=record.module, call_index=record.call_index,
                       function=record.function, kind=record.spec.kind, unit_dim=record.unit_dim, stats=stats,
                       verdict=judge_site(stats, saturation, settings.thresholds), saturation=saturation,
-                      prelu_slopes=prelu_slope_summary(record.activation) if record.activation is not None else None)
+                      prelu_slopes=prelu_slope_summary(record.activation) if record.activation is not None else None,
+                      producer=record.link)
 
 
 def model_name(model: nn.Module) -> str:

@@ -1,6 +1,8 @@
 """The command line: parse, call the library, render, map errors to exit codes.
 
-Exit codes: 0 scan done and gate passed (or no gate); 1 gate failed; 2 bad usage or input.
+Exit codes: 0 scan done and gate passed (or no gate); 1 gate failed; 2 bad usage or input;
+3 a bug in deadrelu (the traceback is written to a file whose path the error line gives);
+130 interrupted. Exit 1 means only "the gate failed", so CI never mistakes a crash for a verdict.
 
 Only typer, rich and the torch-free parts of deadrelu are imported at start-up; the
 model, data and scan modules (and torch with them) are imported by the commands that
@@ -9,23 +11,21 @@ need them, so ``deadrelu --help``, ``version`` and ``report`` start at once.
 
 from __future__ import annotations
 
-import re
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 
 from . import __version__
-from .errors import ConfigError, DeadReluError
+# Shared with the command groups in deadrelu/commands (which must not import this module).
+from .commands.common import EXIT_GATE_FAILED, EXIT_OK, error_exit, stderr, stdout
+from .commands.common import positionals as _positionals
+from .commands.common import spec_file as _spec_file
 from .render import console as console_render
 from .render.reports import ReportTargets, write_reports
 from .settings import CompileMode, Granularity, InputDtype, NonFinitePolicy, ScanSettings, Thresholds
-
-EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 #: what ``--help`` groups options under
 MODEL, DATA, CAPTURE, THRESHOLDS, GATE, OUTPUT, RUN = "Model", "Data", "Capture", "Thresholds", "Gate", "Output", "Run"
@@ -34,47 +34,6 @@ DATA_FILES = ".npy, .npz, .pt/.pth, .csv/.tsv, .parquet, or text (.txt/.jsonl) w
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="rich",
                   help="Find dead, saturated and dormant ReLU-family units in a PyTorch model, on your data.")
-stdout = Console(highlight=False, soft_wrap=False)
-# Errors and hints stay one line each, however narrow the terminal (CI logs are grepped).
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-
-#: library parameter names -> the flags a CLI user types, for error lines
-PARAMETER_FLAGS = {"batch_size": "--batch-size", "dead_threshold": "--dead-threshold", "tau": "--tau",
-                   "saturation": "--saturation", "granularity": "--granularity", "nonfinite": "--nonfinite",
-                   "limit": "--limit", "max_dead_ratio": "--max-dead-ratio",
-                   "max_layer_dead_ratio": "--max-layer-dead-ratio", "compile": "--compile"}
-_LEADING_PARAMETER = re.compile(r"^(" + "|".join(sorted(map(re.escape, PARAMETER_FLAGS), key=len, reverse=True))
-                                + r")\b(?!_)")
-
-
-def as_flags(message: str) -> str:
-    """A library message that starts with a parameter name (``batch_size must be >= 1``), with the flag."""
-    return _LEADING_PARAMETER.sub(lambda match: PARAMETER_FLAGS[match.group(1)], message, count=1)
-
-
-@contextmanager
-def error_exit(debug: bool) -> Iterator[None]:
-    """Turn the deadrelu error family into one line on stderr and exit code 2."""
-    try:
-        yield
-    except DeadReluError as exc:
-        if debug:
-            raise
-        message = as_flags(exc.message) if isinstance(exc, ConfigError) else exc.message
-        stderr.print(f"[bold red]error:[/] {_plain(message)}")
-        if exc.hint:
-            stderr.print(f"[dim]hint:[/] {_plain(exc.hint)}")
-        raise typer.Exit(EXIT_BAD_INPUT) from None
-    except KeyboardInterrupt:
-        stderr.print("[bold red]interrupted[/]: no report written (use --partial-on-interrupt to keep partial results)")
-        raise typer.Exit(130) from None
-
-
-def _plain(text: str) -> str:
-    from rich.markup import escape
-
-    from .render.text import visible
-    return escape(visible(text))
 
 
 class _ProgressReporter:
@@ -118,6 +77,8 @@ ShowUnitsOption = Annotated[bool, typer.Option("--show-units", rich_help_panel=O
                                                help="List dead/saturated unit indices.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=OUTPUT,
                                            help="Only the verdict and gate lines.")]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", rich_help_panel=OUTPUT,
+                                             help="Every site, and each suggestion's evidence, action and code.")]
 DebugOption = Annotated[bool, typer.Option("--debug", rich_help_panel=RUN, help="Show tracebacks.")]
 _DEFAULTS = ScanSettings()
 _THRESHOLDS = Thresholds()
@@ -195,17 +156,21 @@ def scan(
         help="Table columns to use as features, in order (default: every numeric column).")] = None,
     limit: Annotated[Optional[int], typer.Option(
         metavar="N", rich_help_panel=DATA, show_default="all", help="Scan at most N samples.")] = None,
+    shard: Annotated[Optional[str], typer.Option(
+        metavar="I/N", rich_help_panel=DATA, show_default="all",
+        help="Scan only shard I of N (contiguous blocks of whole batches); join the parts with "
+             "'deadrelu merge'.")] = None,
     shuffle_seed: Annotated[Optional[int], typer.Option(
         metavar="SEED", rich_help_panel=DATA,
         help="With --limit, scan a random subset drawn with this seed instead of the first N.")] = None,
     scale: Annotated[Optional[float], typer.Option(
         metavar="X", rich_help_panel=DATA, help="Multiply inputs by this (e.g. 0.00392 for uint8 images).")] = None,
     nonfinite: Annotated[Optional[NonFinitePolicy], typer.Option(
-        rich_help_panel=DATA, show_default=_DEFAULTS.nonfinite.value,
+        metavar="POLICY", rich_help_panel=DATA, show_default=_DEFAULTS.nonfinite.value,
         help="Input samples holding NaN/inf: fail, skip or keep.")] = None,
     granularity: Annotated[Optional[Granularity], typer.Option(
-        rich_help_panel=CAPTURE, show_default=_DEFAULTS.granularity.value,
-        help="channel: a unit is a neuron/channel; position: every (channel, position).")] = None,
+        metavar="UNIT", rich_help_panel=CAPTURE, show_default=_DEFAULTS.granularity.value,
+        help="channel (a neuron or conv channel) or position (every channel x position).")] = None,
     layers: Annotated[Optional[list[str]], typer.Option(
         "--layers", metavar="GLOB", rich_help_panel=CAPTURE,
         help="Only sites matching this glob (repeatable).")] = None,
@@ -238,14 +203,15 @@ def scan(
     out_dir: OutOption = None,
     show_units: ShowUnitsOption = False,
     quiet: QuietOption = False,
+    verbose: VerboseOption = False,
     batch_size: Annotated[Optional[int], typer.Option(
         metavar="N", rich_help_panel=RUN, show_default=str(_DEFAULTS.batch_size),
         help="Samples per forward pass.")] = None,
     device: Annotated[str, typer.Option(
         metavar="DEVICE", rich_help_panel=RUN, help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     compile_mode: Annotated[Optional[CompileMode], typer.Option(
-        "--compile", rich_help_panel=RUN, show_default=_DEFAULTS.compile.value,
-        help="Compile the per-batch reduction with torch.compile.")] = None,
+        "--compile", metavar="MODE", rich_help_panel=RUN, show_default=_DEFAULTS.compile.value,
+        help="Compile the per-batch reduction with torch.compile: auto, on or off.")] = None,
     config: Annotated[Optional[Path], typer.Option(
         metavar="FILE", rich_help_panel=RUN,
         help="TOML config (see configs/default.toml); flags win over it.")] = None,
@@ -269,8 +235,10 @@ def scan(
                        "--import": import_files, "--arch": _spec_file(arch), "--model": _spec_file(model_spec),
                        "--data": _spec_file(data_spec)})
         from .load.huggingface import has_tokenizer, is_encoder_decoder, is_model_folder
+        from .distributed import is_main_process
         from .load.sources import open_data, open_model
         from .scanning import scan as run_scan
+        main_process = is_main_process()  # under torchrun, rank 0 alone prints and writes reports
         loaded = open_model(model, arch=arch, arch_kwargs=arch_kwargs, factory=model_spec, weights=weights,
                             allow_pickle=allow_pickle, imports=import_files or (), hf_class=hf_class,
                             allow_remote_code=allow_remote_code)
@@ -282,29 +250,15 @@ def scan(
                            tokenizer=tokenizer or (model if is_model_folder(model) and has_tokenizer(model) else None),
                            max_length=max_length, text_field=text_field,
                            decoder_inputs=is_encoder_decoder(loaded.module))
-        with _ProgressReporter(enabled=not quiet and json_path != Path("-")) as progress:
+        with _ProgressReporter(enabled=not quiet and json_path != Path("-") and main_process) as progress:
             result = run_scan(loaded, stream, settings=settings, gate=gate, progress=progress,
                               input_key=input_key or (key if named else None) or None, scale=scale,
-                              partial_on_interrupt=partial_on_interrupt, kwargs=kwarg, mask=mask,
+                              partial_on_interrupt=partial_on_interrupt, shard=shard, kwargs=kwarg, mask=mask,
                               input_dtype=input_dtype.value)
-        _emit(result, json_path, quiet, show_units)
-        _write_reports(result, targets, json_path == Path("-"))
+        if main_process:
+            _emit(result, json_path, quiet, show_units, verbose)
+            _write_reports(result, targets, json_path == Path("-"))
     raise typer.Exit(EXIT_GATE_FAILED if result.gate is not None and not result.gate.passed else EXIT_OK)
-
-
-def _positionals(model: Path | None, data: Path | None, model_spec: str | None,
-                 data_spec: str | None) -> tuple[Path | None, Path | None]:
-    """Assign the positional paths: MODEL unless --model is given, DATA unless --data is."""
-    given = [path for path in (model, data) if path is not None]
-    wanted = [name for name, spec in (("MODEL", model_spec), ("DATA", data_spec)) if spec is None]
-    if len(given) != len(wanted):
-        options = " and ".join(f"--{n.lower()}" for n, spec in (("MODEL", model_spec), ("DATA", data_spec)) if spec)
-        expected = " ".join(wanted) if wanted else "no file argument"
-        raise ConfigError(f"expected {expected}{' with ' + options if options else ''}, got "
-                          f"{len(given)} file argument(s): {' '.join(map(str, given)) or 'none'}",
-                          hint="deadrelu scan MODEL DATA, or --model pkg.mod:build DATA, or MODEL --data pkg.mod:make")
-    paths = dict(zip(wanted, given))
-    return paths.get("MODEL"), paths.get("DATA")
 
 
 def _stem(model: Path | None, model_spec: str | None) -> str:
@@ -313,15 +267,19 @@ def _stem(model: Path | None, model_spec: str | None) -> str:
     return (model_spec or "model").rpartition(":")[2] or "model"
 
 
-def _spec_file(spec: str | None) -> Path | None:
-    """The file of a ``path/to/file.py:Name`` reference (None for ``package.module:Name``)."""
-    if not spec or ":" not in spec:
-        return None
-    target = spec.rpartition(":")[0]
-    return Path(target) if target.endswith(".py") else None
+def _width() -> int | None:
+    """The width to lay the report out for: the terminal's, or COLUMNS; None (no limit) for a log."""
+    import os
+    columns = os.environ.get("COLUMNS", "")
+    if stdout.is_terminal:
+        return stdout.width
+    if columns.isdigit():
+        return int(columns)
+    stdout.width = 400  # a CI log: full names and lines, nothing wrapped mid-word
+    return None
 
 
-def _emit(result: Any, json_path: Path | None, quiet: bool, show_units: bool) -> None:
+def _emit(result: Any, json_path: Path | None, quiet: bool, show_units: bool, verbose: bool = False) -> None:
     if json_path == Path("-"):
         sys.stdout.write(result.to_json() + "\n")
         gate = console_render.gate_lines(result)
@@ -336,7 +294,7 @@ def _emit(result: Any, json_path: Path | None, quiet: bool, show_units: bool) ->
         if gate is not None:
             stdout.print(gate)
     else:
-        stdout.print(console_render.report(result, show_units=show_units))
+        stdout.print(console_render.report(result, show_units=show_units, width=_width(), verbose=verbose))
     if json_path is not None and not quiet:
         stdout.print(f"JSON report: {json_path}", markup=False)
 
@@ -356,33 +314,6 @@ def _write_reports(result: Any, targets: ReportTargets, to_stderr: bool) -> None
         (stderr if to_stderr else stdout).print(f"{what}: {visible(path)}{count}", markup=False, soft_wrap=True)
 
 
-def _read_result(path: Path) -> Any:
-    """A saved JSON report as a ScanResult; every failure is one DataLoadError line."""
-    import json
-
-    from .errors import DataLoadError
-    from .result import ScanResult
-    hint = "write one with: deadrelu scan MODEL DATA --json PATH"
-    try:
-        with path.open(encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        raise DataLoadError(f"result file not found: {path}", hint=hint) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataLoadError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}", hint=hint) from None
-    except json.JSONDecodeError as exc:
-        raise DataLoadError(f"{path} is not JSON: {exc.msg} at line {exc.lineno}", hint=hint) from None
-    if not isinstance(data, dict) or "sites" not in data or "schema_version" not in data:
-        raise DataLoadError(f"{path} is not a deadrelu JSON report (no schema_version/sites)", hint=hint)
-    try:
-        return ScanResult.from_dict(data)
-    except ValueError as exc:
-        raise DataLoadError(f"{path}: {exc}", hint=hint) from None
-    except (KeyError, TypeError, IndexError) as exc:
-        raise DataLoadError(f"{path} is not a complete deadrelu JSON report ({type(exc).__name__}: {exc})",
-                            hint=hint) from None
-
-
 @app.command()
 def report(
     result_path: Annotated[Path, typer.Argument(metavar="RESULT.json", help="A JSON report written by "
@@ -392,6 +323,7 @@ def report(
     out_dir: OutOption = None,
     show_units: ShowUnitsOption = False,
     quiet: QuietOption = False,
+    verbose: VerboseOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Re-render a saved JSON report (terminal, HTML, PNGs) without the model.
@@ -401,11 +333,12 @@ def report(
     with error_exit(debug):
         targets = ReportTargets(html=html_path, png_dir=png_dir, out=_out_folder(out_dir, result_path.stem))
         targets.check({"RESULT.json": result_path})
-        result = _read_result(result_path)
+        from .result import ScanResult
+        result = ScanResult.from_json(result_path)
         if not result.suggestions:
             from .judge.suggestions import suggest
             result = result.with_suggestions(suggest(result))
-        _emit(result, None, quiet, show_units)
+        _emit(result, None, quiet, show_units, verbose)
         _write_reports(result, targets, False)
     raise typer.Exit(EXIT_OK)
 
@@ -416,9 +349,16 @@ def version() -> None:
     stdout.print(f"deadrelu {__version__}")
 
 
+from .commands.repair import register as _register_repair  # noqa: E402  (needs app and the helpers above)
+_register_repair(app)
+from .commands.merge import register as _register_merge  # noqa: E402
+_register_merge(app)
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point (under torchrun: one process group, rank 0 reports)."""
+    from .distributed import run_cli
+    run_cli(app)
 
 
 if __name__ == "__main__":  # pragma: no cover

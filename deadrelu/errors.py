@@ -54,3 +54,8 @@ class CaptureError(DeadReluError):
 
 class OutputError(DeadReluError):
     """A report could not be written."""
+
+
+class ResultFormatError(DataLoadError):
+    """A saved JSON report is not a valid deadrelu result (schema_version 1); the message names the file
+    and the JSON path of the first bad field."""

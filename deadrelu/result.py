@@ -15,15 +15,54 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from .errors import DeadReluError
 from .judge.gate import GateOutcome
 from .judge.verdicts import SiteVerdict, judge_site
+from .schema import SCHEMA_VERSION
 from .settings import ScanSettings, Thresholds, build_settings
 from .unitstats import SiteStats
 
 if TYPE_CHECKING:
     import pandas as pd
 
-SCHEMA_VERSION = 1
+#: settings a saved report may restore (the device is where that scan ran, not a setting of the report)
+_SETTING_KEYS = ({f.name for f in dataclasses.fields(ScanSettings)}
+                 | {f.name for f in dataclasses.fields(Thresholds)}) - {"thresholds", "device"}
+
+#: how a site's input relates to the layer named in its ``InputLink``
+LINK_OUTPUT, LINK_ENCLOSING, LINK_AFTER_OP = "output", "enclosing", "after-op"
+
+
+@dataclass(frozen=True)
+class InputLink:
+    """Which layer produced an activation site's input, as the capture saw it.
+
+    Attributes:
+        layer: the layer's qualified module name (None when no Linear/Conv/Norm/Embedding
+            ran before the site).
+        how: ``"output"`` — the site's input *is* that layer's output tensor, untouched;
+            ``"enclosing"`` — the activation is a child of that norm layer and applies to
+            its normalised output (timm's ``BatchNormAct2d``); ``"after-op"`` — something
+            else (a residual add, a concatenation, a reshape) came after ``layer``, the last
+            layer that ran, so that layer alone does not decide the site's input.
+    """
+
+    layer: str | None
+    how: str
+
+    @property
+    def direct(self) -> bool:
+        """Whether ``layer``'s parameters decide the site's input (weight rules may blame it)."""
+        return self.layer is not None and self.how in (LINK_OUTPUT, LINK_ENCLOSING)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "how": self.how}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> InputLink | None:
+        if not isinstance(data, dict) or "how" not in data:
+            return None
+        return cls(layer=data.get("layer"), how=str(data["how"]))
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,6 +80,8 @@ class SiteResult:
         verdict: per-unit verdicts.
         saturation: ``"floor"``, ``"bounds"`` or None (how this kind saturates).
         prelu_slopes: min/mean/max of PReLU's learned slopes, else None.
+        producer: the layer that produced the site's input (None: not tracked, e.g. an
+            exported program or a site first seen after the first batch).
     """
 
     name: str
@@ -53,6 +94,7 @@ class SiteResult:
     verdict: SiteVerdict
     saturation: str | None = None
     prelu_slopes: dict[str, float] | None = None
+    producer: InputLink | None = None
 
     @property
     def units(self) -> int:
@@ -95,6 +137,12 @@ class SiteResult:
         return float(finite.mean()) if finite.size else float("nan")
 
     @property
+    def unobserved(self) -> int:
+        """Units with no finite observation (every batch slice held NaN/inf): never dead, saturated or
+        dormant, never alive either; they count in ``units`` (the ratios' denominator)."""
+        return int((self.stats.observations == 0).sum())
+
+    @property
     def nonfinite(self) -> int:
         return int(self.stats.nonfinite.sum())
 
@@ -105,10 +153,12 @@ class SiteResult:
             "function": self.function, "kind": self.kind, "units": self.units, "unit_dim": self.unit_dim,
             "observations": self.observations, "dead": self.dead, "dead_ratio": self.dead_ratio,
             "saturated": self.saturated, "dormant": self.dormant,
+            "unobserved": self.unobserved,
             "active_rate_mean": _finite_or_none(self.active_rate_mean), "nonfinite": self.nonfinite,
             "saturation": self.saturation, "prelu_slopes": self.prelu_slopes,
             "dead_units": self.verdict.dead_units, "saturated_units": self.verdict.saturated_units,
             "dormant_units": self.verdict.dormant_units,
+            "producer": None if self.producer is None else self.producer.to_dict(),
         }
         if unit_stats:
             data["unit_stats"] = self.stats.to_lists()
@@ -117,7 +167,11 @@ class SiteResult:
 
 @dataclass(frozen=True)
 class Summary:
-    """Totals over every scanned site."""
+    """Totals over every scanned site.
+
+    Ratios are over all ``units``; ``unobserved`` units (no finite observation) are in that
+    denominator but are never dead, saturated or dormant.
+    """
 
     sites: int
     units: int
@@ -129,6 +183,7 @@ class Summary:
     dormant_ratio: float
     active_rate_mean: float | None
     nonfinite_activations: int
+    unobserved: int = 0
 
     @classmethod
     def of(cls, sites: Sequence[SiteResult]) -> Summary:
@@ -144,7 +199,8 @@ class Summary:
         return cls(sites=len(sites), units=units, dead=dead, dead_ratio=share(dead), saturated=saturated,
                    saturated_ratio=share(saturated), dormant=dormant, dormant_ratio=share(dormant),
                    active_rate_mean=float(rates.mean()) if rates.size else None,
-                   nonfinite_activations=sum(site.nonfinite for site in sites))
+                   nonfinite_activations=sum(site.nonfinite for site in sites),
+                   unobserved=sum(site.unobserved for site in sites))
 
 
 @dataclass(frozen=True, eq=False)
@@ -223,7 +279,7 @@ class ScanResult:
             "kind": s.kind, "units": s.units, "unit_dim": s.unit_dim, "observations": s.observations,
             "dead": s.dead, "dead_ratio": s.dead_ratio, "saturated": s.saturated,
             "saturated_ratio": s.saturated_ratio, "dormant": s.dormant, "dormant_ratio": s.dormant_ratio,
-            "active_rate_mean": s.active_rate_mean, "nonfinite": s.nonfinite,
+            "unobserved": s.unobserved, "active_rate_mean": s.active_rate_mean, "nonfinite": s.nonfinite,
         } for s in self.sites]
         return pd.DataFrame(rows, columns=None if rows else ["name"])
 
@@ -273,23 +329,52 @@ class ScanResult:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ScanResult:
-        """Rebuild a result from ``to_dict()`` output (needs per-unit statistics)."""
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"unsupported schema_version {data.get('schema_version')!r}; expected {SCHEMA_VERSION}")
-        raw = dict(data["settings"])
-        settings = build_settings(**{k: v for k, v in raw.items() if k not in ("batch_size",)},
-                                  batch_size=raw.get("batch_size") or 1)
+    def from_dict(cls, data: dict[str, Any], source: str = "result") -> ScanResult:
+        """Rebuild a result from ``to_dict()`` output (needs per-unit statistics).
+
+        The data is validated first (``deadrelu.schema``: the published JSON Schema plus
+        finite numbers, bounded nesting and per-unit array lengths).
+
+        Args:
+            data: ``to_dict()`` output or a parsed JSON report.
+            source: what to call the data in error messages (a file name).
+
+        Returns:
+            The result, its verdicts re-judged from the stored statistics and thresholds.
+
+        Raises:
+            ResultFormatError: the data is not a valid schema_version 1 report; the message
+                names ``source`` and the JSON path of the first bad field.
+        """
+        from .schema import check_tree
+        check_tree(data, source)  # iterative: bounds the depth before the recursive clean-up below
+        return cls._from_valid_dict(_json_clean(data), source)
+
+    @classmethod
+    def _from_valid_dict(cls, data: dict[str, Any], source: str) -> ScanResult:
+        from .errors import ResultFormatError
+        from .schema import HINT, validate_result
+        validate_result(data, source)
+        # Keys are only ever added within schema_version 1: settings this version does not know are left out.
+        raw = {k: v for k, v in data["settings"].items() if k in _SETTING_KEYS}
+        try:
+            settings = build_settings(**{k: v for k, v in raw.items() if k not in ("batch_size",)},
+                                      batch_size=raw.get("batch_size") or 1)
+        except DeadReluError as exc:
+            raise ResultFormatError(f"{source}: settings: {exc.message}", hint=HINT) from None
         sites = []
-        for site in data["sites"]:
+        for index, site in enumerate(data["sites"]):
             if "unit_stats" not in site:
-                raise ValueError(f"site {site.get('name')!r} has no unit_stats; write the JSON with unit statistics")
+                raise ResultFormatError(f"{source}: site {site.get('name')!r} (sites[{index}]) has no unit_stats",
+                                        hint="write the JSON with unit statistics: deadrelu scan MODEL DATA "
+                                             "--json PATH")
             stats = SiteStats.from_lists(site["unit_stats"])
             sites.append(SiteResult(
                 name=site["name"], module=site["module"], call_index=site["call_index"],
                 function=site.get("function"), kind=site["kind"], unit_dim=site.get("unit_dim"), stats=stats,
                 verdict=judge_site(stats, site.get("saturation"), settings.thresholds),
-                saturation=site.get("saturation"), prelu_slopes=site.get("prelu_slopes")))
+                saturation=site.get("saturation"), prelu_slopes=site.get("prelu_slopes"),
+                producer=InputLink.from_dict(site.get("producer"))))
         gate = data.get("gate")
         return cls(sites=tuple(sites), summary=Summary.of(sites), settings=settings, model=data.get("model", {}),
                    data=data.get("data", {}), coverage=data.get("coverage", {}),
@@ -307,9 +392,20 @@ class ScanResult:
 
     @classmethod
     def from_json(cls, path: str | Path) -> ScanResult:
-        """Read a JSON report written by ``to_json``."""
-        with open(path, encoding="utf-8") as handle:
-            return cls.from_dict(json.load(handle))
+        """Read a JSON report written by ``to_json``, validated before use (see ``from_dict``).
+
+        Args:
+            path: the JSON file.
+
+        Returns:
+            The result.
+
+        Raises:
+            ResultFormatError: the file is missing, unreadable, not JSON, nested too deep, or not
+                a valid schema_version 1 report (the message names the file and the field).
+        """
+        from .schema import read_result_file
+        return cls._from_valid_dict(read_result_file(path), str(path))
 
     # -- display --------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -320,6 +416,15 @@ class ScanResult:
     def _repr_html_(self) -> str:
         from .render.notebook import result_html
         return result_html(self)
+
+    def plot(self) -> Any:
+        """The overview figure (dead / saturated / dormant share per site, flagged sites named).
+
+        Returns:
+            A matplotlib ``Figure`` (shown as the cell's value in a notebook).
+        """
+        from .render.plots import dead_ratio_by_layer
+        return dead_ratio_by_layer(self)
 
 
 def _finite_or_none(value: float) -> float | None:

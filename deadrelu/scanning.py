@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed
 from .capture.dispatch import DispatchCapture
 from .capture.session import CaptureSession
 from .capture.sites import ActivationCapture
@@ -38,13 +39,15 @@ def _settings(settings: ScanSettings | None, config: str | Path | None, override
     return settings.replace(**overrides) if overrides else settings
 
 
+@distributed.across_ranks  # a failure on one rank fails every rank; a no-op outside a process group
 def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | None = None,
          config: str | Path | None = None, gate: GateLimits | Mapping[str, float | None] | None = None,
          progress: ProgressCallback | None = None, model_info: Mapping[str, Any] | None = None,
          input_key: str | Sequence[str] | None = None, scale: float | None = None,
          partial_on_interrupt: bool = False, input_fn: Callable[[Any], Any] | None = None,
          shuffle_seed: int | None = None, kwargs: str | Sequence[str] | None = None, mask: str | None = None,
-         input_dtype: str = "auto", **overrides: Any) -> ScanResult:
+         input_dtype: str = "auto", shard: str | distributed.Shard | None = None,
+         shard_data: bool = True, **overrides: Any) -> ScanResult:
     """Scan a model's ReLU-family activations over a data set.
 
     Args:
@@ -81,6 +84,12 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
             every statistic; other sites are listed in the result's coverage.
         input_dtype: ``auto`` (integer data keep their dtype unless a floating layer
             rejects them or ``scale`` is given; then they are cast), ``keep`` or ``float``.
+        shard: ``"I/N"``: scan only part I of N disjoint parts of the samples (merge the
+            parts with ``deadrelu.merge.merge_results``). Inside a process group
+            (torchrun) each rank scans only its own block and the ranks' results are
+            combined; see ``deadrelu.distributed`` and docs/scale.md.
+        shard_data: inside a process group, False when each rank passes its own part of
+            the data already (a DataLoader with a ``DistributedSampler``).
 
     Returns:
         A ``ScanResult`` (data: ``.summary``, ``.sites``, ``.to_frame()``...).
@@ -98,8 +107,10 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
     model = unwrap(model)
     if isinstance(model, torch.export.ExportedProgram):
         model = ExportedModel(model)
-    device = resolve_device(settings.device, model)
-    if settings.device is not None:
+    # A model spread over several devices (device_map="auto", pipeline stages) stays where it is under "auto".
+    spread = distributed.spread_over_devices(model, settings.device)
+    device = resolve_device(None if spread else settings.device, model)
+    if settings.device is not None and not spread:
         model.to(device)
     dtype = model_dtype(model)
     # A dict of arrays is one array per input: input_key names them (and their order).
@@ -113,6 +124,9 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
     if not kwarg_keys and not positional and input_fn is None:
         kwarg_keys = list(stream.kwargs)  # the stream's own (text data: input_ids, attention_mask)
     mask = mask or stream.mask
+    # This process's part: shard I/N, then this rank's block of it (the whole stream in one process).
+    lockstep = distributed.needs_lockstep(model)  # FSDP: the forward pass is a collective
+    stream = distributed.shard_stream(stream, shard, split_ranks=shard_data, lockstep=lockstep)
     if isinstance(model, ExportedModel):
         # An exported program accepts only the batch sizes it was exported for.
         stream = fit_batches(stream, *model.batch_bounds, settings.batch_size)
@@ -122,12 +136,13 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
     samples = batches = 0
     partial = False
     session = CaptureSession(model, settings, device, auto_batches=False)
-    with session, torch.inference_mode():
+    # FSDP2's unshard reads its parameters' version counters, which inference tensors do not have.
+    with session, (torch.no_grad() if lockstep else torch.inference_mode()):
         capture = session.engine
         compile_decision = CompileDecision(settings.compile, capture, stream.num_samples)
         try:
             for raw in stream.batches():
-                inputs = prepare(raw, samples + prepare.skipped_samples)
+                inputs = prepare(raw, stream.first_sample + samples + prepare.skipped_samples)
                 if inputs is None:
                     continue
                 if batches == 0:
@@ -158,10 +173,21 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
                  "sample_shape": list(stream.sample_shape) if stream.sample_shape else None,
                  "dtype": stream.dtype, "nonfinite": prepare.nonfinite_samples,
                  "skipped": prepare.skipped_samples, "sha256": stream.sha256, "partial": partial,
-                 "mask": prepare.mask_key or prepare.auto_mask}
+                 "mask": prepare.mask_key or prepare.auto_mask, "shard": stream.shard}
     notes += list(stream.notes) + prepare.notes + compile_decision.warnings()
     result = session.result(samples=samples, data_info=data_info, model_info=model_info or {}, notes=notes,
-                            environment=compile_decision.environment())
+                            environment={**compile_decision.environment(), **distributed.environment(model)})
+    result = distributed.combine(result, model)  # every rank's part joined (a no-op in one process)
+    if result.summary.unobserved == result.summary.units:
+        # No unit saw one finite value: a report would claim health it never saw.
+        if prepare.nonfinite_samples:
+            cause = f"{prepare.nonfinite_samples} of {samples} samples held NaN/inf"
+            hint = "clean the data, or pass --nonfinite skip to leave such samples out"
+        else:
+            cause = "the model's activations were NaN/inf for every sample"
+            hint = "check the model's weights and buffers for NaN/inf (torch.isfinite(p).all())"
+        raise DataLoadError(f"{stream.source}: nothing was observed: all {result.summary.units} units at "
+                            f"{result.summary.sites} site(s) saw only NaN/inf ({cause})", hint=hint)
     return result.with_gate(limits.check(result)) if limits.active else result
 
 
@@ -201,7 +227,7 @@ def _first_forward(model: nn.Module, session: CaptureSession, prepare: InputPrep
                 prepare.cast_integers(f"integer data cast to {str(prepare.dtype).replace('torch.', '')}: {where} "
                                       "rejected them as they were (--input-dtype float says so up front; "
                                       "--scale 0.00392 for 0-255 images)")
-                retried = prepare(raw, 0)
+                retried = prepare(raw, stream.first_sample)
                 if retried is None:
                     raise
                 inputs = retried

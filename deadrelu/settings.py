@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import re
 import sys
 from dataclasses import dataclass, field
 from enum import Enum
@@ -71,13 +74,8 @@ class Thresholds:
     saturation_rtol: float = 0.01
 
     def __post_init__(self) -> None:
-        for name in ("dead_threshold", "saturation", "saturation_rtol"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"{name} must be between 0 and 1, got {value}",
-                                  hint="it is a share of observations")
-        if self.tau < 0:
-            raise ConfigError(f"tau must be >= 0, got {self.tau}")
+        for name in ("dead_threshold", "tau", "saturation", "saturation_rtol"):
+            object.__setattr__(self, name, check_setting(name, getattr(self, name)))
 
 
 @dataclass(frozen=True)
@@ -109,10 +107,9 @@ class ScanSettings:
     compile: CompileMode = CompileMode.AUTO
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"limit must be >= 1, got {self.limit}")
+        object.__setattr__(self, "batch_size", check_setting("batch_size", self.batch_size))
+        if self.limit is not None:
+            object.__setattr__(self, "limit", check_setting("limit", self.limit))
 
     def flat(self) -> dict[str, Any]:
         """Every setting by name, thresholds included (what ``build_settings`` takes)."""
@@ -158,25 +155,80 @@ def build_settings(config: str | Path | None = None, **values: Any) -> ScanSetti
     for key, value in values.items():
         if value is None:
             continue
-        if key in _THRESHOLD_KEYS:
-            try:
-                threshold_values[key] = float(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{key} must be a number, got {value!r}") from None
-        elif key in _SCAN_KEYS:
-            if key in _ENUMS:
-                try:
-                    value = _ENUMS[key](value)
-                except ValueError:
-                    choices = ", ".join(m.value for m in _ENUMS[key])  # type: ignore[attr-defined]
-                    raise ConfigError(f"{key} must be one of {choices}, got {value!r}") from None
-            elif key in ("layers", "exclude"):
-                value = (value,) if isinstance(value, str) else tuple(value)
-            scan_values[key] = value
-        else:
+        if key not in _THRESHOLD_KEYS | _SCAN_KEYS:
             known = ", ".join(sorted(_THRESHOLD_KEYS | _SCAN_KEYS))
             raise ConfigError(f"unknown setting {key!r}", hint=f"known settings: {known}")
+        (threshold_values if key in _THRESHOLD_KEYS else scan_values)[key] = check_setting(key, value)
     return ScanSettings(thresholds=Thresholds(**threshold_values), **scan_values)
+
+
+#: settings that are shares (of observations, or of units for the gate limits): finite, in [0, 1]
+_SHARES = {"dead_threshold": "a share of observations: a number from 0 to 1",
+           "saturation": "a share of observations: a number from 0 to 1",
+           "saturation_rtol": "a tolerance relative to the floor: a number from 0 to 1",
+           "max_dead_ratio": "a share of units: a number from 0 to 1",
+           "max_layer_dead_ratio": "a share of units: a number from 0 to 1"}
+_COUNTS = {"batch_size": "samples per forward pass, e.g. 256",
+           "limit": "the most samples to scan, e.g. 10000"}
+_DEVICE = re.compile(r"auto|(?:cpu|cuda|mps)(?::[0-9]+)?")
+_ENUM_HINTS = {"granularity": "channel: a unit is a neuron/channel; position: every (channel, position) pair",
+               "nonfinite": "fail: stop at the first sample with NaN/inf; skip: leave such samples out; "
+                            "keep: scan them",
+               "compile": "auto: compile when it pays; on; off"}
+
+
+def check_setting(key: str, value: Any) -> Any:
+    """One setting's value checked and normalised: shares finite and in [0, 1], ``tau`` finite and
+    >= 0, counts positive integers, choices members of their enum.
+
+    Args:
+        key: a ``ScanSettings``/``Thresholds`` field or a gate limit (``max_dead_ratio``...).
+        value: its value (not None).
+
+    Returns:
+        The value as the settings hold it (a float, an int, an enum member, a tuple of globs).
+
+    Raises:
+        ConfigError: the message starts with ``key`` (the CLI puts the flag there, a config
+            file its path and section) and the hint says what the setting holds.
+    """
+    if key in _SHARES or key == "tau":
+        hint = _SHARES.get(key, "ReDo's dormancy threshold: a number >= 0, e.g. 0.1")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ConfigError(f"{key} must be a number, got {value!r:.60}", hint=hint)
+        number = float(value)
+        if not math.isfinite(number):
+            raise ConfigError(f"{key} must be a finite number, got {number}", hint=hint)
+        if key == "tau" and number < 0:
+            raise ConfigError(f"tau must be >= 0, got {number}", hint=hint)
+        if key != "tau" and not 0.0 <= number <= 1.0:
+            raise ConfigError(f"{key} must be between 0 and 1, got {number}", hint=hint)
+        return number
+    if key in _COUNTS:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ConfigError(f"{key} must be a positive integer, got {value!r:.60}", hint=_COUNTS[key])
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}", hint=_COUNTS[key])
+        return int(value)
+    if key in _ENUMS:
+        try:
+            return _ENUMS[key](value)
+        except ValueError:
+            choices = ", ".join(m.value for m in _ENUMS[key])  # type: ignore[attr-defined]
+            raise ConfigError(f"{key} must be one of {choices}, got {value!r:.60}", hint=_ENUM_HINTS[key]) from None
+    if key in ("layers", "exclude"):
+        globs = (value,) if isinstance(value, str) else value
+        if not isinstance(globs, (list, tuple)) or not all(isinstance(glob, str) for glob in globs):
+            raise ConfigError(f"{key} must be a glob or a list of globs, got {value!r:.60}",
+                              hint='e.g. ["layer1.*", "fc*"]')
+        return tuple(globs)
+    if key == "functional" and not isinstance(value, bool):
+        raise ConfigError(f"functional must be true or false, got {value!r:.60}",
+                          hint="whether to capture F.relu-style calls in forward()")
+    if key == "device" and (not isinstance(value, str) or not _DEVICE.fullmatch(value)):
+        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {value!r:.60}",
+                          hint="where the model runs; auto: cuda, then mps, then cpu")
+    return value
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -208,7 +260,10 @@ def read_config(path: str | Path) -> dict[str, Any]:
             if key not in allowed:
                 raise ConfigError(f"{path}: unknown key {key!r} in [{section}]",
                                   hint=f"allowed there: {', '.join(sorted(allowed))}")
-            flat[key] = value
+            try:
+                flat[key] = check_setting(key, value)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: [{section}] {exc.message}", hint=exc.hint) from None
     if document:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(document))}",
                           hint="sections are [scan], [thresholds] and [gate]")

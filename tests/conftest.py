@@ -1,9 +1,18 @@
-"""Shared test setup: fixed terminal width, deterministic torch, the CLI runner."""
+"""Shared test setup: fixed terminal width, deterministic torch, the CLI runner, the
+truth-carrying model files most CLI tests scan, and helpers that invoke the CLI and
+read its JSON report or its one-line errors.
+
+The helpers are plain functions (``from conftest import run, error_line``): they take
+the ``runner`` fixture's CliRunner, so a test reads like the command line it runs.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,6 +20,15 @@ os.environ.setdefault("COLUMNS", "120")
 os.environ.setdefault("NO_COLOR", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# The architecture of ``linear_with_dead_units`` as a user's file: the state_dict it
+# builds loads into ``build()`` with ``--arch arch.py:build``.
+ARCH_SOURCE = """
+from torch import nn
+
+def build(width=32):
+    return nn.Sequential(nn.Linear(10, width), nn.ReLU(), nn.Linear(width, 1))
+"""
 
 
 @pytest.fixture(autouse=True)
@@ -22,3 +40,67 @@ def _seed() -> None:
 def runner():
     from typer.testing import CliRunner
     return CliRunner()
+
+
+def make_files(folder: Path, samples: int = 150) -> dict[str, Path]:
+    """Write a state_dict with exactly 8 dead of 32 units (bias -100), its arch file and
+    ``samples`` bounded inputs into ``folder``.
+
+    Args:
+        folder: where model.pt, arch.py and data.npy go.
+        samples: rows of data (each in [-1, 1], where the 8-dead truth holds).
+
+    Returns:
+        Paths under the keys ``model``, ``arch``, ``data`` and ``dir`` (the folder).
+    """
+    from truth_models import bounded_inputs, linear_with_dead_units
+
+    torch.save(linear_with_dead_units(dead=8, width=32).state_dict(), folder / "model.pt")
+    (folder / "arch.py").write_text(ARCH_SOURCE)
+    np.save(folder / "data.npy", bounded_inputs(samples, 10).numpy())
+    return {"model": folder / "model.pt", "arch": folder / "arch.py", "data": folder / "data.npy", "dir": folder}
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    """A state_dict with exactly 8 dead of 32 units, its arch file, and 150 bounded samples."""
+    return make_files(tmp_path)
+
+
+def run(runner, *args: object):
+    """``deadrelu scan ARGS...`` through the CliRunner (arguments made strings)."""
+    from deadrelu.cli import app
+    return runner.invoke(app, ["scan", *map(str, args)])
+
+
+def scan_files(runner, files: dict[str, Path], *args: object):
+    """``deadrelu scan MODEL DATA --arch ARCH:build ARGS...`` on a ``files`` set."""
+    return run(runner, files["model"], files["data"], "--arch", f"{files['arch']}:build", *args)
+
+
+def report_of(runner, *args: object) -> dict:
+    """The JSON report of a successful ``deadrelu scan ARGS... --json -``."""
+    result = run(runner, *args, "--json", "-")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def stderr_lines(result) -> list[str]:
+    """The non-blank lines a command wrote to stderr."""
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def error_line(result, *must_contain: str) -> str:
+    """Assert the one-line error contract and return the error line.
+
+    Exit 2, no traceback, stderr is exactly a first line ``error: ...`` holding every
+    piece of ``must_contain`` and a second line ``hint: ...``.
+    """
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = stderr_lines(result)
+    assert lines and lines[0].startswith("error: "), result.stderr
+    assert len(lines) == 2 and lines[1].startswith("hint: "), result.stderr
+    for piece in must_contain:
+        assert piece in lines[0], f"{piece!r} not in {lines[0]!r}"
+    return lines[0]

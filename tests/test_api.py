@@ -225,3 +225,47 @@ def test_no_import_cycle_between_modules():
     for name in sorted(graph):
         if name not in state:
             visit(name)
+
+
+# -- the first five minutes: a torch.save(model) of plain torch.nn classes loads without consent -------
+
+class _Touch:
+    """Unpickling this creates a file: the test's stand-in for code in a pickle."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("build", [
+    lambda: linear_with_dead_units(dead=8, width=32),
+    lambda: nn.Sequential(nn.Linear(10, 16), nn.TransformerEncoderLayer(16, 2, 32, batch_first=True),
+                          nn.Flatten(), nn.Linear(16, 1)),
+], ids=["sequential", "transformer-layer"])
+def test_a_pickled_model_of_torch_nn_classes_scans_without_allow_pickle(runner, tmp_path, build):
+    from deadrelu.cli import app
+    model = build()
+    torch.save(model, tmp_path / "whole.pt")
+    np.save(tmp_path / "d.npy", bounded_inputs(40, 10).numpy())
+    done = runner.invoke(app, ["scan", str(tmp_path / "whole.pt"), str(tmp_path / "d.npy"), "--json",
+                               str(tmp_path / "r.json"), "-q"])
+    assert done.exit_code == 0, done.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["model"]["format"] == "pickle"
+    assert any("torch.nn classes only" in warning for warning in report["warnings"])
+    expected = deadrelu.scan(model, bounded_inputs(40, 10))
+    assert [(s["name"], s["dead"]) for s in report["sites"]] == [(s.name, s.dead) for s in expected.sites]
+
+
+def test_a_pickle_holding_anything_beyond_torch_nn_still_needs_consent(runner, tmp_path):
+    from deadrelu.cli import app
+    marker = tmp_path / "ran"
+    model = linear_with_dead_units(dead=8, width=32)
+    model.payload = _Touch(marker)  # an attribute of a torch.nn module: the file names a non-nn global
+    torch.save(model, tmp_path / "whole.pt")
+    np.save(tmp_path / "d.npy", bounded_inputs(40, 10).numpy())
+    done = runner.invoke(app, ["scan", str(tmp_path / "whole.pt"), str(tmp_path / "d.npy")])
+    assert done.exit_code == 2 and "refusing to unpickle" in done.stderr
+    assert not marker.exists()

@@ -170,7 +170,8 @@ def test_batch_size_invariance(model_factory, shape):
     results = [deadrelu.scan(model, x, batch_size=size) for size in (1, 7, shape[0])]
     base = results[0]
     for other in results[1:]:
-        for a, b in zip(base.sites, other.sites):
+        assert [s.name for s in other.sites] == [s.name for s in base.sites]
+        for a, b in zip(base.sites, other.sites, strict=True):
             np.testing.assert_array_equal(a.stats.active, b.stats.active)
             np.testing.assert_array_equal(a.stats.at_floor, b.stats.at_floor)
             np.testing.assert_array_equal(a.stats.observations, b.stats.observations)

@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 import json
+import traceback
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
-from torch import nn
 
+from conftest import error_line, run
 from deadrelu.cli import app
-from truth_models import bounded_inputs, linear_with_dead_units
-
-ARCH_SOURCE = """
-from torch import nn
-
-def build(width=32, dead=8):
-    return nn.Sequential(nn.Linear(10, width), nn.ReLU(), nn.Linear(width, 1))
-"""
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> dict[str, Path]:
-    """A state_dict with exactly 8 dead of 32 units, its arch file, and bounded data."""
-    model = linear_with_dead_units(dead=8, width=32)
-    torch.save(model.state_dict(), tmp_path / "model.pt")
-    (tmp_path / "arch.py").write_text(ARCH_SOURCE)
-    np.save(tmp_path / "data.npy", bounded_inputs(150, 10).numpy())
-    return {"model": tmp_path / "model.pt", "arch": tmp_path / "arch.py", "data": tmp_path / "data.npy",
-            "dir": tmp_path}
-
-
-def run(runner, *args: str):
-    return runner.invoke(app, ["scan", *map(str, args)])
+from deadrelu.errors import ModelLoadError
+from truth_models import UserModel, bounded_inputs, linear_with_dead_units
 
 
 def test_scan_prints_table_and_exits_0(runner, files):
@@ -67,10 +46,12 @@ def test_json_report_contract(runner, files):
         "name": "1", "module": "1", "call_index": 0, "kind": "ReLU", "units": 32, "unit_dim": 1,
         "observations": 150, "dead": 8, "dead_ratio": 0.25}
     assert site["dead_units"] == list(range(8))
-    assert isinstance(site["saturated_units"], list) and isinstance(site["dormant_units"], list)
+    # ReLU has no saturation; the dead units are dormant too (mean |a| = 0) and no live unit is.
+    assert site["saturated_units"] == []
+    assert site["dormant_units"] == list(range(8))
     assert report["gate"] == {"max_dead_ratio": 0.5, "max_layer_dead_ratio": None, "passed": True,
                               "violations": []}
-    assert isinstance(report["warnings"], list)
+    assert report["warnings"] == []
     assert not list(out.parent.glob(".*.tmp"))  # atomic write left no temp file
 
 
@@ -121,38 +102,33 @@ def test_show_units_lists_dead_indices(runner, files):
     assert "1 dead [8]: 0, 1, 2, 3, 4, 5, 6, 7" in result.stdout
 
 
-def _error_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines and lines[0].startswith("error: "), result.output
-    assert "Traceback" not in result.output
-    return lines[0]
-
-
 def test_missing_model_file_exit_2(runner, files):
     result = run(runner, files["dir"] / "nope.pt", files["data"])
     assert result.exit_code == 2
-    assert "model file not found" in _error_line(result) and "nope.pt" in _error_line(result)
+    assert "model file not found" in error_line(result) and "nope.pt" in error_line(result)
 
 
 def test_missing_data_file_exit_2(runner, files):
     result = run(runner, files["model"], files["dir"] / "nope.npy", "--arch", f"{files['arch']}:build")
     assert result.exit_code == 2
-    assert "data file not found" in _error_line(result)
+    assert "data file not found" in error_line(result)
 
 
 def test_state_dict_without_arch_exit_2(runner, files):
     result = run(runner, files["model"], files["data"])
     assert result.exit_code == 2
-    assert "holds weights only" in _error_line(result)
+    assert "holds weights only" in error_line(result)
     assert "--arch" in result.stderr
 
 
 def test_pickled_module_needs_consent(runner, files):
+    # A pickle of torch.nn classes only loads without consent (tests/test_api.py); one that names
+    # the user's own class does not.
     pickled = files["dir"] / "whole.pt"
-    torch.save(linear_with_dead_units(dead=8), pickled)
+    torch.save(UserModel(linear_with_dead_units(dead=8)), pickled)
     refused = run(runner, pickled, files["data"])
     assert refused.exit_code == 2
-    line = _error_line(refused)
+    line = error_line(refused)
     assert "refusing to unpickle" in line and "torch.nn.modules.linear.Linear" in line
     assert "--allow-pickle" in refused.stderr
     allowed = run(runner, pickled, files["data"], "--allow-pickle", "-q")
@@ -165,7 +141,7 @@ def test_shape_mismatch_exit_2_names_shapes(runner, files):
     np.save(wrong, np.zeros((20, 7), dtype=np.float32))
     result = run(runner, files["model"], wrong, "--arch", f"{files['arch']}:build")
     assert result.exit_code == 2
-    line = _error_line(result)
+    line = error_line(result)
     assert "forward pass failed on batch 0" in line and "(20, 7)" in line
     assert "in_features=10" in result.stderr
 
@@ -177,7 +153,7 @@ def test_nan_input_fails_by_default_and_skip_works(runner, files):
     np.save(path, data)
     failed = run(runner, files["model"], path, "--arch", f"{files['arch']}:build")
     assert failed.exit_code == 2
-    assert "sample 5 is the first" in _error_line(failed)
+    assert "sample 5 is the first" in error_line(failed)
     out = files["dir"] / "skip.json"
     skipped = run(runner, files["model"], path, "--arch", f"{files['arch']}:build", "--nonfinite", "skip",
                   "--json", out)
@@ -194,7 +170,18 @@ def test_bad_option_values_exit_2(runner, files):
     assert run(runner, *base, "--arch-kwargs", "{not json").exit_code == 2
 
 
-def test_debug_shows_the_traceback(runner, files):
-    result = runner.invoke(app, ["scan", str(files["dir"] / "nope.pt"), str(files["data"]), "--debug"])
-    assert result.exit_code != 0
-    assert result.exception is not None
+def test_debug_lets_the_typed_error_and_its_traceback_through(runner, files):
+    missing = files["dir"] / "nope.pt"
+    plain = run(runner, missing, files["data"])
+    # Without --debug the error becomes one line and exit 2 (typer.Exit, a SystemExit).
+    assert isinstance(plain.exception, SystemExit) and plain.exception.code == 2
+    error_line(plain, "model file not found")
+    debug = runner.invoke(app, ["scan", str(missing), str(files["data"]), "--debug"], catch_exceptions=True)
+    # With --debug the typed error itself propagates (uncaught: exit 1 and Python's traceback).
+    assert isinstance(debug.exception, ModelLoadError), repr(debug.exception)
+    assert str(debug.exception) == f"model file not found: {missing}"
+    assert debug.exit_code == 1
+    assert "error:" not in debug.stderr
+    shown = "".join(traceback.format_exception(*debug.exc_info))
+    assert shown.startswith("Traceback")
+    assert shown.rstrip().endswith(f"deadrelu.errors.ModelLoadError: model file not found: {missing}")

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import deadrelu
-from deadrelu.cli import app
+from conftest import error_line, report_of, run
 from deadrelu.load.data import DataStream, ModelInputs, _PageDropper, fit_batches, load_data
 from truth_models import bounded_inputs, linear_with_dead_units
 
@@ -48,16 +48,6 @@ def two_inputs() -> TwoInputs:
 
 # Importable by the CLI's --model, like any user package.
 sys.modules.setdefault("deadrelu_test_two_inputs", sys.modules[__name__])
-
-
-def run(runner, *args: object):
-    return runner.invoke(app, ["scan", *map(str, args)])
-
-
-def report_of(runner, *args: object) -> dict:
-    result = run(runner, *args, "--json", "-")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 def dead_by_site(report: dict) -> dict[str, int]:
@@ -280,8 +270,7 @@ def test_python_source_from_a_package(runner, tmp_path, monkeypatch):
 
 def test_python_source_errors_are_one_line(runner, source):
     failing = run(runner, "--model", MODEL, "--data", f"{source}:broken")
-    assert failing.exit_code == 2
-    assert "calling it failed: FileNotFoundError: shards/ not mounted" in failing.stderr.splitlines()[0]
+    error_line(failing, "calling it failed: FileNotFoundError: shards/ not mounted")
     missing = run(runner, "--model", MODEL, "--data", f"{source}:nope")
     assert missing.exit_code == 2 and "has no attribute 'nope'" in missing.stderr
 
@@ -352,17 +341,20 @@ def test_nonfinite_policies(runner, tmp_path, policy, samples, skipped, exit_cod
     data = bounded_inputs(40, 10).numpy()
     data[[4, 17, 30], [0, 5, 9]] = [np.nan, np.inf, -np.inf]
     np.save(tmp_path / "nan.npy", data)
-    result = run(runner, "--model", MODEL, tmp_path / "nan.npy", "--nonfinite", policy, "--json", "-")
+    # Batches of 8: the bad samples spoil batches 0, 2 and 3; batches 1 and 4 are observed by every unit
+    # (with one batch of 40, keep would observe nothing, which is exit 2: test_hardening).
+    result = run(runner, "--model", MODEL, tmp_path / "nan.npy", "--nonfinite", policy, "--json", "-",
+                 "--batch-size", "8")
     assert result.exit_code == exit_code, result.output
     if policy == "fail":
-        assert "sample 4 is the first (3 in its batch)" in result.stderr.splitlines()[0]
+        error_line(result, "sample 4 is the first (1 in its batch)")
         return
     report = json.loads(result.stdout)
     assert (report["data"]["samples"], report["data"]["skipped"], report["data"]["nonfinite"]) == (
         samples, skipped, 3)
     if policy == "keep":
         # The three bad samples make NaN/inf activations, counted per site and left out of the stats.
-        assert report["sites"][0]["nonfinite"] > 0
+        assert report["sites"][0]["nonfinite"] > 0 and report["summary"]["unobserved"] == 0
         assert any("NaN/inf activations" in w for w in report["warnings"])
 
 
@@ -391,3 +383,16 @@ def test_fit_batches(sizes, low, high, preferred, expected, dropped):
     seen = torch.cat(batches).flatten().tolist()
     assert seen == list(range(sum(sizes) - dropped))
     assert any(f"last {dropped} sample(s) were not scanned" in note for note in fitted.notes) == bool(dropped)
+
+
+def test_fit_batches_says_re_batched_only_when_the_batches_change():
+    # issue 10: a .pt2 exported with Dim("batch", min=2) scanned at the batch size asked for changes nothing.
+    same = fit_batches(_stream([32, 32]), 2, None, 32)
+    assert [len(b) for b in same.batches()] == [32, 32]
+    assert not any("re-batched" in note for note in same.notes)
+    joined = fit_batches(_stream([32, 1]), 2, None, 32)
+    assert [len(b) for b in joined.batches()] == [33]
+    assert joined.notes[-1] == ("the last 1 sample(s) joined the batch before them: the model accepts batches of "
+                                "2 to any samples")
+    fixed = fit_batches(_stream([7, 7]), 4, 4, 7)
+    assert "the model accepts batches of exactly 4 samples; data re-batched to 4" in fixed.notes

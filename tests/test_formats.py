@@ -6,7 +6,6 @@ the same exact counts, and TorchScript / torch.export must give the eager names.
 
 from __future__ import annotations
 
-import json
 import sys
 import types
 from pathlib import Path
@@ -19,19 +18,12 @@ from torch import nn
 from torch.export import Dim
 
 import deadrelu
+from conftest import error_line, report_of, run
 from deadrelu.capture.dispatch import DispatchCapture
 from deadrelu.capture.plans import torchscript_plan
-from deadrelu.cli import app
 from deadrelu.settings import build_settings
-from truth_models import ConvBNInplace, ReusedReLUBlock, SequenceMLP, bounded_inputs, linear_with_dead_units
-
-ARCH_SOURCE = """
-from torch import nn
-
-def build(width=32):
-    return nn.Sequential(nn.Linear(10, width), nn.ReLU(), nn.Linear(width, 1))
-"""
-
+from truth_models import (ConvBNInplace, ReusedReLUBlock, SequenceMLP, UserModel, bounded_inputs,
+                          linear_with_dead_units)
 
 class MixedNet(nn.Module):
     """Linear(10->32) with 8 dead units, a reused ReLU (3 then 5 dead of 12) and a
@@ -95,31 +87,20 @@ class LoopNet(nn.Module):
         return x
 
 
-def run(runner, *args: object):
-    return runner.invoke(app, ["scan", *map(str, args)])
-
-
-def report_of(runner, *args: object) -> dict:
-    result = run(runner, *args, "--json", "-")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
-
-
 def site_counts(report: dict) -> dict[str, tuple[str, int, int]]:
     return {site["name"]: (site["kind"], site["units"], site["dead"]) for site in report["sites"]}
 
 
 @pytest.fixture
-def data(tmp_path: Path) -> Path:
-    path = tmp_path / "data.npy"
-    np.save(path, bounded_inputs(150, 10).numpy())
-    return path
+def data(files) -> Path:
+    """150 bounded samples, on which ``linear_with_dead_units`` has exactly 8 dead of 32 units."""
+    return files["data"]
 
 
 @pytest.fixture
-def arch(tmp_path: Path) -> str:
-    (tmp_path / "arch.py").write_text(ARCH_SOURCE)
-    return f"{tmp_path / 'arch.py'}:build"
+def arch(files) -> str:
+    """The ``--arch`` value that builds ``linear_with_dead_units``' architecture."""
+    return f"{files['arch']}:build"
 
 
 # -- state_dict, checkpoints, prefixes, safetensors ------------------------------------------
@@ -152,7 +133,7 @@ def test_safetensors_with_arch(runner, tmp_path, data, arch):
 
 def test_pickled_module_is_refused_then_loaded_weights_only_with_its_globals(runner, tmp_path, data):
     path = tmp_path / "whole.pt"
-    torch.save(linear_with_dead_units(dead=8), path)
+    torch.save(UserModel(linear_with_dead_units(dead=8)), path)  # the user's own class: consent needed
     refused = run(runner, path, data)
     assert refused.exit_code == 2
     assert "torch.nn.modules.container.Sequential" in refused.stderr
@@ -231,7 +212,7 @@ def test_pickle_from_a_scripts_main_names_the_class_and_import_resolves_it(runne
     _save_as_if_from("__main__", path)
     missing = run(runner, path, data, "--allow-pickle")
     assert missing.exit_code == 2
-    line = missing.stderr.splitlines()[0]
+    line = error_line(missing)
     assert "__main__.Net" in line and str(path) in line
     assert "--import" in missing.stderr and "--arch" in missing.stderr
     script = tmp_path / "train.py"
@@ -246,7 +227,7 @@ def test_pickle_from_a_missing_package_says_which_module(runner, tmp_path, data)
     _save_as_if_from("acme_nets", path)
     missing = run(runner, path, data, "--allow-pickle")
     assert missing.exit_code == 2
-    line = missing.stderr.splitlines()[0]
+    line = error_line(missing)
     assert "acme_nets.Net" in line and "cannot be imported" in line
     script = tmp_path / "nets.py"
     script.write_text(SCRIPT_DEFINING_NET)
@@ -314,7 +295,8 @@ def test_torchscript_file_gives_the_eager_names_and_counts(runner, tmp_path, mix
     assert expected == {"stem.1": ("ReLU", 32, 8), "block.relu#0": ("ReLU", 12, 3), "block.relu#1": ("ReLU", 12, 5),
                         "<root>:relu#0": ("ReLU", 12, 12)}
     assert site_counts(report) == expected
-    for site, eager_site in zip(report["sites"], eager.sites):
+    assert [site["name"] for site in report["sites"]] == [site.name for site in eager.sites]
+    for site, eager_site in zip(report["sites"], eager.sites, strict=True):
         assert site["unit_stats"]["active"] == eager_site.stats.active.tolist()
 
 
@@ -334,7 +316,7 @@ def test_torchscript_every_kind_matches_eager(tmp_path):
     eager = deadrelu.scan(model, x, batch_size=8)
     scripted = deadrelu.scan(torch.jit.script(model), x, batch_size=8)
     assert [(s.name, s.kind, s.unit_dim) for s in scripted.sites] == [(s.name, s.kind, s.unit_dim) for s in eager.sites]
-    for mine, theirs in zip(scripted.sites, eager.sites):
+    for mine, theirs in zip(scripted.sites, eager.sites, strict=True):
         assert mine.stats.active.tolist() == theirs.stats.active.tolist(), mine.name
         assert mine.stats.at_floor.tolist() == theirs.stats.at_floor.tolist(), mine.name
     prelu = scripted.site("prelu")
@@ -465,6 +447,6 @@ def test_export_fixed_batch_larger_than_the_data_is_a_clear_error(runner, tmp_pa
     np.save(tmp_path / "five.npy", bounded_inputs(5, 10).numpy())
     result = run(runner, tmp_path / "fixed.pt2", tmp_path / "five.npy")
     assert result.exit_code == 2
-    line = result.stderr.splitlines()[0]
+    line = error_line(result)
     assert "five.npy" in line and "5 sample(s)" in line and "exactly 8" in line
     assert "Traceback" not in result.output

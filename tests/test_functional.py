@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.modules import module as module_globals
 
 import deadrelu
+from conftest import report_of
 from deadrelu.capture.functional import FUNCTION_NAMES, read_call, spec_for_call
 from deadrelu.kinds import SELU_ALPHA, SELU_SCALE
 
@@ -83,7 +84,7 @@ def test_six_functional_relus_give_six_sites_with_hand_counted_dead_channels():
     x = torch.randn(10, 1, 128, 1)
     result = deadrelu.scan(model, x, batch_size=4)
     assert [s.name for s in result.sites] == [f"<root>:relu#{k}" for k in range(6)]
-    for k, (site, pre) in enumerate(zip(result.sites, model.pre_activations(x))):
+    for k, (site, pre) in enumerate(zip(result.sites, model.pre_activations(x), strict=True)):
         assert (site.module, site.function, site.call_index, site.kind) == ("", "relu", k, "ReLU")
         assert site.unit_dim == 1 and site.units == PitchCNN.widths[k]
         assert site.observations == 10 * pre.shape[2] * pre.shape[3]
@@ -141,19 +142,15 @@ def test_no_functional_setting_keeps_only_module_sites():
 
 
 def test_no_functional_cli_flag(tmp_path, runner):
-    from deadrelu.cli import app
     arch = tmp_path / "arch.py"
     arch.write_text("from test_functional import Mixed\n")
     torch.save(Mixed().state_dict(), tmp_path / "model.pt")
     np.save(tmp_path / "data.npy", bounded(30, 10).numpy())
     names = {}
     for flag in ([], ["--no-functional"]):
-        out = tmp_path / f"report{len(flag)}.json"
-        args = ["scan", str(tmp_path / "model.pt"), str(tmp_path / "data.npy"), "--arch", f"{arch}:Mixed",
-                "--json", str(out), "--quiet", *flag]
-        outcome = runner.invoke(app, args)
-        assert outcome.exit_code == 0, outcome.output
-        names[bool(flag)] = [s["name"] for s in json.loads(out.read_text())["sites"]]
+        report = report_of(runner, tmp_path / "model.pt", tmp_path / "data.npy", "--arch", f"{arch}:Mixed",
+                           "--quiet", *flag)
+        names[bool(flag)] = [s["name"] for s in report["sites"]]
     assert names[False] == ["act", "<root>:relu#0", "<root>:leaky_relu#0"]
     assert names[True] == ["act"]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -23,7 +24,6 @@ from deadrelu.render import html as html_render
 from report_fixtures import synthetic_result
 from truth_models import bounded_inputs, linear_with_dead_units
 
-REPO = Path(__file__).resolve().parents[1]
 # Torch forbids "." in module names, so the payloads reach document.title without one.
 IMG_PAYLOAD = "<img src=x onerror=document['title']='PWNED'>"
 ALERT_PAYLOAD = "<img src=x onerror=alert(1)>"
@@ -157,10 +157,16 @@ def test_run_metadata_is_shown(hostile_page):
 def test_site_table_is_worst_first_and_details_are_collapsible():
     result = synthetic_result(12, units=32)
     page = html_render.report(result, plots=False)
-    table = page.split("<h2>Sites, worst first</h2>")[1].split("</table>")[0]
+    table = page.split("<h2>Sites, worst first</h2>")[1].split("<h2>")[0]  # problem sites, then the clean ones
     rows = re.findall(r'<td class="name"><a href="#site-(\d+)">', table)
-    expected = sorted(range(12), key=lambda k: (-result.sites[k].dead_ratio, -result.sites[k].saturated_ratio,
-                                                 -result.sites[k].dormant_ratio, k))
+    # issue 10: worst = most units without gradient (ReLU-dead or saturated); a leaky kind's never-active
+    # units still learn and rank after them.
+    from deadrelu.judge.overall import never_active, stuck_mask
+
+    def key(k):
+        site = result.sites[k]
+        return (-stuck_mask(site).sum() / site.units, -never_active(site) / site.units, -site.dormant_ratio, k)
+    expected = sorted(range(12), key=key)
     assert [int(r) for r in rows] == expected
     details = re.findall(r'<details class="site" id="site-(\d+)"( open)?>', page)
     assert len(details) == 12
@@ -271,9 +277,11 @@ def test_in_a_real_browser_it_renders_and_no_script_runs(tmp_path, hostile_page)
     pixels = imread(shot)
     assert pixels.shape[:2] == (2000, 1280)
     assert shot.stat().st_size > 50_000 and float(pixels[..., :3].std()) > 0.05
-    kept = REPO / "reports" / "browser-report-screenshot.png"
-    kept.parent.mkdir(exist_ok=True)
-    shutil.copyfile(shot, kept)
+    # The screenshot stays in tmp_path; DEADRELU_SCREENSHOT_DIR keeps a copy for a human (or a CI artifact).
+    kept_dir = os.environ.get("DEADRELU_SCREENSHOT_DIR")
+    if kept_dir:
+        Path(kept_dir).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, Path(kept_dir) / "browser-report-screenshot.png")
 
 
 def test_unit_map_pixels_show_elu_floor_units_as_saturated():
@@ -284,3 +292,72 @@ def test_unit_map_pixels_show_elu_floor_units_as_saturated():
     flat = (imread(io.BytesIO(png), format="png").reshape(-1, 3) * 255).round().astype(int)
     orange = [k for k in range(16) if tuple(flat[k]) == (0xFF, 0x7F, 0x0E)]
     assert orange == result.sites[0].verdict.saturated_units == [0, 1, 2, 3]
+
+
+# -- issue 10: order, wording, scoped CSS, the notebook view ----------------------------------------
+
+def _rules(css: str) -> list[str]:
+    from deadrelu.render.html import _top_level_blocks
+    selectors = []
+    for selector, body in _top_level_blocks(css):
+        if selector.startswith("@"):
+            selectors += _rules(body)
+        else:
+            selectors += [part.strip() for part in selector.split(",")]
+    return selectors
+
+
+def test_css_is_scoped_to_the_report_container(hostile_page):
+    css = re.search(r"<style>(.*?)</style>", hostile_page, re.S).group(1)
+    selectors = _rules(css)
+    assert len(selectors) > 40
+    assert all(s == ".deadrelu-report" or s.startswith(".deadrelu-report ") for s in selectors), selectors
+    assert '<div class="deadrelu-report"><main>' in hostile_page
+
+
+def test_page_order_verdict_then_worst_sites_then_suggestions(hostile_page):
+    order = [hostile_page.index(marker) for marker in (
+        'class="verdictcard', "<h2>Sites, worst first</h2>", "<h2>Suggested fixes", "<h2>Overview</h2>",
+        "<h2>Per-site detail</h2>")]
+    assert order == sorted(order)
+
+
+def test_evidence_is_collapsed_with_human_labels(hostile_page):
+    assert "<details open><summary>Evidence" not in hostile_page
+    assert "<details><summary>Evidence" in hostile_page
+    assert ">strong_bias_multiple<" not in hostile_page
+    assert "bias counted as strongly negative below −k × typical |w·x|, k =" in hostile_page
+
+
+def test_each_suggestion_states_units_explained_and_what_its_code_changes(hostile_page):
+    assert "explains 8 of 8 dead units there" in hostile_page
+    assert "The code sets the bias of 8 unit(s) of" in hostile_page
+    assert "general advice: names no cause" in hostile_page
+    assert '<span class="destructive">Erases what training learned: </span>' in hostile_page
+
+
+def test_site_detail_links_only_site_specific_suggestions():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
+    with torch.no_grad():
+        model[0].bias[:8] = -100.0
+        model[2].bias[:8] = -100.0
+    result = deadrelu.scan(model, bounded_inputs(100, 10))
+    page = html_render.report(result, plots=False)
+    detail = page.split('id="site-1"')[1].split("</details>")[0]
+    linked = re.findall(r'<a href="#suggestion-(\d+)">', detail)
+    ids = [result.suggestions[int(k)]["id"] for k in linked]
+    assert ids == ["bias-reset"], "dead-share (2 sites) and the guide are model-wide: shown once, above"
+
+
+def test_notebook_view_has_verdict_worst_sites_suggestions_and_a_plot_in_scoped_css(hostile_result):
+    from deadrelu.render.notebook import NB_SCOPE
+    view = hostile_result._repr_html_()
+    assert view.startswith('<div class="deadrelu-nb"><style>')
+    css = re.search(r"<style>(.*?)</style>", view, re.S).group(1)
+    assert all(s == NB_SCOPE or s.startswith(NB_SCOPE + " ") for s in _rules(css))
+    order = [view.index(marker) for marker in ('class="verdictcard', "<table>", "<svg", "<ol>")]
+    assert order == sorted(order)
+    assert view.count("<rect ") == len(hostile_result.sites)
+    assert view.count("<li ") == min(3, len(hostile_result.suggestions))
+    assert "<script" not in view

@@ -18,6 +18,7 @@ from torch import nn
 
 import deadrelu
 from deadrelu.cli import app
+from deadrelu.schema import validate_result
 
 from lm_fixtures import TEXT_LINES, real_tokens, save_model_folder, save_text
 
@@ -69,6 +70,7 @@ def test_bert_gelu_sites_and_the_pooler_tanh_listed(runner, folders):
     assert report["coverage"]["unsupported"] == [
         {"module": "pooler.activation", "class": "Tanh", "calls": 1, "reason": "unsupported kind"}]
     assert "1 Tanh call not scanned (unsupported kind: pooler.activation)" in report["warnings"]
+    validate_result(report, "bert report")  # the new coverage fields are part of the published schema
 
 
 def test_gpt2_new_gelu_is_recognised_by_class_name(runner, folders):

@@ -13,36 +13,21 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import error_line, make_files, run, scan_files
 from deadrelu.cli import app
 from deadrelu.render.files import atomic_write_text, temp_path
 from deadrelu.render.text import visible
-from truth_models import bounded_inputs, linear_with_dead_units
-
-ARCH_SOURCE = """
-from torch import nn
-
-def build(width=32):
-    return nn.Sequential(nn.Linear(10, width), nn.ReLU(), nn.Linear(width, 1))
-"""
-
+from truth_models import bounded_inputs
 
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, Path]:
-    torch.save(linear_with_dead_units(dead=8, width=32).state_dict(), tmp_path / "model.pt")
-    (tmp_path / "arch.py").write_text(ARCH_SOURCE)
-    np.save(tmp_path / "data.npy", bounded_inputs(60, 10).numpy())
+    """The shared model, arch and data files (60 samples) and a config file: four inputs to protect."""
     (tmp_path / "cfg.toml").write_text("[scan]\nbatch_size = 16\n")
-    return {"model": tmp_path / "model.pt", "arch": tmp_path / "arch.py", "data": tmp_path / "data.npy",
-            "config": tmp_path / "cfg.toml", "dir": tmp_path}
+    return {**make_files(tmp_path, samples=60), "config": tmp_path / "cfg.toml"}
 
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def scan(runner, files, *args):
-    return runner.invoke(app, ["scan", str(files["model"]), str(files["data"]), "--arch", f"{files['arch']}:build",
-                               *map(str, args)])
 
 
 @pytest.fixture
@@ -51,17 +36,11 @@ def no_scan(monkeypatch):
     monkeypatch.setattr(sys.modules["deadrelu.scanning"], "scan", lambda *a, **k: pytest.fail("scanned before checking"))
 
 
-def error_line(done) -> str:
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert lines[0].startswith("error: ") and lines[1].startswith("hint: "), done.stderr
-    return lines[0]
-
-
 @pytest.mark.parametrize("option, victim", [("--json", "model"), ("--html", "data"), ("--json", "arch"),
                                             ("--html", "config")])
 def test_an_output_that_is_an_input_is_refused_and_the_input_kept(runner, files, no_scan, option, victim):
     before = {name: digest(path) for name, path in files.items() if path.is_file()}
-    done = scan(runner, files, "--config", files["config"], option, files[victim])
+    done = scan_files(runner, files, "--config", files["config"], option, files[victim])
     assert done.exit_code == 2, done.output
     line = error_line(done)
     assert f"{option} {files[victim]}" in line and "overwrite" in line
@@ -72,13 +51,14 @@ def test_an_output_reaching_an_input_through_a_symlink_is_refused(runner, files,
     link = files["dir"] / "innocent.json"
     link.symlink_to(files["model"])
     before = digest(files["model"])
-    done = scan(runner, files, "--json", link)
+    done = scan_files(runner, files, "--json", link)
     assert done.exit_code == 2 and "is the input MODEL" in error_line(done)
     assert digest(files["model"]) == before
 
 
 def test_two_outputs_on_one_path_are_refused(runner, files, no_scan):
-    done = scan(runner, files, "--json", files["dir"] / "r.json", "--html", files["dir"] / "sub" / ".." / "r.json")
+    same = files["dir"] / "sub" / ".." / "r.json"
+    done = scan_files(runner, files, "--json", files["dir"] / "r.json", "--html", same)
     assert done.exit_code == 2 and "are the same path" in error_line(done)
 
 
@@ -87,8 +67,7 @@ def test_out_folder_holding_an_input_under_a_report_name_is_refused(runner, file
     out.mkdir()
     data = out / "result.json"  # any file can be the data argument; the check runs before loading
     data.write_bytes(files["data"].read_bytes())
-    done = runner.invoke(app, ["scan", str(files["model"]), str(data), "--arch", f"{files['arch']}:build",
-                               "--out", str(out)])
+    done = run(runner, files["model"], data, "--arch", f"{files['arch']}:build", "--out", out)
     assert done.exit_code == 2 and "is the input DATA" in error_line(done)
 
 
@@ -97,8 +76,7 @@ def test_png_dir_holding_an_input_with_a_plot_name_is_refused(runner, files, no_
     plots.mkdir()
     data = plots / "dead_ratio_by_layer.png"
     data.write_bytes(files["data"].read_bytes())
-    done = runner.invoke(app, ["scan", str(files["model"]), str(data), "--arch", f"{files['arch']}:build",
-                               "--png-dir", str(plots)])
+    done = run(runner, files["model"], data, "--arch", f"{files['arch']}:build", "--png-dir", plots)
     assert done.exit_code == 2 and "would overwrite the input DATA" in error_line(done)
 
 
@@ -106,7 +84,7 @@ def test_png_dir_holding_an_input_with_a_plot_name_is_refused(runner, files, no_
 def test_a_file_given_as_output_folder_is_refused_before_scanning(runner, files, no_scan, option):
     target = files["dir"] / "a_file"
     target.write_text("x")
-    done = scan(runner, files, option, target)
+    done = scan_files(runner, files, option, target)
     assert done.exit_code == 2
     assert "not a folder" in error_line(done)
     assert target.read_text() == "x"
@@ -114,7 +92,7 @@ def test_a_file_given_as_output_folder_is_refused_before_scanning(runner, files,
 
 def test_report_refuses_to_overwrite_its_result(runner, files, tmp_path):
     saved = tmp_path / "saved.json"
-    assert scan(runner, files, "--json", saved, "-q").exit_code == 0
+    assert scan_files(runner, files, "--json", saved, "-q").exit_code == 0
     before = digest(saved)
     done = runner.invoke(app, ["report", str(saved), "--html", str(saved)])
     assert done.exit_code == 2 and "is the input RESULT.json" in error_line(done)
@@ -138,7 +116,7 @@ def test_a_scan_cleans_stale_temp_files_at_its_output_path(runner, files):
     target = files["dir"] / "r.json"
     stale = temp_path(target, 2 ** 22 + 777)
     stale.write_text("{")
-    assert scan(runner, files, "--json", target, "-q").exit_code == 0
+    assert scan_files(runner, files, "--json", target, "-q").exit_code == 0
     assert not stale.exists() and target.exists()
 
 
@@ -171,8 +149,7 @@ def test_spoofing_module_names_are_shown_escaped_in_terminal_and_html(runner, tm
     torch.save(model.state_dict(), tmp_path / "m.pt")
     np.save(tmp_path / "d.npy", bounded_inputs(40, 10).numpy())
     html = tmp_path / "r.html"
-    done = runner.invoke(app, ["scan", str(tmp_path / "m.pt"), str(tmp_path / "d.npy"), "--arch",
-                               f"{tmp_path / 'arch.py'}:build", "--html", str(html)])
+    done = run(runner, tmp_path / "m.pt", tmp_path / "d.npy", "--arch", f"{tmp_path / 'arch.py'}:build", "--html", html)
     assert done.exit_code == 0, done.output
     assert "\u202e" not in done.stdout and "act\\u202egnp_exe" in done.stdout
     page = html.read_text(encoding="utf-8")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import matplotlib
@@ -11,7 +12,8 @@ from matplotlib.figure import Figure
 
 import deadrelu
 from deadrelu.render import plots
-from report_fixtures import synthetic_result
+from deadrelu.judge.verdicts import judge_site
+from report_fixtures import synthetic_result, synthetic_stats
 from truth_models import bounded_inputs, linear_with_dead_units
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -31,33 +33,71 @@ def many():
 
 
 def test_dead_ratio_by_layer_bars_are_the_dead_ratios(small):
+    # issue 10: horizontal bars, names on the y axis, no empty saturated panel for a ReLU-only model.
     fig = plots.dead_ratio_by_layer(small)
     assert isinstance(fig, Figure)
-    dead_axis, saturated_axis, dormant_axis = fig.axes
-    assert [patch.get_height() for patch in dead_axis.patches] == [0.25]
-    assert [patch.get_height() for patch in dormant_axis.patches] == [small.sites[0].dormant_ratio]
-    assert [label.get_text() for label in dormant_axis.get_xticklabels()] == ["1"]
-    texts = [t.get_text() for t in saturated_axis.texts]
-    assert any("no saturating kinds" in text for text in texts)
-    assert "8 of 32 units dead (25.0%)" in dead_axis.get_title(loc="left")
+    (axis,) = fig.axes
+    dormant_bars, dead_bars = axis.containers
+    assert [patch.get_width() for patch in dead_bars] == [0.25]
+    assert [patch.get_width() for patch in dormant_bars] == [small.sites[0].dormant_ratio]
+    assert [label.get_text() for label in axis.get_yticklabels()] == ["1"]
+    legend = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert legend == ["dormant (includes dead)", "dead (no gradient)"]
+    assert fig._suptitle.get_text() == "WARN: 8 of 32 units dead (25.0%) over 1 sites"
+
+
+def test_every_flagged_site_is_named_and_only_clean_ones_thinned():
+    names = [f"backbone.stage{k // 10}.block{k % 10}.relu#{k % 3}" for k in range(120)]
+    result = synthetic_result(120, units=64, names=names, dead_growing=False)
+    flagged = {5: 3, 47: 10, 48: 1, 119: 30}
+    sites = list(result.sites)
+    for k, dead in flagged.items():
+        site = sites[k]
+        stats = synthetic_stats(64, dead)
+        sites[k] = dataclasses.replace(site, kind="ReLU", saturation=None, stats=stats,
+                                       verdict=judge_site(stats, None, result.settings.thresholds))
+    result = dataclasses.replace(result, sites=tuple(sites))
+    fig = plots.dead_ratio_by_layer(result)
+    labels = [label.get_text() for label in fig.axes[0].get_yticklabels()]
+    assert {names[k] for k in flagged} <= set(labels)
+    flagged_count = sum(1 for site in result.sites if site.dead or site.saturated)
+    assert len(labels) == max(flagged_count, plots.MAX_TICK_LABELS) < 120, "clean sites thinned"
+    ticks = list(fig.axes[0].get_yticks())
+    assert all(ticks[labels.index(names[k])] == k for k in flagged), "each name sits at its own bar"
+    heat = plots.active_rate_histogram(result)
+    assert {names[k] for k in flagged} <= {label.get_text() for label in heat.axes[0].get_yticklabels()}
 
 
 def test_dead_ratio_by_layer_with_150_sites_is_readable(many):
     fig = plots.dead_ratio_by_layer(many)
-    dead_axis = fig.axes[0]
-    # One filled step artist per panel, heights in network order.
-    steps = [artist for artist in dead_axis.patches]
-    assert len(steps) == 1
-    values = steps[0].get_data().values
-    assert np.allclose(values, [s.dead_ratio for s in many.sites])
-    labels = [label.get_text() for label in fig.axes[-1].get_xticklabels()]
-    assert 10 <= len(labels) <= plots.MAX_TICK_LABELS
-    assert labels[0] == many.sites[0].name and labels[-1] == many.sites[-1].name
+    dead_axis, saturated_axis = fig.axes  # ELU/ReLU6 sites saturate: the saturated panel is there
+    # One filled step artist per series, values in network order.
+    steps = {patch.get_label(): patch for patch in dead_axis.patches}
+    values = steps["dead (no gradient)"].get_data().values
+    from deadrelu.judge.overall import dead_no_gradient
+    assert np.allclose(values, [dead_no_gradient(s) / s.units for s in many.sites])
+    labels = [label.get_text() for label in dead_axis.get_yticklabels()]
+    flagged = [s.name for s in many.sites if s.dead or s.saturated]
+    assert set(flagged) <= set(labels), "every flagged site is named"
     width, height = fig.get_size_inches()
-    assert width <= 22 and height < 10
-    assert "40 of 150 names shown" in fig.axes[-1].get_xlabel()
+    assert width <= 12 and height <= 36
+    legend = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert "never active (leaky: still has gradient)" in legend and "saturated (at floor / bound)" in legend
     png = plots.figure_png(fig)
     assert png.startswith(PNG_SIGNATURE) and len(png) > 10_000
+
+
+def test_unit_map_legend_counts_what_is_painted():
+    import torch
+    from torch import nn
+    torch.manual_seed(0)
+    result = deadrelu.scan(linear_with_dead_units(dead=4, width=16, activation=nn.ELU()), bounded_inputs(200, 10))
+    site = result.sites[0]
+    fig = plots.unit_map(result, 0)
+    marks = np.ma.filled(fig.axes[0].get_images()[1].get_array(), 0).reshape(-1)
+    legend = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+    assert legend == [f"dead ({int((marks == 2).sum())})", f"saturated ({int((marks == 1).sum())})"]
+    assert int((marks == 1).sum()) == site.saturated == 4
 
 
 def test_rate_histogram_counts_dead_units_apart():
@@ -72,7 +112,7 @@ def test_rate_histogram_counts_dead_units_apart():
 def test_active_rate_histogram_overlay_for_few_sites(small):
     fig = plots.active_rate_histogram(small)
     axis = fig.axes[0]
-    legend = [text.get_text() for text in axis.get_legend().get_texts()]
+    legend = [text.get_text() for text in fig.legends[0].get_texts()]
     assert legend == ["1 (ReLU; 8 of 32 dead)"]
     step = axis.patches[0]
     assert step.get_data().values[0] == pytest.approx(8 / 32)
@@ -84,7 +124,8 @@ def test_active_rate_histogram_is_a_heat_map_for_many_sites(many):
     matrix = np.asarray(mesh.get_array()).reshape(len(many.sites), plots.RATE_BINS + 1)
     assert np.allclose(matrix.sum(axis=1), 1.0)
     assert np.allclose(matrix[:, 0], [s.dead_ratio for s in many.sites])
-    assert len(fig.axes[0].get_yticklabels()) <= plots.MAX_TICK_LABELS
+    labels = {label.get_text() for label in fig.axes[0].get_yticklabels()}
+    assert {s.name for s in many.sites if s.dead or s.saturated} <= labels, "every flagged site named (issue 10)"
 
 
 def test_unit_map_marks_exactly_the_dead_units(small):
@@ -160,3 +201,9 @@ def test_unit_map_shows_elu_floor_units_as_saturated():
     assert site.verdict.dead_units[:4] == [0, 1, 2, 3] and site.verdict.saturated_units == [0, 1, 2, 3]
     marks = np.ma.filled(plots.unit_map(result, 0).axes[0].get_images()[1].get_array(), 0).reshape(-1)
     assert np.flatnonzero(marks == 1).tolist() == [0, 1, 2, 3]
+
+
+def test_result_plot_is_the_overview_figure(small):
+    fig = small.plot()
+    assert isinstance(fig, Figure)
+    assert [label.get_text() for label in fig.axes[0].get_yticklabels()] == ["1"]

@@ -117,7 +117,7 @@ def assert_stats_equal(left: SiteStats, right: SiteStats, context: str = "") -> 
 
 def assert_scans_equal(left: deadrelu.ScanResult, right: deadrelu.ScanResult) -> None:
     assert [s.name for s in left.sites] == [s.name for s in right.sites]
-    for a, b in zip(left.sites, right.sites):
+    for a, b in zip(left.sites, right.sites, strict=True):
         assert (a.unit_dim, a.units) == (b.unit_dim, b.units)
         assert_stats_equal(a.stats, b.stats, a.name)
 
@@ -188,7 +188,8 @@ def test_merging_two_partial_results_equals_scanning_the_concatenation(model_nam
     right = deadrelu.scan(model, second, batch_size=batch_size)
     both = deadrelu.scan(model, torch.cat([first, second]), batch_size=batch_size)
     thresholds = both.settings.thresholds
-    for a, b, whole in zip(left.sites, right.sites, both.sites):
+    assert [s.name for s in left.sites] == [s.name for s in right.sites] == [s.name for s in both.sites]
+    for a, b, whole in zip(left.sites, right.sites, both.sites, strict=True):
         assert a.name == b.name == whole.name
         merged = a.stats.merge(b.stats)
         assert_stats_equal(merged, whole.stats, whole.name)
@@ -221,7 +222,7 @@ def test_verdicts_invariant_to_sample_order(model_name, data):
     base = deadrelu.scan(model, x, batch_size=x.shape[0], tau=tau)
     shuffled = deadrelu.scan(model, x[list(order)], batch_size=batch_size, tau=tau)
     assert_scans_equal(shuffled, base)
-    for a, b in zip(base.sites, shuffled.sites):
+    for a, b in zip(base.sites, shuffled.sites, strict=True):
         np.testing.assert_array_equal(a.verdict.dead, b.verdict.dead)
         np.testing.assert_array_equal(a.verdict.saturated, b.verdict.saturated)
         np.testing.assert_array_equal(a.verdict.dormant, b.verdict.dormant)

@@ -6,41 +6,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
+from conftest import error_line, scan_files
 from deadrelu.cli import app
 from truth_models import bounded_inputs, linear_with_dead_units
 
-ARCH_SOURCE = """
-from torch import nn
-
-def build(width=32):
-    return nn.Sequential(nn.Linear(10, width), nn.ReLU(), nn.Linear(width, 1))
-"""
 PLOTS = ["active_rate_histogram.png", "dead_ratio_by_layer.png", "unit_map_000_1.png"]
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> dict[str, Path]:
-    """A state_dict with exactly 8 dead of 32 units (bias -100), its arch file, and bounded data."""
-    torch.save(linear_with_dead_units(dead=8, width=32).state_dict(), tmp_path / "model.pt")
-    (tmp_path / "arch.py").write_text(ARCH_SOURCE)
-    np.save(tmp_path / "data.npy", bounded_inputs(150, 10).numpy())
-    return {"model": tmp_path / "model.pt", "arch": tmp_path / "arch.py", "data": tmp_path / "data.npy",
-            "dir": tmp_path}
-
-
-def scan(runner, files, *args):
-    return runner.invoke(app, ["scan", str(files["model"]), str(files["data"]), "--arch", f"{files['arch']}:build",
-                               *map(str, args)])
 
 
 @pytest.fixture
 def saved(runner, files) -> Path:
     path = files["dir"] / "saved.json"
-    done = scan(runner, files, "--json", path, "--max-layer-dead-ratio", "0.1", "-q")
+    done = scan_files(runner, files, "--json", path, "--max-layer-dead-ratio", "0.1", "-q")
     assert done.exit_code == 1, done.output
     return path
 
@@ -48,7 +26,7 @@ def saved(runner, files) -> Path:
 def test_scan_writes_html_and_pngs(runner, files):
     html_path = files["dir"] / "out" / "run.html"
     png_dir = files["dir"] / "out" / "run"
-    done = scan(runner, files, "--html", html_path, "--png-dir", png_dir)
+    done = scan_files(runner, files, "--html", html_path, "--png-dir", png_dir)
     assert done.exit_code == 0, done.output
     page = html_path.read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and "8 of 32 units dead (25.0%)" in page
@@ -59,28 +37,29 @@ def test_scan_writes_html_and_pngs(runner, files):
 
 def test_suggestions_print_under_the_table_and_land_in_the_json(runner, files):
     json_path = files["dir"] / "r.json"
-    done = scan(runner, files, "--json", json_path)
+    done = scan_files(runner, files, "--json", json_path)
     assert done.exit_code == 0, done.output
     out = done.stdout
-    assert out.index("Activation sites") < out.index("Suggested fixes:") < out.index("8 of 32 units dead")
-    assert "WARNING  1 ReLU site(s) have more than 10% dead units (worst: site 1, 8 of 32 = 25.0%)" in out
-    assert "layer.bias[[0, 1, 2, 3, 4, 5, 6, 7]] = 0.0" in out or "code: in the HTML / JSON report" in out
+    # issue 10: the verdict first, then the sites, then one ranked line per suggestion.
+    assert out.index("8 of 32 units dead") < out.index("Activation sites") < out.index("Suggested fixes:")
+    assert "  #2  WARN       –  1 ReLU site(s) have more than 10% dead units (worst: site 1, 8 of 32 = 25.0%)" in out
+    assert "evidence and code: --verbose, --html or --json" in out, "code is never soft-wrapped: shown in full there"
     stored = json.loads(json_path.read_text())["suggestions"]
     ids = [s["id"] for s in stored]
-    assert ids[:3] == ["dead-share", "init-not-he", "bias-reset"]
+    assert ids[:3] == ["bias-reset", "dead-share", "init-not-he"], "ranked: the named cause first (issue 10)"
     bias = stored[ids.index("bias-reset")]
     assert bias["evidence"]["units"] == list(range(8)) and bias["evidence"]["biases"] == [-100.0] * 8
 
 
 def test_quiet_leaves_suggestions_out(runner, files):
-    done = scan(runner, files, "-q")
+    done = scan_files(runner, files, "-q")
     assert done.exit_code == 0
     assert "Suggested fixes" not in done.stdout
 
 
 def test_out_writes_json_html_and_plots_in_one_folder(runner, files):
     folder = files["dir"] / "bundle"
-    done = scan(runner, files, "--out", folder)
+    done = scan_files(runner, files, "--out", folder)
     assert done.exit_code == 0, done.output
     assert sorted(p.name for p in folder.iterdir()) == ["plots", "report.html", "result.json"]
     assert sorted(p.name for p in (folder / "plots").iterdir()) == PLOTS
@@ -89,7 +68,7 @@ def test_out_writes_json_html_and_plots_in_one_folder(runner, files):
 
 def test_out_auto_uses_reports_model_stem_and_timestamp(runner, files, monkeypatch):
     monkeypatch.chdir(files["dir"])
-    done = scan(runner, files, "--out", "auto", "-q")
+    done = scan_files(runner, files, "--out", "auto", "-q")
     assert done.exit_code == 0, done.output
     folders = list((files["dir"] / "reports").iterdir())
     assert len(folders) == 1
@@ -100,7 +79,7 @@ def test_out_auto_uses_reports_model_stem_and_timestamp(runner, files, monkeypat
 
 def test_json_to_stdout_keeps_stdout_pure(runner, files):
     html_path = files["dir"] / "r.html"
-    done = scan(runner, files, "--json", "-", "--html", html_path)
+    done = scan_files(runner, files, "--json", "-", "--html", html_path)
     assert done.exit_code == 0
     assert json.loads(done.stdout)["summary"]["dead"] == 8
     assert f"HTML report: {html_path}" in done.stderr
@@ -113,10 +92,9 @@ def test_unwritable_html_path_is_one_line_and_exit_2_before_scanning(runner, fil
     import sys
     monkeypatch.setattr(sys.modules["deadrelu.scanning"], "scan",
                         lambda *a, **k: pytest.fail("scanned before checking --html"))
-    done = scan(runner, files, "--html", folder)
+    done = scan_files(runner, files, "--html", folder)
     assert done.exit_code == 2
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert lines[0] == f"error: cannot write {folder}: it is a folder" and lines[1].startswith("hint:")
+    assert error_line(done) == f"error: cannot write {folder}: it is a folder"
 
 
 # -- deadrelu report -------------------------------------------------------------------------------
@@ -168,9 +146,7 @@ def test_report_bad_input_is_one_line_and_exit_2(runner, tmp_path, content, mess
     if content is not None:
         path.write_text(content)
     done = runner.invoke(app, ["report", str(path)])
-    assert done.exit_code == 2
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert message in lines[0] and lines[1].startswith("hint:") and len(lines) == 2
+    error_line(done, message)
 
 
 def test_report_needs_unit_statistics(runner, files, tmp_path):

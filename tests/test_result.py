@@ -41,7 +41,8 @@ def test_dict_and_json_round_trip(result, tmp_path):
     again = ScanResult.from_json(path)
     assert again.to_dict() == json.loads(path.read_text())
     assert again.summary == result.summary
-    for a, b in zip(result.sites, again.sites):
+    assert [s.name for s in again.sites] == [s.name for s in result.sites]
+    for a, b in zip(result.sites, again.sites, strict=True):
         np.testing.assert_array_equal(a.verdict.dead, b.verdict.dead)
         np.testing.assert_allclose(a.stats.total, b.stats.total)
 
@@ -49,7 +50,7 @@ def test_dict_and_json_round_trip(result, tmp_path):
 def test_from_dict_rejects_other_schema(result):
     data = result.to_dict()
     data["schema_version"] = 99
-    with pytest.raises(ValueError, match="schema_version"):
+    with pytest.raises(deadrelu.ResultFormatError, match="schema_version"):
         ScanResult.from_dict(data)
 
 

@@ -67,7 +67,8 @@ def test_suggestions_are_plain_json_and_round_trip(tmp_path):
     result = scan(model, bounded_inputs(200, 10))
     assert result.suggestions, "scan() attaches suggestions"
     for suggestion in result.suggestions:
-        assert set(suggestion) == {"id", "severity", "sites", "title", "evidence", "action", "code"}
+        assert set(suggestion) == {"id", "severity", "sites", "title", "evidence", "action", "code",
+                                   "units_explained", "destructive", "changes", "scope", "rank"}
         assert suggestion["severity"] in ("info", "warning", "critical")
     path = tmp_path / "r.json"
     result.to_json(path)
@@ -76,12 +77,17 @@ def test_suggestions_are_plain_json_and_round_trip(tmp_path):
     assert ScanResult.from_json(path).suggestions == result.suggestions
 
 
-def test_severity_order_critical_first():
+def test_ranked_by_dead_units_explained_then_severity():
+    # issue 10: the cause (bias -100 on 20 units) ranks above the generic "use LeakyReLU".
     model = linear_with_dead_units(dead=20, width=32)
     found = suggest(scan(model, bounded_inputs(200, 10)), model)
-    ranks = [("critical", "warning", "info").index(s["severity"]) for s in found]
+    assert [s["rank"] for s in found] == list(range(1, len(found) + 1))
+    assert found[0]["id"] == "bias-reset" and found[0]["units_explained"] == 20
+    assert found[0]["severity"] == "critical", "a cause is as urgent as the 62%-dead site it explains"
+    generic = [s for s in found if not s["units_explained"]]
+    ranks = [("critical", "warning", "info").index(s["severity"]) for s in generic]
     assert ranks == sorted(ranks)
-    assert found[0]["id"] == "dead-share" and found[0]["severity"] == "critical"
+    assert generic[0]["id"] == "dead-share" and generic[0]["severity"] == "critical"
 
 
 def test_a_failing_rule_becomes_an_info_line_not_a_lost_scan():
@@ -560,7 +566,7 @@ def test_feeding_layers_follow_named_modules_order():
     assert feeding_layers(sequential)["1"][0] == "0"
 
 
-def test_weight_rules_stay_silent_rather_than_guess():
+def test_weight_rules_follow_the_traced_input_not_registration_order():
     class ReluRegisteredFirst(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -572,16 +578,29 @@ def test_weight_rules_stay_silent_rather_than_guess():
         def forward(self, x):
             return self.relu(self.fc(x))
     model = ReluRegisteredFirst()
-    found = suggest(scan(model, bounded_inputs(100, 10)), model)
+    result = scan(model, bounded_inputs(100, 10))
+    assert result.sites[0].producer.layer == "fc" and result.sites[0].producer.how == "output"
+    found = suggest(result, model)
     assert by_id(found, "dead-share"), "the result-only rule still fires"
-    assert by_id(found, "init-not-he") == [] and by_id(found, "bias-reset") == []
+    # The capture saw fc's output reach relu, so the rules blame fc although relu is registered first.
+    assert one(found, "bias-reset")["evidence"]["layer"] == "fc"
+    assert one(found, "bias-reset")["evidence"]["units"] == list(range(8))
+    assert list(one(found, "init-not-he")["evidence"]["layers"]) == ["fc"]
 
 
-def test_weight_rules_skip_a_reused_relu():
+def test_weight_rules_run_per_call_of_a_reused_relu():
+    # issue 10: relu#0 is fed by fc1 (bias -100 on units 0..2); relu#1 sees fc2(...) + shift, which no
+    # layer's parameters decide, so nothing is blamed there and the report says why.
     from truth_models import ReusedReLUBlock
     model = ReusedReLUBlock()
     found = suggest(scan(model, torch.rand(50, 6) * 2 - 1), model)
-    assert by_id(found, "bias-reset") == [] and by_id(found, "init-not-he") == []
+    bias = one(found, "bias-reset")
+    assert bias["sites"] == ["relu#0"] and bias["evidence"]["layer"] == "fc1"
+    assert bias["evidence"]["units"] == [0, 1, 2] and bias["units_explained"] == 3
+    assert all("relu#1" not in s["sites"] for s in found if s["units_explained"])
+    note = one(found, "not-explained")
+    assert note["sites"] == ["relu#1"]
+    assert "an add, concat or other op comes after fc2" in note["evidence"]["per_site"]["relu#1"]["reason"]
 
 
 def test_torchscript_model_gets_result_only_rules_without_rule_errors():

@@ -19,6 +19,7 @@ from torch import nn
 
 import deadrelu
 from deadrelu.cli import app
+from deadrelu.schema import validate_result
 
 VOCAB, WIDTH, DEAD = 12, 16, 5
 PAD = 0
@@ -120,6 +121,7 @@ def test_sites_without_the_token_axes_are_listed_as_unmasked():
     assert [site.name for site in result.sites] == ["inner.act", "head_act"]
     assert result.sites[0].observations == int(mask.sum()) and result.sites[1].observations == len(ids)
     assert result.coverage["mask_not_applied"] == ["head_act"]
+    validate_result(json.loads(result.to_json()), "pooled-head report")
     assert any(w.startswith("mask not applied at 1 site(s)") and w.endswith(": head_act") for w in result.warnings)
 
 

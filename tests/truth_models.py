@@ -127,3 +127,15 @@ def count_dead_neurons(model: nn.Module, test_input: torch.Tensor, threshold: fl
 def bounded_inputs(samples: int, features: int, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.rand(samples, features, generator=generator) * 2 - 1
+
+
+class UserModel(nn.Module):
+    """A model class of the user's own around ``inner``: unpickling it imports (and so runs) their code,
+    where a pickle of torch.nn classes alone loads without consent."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.net = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

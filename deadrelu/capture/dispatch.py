@@ -354,7 +354,11 @@ class DispatchCapture(ActivationCapture):
         self._sites[key] = record
         return record
 
-    def _unit_dim(self, inputs: torch.Tensor, spec: KindSpec) -> tuple[int | None, str | None]:
+    def _input_link(self, inputs: torch.Tensor, module_name: str, activation: nn.Module | None) -> None:
+        """Aten-level sites are not linked to layers: the graph's ops have no modules to blame."""
+        return None
+
+    def _unit_dim(self, inputs: torch.Tensor, spec: KindSpec, link: Any = None) -> tuple[int | None, str | None]:
         producer = None
         if self._discovering:
             for reference, candidate in reversed(self._op_outputs):

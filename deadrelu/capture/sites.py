@@ -23,14 +23,16 @@ from typing import Any, Callable
 import torch
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+from torch.overrides import TorchFunctionMode
 
 from ..errors import CaptureError
 from ..kinds import (GATED_KINDS, KINDS, KNOWN_KINDS, ActiveRule, KindSpec, floor_tolerance, is_inplace,
                      looks_like_activation, spec_for_module)
 from ..settings import Granularity, ScanSettings
+from ..result import InputLink
 from ..stats import Accumulator, CompiledReduction, ReductionPlan, ReductionWorkspace, SiteStats
 from .functional import FunctionalActivationMode, FunctionalCall, spec_for_call
-from .units import is_producer, producer_of_module, resolve_unit_dim
+from .units import NORM_LAYERS, PRODUCERS, is_producer, producer_of_module, resolve_unit_dim
 
 ROOT_NAME = "<root>"
 
@@ -50,6 +52,7 @@ class SiteRecord:
         plan: the site's reduction plan.
         order: when it was first seen (network order).
         activation: the activation module, for slope summaries (None for functions).
+        link: which layer produced the site's input, seen while discovering (None: not tracked).
     """
 
     module: str
@@ -67,6 +70,7 @@ class SiteRecord:
     unmasked: bool = False
     #: the plan for the masked (real positions only) view, made on first use
     masked_plan: ReductionPlan | None = None
+    link: InputLink | None = None
 
     def check_shape(self, shape: torch.Size, granularity: Granularity) -> None:
         """Raise if a later call's output no longer has this site's units."""
@@ -98,6 +102,40 @@ class Coverage:
     unsupported: list[list[Any]] = field(default_factory=list)
     #: whether a padding mask was applied (``set_mask``) in any forward pass
     masked: bool = False
+
+
+def _mutates_first_argument(name: str) -> bool:
+    """Whether a torch function named ``name`` writes into its first argument (``add_``, ``__iadd__``).
+
+    Activation functions (``relu_``...) are left out: a site reads its input before it runs."""
+    if name.startswith("__i") and name.endswith("__"):
+        return True
+    if not name.endswith("_") or name.startswith("_"):
+        return False
+    from ..kinds import FAMILIES
+    return name.rstrip("_") not in FAMILIES and name.rstrip("_") not in ("clamp_min", "threshold")
+
+
+class _InplaceWatch(TorchFunctionMode):
+    """While discovering: forget a layer's output once something writes into it in place.
+
+    torchvision's ``out = self.bn3(out); out += identity; out = self.relu(out)`` hands the
+    ReLU the very tensor ``bn3`` returned, but after the residual add: identity alone would
+    link the site to ``bn3``. Inference tensors keep no version counter, so the in-place
+    op itself is what is watched."""
+
+    def __init__(self, capture: ActivationCapture) -> None:
+        super().__init__()
+        self.capture = capture
+
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if args and isinstance(args[0], torch.Tensor) and _mutates_first_argument(getattr(func, "__name__", "")):
+            self.capture._forget_output(args[0])
+        out = kwargs.get("out")
+        if isinstance(out, torch.Tensor):
+            self.capture._forget_output(out)
+        return func(*args, **kwargs)
 
 
 class ActivationCapture:
@@ -144,6 +182,8 @@ class ActivationCapture:
         self._recent_outputs: deque[tuple[weakref.ref, nn.Module]] = deque(maxlen=256)
         self._last_producer: nn.Module | None = None
         self._producer_stack: ExitStack | None = None
+        self._producer_names: dict[nn.Module, str] = {}
+        self._watch: _InplaceWatch | None = None
         self.modules_run: list[str] = []
         # Reduction plumbing: scratch buffers shared by all sites, the compiled reduction
         # when the scan chose one, and host seconds spent reducing (for that choice).
@@ -168,6 +208,7 @@ class ActivationCapture:
         self._mask: torch.Tensor | None = None
         self._flat_mask: torch.Tensor | None = None
         self._mask_full = True
+        self._watch_on = False
 
     # -- lifetime -------------------------------------------------------------------------
     def __enter__(self) -> ActivationCapture:
@@ -204,6 +245,8 @@ class ActivationCapture:
         producer_stack = ExitStack()
         self._stack.push(producer_stack)
         self._producer_stack = producer_stack
+        self._watch = _InplaceWatch(self)
+        producer_stack.callback(self._leave_watch)
         for name, module in self.model.named_modules():
             spec = spec_for_module(module)
             if spec is not None:
@@ -213,6 +256,7 @@ class ActivationCapture:
                 self._stack.callback(pre.remove)
                 self._stack.callback(post.remove)
             elif is_producer(module):
+                self._producer_names[module] = name
                 handle = module.register_forward_hook(self._producer_hook)
                 producer_stack.callback(handle.remove)
             elif self._unsupported_activation(name, module):
@@ -256,6 +300,11 @@ class ActivationCapture:
         self._stack.callback(self._leave_mode)
         self.coverage.functional = True
 
+    def _leave_watch(self) -> None:
+        if self._watch is not None and self._watch_on:
+            self._watch_on = False
+            self._watch.__exit__(None, None, None)
+
     def _leave_mode(self) -> None:
         if self._mode_on and self._mode is not None:
             self._mode_on = False
@@ -271,6 +320,9 @@ class ActivationCapture:
         self._gate_outputs.clear()
         self._activation_depth = 0
         self._in_batch = True
+        if self._discovering and self._watch is not None and not self._watch_on:
+            self._watch.__enter__()
+            self._watch_on = True
         if self._mode is not None and not self._mode_on:
             self._mode.__enter__()
             self._mode_on = True
@@ -298,6 +350,7 @@ class ActivationCapture:
         self._in_batch = False
         self._gate_outputs.clear()
         self._leave_mode()
+        self._leave_watch()
         for key, count in self._calls.items():
             if count > self._max_calls.get(key, 0):
                 self._max_calls[key] = count
@@ -320,6 +373,37 @@ class ActivationCapture:
             if ref() is tensor:
                 return module
         return None
+
+    def _forget_output(self, tensor: torch.Tensor) -> None:
+        # An output written into in place (a residual add) is no longer what its layer produced.
+        # (Rebuilt, not .remove(): tuples compare their weakrefs, which compare the tensors.)
+        if any(ref() is tensor for ref, _ in self._recent_outputs):
+            kept = [entry for entry in self._recent_outputs if entry[0]() is not tensor]
+            self._recent_outputs.clear()
+            self._recent_outputs.extend(kept)
+
+    def _input_link(self, inputs: torch.Tensor, module_name: str, activation: nn.Module | None) -> InputLink | None:
+        """Which layer produced a new site's input (eager capture; aten-level capture overrides).
+
+        ``output``: the input *is* that layer's output tensor, untouched since; ``enclosing``:
+        an activation module that is a child of a norm layer (timm's ``BatchNormAct2d``) applied
+        to its normalised output; ``after-op``: something else (a residual add, a concat, a
+        view) came after the last layer that ran, named in ``layer`` when there was one."""
+        if not self._discovering:
+            return None
+        producer = self._producer_of(inputs)
+        if producer is not None and producer in self._producer_names:
+            return InputLink(self._producer_names[producer], "output")
+        if activation is not None and module_name:
+            parent_name = module_name.rpartition(".")[0]
+            parent = self.model.get_submodule(parent_name) if parent_name else self.model
+            if isinstance(parent, NORM_LAYERS) and parent is not activation:
+                return InputLink(parent_name, "enclosing")
+        elif activation is None and module_name:  # F.relu inside a norm layer's own forward
+            if isinstance(self.model.get_submodule(module_name), NORM_LAYERS):
+                return InputLink(module_name, "enclosing")
+        last = self._last_producer
+        return InputLink(self._producer_names.get(last) if last is not None else None, "after-op")
 
     def _enter_module(self, module: nn.Module, args: Any) -> None:
         # Modules outside the model (built inside forward) are not pushed: their calls
@@ -475,12 +559,13 @@ class ActivationCapture:
     def _new_record(self, module_name: str, function: str | None, call_index: int, spec: KindSpec,
                     inputs: torch.Tensor, activation: nn.Module | None) -> SiteRecord:
         shape = tuple(inputs.shape)  # activations are elementwise: output shape == input shape
+        link = self._input_link(inputs, module_name, activation)
         if self.settings.granularity is Granularity.POSITION:
             unit_dim: int | None = 1 if len(shape) > 1 else None
             unit_shape = shape[1:]
             dims = (0,) if len(shape) > 1 else tuple(range(len(shape)))
         else:
-            unit_dim, warning = self._unit_dim(inputs, spec)
+            unit_dim, warning = self._unit_dim(inputs, spec, link)
             if warning and not self._discovering and len(shape) > 2:
                 warning += " (site first ran after the first batch, when producers were no longer tracked)"
             if warning:
@@ -503,14 +588,18 @@ class ActivationCapture:
                              output_floor=output_floor)
         return SiteRecord(module=module_name, function=function, call_index=call_index, spec=spec,
                           unit_dim=unit_dim, unit_shape=unit_shape, plan=plan, order=next(self._order),
-                          accumulator=Accumulator(unit_shape, inputs.device), activation=activation)
+                          accumulator=Accumulator(unit_shape, inputs.device), activation=activation,
+                          link=link)
 
-    def _unit_dim(self, inputs: torch.Tensor, spec: KindSpec) -> tuple[int | None, str | None]:
+    def _unit_dim(self, inputs: torch.Tensor, spec: KindSpec,
+                  link: InputLink | None = None) -> tuple[int | None, str | None]:
         """The unit axis of a new site's tensor, judged from the module that produced it
         (aten-level capture overrides this to judge from the producing op)."""
         if self._unit_hint is not None and self._unit_hint[0] is inputs:
             return self._unit_hint[1], None  # a gated product has its gate's units
         producer = self._producer_of(inputs) if self._discovering else None
+        if producer is None and link is not None and link.how == "enclosing" and link.layer is not None:
+            producer = self.model.get_submodule(link.layer)  # the norm layer the activation sits in
         last = self._last_producer if self._discovering else None
         return resolve_unit_dim(tuple(inputs.shape), None if producer is None else producer_of_module(producer),
                                 None if last is None else producer_of_module(last), spec.per_channel_param)

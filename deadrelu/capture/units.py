@@ -33,6 +33,12 @@ def is_producer(module: nn.Module) -> bool:
     """Whether a module produces features whose axis its type tells (Linear, Conv, norms, GPT-2's Conv1D)."""
     return isinstance(module, PRODUCERS) or type(module).__name__ in NAMED_LAST_AXIS_PRODUCERS
 
+
+#: normalisation layers, recognised by isinstance (timm's BatchNormAct2d is a BatchNorm2d with children)
+NORM_LAYERS: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
+                                           nn.modules.instancenorm._InstanceNorm) + (
+    (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+
 #: aten ops (overload packet names) whose output carries features on the last axis / on axis 1.
 LAST_AXIS_OPS = frozenset({"linear", "addmm", "mm", "matmul", "bmm", "baddbmm", "addmv", "mv", "layer_norm",
                            "native_layer_norm", "rms_norm", "embedding", "embedding_bag", "_embedding_bag",
@@ -116,15 +122,22 @@ def resolve_unit_dim(shape: tuple[int, ...], producer: Producer | None, last_pro
         return (ndim - 1 if producer.axis == "last" else 1), None
     reference = producer or last_producer
     if reference is not None:
+        if reference.axis == "channel" and (shape[1] == reference.width or reference.width is None):
+            # Conv/BatchNorm features always sit on axis 1; a residual add after them keeps the layout.
+            return 1, None
         # The batch axis (0) is never a unit axis.
         matches = [axis for axis in range(1, ndim) if shape[axis] == reference.width]
         if len(matches) == 1:
             return matches[0], None
+        if not matches and reference.axis == "channel":
+            # A concatenation of channel-axis features (DenseNet) widens axis 1: not an ambiguity.
+            return 1, None
         why = f"{len(matches)} axes of shape {tuple(shape)} match the width {reference.width} of {reference.label}"
     else:
         why = f"no Linear/Conv/Norm/Embedding ran before it (shape {tuple(shape)})"
     return 1, f"unit axis is ambiguous ({why}); assumed axis 1"
 
 
-__all__ = ["NAMED_LAST_AXIS_PRODUCERS", "is_producer", "Producer", "producer_of_module", "producer_of_op", "producer_width", "resolve_unit_dim", "PRODUCERS",
+__all__ = ["NAMED_LAST_AXIS_PRODUCERS", "NORM_LAYERS", "is_producer", "Producer", "producer_of_module",
+           "producer_of_op", "producer_width", "resolve_unit_dim", "PRODUCERS",
            "LAST_AXIS_PRODUCERS", "CHANNEL_AXIS_PRODUCERS", "LAST_AXIS_OPS", "CHANNEL_AXIS_OPS"]

@@ -39,12 +39,14 @@ class GateOutcome:
     def from_dict(cls, data: dict[str, Any]) -> GateOutcome:
         return cls(max_dead_ratio=data.get("max_dead_ratio"), max_layer_dead_ratio=data.get("max_layer_dead_ratio"),
                    passed=bool(data["passed"]),
-                   violations=tuple(GateViolation(**v) for v in data.get("violations", [])))
+                   violations=tuple(GateViolation(v["scope"], v["dead_ratio"], v["limit"])
+                                    for v in data.get("violations", [])))
 
 
 def _check_limit(name: str, value: float | None) -> None:
-    if value is not None and not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{name} must be between 0 and 1, got {value}", hint="it is a share of units")
+    if value is not None:
+        from ..settings import check_setting
+        check_setting(name, value)  # a finite number in [0, 1]
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,8 @@ class GateLimits:
         if unknown:
             raise ConfigError(f"unknown gate limit(s) {', '.join(sorted(unknown))}",
                               hint="gate limits are max_dead_ratio and max_layer_dead_ratio")
-        return cls(**{k: None if v is None else float(v) for k, v in limits.items()})
+        from ..settings import check_setting
+        return cls(**{k: None if v is None else check_setting(k, v) for k, v in limits.items()})
 
     @classmethod
     def from_config(cls, config: str | Path | None = None, **limits: float | None) -> GateLimits:

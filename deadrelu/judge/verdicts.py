@@ -3,8 +3,11 @@
 * **dead** — the unit's active rate (share of its observations in the active region)
   is <= ``dead_threshold``; with the default 0 that is "never active on the scanned
   data". Active means pre-activation > 0 (ReLU, LeakyReLU, PReLU, RReLU, ELU, SELU,
-  CELU, GELU, SiLU) or output above the lower bound (ReLU6, Hardtanh). A unit with
-  no counted observation (all NaN) is not judged dead.
+  CELU, GELU, SiLU) or output above the lower bound (ReLU6, Hardtanh).
+* **unobserved** — a unit with no finite observation (every batch slice it was in held
+  NaN/inf) is neither alive nor dead: no verdict is true for it. It still counts in
+  ``units``, the denominator of every ratio; results carry the ``unobserved`` count, and
+  a scan in which every unit is unobserved fails (``DataLoadError``) instead of reporting health.
 * **saturated** — ELU/SELU/CELU: the output sits at the negative floor
   (``<= floor + |floor|*saturation_rtol``) in at least ``saturation`` of observations;
   ReLU6/Hardtanh: the output sits at either bound that often. The gradient there is

@@ -15,6 +15,7 @@ is an ``(x, y)`` pair whose first element is the input.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import zipfile
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import DataLoadError, ModelLoadError, first_line
-from .files import check_file, file_sha256  # noqa: F401  (file_sha256: part of this module's API)
+from .files import check_file
 
 Batch = Any
 
@@ -60,6 +61,15 @@ class DataStream:
         kwargs: entries of its dict batches fed as keyword arguments unless the caller
             says otherwise (text data: ``input_ids``, ``attention_mask``).
         mask: the entry that is the padding mask unless the caller says otherwise.
+        select: for sources that can seek (arrays, files, Datasets, sequential
+            DataLoaders), ``select(start, stop)`` is this stream restricted to its samples
+            ``[start, stop)``, reading only those (``deadrelu.distributed`` shards with it).
+        batch_size: samples in every batch but the last, when the stream knows it
+            (shards are cut at whole batches, so each batch is one a single process would feed).
+        first_sample: the index, in the whole data, of this stream's first sample (a
+            shard's stream starts inside the data; messages name samples by this index).
+        shard: which shard of the source this stream is (``{"index", "count", "of"}``),
+            set by ``deadrelu.distributed.shard_stream`` for ``--shard I/N``.
     """
 
     source: str
@@ -72,6 +82,10 @@ class DataStream:
     total_samples: int | None = None
     kwargs: tuple[str, ...] = ()
     mask: str | None = None
+    select: Callable[[int, int], DataStream] | None = None
+    batch_size: int | None = None
+    first_sample: int = 0
+    shard: dict[str, Any] | None = None
 
 
 # -- memory-mapped files --------------------------------------------------------------------
@@ -144,11 +158,13 @@ def _copy_rows(array: np.ndarray | torch.Tensor, start: int, stop: int,
 
 def _array_batches(arrays: Sequence[np.ndarray | torch.Tensor], batch_size: int, count: int,
                    indices: np.ndarray | None, droppers: Sequence[_PageDropper],
-                   names: Sequence[str] | None = None) -> Callable[[], Iterator[Batch]]:
+                   offset: int = 0, names: Sequence[str] | None = None) -> Callable[[], Iterator[Batch]]:
+    # Rows [offset, offset + count) of the arrays (of ``indices`` when given); with ``names``,
+    # dict batches of the arrays by name (fed by name: keyword inputs, the mask).
     def batches() -> Iterator[Batch]:
         try:
-            for start in range(0, count, batch_size):
-                stop = min(start + batch_size, count)
+            for start in range(offset, offset + count, batch_size):
+                stop = min(start + batch_size, offset + count)
                 parts = [_copy_rows(array, start, stop, indices) for array in arrays]
                 if droppers:
                     first, end = (start, stop) if indices is None else (int(indices[start]), int(indices[stop - 1]) + 1)
@@ -255,7 +271,8 @@ def fit_batches(stream: DataStream, minimum: int, maximum: int | None, preferred
     notes = list(stream.notes)
     fixed = maximum is not None and minimum == maximum
     accepted = f"exactly {minimum}" if fixed else f"{minimum} to {maximum if maximum is not None else 'any'}"
-    notes.append(f"the model accepts batches of {accepted} samples; data re-batched to {target}")
+    if target != preferred:  # said only when the batches change; a tail merged below says so itself
+        notes.append(f"the model accepts batches of {accepted} samples; data re-batched to {target}")
 
     def batches() -> Iterator[Batch]:
         pending: list[Batch] = []
@@ -292,6 +309,8 @@ def fit_batches(stream: DataStream, minimum: int, maximum: int | None, preferred
         combined = concat_batches([held, tail])
         combined_size = target + pending_size
         if maximum is None or combined_size <= maximum:
+            notes.append(f"the last {pending_size} sample(s) joined the batch before them: the model accepts "
+                         f"batches of {accepted} samples")
             yield combined
         elif combined_size - minimum >= minimum and not fixed:
             yield slice_batch(combined, combined_size - minimum)
@@ -304,7 +323,7 @@ def fit_batches(stream: DataStream, minimum: int, maximum: int | None, preferred
     num_samples = stream.num_samples
     if fixed and num_samples is not None:
         num_samples -= num_samples % minimum
-    return replace(stream, batches=batches, num_samples=num_samples, notes=notes)
+    return replace(stream, batches=batches, num_samples=num_samples, notes=notes, select=None)
 
 
 # -- building streams -----------------------------------------------------------------------
@@ -368,10 +387,18 @@ def _array_stream(arrays: Sequence[np.ndarray | torch.Tensor], source: str, batc
         shapes = ", ".join(f"{name} {tuple(a.shape[1:])}" for name, a in zip(names, arrays))
         notes.append(f"model fed {len(arrays)} inputs per batch: {shapes}")
     batch_names = list(names) if named else None
-    return DataStream(source=source, batches=_array_batches(arrays, batch_size, count, indices, droppers, batch_names),
-                      num_samples=count, sample_shape=tuple(head.shape[1:]),
-                      dtype=str(head.dtype).replace("torch.", ""), notes=notes, sha256=sha256,
-                      total_samples=total)
+    stream = DataStream(source=source, batches=_array_batches(arrays, batch_size, count, indices, droppers,
+                                                              names=batch_names),
+                        num_samples=count, sample_shape=tuple(head.shape[1:]),
+                        dtype=str(head.dtype).replace("torch.", ""), notes=notes, sha256=sha256,
+                        total_samples=total, batch_size=batch_size)
+
+    def select(start: int, stop: int) -> DataStream:
+        return replace(stream, batches=_array_batches(arrays, batch_size, stop - start, indices, droppers, start,
+                                                      names=batch_names),
+                       num_samples=stop - start, notes=list(stream.notes), select=None)
+    stream.select = select
+    return stream
 
 
 def _keys(key: str | Sequence[str] | None) -> list[str]:
@@ -410,7 +437,22 @@ def _iterable_stream(data: Iterable[Batch], source: str, limit: int | None, shuf
     notes = []
     if shuffle_seed is not None:
         notes.append("--shuffle-seed is ignored for a DataLoader or iterable: its own sampler decides the order")
-    return DataStream(source=source, batches=_limited(data, limit), num_samples=total, notes=notes)
+    stream = DataStream(source=source, batches=_limited(data, limit), num_samples=total, notes=notes,
+                        batch_size=getattr(data, "batch_size", None))
+    from torch.utils.data import DataLoader, IterableDataset, SequentialSampler, Subset
+
+    if (isinstance(data, DataLoader) and total is not None and data.batch_size is not None
+            and isinstance(data.sampler, SequentialSampler) and not isinstance(data.dataset, IterableDataset)):
+        # A sequential loader over a map-style Dataset: a shard is a loader over its own samples.
+        def select(start: int, stop: int) -> DataStream:
+            loader = DataLoader(Subset(data.dataset, range(start, stop)), batch_size=data.batch_size,
+                                collate_fn=data.collate_fn, num_workers=data.num_workers,
+                                pin_memory=data.pin_memory, timeout=data.timeout,
+                                worker_init_fn=data.worker_init_fn)
+            return replace(stream, batches=_limited(loader, None), num_samples=stop - start,
+                           notes=list(stream.notes), select=None)
+        stream.select = select
+    return stream
 
 
 def _dataset_stream(dataset: Any, source: str, batch_size: int, limit: int | None,
@@ -436,7 +478,13 @@ def _dataset_stream(dataset: Any, source: str, batch_size: int, limit: int | Non
     loader = DataLoader(chosen, batch_size=batch_size, shuffle=False)
     count = None if total is None else min(total, limit) if limit is not None else total
     stream = DataStream(source=source, batches=_limited(loader, limit), num_samples=count, notes=notes,
-                        total_samples=total)
+                        total_samples=total, batch_size=batch_size)
+    if count is not None:
+        def select(start: int, stop: int) -> DataStream:
+            part = DataLoader(Subset(chosen, range(start, stop)), batch_size=batch_size, shuffle=False)
+            return replace(stream, batches=_limited(part, None), num_samples=stop - start,
+                           notes=list(stream.notes), select=None)
+        stream.select = select
     return stream
 
 
@@ -625,11 +673,46 @@ def _open_npz(path: Path, keys: list[str]) -> tuple[list[np.ndarray], list[str]]
                                 hint="pass --key NAME")
     try:
         return [archive[key] for key in keys], keys
+    except MemoryError:
+        # An .npz member is read whole into memory (only a plain .npy is memory-mapped).
+        declared = {key: _npz_declared(archive, key) for key in keys}
+        key = max(keys, key=lambda name: declared[name][2] if declared[name] else -1)
+        what = f"array {key!r}"
+        if declared[key] is not None:
+            shape, dtype, size = declared[key]
+            what += f" declares shape {shape} {dtype} = {size:,} bytes ({_bytes(size)})"
+        raise DataLoadError(f"{path}: {what}, more than fits in memory",
+                            hint="an .npz array is read whole into memory; save it with np.save as .npy, "
+                                 "which is streamed from disk, or cut it into smaller files") from None
     except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
         if "allow_pickle" in str(exc):
             raise DataLoadError(f"{path}: array holds Python objects, not numbers",
                                 hint="save numeric arrays") from None
         raise DataLoadError(f"{path}: an array cannot be read ({exc})", hint="was the file truncated?") from None
+
+
+def _npz_declared(archive: Any, key: str) -> tuple[tuple[int, ...], np.dtype, int] | None:
+    """The shape, dtype and size in bytes an .npz member's header declares, read without the array."""
+    try:
+        with archive.zip.open(f"{key}.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _fortran_order, dtype = read_header(member)
+    except Exception:  # a header that cannot be read: the message then names the array only
+        return None
+    shape = tuple(int(n) for n in shape)
+    return shape, np.dtype(dtype), math.prod(shape) * np.dtype(dtype).itemsize
+
+
+def _bytes(size: int) -> str:
+    """A byte count in the largest binary unit below it (``4.0 PiB``)."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} PiB"  # pragma: no cover
 
 
 def _open_pt(path: Path, keys: list[str]) -> tuple[list[torch.Tensor], list[str]]:

@@ -35,12 +35,25 @@ def resolve_device(name: str | None, model: nn.Module) -> torch.device:
         if mps is not None and mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    hint = "device: use auto, cpu, cuda, cuda:N or mps"
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}", hint="device: use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name} asked for, but CUDA is not available here", hint="device: use cpu (or auto)")
+        raise ConfigError(f"device {name!r} is not a device torch knows", hint=hint) from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {name!r} is not supported for scans", hint=hint)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name} asked for, but CUDA is not available here",
+                              hint="device: use cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name} asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                              f"device(s), numbered from 0", hint="device: use cuda (the first) or auto")
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError(f"device {name} asked for, but MPS (Apple GPU) is not available here",
+                              hint="device: use cpu (or auto)")
     return device
 
 

@@ -10,25 +10,21 @@ What a user may hand over, and how each is read:
   allowed, then the full unpickler;
 * TorchScript (``torch.jit.save``): read by torch's TorchScript loader, whose
   unpickler only builds TorchScript types and cannot import Python code;
-* a ``torch.export`` program (``.pt2``): every pickle inside the archive is checked
-  with the weights-only unpickler first; one that needs more, or native AOTInductor
-  code, needs ``allow_pickle=True``;
+* a ``torch.export`` program (``.pt2``): checked through torch's own zip reader, then
+  loaded with the full unpickler, native code and ``eval`` forbidden; an archive that
+  needs them needs ``allow_pickle=True`` (see :mod:`deadrelu.load.archive`);
 * a Python factory (``--model package.module:build``), optionally with ``--weights``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import io
 import json
-import logging
 import pickle
 import sys
 import types
-import warnings
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +34,10 @@ from torch import nn
 
 from ..errors import ModelLoadError, UnsafePickleError
 from ..errors import first_line as _first_line
+from .archive import load_export
 from .files import check_file
 from .pickles import pickle_globals as _pickle_globals
+from .quiet import quiet_torch
 from .usercode import import_file, import_object
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module", "weights", "params",
@@ -253,11 +251,21 @@ def _sniff(path: Path) -> tuple[str, str] | None:
     return None
 
 
+def _weights_only_reason(exc: BaseException) -> str | None:
+    """The unpickler's own reason inside torch's "Weights only load failed" essay, whose first
+    line advises retrying with ``weights_only=False`` (running the file's code)."""
+    text = str(exc)
+    if not text.startswith("Weights only load failed") or "WeightsUnpickler error:" not in text:
+        return None
+    reason = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0].strip()
+    return f"the weights-only unpickler stopped at: {reason.splitlines()[0][:200]}" if reason else None
+
+
 def _read_error(path: Path, exc: BaseException) -> ModelLoadError:
     sniffed = _sniff(path)
     if sniffed is not None:
         return ModelLoadError(f"{path}: {sniffed[0]}", hint=sniffed[1])
-    message = _first_line(exc)
+    message = _weights_only_reason(exc) or _first_line(exc)
     lowered = message.lower()
     if "central directory" in lowered or "zip" in lowered or "eof" in lowered or "truncated" in lowered \
             or isinstance(exc, (EOFError, zipfile.BadZipFile)) or (isinstance(exc, OSError) and exc.errno == 22):
@@ -355,10 +363,35 @@ def _refuse_pickle(path: Path, wanted: list[str]) -> UnsafePickleError:
 
 #: How a pickled module was read, as the report says it.
 _UNPICKLED = {
+    "weights_only+torch.nn": "a pickled model of torch.nn classes only: read with the weights-only unpickler "
+                             "allowing exactly those classes (no code from the file runs; no --allow-pickle needed)",
     "weights_only+globals": "unpickled with the weights-only unpickler, allowing only the globals the file names "
                             "(--allow-pickle)",
     "pickle": "unpickled with the full unpickler (--allow-pickle): the weights-only one could not rebuild it",
 }
+
+
+def _torch_nn_globals(wanted: list[str]) -> list[Any] | None:
+    """The objects ``wanted`` names when every one is a ``torch.nn`` module class (or a
+    ``torch.nn.functional`` function, as ``TransformerEncoderLayer`` keeps its activation);
+    None when any is not. Only modules torch has already imported are looked at, one
+    attribute deep, so naming something else (``torch.nn.modules.os.system``) fails."""
+    if not wanted:
+        return None
+    found = []
+    for full_name in wanted:
+        module_name, _, attribute = full_name.rpartition(".")
+        module = sys.modules.get(module_name)
+        if not module_name.startswith("torch.nn.") or module is None:
+            return None
+        obj = getattr(module, attribute, None)
+        is_module_class = isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__module__.startswith("torch.nn.")
+        is_functional = (module_name == "torch.nn.functional" and callable(obj) and not isinstance(obj, type)
+                         and getattr(obj, "__module__", "") in ("torch.nn.functional", "torch._C._nn"))
+        if not (is_module_class or is_functional):
+            return None
+        found.append(obj)
+    return found
 
 
 def _torch_load(path: Path, allow_pickle: bool, user_modules: list[types.ModuleType]) -> tuple[Any, str]:
@@ -369,6 +402,13 @@ def _torch_load(path: Path, allow_pickle: bool, user_modules: list[types.ModuleT
             raise _read_error(path, exc) from None
         wanted = _pickle_globals(path)
         if not allow_pickle:
+            plain = _torch_nn_globals(wanted)
+            if plain is not None:
+                try:
+                    with torch.serialization.safe_globals(plain):
+                        return torch.load(path, map_location="cpu", weights_only=True), "weights_only+torch.nn"
+                except Exception:
+                    pass  # not rebuildable from those classes alone: consent needed, as for any pickle
             raise _refuse_pickle(path, wanted) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, UnicodeDecodeError,
             AttributeError, TypeError) as exc:
@@ -411,111 +451,24 @@ def _load_torchscript(path: Path) -> nn.Module:
                              hint="was it saved by a much newer torch, or truncated?") from None
 
 
-def _audit_export_archive(path: Path) -> list[str]:
-    """What in a ``.pt2`` archive would run code when ``torch.export.load`` reads it.
-
-    ``torch.export.load`` unpickles weights marked ``use_pickle`` and sample inputs
-    with the full unpickler when the weights-only one fails, and loads AOTInductor
-    shared libraries. Each such member is checked here first: a pickle is fine when
-    the weights-only unpickler reads it.
-    """
-    problems: list[str] = []
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-        flagged: set[str] = set()
-        for name in names:
-            if "/data/aotinductor/" in name or name.startswith("data/aotinductor/"):
-                problems.append("AOTInductor native code")
-                break
-        for name in names:
-            if not name.endswith("_config.json"):
-                continue
-            try:
-                config = json.loads(archive.read(name))
-            except (ValueError, KeyError):
-                continue
-            payloads = config.get("config", {}) if isinstance(config, dict) else {}
-            folder = name.rsplit("/", 1)[0]
-            for entry in payloads.values() if isinstance(payloads, dict) else ():
-                if not isinstance(entry, dict):
-                    continue
-                member = f"{folder}/{entry.get('path_name', '')}"
-                if str(entry.get("path_name", "")).startswith(("custom_obj", "opaque_obj")):
-                    problems.append(f"pickled object {entry.get('path_name')}")
-                elif entry.get("use_pickle"):
-                    flagged.add(member)
-        for name in names:
-            if name.endswith(".pt") or "serialized_" in name and not name.endswith(".json"):
-                flagged.add(name)
-        for member in sorted(flagged):
-            if member not in names:
-                continue
-            try:
-                torch.load(io.BytesIO(archive.read(member)), map_location="cpu", weights_only=True)
-            except Exception:
-                problems.append(f"pickle {member.split('/', 1)[-1]}")
-    return problems
-
-
-class _FirstLoggedError(logging.Handler):
-    """Remembers the first exception torch logs (it logs the real cause, then raises a vaguer one)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.cause: str | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.cause is None and record.exc_info and record.exc_info[1] is not None:
-            self.cause = f"{type(record.exc_info[1]).__name__}: {_first_line(record.exc_info[1])}"
-
-
-@contextlib.contextmanager
-def _quiet_torch_export() -> Iterator[_FirstLoggedError]:
-    """Keep torch's own notices (deprecations, logged tracebacks of a failed load) off the
-    user's terminal: the failure reaches them as one line."""
-    loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export")]
-    saved = [(logger.level, logger.propagate, list(logger.handlers)) for logger in loggers]
-    recorder = _FirstLoggedError()
-    try:
-        for logger in loggers:
-            logger.handlers = [recorder]
-            logger.propagate = False
-            logger.setLevel(logging.WARNING)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            yield recorder
-    finally:
-        for logger, (level, propagate, handlers) in zip(loggers, saved):
-            logger.setLevel(level)
-            logger.propagate = propagate
-            logger.handlers = handlers
-
-
 def _load_export(path: Path, allow_pickle: bool) -> nn.Module:
-    from .exported import ExportedModel
-
     try:
-        problems = _audit_export_archive(path)
-    except (zipfile.BadZipFile, OSError) as exc:
+        return load_export(path, allow_pickle)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # the archive could not even be listed
         raise _read_error(path, exc) from None
-    if problems and not allow_pickle:
-        raise UnsafePickleError(f"{path}: a torch.export archive holding {', '.join(problems[:4])}, which would "
-                                "run code when loaded; refusing to load it",
-                                hint="re-export without custom objects, or pass --allow-pickle if you trust the file")
-    recorder = None
-    try:
-        with _quiet_torch_export() as recorder:
-            program = torch.export.load(str(path))
-    except Exception as exc:
-        cause = (recorder.cause if recorder is not None else None) or _first_line(exc).replace(
-            " Please check the warnings above for possible errors.", "")
-        raise ModelLoadError(f"{path}: a torch.export archive that cannot be loaded ({cause})",
-                             hint="was it saved by a different torch version? torch.export archives are "
-                                  "not stable across versions") from None
-    return ExportedModel(program)
 
 
 def _load_weights_file(path: Path, allow_pickle: bool,
+                       user_modules: list[types.ModuleType]) -> tuple[Any, str]:
+    """Read a model or weights file, with torch's own warnings and logged tracebacks kept
+    off the terminal: a failure reaches the user as one line."""
+    with quiet_torch():
+        return _read_weights_file(path, allow_pickle, user_modules)
+
+
+def _read_weights_file(path: Path, allow_pickle: bool,
                        user_modules: list[types.ModuleType]) -> tuple[Any, str]:
     if path.suffix.lower() == ".safetensors":
         return _load_safetensors(path), "safetensors"

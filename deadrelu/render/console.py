@@ -1,26 +1,52 @@
-"""Terminal rendering: rich renderables built from a ``ScanResult``; printing is the caller's."""
+"""Terminal rendering: rich renderables built from a ``ScanResult``; printing is the caller's.
+
+Laid out for 80 columns: the verdict first, then only the sites with a problem (each name
+in full, shortened in the middle only when it cannot fit), the clean ones as one line,
+then one line per suggestion with its rank and the dead units it explains. Code is never
+soft-wrapped (a wrapped comment pasted into Python is a syntax error): ``verbose`` prints
+it whole, unwrapped, as the HTML and JSON reports do. ``width=None`` means "no limit"
+(output that is not a terminal, such as a CI log, keeps full names and lines).
+"""
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from typing import TYPE_CHECKING
+from ..judge.overall import (Level, dead_no_gradient, flagged, leaky, never_active, overall, site_level,
+                             stuck_mask, worst_sites)
+from .text import visible
 
 if TYPE_CHECKING:
     from ..result import ScanResult, SiteResult
-from .text import visible
+
+#: colours mean the same everywhere: FAIL / critical red, WARN / warning yellow, info cyan, OK green
+LEVEL_STYLE = {Level.FAIL: "bold red", Level.WARN: "bold yellow", Level.OK: "bold green"}
+ROW_STYLE = {Level.FAIL: "red", Level.WARN: "yellow", Level.OK: ""}
+SEVERITY_STYLE = {"critical": "bold red", "warning": "bold yellow", "info": "cyan"}
+SEVERITY_SHORT = {"critical": "CRIT", "warning": "WARN", "info": "INFO"}
+#: problem sites listed by default (the rest are counted; ``verbose`` lists all)
+DEFAULT_ROWS = 10
+#: suggestions listed by default
+DEFAULT_SUGGESTIONS = 8
 
 
 def worst_first(result: ScanResult) -> list[SiteResult]:
-    """Sites ordered by dead share, then saturated, then dormant share, network order breaking ties."""
-    ranked = list(enumerate(result.sites))
-    ranked.sort(key=lambda pair: (-pair[1].dead_ratio, -pair[1].saturated_ratio, -pair[1].dormant_ratio, pair[0]))
-    return [site for _, site in ranked]
+    """Sites ordered worst first (stuck share, never-active share, dormant share; network order breaks ties)."""
+    return worst_sites(result)
+
+
+def middle(name: str, limit: int) -> str:
+    """``name`` shortened in the middle to ``limit`` characters (unchanged when it fits)."""
+    if limit <= 0 or len(name) <= limit:
+        return name
+    keep = max(limit - 1, 2)
+    return name[: keep // 2] + "…" + name[-(keep - keep // 2):]
 
 
 def _share(count: int, units: int) -> str:
@@ -28,54 +54,103 @@ def _share(count: int, units: int) -> str:
 
 
 def _rate(value: float | None) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"
+    return "-" if value is None or not math.isfinite(value) else f"{value:.2f}"
 
 
-def layer_table(result: ScanResult, limit: int | None = None) -> Table:
-    """One row per site, worst first.
+def layer_table(result: ScanResult, limit: int | None = DEFAULT_ROWS, width: int | None = None,
+                all_sites: bool = False) -> Table:
+    """The sites with a problem, worst first; clean sites summed up in one line.
 
     Args:
         result: the scan.
-        limit: show at most this many rows (the rest are summarised in the caption).
+        limit: list at most this many problem sites (None: all).
+        width: the terminal width the table must fit (None: no limit, names in full).
+        all_sites: list clean sites too.
 
     Returns:
-        A rich table.
+        A rich table. Columns with nothing to show (saturated for ReLU-only models,
+        never active without leaky kinds, dormant when none is) are left out.
     """
-    table = Table(title="Activation sites (worst first)", title_justify="left", header_style="bold")
-    table.add_column("site", overflow="fold")
-    table.add_column("kind")
-    table.add_column("units", justify="right")
-    table.add_column("dead", justify="right")
-    table.add_column("dead %", justify="right")
-    table.add_column("saturated", justify="right")
-    table.add_column("dormant", justify="right")
-    table.add_column("active rate", justify="right")
     ordered = worst_first(result)
-    shown = ordered if limit is None else ordered[:limit]
+    shown = [site for site in ordered if all_sites or flagged(site)]
+    hidden = len(shown) - limit if limit is not None and len(shown) > limit else 0
+    shown = shown[:limit] if hidden else shown
+    clean = sum(1 for site in result.sites if not flagged(site))
+    saturating = any(site.saturation for site in result.sites)
+    leaky_dead = any(never_active(site) for site in result.sites)
+    dormant = any(site.dormant for site in shown)
+    columns: list[tuple[str, str]] = [("kind", "left"), ("units", "right"), ("dead", "right"), ("dead %", "right")]
+    if saturating:
+        columns.append(("saturated", "right"))
+    if leaky_dead:
+        columns.append(("never active", "right"))
+    if dormant:
+        columns.append(("dormant", "right"))
+    columns.append(("active", "right"))
+    rows = []
     for site in shown:
-        style = "red" if site.dead_ratio > 0.5 else ("yellow" if site.dead or site.saturated else "")
-        table.add_row(escape(visible(site.name)), escape(visible(site.kind)), str(site.units), str(site.dead),
-                      _share(site.dead, site.units), str(site.saturated) if site.saturation else "-",
-                      str(site.dormant), _rate(site.active_rate_mean), style=style)
-    if len(shown) < len(ordered):
-        table.caption = f"{len(ordered) - len(shown)} more site(s) not shown"
+        dead = dead_no_gradient(site)
+        cells = [visible(site.kind), f"{site.units:,}", str(dead) if not leaky(site) else "–",
+                 _share(dead, site.units) if not leaky(site) else "–"]
+        if saturating:
+            cells.append(str(site.saturated) if site.saturation else "–")
+        if leaky_dead:
+            cells.append(str(never_active(site)) if leaky(site) else "–")
+        if dormant:
+            cells.append(str(site.dormant))
+        cells.append(_rate(site.active_rate_mean))
+        rows.append((site, cells))
+    # Names get what the other columns leave (2 spaces of padding per column, 2 of indent).
+    name_room = None
+    if width is not None:
+        others = sum(max(len(title), *(len(cells[k]) for _, cells in rows)) if rows else len(title)
+                     for k, (title, _) in enumerate(columns))
+        name_room = max(12, width - others - 2 * (len(columns) + 1) - 2)
+    title = "Activation sites, worst first" if not all_sites else "Activation sites, worst first (all)"
+    table = Table(title=title, title_justify="left", header_style="bold", box=None, pad_edge=False,
+                  padding=(0, 1, 0, 1), show_edge=False)
+    table.add_column("site", no_wrap=True, overflow="ignore")
+    for column_title, justify in columns:
+        table.add_column(column_title, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for site, cells in rows:
+        name = visible(site.name)
+        if name_room is not None:
+            name = middle(name, name_room)
+        style = ROW_STYLE[site_level(site)] if not leaky(site) or site.saturated else "cyan"
+        table.add_row(escape(name), *(escape(c) for c in cells), style=style)
+    notes = []
+    if hidden:
+        notes.append(f"{hidden} more site(s) with dead units: --verbose or the HTML report")
+    if clean and not all_sites:
+        notes.append(f"{clean} site{'s' if clean != 1 else ''} clean (no dead or saturated unit)")
+    if notes:
+        table.caption = "; ".join(notes)
+        table.caption_justify = "left"
     return table
 
 
 def verdict_line(result: ScanResult) -> Text:
-    """One line saying what the scan found."""
-    s = result.summary
+    """One line saying OK / WARN / FAIL, the worst site, and the model-wide counts."""
+    verdict = overall(result)
     partial = " (PARTIAL)" if result.data.get("partial") else ""
-    if s.dead == 0 and s.saturated == 0:
-        head = Text(f"No dead units{partial}: ", style="bold green")
+    text = Text(f"{verdict.level.value}{partial}  ", style=LEVEL_STYLE[verdict.level])
+    unobserved = result.summary.unobserved
+    if verdict.units and unobserved == verdict.units:
+        text.append("nothing observed: every unit saw only NaN/inf")
     else:
-        head = Text(f"{s.dead} of {s.units} units dead ({s.dead_ratio:.1%}){partial}: ", style="bold red")
-    worst = worst_first(result)[0] if result.sites else None
-    body = (f"{s.sites} site(s), {s.units} units, {s.saturated} saturated, {s.dormant} dormant "
-            f"(tau={result.settings.thresholds.tau:g}), on {result.data.get('samples', '?')} samples")
-    if worst is not None and worst.dead:
-        body += f"; worst site {visible(worst.name)} ({worst.dead_ratio:.0%} dead)"
-    return head + Text(body + ".")
+        text.append(verdict.headline(visible))
+    body = [f"{verdict.dead} of {verdict.units} units dead ({verdict.dead_ratio:.1%})"]
+    if verdict.saturated:
+        body.append(f"{verdict.saturated} saturated")
+    if verdict.never_active:
+        body.append(f"{verdict.never_active} never active (leaky)")
+    body.append(f"{result.summary.dormant} dormant")
+    if unobserved:
+        body.append(f"{unobserved} units unobserved (no finite observation)")
+    text.append(f"\n  {', '.join(body)}; {verdict.sites} site(s), {result.data.get('samples', '?')} samples.")
+    if verdict.gate_failed:
+        text.append(" CI gate failed.", style="bold red")
+    return text
 
 
 def gate_lines(result: ScanResult) -> Text | None:
@@ -123,9 +198,6 @@ def dead_units_text(result: ScanResult, max_per_site: int = 64) -> Text:
     return text
 
 
-_SEVERITY_STYLE = {"critical": "bold red", "warning": "bold yellow", "info": "bold cyan"}
-
-
 def _evidence_summary(evidence: dict, limit: int = 8) -> str:
     """The first few scalar numbers of a suggestion's evidence (nested dicts: their first entry)."""
     items: list[str] = []
@@ -153,52 +225,112 @@ def _evidence_summary(evidence: dict, limit: int = 8) -> str:
     return ", ".join(items)
 
 
-def suggestions_text(result: ScanResult, limit: int = 8, code: int = 3) -> Text | None:
-    """Suggested fixes, worst first: title, evidence numbers, the fix and its code.
+def explained(suggestion: dict, result: ScanResult) -> str:
+    """``8/16``: dead units the suggestion explains, of those dead at its sites (``–`` for generic advice)."""
+    count = int(suggestion.get("units_explained") or 0)
+    if not count:
+        return "–"
+    names = set(suggestion.get("sites", []))
+    stuck = sum(int(stuck_mask(site).sum()) for site in result.sites if site.name in names)
+    return f"{count}/{stuck}"
+
+
+def suggestion_line(suggestion: dict, position: int, width: int | None, result: ScanResult) -> Text:
+    """``#1 WARN  8/8  layer3.4.relu#1 ← layer3.4.bn2: β < −3·|γ| on channels 0–7``: one line, cut to ``width``."""
+    severity = str(suggestion.get("severity", "info"))
+    rank = int(suggestion.get("rank") or position)
+    head = f"  #{rank:<2} {SEVERITY_SHORT.get(severity, 'INFO'):<4} {explained(suggestion, result):>7}  "
+    title = visible(suggestion.get("title", ""))
+    if suggestion.get("destructive"):
+        title = "[erases training] " + title
+    if width is not None and len(head) + len(title) > width:
+        title = title[: max(width - len(head) - 1, 8)] + "…"
+    line = Text(head, style=SEVERITY_STYLE.get(severity, "bold"))
+    line.append(title)
+    line.no_wrap = True
+    line.overflow = "ignore"
+    return line
+
+
+def _code_block(snippet: str) -> Text:
+    """Code as it must be pasted: every line whole, never soft-wrapped."""
+    block = Text(no_wrap=True, overflow="ignore")
+    for k, line in enumerate(snippet.splitlines()):
+        block.append(("\n" if k else "") + "      " + visible(line), style="green")
+    return block
+
+
+def suggestions_text(result: ScanResult, limit: int | None = DEFAULT_SUGGESTIONS, width: int | None = None,
+                     verbose: bool = False) -> Group | None:
+    """Suggested fixes, ranked: one line each (rank, severity, dead units explained, title).
 
     Args:
         result: a scan carrying ``suggestions``.
-        limit: show at most this many (the rest are counted).
-        code: show the code snippet of the first ``code`` suggestions (all are in the JSON/HTML).
+        limit: list at most this many (None: all).
+        width: cut lines to this width (None: full lines).
+        verbose: under each line, the evidence, the action, what the code changes and the code.
 
     Returns:
-        A rich Text, or None when the result carries no suggestions.
+        A rich Group, or None when the result carries no suggestions.
     """
     if not result.suggestions:
         return None
-    text = Text("Suggested fixes:", style="bold")
-    for position, suggestion in enumerate(result.suggestions[:limit]):
-        severity = str(suggestion.get("severity", "info"))
-        text.append(f"\n  {severity.upper():<8} ", style=_SEVERITY_STYLE.get(severity, "bold"))
-        text.append(visible(suggestion.get("title", "")))
+    parts: list = [Text("Suggested fixes: rank, severity, dead units explained (of dead there)", style="bold")]
+    chosen = list(result.suggestions) if limit is None else list(result.suggestions[:limit])
+    for position, suggestion in enumerate(chosen, 1):
+        parts.append(suggestion_line(suggestion, position, None if verbose else width, result))
+        if not verbose:
+            continue
+        detail = Text()
+        sites = list(suggestion.get("sites", []))
+        if sites:
+            detail.append("      sites: " + ", ".join(visible(s) for s in sites[:12])
+                          + (f" (+{len(sites) - 12} more)" if len(sites) > 12 else ""), style="dim")
         evidence = _evidence_summary(dict(suggestion.get("evidence") or {}))
         if evidence:
-            text.append(f"\n    evidence: {visible(evidence)}", style="dim")
-        action = visible(suggestion.get("action", ""), keep_newlines=True).split("\n")
-        text.append(f"\n    fix: {action[0]}")
-        for line in action[1:]:
-            text.append(f"\n      {line}")
-        snippet = str(suggestion.get("code") or "")
-        if snippet and position < code:
-            text.append("\n    code:")
-            for line in snippet.splitlines():
-                text.append(f"\n      {visible(line)}", style="green")
-        elif snippet:
-            text.append("\n    code: in the HTML / JSON report", style="dim")
-    hidden = len(result.suggestions) - limit
+            detail.append(f"\n      evidence: {visible(evidence)}", style="dim")
+        for k, line in enumerate(visible(suggestion.get("action", ""), keep_newlines=True).split("\n")):
+            detail.append(("\n      fix: " if k == 0 else "\n        ") + line)
+        if suggestion.get("changes"):
+            detail.append(f"\n      the code {visible(suggestion['changes'])}"
+                          + (" — it erases what training learned" if suggestion.get("destructive") else ""),
+                          style="bold" if suggestion.get("destructive") else "")
+        parts.append(detail)
+        if suggestion.get("code"):
+            parts.append(_code_block(str(suggestion["code"])))
+    hidden = len(result.suggestions) - len(chosen)
+    tail = []
     if hidden > 0:
-        text.append(f"\n  ... {hidden} more suggestion(s) in the JSON / HTML report", style="dim")
-    return text
+        tail.append(f"{hidden} more")
+    if not verbose and any(s.get("code") for s in result.suggestions):
+        tail.append("evidence and code: --verbose, --html or --json")
+    if tail:
+        parts.append(Text("  " + "; ".join(tail), style="dim"))
+    return Group(*parts)
 
 
-def report(result: ScanResult, show_units: bool = False, limit: int | None = None,
-           suggestions: bool = True) -> Group:
-    """Everything the terminal shows after a scan: table, suggested fixes, notes, verdict, gate."""
-    parts: list = [layer_table(result, limit)]
+def report(result: ScanResult, show_units: bool = False, limit: int | None = DEFAULT_ROWS,
+           suggestions: bool = True, width: int | None = None, verbose: bool = False) -> Group:
+    """Everything the terminal shows after a scan: verdict, problem sites, suggestions, notes, gate.
+
+    Args:
+        result: the scan.
+        show_units: list dead/saturated unit indices.
+        limit: problem sites listed (``verbose`` lists every site).
+        suggestions: show the suggested fixes.
+        width: the width to fit (None: no limit — full names and lines, for logs).
+        verbose: every site, and each suggestion's evidence, action and code.
+
+    Returns:
+        A rich Group.
+    """
+    parts: list = [verdict_line(result), Text(""),
+                   layer_table(result, None if verbose else limit, width, all_sites=verbose)]
     if show_units:
         parts.append(dead_units_text(result))
-    for extra in (suggestions_text(result) if suggestions else None, warnings_text(result), verdict_line(result),
-                  gate_lines(result)):
+    parts.append(Text(""))
+    for extra in (suggestions_text(result, None if verbose else DEFAULT_SUGGESTIONS, width, verbose)
+                  if suggestions else None, warnings_text(result), gate_lines(result)):
         if extra is not None:
             parts.append(extra)
     return Group(*parts)

@@ -37,8 +37,6 @@ CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'n
 MAX_DETAIL_SITES = 200
 #: the worst this many sites with dead/saturated units have their detail open
 OPEN_DETAILS = 3
-#: the first this many suggestions show their evidence table open
-OPEN_EVIDENCE = 4
 #: site table rows
 MAX_TABLE_ROWS = 1000
 #: unit indices listed per verdict and site
@@ -170,11 +168,19 @@ def _bin_label(k: int) -> str:
 
 CSS = """
 :root{--fg:#1d1d1f;--muted:#5f6368;--line:#dadce0;--bg:#fff;--soft:#f6f7f9;--dead:#d62728;--sat:#ff7f0e;
---ok:#1e8e3e;--warn:#b06000;--crit:#c5221f;--info:#1a73e8}
+--ok:#1e8e3e;--warn:#b06000;--crit:#c5221f;--info:#1a73e8;--leaky:#0f8a9d;
+font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
+color:var(--fg);background:var(--bg);text-align:left}
 *{box-sizing:border-box}
-body{margin:0;font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
-color:var(--fg);background:var(--bg)}
 main{max-width:1120px;margin:0 auto;padding:24px 28px 64px}
+.verdictcard{display:flex;flex-wrap:wrap;gap:6px 16px;align-items:baseline;border:1px solid var(--line);
+border-left:8px solid var(--ok);border-radius:8px;padding:12px 16px;margin:0 0 14px;background:var(--soft)}
+.verdictcard.WARN{border-left-color:var(--warn)}.verdictcard.FAIL{border-left-color:var(--crit)}
+.verdictcard .level{font-size:26px;font-weight:750;color:var(--ok)}.verdictcard.WARN .level{color:var(--warn)}
+.verdictcard.FAIL .level{color:var(--crit)}.verdictcard .what{font-size:17px;overflow-wrap:anywhere}
+.verdictcard .more{flex-basis:100%;color:var(--muted);font-size:14px}
+tr.leaky td{background:#e8f6f8}.explains{font-weight:650}.destructive{color:var(--crit);font-weight:650}
+.changes{font-size:13px;color:var(--muted)}
 h1{font-size:26px;margin:0 0 4px}h2{font-size:19px;margin:36px 0 12px;border-bottom:1px solid var(--line);
 padding-bottom:4px}h3{font-size:16px;margin:0 0 6px}
 .sub{color:var(--muted);margin:0 0 18px;overflow-wrap:anywhere}
@@ -200,8 +206,9 @@ margin:12px 0;break-inside:avoid}
 .sugg p{margin:6px 0}.sugg .sites{color:var(--muted);font-size:13px;overflow-wrap:anywhere}
 .evidence{font-size:13px;margin:8px 0}.evidence td:first-child{color:var(--muted);width:34%}
 .evidence.matrix td:first-child{width:auto}.evidence.matrix th{font-size:12px}
-pre{background:#f1f3f4;border-radius:6px;padding:10px 12px;overflow:auto;font-size:13px;line-height:1.4;
-white-space:pre-wrap;overflow-wrap:anywhere}
+pre{background:#f1f3f4;border-radius:6px;padding:10px 12px;overflow-x:auto;font-size:13px;line-height:1.4;
+white-space:pre}
+.tablebox{overflow-x:auto;max-width:100%}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 details.site{border:1px solid var(--line);border-radius:8px;margin:8px 0;padding:0 12px}
 details.site>summary{cursor:pointer;padding:8px 0;overflow-wrap:anywhere}
@@ -218,10 +225,89 @@ white-space:nowrap}table.facts td{overflow-wrap:anywhere;max-width:360px}
 .meta td{overflow-wrap:anywhere}
 ul.warnings li{margin:2px 0;overflow-wrap:anywhere}
 footer{margin-top:40px;color:var(--muted);font-size:13px}
+@media (max-width:640px){main{padding:14px 10px 40px}.verdictcard .level{font-size:22px}
+td.name{overflow-wrap:normal;white-space:nowrap;max-width:none}}
 @media print{main{max-width:none;padding:0}img.plot{max-width:100%}details.site{break-inside:avoid}
 details::details-content{content-visibility:visible;display:block;height:auto}
 a{color:inherit;text-decoration:none}}
 """
+
+
+#: every report element sits in this container, and every CSS rule is scoped to it
+SCOPE = ".deadrelu-report"
+
+
+def _top_level_blocks(css: str) -> list[tuple[str, str]]:
+    """``selector{body}`` blocks at the top level of ``css`` (a body may hold nested blocks)."""
+    blocks, depth, start, selector = [], 0, 0, ""
+    for k, char in enumerate(css):
+        if char == "{":
+            if depth == 0:
+                selector, start = css[start:k].strip(), k + 1
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                blocks.append((selector, css[start:k]))
+                start = k + 1
+    return blocks
+
+
+def scope_css(css: str, scope: str = SCOPE) -> str:
+    """Every rule of ``css`` limited to elements inside ``scope`` (``:root`` becomes the container
+    itself), so a report embedded in a page — a notebook, a docs site — never restyles that page."""
+    out = []
+    for selector, body in _top_level_blocks(css):
+        if selector.startswith("@"):
+            out.append(f"{selector}{{{scope_css(body, scope)}}}")
+            continue
+        scoped = []
+        for part in selector.split(","):
+            part = part.strip()
+            if part in (":root", "body", "html"):
+                scoped.append(scope)
+            elif part == "*":
+                scoped += [scope, f"{scope} *"]
+            else:
+                scoped.append(f"{scope} {part}")
+        out.append(f"{','.join(dict.fromkeys(scoped))}{{{body.strip()}}}")
+    return "\n".join(out)
+
+
+#: what evidence keys mean, for people
+EVIDENCE_LABELS = {
+    "threshold": "share over which a site is flagged", "sites_over_threshold": "sites over the threshold",
+    "relu_sites": "ReLU sites in the model", "samples": "samples scanned", "per_site": "per site",
+    "layer": "layer", "units": "units", "units_count": "units flagged", "dead_at_site": "dead units at the site",
+    "biases": "their biases", "typical_preactivation": "their typical |w·x| (weight norm × input RMS)",
+    "median_bias_other_units": "median bias of the other units",
+    "strong_bias_multiple": "bias counted as strongly negative below −k × typical |w·x|, k =",
+    "input_rms": "input RMS", "input_rms_source": "input RMS measured at",
+    "cannot_fire_units": "units that cannot fire", "cannot_fire_count": "units that cannot fire (count)",
+    "input_range_source": "input range from", "batchnorm": "BatchNorm layer", "channels": "channels flagged",
+    "channels_count": "channels flagged (count)", "beta": "their β (bias)", "gamma": "their γ (weight)",
+    "beta_strongly_negative": "channels with β < −k·|γ|", "gamma_near_zero": "channels with γ ≈ 0",
+    "median_beta_live": "median β of live channels", "median_gamma_live": "median γ of live channels",
+    "beta_multiple": "β counted as strongly negative below −k·|γ|, k =", "gamma_eps": "|γ| counted as ≈ 0 below",
+    "dead_share_threshold": "dead share over which a site is flagged", "tolerance": "init match tolerance",
+    "layers": "per layer", "saturation_verdict": "share at the floor that makes a unit saturated",
+    "spearman_depth_vs_dead_ratio": "rank correlation of depth and dead share",
+    "first_third_mean_dead_ratio": "mean dead share, first third", "last_third_mean_dead_ratio":
+    "mean dead share, last third", "dead_ratio_by_depth": "dead share by depth", "collapsed_below": "|slope| ≈ 0 below",
+    "dead_ratio": "dead share", "saturated": "saturated units", "dormant": "dormant units",
+    "active_rate_mean": "mean active rate", "conv_layers": "conv layers", "norm_layers": "norm layers",
+    "linear_layers": "Linear layers", "reason": "why", "dead": "dead units", "saturated_ratio": "saturated share",
+    "fan_in": "fan-in", "weight_std": "weight std", "he_std": "He std", "lecun_std": "LeCun std",
+    "pytorch_default_std": "PyTorch default std", "ratio_to_he": "std ÷ He std", "looks_like": "looks like",
+    "site": "site", "negative_only": "never positive", "share": "share", "unit_indices": "units",
+    "feeding_layer": "feeding layer", "median_bias_saturated": "median bias, saturated units",
+    "median_bias_others": "median bias, other units", "mean_rate_at_floor_or_bound": "mean share at floor/bound",
+    "min_output": "lowest output",
+}
+
+
+def _label(key: str) -> str:
+    return EVIDENCE_LABELS.get(key, key.replace("_", " "))
 
 
 def _card(label: str, value: str, note: str = "", tone: str = "") -> str:
@@ -229,8 +315,27 @@ def _card(label: str, value: str, note: str = "", tone: str = "") -> str:
             f'<div class="note">{_e(note)}</div></div>')
 
 
+def verdict_card(result: ScanResult) -> str:
+    """The verdict as one card: OK / WARN / FAIL, the worst site, the model-wide counts."""
+    from ..judge.overall import overall
+    verdict = overall(result)
+    partial = " (PARTIAL scan)" if result.data.get("partial") else ""
+    counts = [f"{verdict.dead:,} of {verdict.units:,} units dead ({_pct(verdict.dead_ratio)})"]
+    if verdict.saturated:
+        counts.append(f"{verdict.saturated:,} saturated")
+    if verdict.never_active:
+        counts.append(f"{verdict.never_active:,} never active (leaky: still have a gradient)")
+    counts.append(f"{result.summary.dormant:,} dormant")
+    more = (", ".join(counts) + f" · {verdict.sites} site(s), {verdict.flagged_sites} with a problem · "
+            f"{result.data.get('samples', '?')} samples" + (" · CI gate failed" if verdict.gate_failed else ""))
+    return (f'<section class="verdictcard {verdict.level.value}"><span class="level">{verdict.level.value}{partial}'
+            f'</span><span class="what">{_e(verdict.headline())}</span><span class="more">{_e(more)}</span></section>')
+
+
 def _headline(result: ScanResult) -> str:
+    from ..judge.overall import overall
     s = result.summary
+    verdict = overall(result)
     gate = result.gate
     if gate is None:
         gate_card = _card("CI gate", "not set", "no --max-dead-ratio given")
@@ -242,23 +347,25 @@ def _headline(result: ScanResult) -> str:
         gate_card = _card("CI gate", "FAILED", f"{len(gate.violations)} limit(s) broken", "bad")
     cards = [
         _card("Units scanned", f"{s.units:,}", f"{s.sites} site(s), {result.data.get('samples', '?')} samples"),
-        _card("Dead", f"{s.dead:,}", f"{_pct(s.dead_ratio)} of units", "bad" if s.dead else "good"),
-        _card("Saturated", f"{s.saturated:,}", f"{_pct(s.saturated_ratio)} of units", "bad" if s.saturated else ""),
-        _card("Dormant", f"{s.dormant:,}", f"{_pct(s.dormant_ratio)} (ReDo τ={result.settings.thresholds.tau:g})"),
-        _card("Mean active rate", _rate(s.active_rate_mean), "share of observations active"),
-        gate_card,
+        _card("Dead", f"{verdict.dead:,}", f"{_pct(verdict.dead_ratio)} of units, no gradient",
+              "bad" if verdict.dead else "good"),
+        *([_card("Unobserved", f"{s.unobserved:,}", "no finite observation: neither alive nor dead", "bad")]
+          if s.unobserved else []),
     ]
-    from .console import verdict_line
-    partial = '<p class="verdict"><b>PARTIAL scan</b> — interrupted before the end of the data.</p>' \
-        if result.data.get("partial") else ""
+    if verdict.never_active:
+        cards.append(_card("Never active", f"{verdict.never_active:,}", "leaky kinds: still have a gradient"))
+    if any(site.saturation for site in result.sites):
+        cards.append(_card("Saturated", f"{s.saturated:,}", f"{_pct(s.saturated_ratio)} of units",
+                           "bad" if s.saturated else ""))
+    cards += [_card("Dormant", f"{s.dormant:,}", f"{_pct(s.dormant_ratio)} (ReDo τ={result.settings.thresholds.tau:g})"),
+              _card("Mean active rate", _rate(s.active_rate_mean), "share of observations active"), gate_card]
     violations = ""
     if gate is not None and not gate.passed:
         items = "".join(
             f"<li>{'all units' if v.scope == 'model' else 'site ' + _e(v.scope)}: dead ratio {v.dead_ratio:.4f} "
             f"&gt; limit {v.limit:g}</li>" for v in gate.violations[:50])
         violations = f'<ul class="warnings">{items}</ul>'
-    return (f'<section class="cards">{"".join(cards)}</section>'
-            f'<p class="verdict">{_e(verdict_line(result).plain)}</p>{partial}{violations}')
+    return f'{verdict_card(result)}<section class="cards">{"".join(cards)}</section>{violations}'
 
 
 def _evidence_value(value: Any) -> str:
@@ -277,18 +384,18 @@ def _evidence_table(evidence: dict[str, Any]) -> tuple[str, int]:
     for key, value in evidence.items():
         if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
             columns = list(dict.fromkeys(column for entry in value.values() for column in entry))
-            head = "".join(f"<th>{_e(column)}</th>" for column in columns)
+            head = "".join(f"<th>{_e(_label(column))}</th>" for column in columns)
             body = "".join(
                 f"<tr><td>{_e(name)}</td>" + "".join(f"<td>{_e(_evidence_value(entry.get(column)))}</td>"
                                                       for column in columns) + "</tr>"
                 for name, entry in value.items())
             numbers += sum(len(entry) for entry in value.values())
-            matrices.append(f'<p class="muted" style="margin:8px 0 2px">{_e(key)}</p><div style="overflow-x:auto">'
+            matrices.append(f'<p class="muted" style="margin:8px 0 2px">{_e(_label(key))}</p><div style="overflow-x:auto">'
                             f'<table class="evidence matrix"><thead><tr><th></th>{head}</tr></thead>'
                             f"<tbody>{body}</tbody></table></div>")
             continue
         numbers += len(value) if isinstance(value, (list, tuple, dict)) else 1
-        rows.append(f"<tr><td>{_e(key)}</td><td>{_e(_evidence_value(value))}</td></tr>")
+        rows.append(f"<tr><td>{_e(_label(key))}</td><td>{_e(_evidence_value(value))}</td></tr>")
     table = f'<table class="evidence">{"".join(rows)}</table>' if rows else ""
     return table + "".join(matrices), numbers
 
@@ -302,6 +409,16 @@ def _action_html(action: str) -> str:
     if items:
         body += "<ul>" + "".join(f"<li>{_e(item)}</li>" for item in items) + "</ul>"
     return body
+
+
+def _explained_html(suggestion: dict[str, Any], result: ScanResult) -> str:
+    count = int(suggestion.get("units_explained") or 0)
+    if not count:
+        return '<span class="muted">general advice: names no cause</span>'
+    from ..judge.overall import stuck_mask
+    names = set(suggestion.get("sites", []))
+    stuck = sum(int(stuck_mask(site).sum()) for site in result.sites if site.name in names)
+    return f'<span class="explains">explains {count:,} of {stuck:,} dead units there</span>'
 
 
 def _suggestions(result: ScanResult, anchors: dict[str, str]) -> str:
@@ -318,41 +435,82 @@ def _suggestions(result: ScanResult, anchors: dict[str, str]) -> str:
         more = f" and {len(sites) - 20} more" if len(sites) > 20 else ""
         sites_html = f'<p class="sites">Sites: {site_links}{more}</p>' if sites else ""
         table, numbers = _evidence_table(dict(suggestion.get("evidence") or {}))
-        opened = " open" if k < OPEN_EVIDENCE else ""
-        evidence = (f'<details{opened}><summary>Evidence ({numbers} values)</summary>{table}</details>'
-                    if numbers else "")
+        evidence = f'<details><summary>Evidence ({numbers} values)</summary>{table}</details>' if numbers else ""
         code = suggestion.get("code") or ""
+        changes = suggestion.get("changes") or ""
+        destructive = suggestion.get("destructive")
+        changes_html = ""
+        if code:
+            warning = '<span class="destructive">Erases what training learned: </span>' if destructive else ""
+            changes_html = f'<p class="changes">{warning}The code {_e(changes) if changes else "applies the fix"}.</p>'
+
         code_html = f"<pre><code>{_e(code, keep_newlines=True)}</code></pre>" if code else ""
+        rank = int(suggestion.get("rank") or k + 1)
         blocks.append(
-            f'<article class="sugg {tone}" id="suggestion-{k}"><h3><span class="sev">'
+            f'<article class="sugg {tone}" id="suggestion-{k}"><h3><span class="sev">#{rank} '
             f'{SEVERITY_LABEL.get(tone, "INFO")}</span>{_e(suggestion.get("title", ""))}</h3>'
-            f'{sites_html}{_action_html(str(suggestion.get("action", "")))}{evidence}{code_html}'
+            f'<p>{_explained_html(suggestion, result)}</p>'
+            f'{sites_html}{_action_html(str(suggestion.get("action", "")))}{evidence}{changes_html}{code_html}'
             f'<p class="muted" style="font-size:12px">rule: {_e(suggestion.get("id", ""))}</p></article>')
     return "".join(blocks)
 
 
-def _site_table(result: ScanResult, ordered: Sequence[SiteResult], anchors: dict[str, str],
-                max_rows: int) -> str:
+def _site_rows(result: ScanResult, sites: Sequence[SiteResult], anchors: dict[str, str], first_rank: int,
+               saturating: bool, leaky_kinds: bool) -> str:
+    from ..judge.overall import Level, dead_no_gradient, leaky, never_active, site_level
     position = {id(site): k for k, site in enumerate(result.sites)}
     rows = []
-    for rank, site in enumerate(ordered[:max_rows], 1):
-        tone = "bad" if site.dead_ratio > 0.5 else ("warn" if site.dead or site.saturated else "")
+    for rank, site in enumerate(sites, first_rank):
+        level = site_level(site)
+        tone = {Level.FAIL: "bad", Level.WARN: "warn"}.get(level, "leaky" if never_active(site) else "")
         name = _e(site.name)
         if site.name in anchors:
             name = f'<a href="#{anchors[site.name]}">{name}</a>'
-        bar = f'<span class="bar" style="width:{max(site.dead_ratio * 60, 0):.0f}px"></span> ' if site.dead else ""
+        dead = dead_no_gradient(site)
+        share = dead / site.units if site.units else 0.0
+        bar = f'<span class="bar" style="width:{max(share * 60, 0):.0f}px"></span> ' if dead else ""
+        cells = (f'<td class="n">{dead:,}</td><td class="n">{bar}{_pct(share)}</td>' if not leaky(site)
+                 else '<td class="n">–</td><td class="n">–</td>')
+        if saturating:
+            cells += f'<td class="n">{f"{site.saturated:,}" if site.saturation else "–"}</td>'
+        if leaky_kinds:
+            cells += f'<td class="n">{f"{never_active(site):,}" if leaky(site) else "–"}</td>'
         rows.append(
             f'<tr class="{tone}"><td class="n">{rank}</td><td class="name">{name}</td><td>{_e(site.kind)}</td>'
-            f'<td class="n">{position[id(site)]}</td><td class="n">{site.units:,}</td><td class="n">{site.dead:,}</td>'
-            f'<td class="n">{bar}{_pct(site.dead_ratio)}</td>'
-            f'<td class="n">{f"{site.saturated:,}" if site.saturation else "–"}</td>'
+            f'<td class="n">{position[id(site)]}</td><td class="n">{site.units:,}</td>{cells}'
             f'<td class="n">{site.dormant:,}</td><td class="n">{_rate(site.active_rate_mean)}</td></tr>')
+    return "".join(rows)
+
+
+def _site_table(result: ScanResult, ordered: Sequence[SiteResult], anchors: dict[str, str],
+                max_rows: int) -> str:
+    """Sites with a problem, worst first; the clean ones in a collapsed table under them.
+    Columns with nothing to show (saturated for ReLU-only models, never active without leaky kinds) are left out."""
+    from ..judge.overall import flagged, never_active
+    saturating = any(site.saturation for site in result.sites)
+    leaky_kinds = any(never_active(site) for site in result.sites)
+    listed = list(ordered[:max_rows])
+    problems = [site for site in listed if flagged(site)]
+    clean = [site for site in listed if not flagged(site)]
+    head = ('<thead><tr><th class="n">#</th><th>site</th><th>kind</th><th class="n">depth</th>'
+            '<th class="n">units</th><th class="n">dead</th><th class="n">dead %</th>'
+            + ('<th class="n">saturated</th>' if saturating else "")
+            + ('<th class="n">never active (leaky)</th>' if leaky_kinds else "")
+            + '<th class="n">dormant</th><th class="n">active rate</th></tr></thead>')
+    table = ""
+    if problems:
+        table = (f'<div class="tablebox"><table>{head}<tbody>'
+                 f'{_site_rows(result, problems, anchors, 1, saturating, leaky_kinds)}</tbody></table></div>')
+    else:
+        table = '<p>No site has a dead, saturated or never-active unit.</p><table></table>'
+    if clean:
+        table += (f'<details><summary>{len(clean)} site(s) clean (no dead or saturated unit): show them</summary>'
+                  f'<div class="tablebox"><table>{head}<tbody>'
+                  f'{_site_rows(result, clean, anchors, len(problems) + 1, saturating, leaky_kinds)}'
+                  "</tbody></table></div></details>")
     more = (f'<p class="muted">{len(ordered) - max_rows} more site(s) not listed; all are in the JSON report.</p>'
             if len(ordered) > max_rows else "")
-    return ('<table><thead><tr><th class="n">#</th><th>site</th><th>kind</th><th class="n">depth</th>'
-            '<th class="n">units</th><th class="n">dead</th><th class="n">dead %</th><th class="n">saturated</th>'
-            '<th class="n">dormant</th><th class="n">active rate</th></tr></thead><tbody>'
-            + "".join(rows) + f"</tbody></table>{more}")
+    return table + more
 
 
 def _unit_list(label: str, units: list[int]) -> str:
@@ -382,7 +540,7 @@ def _site_detail(result: ScanResult, site: SiteResult, anchor: str, opened: bool
     table = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in stats_rows)
     linked = "".join(f'<li><a href="#suggestion-{k}">{_e(s.get("title", ""))}</a></li>' for k, s in mentions)
     linked = f"<p><b>Suggestions for this site</b></p><ul>{linked}</ul>" if linked else ""
-    legend = (f'<span style="background:#d62728"></span>dead'
+    legend = ('<span style="background:#d62728"></span>dead'
               + ('<span style="background:#ff7f0e"></span>saturated' if site.saturation else "")
               + '<span style="background:#dddddd"></span>no observation')
     summary = (f"<b>{_e(site.name)}</b> · {_e(site.kind)} · {site.dead:,} of {site.units:,} dead "
@@ -471,6 +629,10 @@ def report(result: ScanResult, *, max_detail_sites: int = MAX_DETAIL_SITES, max_
     anchors = {site.name: f"site-{position[id(site)]}" for site in detailed}
     mentions: dict[str, list[tuple[int, dict[str, Any]]]] = {}
     for k, suggestion in enumerate(result.suggestions):
+        # Model-wide advice (depth trend, the selection guide, "use LeakyReLU at these N sites") is
+        # above; a site's detail links only what is about that site alone.
+        if suggestion.get("scope", "site") != "site" or len(suggestion.get("sites", [])) != 1:
+            continue
         for name in suggestion.get("sites", []):
             mentions.setdefault(name, []).append((k, suggestion))
     worth_opening = [site for site in detailed if site.dead or site.saturated][:OPEN_DETAILS]
@@ -493,20 +655,23 @@ def report(result: ScanResult, *, max_detail_sites: int = MAX_DETAIL_SITES, max_
         f'<meta http-equiv="Content-Security-Policy" content="{_e(CSP)}">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">'
         f'<meta name="referrer" content="no-referrer">'
-        f"<title>deadrelu report — {_e(source)}</title><style>{CSS}</style></head><body><main>"
+        f"<title>deadrelu report — {_e(source)}</title><style>{scope_css(CSS)}</style></head><body>"
+        f'<div class="deadrelu-report"><main>'
         f"<h1>deadrelu report</h1>"
         f'<p class="sub">{_e(source)} · {_e(result.data.get("source", "data"))} · {_e(date)}</p>'
         f"{_headline(result)}"
-        f"{plots_html}"
-        f'<h2>Suggested fixes <span class="muted" style="font-size:14px">({_e(counted)})</span></h2>'
-        f"{_suggestions(result, anchors)}"
         f"<h2>Sites, worst first</h2>{_site_table(result, ordered, anchors, max_table_rows)}"
+        f'<h2>Suggested fixes <span class="muted" style="font-size:14px">(ranked by dead units explained; '
+        f'{_e(counted)})</span></h2>'
+        f"{_suggestions(result, anchors)}"
+        f"{plots_html}"
         f"<h2>Per-site detail</h2>{details}"
         f"<h2>Run</h2>{_run_metadata(result)}"
         f"<footer>Made by deadrelu {_e(result.environment.get('deadrelu', ''))}. Definitions: dead = never active "
         f"(active rate ≤ dead threshold); saturated = at the floor/bound in ≥ the saturation share of observations; "
         f"dormant = ReDo score ≤ τ.</footer>"
-        "</main></body></html>\n")
+        "</main></div></body></html>\n")
 
 
-__all__ = ["report", "png_rgb", "unit_map_png", "histogram_svg", "CSP"]
+__all__ = ["report", "verdict_card", "scope_css", "png_rgb", "unit_map_png", "histogram_svg", "CSP", "SCOPE",
+           "EVIDENCE_LABELS"]

@@ -1,26 +1,130 @@
-"""A compact HTML view of a result for Jupyter (``ScanResult._repr_html_``)."""
+"""The notebook view of a result (``ScanResult._repr_html_``): verdict, worst sites, top
+suggestions and a small inline plot, in one container whose CSS touches nothing outside it.
+
+No matplotlib: the plot is an inline SVG (one bar per site, network order), so a result
+displays instantly and the cell stays small. ``result.plot()`` gives the full figure.
+"""
 
 from __future__ import annotations
 
 from html import escape
-
 from typing import TYPE_CHECKING
+
+from ..judge.overall import (Level, dead_no_gradient, flagged, leaky, never_active, site_level, stuck_share,
+                             worst_sites)
+from .html import SEVERITY_LABEL, scope_css, verdict_card
+from .text import visible
 
 if TYPE_CHECKING:
     from ..result import ScanResult
-from .console import worst_first
-from .text import visible
+
+#: the notebook container's scope (its own, so a notebook that also embeds a full report keeps both intact)
+NB_SCOPE = ".deadrelu-nb"
+NB_CSS = """
+:root{--ok:#1e8e3e;--warn:#b06000;--crit:#c5221f;--line:#dadce0;--muted:#5f6368;--soft:#f6f7f9;
+font:13px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;color:#1d1d1f;max-width:860px;
+text-align:left}
+.verdictcard{display:flex;flex-wrap:wrap;gap:4px 12px;align-items:baseline;border:1px solid var(--line);
+border-left:6px solid var(--ok);border-radius:6px;padding:8px 12px;margin:0 0 8px;background:var(--soft)}
+.verdictcard.WARN{border-left-color:var(--warn)}.verdictcard.FAIL{border-left-color:var(--crit)}
+.verdictcard .level{font-size:18px;font-weight:750;color:var(--ok)}.verdictcard.WARN .level{color:var(--warn)}
+.verdictcard.FAIL .level{color:var(--crit)}.verdictcard .what{font-size:14px;overflow-wrap:anywhere}
+.verdictcard .more{flex-basis:100%;color:var(--muted);font-size:12px}
+table{border-collapse:collapse;border:0;margin:4px 0;font-size:12px;color:inherit;font-family:inherit}
+th,td{padding:2px 8px;border-bottom:1px solid var(--line);text-align:left}td.n,th.n{text-align:right}
+tr.FAIL td{background:#fdecea}tr.WARN td{background:#fff4e5}tr.leaky td{background:#e8f6f8}
+td.name{overflow-wrap:anywhere;max-width:360px;font-family:ui-monospace,Menlo,Consolas,monospace}
+.muted{color:var(--muted)}.sev{font-weight:700;font-size:11px;margin-right:4px}
+.critical .sev{color:var(--crit)}.warning .sev{color:var(--warn)}.info .sev{color:#1a73e8}
+ol{margin:4px 0;padding-left:22px}li{margin:2px 0;overflow-wrap:anywhere}
+svg text{font-size:10px;fill:#5f6368}
+"""
+#: rows in the worst-sites table and suggestions listed
+NB_SITES = 8
+NB_SUGGESTIONS = 3
+_BAR = {Level.FAIL: "#d62728", Level.WARN: "#ff7f0e", Level.OK: "#9e9e9e"}
 
 
-def result_html(result: ScanResult, limit: int = 20) -> str:
-    """Summary plus the worst ``limit`` sites as an HTML table; every name is escaped."""
-    s = result.summary
-    rows = "".join(
-        f"<tr><td>{escape(visible(site.name))}</td><td>{escape(visible(site.kind))}</td><td>{site.units}</td>"
-        f"<td>{site.dead}</td><td>{site.dead_ratio:.1%}</td><td>{site.saturated}</td><td>{site.dormant}</td></tr>"
-        for site in worst_first(result)[:limit])
-    more = f"<p>{len(result.sites) - limit} more site(s)</p>" if len(result.sites) > limit else ""
-    return (f"<div><b>deadrelu</b>: {s.dead} of {s.units} units dead ({s.dead_ratio:.1%}), "
-            f"{s.saturated} saturated, {s.dormant} dormant, {s.sites} sites"
-            "<table><tr><th>site</th><th>kind</th><th>units</th><th>dead</th><th>dead %</th>"
-            f"<th>saturated</th><th>dormant</th></tr>{rows}</table>{more}</div>")
+def _e(value: object) -> str:
+    return escape(visible(value), quote=True)
+
+
+def sparkline_svg(result: ScanResult, width: int = 600, height: int = 64) -> str:
+    """Stuck share (dead without gradient, or saturated) per site in network order, one bar each,
+    coloured by the site's level; hover a bar for its name."""
+    sites = list(result.sites)
+    if not sites:
+        return ""
+    left, bottom = 30, 14
+    plot_h = height - bottom - 4
+    bar_w = (width - left - 4) / len(sites)
+    bars = []
+    for k, site in enumerate(sites):
+        share = stuck_share(site)
+        color, what = _BAR[site_level(site)], "dead or saturated"
+        if not share and never_active(site):  # leaky units that never activate: their own colour
+            share, color, what = never_active(site) / max(site.units, 1), "#17becf", "never active (leaky)"
+        h = max(plot_h * share, 1.0 if share else 0.0)
+        bars.append(f'<rect x="{left + k * bar_w:.2f}" y="{4 + plot_h - h:.2f}" width="{max(bar_w * 0.85, 0.6):.2f}" '
+                    f'height="{h:.2f}" fill="{color}"><title>{_e(site.name)}: {share:.1%} {what}</title></rect>')
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+            f'aria-label="dead or saturated share per site, network order">'
+            f'<line x1="{left}" y1="{4 + plot_h}" x2="{width - 2}" y2="{4 + plot_h}" stroke="#888"/>'
+            f'<text x="{left - 3}" y="12" text-anchor="end">100%</text>'
+            f'<text x="{left - 3}" y="{4 + plot_h}" text-anchor="end">0</text>' + "".join(bars) +
+            f'<text x="{left}" y="{height - 1}">first site</text>'
+            f'<text x="{width - 2}" y="{height - 1}" text-anchor="end">dead or saturated share per site → last'
+            f'</text></svg>')
+
+
+def result_html(result: ScanResult, limit: int = NB_SITES) -> str:
+    """The notebook view: verdict card, worst sites, top suggestions, an inline plot; every name escaped.
+
+    Args:
+        result: the scan.
+        limit: worst sites listed.
+
+    Returns:
+        An HTML fragment in a ``deadrelu-nb`` container carrying its own scoped CSS.
+    """
+    problems = [site for site in worst_sites(result) if flagged(site)]
+    clean = len(result.sites) - len(problems)
+    rows = []
+    for site in problems[:limit]:
+        level = site_level(site)
+        tone = level.value if level is not Level.OK else ("leaky" if never_active(site) else "")
+        dead = dead_no_gradient(site)
+        rows.append(
+            f'<tr class="{tone}"><td class="name">{_e(site.name)}</td><td>{_e(site.kind)}</td>'
+            f'<td class="n">{site.units}</td>'
+            + (f'<td class="n">{dead}</td><td class="n">{dead / max(site.units, 1):.1%}</td>' if not leaky(site)
+               else '<td class="n">–</td><td class="n">–</td>')
+            + f'<td class="n">{site.saturated if site.saturation else "–"}</td>'
+            f'<td class="n">{never_active(site) if leaky(site) else "–"}</td><td class="n">{site.dormant}</td></tr>')
+    table = ('<table><tr><th>site</th><th>kind</th><th class="n">units</th><th class="n">dead</th>'
+             '<th class="n">dead %</th><th class="n">saturated</th><th class="n">never active (leaky)</th>'
+             f'<th class="n">dormant</th></tr>{"".join(rows)}</table>') if rows else ""
+    notes = []
+    if len(problems) > limit:
+        notes.append(f"{len(problems) - limit} more site(s) with a problem")
+    if clean:
+        notes.append(f"{clean} site(s) clean")
+    notes_html = f'<p class="muted">{_e("; ".join(notes))}</p>' if notes else ""
+    items = []
+    for suggestion in list(result.suggestions)[:NB_SUGGESTIONS]:
+        severity = str(suggestion.get("severity", "info"))
+        explained = int(suggestion.get("units_explained") or 0)
+        items.append(f'<li class="{_e(severity)}"><span class="sev">{SEVERITY_LABEL.get(severity, "INFO")}</span>'
+                     f'{_e(suggestion.get("title", ""))}'
+                     + (f' <span class="muted">(explains {explained} dead)</span>' if explained else "")
+                     + ('<span class="muted"> — its code erases training</span>' if suggestion.get("destructive")
+                        else "") + "</li>")
+    more = len(result.suggestions) - NB_SUGGESTIONS
+    suggestions = (f"<ol>{''.join(items)}</ol>" + (f'<p class="muted">{more} more suggestion(s): '
+                                                   "deadrelu.render.html.report(result)</p>" if more > 0 else "")
+                   if items else "")
+    return (f'<div class="deadrelu-nb"><style>{scope_css(NB_CSS, NB_SCOPE)}</style>{verdict_card(result)}'
+            f"{table}{notes_html}{sparkline_svg(result)}{suggestions}</div>")
+
+
+__all__ = ["result_html", "sparkline_svg", "NB_SCOPE"]

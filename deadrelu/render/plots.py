@@ -4,8 +4,9 @@ Every function returns a ``matplotlib.figure.Figure`` built without ``pyplot``, 
 nothing is registered globally, nothing needs closing, and a notebook shows it as
 the cell's value. ``write_pngs`` renders them to PNG files atomically.
 
-Figures stay readable with hundreds of sites: bars are drawn in network order with at
-most ``MAX_TICK_LABELS`` labelled ticks, and the per-site active-rate histogram turns
+Figures stay readable with hundreds of sites: the per-site chart has one horizontal bar
+per site in network order with every flagged site named on the y axis (only clean sites
+are thinned), legends sit below the plot, and the per-site active-rate histogram turns
 into a heat map (one row per site) when there are more sites than ``MAX_OVERLAID``.
 """
 
@@ -68,8 +69,36 @@ def _tick_positions(count: int, limit: int = MAX_TICK_LABELS) -> np.ndarray:
     return np.unique(np.linspace(0, count - 1, limit).round().astype(int))
 
 
+#: at most this many site names on the per-site chart's y axis (flagged sites first; clean ones thinned)
+MAX_SITE_LABELS = 240
+#: inches per labelled row of the per-site chart, and its height limits
+ROW_INCHES = 0.125
+NEVER_ACTIVE_COLOR = "#17becf"
+DORMANT_BACK_COLOR = "#c7c7c7"
+
+
+def labelled_sites(result: ScanResult, limit: int = MAX_SITE_LABELS) -> list[int]:
+    """Positions whose names a per-site axis shows: every flagged site (dead, saturated or never
+    active; the worst first when there are more than ``limit``), then clean sites evenly thinned."""
+    from ..judge.overall import flagged, worst_sites
+    sites = list(result.sites)
+    position = {id(site): k for k, site in enumerate(sites)}
+    marked = [position[id(site)] for site in worst_sites(result) if flagged(site)][:limit]
+    room = max(min(MAX_TICK_LABELS, limit) - len(marked), 0)
+    clean = [k for k in range(len(sites)) if not flagged(sites[k])]
+    if clean and room:
+        step = max(1, math.ceil(len(clean) / room))
+        marked += clean[::step][:room]
+    return sorted(set(marked))
+
+
 def dead_ratio_by_layer(result: ScanResult) -> Figure:
-    """Dead, saturated and dormant share per site, in network order (three panels sharing the x axis).
+    """Dead, saturated and dormant share per site, one horizontal bar per site, network order top down.
+
+    Every flagged site is named on the y axis (clean ones are thinned); dormant units
+    include the dead ones, so the dead bar is drawn over the dormant bar. LeakyReLU-style
+    never-active units (still have a gradient) get their own colour; the saturated panel
+    appears only when some site's kind can saturate.
 
     Args:
         result: the scan.
@@ -77,46 +106,74 @@ def dead_ratio_by_layer(result: ScanResult) -> Figure:
     Returns:
         A Figure; the shape of death through depth is the first thing to see.
     """
+    from ..judge.overall import dead_no_gradient, never_active
     sites = list(result.sites)
     count = len(sites)
-    width = min(max(7.0, 0.12 * count + 3.0), 22.0)
-    labelled = _tick_positions(count)
-    longest = max((len(short_name(sites[k].name)) for k in labelled), default=4)
-    fig = _figure(width, 5.2 + 0.065 * min(longest, LABEL_CHARS))
-    axes = fig.subplots(3, 1, sharex=True)
+    labelled = labelled_sites(result)
+    longest = max((len(short_name(sites[k].name, 40)) for k in labelled), default=4)
+    saturating = any(site.saturation for site in sites)
+    height = min(max(2.8, ROW_INCHES * max(count, len(labelled)) * (1.0 if count <= MAX_SITE_LABELS else 0.6) + 1.9),
+                 36.0)
+    width = (6.5 if saturating else 5.0) + 0.055 * longest
+    fig = _figure(width, height)
+    axes = fig.subplots(1, 2 if saturating else 1, sharey=True, squeeze=False,
+                        gridspec_kw={"width_ratios": [2, 1]} if saturating else None)[0]
     positions = np.arange(count)
-    series = (
-        ("dead", [s.dead_ratio for s in sites], DEAD_COLOR),
-        ("saturated", [s.saturated_ratio for s in sites], SATURATED_COLOR),
-        ("dormant", [s.dormant_ratio for s in sites], DORMANT_COLOR),
-    )
-    for axis, (label, values, color) in zip(axes, series):
-        if count <= MAX_BARS:
-            axis.bar(positions, values, width=0.8, color=color, linewidth=0)
-        else:  # one filled step artist instead of thousands of rectangles: same picture, far faster
-            axis.stairs(values, np.arange(count + 1) - 0.5, fill=True, color=color, linewidth=0)
-        axis.set_ylim(0, 1.0)
-        axis.set_ylabel(f"{label}\nshare", fontsize=9)
-        axis.yaxis.set_major_formatter(_percent_formatter())
-        axis.grid(axis="y", alpha=0.3)
+    dead = np.array([dead_no_gradient(s) / s.units if s.units else 0.0 for s in sites])
+    never = np.array([never_active(s) / s.units if s.units else 0.0 for s in sites])
+    dormant = np.array([s.dormant_ratio for s in sites])
+    main = axes[0]
+    series = [(dormant, DORMANT_BACK_COLOR, "dormant (includes dead)"), (dead, DEAD_COLOR, "dead (no gradient)")]
+    if never.any():
+        series.append((never, NEVER_ACTIVE_COLOR, "never active (leaky: still has gradient)"))
+    for values, color, label in series:
+        _hbars(main, positions, values, color, label, count)
+    main.set_xlabel("share of the site's units", fontsize=9)
+    if saturating:
+        saturated = np.array([s.saturated_ratio for s in sites])
+        _hbars(axes[1], positions, saturated, SATURATED_COLOR, "saturated (at floor / bound)", count)
+        axes[1].set_xlabel("saturated share", fontsize=9)
+    for axis in axes:
+        axis.set_xlim(0, 1.0)
+        axis.xaxis.set_major_formatter(_percent_formatter())
+        axis.grid(axis="x", alpha=0.3)
         axis.set_axisbelow(True)
-        if label == "saturated" and not any(s.saturation for s in sites):
-            axis.text(0.5, 0.5, "no saturating kinds (ELU/SELU/CELU/ReLU6/Hardtanh) here", transform=axis.transAxes,
-                      ha="center", va="center", fontsize=8, color="#666666")
-    s = result.summary
-    axes[0].set_title(f"Dead / saturated / dormant share per site, in network order\n{s.dead} of {s.units} units "
-                      f"dead ({s.dead_ratio:.1%}) over {s.sites} sites", fontsize=10, loc="left")
-    bottom = axes[-1]
-    bottom.set_xlim(-0.6, count - 0.4)
-    bottom.set_xticks(labelled)
-    bottom.set_xticklabels([_plain(short_name(sites[k].name)) for k in labelled], rotation=90, fontsize=7)
-    if count > len(labelled):
-        if count <= MAX_BARS:
-            bottom.set_xticks(positions, minor=True)
-        bottom.set_xlabel(f"site (network order; {len(labelled)} of {count} names shown)", fontsize=9)
-    else:
-        bottom.set_xlabel("site (network order)", fontsize=9)
+        axis.tick_params(axis="x", labelsize=8)
+    main.set_ylim(count - 0.5, -0.5)
+    main.set_yticks(labelled)
+    fontsize = 7 if len(labelled) <= 80 else 6
+    main.set_yticklabels([_plain(short_name(sites[k].name, 40)) for k in labelled], fontsize=fontsize)
+    from ..judge.overall import Level, flagged, site_level
+    level_color = {Level.FAIL: DEAD_COLOR, Level.WARN: "#b06000"}
+    for k, label in zip(labelled, main.get_yticklabels()):
+        if flagged(sites[k]):  # flagged names stand out from the thinned clean ones
+            label.set_fontweight("bold")
+            label.set_color(level_color.get(site_level(sites[k]), "#333333"))
+    if count > MAX_BARS:
+        main.set_yticks([], minor=True)
+    shown = f"all {count} named" if len(labelled) == count else f"{len(labelled)} of {count} named, every flagged one"
+    main.set_ylabel(f"site, network order ({shown})", fontsize=8)
+    from ..judge.overall import overall
+    verdict = overall(result)
+    extra = f", {verdict.never_active} never active (leaky)" if verdict.never_active else ""
+    fig.suptitle(f"{verdict.level.value}: {verdict.dead} of {verdict.units} units dead ({verdict.dead_ratio:.1%})"
+                 f"{extra} over {verdict.sites} sites", fontsize=10, x=0.01, ha="left")
+    handles, labels = [], []
+    for axis in axes:
+        found = axis.get_legend_handles_labels()
+        handles += found[0]
+        labels += found[1]
+    # Below the plot, never over the bars.
+    fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
     return fig
+
+
+def _hbars(axis, positions: np.ndarray, values: np.ndarray, color: str, label: str, count: int) -> None:
+    if count <= MAX_BARS:
+        axis.barh(positions, values, height=0.8, color=color, linewidth=0, label=label)
+    else:  # one filled step artist instead of thousands of rectangles: same picture, far faster
+        axis.stairs(values, np.arange(count + 1) - 0.5, orientation="horizontal", fill=True, color=color,
+                    linewidth=0, label=label)
 
 
 def _percent_formatter():
@@ -176,10 +233,11 @@ def active_rate_histogram(result: ScanResult) -> Figure:
         axis.set_title("Per-unit active rates per site", fontsize=10, loc="left")
         axis.grid(alpha=0.3)
         if sites:
-            axis.legend(fontsize=8, loc="upper center")
+            fig.legend(*axis.get_legend_handles_labels(), fontsize=8, loc="outside lower center", ncol=2,
+                       frameon=False)
         return fig
     count = len(sites)
-    height = min(max(4.0, 0.09 * count + 1.8), 14.0)
+    height = min(max(4.0, ROW_INCHES * count + 1.8), 36.0)
     fig = _figure(9.0, height)
     axis = fig.subplots()
     matrix = np.zeros((count, RATE_BINS + 1))
@@ -189,9 +247,9 @@ def active_rate_histogram(result: ScanResult) -> Figure:
     mesh = axis.pcolormesh(edges, np.arange(count + 1) - 0.5, matrix, cmap="magma_r", vmin=0.0, vmax=1.0)
     axis.set_ylim(count - 0.5, -0.5)
     fig.colorbar(mesh, ax=axis, label="share of the site's units", format=_percent_formatter())
-    labelled = _tick_positions(count)
+    labelled = labelled_sites(result)
     axis.set_yticks(labelled)
-    axis.set_yticklabels([_plain(short_name(sites[k].name)) for k in labelled], fontsize=7)
+    axis.set_yticklabels([_plain(short_name(sites[k].name)) for k in labelled], fontsize=7 if len(labelled) <= 80 else 6)
     _rate_axis(axis)
     axis.set_xlabel("active rate (left of 0: dead units)")
     axis.set_ylabel(f"site (network order; {len(labelled)} of {count} names shown)" if count > len(labelled)
@@ -256,9 +314,12 @@ def unit_map(result: ScanResult, site: str | int | SiteResult) -> Figure:
     saturated = f", {chosen.saturated} saturated" if chosen.saturation else ""
     axis.set_title(_plain(f"{short_name(chosen.name, 48)} ({chosen.kind}): {chosen.dead} of {chosen.units} dead"
                           f"{saturated}"), fontsize=10, loc="left")
-    handles = [Patch(color=DEAD_COLOR, label=f"dead ({chosen.dead})")]
+    # Counts of what is painted: a floor-saturated ELU unit is dead too but painted orange.
+    painted_dead = int((overlay == 2).sum())
+    painted_saturated = int((overlay == 1).sum())
+    handles = [Patch(color=DEAD_COLOR, label=f"dead ({painted_dead})")]
     if chosen.saturation:
-        handles.append(Patch(color=SATURATED_COLOR, label=f"saturated ({chosen.saturated})"))
+        handles.append(Patch(color=SATURATED_COLOR, label=f"saturated ({painted_saturated})"))
     axis.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.08), ncol=2, frameon=False)
     return fig
 
@@ -321,6 +382,6 @@ def write_pngs(result: ScanResult, directory: str | Path, max_unit_maps: int = 1
     return written
 
 
-__all__ = ["dead_ratio_by_layer", "active_rate_histogram", "unit_map", "write_pngs", "figure_png", "unit_grid",
+__all__ = ["labelled_sites", "dead_ratio_by_layer", "active_rate_histogram", "unit_map", "write_pngs", "figure_png", "unit_grid",
            "rate_bins", "rate_histogram", "saturated_mark",
            "short_name", "safe_filename", "sites_worth_mapping"]

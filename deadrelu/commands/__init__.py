@@ -1,0 +1,1 @@
+"""Command groups added to the ``deadrelu`` app by ``register(app)``."""

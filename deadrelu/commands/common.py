@@ -1,0 +1,127 @@
+"""What every ``deadrelu`` command shares: the consoles, exit codes, error lines, positional paths.
+
+Exit codes: 0 done (gate passed or none); 1 the gate failed, and only that; 2 bad usage or
+input (one line naming the file, flag or field, plus a hint); 3 a bug in deadrelu (one line
+naming a crash file that holds the traceback); 130 interrupted.
+
+``deadrelu.cli`` and the command groups in this package (``commands/repair.py``) import
+from here, so no command module has to import the CLI that registers it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import click
+import typer
+from rich.console import Console
+
+from ..errors import ConfigError, DeadReluError
+
+EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_BUG = 0, 1, 2, 3
+
+stdout = Console(highlight=False, soft_wrap=False)
+# Errors and hints stay one line each, however narrow the terminal (CI logs are grepped).
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+#: library parameter names -> the flags a CLI user types, for error lines
+PARAMETER_FLAGS = {"batch_size": "--batch-size", "dead_threshold": "--dead-threshold", "tau": "--tau",
+                   "saturation": "--saturation", "granularity": "--granularity", "nonfinite": "--nonfinite",
+                   "limit": "--limit", "max_dead_ratio": "--max-dead-ratio",
+                   "max_layer_dead_ratio": "--max-layer-dead-ratio", "compile": "--compile", "device": "--device"}
+_LEADING_PARAMETER = re.compile(r"^(" + "|".join(sorted(map(re.escape, PARAMETER_FLAGS), key=len, reverse=True))
+                                + r")\b(?!_)")
+
+
+def as_flags(message: str) -> str:
+    """A library message that starts with a parameter name (``batch_size must be >= 1``), with the flag."""
+    return _LEADING_PARAMETER.sub(lambda match: PARAMETER_FLAGS[match.group(1)], message, count=1)
+
+
+@contextmanager
+def error_exit(debug: bool) -> Iterator[None]:
+    """Map errors to exit codes: the deadrelu error family is one line (plus a hint) and exit 2;
+    anything else is a bug in deadrelu: one line naming a file that holds the traceback, exit 3."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.exceptions.ClickException):
+        raise
+    except DeadReluError as exc:
+        if debug:
+            raise
+        message = as_flags(exc.message) if isinstance(exc, ConfigError) else exc.message
+        stderr.print(f"[bold red]error:[/] {_plain(message)}")
+        if exc.hint:
+            stderr.print(f"[dim]hint:[/] {_plain(exc.hint)}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except KeyboardInterrupt:
+        stderr.print("[bold red]interrupted[/]: no report written (use --partial-on-interrupt to keep partial results)")
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        if debug:
+            raise
+        crash_file = _write_crash_report(exc)
+        what = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
+        where = f"traceback in {crash_file}" if crash_file else "traceback below"
+        stderr.print(f"[bold red]error:[/] deadrelu bug ({_plain(what[:200])}); {_plain(where)}")
+        stderr.print("[dim]hint:[/] please report it with that file; --debug shows the traceback here")
+        if crash_file is None:
+            stderr.print("".join(traceback.format_exception(exc)), markup=False)
+        raise typer.Exit(EXIT_BUG) from None
+
+
+def _write_crash_report(exc: BaseException) -> Path | None:
+    """Write the traceback of a bug to ``<tmp>/deadrelu-crash-<timestamp>-<pid>.txt``; None if that fails."""
+    from .. import __version__
+    from ..render.files import atomic_write_text
+    path = Path(tempfile.gettempdir()) / f"deadrelu-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    text = (f"deadrelu {__version__} crashed (a bug: please report it with this file)\n"
+            f"python {platform.python_version()} on {platform.platform()}\n"
+            f"command: {' '.join(sys.argv)}\n\n{''.join(traceback.format_exception(exc))}")
+    try:
+        return atomic_write_text(path, text)
+    except (DeadReluError, OSError):
+        return None
+
+
+def _plain(text: str) -> str:
+    from rich.markup import escape
+
+    from ..render.text import visible
+    return escape(visible(text))
+
+
+def positionals(model: Path | None, data: Path | None, model_spec: str | None,
+                 data_spec: str | None) -> tuple[Path | None, Path | None]:
+    """Assign the positional paths: MODEL unless --model is given, DATA unless --data is."""
+    given = [path for path in (model, data) if path is not None]
+    wanted = [name for name, spec in (("MODEL", model_spec), ("DATA", data_spec)) if spec is None]
+    if len(given) != len(wanted):
+        options = " and ".join(f"--{n.lower()}" for n, spec in (("MODEL", model_spec), ("DATA", data_spec)) if spec)
+        expected = " ".join(wanted) if wanted else "no file argument"
+        raise ConfigError(f"expected {expected}{' with ' + options if options else ''}, got "
+                          f"{len(given)} file argument(s): {' '.join(map(str, given)) or 'none'}",
+                          hint="deadrelu scan MODEL DATA, or --model pkg.mod:build DATA, or MODEL --data pkg.mod:make")
+    paths = dict(zip(wanted, given))
+    return paths.get("MODEL"), paths.get("DATA")
+
+
+def spec_file(spec: str | None) -> Path | None:
+    """The file of a ``path/to/file.py:Name`` reference (None for ``package.module:Name``)."""
+    if not spec or ":" not in spec:
+        return None
+    target = spec.rpartition(":")[0]
+    return Path(target) if target.endswith(".py") else None
+
+
+__all__ = ["EXIT_OK", "EXIT_GATE_FAILED", "EXIT_BAD_INPUT", "EXIT_BUG", "stdout", "stderr", "PARAMETER_FLAGS", "as_flags",
+           "error_exit", "positionals", "spec_file"]

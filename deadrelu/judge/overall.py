@@ -1,0 +1,177 @@
+"""The model's verdict — OK, WARN or FAIL — driven by its worst site, and what each site's
+dead units mean for its kind.
+
+A 0.9 % model-wide dead share can hide a half-dead layer, so the verdict is the worst
+site's level (or FAIL when a CI gate failed). Units of a ReLU/ReLU6/Hardtanh site that
+never activate get no gradient: they are *dead*. Units of a LeakyReLU/PReLU/ELU/SELU/…
+site that never activate still have a gradient on the negative side: they are *never
+active* and are counted apart, not as dead (they only weigh in when saturated at a floor,
+where the gradient is ~0 too). Every renderer colours by these levels, so red means the
+same thing everywhere.
+
+No torch: renderers of a saved JSON report use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from ..kinds import NEGATIVE_SIDE_KINDS
+
+if TYPE_CHECKING:
+    from ..result import ScanResult, SiteResult
+
+#: a site with more than this share of stuck units (dead or saturated) is WARN
+WARN_SHARE = 0.10
+#: ... and above this share FAIL
+FAIL_SHARE = 0.50
+
+
+class Level(str, Enum):
+    """How bad a site or a model is."""
+
+    OK = "OK"
+    WARN = "WARN"
+    FAIL = "FAIL"
+
+    @property
+    def order(self) -> int:
+        return ("OK", "WARN", "FAIL").index(self.value)
+
+
+def leaky(site: SiteResult) -> bool:
+    """Whether the site's kind keeps a gradient for negative inputs (LeakyReLU, PReLU, ELU, ...)."""
+    return site.kind in NEGATIVE_SIDE_KINDS
+
+
+def stuck_mask(site: SiteResult) -> np.ndarray:
+    """Units that get (almost) no gradient: dead units of a zero-gradient kind, and saturated units."""
+    dead = site.verdict.dead if not leaky(site) else np.zeros(site.units, dtype=bool)
+    return dead | site.verdict.saturated
+
+
+def dead_no_gradient(site: SiteResult) -> int:
+    """Dead units in ReLU's sense: never active and no gradient (0 for leaky kinds)."""
+    return 0 if leaky(site) else site.dead
+
+
+def never_active(site: SiteResult) -> int:
+    """Units of a leaky kind that are never active but keep a gradient (not saturated at a floor)."""
+    if not leaky(site):
+        return 0
+    return int((site.verdict.dead & ~site.verdict.saturated).sum())
+
+
+def stuck_share(site: SiteResult) -> float:
+    """Share of the site's units that are stuck (dead without gradient, or saturated)."""
+    return float(stuck_mask(site).sum()) / site.units if site.units else 0.0
+
+
+def site_level(site: SiteResult) -> Level:
+    """FAIL above half the units stuck, WARN above a tenth, else OK."""
+    share = stuck_share(site)
+    if share > FAIL_SHARE:
+        return Level.FAIL
+    if share > WARN_SHARE:
+        return Level.WARN
+    return Level.OK
+
+
+def flagged(site: SiteResult) -> bool:
+    """A site worth showing: some unit dead, saturated, or never active."""
+    return bool(site.dead or site.saturated)
+
+
+def worst_sites(result: ScanResult) -> list[SiteResult]:
+    """Sites ordered by stuck share, then never-active share, then dormant share (network order breaks ties)."""
+    ranked = list(enumerate(result.sites))
+    ranked.sort(key=lambda pair: (-stuck_share(pair[1]), -(never_active(pair[1]) / max(pair[1].units, 1)),
+                                  -pair[1].dormant_ratio, pair[0]))
+    return [site for _, site in ranked]
+
+
+@dataclass(frozen=True)
+class ModelVerdict:
+    """The one-line verdict.
+
+    Attributes:
+        level: OK / WARN / FAIL.
+        worst: the worst site (None when there are no sites).
+        dead: dead units without gradient, over all sites.
+        never_active: never-active units of leaky kinds (still have a gradient).
+        saturated: saturated units.
+        units: all units.
+        sites: all sites.
+        flagged_sites: sites with a dead, saturated or never-active unit.
+        gate_failed: a CI gate was set and failed.
+        unobserved: units with no finite observation (neither alive nor dead).
+    """
+
+    level: Level
+    worst: SiteResult | None
+    dead: int
+    never_active: int
+    saturated: int
+    units: int
+    sites: int
+    flagged_sites: int
+    gate_failed: bool
+    unobserved: int = 0
+
+    @property
+    def dead_ratio(self) -> float:
+        return self.dead / self.units if self.units else 0.0
+
+    def headline(self, show: Callable[[str], str] = str) -> str:
+        """``worst site layer3.4.relu#1: 32 of 64 dead (50.0%)`` or ``no dead or saturated unit``.
+
+        Args:
+            show: how to print the site name (renderers pass ``visible``)."""
+        worst = self.worst
+        if worst is None or not (stuck_mask(worst).any() or never_active(worst)):
+            if self.unobserved:
+                return f"no dead units among the {self.units - self.unobserved} observed"
+            return "no dead or saturated unit"
+        parts = []
+        if dead_no_gradient(worst):
+            parts.append(f"{dead_no_gradient(worst)} of {worst.units} dead ({dead_no_gradient(worst) / worst.units:.1%})")
+        if worst.saturated:
+            parts.append(f"{worst.saturated} of {worst.units} saturated")
+        if never_active(worst):
+            parts.append(f"{never_active(worst)} never active (leaky)" if parts else
+                         f"{never_active(worst)} of {worst.units} never active (leaky: still has gradient)")
+        return f"worst site {show(worst.name)}: " + ", ".join(parts)
+
+
+def overall(result: ScanResult) -> ModelVerdict:
+    """The model's verdict: the worst site's level, FAIL if the gate failed.
+
+    Args:
+        result: the scan.
+
+    Returns:
+        The verdict with the counts the verdict line quotes.
+    """
+    ordered = worst_sites(result)
+    level = max((site_level(site) for site in result.sites), key=lambda lv: lv.order, default=Level.OK)
+    gate_failed = result.gate is not None and not result.gate.passed
+    unobserved = sum(site.unobserved for site in result.sites)
+    if unobserved and level is Level.OK:
+        level = Level.WARN  # health not seen is not health
+    if gate_failed:
+        level = Level.FAIL
+    return ModelVerdict(level=level, worst=ordered[0] if ordered else None,
+                        dead=sum(dead_no_gradient(site) for site in result.sites),
+                        never_active=sum(never_active(site) for site in result.sites),
+                        saturated=sum(site.saturated for site in result.sites),
+                        units=sum(site.units for site in result.sites), sites=len(result.sites),
+                        flagged_sites=sum(1 for site in result.sites if flagged(site)), gate_failed=gate_failed,
+                        unobserved=unobserved)
+
+
+__all__ = ["Level", "ModelVerdict", "overall", "site_level", "stuck_mask", "stuck_share", "dead_no_gradient",
+           "never_active", "leaky", "flagged", "worst_sites", "WARN_SHARE", "FAIL_SHARE"]

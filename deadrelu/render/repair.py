@@ -1,0 +1,131 @@
+"""Repair reports for the terminal: what changed per site, the check on the data, before -> after."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from ..repair.report import OutputCheck, PruneReport, RecycleReport, ReinitReport, SiteChange, SwapReport
+from ..repair.verify import SiteDelta
+
+
+def _change(before: int | None, after: int | None) -> str:
+    if before is None or after is None:
+        return "-"
+    if not before:
+        return f"{before:,} -> {after:,}"
+    return f"{before:,} -> {after:,} ({(after - before) / before:+.1%})"
+
+
+def _route(change: SiteChange) -> str:
+    parts = [change.producer or "?", *change.norms]
+    return f"{' > '.join(parts)} -> {', '.join(change.consumers) or '-'}"
+
+
+def sites_table(changes: Sequence[SiteChange], verb: str) -> Table:
+    """One row per flagged site: units changed and through which layers, or why it was left alone."""
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for column, justify in (("site", "left"), ("kind", "left"), ("units", "right"), (verb, "right"),
+                            ("producer > norms -> consumers, or why left alone", "left")):
+        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for change in changes:
+        if change.skipped is not None:
+            table.add_row(change.site, change.kind, str(change.units), "0", Text(f"left alone: {change.skipped}",
+                                                                                  style="yellow"))
+        else:
+            table.add_row(change.site, change.kind, str(change.units), str(len(change.changed)), _route(change))
+    return table
+
+
+def check_line(check: OutputCheck | None, must_match: bool) -> Text:
+    """How far the outputs moved on the data (and whether that passed)."""
+    if check is None:
+        return Text("check: not run (no data)", style="yellow")
+    where = f"on {check.samples:,} samples"
+    if not must_match:
+        return Text(f"outputs changed by at most {check.max_abs_diff:.3g} {where} "
+                    f"(output scale {check.output_scale:.3g})")
+    verdict = "unchanged" if check.max_abs_diff == 0 else "within tolerance" if check.passed else "CHANGED"
+    return Text(f"check: outputs {verdict} {where}: max |diff| {check.max_abs_diff:.3g} "
+                f"(allowed {check.allowed:.3g} = {check.atol:g} x scale {check.output_scale:.3g})",
+                style="green" if check.passed else "bold red")
+
+
+def deltas_table(deltas: Sequence[SiteDelta]) -> Table:
+    """Dead (and dormant) units per site in the scan before and the rescan after, on the same data."""
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold",
+                  title="rescan on the same data", title_justify="left")
+    for column in ("site", "units", "dead", "dormant"):
+        table.add_column(column, justify="left" if column == "site" else "right")
+    for delta in deltas:
+        units = str(delta.units_before) if delta.units_after == delta.units_before else \
+            f"{delta.units_before} -> {delta.units_after}"
+        table.add_row(delta.site, units, f"{delta.dead_before} -> {delta.dead_after}",
+                      f"{delta.dormant_before} -> {delta.dormant_after}")
+    return table
+
+
+def prune_report(report: PruneReport, deltas: Sequence[SiteDelta]) -> RenderableType:
+    """The whole ``deadrelu prune`` output."""
+    changed = [c for c in report.sites if c.skipped is None]
+    left = len(report.sites) - len(changed)
+    head = Text(f"pruned {report.removed} dead unit(s) at {len(changed)} site(s); {left} site(s) left alone "
+                f"({report.graph} graph)", style="bold")
+    lines: list[RenderableType] = [head, sites_table(report.sites, "removed")]
+    lines.append(Text(f"parameters {_change(report.parameters_before, report.parameters_after)}; "
+                      f"multiply-adds per sample {_change(report.macs_before, report.macs_after)}"))
+    lines.append(check_line(report.check, must_match=True))
+    if deltas:
+        lines.append(deltas_table(deltas))
+    lines.extend(Text(f"warning: {warning}", style="yellow") for warning in report.warnings)
+    return Group(*lines)
+
+
+def recycle_report(report: RecycleReport, deltas: Sequence[SiteDelta], fired: tuple[int, int] | None
+                   ) -> RenderableType:
+    """The ``deadrelu fix --recycle`` output."""
+    changed = [c for c in report.sites if c.skipped is None]
+    lines: list[RenderableType] = [
+        Text(f"recycled {report.recycled} {report.units} unit(s) at {len(changed)} site(s) (ReDo: new incoming "
+             "weights, bias 0, outgoing weights 0)", style="bold"),
+        sites_table(report.sites, "recycled"), check_line(report.check, must_match=True)]
+    if fired is not None:
+        lines.append(Text(f"fire after recycling: {fired[0]} of {fired[1]} recycled unit(s) are active on the data"))
+    if deltas:
+        lines.append(deltas_table(deltas))
+    lines.extend(Text(f"warning: {warning}", style="yellow") for warning in report.warnings)
+    return Group(*lines)
+
+
+def reinit_report(report: ReinitReport, deltas: Sequence[SiteDelta]) -> RenderableType:
+    """The ``deadrelu fix --reinit`` output, marked destructive."""
+    lines: list[RenderableType] = [
+        Text(f"DESTRUCTIVE: re-initialised {len(report.layers)} layer(s) ({report.scheme}); their training is "
+             "discarded", style="bold red"),
+        sites_table(report.sites, "re-init"), check_line(report.check, must_match=False)]
+    if deltas:
+        lines.append(deltas_table(deltas))
+    return Group(*lines)
+
+
+def swap_report(report: SwapReport, deltas: Sequence[SiteDelta]) -> RenderableType:
+    """The ``deadrelu fix --swap-activation`` output."""
+    lines: list[RenderableType] = [Text(f"swapped {len(report.swapped)} activation module(s) to {report.to}",
+                                        style="bold")]
+    for swap in report.swapped:
+        calls = f" ({swap.calls} calls per forward)" if swap.calls > 1 else ""
+        lines.append(Text(f"  {swap.module}: {swap.before} -> {swap.after}{calls}"))
+    for site, reason in report.skipped:
+        lines.append(Text(f"  {site}: left alone: {reason}", style="yellow"))
+    lines.append(check_line(report.check, must_match=False))
+    if deltas:
+        lines.append(deltas_table(deltas))
+    lines.extend(Text(f"note: {warning}", style="dim") for warning in report.warnings)
+    return Group(*lines)
+
+
+__all__ = ["sites_table", "check_line", "deltas_table", "prune_report", "recycle_report", "reinit_report",
+           "swap_report"]

@@ -1,0 +1,217 @@
+"""What a repair changed, as frozen data: one report type per operation, each with ``to_dict()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import DeadReluError
+
+
+class RepairError(DeadReluError):
+    """A repair could not be planned, or its result failed the check on the data."""
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    """Original and repaired model run on the same data.
+
+    Attributes:
+        max_abs_diff: the largest absolute difference of any output element.
+        output_scale: the largest absolute output of the original model.
+        samples: samples compared.
+        atol: the allowed difference relative to ``output_scale`` (None: not checked).
+    """
+
+    max_abs_diff: float
+    output_scale: float
+    samples: int
+    atol: float | None = None
+
+    @property
+    def allowed(self) -> float | None:
+        """The largest difference that passes: ``atol * output_scale`` (``atol`` if the scale is 0)."""
+        if self.atol is None:
+            return None
+        return self.atol * self.output_scale if self.output_scale > 0 else self.atol
+
+    @property
+    def passed(self) -> bool:
+        allowed = self.allowed
+        return allowed is None or self.max_abs_diff <= allowed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_abs_diff": self.max_abs_diff, "output_scale": self.output_scale, "samples": self.samples,
+                "atol": self.atol, "allowed": self.allowed, "passed": self.passed}
+
+
+@dataclass(frozen=True)
+class SiteChange:
+    """One activation site: which units a repair changed, through which layers, or why not.
+
+    Attributes:
+        site: the site's name in the scan.
+        kind: its activation kind.
+        units: units the site had.
+        changed: indices of the units removed / recycled / re-initialised.
+        producer: the Linear/Conv whose rows were changed.
+        norms: BatchNorm layers whose entries were changed.
+        consumers: Linear/Conv layers whose input columns were changed.
+        skipped: why the site was left alone (None when it was changed).
+        inexact: flagged units left alone because their output is not exactly 0 on the data.
+    """
+
+    site: str
+    kind: str
+    units: int
+    changed: tuple[int, ...] = ()
+    producer: str | None = None
+    norms: tuple[str, ...] = ()
+    consumers: tuple[str, ...] = ()
+    skipped: str | None = None
+    inexact: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"site": self.site, "kind": self.kind, "units": self.units, "changed": list(self.changed),
+                "producer": self.producer, "norms": list(self.norms), "consumers": list(self.consumers),
+                "skipped": self.skipped, "inexact": self.inexact}
+
+
+def _sites(changes: tuple[SiteChange, ...]) -> list[dict[str, Any]]:
+    return [change.to_dict() for change in changes]
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What ``prune`` removed.
+
+    Attributes:
+        sites: every site with flagged units, changed or left alone.
+        parameters_before, parameters_after: parameter counts.
+        macs_before, macs_after: multiply-adds per sample (None without data).
+        shapes: ``(parameter or buffer name, old shape, new shape)`` for every tensor that shrank.
+        check: original vs pruned on the data (None without data).
+        samples, limit: how many samples the scan saw, and its ``limit``.
+        graph: ``fx`` or ``export``.
+        warnings: what the user must know (units dead on this data may fire on other data).
+    """
+
+    sites: tuple[SiteChange, ...]
+    parameters_before: int
+    parameters_after: int
+    macs_before: int | None = None
+    macs_after: int | None = None
+    shapes: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
+    check: OutputCheck | None = None
+    samples: int | None = None
+    limit: int | None = None
+    graph: str = "fx"
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def removed(self) -> int:
+        return sum(len(change.changed) for change in self.sites)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"operation": "prune", "removed_units": self.removed, "sites": _sites(self.sites),
+                "parameters_before": self.parameters_before, "parameters_after": self.parameters_after,
+                "macs_before": self.macs_before, "macs_after": self.macs_after,
+                "shapes": [{"name": n, "before": list(a), "after": list(b)} for n, a, b in self.shapes],
+                "check": None if self.check is None else self.check.to_dict(), "samples": self.samples,
+                "limit": self.limit, "graph": self.graph, "warnings": list(self.warnings)}
+
+
+@dataclass(frozen=True)
+class RecycleReport:
+    """What ``recycle`` re-initialised (ReDo).
+
+    Attributes:
+        units: which verdict was recycled (``dead`` or ``dormant``).
+        sites: every site with such units, changed or left alone.
+        optimizer_state: parameter names whose optimizer state (Adam moments, momentum) was reset.
+        check: outputs before vs after on the data (None without data).
+        graph: ``fx`` or ``export``.
+        warnings: what the user must know.
+    """
+
+    units: str
+    sites: tuple[SiteChange, ...]
+    optimizer_state: tuple[str, ...] = ()
+    check: OutputCheck | None = None
+    graph: str = "fx"
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def recycled(self) -> int:
+        return sum(len(change.changed) for change in self.sites)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"operation": "recycle", "units": self.units, "recycled_units": self.recycled,
+                "sites": _sites(self.sites), "optimizer_state": list(self.optimizer_state),
+                "check": None if self.check is None else self.check.to_dict(), "graph": self.graph,
+                "warnings": list(self.warnings)}
+
+
+@dataclass(frozen=True)
+class ReinitReport:
+    """What ``reinit`` overwrote. Destructive: the layers' training is discarded.
+
+    Attributes:
+        scheme: ``he`` (Kaiming normal, fan-in, gain for the site's kind).
+        sites: the flagged sites and the layers feeding them (or why none).
+        layers: every layer re-initialised.
+        check: outputs before vs after (how much the function changed), None without data.
+    """
+
+    scheme: str
+    sites: tuple[SiteChange, ...]
+    layers: tuple[str, ...]
+    check: OutputCheck | None = None
+    graph: str = "fx"
+    destructive: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"operation": "reinit", "scheme": self.scheme, "destructive": self.destructive,
+                "layers": list(self.layers), "sites": _sites(self.sites),
+                "check": None if self.check is None else self.check.to_dict(), "graph": self.graph}
+
+
+@dataclass(frozen=True)
+class Swap:
+    """One activation module replaced."""
+
+    module: str
+    before: str
+    after: str
+    calls: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"module": self.module, "before": self.before, "after": self.after, "calls": self.calls}
+
+
+@dataclass(frozen=True)
+class SwapReport:
+    """What ``swap_activations`` replaced.
+
+    Attributes:
+        to: the new activation (``leaky_relu:0.1``, ``elu``, ``prelu``).
+        swapped: modules replaced.
+        skipped: ``(site, reason)`` for sites that could not be swapped (functional calls
+            name the ``forward`` to edit).
+        check: outputs before vs after on the data (how much the function changed).
+    """
+
+    to: str
+    swapped: tuple[Swap, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
+    check: OutputCheck | None = None
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"operation": "swap", "to": self.to, "swapped": [s.to_dict() for s in self.swapped],
+                "skipped": [{"site": site, "reason": reason} for site, reason in self.skipped],
+                "check": None if self.check is None else self.check.to_dict(), "warnings": list(self.warnings)}
+
+
+__all__ = ["RepairError", "OutputCheck", "SiteChange", "PruneReport", "RecycleReport", "ReinitReport", "Swap",
+           "SwapReport"]

@@ -1,0 +1,54 @@
+"""Run on every rank by torchrun from tests/test_distributed.py: ``deadrelu.scan`` inside a
+process group the script initialised itself (the library path, not the CLI's).
+
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed_worker.py \
+        MODE ARCH.py MODEL.pt DATA.npy OUT.json
+
+MODE ``plain`` scans the model as it is; ``fsdp`` wraps it with FSDP2 ``fully_shard`` on
+a CPU device mesh (gloo) first. Rank 0 writes OUT.json; an error prints
+``rank R: error: ...`` and exits 2.
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import deadrelu
+from deadrelu.distributed import exit_now, exit_on_sigterm
+from deadrelu.errors import DeadReluError
+
+
+def main(mode: str, arch: str, model_path: str, data_path: str, out_path: str) -> int:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    model = runpy.run_path(arch)["Net"]()
+    model.load_state_dict(torch.load(model_path, weights_only=True))
+    if mode == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+        for layer in (model.fc1, model.fc2, model.fc3):
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+    code = 0
+    try:
+        result = deadrelu.scan(model, np.load(data_path), batch_size=5)
+        if rank == 0:
+            result.to_json(out_path)
+    except DeadReluError as exc:
+        print(f"rank {rank}: error: {exc.message}", file=sys.stderr, flush=True)
+        code = 2
+    exit_on_sigterm(code)  # the ranks agreed: torchrun stopping a slower one must not turn 2 into -15
+    dist.barrier()
+    dist.destroy_process_group()
+    return code
+
+
+if __name__ == "__main__":
+    exit_now(main(*sys.argv[1:6]))
