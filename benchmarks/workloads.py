@@ -115,6 +115,8 @@ class Workload:
         sample_shape: shape of one input sample.
         samples: how many samples one pass scans.
         batch_size: samples per forward pass.
+        vocab: for a language model, the vocabulary size: the data are int64 token ids
+            drawn uniformly from it, not Gaussian noise.
     """
 
     name: str
@@ -123,6 +125,7 @@ class Workload:
     sample_shape: tuple[int, ...]
     samples: int
     batch_size: int
+    vocab: int | None = None
 
     def model(self, seed: int = 0) -> nn.Module:
         """The model with deterministic weights, in eval mode."""
@@ -130,14 +133,29 @@ class Workload:
         return self.build().eval()
 
     def data(self, samples: int | None = None, seed: int = 1) -> torch.Tensor:
-        """Gaussian inputs, ``samples`` (default: the workload's size) by ``sample_shape``."""
+        """Gaussian inputs (token ids for a language model), ``samples`` (default: the workload's
+        size) by ``sample_shape``."""
         generator = torch.Generator().manual_seed(seed)
-        return torch.randn((samples or self.samples, *self.sample_shape), generator=generator)
+        shape = (samples or self.samples, *self.sample_shape)
+        if self.vocab is not None:
+            return torch.randint(0, self.vocab, shape, generator=generator)
+        return torch.randn(shape, generator=generator)
 
     def scaled(self, samples: int | None = None, batch_size: int | None = None) -> Workload:
         """The same workload with another data size or batch size."""
         return Workload(self.name, self.description, self.build, self.sample_shape,
-                        samples or self.samples, batch_size or self.batch_size)
+                        samples or self.samples, batch_size or self.batch_size, self.vocab)
+
+
+def small_opt() -> nn.Module:
+    """A small OPT decoder (transformers' ``OPTModel``, random weights): D=256, 4 layers, 4 heads,
+    ReLU FFN of 1024, vocabulary 4096; needs ``pip install 'deadrelu[hf]'``."""
+    from transformers import OPTConfig, OPTModel
+
+    config = OPTConfig(vocab_size=4096, hidden_size=256, num_hidden_layers=4, ffn_dim=1024, num_attention_heads=4,
+                       max_position_embeddings=256, word_embed_proj_dim=256, activation_function="relu",
+                       pad_token_id=1, use_cache=False)
+    return OPTModel(config)
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -146,4 +164,6 @@ WORKLOADS: dict[str, Workload] = {
     "mlp": Workload("mlp", "MLP 784-1024-1024-1024-10, 3 ReLU sites", mlp, (784,), 16384, 256),
     "transformer": Workload("transformer", "4 pre-norm encoder blocks, D=256, 4 heads, MLP 1024 "
                             "(GELU/ReLU alternating), L=64", Encoder, (64, 256), 1024, 32),
+    "opt": Workload("opt", "small OPT decoder (transformers OPTModel), D=256, 4 layers, ReLU FFN 1024, "
+                    "int64 token ids, L=128", small_opt, (128,), 256, 16, vocab=4096),
 }

@@ -27,6 +27,7 @@ _LAZY: dict[str, str] = {
     "GateOutcome": "deadrelu.judge.gate",
     "load_model": "deadrelu.load.model",
     "load_data": "deadrelu.load.data",
+    "load_text": "deadrelu.load.huggingface",
     "ScanResult": "deadrelu.result",
     "SiteResult": "deadrelu.result",
     "Summary": "deadrelu.result",
@@ -59,6 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover
                          OutputError, ResultFormatError, UnsafePickleError)
     from .judge.gate import GateOutcome, check_gate
     from .load.data import load_data
+    from .load.huggingface import load_text
     from .load.model import load_model
     from .monitor import Monitor
     from .render.reports import ReportTargets, write_reports

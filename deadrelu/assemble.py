@@ -78,6 +78,15 @@ def assemble(capture: ActivationCapture, model: nn.Module, settings: ScanSetting
     sites = [site_result(capture, record, settings) for record in records]
     not_run = capture.not_run()
     warnings = list(capture.coverage.warnings) + list(notes)
+    unsupported = capture.coverage.unsupported
+    if unsupported:
+        from .capture.sites import unsupported_summary
+        warnings.append(unsupported_summary(unsupported))
+    unmasked = [capture.site_name(record) for record in records if record.unmasked]
+    if unmasked:
+        warnings.append(f"mask not applied at {len(unmasked)} site(s) whose activation does not start with the "
+                        f"(N, L) axes (padding counted there): {', '.join(unmasked[:8])}"
+                        + (" ..." if len(unmasked) > 8 else ""))
     if not_run:
         warnings.append(f"{len(not_run)} activation module(s) never ran on this data: {', '.join(not_run[:8])}")
     if data_info.get("skipped"):
@@ -96,7 +105,10 @@ def assemble(capture: ActivationCapture, model: nn.Module, settings: ScanSetting
     coverage = {"activation_modules": len(capture.coverage.activation_modules), "not_run": not_run,
                 "excluded": capture.coverage.excluded, "positional_names": capture.positional_names,
                 "functional": capture.coverage.functional,
-                "functional_sites": sum(1 for site in sites if site.function is not None)}
+                "functional_sites": sum(1 for site in sites if site.function is not None),
+                "unsupported": [{"module": module, "class": class_name, "calls": calls, "reason": why}
+                                for module, class_name, calls, why in unsupported],
+                "masked": capture.coverage.masked, "mask_not_applied": unmasked}
     result = ScanResult(sites=tuple(sites), summary=Summary.of(sites), settings=settings, model=info,
                         data=dict(data_info), coverage=coverage, warnings=tuple(warnings),
                         environment=dict(environment or {}))

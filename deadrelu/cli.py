@@ -26,12 +26,12 @@ from .commands.common import spec_file as _spec_file
 from .commands.training import JunitOption, MarkdownOption, write_ci_reports
 from .render import console as console_render
 from .render.reports import ReportTargets, write_reports
-from .settings import CompileMode, Granularity, NonFinitePolicy, ScanSettings, Thresholds
+from .settings import CompileMode, Granularity, InputDtype, NonFinitePolicy, ScanSettings, Thresholds
 
 #: what ``--help`` groups options under
 MODEL, DATA, CAPTURE, THRESHOLDS, GATE, OUTPUT, RUN = "Model", "Data", "Capture", "Thresholds", "Gate", "Output", "Run"
 #: data formats, for help texts (a torch-free copy of ``load.data.DATA_FORMATS``)
-DATA_FILES = ".npy, .npz, .pt/.pth, .csv/.tsv, .parquet"
+DATA_FILES = ".npy, .npz, .pt/.pth, .csv/.tsv, .parquet, or text (.txt/.jsonl) with a tokenizer"
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="rich",
                   help="Find dead, saturated and dormant ReLU-family units in a PyTorch model, on your data.")
@@ -90,7 +90,8 @@ def scan(
     model: Annotated[Optional[Path], typer.Argument(
         metavar="MODEL", show_default=False,
         help="Model file: a state_dict/checkpoint or .safetensors (with --arch), TorchScript, a torch.export "
-             ".pt2, or a pickled nn.Module. Leave out with --model.")] = None,
+             ".pt2, a pickled nn.Module, or a Hugging Face model folder (config.json + weights). Leave out with "
+             "--model.")] = None,
     data: Annotated[Optional[Path], typer.Argument(
         metavar="DATA", show_default=False,
         help=f"Data file: {DATA_FILES}; first axis = samples. Leave out with --data.")] = None,
@@ -109,6 +110,13 @@ def scan(
     allow_pickle: Annotated[bool, typer.Option(
         "--allow-pickle", rich_help_panel=MODEL,
         help="Allow the full unpickler, which runs code from the model file. Only for files you trust.")] = False,
+    hf_class: Annotated[Optional[str], typer.Option(
+        "--hf-class", metavar="NAME", rich_help_panel=MODEL, show_default="AutoModel",
+        help="transformers class that loads a Hugging Face folder (AutoModelForCausalLM, T5EncoderModel...).")] = None,
+    allow_remote_code: Annotated[bool, typer.Option(
+        "--allow-remote-code", rich_help_panel=MODEL,
+        help="Let a Hugging Face folder run its own Python code (trust_remote_code). Only for folders you "
+             "trust.")] = False,
     import_files: Annotated[Optional[list[Path]], typer.Option(
         "--import", metavar="FILE", rich_help_panel=MODEL,
         help="Import this Python file before unpickling, so the classes a pickled model names are found "
@@ -124,6 +132,26 @@ def scan(
         metavar="NAME", rich_help_panel=DATA,
         help="Entry of dict batches (or position in tuple batches) that is the model input; "
              "repeatable.")] = None,
+    kwarg: Annotated[Optional[list[str]], typer.Option(
+        "--kwarg", metavar="NAME", rich_help_panel=DATA,
+        help="Feed the array / batch entry NAME as the keyword argument NAME= (input_ids, attention_mask...); "
+             "repeatable.")] = None,
+    mask: Annotated[Optional[str], typer.Option(
+        "--mask", metavar="NAME", rich_help_panel=DATA,
+        help="(N, L) padding mask (1 = real token, 0 = padding): padded positions are left out of the "
+             "statistics. Fed to the model only when also a --kwarg.")] = None,
+    input_dtype: Annotated[InputDtype, typer.Option(
+        "--input-dtype", rich_help_panel=DATA,
+        help="Integer data: auto keeps token ids as integers and casts what a floating layer rejects "
+             "(uint8 images); keep or float force either.")] = InputDtype.AUTO,
+    tokenizer: Annotated[Optional[Path], typer.Option(
+        "--tokenizer", metavar="DIR", rich_help_panel=DATA,
+        help="Tokenizer folder for text DATA (default: the Hugging Face model folder's own).")] = None,
+    text_field: Annotated[str, typer.Option(
+        "--text-field", metavar="NAME", rich_help_panel=DATA, help="Field of each .jsonl object that holds "
+                                                                   "the text.")] = "text",
+    max_length: Annotated[int, typer.Option(
+        "--max-length", metavar="N", rich_help_panel=DATA, help="Truncate text examples to N tokens.")] = 512,
     columns: Annotated[Optional[list[str]], typer.Option(
         "--columns", metavar="A,B", rich_help_panel=DATA,
         help="Table columns to use as features, in order (default: every numeric column).")] = None,
@@ -210,18 +238,27 @@ def scan(
         targets.check({"MODEL": model, "DATA": data, "--weights": weights, "--config": config,
                        "--import": import_files, "--arch": _spec_file(arch), "--model": _spec_file(model_spec),
                        "--data": _spec_file(data_spec)})
+        from .load.huggingface import has_tokenizer, is_encoder_decoder, is_model_folder
         from .distributed import is_main_process
         from .load.sources import open_data, open_model
         from .scanning import scan as run_scan
         main_process = is_main_process()  # under torchrun, rank 0 alone prints and writes reports
         loaded = open_model(model, arch=arch, arch_kwargs=arch_kwargs, factory=model_spec, weights=weights,
-                            allow_pickle=allow_pickle, imports=import_files or ())
-        stream = open_data(data, source=data_spec, batch_size=settings.batch_size, limit=settings.limit, key=key,
-                           columns=columns, shuffle_seed=shuffle_seed)
+                            allow_pickle=allow_pickle, imports=import_files or (), hf_class=hf_class,
+                            allow_remote_code=allow_remote_code)
+        # Named arrays (keyword inputs, a mask) come as dict batches; --key arrays stay positional.
+        named = bool(kwarg or mask)
+        stream = open_data(data, source=data_spec, batch_size=settings.batch_size, limit=settings.limit,
+                           key=[*(key or []), *(kwarg or []), *([mask] if mask else [])] if named else key,
+                           columns=columns, shuffle_seed=shuffle_seed, named=named,
+                           tokenizer=tokenizer or (model if is_model_folder(model) and has_tokenizer(model) else None),
+                           max_length=max_length, text_field=text_field,
+                           decoder_inputs=is_encoder_decoder(loaded.module))
         with _ProgressReporter(enabled=not quiet and json_path != Path("-") and main_process) as progress:
             result = run_scan(loaded, stream, settings=settings, gate=gate, progress=progress,
-                              input_key=input_key or None, scale=scale, partial_on_interrupt=partial_on_interrupt,
-                              shard=shard)
+                              input_key=input_key or (key if named else None) or None, scale=scale,
+                              partial_on_interrupt=partial_on_interrupt, shard=shard, kwargs=kwarg, mask=mask,
+                              input_dtype=input_dtype.value)
         if main_process:
             _emit(result, json_path, quiet, show_units, verbose)
             _write_reports(result, targets, json_path == Path("-"))

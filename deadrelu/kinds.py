@@ -20,6 +20,7 @@ No torch at import time: result-only commands read the kind groups.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -34,7 +35,8 @@ SELU_ALPHA = 1.6732632423543772
 class ActiveRule(str, Enum):
     """How an observation is judged active."""
 
-    #: the pre-activation is > 0 (ReLU, LeakyReLU, PReLU, RReLU, ELU, SELU, CELU, GELU, SiLU)
+    #: the pre-activation is > ``KindSpec.pre_threshold`` (0 for ReLU, LeakyReLU, PReLU, RReLU, ELU,
+    #: SELU, CELU, GELU, SiLU, Mish; -3 for Hardswish)
     PRE_POSITIVE = "pre_positive"
     #: the output is above the lower bound (ReLU6, Hardtanh)
     ABOVE_LOWER = "above_lower"
@@ -54,6 +56,8 @@ class KindSpec:
             or the lower bound for ReLU6/Hardtanh; None when the kind does not saturate.
         ceiling: the upper bound for ReLU6/Hardtanh, else None.
         per_channel_param: PReLU with one slope per channel (unit axis is then 1).
+        pre_threshold: for ``PRE_POSITIVE`` kinds, the pre-activation an observation must
+            exceed (0, or -3 for Hardswish, whose gradient is 0 at and below -3).
     """
 
     kind: str
@@ -62,6 +66,7 @@ class KindSpec:
     floor: float | None = None
     ceiling: float | None = None
     per_channel_param: bool = False
+    pre_threshold: float = 0.0
 
     @property
     def saturates(self) -> bool:
@@ -81,7 +86,7 @@ class KindSpec:
         if self.active_rule is ActiveRule.ABOVE_LOWER:
             assert self.floor is not None
             return self.floor
-        return 0.0
+        return self.pre_threshold
 
 
 # -- specs from constants ---------------------------------------------------------------------
@@ -131,6 +136,19 @@ def _selu(constants: Mapping[str, Any]) -> KindSpec:
     return KindSpec("SELU", ActiveRule.PRE_POSITIVE, floor=-SELU_SCALE * SELU_ALPHA)
 
 
+def _hardswish(constants: Mapping[str, Any]) -> KindSpec:
+    # x * relu6(x + 3) / 6 is exactly 0, with gradient 0, for x <= -3; between -3 and 0 it
+    # is negative and still learns. "Active" is where the gradient lives: x > -3, read
+    # from the input (the output is 0 both at x <= -3 and at x = 0).
+    return KindSpec("Hardswish", ActiveRule.PRE_POSITIVE, output_sign_matches_input=False, pre_threshold=-3.0)
+
+
+def _gated(kind: str) -> Callable[[Mapping[str, Any]], KindSpec]:
+    # A gated product act(gate) * up has no sign rule; a unit is active where the product is
+    # not 0, read from |product| (the capture hands that in as the active source).
+    return lambda constants: KindSpec(kind, ActiveRule.PRE_POSITIVE, output_sign_matches_input=False)
+
+
 #: the constants a module keeps under the names its functional form takes them
 _MODULE_CONSTANTS = ("negative_slope", "alpha", "min_val", "max_val", "lower", "upper", "weight")
 
@@ -150,6 +168,9 @@ class KindInfo:
         negative_side: a gradient remains for negative inputs: a "dead" unit only ever uses
             its negative side.
         he_init: He (Kaiming) initialisation is the matching init.
+        class_names: class names of modules outside ``torch.nn`` that compute this kind
+            (``transformers``' ``NewGELUActivation``, timm's ``HardSwish``), matched by
+            name so that neither library is imported.
     """
 
     name: str
@@ -159,6 +180,7 @@ class KindInfo:
     zero_gradient: bool = False
     negative_side: bool = False
     he_init: bool = False
+    class_names: tuple[str, ...] = ()
 
 
 #: Every kind deadrelu scans. Order matters for module lookup: subclasses first (ReLU6 is a Hardtanh).
@@ -172,8 +194,29 @@ KINDS: dict[str, KindInfo] = {info.name: info for info in (
     KindInfo("SELU", ("selu",), "elu", _selu, negative_side=True),
     KindInfo("CELU", ("celu",), "elu", _exponential("CELU"), negative_side=True),
     KindInfo("ELU", ("elu",), "elu", _exponential("ELU"), negative_side=True),
-    KindInfo("GELU", ("gelu",), "gelu", _positive("GELU"), negative_side=True),
-    KindInfo("SiLU", ("silu",), "silu", _positive("SiLU"), negative_side=True),
+    # The tanh approximation (nn.GELU(approximate="tanh"), F.gelu(x, approximate="tanh"),
+    # transformers' gelu_new/gelu_fast/gelu_pytorch_tanh) has the same sign rule: one kind.
+    KindInfo("GELU", ("gelu",), "gelu", _positive("GELU"), negative_side=True,
+             class_names=("GELUActivation", "NewGELUActivation", "FastGELUActivation", "QuickGELUActivation",
+                          "AccurateGELUActivation", "ClippedGELUActivation", "GELUTanh", "PytorchGELUTanh",
+                          "QuickGELU", "GeLU")),
+    KindInfo("SiLU", ("silu",), "silu", _positive("SiLU"), negative_side=True,
+             class_names=("SiLUActivation", "SiLU", "Swish", "SwishActivation")),
+    KindInfo("Mish", ("mish",), "mish", _positive("Mish"), negative_side=True,
+             class_names=("MishActivation", "Mish")),
+    KindInfo("Hardswish", ("hardswish",), "hardswish", _hardswish, zero_gradient=True,
+             class_names=("HardSwish", "HardSwishActivation", "Hardswish")),
+    KindInfo("Hardsigmoid", ("hardsigmoid",), "hardsigmoid", _bounded("Hardsigmoid", 0.0, 1.0), zero_gradient=True,
+             class_names=("HardSigmoid", "Hardsigmoid")),
+    # relu(x)**2 (Primer; transformers' "relu2"): 0 with gradient 0 for x <= 0.
+    KindInfo("ReLUSquared", (), "relu_squared", _positive("ReLUSquared"), zero_gradient=True,
+             class_names=("ReLUSquaredActivation", "ReLUSquared", "SquaredReLU")),
+    # Gated MLPs (SwiGLU, GeGLU, ReGLU): act(gate_proj(x)) * up_proj(x). The gate's activation
+    # is a site of its own kind; the product, where it can be attributed, is a site of these.
+    KindInfo("SwiGLU", (), "gated", _gated("SwiGLU")),
+    KindInfo("GeGLU", (), "gated", _gated("GeGLU")),
+    KindInfo("ReGLU", (), "gated", _gated("ReGLU")),
+    KindInfo("GLU", (), "gated", _gated("GLU")),
 )}
 
 #: Kind names, for messages ("this model has no ...").
@@ -189,6 +232,45 @@ FAMILIES: dict[str, str] = {"threshold": "threshold",
                             **{name: info.family for info in KINDS.values() for name in info.functions}}
 #: Function / aten name -> kind.
 FUNCTION_KINDS: dict[str, KindInfo] = {name: info for info in KINDS.values() for name in info.functions}
+#: Class names (outside ``torch.nn``) -> kind; ``torch.nn`` classes are matched by isinstance.
+CLASS_NAME_KINDS: dict[str, KindInfo] = {name: info for info in KINDS.values() if info.family != "gated"
+                                         for name in (info.name, *info.class_names)}
+#: The gate's kind -> the kind of its gated product.
+GATED_KINDS: dict[str, str] = {"SiLU": "SwiGLU", "GELU": "GeGLU", "ReLU": "ReGLU"}
+
+#: ``torch.nn`` activation classes that are not unit activations (normalisers, attention).
+_NOT_UNIT_ACTIVATIONS = frozenset({"MultiheadAttention", "Softmax", "Softmin", "Softmax2d", "LogSoftmax",
+                                   "Identity"})
+_ACTIVATION_WORDS = re.compile(r"activation|gelu|relu|swish|silu|mish|sigmoid|tanh|softplus|softsign|glu|elu"
+                               r"|shrink|^act$|act$", re.IGNORECASE)
+
+
+def looks_like_activation(class_name: str, module_path: str | None = None) -> bool:
+    """Whether a (leaf) module class is an activation by its name, whatever its kind.
+
+    Used to list activations deadrelu cannot scan instead of dropping them silently:
+    ``torch.nn``'s own activation classes (``Tanh``, ``Softplus``...) and classes named
+    like one (``LaplaceActivation``, ``XIELUActivation``). Normalisers (``Softmax``) and
+    attention are not unit activations.
+
+    Args:
+        class_name: the module's class name.
+        module_path: the module's ``__module__``, when known.
+
+    Returns:
+        True for an activation class.
+    """
+    if class_name in _NOT_UNIT_ACTIVATIONS:
+        return False
+    if module_path == "torch.nn.modules.activation":
+        return True
+    return bool(_ACTIVATION_WORDS.search(class_name))
+
+
+def kind_of_class_name(class_name: str) -> str | None:
+    """The kind a module class computes, judged by its (short) name; None when unknown."""
+    info = CLASS_NAME_KINDS.get(class_name.rsplit(".", 1)[-1])
+    return None if info is None else info.name
 
 
 def family(function: str) -> str:
@@ -204,6 +286,9 @@ def _module_classes() -> list[tuple[type, KindInfo]]:
 def spec_for_module(module: nn.Module) -> KindSpec | None:
     """The kind table for modules: a spec for a ReLU-family module, or None for anything else.
 
+    ``torch.nn`` classes (and their subclasses) are matched by type; other libraries'
+    activation classes (``transformers``' ``NewGELUActivation``...) by class name.
+
     Args:
         module: any module.
 
@@ -213,7 +298,11 @@ def spec_for_module(module: nn.Module) -> KindSpec | None:
     for cls, info in _module_classes():
         if isinstance(module, cls):
             return info.spec({name: getattr(module, name) for name in _MODULE_CONSTANTS if hasattr(module, name)})
-    return None
+    info = CLASS_NAME_KINDS.get(type(module).__name__)
+    if info is None:
+        return None
+    return info.spec({name: getattr(module, name) for name in _MODULE_CONSTANTS if hasattr(module, name)
+                      and isinstance(getattr(module, name), (int, float))})
 
 
 def spec_for_function(function: str, arguments: Mapping[str, Any]) -> KindSpec:
@@ -253,6 +342,7 @@ def prelu_slope_summary(module: nn.Module) -> dict[str, float] | None:
     }
 
 
-__all__ = ["ActiveRule", "KindSpec", "KindInfo", "KINDS", "KNOWN_KINDS", "ZERO_GRADIENT_KINDS",
+__all__ = ["ActiveRule", "KindSpec", "KindInfo", "KINDS", "KNOWN_KINDS", "CLASS_NAME_KINDS", "GATED_KINDS",
+           "looks_like_activation", "kind_of_class_name", "ZERO_GRADIENT_KINDS",
            "NEGATIVE_SIDE_KINDS", "HE_KINDS", "FAMILIES", "family", "spec_for_module", "spec_for_function",
            "SELU_SCALE", "SELU_ALPHA", "floor_tolerance", "is_inplace", "prelu_slope_summary"]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import distributed
+from .capture.dispatch import DispatchCapture
 from .capture.session import CaptureSession
 from .capture.sites import ActivationCapture
 from .compile_policy import CompileDecision
@@ -22,7 +23,8 @@ from .errors import DataLoadError, DeadReluError, ForwardError
 from .judge.gate import GateLimits
 from .load.data import DataStream, as_stream, fit_batches
 from .load.exported import ExportedModel
-from .load.inputs import InputPreparer, Prepared, check_batched, expected_input, model_dtype, resolve_device
+from .load.inputs import (InputPreparer, Prepared, RunningModules, check_batched, describe_module, expected_input,
+                          is_dtype_error, is_embedding, model_dtype, resolve_device)
 from .load.model import LoadedModel, unwrap
 from .result import ScanResult
 from .settings import ScanSettings, build_settings
@@ -43,7 +45,8 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
          progress: ProgressCallback | None = None, model_info: Mapping[str, Any] | None = None,
          input_key: str | Sequence[str] | None = None, scale: float | None = None,
          partial_on_interrupt: bool = False, input_fn: Callable[[Any], Any] | None = None,
-         shuffle_seed: int | None = None, shard: str | distributed.Shard | None = None,
+         shuffle_seed: int | None = None, kwargs: str | Sequence[str] | None = None, mask: str | None = None,
+         input_dtype: str = "auto", shard: str | distributed.Shard | None = None,
          shard_data: bool = True, **overrides: Any) -> ScanResult:
     """Scan a model's ReLU-family activations over a data set.
 
@@ -71,6 +74,16 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
         input_fn: maps a raw batch to the model's inputs: a tensor, a tuple (positional
             inputs) or a dict (keyword inputs). Overrides ``input_key``.
         shuffle_seed: with ``limit``, scan a random subset of the samples drawn with this seed.
+        kwargs: entries of dict batches (or of a dict of arrays given as ``data``) fed as
+            keyword arguments of the same name: ``kwargs=["input_ids", "attention_mask"]``
+            calls ``model(input_ids=..., attention_mask=...)``. Entries named ``labels``
+            are never fed unless named here.
+        mask: the entry that is the padding mask, ``(N, L)``, 1 = real token, 0 = padding
+            (fed to the model only when also in ``kwargs``). At every site whose
+            activation starts with the ``(N, L)`` axes, padded positions are left out of
+            every statistic; other sites are listed in the result's coverage.
+        input_dtype: ``auto`` (integer data keep their dtype unless a floating layer
+            rejects them or ``scale`` is given; then they are cast), ``keep`` or ``float``.
         shard: ``"I/N"``: scan only part I of N disjoint parts of the samples (merge the
             parts with ``deadrelu.merge.merge_results``). Inside a process group
             (torchrun) each rank scans only its own block and the ranks' results are
@@ -101,9 +114,16 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
         model.to(device)
     dtype = model_dtype(model)
     # A dict of arrays is one array per input: input_key names them (and their order).
+    kwarg_keys = [kwargs] if isinstance(kwargs, str) else list(kwargs or ())
+    positional = [input_key] if isinstance(input_key, str) else list(input_key or ())
+    named = bool(kwarg_keys or mask)
     stream = data if isinstance(data, DataStream) else as_stream(
         data, settings.batch_size, settings.limit, shuffle_seed=shuffle_seed,
-        key=input_key if isinstance(data, Mapping) else None)
+        key=(list(dict.fromkeys([*positional, *kwarg_keys, *([mask] if mask else [])])) or None)
+        if isinstance(data, Mapping) else None, named=named)
+    if not kwarg_keys and not positional and input_fn is None:
+        kwarg_keys = list(stream.kwargs)  # the stream's own (text data: input_ids, attention_mask)
+    mask = mask or stream.mask
     # This process's part: shard I/N, then this rank's block of it (the whole stream in one process).
     lockstep = distributed.needs_lockstep(model)  # FSDP: the forward pass is a collective
     stream = distributed.shard_stream(stream, shard, split_ranks=shard_data, lockstep=lockstep)
@@ -111,7 +131,8 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
         # An exported program accepts only the batch sizes it was exported for.
         stream = fit_batches(stream, *model.batch_bounds, settings.batch_size)
     check_batched(model, stream)
-    prepare = InputPreparer(dtype, device, settings.nonfinite, input_key, scale, input_fn)
+    prepare = InputPreparer(dtype, device, settings.nonfinite, input_key, scale, input_fn, kwarg_keys=kwarg_keys,
+                            mask_key=mask, input_dtype=input_dtype)
     samples = batches = 0
     partial = False
     session = CaptureSession(model, settings, device, auto_batches=False)
@@ -124,16 +145,16 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
                 inputs = prepare(raw, stream.first_sample + samples + prepare.skipped_samples)
                 if inputs is None:
                     continue
-                session.begin_batch()
-                try:
-                    model(*inputs.args, **inputs.kwargs)
-                except DeadReluError:
-                    raise
-                except Exception as exc:
-                    # Aten-level capture errors come back from TorchScript as bare RuntimeErrors.
-                    if isinstance(capture.failure, DeadReluError):
-                        raise capture.failure from None
-                    raise _forward_error(exc, model, capture, batches, inputs, stream) from exc
+                if batches == 0:
+                    inputs = _first_forward(model, session, prepare, raw, inputs, stream)
+                else:
+                    session.begin_batch(inputs.mask)
+                    try:
+                        model(*inputs.args, **inputs.kwargs)
+                    except DeadReluError:
+                        raise
+                    except Exception as exc:
+                        raise _failed(exc, model, capture, batches, inputs, stream, None) from exc
                 session.end_batch()
                 samples += inputs.samples
                 batches += 1
@@ -152,7 +173,7 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
                  "sample_shape": list(stream.sample_shape) if stream.sample_shape else None,
                  "dtype": stream.dtype, "nonfinite": prepare.nonfinite_samples,
                  "skipped": prepare.skipped_samples, "sha256": stream.sha256, "partial": partial,
-                 "shard": stream.shard}
+                 "mask": prepare.mask_key or prepare.auto_mask, "shard": stream.shard}
     notes += list(stream.notes) + prepare.notes + compile_decision.warnings()
     result = session.result(samples=samples, data_info=data_info, model_info=model_info or {}, notes=notes,
                             environment={**compile_decision.environment(), **distributed.environment(model)})
@@ -170,9 +191,65 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
     return result.with_gate(limits.check(result)) if limits.active else result
 
 
+def _first_forward(model: nn.Module, session: CaptureSession, prepare: InputPreparer, raw: Any,
+                   inputs: Prepared, stream: DataStream) -> Prepared:
+    """Run the first batch, tracking which module is running so that a failure names the
+    layer that rejected the input. Integer data a floating layer rejects (uint8 images
+    fed as they are) are cast and the batch run again, once; the report says so.
+
+    Returns:
+        The inputs the batch ran with.
+    """
+    capture = session.engine
+    for attempt in (0, 1):
+        session.begin_batch(inputs.mask)
+        running = RunningModules(model)
+        try:
+            with running:
+                model(*inputs.args, **inputs.kwargs)
+            return inputs
+        except DeadReluError:
+            raise
+        except Exception as exc:
+            if isinstance(capture.failure, DeadReluError):
+                raise capture.failure from None
+            # The root alone says nothing (a TorchScript or exported model runs its layers
+            # without Python hooks): then the hint describes the model's first layer.
+            rejected = running.innermost if running.innermost and running.innermost[0] else None
+            if isinstance(capture, DispatchCapture):
+                rejected = None  # the wrapper's Python modules are not the graph's layers
+            error = capture.op_error or exc
+            # Retried only before any site saw a tensor, so nothing of the failed pass is counted.
+            if (attempt == 0 and prepare.fed_integers and not prepare.integers_cast
+                    and prepare.input_dtype.value == "auto" and is_dtype_error(error)
+                    and not is_embedding(rejected[1] if rejected else None) and not capture.records()):
+                where = f"{rejected[0] or '<root>'} ({describe_module(rejected[1])})" if rejected else "the model"
+                prepare.cast_integers(f"integer data cast to {str(prepare.dtype).replace('torch.', '')}: {where} "
+                                      "rejected them as they were (--input-dtype float says so up front; "
+                                      "--scale 0.00392 for 0-255 images)")
+                retried = prepare(raw, stream.first_sample)
+                if retried is None:
+                    raise
+                inputs = retried
+                continue
+            raise _failed(exc, model, capture, 0, inputs, stream, rejected) from exc
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _failed(exc: Exception, model: nn.Module, capture: ActivationCapture, batch_index: int, inputs: Prepared,
+            stream: DataStream, rejected: tuple[str, nn.Module] | None) -> DeadReluError:
+    """The error to raise for a failed forward pass (the capture's own, or a ForwardError)."""
+    # Aten-level capture errors come back from TorchScript as bare RuntimeErrors.
+    if isinstance(capture.failure, DeadReluError):
+        return capture.failure
+    return _forward_error(exc, model, capture, batch_index, inputs, stream, rejected)
+
+
 def _forward_error(exc: Exception, model: nn.Module, capture: ActivationCapture, batch_index: int,
-                   inputs: Prepared, stream: DataStream) -> ForwardError:
-    """A failed forward pass with context: which batch, which input shape, which activations had run."""
+                   inputs: Prepared, stream: DataStream,
+                   rejected: tuple[str, nn.Module] | None = None) -> ForwardError:
+    """A failed forward pass with context: which batch, which input shape, which activations had run,
+    and (first batch) which module rejected the input."""
     # TorchScript re-raises an op's error from inside a dispatch mode without its text.
     exc = capture.op_error or exc
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
@@ -181,13 +258,26 @@ def _forward_error(exc: Exception, model: nn.Module, capture: ActivationCapture,
         text = lines[-1]  # the TorchScript traceback ends with the error that was raised
     ran = capture.ran_this_batch()
     where = f"; activations that ran first: {', '.join(ran[:4])}" if ran else ""
-    expected = expected_input(model)
     fed = ", ".join(str(shape) for shape in inputs.shapes)
+    dtypes = sorted({str(v.dtype).replace("torch.", "") for v in (*inputs.args, *inputs.kwargs.values())
+                     if isinstance(v, torch.Tensor)})
     data_shape = ""
     if stream.sample_shape is not None:
         total = stream.total_samples if stream.total_samples is not None else stream.num_samples
         data_shape = f"data shape {(total, *stream.sample_shape)}, "
+    if rejected is not None:
+        name, module = rejected
+        label = f"{name or '<root>'} ({describe_module(module)})"
+        if is_embedding(module):
+            hint = f"{label} rejected the input: it looks up integer ids; feed int64 token ids"
+        elif is_dtype_error(exc) and any(d.startswith(("int", "uint", "bool")) for d in dtypes):
+            hint = (f"{label} rejected the {'/'.join(dtypes)} input: pass --input-dtype float "
+                    "(and --scale for 0-255 images)")
+        else:
+            hint = f"{label} rejected the input ({'/'.join(dtypes)}); check the data's shape and dtype"
+    else:
+        expected = expected_input(model)
+        hint = (expected + "; check the data's shape") if expected else "check the data's shape and dtype"
     return ForwardError(
         f"forward pass failed on batch {batch_index} of {stream.source} ({data_shape}batch fed {fed}): "
-        f"{type(exc).__name__}: {text[:300]}{where}",
-        hint=(expected + "; check the data's shape") if expected else "check the data's shape and dtype")
+        f"{type(exc).__name__}: {text[:300]}{where}", hint=hint)

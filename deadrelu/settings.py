@@ -37,6 +37,18 @@ class NonFinitePolicy(str, Enum):
     KEEP = "keep"
 
 
+class InputDtype(str, Enum):
+    """How integer and boolean input arrays are fed."""
+
+    #: keep their dtype (token ids stay int64), unless the first forward pass fails on a
+    #: dtype error in a floating layer (uint8 images) or a scale is given: then cast
+    AUTO = "auto"
+    #: always their own dtype
+    KEEP = "keep"
+    #: always cast to the model's floating dtype
+    FLOAT = "float"
+
+
 class CompileMode(str, Enum):
     """Whether the per-batch reduction is compiled with ``torch.compile``."""
 

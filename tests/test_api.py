@@ -121,9 +121,11 @@ def test_rejudged_recomputes_the_suggestions_that_quote_counts():
 
 def test_the_kind_table_drives_module_lookup_and_the_advice_groups():
     for name in KINDS:
+        if not hasattr(nn, name):  # gated products and other libraries' classes
+            continue
         module = getattr(nn, name)(**({"num_parameters": 1} if name == "PReLU" else {}))
         assert spec_for_module(module).kind == name
-    assert ZERO_GRADIENT_KINDS == ("ReLU", "ReLU6")
+    assert ZERO_GRADIENT_KINDS == ("ReLU", "ReLU6", "Hardswish", "Hardsigmoid", "ReLUSquared")
     assert spec_for_module(nn.Linear(2, 2)) is None
 
 

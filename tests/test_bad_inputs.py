@@ -264,8 +264,10 @@ def test_empty_data(runner, f):
 def test_truncated_and_mislabelled_data(runner, f):
     arch = ["--arch", f"{f['models']}:build"]
     bad(run(runner, f["sd"], _truncate(f["x"]), *arch), "truncated.npy", "not a valid .npy file")
-    (f["dir"] / "x.txt").write_text("1,2,3\n")
-    bad(run(runner, f["sd"], f["dir"] / "x.txt", *arch), "x.txt", "unsupported data format .txt")
+    (f["dir"] / "x.dat").write_text("1,2,3\n")
+    bad(run(runner, f["sd"], f["dir"] / "x.dat", *arch), "x.dat", "unsupported data format .dat")
+    (f["dir"] / "x.txt").write_text("1,2,3\n")  # text is tokenized: it needs a tokenizer
+    bad(run(runner, f["sd"], f["dir"] / "x.txt", *arch), "x.txt", "text data needs a tokenizer")
     (f["dir"] / "fake.npz").write_text("not a zip")
     bad(run(runner, f["sd"], f["dir"] / "fake.npz", *arch), "fake.npz", "not a valid .npz file")
 

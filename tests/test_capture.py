@@ -287,7 +287,15 @@ def test_layer_globs_and_not_run_coverage():
 
 def test_model_without_activations_is_a_clear_error():
     with pytest.raises(deadrelu.CaptureError, match="no ReLU-family activation found.*Linear"):
-        deadrelu.scan(nn.Sequential(nn.Linear(3, 3), nn.Tanh()), torch.randn(4, 3), functional=False)
+        deadrelu.scan(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2)), torch.randn(4, 3), functional=False)
+
+
+def test_a_model_whose_only_activations_are_unsupported_says_so():
+    model = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3), nn.Tanh())
+    with pytest.raises(deadrelu.CaptureError,
+                       match=r"no activation deadrelu can scan in Sequential: 2 Tanh calls not scanned "
+                             r"\(unsupported kind: 1, 3\)"):
+        deadrelu.scan(model, torch.randn(4, 3), functional=False)
 
 
 def test_ambiguous_unit_axis_is_a_warning():
@@ -315,4 +323,4 @@ def test_dataloader_of_tuples_and_integer_data():
     assert result.data["samples"] == 90
     ints = deadrelu.scan(model, (x * 0).to(torch.int64) + 1, limit=20)
     assert ints.data["samples"] == 20
-    assert any("int64 integers" in w for w in ints.warnings)
+    assert any(w.startswith("integer data cast to float32: 0 (Linear(in_features=10)) rejected them") for w in ints.warnings)

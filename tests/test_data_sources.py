@@ -236,7 +236,9 @@ def test_python_source_kinds(runner, source, make):
 
 
 def test_python_source_dict_batches_need_input_key(runner, source):
-    unclear = run(runner, "--model", MODEL, "--data", f"{source}:dict_loader")
+    # "label" is a target, never fed: the one other entry is the input.
+    assert report_of(runner, "--model", MODEL, "--data", f"{source}:dict_loader")["summary"]["dead"] == 8
+    unclear = run(runner, "--model", MODEL, "--data", f"{source}:two_input_dicts")
     assert unclear.exit_code == 2 and "--input-key" in unclear.stderr
     report = report_of(runner, "--model", MODEL, "--data", f"{source}:dict_loader", "--input-key", "pixels")
     assert report["summary"]["dead"] == 8

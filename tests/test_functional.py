@@ -432,7 +432,7 @@ def test_read_call_and_spec_for_call():
     prelu = spec_for_call(read_call(F.prelu, (h, torch.tensor([0.1, -0.1, 0.2])), {}))
     assert prelu.per_channel_param and not prelu.output_sign_matches_input
     assert set(FUNCTION_NAMES) == {"relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu",
-                                   "hardtanh", "prelu", "rrelu", "clamp"}
+                                   "hardtanh", "prelu", "rrelu", "clamp", "mish", "hardswish", "hardsigmoid"}
 
 
 # -- hook lifetime ------------------------------------------------------------------------------

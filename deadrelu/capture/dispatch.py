@@ -222,6 +222,7 @@ class DispatchCapture(ActivationCapture):
         # never sees; the plain interpreter calls every op.
         self._stack.enter_context(torch.jit.optimized_execution(False))
         self.coverage.activation_modules = list(self.plan.activation_modules)
+        self.coverage.unsupported = [[module, class_name, None, why] for module, class_name, why in self.plan.unsupported]
         # The graph holds functional calls like any other op; they are sites unless turned off.
         self.coverage.functional = self.settings.functional
         self._stack.enter_context(_AtenActivationMode(self))
@@ -405,7 +406,7 @@ class DispatchCapture(ActivationCapture):
 
     def no_sites_error(self, model_name: str) -> CaptureError:
         """The error for a model in which no activation call was seen."""
-        if self.coverage.excluded:
+        if self.coverage.excluded or self.coverage.unsupported:
             return super().no_sites_error(model_name)
         types = ", ".join(self.plan.module_types[:12]) or "none"
         return CaptureError(f"no ReLU-family activation call seen in {model_name} (module types: {types}; "

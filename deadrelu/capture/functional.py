@@ -110,6 +110,9 @@ def _table() -> dict[Callable, _Entry]:
         (torch.celu_, _Entry("celu", (("alpha", 1.0),), always_inplace=True)),
         (F.gelu, _Entry("gelu")),
         (F.silu, _Entry("silu", (_INPLACE,))),
+        (F.mish, _Entry("mish", (_INPLACE,))),
+        (F.hardswish, _Entry("hardswish", (_INPLACE,))),
+        (F.hardsigmoid, _Entry("hardsigmoid", (_INPLACE,))),
         (F.hardtanh, _Entry("hardtanh", (("min_val", -1.0), ("max_val", 1.0), _INPLACE))),
         (F.hardtanh_, _Entry("hardtanh", (("min_val", -1.0), ("max_val", 1.0)), always_inplace=True)),
         (F.prelu, _Entry("prelu", (("weight", None),))),
@@ -175,6 +178,11 @@ def spec_for_call(call: FunctionalCall) -> KindSpec:
 #: Called with the recognised call and a zero-argument function that runs it; returns
 #: what the call returns.
 CallHandler = Callable[[FunctionalCall, Callable[[], Any]], Any]
+#: Called with an elementwise product's arguments and a function that runs it.
+ProductHandler = Callable[[tuple, Callable[[], Any]], Any]
+
+#: Elementwise products, where a gated MLP multiplies ``act(gate)`` by ``up``.
+PRODUCTS = frozenset({torch.Tensor.mul, torch.mul, torch.Tensor.__mul__})
 
 
 class FunctionalActivationMode(TorchFunctionMode):
@@ -186,13 +194,17 @@ class FunctionalActivationMode(TorchFunctionMode):
             its ``__torch_function__`` runs), so ``F.relu6`` calling ``hardtanh``
             inside, or the handler's own reductions, are not seen twice.
 
+        product_handler: receives ``(args, run)`` for each elementwise product
+            (``a * b``), to recognise gated MLPs; None leaves products alone.
+
     Every other torch call goes straight through; that pass-through is the whole
     overhead of functional capture.
     """
 
-    def __init__(self, handler: CallHandler) -> None:
+    def __init__(self, handler: CallHandler, product_handler: ProductHandler | None = None) -> None:
         super().__init__()
         self._handler = handler
+        self._product_handler = product_handler
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (),
                            kwargs: dict[str, Any] | None = None) -> Any:
@@ -200,14 +212,18 @@ class FunctionalActivationMode(TorchFunctionMode):
             kwargs = {}
         try:
             entry = FUNCTIONS.get(func)
-        except TypeError:
-            entry = None
+            product = entry is None and self._product_handler is not None and func in PRODUCTS
+        except TypeError:  # an unhashable callable is none of ours
+            entry, product = None, False
         if entry is not None:
             call = entry.read(args, kwargs)
             if call is not None:
                 return self._handler(call, lambda: func(*args, **kwargs))
+        elif product and not kwargs:
+            assert self._product_handler is not None
+            return self._product_handler(args, lambda: func(*args, **kwargs))
         return func(*args, **kwargs)
 
 
-__all__ = ["FunctionalCall", "FunctionalActivationMode", "FUNCTIONS", "FUNCTION_NAMES", "read_call",
-           "spec_for_call", "CallHandler"]
+__all__ = ["FunctionalCall", "FunctionalActivationMode", "FUNCTIONS", "FUNCTION_NAMES", "PRODUCTS", "read_call",
+           "spec_for_call", "CallHandler", "ProductHandler"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..kinds import KNOWN_KINDS, family
+from ..kinds import family, kind_of_class_name, looks_like_activation
 
 #: aten op (overload packet name) -> the function name sites use.
 ACTIVATION_OPS: dict[str, str] = {
@@ -33,6 +33,9 @@ ACTIVATION_OPS: dict[str, str] = {
     "prelu": "prelu", "_prelu_kernel": "prelu",
     "gelu": "gelu", "gelu_": "gelu",
     "silu": "silu", "silu_": "silu",
+    "mish": "mish", "mish_": "mish",
+    "hardswish": "hardswish", "hardswish_": "hardswish",
+    "hardsigmoid": "hardsigmoid", "hardsigmoid_": "hardsigmoid",
 }
 
 @dataclass(frozen=True)
@@ -64,22 +67,57 @@ class SitePlan:
         reason: why there is no plan (control flow, no module hierarchy...).
         activation_modules: activation modules the model contains, by qualified name.
         module_types: class names of the modules the model contains (for "nothing found").
+        unsupported: ``(module, class name, why)`` of activation modules this graph's
+            capture cannot scan: a kind deadrelu does not handle (``Tanh``), or a known
+            kind computed without an aten activation op (``NewGELUActivation``'s tanh
+            formula), which only an eager scan sees.
     """
 
     sites: tuple[PlannedSite, ...] | None
     reason: str | None = None
     activation_modules: tuple[str, ...] = ()
     module_types: tuple[str, ...] = ()
+    unsupported: tuple[tuple[str, str, str], ...] = ()
+
+
+#: why a module of a known kind made no activation op in a graph
+NO_ACTIVATION_OP = "computes its activation without an aten activation op; only an eager scan sees it"
+UNSUPPORTED_KIND = "unsupported kind"
+
+
+def _sort_modules(candidates: dict[str, str], called: set[str], leaves: set[str]
+                  ) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """Split a graph's activation-like modules into scannable ones and ones listed as not scanned.
+
+    Args:
+        candidates: leaf-or-known module path -> class name.
+        called: module paths that made an activation op.
+        leaves: module paths without submodules.
+    """
+    activation, unsupported = [], []
+    for path, type_name in candidates.items():
+        kind = kind_of_class_name(type_name)
+        if kind is not None:
+            # A torch.nn class always makes its aten op when it runs; another library's
+            # class named like a kind may compute the formula by hand (tanh, pow).
+            if path in called or type_name == kind:
+                activation.append(path)
+            else:
+                unsupported.append((path, type_name, NO_ACTIVATION_OP))
+        elif path in leaves and looks_like_activation(type_name):
+            unsupported.append((path, type_name, UNSUPPORTED_KIND))
+    return activation, unsupported
 
 
 def plan_from_calls(calls: list[tuple[str, str, str | None]], activation_modules: tuple[str, ...],
-                    module_types: tuple[str, ...]) -> SitePlan:
+                    module_types: tuple[str, ...], unsupported: tuple[tuple[str, str, str], ...] = ()) -> SitePlan:
     """Number a graph's activation calls the way eager scans number them.
 
     Args:
         calls: ``(op_function, calling_module_path, calling_module_type)`` in call order.
         activation_modules: activation modules of the model.
         module_types: class names of its modules.
+        unsupported: activation modules that cannot be scanned (see ``SitePlan``).
 
     Returns:
         The plan.
@@ -88,13 +126,15 @@ def plan_from_calls(calls: list[tuple[str, str, str | None]], activation_modules
     sites = []
     for op_function, path, type_name in calls:
         short_type = type_name.rsplit(".", 1)[-1] if type_name else None
-        is_module = short_type in KNOWN_KINDS and path != ""
+        # Named as eager scans name it: a call made by an activation module (nn.GELU, or
+        # transformers' GELUActivation calling F.gelu) is that module's site, ``mlp.act``.
+        is_module = short_type is not None and kind_of_class_name(short_type) is not None and path != ""
         function = None if is_module else op_function
         key = (path, function)
         call_index = counts.get(key, 0)
         counts[key] = call_index + 1
         sites.append(PlannedSite(path, function, call_index, op_function, short_type if is_module else None))
-    return SitePlan(tuple(sites), None, activation_modules, module_types)
+    return SitePlan(tuple(sites), None, activation_modules, module_types, unsupported)
 
 
 # -- TorchScript plans ----------------------------------------------------------------------
@@ -181,26 +221,33 @@ def _script_calls(nodes: Any, resolve: _HierarchyResolver) -> list[tuple[str, st
 
 def torchscript_plan(model: torch.jit.ScriptModule) -> SitePlan:
     """The activation calls of a ScriptModule's inlined graph, named from its module hierarchy."""
-    activation_modules, types = [], set()
+    candidates: dict[str, str] = {}
+    leaves: set[str] = set()
+    types = set()
     for name, module in model.named_modules():
         original = _original_name(module)
         types.add(original)
-        if original in KNOWN_KINDS and name:
-            activation_modules.append(name)
+        if name and not any(True for _ in module.children()):
+            leaves.add(name)
+        if name and (kind_of_class_name(original) is not None or name in leaves):
+            candidates[name] = original
     module_types = tuple(sorted(types - {_original_name(model)}))
+
+    def without_plan(reason: str) -> SitePlan:
+        activation, unsupported = _sort_modules(candidates, set(candidates), leaves)
+        return SitePlan(None, reason, tuple(activation), module_types, tuple(unsupported))
+
     try:
         graph = model.inlined_graph
         calls = _script_calls(graph.nodes(), _HierarchyResolver(model))
     except _UnclearHierarchy as exc:
-        return SitePlan(None, f"the TorchScript call hierarchy is ambiguous ({exc})", tuple(activation_modules),
-                        module_types)
+        return without_plan(f"the TorchScript call hierarchy is ambiguous ({exc})")
     except Exception as exc:  # getModuleHierarchy is missing in old torch; some graphs do not inline
-        return SitePlan(None, f"the TorchScript graph cannot be read ({type(exc).__name__})",
-                        tuple(activation_modules), module_types)
+        return without_plan(f"the TorchScript graph cannot be read ({type(exc).__name__})")
     if calls is None:
-        return SitePlan(None, "activation calls sit inside control flow (if/loop) in the TorchScript graph",
-                        tuple(activation_modules), module_types)
-    return plan_from_calls(calls, tuple(activation_modules), module_types)
+        return without_plan("activation calls sit inside control flow (if/loop) in the TorchScript graph")
+    activation, unsupported = _sort_modules(candidates, {path for _f, path, _t in calls}, leaves)
+    return plan_from_calls(calls, tuple(activation), module_types, tuple(unsupported))
 
 
 # -- torch.export plans ---------------------------------------------------------------------
@@ -225,7 +272,7 @@ def export_plan(program: Any) -> SitePlan:
         The plan (positional when a control-flow operator holds activations).
     """
     calls: list[tuple[str, str, str | None]] = []
-    activation_modules: dict[str, None] = {}
+    seen: dict[str, str] = {}
     types: set[str] = set()
     reason = None
     for node in program.graph.nodes:
@@ -234,8 +281,8 @@ def export_plan(program: Any) -> SitePlan:
             short = str(type_name).rsplit(".", 1)[-1]
             types.add(short)
             clean = _PATH_CLEANUP.sub("", str(path))
-            if short in KNOWN_KINDS and clean:
-                activation_modules[clean] = None
+            if clean:
+                seen[clean] = short
         if node.op != "call_function":
             continue
         if isinstance(node.target, torch._ops.HigherOrderOperator):
@@ -251,9 +298,15 @@ def export_plan(program: Any) -> SitePlan:
             calls.append((ACTIVATION_OPS[op], "", None))
     root = {str(t).rsplit(".", 1)[-1] for p, t in _root_entries(program)}
     module_types = tuple(sorted(types - root))
+    # Only modules that ran appear in nn_module_stack: a leaf is a path no other path extends.
+    leaves = {path for path in seen if not any(other.startswith(path + ".") for other in seen)}
+    candidates = {path: short for path, short in seen.items()
+                  if kind_of_class_name(short) is not None or path in leaves}
+    called = {path for _f, path, _t in calls} if reason is None else set(candidates)
+    activation, unsupported = _sort_modules(candidates, called, leaves)
     if reason is not None:
-        return SitePlan(None, reason, tuple(activation_modules), module_types)
-    return plan_from_calls(calls, tuple(activation_modules), module_types)
+        return SitePlan(None, reason, tuple(activation), module_types, tuple(unsupported))
+    return plan_from_calls(calls, tuple(activation), module_types, tuple(unsupported))
 
 
 def _root_entries(program: Any) -> list[tuple[str, str]]:

@@ -108,7 +108,7 @@ class CaptureSession:
             self.engine.__exit__(*exc_info)
 
     def _start(self, module: nn.Module, args: tuple) -> None:
-        self.begin_batch()
+        self.engine.begin_batch()  # the mask set with set_mask() stays
         first = args[0] if args else None
         if isinstance(first, torch.Tensor) and first.ndim > 0:
             self.samples += int(first.shape[0])
@@ -117,9 +117,20 @@ class CaptureSession:
         self.end_batch()
 
     # -- batches --------------------------------------------------------------------------
-    def begin_batch(self) -> None:
-        """Mark the start of one forward pass (fresh per-forward call counters)."""
+    def begin_batch(self, mask: torch.Tensor | None = None) -> None:
+        """Mark the start of one forward pass (fresh per-forward call counters).
+
+        Args:
+            mask: the padding mask of this batch, ``(N, L)``, 1 at real tokens and 0 at
+                padding: padded positions are left out of every statistic at sites whose
+                activation starts with those axes.
+        """
         self.engine.begin_batch()
+        self.engine.set_mask(mask)
+
+    def set_mask(self, mask: torch.Tensor | None) -> None:
+        """The padding mask for the following forward passes (``(N, L)``, 1 = real token), or None."""
+        self.engine.set_mask(mask)
 
     def end_batch(self) -> None:
         """Mark its end."""

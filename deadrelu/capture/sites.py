@@ -10,6 +10,7 @@ attributed to.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import itertools
 import time
@@ -25,12 +26,13 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 from torch.overrides import TorchFunctionMode
 
 from ..errors import CaptureError
-from ..kinds import KNOWN_KINDS, ActiveRule, KindSpec, floor_tolerance, is_inplace, spec_for_module
+from ..kinds import (GATED_KINDS, KINDS, KNOWN_KINDS, ActiveRule, KindSpec, floor_tolerance, is_inplace,
+                     looks_like_activation, spec_for_module)
 from ..settings import Granularity, ScanSettings
 from ..result import InputLink
 from ..stats import Accumulator, CompiledReduction, ReductionPlan, ReductionWorkspace, SiteStats
 from .functional import FunctionalActivationMode, FunctionalCall, spec_for_call
-from .units import NORM_LAYERS, PRODUCERS, producer_of_module, resolve_unit_dim
+from .units import NORM_LAYERS, PRODUCERS, is_producer, producer_of_module, resolve_unit_dim
 
 ROOT_NAME = "<root>"
 
@@ -64,6 +66,10 @@ class SiteRecord:
     accumulator: Accumulator
     activation: nn.Module | None = None
     calls: int = 0
+    #: a padding mask was given but this site's activation does not start with its (N, L) axes
+    unmasked: bool = False
+    #: the plan for the masked (real positions only) view, made on first use
+    masked_plan: ReductionPlan | None = None
     link: InputLink | None = None
 
     def check_shape(self, shape: torch.Size, granularity: Granularity) -> None:
@@ -91,6 +97,11 @@ class Coverage:
     warnings: list[str] = field(default_factory=list)
     #: whether functional calls (``F.relu`` in ``forward``) were captured
     functional: bool = False
+    #: activation modules not scanned: ``[module, class name, calls in the first forward
+    #: pass (None when unknown), why]`` (an unsupported kind, or no aten op to see)
+    unsupported: list[list[Any]] = field(default_factory=list)
+    #: whether a padding mask was applied (``set_mask``) in any forward pass
+    masked: bool = False
 
 
 def _mutates_first_argument(name: str) -> bool:
@@ -191,6 +202,15 @@ class ActivationCapture:
         self._in_batch = False
         self._mode: FunctionalActivationMode | None = None
         self._mode_on = False
+        # Gated MLPs: recent activation outputs (by weakref) and the site that made each, so
+        # that ``act(gate) * up`` is recognised as a gated product of that site's units.
+        self._gate_outputs: deque[tuple[weakref.ref, SiteRecord]] = deque(maxlen=8)
+        self._unit_hint: tuple[torch.Tensor, int | None] | None = None
+        # Padding mask of the current forward pass: (N, L) bool, its flat view, and
+        # whether every position is real (then nothing needs leaving out).
+        self._mask: torch.Tensor | None = None
+        self._flat_mask: torch.Tensor | None = None
+        self._mask_full = True
         self._watch_on = False
 
     # -- lifetime -------------------------------------------------------------------------
@@ -238,12 +258,33 @@ class ActivationCapture:
                 post = module.register_forward_hook(self._post_hook(name))
                 self._stack.callback(pre.remove)
                 self._stack.callback(post.remove)
-            elif isinstance(module, PRODUCERS):
+            elif is_producer(module):
                 self._producer_names[module] = name
                 handle = module.register_forward_hook(self._producer_hook)
                 producer_stack.callback(handle.remove)
+            elif self._unsupported_activation(name, module):
+                # Counted during the first forward pass only (the hook goes with the producer hooks).
+                entry = [name, type(module).__name__, 0, "unsupported kind"]
+                self.coverage.unsupported.append(entry)
+                handle = module.register_forward_hook(self._count_hook(entry))
+                producer_stack.callback(handle.remove)
         if self.settings.functional:
             self._register_functional()
+
+    def _unsupported_activation(self, name: str, module: nn.Module) -> bool:
+        """A leaf module that is an activation of a kind deadrelu does not scan (``Tanh``,
+        ``LaplaceActivation``), outside any scanned activation module."""
+        if next(module.children(), None) is not None:
+            return False
+        if not looks_like_activation(type(module).__name__, type(module).__module__):
+            return False
+        return not any(name.startswith(parent + ".") for parent in self.coverage.activation_modules if parent)
+
+    def _count_hook(self, entry: list[Any]) -> Callable:
+        def count(module: nn.Module, args: Any, output: Any) -> None:
+            if self._in_batch:
+                entry[2] += 1
+        return count
 
     def _register_functional(self) -> None:
         """Global module hooks for the module stack, then the mode that sees functional calls."""
@@ -258,7 +299,7 @@ class ActivationCapture:
         # is on pays a Python pass-through (~2-4 us), and the tool's own work between
         # forward passes (input checks, the data loader) is not the model's. The ExitStack
         # turns it off if a forward pass raised before end_batch.
-        self._mode = FunctionalActivationMode(self._functional_call)
+        self._mode = FunctionalActivationMode(self._functional_call, self._product_call)
         self._stack.callback(self._leave_mode)
         self.coverage.functional = True
 
@@ -279,6 +320,7 @@ class ActivationCapture:
         self._calls.clear()
         self._pending.clear()
         self._module_stack.clear()
+        self._gate_outputs.clear()
         self._activation_depth = 0
         self._in_batch = True
         if self._discovering and self._watch is not None and not self._watch_on:
@@ -296,9 +338,28 @@ class ActivationCapture:
         self._module_stack.extend(stack)
         self._activation_depth = depth
 
+    def set_mask(self, mask: torch.Tensor | None) -> None:
+        """The padding mask of the coming forward pass.
+
+        Args:
+            mask: ``(N, L)``, nonzero/True at real positions and 0/False at padding; None
+                for no mask. Sites whose activation starts with the ``(N, L)`` axes (or is
+                their flattened ``(N*L, ...)`` view) leave padded positions out of every
+                statistic; other sites are marked ``unmasked``.
+        """
+        if mask is None:
+            self._mask = self._flat_mask = None
+            self._mask_full = True
+            return
+        self._mask = mask if mask.dtype == torch.bool else mask != 0
+        self._flat_mask = self._mask.reshape(-1)
+        self._mask_full = bool(self._mask.all())
+        self.coverage.masked = True
+
     def end_batch(self) -> None:
         """Record call counts of this forward pass; stop tracking producers after the first."""
         self._in_batch = False
+        self._gate_outputs.clear()
         self._leave_mode()
         self._leave_watch()
         for key, count in self._calls.items():
@@ -405,6 +466,47 @@ class ActivationCapture:
         output = run()
         if isinstance(output, torch.Tensor):
             self.observe(site, output, output if active_source is None else active_source)
+            self._gate_outputs.append((weakref.ref(output), site))
+        return output
+
+    def _product_call(self, args: tuple, run: Callable[[], Any]) -> Any:
+        """``act(gate) * up`` in a gated MLP: the product, of the same shape as the
+        activation's output, is a site of its own (``mlp:swiglu#0``) with the gate's units."""
+        if not self._in_batch or self._activation_depth or not self._gate_outputs or len(args) < 2:
+            return run()
+        left, right = args[0], args[1]
+        if not (isinstance(left, torch.Tensor) and isinstance(right, torch.Tensor)) or left.shape != right.shape:
+            return run()
+        gate = None
+        for reference, record in reversed(self._gate_outputs):
+            tensor = reference()
+            if tensor is left or tensor is right:
+                gate = record
+                break
+        if gate is None or not left.is_floating_point():
+            return run()
+        output = run()
+        if not isinstance(output, torch.Tensor):
+            return output
+        kind = GATED_KINDS.get(gate.spec.kind, "GLU")
+        function = kind.lower()
+        module_name = self._module_stack[-1][1] if self._module_stack else ""
+        key = (module_name, function)
+        call_index = self._calls.get(key, 0)
+        self._calls[key] = call_index + 1
+        site_key = (module_name, function, call_index)
+        with torch._C.DisableTorchFunction():
+            if site_key in self._sites:
+                site = self._sites[site_key]
+            else:
+                self._unit_hint = (output, gate.unit_dim)
+                try:
+                    site = self._site(module_name, function, call_index, KINDS[kind].spec({}), output, None)
+                finally:
+                    self._unit_hint = None
+            if site is not None:
+                # Active where the product is not 0: judged on |product| > 0.
+                self.observe(site, output, output.abs())
         return output
 
     def _pre_hook(self, name: str, module: nn.Module, spec: KindSpec) -> Callable:
@@ -442,6 +544,8 @@ class ActivationCapture:
             # functional mode (and its Python pass-through per op).
             with torch._C.DisableTorchFunction():
                 self.observe(site, output, output if active_source is None else active_source)
+            if self._mode_on:
+                self._gate_outputs.append((weakref.ref(output), site))
         return post_hook
 
     # -- sites ----------------------------------------------------------------------------
@@ -492,7 +596,7 @@ class ActivationCapture:
             ceiling_at = None
         # The least output by definition lets the reduction use exact identities (ReLU:
         # sum |h| == sum h; ReLU6/Hardtanh: at the lower bound == not active).
-        if spec.kind == "ReLU":
+        if spec.kind in ("ReLU", "ReLUSquared"):
             output_floor: float | None = 0.0
         else:
             output_floor = spec.floor if spec.active_rule is ActiveRule.ABOVE_LOWER else None
@@ -507,6 +611,8 @@ class ActivationCapture:
                   link: InputLink | None = None) -> tuple[int | None, str | None]:
         """The unit axis of a new site's tensor, judged from the module that produced it
         (aten-level capture overrides this to judge from the producing op)."""
+        if self._unit_hint is not None and self._unit_hint[0] is inputs:
+            return self._unit_hint[1], None  # a gated product has its gate's units
         producer = self._producer_of(inputs) if self._discovering else None
         if producer is None and link is not None and link.how == "enclosing" and link.layer is not None:
             producer = self.model.get_submodule(link.layer)  # the norm layer the activation sits in
@@ -518,14 +624,45 @@ class ActivationCapture:
         """Reduce one call's output into the site's accumulator; keeps no reference to it."""
         start = time.perf_counter()
         site.check_shape(output.shape, self.settings.granularity)
+        plan = site.plan
+        if self._mask is not None:
+            output, active_source, plan = self._real_positions(site, output, active_source)
         if torch.is_grad_enabled():  # a training forward pass: the statistics are not part of its graph
             with torch.no_grad():
-                site.accumulator.update(output, active_source, site.plan, self.workspace, self.compiled)
+                site.accumulator.update(output, active_source, plan, self.workspace, self.compiled)
         else:
-            site.accumulator.update(output, active_source, site.plan, self.workspace, self.compiled)
+            site.accumulator.update(output, active_source, plan, self.workspace, self.compiled)
         site.calls += 1
         # Host time only (no device sync): what the compile decision weighs.
         self.reduce_seconds += time.perf_counter() - start
+
+    def _real_positions(self, site: SiteRecord, output: torch.Tensor, active_source: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, ReductionPlan]:
+        """The observations at real (unpadded) positions, and the plan that reduces them."""
+        mask, shape = self._mask, output.shape
+        assert mask is not None and self._flat_mask is not None
+        starts_with_mask = (output.ndim >= 3 and tuple(shape[:2]) == tuple(mask.shape)
+                            and site.unit_dim is not None and site.unit_dim >= 2
+                            and self.settings.granularity is Granularity.CHANNEL)
+        # A (N*L, D) view of the same positions (some MLPs flatten tokens before the FFN).
+        flattened = (output.ndim == 2 and shape[0] == mask.numel() and site.unit_dim == 1
+                     and (mask.shape[1] > 1 or tuple(shape[:1]) == tuple(mask.shape[:1])))
+        if not (starts_with_mask or flattened):
+            site.unmasked = True
+            return output, active_source, site.plan
+        if self._mask_full:
+            return output, active_source, site.plan
+        # Gathering the real positions (R, ...) leaves the padding out of every statistic,
+        # and each unit's observation count is the number of real tokens (times inner axes).
+        index = mask if starts_with_mask else self._flat_mask
+        picked = output[index]
+        active = picked if active_source is output else active_source[index]
+        if flattened:
+            return picked, active, site.plan
+        if site.masked_plan is None:
+            dims = (0,) + tuple(axis - 1 for axis in site.plan.dims if axis >= 2)
+            site.masked_plan = dataclasses.replace(site.plan, dims=dims)
+        return picked, active, site.masked_plan
 
     # -- the contract's queries -----------------------------------------------------------
     @property
@@ -545,6 +682,10 @@ class ActivationCapture:
         if self.coverage.activation_modules:
             return CaptureError("the model's activation modules never ran on this data",
                                 hint=f"modules found: {', '.join(self.coverage.activation_modules[:6])}")
+        if self.coverage.unsupported:
+            return CaptureError(f"no activation deadrelu can scan in {model_name}: "
+                                f"{unsupported_summary(self.coverage.unsupported)}",
+                                hint=f"deadrelu scans {', '.join(KNOWN_KINDS)}")
         types = sorted({type(m).__name__ for m in self.model.modules()} - {type(self.model).__name__})
         functional = ("no functional activation (F.relu...) ran either" if self.coverage.functional
                       else "functional calls (F.relu...) were not captured: --no-functional")
@@ -574,3 +715,26 @@ class ActivationCapture:
 
     def finalize(self, record: SiteRecord) -> SiteStats:
         return record.accumulator.finalize()
+
+
+def unsupported_summary(entries: list[list[Any]]) -> str:
+    """``19 Hardswish calls not scanned (unsupported kind); 2 NewGELUActivation modules ...``.
+
+    Args:
+        entries: ``Coverage.unsupported`` rows ``[module, class, calls or None, why]``.
+
+    Returns:
+        One line, grouped by class and reason, in the order first seen.
+    """
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for module, class_name, calls, why in entries:
+        group = groups.setdefault((class_name, why), [0, 0, []])
+        group[0] += 1
+        group[1] += calls or 0
+        group[2].append(module)
+    parts = []
+    for (class_name, why), (modules, calls, names) in groups.items():
+        count, noun = (calls, "call") if calls else (modules, "module")
+        where = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        parts.append(f"{count} {class_name} {noun}{'s' if count != 1 else ''} not scanned ({why}: {where})")
+    return "; ".join(parts)

@@ -24,6 +24,16 @@ CHANNEL_AXIS_PRODUCERS: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
 )
 PRODUCERS = LAST_AXIS_PRODUCERS + CHANNEL_AXIS_PRODUCERS
+#: Producers outside ``torch.nn`` with features on the last axis, by class name -> width attribute
+#: (transformers' GPT-2 ``Conv1D`` is a Linear with transposed weights).
+NAMED_LAST_AXIS_PRODUCERS = {"Conv1D": "nf"}
+
+
+def is_producer(module: nn.Module) -> bool:
+    """Whether a module produces features whose axis its type tells (Linear, Conv, norms, GPT-2's Conv1D)."""
+    return isinstance(module, PRODUCERS) or type(module).__name__ in NAMED_LAST_AXIS_PRODUCERS
+
+
 #: normalisation layers, recognised by isinstance (timm's BatchNormAct2d is a BatchNorm2d with children)
 NORM_LAYERS: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
                                            nn.modules.instancenorm._InstanceNorm) + (
@@ -69,6 +79,10 @@ def producer_width(module: nn.Module) -> int | None:
 
 def producer_of_module(module: nn.Module) -> Producer:
     """A module as a producer (its feature axis from its type)."""
+    width_attribute = NAMED_LAST_AXIS_PRODUCERS.get(type(module).__name__)
+    if width_attribute is not None:
+        width = getattr(module, width_attribute, None)
+        return Producer(type(module).__name__, "last", width if isinstance(width, int) else None)
     axis = "last" if isinstance(module, LAST_AXIS_PRODUCERS) else (
         "channel" if isinstance(module, CHANNEL_AXIS_PRODUCERS) else None)
     return Producer(type(module).__name__, axis, producer_width(module))
@@ -124,5 +138,6 @@ def resolve_unit_dim(shape: tuple[int, ...], producer: Producer | None, last_pro
     return 1, f"unit axis is ambiguous ({why}); assumed axis 1"
 
 
-__all__ = ["NORM_LAYERS", "Producer", "producer_of_module", "producer_of_op", "producer_width", "resolve_unit_dim", "PRODUCERS",
+__all__ = ["NAMED_LAST_AXIS_PRODUCERS", "NORM_LAYERS", "is_producer", "Producer", "producer_of_module",
+           "producer_of_op", "producer_width", "resolve_unit_dim", "PRODUCERS",
            "LAST_AXIS_PRODUCERS", "CHANNEL_AXIS_PRODUCERS", "LAST_AXIS_OPS", "CHANNEL_AXIS_OPS"]

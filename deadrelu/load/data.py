@@ -58,6 +58,9 @@ class DataStream:
         notes: facts about loading the user should see (casts, limits, subsets).
         sha256: digest of the file, for reports.
         total_samples: samples in the source before ``--limit``, if known.
+        kwargs: entries of its dict batches fed as keyword arguments unless the caller
+            says otherwise (text data: ``input_ids``, ``attention_mask``).
+        mask: the entry that is the padding mask unless the caller says otherwise.
         select: for sources that can seek (arrays, files, Datasets, sequential
             DataLoaders), ``select(start, stop)`` is this stream restricted to its samples
             ``[start, stop)``, reading only those (``deadrelu.distributed`` shards with it).
@@ -77,6 +80,8 @@ class DataStream:
     notes: list[str] = field(default_factory=list)
     sha256: str | None = None
     total_samples: int | None = None
+    kwargs: tuple[str, ...] = ()
+    mask: str | None = None
     select: Callable[[int, int], DataStream] | None = None
     batch_size: int | None = None
     first_sample: int = 0
@@ -153,8 +158,9 @@ def _copy_rows(array: np.ndarray | torch.Tensor, start: int, stop: int,
 
 def _array_batches(arrays: Sequence[np.ndarray | torch.Tensor], batch_size: int, count: int,
                    indices: np.ndarray | None, droppers: Sequence[_PageDropper],
-                   offset: int = 0) -> Callable[[], Iterator[Batch]]:
-    # Rows [offset, offset + count) of the arrays (of ``indices`` when given).
+                   offset: int = 0, names: Sequence[str] | None = None) -> Callable[[], Iterator[Batch]]:
+    # Rows [offset, offset + count) of the arrays (of ``indices`` when given); with ``names``,
+    # dict batches of the arrays by name (fed by name: keyword inputs, the mask).
     def batches() -> Iterator[Batch]:
         try:
             for start in range(offset, offset + count, batch_size):
@@ -164,7 +170,10 @@ def _array_batches(arrays: Sequence[np.ndarray | torch.Tensor], batch_size: int,
                     first, end = (start, stop) if indices is None else (int(indices[start]), int(indices[stop - 1]) + 1)
                     for dropper in droppers:
                         dropper.release(first, end)
-                yield parts[0] if len(parts) == 1 else ModelInputs(parts)
+                if names is not None:  # named entries: fed by name (keyword inputs, the mask)
+                    yield dict(zip(names, parts))
+                else:
+                    yield parts[0] if len(parts) == 1 else ModelInputs(parts)
         finally:
             for dropper in droppers:
                 dropper.close()
@@ -345,7 +354,8 @@ def _check_dtype(array: np.ndarray | torch.Tensor, source: str) -> None:
 
 def _array_stream(arrays: Sequence[np.ndarray | torch.Tensor], source: str, batch_size: int, limit: int | None,
                   notes: list[str] | None = None, sha256: str | None = None, shuffle_seed: int | None = None,
-                  droppers: Sequence[_PageDropper] = (), names: Sequence[str] = ()) -> DataStream:
+                  droppers: Sequence[_PageDropper] = (), names: Sequence[str] = (), named: bool = False
+                  ) -> DataStream:
     head = arrays[0]
     for array in arrays:
         _check_dtype(array, source)
@@ -373,16 +383,19 @@ def _array_stream(arrays: Sequence[np.ndarray | torch.Tensor], source: str, batc
     elif shuffle_seed is not None:
         notes.append("--shuffle-seed has no effect without --limit: every sample was scanned "
                      "(statistics do not depend on order)")
-    if len(arrays) > 1:
+    if len(arrays) > 1 and not named:
         shapes = ", ".join(f"{name} {tuple(a.shape[1:])}" for name, a in zip(names, arrays))
         notes.append(f"model fed {len(arrays)} inputs per batch: {shapes}")
-    stream = DataStream(source=source, batches=_array_batches(arrays, batch_size, count, indices, droppers),
+    batch_names = list(names) if named else None
+    stream = DataStream(source=source, batches=_array_batches(arrays, batch_size, count, indices, droppers,
+                                                              names=batch_names),
                         num_samples=count, sample_shape=tuple(head.shape[1:]),
                         dtype=str(head.dtype).replace("torch.", ""), notes=notes, sha256=sha256,
                         total_samples=total, batch_size=batch_size)
 
     def select(start: int, stop: int) -> DataStream:
-        return replace(stream, batches=_array_batches(arrays, batch_size, stop - start, indices, droppers, start),
+        return replace(stream, batches=_array_batches(arrays, batch_size, stop - start, indices, droppers, start,
+                                                      names=batch_names),
                        num_samples=stop - start, notes=list(stream.notes), select=None)
     stream.select = select
     return stream
@@ -476,7 +489,8 @@ def _dataset_stream(dataset: Any, source: str, batch_size: int, limit: int | Non
 
 
 def as_stream(data: Any, batch_size: int = 256, limit: int | None = None, shuffle_seed: int | None = None,
-              key: str | Sequence[str] | None = None, source: str | None = None, **file_options: Any) -> DataStream:
+              key: str | Sequence[str] | None = None, source: str | None = None, named: bool = False,
+              **file_options: Any) -> DataStream:
     """Turn what a user has into a ``DataStream``.
 
     Args:
@@ -489,6 +503,8 @@ def as_stream(data: Any, batch_size: int = 256, limit: int | None = None, shuffl
         shuffle_seed: with ``limit``, scan a random subset drawn with this seed.
         key: the entry (or entries) of a dict to feed.
         source: how to name the data in reports and messages.
+        named: batches of several arrays are dicts by name (for keyword inputs and a
+            mask), not positional ``ModelInputs``.
         **file_options: passed to ``load_data`` for paths.
 
     Returns:
@@ -498,7 +514,7 @@ def as_stream(data: Any, batch_size: int = 256, limit: int | None = None, shuffl
         return data
     if isinstance(data, (str, os.PathLike)):
         return load_data(data, batch_size=batch_size, limit=limit, key=key, shuffle_seed=shuffle_seed,
-                         **file_options)
+                         named=named, **file_options)
     if isinstance(data, (torch.Tensor, np.ndarray)):
         name = source or f"<{type(data).__name__} {tuple(data.shape)}>"
         return _array_stream([data], name, batch_size, limit, shuffle_seed=shuffle_seed)
@@ -509,7 +525,7 @@ def as_stream(data: Any, batch_size: int = 256, limit: int | None = None, shuffl
             raise DataLoadError(f"{name}: a dict without tensors or arrays ({', '.join(map(str, list(data)[:6]))})",
                                 hint="return a tensor, an ndarray, a dict of them, a Dataset or a DataLoader")
         chosen, names = _pick(arrays, _keys(key), name)
-        return _array_stream(chosen, name, batch_size, limit, shuffle_seed=shuffle_seed, names=names)
+        return _array_stream(chosen, name, batch_size, limit, shuffle_seed=shuffle_seed, names=names, named=named)
     from torch.utils.data import DataLoader, Dataset, IterableDataset
 
     if isinstance(data, Dataset) and not isinstance(data, IterableDataset) and hasattr(data, "__getitem__"):
@@ -524,7 +540,7 @@ def as_stream(data: Any, batch_size: int = 256, limit: int | None = None, shuffl
 
 def load_data(path: str | os.PathLike, batch_size: int = 256, limit: int | None = None,
               key: str | Sequence[str] | None = None, columns: Sequence[str] | None = None,
-              shuffle_seed: int | None = None) -> DataStream:
+              shuffle_seed: int | None = None, named: bool = False) -> DataStream:
     """Open a data file as a stream of batches.
 
     Args:
@@ -538,6 +554,7 @@ def load_data(path: str | os.PathLike, batch_size: int = 256, limit: int | None 
             several model inputs, fed as ``model(a, b)``.
         columns: table columns to use, in this order (default: every numeric column).
         shuffle_seed: with ``limit``, scan a random subset drawn with this seed.
+        named: batches are dicts of the ``key`` arrays by name (for keyword inputs).
 
     Returns:
         The stream.
@@ -576,11 +593,12 @@ def load_data(path: str | os.PathLike, batch_size: int = 256, limit: int | None 
     if columns and suffix not in TABLE_SUFFIXES:
         notes.append("--columns ignored: only tables (.csv, .parquet) have columns")
     return _array_stream(arrays, str(path), batch_size, limit, notes=notes, sha256=digest, shuffle_seed=shuffle_seed,
-                         droppers=droppers, names=names)
+                         droppers=droppers, names=names, named=named)
 
 
 def load_python_data(spec: str, batch_size: int = 256, limit: int | None = None,
-                     key: str | Sequence[str] | None = None, shuffle_seed: int | None = None) -> DataStream:
+                     key: str | Sequence[str] | None = None, shuffle_seed: int | None = None,
+                     named: bool = False) -> DataStream:
     """Data from a Python source: ``package.module:make`` or ``path/to/file.py:make``.
 
     ``make()`` is called without arguments and may return a tensor, an ndarray, a dict
@@ -592,6 +610,7 @@ def load_python_data(spec: str, batch_size: int = 256, limit: int | None = None,
         limit: feed at most this many samples.
         key: for a dict, the entry (or entries) to feed.
         shuffle_seed: with ``limit``, scan a random subset (tensors, arrays, Datasets).
+        named: a dict's arrays come as dicts by name (for keyword inputs).
 
     Returns:
         The stream.
@@ -613,7 +632,7 @@ def load_python_data(spec: str, batch_size: int = 256, limit: int | None = None,
     if value is None:
         raise DataLoadError(f"--data {spec} returned None", hint="return a tensor, ndarray, Dataset or DataLoader")
     stream = as_stream(value, batch_size=batch_size, limit=limit, shuffle_seed=shuffle_seed, key=key,
-                       source=f"{spec} ({type(value).__name__})")
+                       source=f"{spec} ({type(value).__name__})", named=named)
     from torch.utils.data import DataLoader
 
     if isinstance(value, DataLoader):

@@ -9,6 +9,7 @@ that names it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DataLoadError, DeadReluError
-from ..settings import NonFinitePolicy
+from ..settings import InputDtype, NonFinitePolicy
 from .data import DataStream, ModelInputs
 from .exported import ExportedModel
 
@@ -122,12 +123,31 @@ def check_batched(model: nn.Module, stream: DataStream) -> None:
 
 
 class Prepared(NamedTuple):
-    """One batch ready for ``model(*args, **kwargs)``."""
+    """One batch ready for ``model(*args, **kwargs)``.
+
+    Attributes:
+        mask: the batch's padding mask, ``(N, L)`` bool on the model's device (True at
+            real positions), or None.
+    """
 
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     samples: int
     shapes: tuple[tuple[int, ...], ...]
+    mask: torch.Tensor | None = None
+
+
+#: Dict-batch entries that are targets: never fed to the model unless named.
+LABEL_KEYS = ("labels", "label", "targets", "target", "y")
+
+#: Text of errors that a layer raises when it is fed the wrong dtype.
+_DTYPE_ERROR = re.compile(r"dtype|scalar type|type \(|should be the same|not implemented for '|Byte|Long|Char",
+                          re.IGNORECASE)
+
+
+def is_dtype_error(exc: BaseException) -> bool:
+    """Whether a forward-pass error reads as a dtype mismatch (not a shape error)."""
+    return bool(_DTYPE_ERROR.search(str(exc).split("\n", 1)[0]))
 
 
 class InputPreparer:
@@ -135,21 +155,49 @@ class InputPreparer:
 
     A tensor batch is the input; an ``(x, y)`` tuple feeds ``x``; ``ModelInputs`` feeds
     every element (``model(a, b)``); a dict feeds its input entry. With ``input_keys``
-    the named dict entries (or tuple positions) are fed, in that order. ``input_fn``
-    overrides all of this: it maps a raw batch to a tensor, a tuple of positional
-    inputs, or a dict of keyword inputs.
+    the named dict entries (or tuple positions) are fed, in that order; with
+    ``kwarg_keys`` the named dict entries are fed as keyword arguments of the same name.
+    A dict batch holding ``input_ids`` with nothing named (a Hugging Face batch) feeds
+    every entry but the labels as keyword arguments, and its ``attention_mask`` is the
+    padding mask. ``input_fn`` overrides all of this: it maps a raw batch to a tensor, a
+    tuple of positional inputs, or a dict of keyword inputs.
+
+    Integer and boolean inputs keep their dtype (token ids), unless ``input_dtype`` is
+    ``float`` or a ``scale`` is given; floating inputs are cast to the model's dtype.
+    ``cast_integers()`` switches to casting (the scan does so when a floating layer
+    rejects integer data, e.g. uint8 images).
     """
 
     def __init__(self, dtype: torch.dtype, device: torch.device, policy: NonFinitePolicy,
                  input_key: str | Sequence[str] | None, scale: float | None,
-                 input_fn: Callable[[Any], Any] | None = None) -> None:
+                 input_fn: Callable[[Any], Any] | None = None, *, kwarg_keys: Sequence[str] = (),
+                 mask_key: str | None = None, input_dtype: InputDtype | str = InputDtype.AUTO) -> None:
         self.dtype, self.device, self.policy = dtype, device, policy
         self.input_keys = [input_key] if isinstance(input_key, str) else list(input_key or ())
+        self.kwarg_keys = [kwarg_keys] if isinstance(kwarg_keys, str) else list(kwarg_keys)
+        self.mask_key = mask_key
         self.scale, self.input_fn = scale, input_fn
+        try:
+            self.input_dtype = InputDtype(input_dtype)
+        except ValueError:
+            raise ConfigError(f"input_dtype must be auto, keep or float, got {input_dtype!r}") from None
+        # Scaling integers makes floats: a scale means "these are pixel values".
+        self.integers_cast = self.input_dtype is InputDtype.FLOAT or (
+            self.input_dtype is InputDtype.AUTO and scale is not None)
         self.notes: list[str] = []
         self.nonfinite_samples = 0
         self.skipped_samples = 0
+        #: whether an integer or boolean tensor was fed as is
+        self.fed_integers = False
         self._pin = device.type == "cuda"
+        self._auto_fed = False
+        #: the mask entry found in a tokenizer's dict batches when none was named
+        self.auto_mask: str | None = None
+
+    def cast_integers(self, reason: str) -> None:
+        """From now on cast integer inputs to the model's dtype, and say why in the report."""
+        self.integers_cast = True
+        self.notes.append(reason)
 
     def _single(self, batch: Any) -> Any:
         if isinstance(batch, torch.Tensor):
@@ -161,18 +209,44 @@ class InputPreparer:
                 raise DataLoadError("a batch is an empty tuple", hint="batches must hold the model input")
             return self._single(batch[0])  # (x, y): the first element is the input
         if isinstance(batch, Mapping):
-            tensors = [k for k, v in batch.items() if isinstance(v, torch.Tensor)]
+            tensors = [k for k, v in batch.items() if isinstance(v, torch.Tensor) and k not in LABEL_KEYS]
             key = next((k for k in ("x", "input", "inputs", "image", "images", "pixel_values")
                         if k in batch), tensors[0] if len(tensors) == 1 else None)
             if key is None:
                 raise DataLoadError(f"batches are dicts with keys {', '.join(map(str, batch))}; "
                                     "cannot tell which is the model input",
-                                    hint="pass --input-key NAME (repeat it for a model that takes several inputs)")
+                                    hint="pass --input-key NAME (positional) or --kwarg NAME (keyword), "
+                                         "repeatable")
             return self._single(batch[key])
         raise DataLoadError(f"cannot feed a batch of type {type(batch).__name__} to the model",
                             hint="batches must be tensors, (x, y) tuples or dicts of tensors")
 
-    def _select(self, batch: Any) -> tuple[list[Any], dict[str, Any]]:
+    def _from_dict(self, batch: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any], Any]:
+        wanted = [*self.input_keys, *self.kwarg_keys, *([self.mask_key] if self.mask_key else [])]
+        missing = [k for k in wanted if k not in batch]
+        if missing:
+            flag = ("--mask" if missing[0] == self.mask_key else "--kwarg" if missing[0] in self.kwarg_keys
+                    else "--input-key")
+            raise DataLoadError(f"batches have no entry {missing[0]!r}; they hold {', '.join(map(str, batch))}",
+                                hint=f"check {flag} (with a data file, --key / --kwarg / --mask name its arrays)")
+        mask_key = self.mask_key
+        if not self.input_keys and not self.kwarg_keys:
+            # A tokenizer's batch: every entry is a keyword input, except the targets.
+            kwargs = {k: self._single(v) for k, v in batch.items()
+                      if k not in LABEL_KEYS and (isinstance(v, torch.Tensor) or hasattr(v, "__array__"))}
+            if mask_key is None and "attention_mask" in batch:
+                mask_key = self.auto_mask = "attention_mask"
+            if not self._auto_fed:
+                self._auto_fed = True
+                left = [k for k in batch if k in LABEL_KEYS]
+                self.notes.append(f"dict batches fed as keyword inputs: {', '.join(kwargs)}"
+                                  + (f" ({', '.join(left)} left out)" if left else "")
+                                  + (f"; padding mask: {mask_key}" if mask_key else ""))
+            return [], kwargs, batch[mask_key] if mask_key else None
+        return ([self._single(batch[k]) for k in self.input_keys], {k: self._single(batch[k]) for k in self.kwarg_keys},
+                batch[mask_key] if mask_key else None)
+
+    def _select(self, batch: Any) -> tuple[list[Any], dict[str, Any], Any]:
         if self.input_fn is not None:
             try:
                 chosen = self.input_fn(batch)
@@ -181,24 +255,26 @@ class InputPreparer:
             except Exception as exc:
                 raise DataLoadError(f"input_fn failed on a batch: {type(exc).__name__}: {exc}",
                                     hint="input_fn receives each raw batch as the data yields it") from exc
+            mask = batch.get(self.mask_key) if self.mask_key and isinstance(batch, Mapping) else None
             if isinstance(chosen, Mapping):
-                return [], dict(chosen)
+                return [], dict(chosen), mask
             if isinstance(chosen, (tuple, list)):
-                return list(chosen), {}
-            return [chosen], {}
+                return list(chosen), {}, mask
+            return [chosen], {}, mask
         if isinstance(batch, ModelInputs):
-            return list(batch), {}
+            return list(batch), {}, None
+        if isinstance(batch, Mapping) and (self.input_keys or self.kwarg_keys or self.mask_key
+                                           or "input_ids" in batch):
+            return self._from_dict(batch)
+        if self.kwarg_keys or self.mask_key:
+            flag = "--kwarg" if self.kwarg_keys else "--mask"
+            raise DataLoadError(f"{flag} given, but batches are {type(batch).__name__}s, not dicts",
+                                hint="name the arrays of a data file with --key/--kwarg/--mask, or yield dict batches")
         if self.input_keys:
-            if isinstance(batch, Mapping):
-                missing = [k for k in self.input_keys if k not in batch]
-                if missing:
-                    raise DataLoadError(f"batches have no entry {missing[0]!r}; they hold "
-                                        f"{', '.join(map(str, batch))}", hint="check --input-key")
-                return [self._single(batch[k]) for k in self.input_keys], {}
             if isinstance(batch, (tuple, list)):
                 try:
                     positions = [int(k) for k in self.input_keys]
-                    return [self._single(batch[i]) for i in positions], {}
+                    return [self._single(batch[i]) for i in positions], {}, None
                 except (ValueError, IndexError):
                     raise DataLoadError(f"batches are {len(batch)}-tuples; --input-key must name positions "
                                         f"0..{len(batch) - 1}, got {', '.join(self.input_keys)}",
@@ -206,13 +282,16 @@ class InputPreparer:
             raise DataLoadError(f"--input-key {', '.join(self.input_keys)} given, but batches are "
                                 f"{type(batch).__name__}s, not dicts or tuples",
                                 hint="for several arrays in a file use --key NAME once per input")
-        return [self._single(batch)], {}
+        return [self._single(batch)], {}, None
 
     def _cast(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_complex():
             raise DataLoadError(f"complex input ({x.dtype}); the model takes real numbers",
                                 hint="feed x.real, x.abs() or both as channels")
         if not x.is_floating_point():
+            if not self.integers_cast:
+                self.fed_integers = True
+                return x  # token ids, indices and flags keep their dtype
             if not any("integer" in note or "boolean" in note for note in self.notes):
                 scale = f", scaled by {self.scale:g}" if self.scale else ""
                 what = "boolean" if x.dtype == torch.bool else f"{str(x.dtype).replace('torch.', '')} integers"
@@ -223,8 +302,16 @@ class InputPreparer:
             x = x.to(self.dtype)
         return x * self.scale if self.scale else x
 
+    def _mask(self, value: Any, samples: int) -> torch.Tensor:
+        mask = torch.as_tensor(value)
+        name = self.mask_key or "attention_mask"
+        if mask.ndim != 2 or int(mask.shape[0]) != samples:
+            raise DataLoadError(f"the padding mask {name!r} has shape {tuple(mask.shape)}; it must be (N, L) with "
+                                f"N = {samples} samples", hint="1 marks a real token, 0 padding (an attention mask)")
+        return mask if mask.dtype == torch.bool else mask != 0
+
     def __call__(self, batch: Any, start: int) -> Prepared | None:
-        args, kwargs = self._select(batch)
+        args, kwargs, mask_value = self._select(batch)
         args = [self._cast(torch.as_tensor(a)) if isinstance(a, torch.Tensor) or hasattr(a, "__array__") else a
                 for a in args]
         kwargs = {k: self._cast(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
@@ -233,6 +320,11 @@ class InputPreparer:
             raise DataLoadError("a batch holds no tensor to feed the model",
                                 hint="batches must be tensors, (x, y) tuples or dicts of tensors")
         samples = int(tensors[0].shape[0]) if tensors[0].ndim > 0 else 1
+        mask = self._mask(mask_value, samples) if mask_value is not None else None
+        ids = next((v for v in tensors if v.ndim == 2 and not v.is_floating_point()), None)
+        if mask is not None and ids is not None and tuple(ids.shape) != tuple(mask.shape):
+            raise DataLoadError(f"the padding mask {self.mask_key or self.auto_mask!r} has shape {tuple(mask.shape)}, "
+                                f"the token ids {tuple(ids.shape)}", hint="the mask needs one entry per token")
         # Counted under every policy (the report says how many), dropped only with skip.
         keep = self._check_finite(tensors, samples, start)
         if keep is not None:
@@ -240,11 +332,12 @@ class InputPreparer:
                 return None
             args = [self._rows(v, keep, samples) for v in args]
             kwargs = {k: self._rows(v, keep, samples) for k, v in kwargs.items()}
+            mask = self._rows(mask, keep, samples)
             samples = int(keep.sum())
         args = [self._to_device(v) for v in args]
         kwargs = {k: self._to_device(v) for k, v in kwargs.items()}
         shapes = tuple(tuple(v.shape) for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
-        return Prepared(tuple(args), kwargs, samples, shapes)
+        return Prepared(tuple(args), kwargs, samples, shapes, self._to_device(mask))
 
     @staticmethod
     def _rows(value: Any, keep: torch.Tensor, samples: int) -> Any:
@@ -286,5 +379,66 @@ class InputPreparer:
         return finite
 
 
-__all__ = ["InputPreparer", "Prepared", "check_batched", "expected_input", "first_layer", "model_dtype",
+class RunningModules:
+    """The model's modules whose ``forward`` is running, innermost last, while the block is open.
+
+    Global forward pre-hooks push and forward hooks pop; a module whose forward raises
+    is never popped, so after an exception ``innermost`` is the module that raised it.
+    Used around the first forward pass only, so that a failure names the layer that
+    rejected the input rather than the model's first layer.
+
+    Args:
+        model: the model; modules built inside its ``forward`` are not tracked.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._names = {module: name for name, module in model.named_modules()}
+        self._stack: list[tuple[str, nn.Module]] = []
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> RunningModules:
+        from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+        self._stack.clear()
+        self._handles = [register_module_forward_pre_hook(self._push), register_module_forward_hook(self._pop)]
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _push(self, module: nn.Module, args: Any) -> None:
+        name = self._names.get(module)
+        if name is not None:
+            self._stack.append((name, module))
+
+    def _pop(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._stack and self._stack[-1][1] is module:
+            self._stack.pop()
+
+    @property
+    def innermost(self) -> tuple[str, nn.Module] | None:
+        """``(qualified name, module)`` of the innermost module still running (after an
+        exception: the one that raised), or None."""
+        return self._stack[-1] if self._stack else None
+
+
+def describe_module(module: nn.Module) -> str:
+    """``Linear(in_features=128)``, ``Conv2d(in_channels=3)``, ``Embedding(num_embeddings=1000)``, or the class."""
+    kind = type(module).__name__
+    for attribute in ("in_features", "in_channels", "num_embeddings"):
+        value = getattr(module, attribute, None)
+        if isinstance(value, int):
+            return f"{kind}({attribute}={value})"
+    return kind
+
+
+def is_embedding(module: nn.Module | None) -> bool:
+    """Whether a module looks up integer ids (an ``Embedding``, or a class named like one)."""
+    return module is not None and (isinstance(module, (nn.Embedding, nn.EmbeddingBag))
+                                   or "Embedding" in type(module).__name__)
+
+
+__all__ = ["InputPreparer", "Prepared", "RunningModules", "LABEL_KEYS", "describe_module", "is_dtype_error",
+           "is_embedding", "check_batched", "expected_input", "first_layer", "model_dtype",
            "resolve_device"]

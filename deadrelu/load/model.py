@@ -488,12 +488,13 @@ def _check_file(path: Path, what: str) -> str:
     return check_file(path, what, ModelLoadError,
                       missing_hint=f"to build the model with Python, use --model {path}" if spec
                       else "check the path; MODEL comes first, DATA second",
-                      folder_hint="pass the model file inside it",
+                      folder_hint="pass the model file inside it (a Hugging Face model folder holds a config.json)",
                       empty_hint="the save may have failed; save it again")
 
 
 def load_model(path: str | Path, arch: str | None = None, arch_kwargs: Mapping[str, Any] | None = None,
-               allow_pickle: bool = False, imports: Iterable[str | Path] = ()) -> LoadedModel:
+               allow_pickle: bool = False, imports: Iterable[str | Path] = (), hf_class: str | None = None,
+               allow_remote_code: bool = False) -> LoadedModel:
     """Load a model file into an ``nn.Module``.
 
     Args:
@@ -505,6 +506,9 @@ def load_model(path: str | Path, arch: str | None = None, arch_kwargs: Mapping[s
         allow_pickle: permit unpickling, which runs code from the file.
         imports: Python files imported before unpickling, so that classes the pickle
             names (also ones saved from a script's ``__main__``) can be found.
+        hf_class: for a Hugging Face model folder (``config.json`` + weights), the
+            ``transformers`` class to load it with (default ``AutoModel``).
+        allow_remote_code: for a Hugging Face folder, run its own Python code.
 
     Returns:
         The loaded model with its provenance.
@@ -514,6 +518,10 @@ def load_model(path: str | Path, arch: str | None = None, arch_kwargs: Mapping[s
         UnsafePickleError: the file needs the unpickler and ``allow_pickle`` is False.
     """
     path = Path(path)
+    from .huggingface import is_model_folder, load_hf_model
+    if is_model_folder(path):
+        module, notes, hf_digest = load_hf_model(path, hf_class=hf_class, allow_remote_code=allow_remote_code)
+        return LoadedModel(module, str(path), "huggingface", hf_digest, notes)
     digest = _check_file(path, "model file")
     user_modules = [import_file(item) for item in imports]
     obj, how = _load_weights_file(path, allow_pickle, user_modules)

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataLoadError
 from .data import DataStream, load_data, load_python_data
 from .model import LoadedModel, load_factory, load_model, parse_kwargs
 
@@ -19,8 +19,10 @@ from .model import LoadedModel, load_factory, load_model, parse_kwargs
 def open_model(path: str | os.PathLike | None = None, *, arch: str | None = None,
                arch_kwargs: str | Mapping[str, Any] | None = None, factory: str | None = None,
                weights: str | os.PathLike | None = None, allow_pickle: bool = False,
-               imports: Iterable[str | os.PathLike] = ()) -> LoadedModel:
-    """A model from a file (``path``, with ``arch`` for weights-only files) or a factory.
+               imports: Iterable[str | os.PathLike] = (), hf_class: str | None = None,
+               allow_remote_code: bool = False) -> LoadedModel:
+    """A model from a file (``path``, with ``arch`` for weights-only files), a Hugging Face
+    folder (``path`` holding ``config.json``) or a factory.
 
     Args:
         path: the model file; leave out with ``factory``.
@@ -30,6 +32,10 @@ def open_model(path: str | os.PathLike | None = None, *, arch: str | None = None
         weights: a state_dict / checkpoint / safetensors file for ``factory``'s model.
         allow_pickle: permit the full unpickler, which runs code from the file.
         imports: Python files to import before unpickling.
+        hf_class: for a Hugging Face folder, the ``transformers`` class to load it with
+            (default ``AutoModel``).
+        allow_remote_code: for a Hugging Face folder, run its own Python code
+            (``trust_remote_code``).
 
     Returns:
         The model with its provenance and loading notes.
@@ -42,6 +48,12 @@ def open_model(path: str | os.PathLike | None = None, *, arch: str | None = None
         return load_factory(factory, kwargs, weights, allow_pickle=allow_pickle)
     if path is None:
         raise ConfigError("no model given", hint="pass a model file, or factory= (--model) with a Python reference")
+    from .huggingface import is_model_folder
+    if is_model_folder(path):
+        return load_model(Path(path), hf_class=hf_class, allow_remote_code=allow_remote_code)
+    if hf_class is not None:
+        raise ConfigError(f"--hf-class goes with a Hugging Face model folder (config.json + weights); {path} is not one",
+                          hint="deadrelu scan path/to/model_folder DATA --hf-class AutoModelForCausalLM")
     if weights is not None:
         raise ConfigError("--weights goes with --model (a factory); a MODEL file holds its own weights",
                           hint="--model pkg.module:build --weights state_dict.pt DATA, or MODEL --arch ...")
@@ -50,8 +62,10 @@ def open_model(path: str | os.PathLike | None = None, *, arch: str | None = None
 
 def open_data(path: str | os.PathLike | None = None, *, source: str | None = None, batch_size: int = 256,
               limit: int | None = None, key: str | Sequence[str] | None = None,
-              columns: Sequence[str] | None = None, shuffle_seed: int | None = None) -> DataStream:
-    """A stream of batches from a data file (``path``) or a Python reference (``source``).
+              columns: Sequence[str] | None = None, shuffle_seed: int | None = None, named: bool = False,
+              tokenizer: str | os.PathLike | None = None, max_length: int = 512, text_field: str = "text",
+              decoder_inputs: bool = False) -> DataStream:
+    """A stream of batches from a data file (``path``), a text file, or a Python reference (``source``).
 
     Args:
         path: the data file; leave out with ``source``.
@@ -61,6 +75,11 @@ def open_data(path: str | os.PathLike | None = None, *, source: str | None = Non
         key: the array(s) to feed from an ``.npz``, a dict ``.pt`` or a dict ``source``.
         columns: table columns to use as features.
         shuffle_seed: with ``limit``, a random subset drawn with this seed.
+        named: batches of the ``key`` arrays are dicts by name (for keyword inputs and a mask).
+        tokenizer: for ``.txt``/``.jsonl`` text, the folder holding the tokenizer.
+        max_length: for text, truncate examples to this many tokens.
+        text_field: for ``.jsonl``, the field holding the text.
+        decoder_inputs: for text, also feed the tokens to an encoder-decoder's decoder.
 
     Returns:
         The stream.
@@ -69,11 +88,20 @@ def open_data(path: str | os.PathLike | None = None, *, source: str | None = Non
         DataLoadError: the data cannot be read; ConfigError: neither or both given.
     """
     if source is not None:
-        return load_python_data(source, batch_size=batch_size, limit=limit, key=key, shuffle_seed=shuffle_seed)
+        return load_python_data(source, batch_size=batch_size, limit=limit, key=key, shuffle_seed=shuffle_seed,
+                                named=named)
     if path is None:
         raise ConfigError("no data given", hint="pass a data file, or source= (--data) with a Python reference")
+    from .huggingface import is_text_file
+    if is_text_file(path):
+        if tokenizer is None:
+            raise DataLoadError(f"{path}: text data needs a tokenizer",
+                                hint="scan a Hugging Face model folder that holds one, or pass --tokenizer DIR")
+        from .huggingface import load_text
+        return load_text(path, tokenizer, batch_size=batch_size, limit=limit, max_length=max_length,
+                         text_field=text_field, shuffle_seed=shuffle_seed, decoder_inputs=decoder_inputs)
     return load_data(Path(path), batch_size=batch_size, limit=limit, key=key, columns=columns,
-                     shuffle_seed=shuffle_seed)
+                     shuffle_seed=shuffle_seed, named=named)
 
 
 __all__ = ["open_model", "open_data"]
