@@ -446,12 +446,7 @@ def _from_fx(model: nn.Module, example: Sequence[Any] | None) -> Dataflow:
         # The data input first: all_input_nodes follows argument order, so args[0] leads.
         index_of[fx_node] = node.index
         nodes.append(node)
-    for node in nodes:
-        if node.role == "meta":
-            continue
-        for source in node.inputs:
-            nodes[source].users.append(node.index)
-    return Dataflow(model, nodes, "fx")
+    return Dataflow(model, _with_users(nodes), "fx")
 
 
 # -- building: torch.export --------------------------------------------------------------------
@@ -518,12 +513,17 @@ def _from_export(model: nn.Module, example: Sequence[Any]) -> Dataflow:
         index_of[ex_node] = node.index
         nodes.append(node)
     # A BatchNorm's tuple output is read through getitem 0: the getitem is the BN's output.
+    return Dataflow(model, _with_users(nodes), "export")
+
+
+def _with_users(nodes: list[FlowNode]) -> list[FlowNode]:
+    """Fill every node's ``users`` from the others' ``inputs`` (meta nodes have none)."""
     for node in nodes:
         if node.role == "meta":
             continue
         for source in node.inputs:
             nodes[source].users.append(node.index)
-    return Dataflow(model, nodes, "export")
+    return nodes
 
 
 __all__ = ["Dataflow", "FlowNode", "UnitRoute", "Consumer", "build_dataflow"]
