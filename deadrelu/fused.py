@@ -36,7 +36,7 @@ SOURCE = Path(__file__).with_name("fused_kernel.c")
 FLAGS = ("-O3", "-march=native", "-std=c99", "-fPIC", "-shared", "-pthread", "-fno-math-errno",
          "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros")
 #: Elements per extra thread: below this, starting a thread costs more than it saves.
-MIN_PER_THREAD = 1 << 16
+MIN_PER_THREAD = 1 << 18
 
 _lock = threading.Lock()
 _library: Any = None

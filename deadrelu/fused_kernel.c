@@ -6,13 +6,18 @@
    float64 running accumulators, leaving out every unit whose batch slice held NaN/inf
    (its sum is then not finite) -- the same rule as deadrelu.stats.Accumulator.add.
 
-   Sums are kept in double inside the kernel, so counts are exact and sums agree with a
-   float64 reference to rounding. Comparisons follow IEEE (NaN is never active, never at
-   a bound); min/max of a slice with NaN are discarded with the slice.
+   The rows are (units * inner) columns (a conv output's rows are whole images: units =
+   channels, inner = H*W). Per-column accumulators for a block of columns stay in L1 while
+   every row of the block streams past, ROW_STEP rows at a time: the contributions of a
+   step are summed in float (like torch's own float32 sums) and added to float64 column
+   sums once a step, so the per-value work vectorises and counts stay exact. Then the
+   columns of each unit are folded into its sums. (Reading each unit's run with register
+   accumulators instead was 3-10x slower: the compiler did not vectorise it.)
 
-   Rows are split over up to `threads` POSIX threads, each with its own partial sums.
-   No Python, no torch headers: built once per machine by deadrelu.fused and loaded
-   with ctypes. */
+   Comparisons follow IEEE (NaN is never active, never at a bound); min/max of a slice
+   with NaN are discarded with the slice. Rows are split over up to `threads` POSIX
+   threads, each with its own partial sums. No Python, no torch headers: built once per
+   machine by deadrelu.fused and loaded with ctypes. */
 
 #include <math.h>
 #include <pthread.h>
@@ -23,6 +28,7 @@
 #define NSUM 6 /* active, total, total_sq, total_abs, at_floor, at_ceiling (SUM_FIELDS order) */
 #define NROW 8 /* + min, max */
 #define COLUMN_BLOCK 256
+#define ROW_STEP 8
 
 typedef struct {
     const float *x;
@@ -34,32 +40,35 @@ typedef struct {
     double *part; /* NROW x units */
 } job_t;
 
-static inline float active_value(const job_t *job, int64_t index, float value) {
-    if (job->a_mode == 0) return value;
-    if (job->a_mode == 1) return ((const float *)job->a)[index];
-    return (float)((const uint8_t *)job->a)[index];
-}
-
-/* The rows are (units * inner) columns (a conv output's rows are whole images: units =
-   channels, inner = H*W). Per-column accumulators for a block of columns stay in L1 while
-   every row of the block streams past, ROW_STEP rows at a time (fewer accumulator loads
-   and stores per value read); then the columns of each unit are folded into its partial
-   sums. Reading a run per unit with register accumulators instead was 3-10x slower: the
-   compiler did not vectorise it. */
-#define ROW_STEP 4
-#define UPDATE(k, MODE, ABS, FLOOR, CEIL)                                                                              \
+/* One value of row k of the step. */
+#define UPDATE(k, MODE, ABS, FLOOR, CEIL)                                                      \
     {                                                                                          \
         const float v = x[k * columns + c];                                                    \
         const float s = MODE == 0 ? v : MODE == 1 ? af[k * columns + c] : (float)ab[k * columns + c]; \
         act += s > thr ? 1.0f : 0.0f;                                                          \
         tot += v;                                                                              \
-        sq += (double)v * v;                                                                   \
+        sq += v * v;                                                                           \
         if (ABS) absolute += fabsf(v);                                                         \
         if (FLOOR) low_count += v <= fl ? 1.0f : 0.0f;                                         \
         if (CEIL) high_count += v >= ce ? 1.0f : 0.0f;                                         \
         low = v < low ? v : low;                                                               \
         high = v > high ? v : high;                                                            \
     }
+
+#define STEP_BEGIN                                                                             \
+    float act = 0.0f, low_count = 0.0f, high_count = 0.0f, tot = 0.0f, sq = 0.0f;             \
+    float absolute = 0.0f, low = lo[c], high = hi[c];
+
+#define STEP_END(ABS, FLOOR, CEIL)                                                             \
+    active[c] += act;                                                                          \
+    if (FLOOR) at_floor[c] += low_count;                                                       \
+    if (CEIL) at_ceiling[c] += high_count;                                                     \
+    total[c] += tot;                                                                           \
+    total_sq[c] += sq;                                                                         \
+    if (ABS) total_abs[c] += absolute;                                                         \
+    lo[c] = low;                                                                               \
+    hi[c] = high;
+
 #define COLUMN_BODY(MODE, ABS, FLOOR, CEIL)                                                    \
     static void columns_##MODE##ABS##FLOOR##CEIL(const job_t *job) {                           \
         const int64_t columns = job->units * job->inner, inner = job->inner;                   \
@@ -75,8 +84,7 @@ static inline float active_value(const job_t *job, int64_t index, float value) {
                 lo[c] = INFINITY;                                                              \
                 hi[c] = -INFINITY;                                                             \
             }                                                                                  \
-            int64_t row = job->row0;                                                           \
-            for (; row < job->row1; row += ROW_STEP) {                                         \
+            for (int64_t row = job->row0; row < job->row1; row += ROW_STEP) {                  \
                 const int64_t step = job->row1 - row < ROW_STEP ? job->row1 - row : ROW_STEP;  \
                 const int64_t base = row * columns + c0;                                       \
                 const float *restrict x = job->x + base;                                       \
@@ -84,24 +92,19 @@ static inline float active_value(const job_t *job, int64_t index, float value) {
                 const uint8_t *restrict ab = MODE == 2 ? (const uint8_t *)job->a + base : 0;   \
                 if (step == ROW_STEP) {                                                        \
                     for (int64_t c = 0; c < width; c++) {                                      \
-                        float act = active[c], low_count = at_floor[c], high_count = at_ceiling[c]; \
-                        double tot = total[c], sq = total_sq[c], absolute = total_abs[c];      \
-                        float low = lo[c], high = hi[c];                                       \
-                        UPDATE(0, MODE, ABS, FLOOR, CEIL) UPDATE(1, MODE, ABS, FLOOR, CEIL) UPDATE(2, MODE, ABS, FLOOR, CEIL) UPDATE(3, MODE, ABS, FLOOR, CEIL)                                \
-                        active[c] = act, at_floor[c] = low_count, at_ceiling[c] = high_count;  \
-                        total[c] = tot, total_sq[c] = sq, total_abs[c] = absolute;             \
-                        lo[c] = low, hi[c] = high;                                             \
+                        STEP_BEGIN                                                             \
+                        UPDATE(0, MODE, ABS, FLOOR, CEIL) UPDATE(1, MODE, ABS, FLOOR, CEIL)    \
+                        UPDATE(2, MODE, ABS, FLOOR, CEIL) UPDATE(3, MODE, ABS, FLOOR, CEIL)    \
+                        UPDATE(4, MODE, ABS, FLOOR, CEIL) UPDATE(5, MODE, ABS, FLOOR, CEIL)    \
+                        UPDATE(6, MODE, ABS, FLOOR, CEIL) UPDATE(7, MODE, ABS, FLOOR, CEIL)    \
+                        STEP_END(ABS, FLOOR, CEIL)                                             \
                     }                                                                          \
                 } else {                                                                       \
                     for (int64_t k = 0; k < step; k++) {                                       \
                         for (int64_t c = 0; c < width; c++) {                                  \
-                            float act = active[c], low_count = at_floor[c], high_count = at_ceiling[c]; \
-                            double tot = total[c], sq = total_sq[c], absolute = total_abs[c];  \
-                            float low = lo[c], high = hi[c];                                   \
-                            UPDATE(k, MODE, ABS, FLOOR, CEIL)                                                          \
-                            active[c] = act, at_floor[c] = low_count, at_ceiling[c] = high_count; \
-                            total[c] = tot, total_sq[c] = sq, total_abs[c] = absolute;         \
-                            lo[c] = low, hi[c] = high;                                         \
+                            STEP_BEGIN                                                         \
+                            UPDATE(k, MODE, ABS, FLOOR, CEIL)                                  \
+                            STEP_END(ABS, FLOOR, CEIL)                                         \
                         }                                                                      \
                     }                                                                          \
                 }                                                                              \
