@@ -62,7 +62,8 @@ DEFAULT_VARIANTS = ("bare", "scan", "scan-eager", "max-hook", "fastai-stats", "t
 ALL_WORKLOADS = ("cnn", "cnn-kinds", "mobile", "mlp", "mlp-kinds", "transformer", "transformer-kinds")
 #: What each peer can tell the user, for the table.
 PEER_INFO = {
-    "max-hook": "per-unit max of each module's outputs (calls of a reused module mixed): dead ReLU units only",
+    "max-hook": "per-unit max of each module's outputs (calls of a reused module mixed unless their widths "
+                "differ): dead ReLU units only",
     "fastai-stats": "per layer and batch: mean, std, share of outputs <= 0.05; nothing per unit",
     "timm-stats": "per layer and batch: mean over channels of the squared channel mean and of the channel "
                   "variance; nothing per unit",
@@ -239,14 +240,19 @@ def _hooked_pass(model: Any, data: Any, batch_size: int, device: Any, hook: Call
 
 
 def run_max_hook(model: Any, data: Any, batch_size: int, device: Any) -> dict[Any, Any]:
-    """The textbook per-unit running max: one forward hook per module, ``torch.maximum`` per call."""
+    """The textbook per-unit running max: one forward hook per module, ``torch.maximum`` per call.
+
+    Keyed by module and unit count: keyed by module alone, as the textbook does, it crashes
+    on ``cnn-kinds``, whose reused activation modules see 16 and then 64 channels.
+    """
     import torch
     running: dict[Any, Any] = {}
 
     def hook(module: Any, args: Any, output: Any) -> None:
         batch_max = output.detach().amax(_unit_dims(output))
-        previous = running.get(module)
-        running[module] = batch_max if previous is None else torch.maximum(previous, batch_max)
+        key = (module, batch_max.numel())
+        previous = running.get(key)
+        running[key] = batch_max if previous is None else torch.maximum(previous, batch_max)
 
     _hooked_pass(model, data, batch_size, device, hook)
     return running
