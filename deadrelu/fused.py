@@ -35,8 +35,11 @@ SOURCE = Path(__file__).with_name("fused_kernel.c")
 #: float64 additions of float32 values; counts stay exact), IEEE comparisons are kept.
 FLAGS = ("-O3", "-march=native", "-std=c99", "-fPIC", "-shared", "-pthread", "-fno-math-errno",
          "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros")
-#: Elements per extra thread: below this, starting a thread costs more than it saves.
-MIN_PER_THREAD = 1 << 18
+#: Values per extra thread: below this a second thread costs more than it saves. Right
+#: after each op torch's own OpenMP workers spin-wait on the cores, so a thread started
+#: here first competes with them: at 2^18 the kernel took 0.22 s of a 2-thread mobile scan
+#: where one thread took 0.15 s (benchmarks/RESULTS.md).
+MIN_PER_THREAD = 1 << 21
 
 _lock = threading.Lock()
 _library: Any = None

@@ -192,9 +192,10 @@ def test_disabled_by_environment(monkeypatch):
         fused_module.reset()
 
 
-def test_thread_split_equals_one_thread(path):
+def test_thread_split_equals_one_thread(path, monkeypatch):
     """Rows split over threads (the fused kernel's partial sums, then merged) give the same
     counts and extremes as one thread."""
+    monkeypatch.setattr(fused_module, "MIN_PER_THREAD", 1 << 16)  # split these 1M-value batches
     model = nn.Sequential(nn.Linear(64, 2048), nn.ELU())
     data = torch.randn(1024, 64, generator=torch.Generator().manual_seed(3))
     before = torch.get_num_threads()
