@@ -4,27 +4,38 @@ One process times, interleaved and pair by pair, on each workload of
 ``benchmarks/workloads.py`` and at each thread count:
 
 * ``bare``: ``model(x)`` per batch under ``torch.inference_mode()`` (the floor);
-* ``scan``: ``deadrelu.scan`` with default settings (``--compile auto``);
-* ``scan-compiled``: ``deadrelu.scan(..., compile="on")`` (the fastest mode; its first
-  call in the process includes compiling, reported apart as ``cold_seconds``);
-* ``store-all``: the naive way, generalised from the seed's ``count_dead_neurons``:
-  hooks clone every activation, and the per-unit statistics are reduced at the end.
+* ``scan``: ``deadrelu.scan`` with default settings (the fused C kernel on float32 CPU
+  tensors, ``--compile auto``, functional capture on);
+* ``scan-eager``: the same scan with the fused kernel switched off (``DEADRELU_FUSED=0``):
+  the eager torch reduction, as on a machine without a C compiler;
+* ``scan-compiled``: ``deadrelu.scan(..., compile="on")`` (its first call in the process
+  includes compiling, reported apart as ``cold_seconds``; not in the default set);
+* peers, hooking the same activation modules: ``max-hook`` (a per-unit running max kept
+  by a forward hook, written the textbook way), ``fastai-stats`` (fastai's
+  ``ActivationStats`` hook: per-layer mean, std and near-zero share per batch, read to
+  the host with ``.item()``), ``timm-stats`` (timm's ``ActivationStatsHook`` with its
+  ``avg_sq_ch_mean`` and ``avg_ch_var`` functions). fastai and timm are not installed
+  here (fastai pulls a torchvision built for CUDA, which does not import against this
+  CPU torch), so their hooks are reproduced from their source, line for line;
+* ``store-all`` (not in the default set): the naive way, generalised from the seed's
+  ``count_dead_neurons``: hooks clone every activation, the statistics are reduced at the end.
 
 Each repeat runs every variant once, in an order rotated from repeat to repeat; the
 ratio to ``bare`` is taken within each repeat and the median over repeats is
-reported (wall time; process CPU time too, which other load on the machine disturbs
-less). Peak RSS growth is measured in a fresh subprocess per variant: it builds the
-model and the data, resets the kernel's high-water mark (``/proc/self/clear_refs``),
-runs the variant once, and reports ``VmHWM`` minus the RSS before the run; at two data
-sizes, to show whether it grows with the samples.
+reported with its min-max (wall time; process CPU time too, which other load on the
+machine disturbs less), with the 1-minute load average before and after each workload.
+Peak RSS growth is measured in a fresh subprocess per variant: it builds the model and
+the data, resets the kernel's high-water mark (``/proc/self/clear_refs``), runs the
+variant once, and reports ``VmHWM`` minus the RSS before the run; at two data sizes, to
+show whether it grows with the samples.
 
 Results go to ``benchmarks/results/<tag>.json`` and, as a Markdown table between
 ``<!-- results:<tag> -->`` markers, into ``benchmarks/RESULTS.md``.
 
-    python benchmarks/overhead.py                  # full run (several minutes on 2 cores)
-    python benchmarks/overhead.py --quick          # smoke run, seconds
+    python benchmarks/overhead.py                  # full run (about an hour on 2 loaded cores)
+    python benchmarks/overhead.py --quick          # smoke run
     python benchmarks/overhead.py --long           # CNN, 20,480 images, 1 thread: bare pass >= 60 s
-    python benchmarks/overhead.py --device cuda    # on a GPU (CNN, batch 256)
+    python benchmarks/overhead.py --device cuda    # on a GPU (the default when one is present)
 """
 
 from __future__ import annotations
@@ -46,7 +57,19 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-VARIANTS = ("bare", "scan", "scan-compiled", "store-all")
+VARIANTS = ("bare", "scan", "scan-eager", "scan-compiled", "max-hook", "fastai-stats", "timm-stats", "store-all")
+DEFAULT_VARIANTS = ("bare", "scan", "scan-eager", "max-hook", "fastai-stats", "timm-stats")
+ALL_WORKLOADS = ("cnn", "cnn-kinds", "mobile", "mlp", "mlp-kinds", "transformer", "transformer-kinds")
+#: What each peer can tell the user, for the table.
+PEER_INFO = {
+    "max-hook": "per-unit max of each module's outputs (calls of a reused module mixed unless their widths "
+                "differ): dead ReLU units only",
+    "fastai-stats": "per layer and batch: mean, std, share of outputs <= 0.05; nothing per unit",
+    "timm-stats": "per layer and batch: mean over channels of the squared channel mean and of the channel "
+                  "variance; nothing per unit",
+    "scan": "per unit and call site: dead, saturated, dormant (counts, mean, std, mean |h|, min, max, "
+            "bound counts), fix suggestions",
+}
 
 
 def _fresh_inductor_cache() -> str:
@@ -61,9 +84,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, 2 repeats, 1 thread, no RSS: a smoke run")
     parser.add_argument("--long", action="store_true", help="the long CNN scan (bare pass >= 60 s) only")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
-    parser.add_argument("--workloads", default=None, help="comma-separated subset of cnn,mlp,transformer")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
+    parser.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda when present, else cpu)")
+    parser.add_argument("--workloads", default=None, help="comma-separated subset of " + ",".join(ALL_WORKLOADS))
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help="comma-separated subset of " + ",".join(VARIANTS))
     parser.add_argument("--threads", default=None, help="comma-separated thread counts (default 1,2)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (default 5)")
     parser.add_argument("--samples", type=int, default=None, help="override every workload's sample count")
@@ -176,9 +200,106 @@ def run_store_all(model: Any, data: Any, batch_size: int, device: Any) -> dict[t
     return stats
 
 
+def run_scan_eager(model: Any, data: Any, batch_size: int, device: Any) -> Any:
+    """``deadrelu.scan`` with the fused kernel off: the eager torch reduction."""
+    from deadrelu import fused
+    kernel = fused.kernel
+    fused.kernel = lambda: None  # type: ignore[assignment]
+    try:
+        return run_scan(model, data, batch_size, device)
+    finally:
+        fused.kernel = kernel  # type: ignore[assignment]
+
+
+def _activation_modules(model: Any) -> list[tuple[str, Any]]:
+    from deadrelu.kinds import spec_for_module
+    return [(name, module) for name, module in model.named_modules() if spec_for_module(module) is not None]
+
+
+def _unit_dims(output: Any) -> tuple[int, ...]:
+    """Channels of a conv output, features (last axis) of anything else."""
+    unit_axis = 1 if output.ndim == 4 else output.ndim - 1
+    return tuple(axis for axis in range(output.ndim) if axis != unit_axis)
+
+
+def _hooked_pass(model: Any, data: Any, batch_size: int, device: Any, hook: Callable,
+                 after_batch: Callable[[], None] | None = None) -> None:
+    """The bare loop with ``hook`` as a forward hook on every activation module."""
+    import torch
+    handles = [module.register_forward_hook(hook) for _name, module in _activation_modules(model)]
+    try:
+        with torch.inference_mode():
+            for batch in data.split(batch_size):
+                model(batch.to(device, non_blocking=True))
+                if after_batch is not None:
+                    after_batch()
+    finally:
+        for handle in handles:
+            handle.remove()
+    _sync(device)
+
+
+def run_max_hook(model: Any, data: Any, batch_size: int, device: Any) -> dict[Any, Any]:
+    """The textbook per-unit running max: one forward hook per module, ``torch.maximum`` per call.
+
+    Keyed by module and unit count: keyed by module alone, as the textbook does, it crashes
+    on ``cnn-kinds``, whose reused activation modules see 16 and then 64 channels.
+    """
+    import torch
+    running: dict[Any, Any] = {}
+
+    def hook(module: Any, args: Any, output: Any) -> None:
+        batch_max = output.detach().amax(_unit_dims(output))
+        key = (module, batch_max.numel())
+        previous = running.get(key)
+        running[key] = batch_max if previous is None else torch.maximum(previous, batch_max)
+
+    _hooked_pass(model, data, batch_size, device, hook)
+    return running
+
+
+def run_fastai_stats(model: Any, data: Any, batch_size: int, device: Any) -> list[list[dict[str, float]]]:
+    """fastai's ``ActivationStats`` (fastai/callback/hook.py): its ``hook`` and ``after_batch``.
+
+    ``hook`` returns ``{'mean': o.mean().item(), 'std': o.std().item(), 'near_zero':
+    (o<=0.05).long().sum().item()/o.numel()}`` per module; ``Hooks`` stores it and
+    ``after_batch`` appends the stored list to ``self.stats``.
+    """
+    stats: list[list[dict[str, float]]] = []
+    stored: dict[Any, dict[str, float]] = {}
+
+    def hook(module: Any, args: Any, output: Any) -> None:
+        o = output.detach().float()
+        stored[module] = {"mean": o.mean().item(), "std": o.std().item(),
+                          "near_zero": (o <= 0.05).long().sum().item() / o.numel()}
+
+    _hooked_pass(model, data, batch_size, device, hook, after_batch=lambda: stats.append(list(stored.values())))
+    return stats
+
+
+def run_timm_stats(model: Any, data: Any, batch_size: int, device: Any) -> dict[str, list[float]]:
+    """timm's ``ActivationStatsHook`` (timm/utils/model.py) with ``avg_sq_ch_mean`` and ``avg_ch_var``.
+
+    Each hook function reduces the output over ``[0, 2, 3]`` (here: every axis but the
+    unit axis, so Linear outputs work too), takes the mean over channels and ``.item()``s
+    it; ``append_activation_stats`` appends it to ``self.stats[fn.__name__]``.
+    """
+    import torch
+    stats: dict[str, list[float]] = {"avg_sq_ch_mean": [], "avg_ch_var": []}
+
+    def hook(module: Any, args: Any, output: Any) -> None:
+        dims = _unit_dims(output)
+        stats["avg_sq_ch_mean"].append(torch.mean(output.mean(dims) ** 2).item())
+        stats["avg_ch_var"].append(torch.mean(output.var(dims)).item())
+
+    _hooked_pass(model, data, batch_size, device, hook)
+    return stats
+
+
 def variant_runner(variant: str) -> Callable[..., Any]:
-    return {"bare": run_bare, "scan": run_scan,
+    return {"bare": run_bare, "scan": run_scan, "scan-eager": run_scan_eager,
             "scan-compiled": lambda *a: run_scan(*a, compile="on"),
+            "max-hook": run_max_hook, "fastai-stats": run_fastai_stats, "timm-stats": run_timm_stats,
             "store-all": run_store_all}[variant]
 
 
@@ -301,8 +422,8 @@ def markdown(report: dict[str, Any]) -> str:
              f"Date: {report['date']}; {report['repeats']} timed repeats per variant after a warm-up, "
              "variants interleaved, ratio = variant / bare within each repeat, median (min-max).", "",
              "| workload | threads | variant | median s | ratio to bare | CPU-time ratio | samples/s | "
-             "first call s | reduction | time in reduction |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "first call s | reduction | time in reduction | load avg |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     gpu = any(row.get("gpu_peak_growth_mb") is not None for row in report["timings"])
     if gpu:
         lines[-2] += " GPU peak growth MB |"
@@ -316,8 +437,13 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {row['workload']} ({row['samples']} x batch {row['batch_size']}) | {row['threads']} | "
                      f"{row['variant']} | {row['median_seconds']:.2f} | {ratio} | {cpu_ratio} | "
                      f"{row['samples_per_second']:.0f} | {row['cold_seconds']:.2f} | {reduction} | "
-                     f"{format(row['reduction_share'], '.1%') if row.get('reduction_share') is not None else ''} |"
+                     f"{format(row['reduction_share'], '.1%') if row.get('reduction_share') is not None else ''} | "
+                     f"{row['load_average'][0]:.1f}-{row['load_average'][1]:.1f} |"
                      + (f" {row['gpu_peak_growth_mb']:.0f} |" if gpu else ""))
+    peers = [variant for variant in PEER_INFO if any(row["variant"] == variant for row in report["timings"])]
+    if peers:
+        lines += ["", "What each variant can tell the user:", ""]
+        lines += [f"* `{variant}`: {PEER_INFO[variant]}" for variant in peers]
     if report.get("rss"):
         lines += ["", "Peak RSS growth over model + data loaded (MB; one subprocess per variant, 1 thread, "
                   "`VmHWM` after `/proc/self/clear_refs` reset):", "",
@@ -330,7 +456,7 @@ def markdown(report: dict[str, Any]) -> str:
     load = [row["load_average"] for row in report["timings"]]
     if load:
         lines += ["", f"1-minute load average during the runs: {min(min(pair) for pair in load):.1f} to "
-                  f"{max(max(pair) for pair in load):.1f} (2 cores; other work on the machine adds noise)."]
+                  f"{max(max(pair) for pair in load):.1f} ({os.cpu_count()} CPUs; other work on the machine adds noise)."]
     for note in report.get("notes", []):
         lines.append(f"\n{note}")
     return "\n".join(lines) + "\n"
@@ -362,13 +488,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from workloads import WORKLOADS
 
-    device = torch.device(args.device)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         print("--device cuda asked for, but torch sees no CUDA device here", file=sys.stderr)
         return 2
     tag = args.tag or ("quick" if args.quick else "long" if args.long else device.type)
-    names = args.workloads.split(",") if args.workloads else (["cnn"] if args.long or device.type == "cuda"
-                                                                else ["cnn", "mlp", "transformer"])
+    names = args.workloads.split(",") if args.workloads else (["cnn"] if args.long else list(ALL_WORKLOADS))
     variants = [v for v in args.variants.split(",") if v]
     if "bare" not in variants:
         variants.insert(0, "bare")
@@ -389,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
             workload = workload.scaled(max(workload.batch_size * 4, workload.samples // 16))
         if args.long:
             workload = workload.scaled(workload.samples * 10)
-        if device.type == "cuda" and name == "cnn":
+        if device.type == "cuda" and name.startswith(("cnn", "mobile")):
             workload = workload.scaled(workload.samples * 4, 256)
         workload = workload.scaled(args.samples, args.batch_size)
         workloads.append(workload)
@@ -398,9 +523,11 @@ def main(argv: list[str] | None = None) -> int:
         for count in threads:
             log(f"{workload.name}: {workload.samples} samples, batch {workload.batch_size}, {count} thread(s)")
             timings += time_workload(workload, device, count, variants, repeats, log)
-    rss, rss_variants = [], [v for v in variants if v != "scan-compiled"]
+    rss, rss_variants = [], [v for v in ("bare", "scan", "store-all") if v in variants]
     if not (args.quick or args.no_rss or args.long) and device.type == "cpu":
         for workload in workloads:
+            if workload.name not in ("cnn", "mlp", "transformer"):
+                continue
             for samples in (workload.samples // 4, workload.samples):
                 entry: dict[str, Any] = {"workload": workload.name, "samples": samples}
                 for variant in rss_variants:

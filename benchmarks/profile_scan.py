@@ -7,6 +7,8 @@ For each workload and thread count, interleaved over repeats (median):
   ["reduction_seconds"]``: the per-batch statistics and their accumulation);
 * ``no functional``: the scan with ``functional=False`` (no ``TorchFunctionMode`` and no
   global module hooks), which shows what functional capture costs;
+* ``hooks only``: the scan with ``ActivationCapture.observe`` stubbed out (every hook, the
+  functional mode and the per-scan work run, no statistic is reduced);
 * the rest: scan - bare - reduction (hooks' bookkeeping, input checks, the loop).
 
 Then one ``torch.profiler`` run of each at 1 thread lists the aten operators whose self
@@ -41,10 +43,21 @@ def breakdown(workload: Any, threads: int, repeats: int) -> dict[str, Any]:
             for batch in data.split(workload.batch_size):
                 model(batch)
 
+    from deadrelu.capture.sites import ActivationCapture
+
+    def hooks_only() -> Any:
+        observe = ActivationCapture.observe
+        ActivationCapture.observe = lambda self, site, output, active: None  # type: ignore[method-assign]
+        try:
+            return deadrelu.scan(model, data, batch_size=workload.batch_size)
+        finally:
+            ActivationCapture.observe = observe  # type: ignore[method-assign]
+
     variants = {"bare": bare,
                 "scan": lambda: deadrelu.scan(model, data, batch_size=workload.batch_size),
                 "no functional": lambda: deadrelu.scan(model, data, batch_size=workload.batch_size,
-                                                       functional=False)}
+                                                       functional=False),
+                "hooks only": hooks_only}
     for run in variants.values():
         run()
     times: dict[str, list[float]] = {name: [] for name in variants}
@@ -60,8 +73,9 @@ def breakdown(workload: Any, threads: int, repeats: int) -> dict[str, Any]:
         order = order[1:] + order[:1]
     median = {name: statistics.median(values) for name, values in times.items()}
     bare_s, scan_s, red_s = median["bare"], median["scan"], statistics.median(reduction)
+    ratio = {name: statistics.median([v / b for v, b in zip(values, times["bare"])]) for name, values in times.items()}
     return {"workload": workload.name, "threads": threads, "bare_s": bare_s, "scan_s": scan_s,
-            "no_functional_s": median["no functional"], "reduction_s": red_s,
+            "no_functional_s": median["no functional"], "reduction_s": red_s, "ratios": ratio,
             "rest_s": scan_s - bare_s - red_s, "ratio": statistics.median(
                 [s / b for s, b in zip(times["scan"], times["bare"])])}
 
@@ -106,12 +120,14 @@ def operator_diff(workload: Any, top: int = 8) -> list[dict[str, Any]]:
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"Command: `{report['command']}`  ", f"Date: {report['date']}; median of {report['repeats']} "
              "interleaved repeats.", "",
-             "| workload | threads | bare s | scan s | ratio | in the reduction | functional capture "
-             "(scan - scan without it) | rest |", "|---|---|---|---|---|---|---|---|"]
+             "| workload | threads | bare s | scan s | ratio | hooks only (no reduction) | no functional | "
+             "in the reduction | functional capture (scan - scan without it) | rest |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in report["breakdown"]:
         bare = row["bare_s"]
         lines.append(f"| {row['workload']} | {row['threads']} | {bare:.2f} | {row['scan_s']:.2f} | "
-                     f"{row['ratio']:.3f} | {row['reduction_s']:.2f} s ({row['reduction_s'] / bare:.1%} of bare) | "
+                     f"{row['ratio']:.3f} | {row['ratios']['hooks only']:.3f} | {row['ratios']['no functional']:.3f} | "
+                     f"{row['reduction_s']:.2f} s ({row['reduction_s'] / bare:.1%} of bare) | "
                      f"{row['scan_s'] - row['no_functional_s']:+.2f} s | {row['rest_s']:+.2f} s |")
     for name, rows in report["operators"].items():
         lines += ["", f"{name}, 1 thread, a quarter of the samples: aten operators whose self time changes most "
@@ -128,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workloads", default="cnn,mlp,transformer")
     parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--no-operators", action="store_true", help="skip the torch.profiler operator tables")
     args = parser.parse_args(argv)
     from overhead import write_markdown
     from workloads import WORKLOADS
@@ -137,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         for threads in (int(t) for t in args.threads.split(",")):
             rows.append(breakdown(WORKLOADS[name], threads, args.repeats))
             print(rows[-1], file=sys.stderr, flush=True)
-    operators = {name: operator_diff(WORKLOADS[name]) for name in names}
+    operators = {} if args.no_operators else {name: operator_diff(WORKLOADS[name]) for name in names}
     report = {"command": ("python benchmarks/profile_scan.py " + " ".join(argv if argv is not None
                                                                            else sys.argv[1:])).strip(),
               "date": time.strftime("%Y-%m-%d %H:%M %Z"), "repeats": args.repeats, "breakdown": rows,

@@ -1,10 +1,20 @@
-"""The benchmark's workloads: three small but real architectures and their data.
+"""The benchmark's workloads: small but real architectures and their data.
 
-Written in the repo (torchvision is not needed): a ResNet-18-style CNN whose
-BasicBlocks reuse one in-place ReLU (two sites per block), a 784-1024-1024-1024-10
-MLP, and a transformer-style encoder stack whose MLPs use GELU and ReLU on
-(N, L, D) tensors. Weights come from a fixed seed; the data is Gaussian noise of
-the documented size. Nothing here is timed; ``overhead.py`` does the timing.
+Written in the repo (torchvision is not needed):
+
+* ``cnn``: a ResNet-18-style CNN whose BasicBlocks reuse one in-place ReLU (two sites per block);
+* ``mlp``: a 784-1024-1024-1024-10 ReLU MLP;
+* ``transformer``: pre-norm encoder blocks whose MLPs use GELU and ReLU on (N, L, D) tensors;
+* ``cnn-kinds``: bottleneck CNN, one kind per stage: in-place ReLU reused 3x per block,
+  in-place LeakyReLU reused, per-channel PReLU, then RReLU / ReLU6 / Hardtanh;
+* ``mlp-kinds``: MLP 784-1024-1024-1024-512-10 with ELU, SELU, CELU and ReLU layers;
+* ``transformer-kinds``: encoder blocks whose MLPs use GELU and SiLU;
+* ``mobile``: a MobileNetV2-like network (inverted residuals, ReLU6, 50 sites) at 64x64:
+  many small sites, where the fixed cost per site and batch dominates.
+
+Together the sites cover every kind deadrelu scans. Weights come from a fixed seed;
+the data is Gaussian noise of the documented size. Nothing here is timed;
+``overhead.py`` does the timing.
 """
 
 from __future__ import annotations
@@ -91,17 +101,142 @@ class EncoderBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """A stack of encoder blocks alternating GELU and ReLU MLPs (one site per block)."""
+    """A stack of encoder blocks alternating GELU and ``second`` MLPs (one site per block)."""
 
-    def __init__(self, dim: int = 256, heads: int = 4, hidden: int = 1024, depth: int = 4) -> None:
+    def __init__(self, dim: int = 256, heads: int = 4, hidden: int = 1024, depth: int = 4,
+                 second: Callable[[], nn.Module] = nn.ReLU) -> None:
         super().__init__()
         self.blocks = nn.Sequential(*[
-            EncoderBlock(dim, heads, hidden, nn.GELU() if index % 2 == 0 else nn.ReLU())
+            EncoderBlock(dim, heads, hidden, nn.GELU() if index % 2 == 0 else second())
             for index in range(depth)])
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.blocks(x))
+
+
+class Bottleneck(nn.Module):
+    """torchvision's Bottleneck (1x1, 3x3, 1x1, expansion 4) with a chosen activation.
+
+    Parameter-free kinds use one module called three times per forward, as torchvision
+    does with ``self.relu``; PReLU (a learned slope per channel) gets one module per position.
+    """
+
+    def __init__(self, inplanes: int, planes: int, stride: int, make: Callable[[int], nn.Module],
+                 shared: bool) -> None:
+        super().__init__()
+        width, out = planes, planes * 4
+        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.act1 = make(width)
+        self.act2 = self.act1 if shared else make(width)
+        self.act3 = self.act1 if shared else make(out)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or inplanes != out:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.act2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        out += identity
+        return self.act3(out)
+
+
+class KindsCNN(nn.Module):
+    """A slim bottleneck ResNet, one activation kind per stage (28 sites, 6 kinds).
+
+    Stem: in-place ReLU. Stages of two bottleneck blocks: (1) in-place ReLU reused 3x per
+    block, (2) in-place LeakyReLU(0.1) reused, (3) per-channel PReLU, (4) RReLU, ReLU6
+    and Hardtanh blocks (RReLU in eval mode is a LeakyReLU with the mean slope): 28 sites.
+    """
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(32)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        stage_kinds: list[list[tuple[Callable[[int], nn.Module], bool]]] = [
+            [(lambda c: nn.ReLU(inplace=True), True)] * 2,
+            [(lambda c: nn.LeakyReLU(0.1, inplace=True), True)] * 2,
+            [(lambda c: nn.PReLU(c), False)] * 2,
+            [(lambda c: nn.RReLU(), True), (lambda c: nn.ReLU6(inplace=True), True),
+             (lambda c: nn.Hardtanh(-1.0, 1.0), True)],
+        ]
+        stages, inplanes = [], 32
+        for (planes, stride), kinds in zip(((16, 1), (32, 2), (64, 2), (128, 2)), stage_kinds):
+            blocks = []
+            for index, (make, shared) in enumerate(kinds):
+                blocks.append(Bottleneck(inplanes, planes, stride if index == 0 else 1, make, shared))
+                inplanes = planes * 4
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(inplanes, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def kinds_mlp() -> nn.Sequential:
+    """MLP 784-1024-1024-1024-512-10 with ELU, SELU, CELU and ReLU after the hidden layers (4 sites)."""
+    return nn.Sequential(nn.Linear(784, 1024), nn.ELU(), nn.Linear(1024, 1024), nn.SELU(),
+                         nn.Linear(1024, 1024), nn.CELU(0.5), nn.Linear(1024, 512), nn.ReLU(),
+                         nn.Linear(512, 10))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expand + ReLU6, 3x3 depthwise + ReLU6, 1x1 linear projection."""
+
+    def __init__(self, inp: int, out: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = inp * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(inp, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
+        layers += [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+                   nn.ReLU6(inplace=True), nn.Conv2d(hidden, out, 1, bias=False), nn.BatchNorm2d(out)]
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and inp == out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+class MobileNet(nn.Module):
+    """A MobileNetV2-like network: stem, 24 inverted residual blocks, head; 50 ReLU6 sites.
+
+    MobileNetV2's (expansion, channels, repeats, stride) table with more repeats in the
+    middle stages (1 + 2 * 24 + 1 = 50 sites: the first block has no expansion), width
+    multiplier 0.5, so at 64x64 most sites are small (2x2 to 32x32 maps).
+    """
+
+    SETTINGS = ((1, 8, 1, 1), (6, 12, 3, 2), (6, 16, 4, 2), (6, 32, 5, 2), (6, 48, 5, 1), (6, 80, 5, 2),
+                (6, 160, 2, 1))
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(inplace=True)]
+        channels = 16
+        for expand, out, repeats, stride in self.SETTINGS:
+            for index in range(repeats):
+                layers.append(InvertedResidual(channels, out, stride if index == 0 else 1, expand))
+                channels = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Conv2d(channels, 640, 1, bias=False), nn.BatchNorm2d(640))
+        self.classifier = nn.Linear(640, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(self.features(x))
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
 @dataclass(frozen=True)
@@ -166,4 +301,13 @@ WORKLOADS: dict[str, Workload] = {
                             "(GELU/ReLU alternating), L=64", Encoder, (64, 256), 1024, 32),
     "opt": Workload("opt", "small OPT decoder (transformers OPTModel), D=256, 4 layers, ReLU FFN 1024, "
                     "int64 token ids, L=128", small_opt, (128,), 256, 16, vocab=4096),
+    "cnn-kinds": Workload("cnn-kinds", "bottleneck CNN, 3x64x64: ReLU (in-place, reused 3x), LeakyReLU "
+                          "(in-place, reused), PReLU, RReLU, ReLU6, Hardtanh stages, 28 sites", KindsCNN,
+                          (3, 64, 64), 2048, 64),
+    "mlp-kinds": Workload("mlp-kinds", "MLP 784-1024-1024-1024-512-10, ELU, SELU, CELU, ReLU (4 sites)",
+                          kinds_mlp, (784,), 16384, 256),
+    "transformer-kinds": Workload("transformer-kinds", "4 pre-norm encoder blocks, D=256, MLP 1024, GELU/SiLU "
+                                  "alternating, L=64", lambda: Encoder(second=nn.SiLU), (64, 256), 1024, 32),
+    "mobile": Workload("mobile", "MobileNetV2-like (x0.5, 24 inverted residuals), 3x64x64, 50 ReLU6 sites",
+                       MobileNet, (3, 64, 64), 2048, 64),
 }

@@ -10,6 +10,11 @@ compiles when the expected saving is at least twice the compile cost. When the n
 of samples is not known it re-checks at batches 8, 16, 32... assuming that the scan
 runs at least as long again as it has so far.
 
+Where the fused C kernel (``deadrelu.fused``) reduces the activations (float32 on the
+CPU) each activation is already read once, so ``auto`` never compiles there; it weighs
+compiling only for the tensors that reduce eagerly (CUDA, float16/bfloat16, float64, or a
+machine without a C compiler).
+
 Nothing here syncs a device: the measured time is host time (on CUDA, the time spent
 launching the reduction's kernels, which is what compiling saves there).
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import fused
 from .settings import CompileMode
 from .stats import CompiledReduction, shared_compiled_reduction
 
@@ -72,6 +78,9 @@ class CompileDecision:
             self._after_first = self.capture.reduce_seconds
         if self.mode is not CompileMode.AUTO or self.reason is not None or batches < self._next_check:
             return
+        if self._fused_calls():
+            self.reason = "auto: fused kernel (one read per activation)"
+            return
         per_batch = (self.capture.reduce_seconds - self._after_first) / (batches - 1)
         if self.total_samples is not None:
             remaining_batches = max(0.0, (self.total_samples - samples) / max(samples / batches, 1.0))
@@ -90,11 +99,15 @@ class CompileDecision:
         else:
             self._next_check = batches * 2
 
+    def _fused_calls(self) -> int:
+        return int(getattr(getattr(self.capture, "workspace", None), "fused_calls", 0))
+
     @property
     def used(self) -> str:
-        """``eager``, ``compiled`` or ``compiled from batch k`` (``eager`` if compiling failed)."""
+        """``fused``, ``eager``, ``compiled`` or ``compiled from batch k`` (not ``compiled`` if
+        compiling failed)."""
         if self._reduction is None or not self._reduction.usable:
-            return "eager"
+            return "fused" if self._fused_calls() else "eager"
         return "compiled" if not self.compiled_from_batch else f"compiled from batch {self.compiled_from_batch}"
 
     def environment(self) -> dict[str, Any]:
@@ -104,6 +117,8 @@ class CompileDecision:
                                 "reduction_seconds": round(float(getattr(self.capture, "reduce_seconds", 0.0)), 3)}
         if self._reduction is not None:
             info["compile_seconds"] = round(self._reduction.compile_seconds - self._compile_seconds_before, 3)
+        if fused.note() is not None:
+            info["fused_note"] = fused.note()
         return info
 
     def warnings(self) -> list[str]:

@@ -35,6 +35,7 @@ Why the eager reduction looks the way it does (each measured on a 2-core CPU, se
 
 from __future__ import annotations
 
+import ctypes
 import math
 import time
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from . import fused
 from .errors import first_line
 from .unitstats import SUM_FIELDS, SiteStats
 
@@ -147,6 +149,8 @@ class ReductionWorkspace:
     def __init__(self) -> None:
         self._buffers: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
         self._ones: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+        #: calls the fused kernel served (``Accumulator.update`` counts them here)
+        self.fused_calls = 0
 
     def take(self, purpose: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """A flat tensor of ``numel`` elements whose contents are undefined."""
@@ -527,8 +531,65 @@ class Accumulator:
         # The reduction is plain tensor math: no __torch_function__ override (a capture
         # mode, a tensor subclass) needs to see it, and skipping dispatch saves ~4 us an op.
         with torch._C.DisableTorchFunction():
+            if (compiled is None or not compiled.usable) and self._fused_update(output, active_source, plan):
+                if workspace is not None:
+                    workspace.fused_calls += 1
+                return
             batch = reduce_batch(output, active_source, plan, workspace, compiled)
             self.add(batch, output.numel() // max(self.units, 1))
+
+    def _fused_update(self, output: torch.Tensor, active_source: torch.Tensor, plan: ReductionPlan) -> bool:
+        """Reduce and add in one pass with the fused C kernel (``deadrelu.fused``); False when
+        this tensor does not take that path (not float32 on the CPU, no view, no kernel)."""
+        if output.dtype != torch.float32 or output.device.type != "cpu":
+            return False
+        if plan.floor_from_active and active_source is not output:
+            return False  # reduce_batch raises the error
+        function = fused.kernel()
+        if function is None:
+            return False
+        view = _units_view(output, plan.dims)
+        if view is None or view.shape[1] != self.units:
+            return False
+        if active_source is output:
+            mode, active = 0, view
+        else:
+            active = _units_view(active_source, plan.dims)  # type: ignore[assignment]
+            if active is None or active.shape != view.shape:
+                return False
+            if active.dtype == torch.float32:
+                mode = 1
+            elif active.dtype in (torch.bool, torch.uint8):
+                mode = 2
+            else:
+                return False
+        outer, units, inner = view.shape
+        if outer * inner > FLOAT32_EXACT_COUNT:
+            return False  # the kernel counts short runs in float32
+        fields = plan.fields
+        if self._fields is None:
+            self._start(fields, plan.derived)
+        elif fields != self._fields:
+            raise ValueError(f"batch has sums {fields}, this accumulator keeps {self._fields}")
+        status = function(view.data_ptr(), active.data_ptr(), mode, outer, units, inner, plan.threshold,
+                          plan.floor_at if plan.floor_at is not None else 0.0,
+                          plan.ceiling_at if plan.ceiling_at is not None else 0.0,
+                          "total_abs" in fields, "at_floor" in fields, "at_ceiling" in fields,
+                          torch.get_num_threads(), fused.MIN_PER_THREAD, self._rows, self.sums.data_ptr(),
+                          self.observations.data_ptr(), self.minimum.data_ptr(), self.maximum.data_ptr())
+        if status != 0:  # out of memory before anything was written: reduce eagerly
+            return False
+        self.offered += outer * inner
+        return True
+
+    def _start(self, fields: tuple[str, ...], derived: tuple[str, ...]) -> None:
+        """Fix the sums this accumulator keeps (those of its first batch)."""
+        self._fields, self._derived = fields, derived
+        # Row of each SUM_FIELDS entry in ``sums`` (-1: not kept), for the fused kernel.
+        self._rows = (ctypes.c_int64 * len(SUM_FIELDS))(*(fields.index(name) if name in fields else -1
+                                                          for name in SUM_FIELDS))
+        with torch.inference_mode(False):
+            self.sums = torch.zeros((len(fields), self.units), dtype=torch.float64, device=self.device)
 
     def add(self, batch: BatchStats, observations_per_unit: int) -> None:
         """Add one batch's reductions.
@@ -539,9 +600,7 @@ class Accumulator:
         min/max/sums.
         """
         if self._fields is None:
-            self._fields, self._derived = batch.fields, batch.derived
-            with torch.inference_mode(False):
-                self.sums = torch.zeros((len(batch.fields), self.units), dtype=torch.float64, device=self.device)
+            self._start(batch.fields, batch.derived)
         elif batch.fields != self._fields:
             raise ValueError(f"batch has sums {batch.fields}, this accumulator keeps {self._fields}")
         sums = batch.sums.reshape(len(batch.fields), -1)

@@ -4,8 +4,9 @@ Every layout the fast reduction special-cases (inner axis long, short or absent;
 channels-last; a view it cannot take), every kind identity it relies on (ReLU:
 sum |h| == sum h; ReLU6/Hardtanh: at the lower bound == not active) and the NaN/inf
 rule (a unit's batch slice holding NaN/inf is left out and counted) must give the
-statistics a plain per-unit loop over float64 copies gives. The compiled reduction
-must give the same numbers as the eager one.
+statistics a plain per-unit loop over float64 copies gives, on both paths a float32 CPU
+tensor can take: the fused C kernel (``deadrelu.fused``) and the eager torch reduction.
+The compiled reduction must give the same numbers as the eager one.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import deadrelu
 import deadrelu.compile_policy as compile_policy
+import deadrelu.fused as fused_module
 import deadrelu.stats as stats_module
 from deadrelu.compile_policy import CompileDecision
 from deadrelu.settings import CompileMode
@@ -121,13 +123,29 @@ def make_batches(kind: str, shape: tuple[int, ...], generator: torch.Generator, 
 
 
 def accumulate(batches: list, plan: ReductionPlan, unit_shape: tuple[int, ...],
-               compiled: CompiledReduction | None = None) -> SiteStats:
+               compiled: CompiledReduction | None = None, workspace: ReductionWorkspace | None = None) -> SiteStats:
     accumulator = Accumulator(unit_shape, torch.device("cpu"))
-    workspace = ReductionWorkspace()
+    workspace = workspace if workspace is not None else ReductionWorkspace()
     with torch.inference_mode():
         for output, active_source, _pre in batches:
             accumulator.update(output, active_source, plan, workspace, compiled)
     return accumulator.finalize()
+
+
+@pytest.fixture(params=["fused", "eager"])
+def path(request, monkeypatch):
+    """Each test runs on the fused kernel and on the eager reduction."""
+    if request.param == "eager":
+        monkeypatch.setattr(fused_module, "kernel", lambda: None)
+    elif fused_module.kernel() is None:
+        pytest.skip(f"no fused kernel on this machine: {fused_module.note()}")
+    return request.param
+
+
+@pytest.fixture
+def eager(monkeypatch):
+    """The eager reduction only (tests of its own layouts and shortcuts)."""
+    monkeypatch.setattr(fused_module, "kernel", lambda: None)
 
 
 def unit_shape_of(shape: tuple[int, ...], dims: tuple[int, ...]) -> tuple[int, ...]:
@@ -136,17 +154,19 @@ def unit_shape_of(shape: tuple[int, ...], dims: tuple[int, ...]) -> tuple[int, .
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_eager_reduction_equals_float64_reference(kind, layout):
+def test_reduction_equals_float64_reference(kind, layout, path):
     shape, dims = LAYOUTS[layout]
     plan = ReductionPlan(dims=dims, **KINDS[kind][1])
     batches = make_batches(kind, shape, torch.Generator().manual_seed(3))
-    stats = accumulate(batches, plan, unit_shape_of(shape, dims))
+    workspace = ReductionWorkspace()
+    stats = accumulate(batches, plan, unit_shape_of(shape, dims), workspace=workspace)
+    assert workspace.fused_calls == (len(batches) if path == "fused" else 0)
     assert_matches(stats, reference([(o, a) for o, a, _ in batches], dims, plan), f"{kind}/{layout}")
     assert stats.nonfinite.sum() > 0  # the poisoned slices were seen and set aside
 
 
 @pytest.mark.parametrize("kind", ["relu", "elu", "hardtanh"])
-def test_channels_last_and_non_viewable_tensors(kind):
+def test_channels_last_and_non_viewable_tensors(kind, path):
     """Channels-last is viewed as (N*H*W, C, 1); a transposed tensor takes the plain path."""
     plan = ReductionPlan(dims=(0, 2, 3), **KINDS[kind][1])
     generator = torch.Generator().manual_seed(5)
@@ -177,7 +197,7 @@ def test_float64_outputs_stay_float64():
     np.testing.assert_allclose(batch.get("total").numpy(), output.sum(0).numpy(), rtol=1e-12)
 
 
-def test_in_place_negative_slope_reads_a_boolean_active_source():
+def test_in_place_negative_slope_reads_a_boolean_active_source(path):
     """An in-place activation whose sign must come from its input hands over a bool tensor
     computed before the input was overwritten."""
     plan = ReductionPlan(dims=(0, 2, 3), threshold=0.0, floor_at=None, ceiling_at=None)
@@ -205,7 +225,7 @@ def test_plans_skip_exactly_the_passes_an_identity_gives(kind, fields, derived):
     assert set(plan.fields) | set(plan.derived) | {"at_floor", "at_ceiling"} >= set(SUM_FIELDS)
 
 
-def test_relu_total_abs_is_total_and_relu6_floor_is_not_active():
+def test_relu_total_abs_is_total_and_relu6_floor_is_not_active(path):
     relu = accumulate(make_batches("relu", (6, 5), torch.Generator().manual_seed(8)),
                       ReductionPlan(dims=(0,), **KINDS["relu"][1]), (5,))
     np.testing.assert_array_equal(relu.total_abs, relu.total)
@@ -219,7 +239,7 @@ def test_relu_total_abs_is_total_and_relu6_floor_is_not_active():
 
 @pytest.mark.parametrize("kind", ["relu", "relu6", "hardtanh"])
 @pytest.mark.parametrize("layout", ["conv_inner_first", "conv_outer_first", "linear_nd"])
-def test_minimum_shortcut_equals_amin(kind, layout, monkeypatch):
+def test_minimum_shortcut_equals_amin(kind, layout, monkeypatch, eager):
     """On the CPU, a batch where every unit has an inactive observation takes its minimum
     from the lower bound instead of an amin pass; a unit active throughout a batch forces
     the pass. Both ways give the reference minimum."""
@@ -251,7 +271,7 @@ def test_derived_floor_needs_the_output_as_active_source():
         reduce_batch(output, output.clone(), plan)
 
 
-def test_elu_floor_is_counted_with_its_tolerance():
+def test_elu_floor_is_counted_with_its_tolerance(path):
     plan = ReductionPlan(dims=(0,), threshold=0.0, floor_at=-0.99, ceiling_at=None)
     pre = torch.tensor([[-50.0, 1.0], [-5.0, -0.1], [-4.0, 2.0]])  # elu: -1.0, -0.9933, -0.9817
     output = torch.nn.functional.elu(pre)
@@ -276,7 +296,7 @@ def test_workspace_is_reused_and_results_are_not_overwritten():
     assert torch.equal(first.sums, kept)  # per-call results are fresh tensors, not workspace views
 
 
-def test_empty_tensors_add_nothing():
+def test_empty_tensors_add_nothing(path):
     accumulator = Accumulator((3,), torch.device("cpu"))
     empty = torch.empty(0, 3)
     accumulator.update(empty, empty, ReductionPlan(dims=(0,), **KINDS["relu"][1]))
@@ -317,7 +337,7 @@ class _CountInside(nn.Module):
             self.reads.counting = False
 
 
-def test_hot_path_reads_no_scalar_from_the_device(monkeypatch):
+def test_hot_path_reads_no_scalar_from_the_device(monkeypatch, eager):
     """No .item()/.tolist()/bool(tensor) in the hooks: on CUDA each would be a host sync per batch.
     (The one read allowed on CPU tensors, where it costs nothing, is switched off as on CUDA.)"""
     monkeypatch.setattr(stats_module, "_host_read_is_free", lambda device: False)
@@ -387,7 +407,8 @@ def test_compile_failure_falls_back_to_eager_with_a_note(monkeypatch, fresh_comp
     on = deadrelu.scan(model, data, batch_size=8, compile="on")
     off = deadrelu.scan(model, data, batch_size=8, compile="off")
     assert fresh_compiled.note in on.warnings
-    assert on.environment["reduction"] == "eager" and on.environment["compile"] == "on"
+    assert on.environment["compile"] == "on"
+    assert on.environment["reduction"] == ("fused" if fused_module.kernel() is not None else "eager")
     assert on.sites[0].stats.active.tolist() == off.sites[0].stats.active.tolist()
 
 
@@ -451,15 +472,18 @@ def test_on_and_off(fake_shared):
     assert capture.compiled is None and decision.environment()["reduction_reason"] == "--compile off"
 
 
-def test_scan_records_what_reduction_ran():
+def test_scan_records_what_reduction_ran(path):
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU())
     result = deadrelu.scan(model, torch.randn(20, 4), batch_size=5)
     env = result.environment
-    assert (env["compile"], env["reduction"]) == ("auto", "eager")
-    assert env["reduction_reason"].startswith("auto: eager (projected saving")
+    assert (env["compile"], env["reduction"]) == ("auto", path)
+    if path == "fused":  # every activation is read once already: nothing for torch.compile to save
+        assert env["reduction_reason"] == "auto: fused kernel (one read per activation)"
+    else:
+        assert env["reduction_reason"].startswith("auto: eager (projected saving")
     assert type(env["reduction_seconds"]) is float
     off = deadrelu.scan(model, torch.randn(20, 4), batch_size=5, compile="off").environment
-    assert (off["compile"], off["reduction"], off["reduction_reason"]) == ("off", "eager", "--compile off")
+    assert (off["compile"], off["reduction"], off["reduction_reason"]) == ("off", path, "--compile off")
 
 
 def test_reduction_seconds_is_the_time_spent_reducing(monkeypatch):
@@ -487,7 +511,7 @@ def test_layouts_cover_both_outer_axis_sums():
 
 
 @pytest.mark.parametrize("threads", [1, 2])  # 1: BLAS matrix-vector sums; 2: torch.sum for large tensors
-def test_large_outer_sums_match_on_one_and_two_threads(threads):
+def test_large_outer_sums_match_on_one_and_two_threads(threads, path):
     plan = ReductionPlan(dims=(0, 1), **KINDS["gelu"][1])
     batches = make_batches("gelu", LAYOUTS["linear_past_gemv"][0], torch.Generator().manual_seed(9))
     before = torch.get_num_threads()

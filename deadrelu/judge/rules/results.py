@@ -162,10 +162,26 @@ def rule_saturation(context: RuleContext) -> list[Suggestion]:
                                                                            if bias_lines else ""))]
 
 
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks from 1, ties given their mean rank, NaN left NaN (pandas' ``Series.rank()``,
+    without importing pandas: that alone took 0.3-0.5 s of every scan's start-up)."""
+    values = np.asarray(values, dtype=np.float64)
+    ranks = np.full(values.shape, np.nan)
+    finite = ~np.isnan(values)
+    kept = values[finite]
+    order = np.argsort(kept, kind="mergesort")
+    ordered = kept[order]
+    starts = np.r_[0, np.flatnonzero(ordered[1:] != ordered[:-1]) + 1] if kept.size else np.zeros(0, dtype=int)
+    ends = np.r_[starts[1:], kept.size] if kept.size else np.zeros(0, dtype=int)
+    kept_ranks = np.empty(kept.size)
+    kept_ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    ranks[finite] = kept_ranks
+    return ranks
+
+
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    import pandas as pd
-    rx = pd.Series(x).rank().to_numpy()
-    ry = pd.Series(y).rank().to_numpy()
+    rx = _average_ranks(x)
+    ry = _average_ranks(y)
     if np.std(rx) == 0 or np.std(ry) == 0:
         return float("nan")
     return float(np.corrcoef(rx, ry)[0, 1])

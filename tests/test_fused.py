@@ -1,0 +1,213 @@
+"""Every kind, end to end: a scan's per-unit statistics against a plain reference.
+
+For each activation kind deadrelu scans (in-place where the module allows it, and a
+module reused twice per forward), a small conv + linear model is scanned once through
+the fused C kernel and once through the eager reduction, and every site's statistics
+must equal what a textbook loop gives over float64 copies of the activations (recorded
+by plain forward hooks in a separate pass): counts, min and max exactly, sums to
+float rounding. Then the kernel's build: no compiler means the eager path and a note.
+"""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import deadrelu
+import deadrelu.fused as fused_module
+from deadrelu.kinds import ActiveRule, floor_tolerance, spec_for_module
+
+CHANNELS = 5
+
+# name -> module factory (channels -> module)
+KIND_MODULES = {
+    "ReLU": lambda c: nn.ReLU(),
+    "ReLU-inplace": lambda c: nn.ReLU(inplace=True),
+    "LeakyReLU-inplace": lambda c: nn.LeakyReLU(0.1, inplace=True),
+    "LeakyReLU-negative-inplace": lambda c: nn.LeakyReLU(-0.2, inplace=True),  # active read from the input
+    "PReLU": lambda c: nn.PReLU(c),
+    "RReLU": lambda c: nn.RReLU(),
+    "ELU-inplace": lambda c: nn.ELU(inplace=True),
+    "SELU": lambda c: nn.SELU(),
+    "CELU": lambda c: nn.CELU(0.5),
+    "ReLU6-inplace": lambda c: nn.ReLU6(inplace=True),
+    "Hardtanh": lambda c: nn.Hardtanh(-0.5, 0.7),
+    "GELU": lambda c: nn.GELU(),
+    "SiLU": lambda c: nn.SiLU(),
+}
+
+
+class KindModel(nn.Module):
+    """conv -> act -> conv -> act (the same module again) -> pool -> linear -> act2."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        make = KIND_MODULES[kind]
+        self.conv1 = nn.Conv2d(3, CHANNELS, 3, padding=1)
+        self.conv2 = nn.Conv2d(CHANNELS, CHANNELS, 3, padding=1)
+        self.act = make(CHANNELS)
+        self.fc = nn.Linear(CHANNELS, CHANNELS)
+        self.act2 = make(CHANNELS)
+        with torch.no_grad():
+            self.conv1.weight.mul_(4.0)
+            self.conv1.bias[0] = -60.0  # channel 0 never active after the first call
+            self.conv1.bias[1] = 60.0  # channel 1 always active (and at the ceiling of bounded kinds)
+            for module in (self.act, self.act2):
+                if isinstance(module, nn.PReLU):
+                    module.weight.copy_(torch.tensor([0.25, -0.5, 0.1, 0.0, 0.3]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.act(self.conv1(x))
+        hidden = self.act(self.conv2(hidden) - 0.5)
+        return self.act2(self.fc(hidden.mean((2, 3))))
+
+
+def reference_stats(model: KindModel, data: torch.Tensor, batch_size: int) -> dict[tuple[str, int], dict]:
+    """Per site (module, call index), the textbook statistics from plain hooks (sums in float64)."""
+    records: dict[tuple[str, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    calls: dict[str, int] = {}
+    pending: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in ("act", "act2"):
+        module = getattr(model, name)
+
+        def pre(mod, args, name=name):
+            pending[name] = args[0].detach().double().clone()  # before an in-place module overwrites it
+
+        def post(mod, args, output, name=name):
+            index = calls.get(name, 0)
+            calls[name] = index + 1
+            records.setdefault((name, index), []).append((pending.pop(name), output.detach().double().clone()))
+
+        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    try:
+        with torch.inference_mode():
+            for batch in data.split(batch_size):
+                calls.clear()
+                model(batch.clone())
+    finally:
+        for handle in handles:
+            handle.remove()
+    expected = {}
+    for (name, index), pairs in records.items():
+        spec = spec_for_module(getattr(model, name))
+        assert spec is not None
+        pre = torch.cat([p.movedim(1, -1).reshape(-1, CHANNELS) for p, _ in pairs])
+        out = torch.cat([o.movedim(1, -1).reshape(-1, CHANNELS) for _, o in pairs])
+        # Bounds are compared in the activation's own dtype (float32), as the model computes
+        # them: Hardtanh's 0.7 is float32(0.7), which float64(0.7) exceeds.
+        single = out.float()
+        if spec.active_rule is ActiveRule.ABOVE_LOWER:
+            active = single > spec.floor
+            at_floor, at_ceiling = single <= spec.floor, single >= spec.ceiling
+        else:
+            active = pre > 0
+            at_floor = (single <= floor_tolerance(spec.floor, 0.01) if spec.floor is not None
+                        else torch.zeros_like(out, dtype=torch.bool))
+            at_ceiling = torch.zeros_like(out, dtype=torch.bool)
+        expected[(name, index)] = {
+            "observations": np.full(CHANNELS, float(out.shape[0])), "active": active.sum(0).double().numpy(),
+            "total": out.sum(0).numpy(), "total_sq": (out * out).sum(0).numpy(), "total_abs": out.abs().sum(0).numpy(),
+            "at_floor": at_floor.sum(0).double().numpy(), "at_ceiling": at_ceiling.sum(0).double().numpy(),
+            "minimum": out.amin(0).numpy(), "maximum": out.amax(0).numpy()}
+    return expected
+
+
+@pytest.fixture(params=["fused", "eager"])
+def path(request, monkeypatch):
+    if request.param == "eager":
+        monkeypatch.setattr(fused_module, "kernel", lambda: None)
+    elif fused_module.kernel() is None:
+        pytest.skip(f"no fused kernel on this machine: {fused_module.note()}")
+    return request.param
+
+
+@pytest.mark.parametrize("kind", sorted(KIND_MODULES))
+def test_every_kind_matches_the_textbook_statistics(kind, path):
+    torch.manual_seed(0)
+    model = KindModel(kind).eval()
+    data = torch.randn(32, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    expected = reference_stats(model, data, batch_size=8)
+    result = deadrelu.scan(model, data, batch_size=8)
+    assert result.environment["reduction"] == path
+    sites = {(site.module, site.call_index): site for site in result.sites}
+    assert set(sites) == set(expected) == {("act", 0), ("act", 1), ("act2", 0)}
+    for key, truth in expected.items():
+        stats = sites[key].stats
+        context = f"{kind} {key} via {path}"
+        for name in ("observations", "active", "at_floor", "at_ceiling", "minimum", "maximum"):
+            np.testing.assert_array_equal(getattr(stats, name), truth[name], err_msg=f"{context} {name}")
+        for name in ("total", "total_sq", "total_abs"):
+            scale = max(1.0, float(np.abs(truth[name]).max()))
+            np.testing.assert_allclose(getattr(stats, name), truth[name], rtol=1e-5, atol=1e-6 * scale,
+                                       err_msg=f"{context} {name}")
+    first = sites[("act", 0)].stats
+    assert first.active[0] == 0 and first.active[1] == first.observations[1]  # the model's truth
+
+
+def test_no_compiler_means_eager_with_a_note(monkeypatch, tmp_path):
+    monkeypatch.setenv("DEADRELU_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "no-such-compiler-here")
+    monkeypatch.setattr(fused_module.shutil, "which", lambda name: None)
+    fused_module.reset()
+    try:
+        assert fused_module.kernel() is None
+        assert fused_module.note() == ("fused kernel unavailable (no C compiler (cc) found); "
+                                       "the reduction ran eagerly")
+        model = nn.Sequential(nn.Linear(4, 6), nn.ReLU())
+        result = deadrelu.scan(model, torch.randn(20, 4), batch_size=5)
+        assert result.environment["reduction"] == "eager"
+        assert result.environment["fused_note"] == fused_module.note()
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        fused_module.reset()
+
+
+def test_kernel_is_built_once_into_the_cache(monkeypatch, tmp_path):
+    if fused_module.kernel() is None:
+        pytest.skip(f"no fused kernel on this machine: {fused_module.note()}")
+    monkeypatch.setenv("DEADRELU_CACHE_DIR", str(tmp_path))
+    fused_module.reset()
+    try:
+        assert fused_module.kernel() is not None
+        built = sorted(path.name for path in tmp_path.iterdir())
+        assert len(built) == 1 and built[0].startswith("fused-") and built[0].endswith(".so")
+        stamp = (tmp_path / built[0]).stat().st_mtime_ns
+        fused_module.reset()
+        assert fused_module.kernel() is not None  # loaded, not rebuilt
+        assert (tmp_path / built[0]).stat().st_mtime_ns == stamp
+    finally:
+        fused_module.reset()
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv("DEADRELU_FUSED", "0")
+    fused_module.reset()
+    try:
+        assert fused_module.kernel() is None and "DEADRELU_FUSED=0" in (fused_module.note() or "")
+    finally:
+        fused_module.reset()
+
+
+def test_thread_split_equals_one_thread(path, monkeypatch):
+    """Rows split over threads (the fused kernel's partial sums, then merged) give the same
+    counts and extremes as one thread."""
+    monkeypatch.setattr(fused_module, "MIN_PER_THREAD", 1 << 16)  # split these 1M-value batches
+    model = nn.Sequential(nn.Linear(64, 2048), nn.ELU())
+    data = torch.randn(1024, 64, generator=torch.Generator().manual_seed(3))
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(deadrelu.scan(model, data, batch_size=512).sites[0].stats)
+    finally:
+        torch.set_num_threads(before)
+    one, two = results
+    for name in ("observations", "active", "at_floor", "minimum", "maximum"):
+        np.testing.assert_array_equal(getattr(one, name), getattr(two, name), err_msg=name)
+    np.testing.assert_allclose(one.total, two.total, rtol=1e-5, atol=1e-4)
+    assert float(one.observations.sum()) == 1024 * 2048
