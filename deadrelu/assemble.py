@@ -42,6 +42,23 @@ def site_result(capture: ActivationCapture, record: SiteRecord, settings: ScanSe
                       producer=record.link)
 
 
+def count_warnings(sites: Sequence[SiteResult], not_run: Sequence[str], data_info: Mapping[str, Any]) -> list[str]:
+    """The warnings that quote counts (modules never run, skipped samples, NaN/inf sites, a partial
+    scan); ``deadrelu merge`` recomputes them from merged counts the same way."""
+    warnings = []
+    if not_run:
+        warnings.append(f"{len(not_run)} activation module(s) never ran on this data: {', '.join(not_run[:8])}")
+    if data_info.get("skipped"):
+        warnings.append(f"skipped {data_info['skipped']} input sample(s) holding NaN/inf (--nonfinite skip)")
+    nonfinite_sites = [s.name for s in sites if s.nonfinite]
+    if nonfinite_sites:
+        warnings.append(f"NaN/inf activations at {len(nonfinite_sites)} site(s) ({', '.join(nonfinite_sites[:5])}); "
+                        "those batch slices were left out of the statistics and counted per unit")
+    if data_info.get("partial"):
+        warnings.append(f"PARTIAL: the scan was interrupted after {data_info.get('samples')} samples")
+    return warnings
+
+
 def model_name(model: nn.Module) -> str:
     """The model's class name (a ScriptModule keeps its original one)."""
     return getattr(model, "original_name", None) or type(model).__name__
@@ -87,16 +104,7 @@ def assemble(capture: ActivationCapture, model: nn.Module, settings: ScanSetting
         warnings.append(f"mask not applied at {len(unmasked)} site(s) whose activation does not start with the "
                         f"(N, L) axes (padding counted there): {', '.join(unmasked[:8])}"
                         + (" ..." if len(unmasked) > 8 else ""))
-    if not_run:
-        warnings.append(f"{len(not_run)} activation module(s) never ran on this data: {', '.join(not_run[:8])}")
-    if data_info.get("skipped"):
-        warnings.append(f"skipped {data_info['skipped']} input sample(s) holding NaN/inf (--nonfinite skip)")
-    nonfinite_sites = [s.name for s in sites if s.nonfinite]
-    if nonfinite_sites:
-        warnings.append(f"NaN/inf activations at {len(nonfinite_sites)} site(s) ({', '.join(nonfinite_sites[:5])}); "
-                        "those batch slices were left out of the statistics and counted per unit")
-    if data_info.get("partial"):
-        warnings.append(f"PARTIAL: the scan was interrupted after {data_info.get('samples')} samples")
+    warnings += count_warnings(sites, not_run, data_info)
     info = dict(model_info)
     info.setdefault("class", model_name(model))
     info.setdefault("parameters", sum(p.numel() for p in model.parameters()))
@@ -118,4 +126,4 @@ def assemble(capture: ActivationCapture, model: nn.Module, settings: ScanSetting
     return result.with_suggestions(suggest(result, model))
 
 
-__all__ = ["assemble", "site_result", "model_name"]
+__all__ = ["assemble", "count_warnings", "site_result", "model_name"]

@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .assemble import count_warnings
 from .errors import DeadReluError
 from .judge.verdicts import judge_site
 from .result import ScanResult, SiteResult, Summary
@@ -148,27 +149,11 @@ def assemble(parts: Sequence[Mapping[str, Any]], sites: Sequence[tuple[Mapping[s
     kept = [w for w in _union(p.get("warnings", []) for p in parts)
             if not any(pattern.match(w) for pattern in _COUNT_WARNINGS)
             and not (drop_shard_notes and _SHARD_NOTE.match(w))]
-    warnings = kept + _count_warnings(results, not_run, data)
+    warnings = kept + count_warnings(results, not_run, data)
     environment = {**first.get("environment", {}), "world_size": world_size}
     return ScanResult(sites=tuple(results), summary=Summary.of(results), settings=settings,
                       model=dict(first.get("model", {})), data=data, coverage=coverage, warnings=tuple(warnings),
                       environment=environment)
-
-
-def _count_warnings(sites: Sequence[SiteResult], not_run: list[str], data: Mapping[str, Any]) -> list[str]:
-    """The scan's count-bearing warnings (``deadrelu.scan``), from merged counts."""
-    warnings = []
-    if not_run:
-        warnings.append(f"{len(not_run)} activation module(s) never ran on this data: {', '.join(not_run[:8])}")
-    if data.get("skipped"):
-        warnings.append(f"skipped {data['skipped']} input sample(s) holding NaN/inf (--nonfinite skip)")
-    nonfinite_sites = [s.name for s in sites if s.nonfinite]
-    if nonfinite_sites:
-        warnings.append(f"NaN/inf activations at {len(nonfinite_sites)} site(s) ({', '.join(nonfinite_sites[:5])}); "
-                        "those batch slices were left out of the statistics and counted per unit")
-    if data.get("partial"):
-        warnings.append(f"PARTIAL: the scan was interrupted after {data.get('samples')} samples")
-    return warnings
 
 
 def _name(facts: Mapping[str, Any], parts: Sequence[Mapping[str, Any]]) -> str:
