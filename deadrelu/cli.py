@@ -20,16 +20,18 @@ import typer
 
 from . import __version__
 # Shared with the command groups in deadrelu/commands (which must not import this module).
+from .commands.options import (CAPTURE, DATA, MODEL, RUN, THRESHOLDS, DebugOption, HtmlOption,
+                               JsonOption, JunitOption, MarkdownOption, MaxDeadRatioOption,
+                               MaxLayerDeadRatioOption, OutOption, PngDirOption, QuietOption, ShowUnitsOption,
+                               VerboseOption)
 from .commands.common import EXIT_GATE_FAILED, EXIT_OK, error_exit, stderr, stdout
 from .commands.common import positionals as _positionals
 from .commands.common import spec_file as _spec_file
-from .commands.training import JunitOption, MarkdownOption, write_ci_reports
+from .commands.training import write_ci_reports
 from .render import console as console_render
 from .render.reports import ReportTargets, write_reports
 from .settings import CompileMode, Granularity, InputDtype, NonFinitePolicy, ScanSettings, Thresholds
 
-#: what ``--help`` groups options under
-MODEL, DATA, CAPTURE, THRESHOLDS, GATE, OUTPUT, RUN = "Model", "Data", "Capture", "Thresholds", "Gate", "Output", "Run"
 #: data formats, for help texts (a torch-free copy of ``load.data.DATA_FORMATS``)
 DATA_FILES = ".npy, .npz, .pt/.pth, .csv/.tsv, .parquet, or text (.txt/.jsonl) with a tokenizer"
 
@@ -67,20 +69,6 @@ class _ProgressReporter:
             self._progress.__exit__(*exc)
 
 
-HtmlOption = Annotated[Optional[Path], typer.Option("--html", metavar="FILE", rich_help_panel=OUTPUT,
-                                                     help="Write a self-contained HTML report here.")]
-PngDirOption = Annotated[Optional[Path], typer.Option("--png-dir", metavar="DIR", rich_help_panel=OUTPUT,
-                                                      help="Write PNG plots into this folder.")]
-OutOption = Annotated[Optional[Path], typer.Option("--out", metavar="DIR", rich_help_panel=OUTPUT,
-                                                   help="Write result.json, report.html and plots/*.png into this "
-                                                        "folder ('auto': reports/<model-stem>-<timestamp>/).")]
-ShowUnitsOption = Annotated[bool, typer.Option("--show-units", rich_help_panel=OUTPUT,
-                                               help="List dead/saturated unit indices.")]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=OUTPUT,
-                                           help="Only the verdict and gate lines.")]
-VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", rich_help_panel=OUTPUT,
-                                             help="Every site, and each suggestion's evidence, action and code.")]
-DebugOption = Annotated[bool, typer.Option("--debug", rich_help_panel=RUN, help="Show tracebacks.")]
 _DEFAULTS = ScanSettings()
 _THRESHOLDS = Thresholds()
 
@@ -190,15 +178,9 @@ def scan(
     saturation: Annotated[Optional[float], typer.Option(
         metavar="SHARE", rich_help_panel=THRESHOLDS, show_default=f"{_THRESHOLDS.saturation:g}",
         help="Share of observations at the floor/bound that makes a unit saturated.")] = None,
-    max_dead_ratio: Annotated[Optional[float], typer.Option(
-        metavar="RATIO", rich_help_panel=GATE,
-        help="Fail (exit 1) when dead units over all units are above this ratio.")] = None,
-    max_layer_dead_ratio: Annotated[Optional[float], typer.Option(
-        metavar="RATIO", rich_help_panel=GATE,
-        help="Fail (exit 1) when any site's dead ratio is above this.")] = None,
-    json_path: Annotated[Optional[Path], typer.Option(
-        "--json", metavar="FILE", rich_help_panel=OUTPUT,
-        help="Write the JSON report here ('-' for stdout).")] = None,
+    max_dead_ratio: MaxDeadRatioOption = None,
+    max_layer_dead_ratio: MaxLayerDeadRatioOption = None,
+    json_path: JsonOption = None,
     html_path: HtmlOption = None,
     png_dir: PngDirOption = None,
     out_dir: OutOption = None,

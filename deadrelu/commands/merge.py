@@ -13,8 +13,9 @@ from typing import Annotated, Optional
 import typer
 
 from .common import EXIT_GATE_FAILED, EXIT_OK, error_exit, stderr, stdout
+from .options import (THRESHOLDS, DebugOption, HtmlOption, MaxDeadRatioOption, MaxLayerDeadRatioOption,
+                      PngDirOption, QuietOption, ShowUnitsOption)
 
-THRESHOLDS_PANEL, GATE_PANEL, OUTPUT_PANEL = "Thresholds", "Gate", "Output"
 
 
 def merge(
@@ -22,35 +23,27 @@ def merge(
         metavar="PART.json...", show_default=False,
         help="JSON reports of 'deadrelu scan ... --shard I/N --json PART.json', one per shard.")],
     json_path: Annotated[Optional[Path], typer.Option(
-        "--json", metavar="FILE", rich_help_panel=OUTPUT_PANEL,
+        "--json", metavar="FILE", rich_help_panel="Output",
         help="Write the merged JSON report here ('-' for stdout).")] = None,
     dead_threshold: Annotated[Optional[float], typer.Option(
-        metavar="RATE", rich_help_panel=THRESHOLDS_PANEL, show_default="the first part's",
+        metavar="RATE", rich_help_panel=THRESHOLDS, show_default="the first part's",
         help="Dead when the active rate is <= this.")] = None,
     tau: Annotated[Optional[float], typer.Option(
-        metavar="TAU", rich_help_panel=THRESHOLDS_PANEL, show_default="the first part's",
+        metavar="TAU", rich_help_panel=THRESHOLDS, show_default="the first part's",
         help="ReDo dormancy threshold.")] = None,
     saturation: Annotated[Optional[float], typer.Option(
-        metavar="SHARE", rich_help_panel=THRESHOLDS_PANEL, show_default="the first part's",
+        metavar="SHARE", rich_help_panel=THRESHOLDS, show_default="the first part's",
         help="Share of observations at the floor/bound that makes a unit saturated.")] = None,
-    max_dead_ratio: Annotated[Optional[float], typer.Option(
-        metavar="RATIO", rich_help_panel=GATE_PANEL,
-        help="Fail (exit 1) when dead units over all units are above this ratio.")] = None,
-    max_layer_dead_ratio: Annotated[Optional[float], typer.Option(
-        metavar="RATIO", rich_help_panel=GATE_PANEL,
-        help="Fail (exit 1) when any site's dead ratio is above this.")] = None,
+    max_dead_ratio: MaxDeadRatioOption = None,
+    max_layer_dead_ratio: MaxLayerDeadRatioOption = None,
     allow_missing: Annotated[bool, typer.Option(
         "--allow-missing", help="Merge the shards given even when some are missing (the result is marked "
                                 "partial).")] = False,
-    html_path: Annotated[Optional[Path], typer.Option(
-        "--html", metavar="FILE", rich_help_panel=OUTPUT_PANEL, help="Write a self-contained HTML report here.")] = None,
-    png_dir: Annotated[Optional[Path], typer.Option(
-        "--png-dir", metavar="DIR", rich_help_panel=OUTPUT_PANEL, help="Write PNG plots into this folder.")] = None,
-    show_units: Annotated[bool, typer.Option(
-        "--show-units", rich_help_panel=OUTPUT_PANEL, help="List dead/saturated unit indices.")] = False,
-    quiet: Annotated[bool, typer.Option(
-        "--quiet", "-q", rich_help_panel=OUTPUT_PANEL, help="Only the verdict and gate lines.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    html_path: HtmlOption = None,
+    png_dir: PngDirOption = None,
+    show_units: ShowUnitsOption = False,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """Merge the JSON reports of the shards of one scan into the report of the whole scan.
 

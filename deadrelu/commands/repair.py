@@ -15,9 +15,12 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..errors import ConfigError
+from .options import DATA as DATA_PANEL
+from .options import MODEL as MODEL_PANEL
+from .options import OUTPUT as OUT_PANEL
+from .options import DebugOption
 
 EXIT_OK = 0
-MODEL_PANEL, DATA_PANEL, OUT_PANEL = "Model", "Data", "Output"
 
 ModelArg = Annotated[Optional[Path], typer.Argument(
     metavar="MODEL", show_default=False, help="Model file: a state_dict/checkpoint or .safetensors (with --arch), "
@@ -54,7 +57,6 @@ AtolOpt = Annotated[float, typer.Option(help="Refuse (exit 2) when an output mov
                                              "largest absolute output.", show_default=True)]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write what changed and the before/after scan "
                                                  "as JSON here ('-' for stdout).", rich_help_panel=OUT_PANEL)]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 
 
 class RecycleUnits(str, Enum):
@@ -120,7 +122,7 @@ def prune(
                    ] = None,
     state_dict: Annotated[Optional[Path], typer.Option("--state-dict", help="Write the pruned state_dict (new "
                                                        "shapes are printed).", rich_help_panel=OUT_PANEL)] = None,
-    json_path: JsonOpt = None, debug: DebugOpt = False,
+    json_path: JsonOpt = None, debug: DebugOption = False,
 ) -> None:
     """Remove dead units whose output is exactly 0 on every sample, check the outputs are unchanged, write."""
     from .common import error_exit, stderr, stdout
@@ -179,7 +181,7 @@ def fix(
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the repaired model: the input's format where "
                                                 "it holds the result (state_dict for recycle/reinit), else .pt2.",
                                                 rich_help_panel=OUT_PANEL)] = None,
-    json_path: JsonOpt = None, debug: DebugOpt = False,
+    json_path: JsonOpt = None, debug: DebugOption = False,
 ) -> None:
     """Recycle dead/dormant units (ReDo), swap activations, or re-initialise layers; show dead before -> after."""
     from .common import error_exit, stderr, stdout

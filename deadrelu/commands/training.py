@@ -16,18 +16,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from .common import EXIT_GATE_FAILED, EXIT_OK, error_exit, stderr, stdout
+from .options import DebugOption, JunitOption, MarkdownOption
 
 if TYPE_CHECKING:
     from ..compare import DiffResult
     from ..history import Trend
     from ..result import ScanResult
 
-JunitOption = Annotated[Optional[Path], typer.Option(
-    "--junit", metavar="FILE", rich_help_panel="Output",
-    help="Write JUnit XML here: one testcase per site, a failure for each site the gate fails.")]
-MarkdownOption = Annotated[Optional[Path], typer.Option(
-    "--markdown", metavar="FILE", rich_help_panel="Output",
-    help="Write a short Markdown summary here (appended when it is $GITHUB_STEP_SUMMARY).")]
 
 
 # -- CI files -------------------------------------------------------------------------------
@@ -93,7 +88,7 @@ def diff(
         help="Write the diff as JSON here ('-' for stdout).")] = None,
     junit_path: JunitOption = None,
     markdown_path: MarkdownOption = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    debug: DebugOption = False,
 ) -> None:
     """Compare two scan results site by site: dead counts, newly dead and revived units; a CI gate.
 
@@ -179,7 +174,7 @@ def trend(
     png_dir: Annotated[Optional[Path], typer.Option(
         "--png-dir", metavar="DIR", rich_help_panel="Output",
         help="Write trend_heatmap.png and trend_worst_sites.png here.")] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    debug: DebugOption = False,
 ) -> None:
     """Dead units across checkpoints (scanned over the same DATA) or across a monitor log's records."""
     from ..errors import ConfigError

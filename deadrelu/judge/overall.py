@@ -109,6 +109,7 @@ class ModelVerdict:
         flagged_sites: sites with a dead, saturated or never-active unit.
         gate_failed: a CI gate was set and failed.
         unobserved: units with no finite observation (neither alive nor dead).
+        dormant: dormant units (ReDo), over all sites.
     """
 
     level: Level
@@ -122,9 +123,28 @@ class ModelVerdict:
     gate_failed: bool
     unobserved: int = 0
 
+    dormant: int = 0
+
     @property
     def dead_ratio(self) -> float:
         return self.dead / self.units if self.units else 0.0
+
+    def counts(self, number: Callable[[int], str] = str, leaky: str = "never active (leaky)") -> list[str]:
+        """The model-wide counts every renderer quotes after the headline, in one order.
+
+        Args:
+            number: how to print a count (``"{:,}".format`` in HTML).
+            leaky: the label of never-active units of leaky kinds.
+        """
+        phrases = [f"{number(self.dead)} of {number(self.units)} units dead ({self.dead_ratio:.1%})"]
+        if self.saturated:
+            phrases.append(f"{number(self.saturated)} saturated")
+        if self.never_active:
+            phrases.append(f"{number(self.never_active)} {leaky}")
+        phrases.append(f"{number(self.dormant)} dormant")
+        if self.unobserved:
+            phrases.append(f"{number(self.unobserved)} units unobserved (no finite observation)")
+        return phrases
 
     def headline(self, show: Callable[[str], str] = str) -> str:
         """``worst site layer3.4.relu#1: 32 of 64 dead (50.0%)`` or ``no dead or saturated unit``.
@@ -170,7 +190,7 @@ def overall(result: ScanResult) -> ModelVerdict:
                         saturated=sum(site.saturated for site in result.sites),
                         units=sum(site.units for site in result.sites), sites=len(result.sites),
                         flagged_sites=sum(1 for site in result.sites if flagged(site)), gate_failed=gate_failed,
-                        unobserved=unobserved)
+                        unobserved=unobserved, dormant=result.summary.dormant)
 
 
 __all__ = ["Level", "ModelVerdict", "overall", "site_level", "stuck_mask", "stuck_share", "dead_no_gradient",

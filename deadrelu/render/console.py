@@ -139,15 +139,8 @@ def verdict_line(result: ScanResult) -> Text:
         text.append("nothing observed: every unit saw only NaN/inf")
     else:
         text.append(verdict.headline(visible))
-    body = [f"{verdict.dead} of {verdict.units} units dead ({verdict.dead_ratio:.1%})"]
-    if verdict.saturated:
-        body.append(f"{verdict.saturated} saturated")
-    if verdict.never_active:
-        body.append(f"{verdict.never_active} never active (leaky)")
-    body.append(f"{result.summary.dormant} dormant")
-    if unobserved:
-        body.append(f"{unobserved} units unobserved (no finite observation)")
-    text.append(f"\n  {', '.join(body)}; {verdict.sites} site(s), {result.data.get('samples', '?')} samples.")
+    text.append(f"\n  {', '.join(verdict.counts())}; {verdict.sites} site(s), "
+                f"{result.data.get('samples', '?')} samples.")
     if verdict.gate_failed:
         text.append(" CI gate failed.", style="bold red")
     return text

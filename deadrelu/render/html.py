@@ -320,12 +320,7 @@ def verdict_card(result: ScanResult) -> str:
     from ..judge.overall import overall
     verdict = overall(result)
     partial = " (PARTIAL scan)" if result.data.get("partial") else ""
-    counts = [f"{verdict.dead:,} of {verdict.units:,} units dead ({_pct(verdict.dead_ratio)})"]
-    if verdict.saturated:
-        counts.append(f"{verdict.saturated:,} saturated")
-    if verdict.never_active:
-        counts.append(f"{verdict.never_active:,} never active (leaky: still have a gradient)")
-    counts.append(f"{result.summary.dormant:,} dormant")
+    counts = verdict.counts("{:,}".format, leaky="never active (leaky: still have a gradient)")
     more = (", ".join(counts) + f" · {verdict.sites} site(s), {verdict.flagged_sites} with a problem · "
             f"{result.data.get('samples', '?')} samples" + (" · CI gate failed" if verdict.gate_failed else ""))
     return (f'<section class="verdictcard {verdict.level.value}"><span class="level">{verdict.level.value}{partial}'
