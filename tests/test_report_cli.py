@@ -157,3 +157,25 @@ def test_report_needs_unit_statistics(runner, files, tmp_path):
     done = runner.invoke(app, ["report", str(path)])
     assert done.exit_code == 2
     assert "has no unit_stats" in done.stderr
+
+
+def test_a_clean_model_prints_one_clean_line_and_notes_wrap_under_their_text():
+    """No table header without a problem site, the clean count not squeezed to a table's width,
+    and a long note continuing under its own text rather than at column 0."""
+    import dataclasses
+
+    from rich.console import Console
+
+    import deadrelu
+    from deadrelu.render import console as console_render
+    from truth_models import linear_with_dead_units
+    result = deadrelu.scan(linear_with_dead_units(dead=0, width=32), bounded_inputs(60, 10))
+    long_note = "a note " * 20
+    result = dataclasses.replace(result, warnings=(long_note.strip(),))
+    terminal = Console(width=80, record=True, file=open("/dev/null", "w"))
+    terminal.print(console_render.report(result, width=80))
+    lines = [line.rstrip() for line in terminal.export_text().splitlines()]
+    assert "1 site clean (no dead or saturated unit)" in lines
+    assert not any(line.startswith("site ") for line in lines)
+    bullet = next(k for k, line in enumerate(lines) if line.startswith("  - a note"))
+    assert lines[bullet + 1].startswith("    a note")

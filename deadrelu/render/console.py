@@ -165,14 +165,16 @@ def gate_lines(result: ScanResult) -> Text | None:
     return text
 
 
-def warnings_text(result: ScanResult) -> Text | None:
-    """Coverage notes and warnings, one per line."""
+def warnings_text(result: ScanResult) -> Group | None:
+    """Coverage notes and warnings, one bullet each; a long one wraps under its own text."""
     if not result.warnings:
         return None
-    text = Text("Notes:", style="bold")
+    bullets = Table.grid(padding=(0, 1, 0, 0))
+    bullets.add_column(no_wrap=True)
+    bullets.add_column(overflow="fold")
     for warning in result.warnings:
-        text.append(f"\n  - {visible(warning)}")
-    return text
+        bullets.add_row("  -", Text(visible(warning)))
+    return Group(Text("Notes:", style="bold"), bullets)
 
 
 def dead_units_text(result: ScanResult, max_per_site: int = 64) -> Text:
@@ -317,8 +319,15 @@ def report(result: ScanResult, show_units: bool = False, limit: int | None = DEF
     Returns:
         A rich Group.
     """
-    parts: list = [verdict_line(result), Text(""),
-                   layer_table(result, None if verbose else limit, width, all_sites=verbose)]
+    table = layer_table(result, None if verbose else limit, width, all_sites=verbose)
+    # The caption ("43 sites clean") is a line of its own, not wrapped to the table's width;
+    # with no problem site to list it is all there is to say.
+    caption, table.caption = table.caption, None
+    parts: list = [verdict_line(result), Text("")]
+    if table.row_count:
+        parts.append(table)
+    if caption:
+        parts.append(Text(str(caption), style="dim" if table.row_count else ""))
     if show_units:
         parts.append(dead_units_text(result))
     parts.append(Text(""))
