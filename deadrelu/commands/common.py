@@ -21,13 +21,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import click
 import typer
 from rich.console import Console
 
 from ..errors import ConfigError, DeadReluError
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_BUG = 0, 1, 2, 3
+
+# Older typer re-exports click's exceptions; newer typer (0.29) ships its own copy of click
+# (``typer._click``) and no longer depends on click: take the classes from typer itself,
+# so this works with either and click is never imported.
+_CLICK_EXCEPTION = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")
+#: What the CLI framework raises to end a command itself (--help, usage errors, typer.Exit).
+FRAMEWORK_EXITS: tuple[type[BaseException], ...] = (typer.Exit, typer.Abort, _CLICK_EXCEPTION)
 
 stdout = Console(highlight=False, soft_wrap=False)
 # Errors and hints stay one line each, however narrow the terminal (CI logs are grepped).
@@ -53,7 +59,7 @@ def error_exit(debug: bool) -> Iterator[None]:
     anything else is a bug in deadrelu: one line naming a file that holds the traceback, exit 3."""
     try:
         yield
-    except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.exceptions.ClickException):
+    except FRAMEWORK_EXITS:
         raise
     except DeadReluError as exc:
         if debug:
