@@ -27,7 +27,7 @@ from .commands.options import (CAPTURE, DATA, MODEL, RUN, THRESHOLDS, DebugOptio
 from .commands.common import EXIT_GATE_FAILED, EXIT_OK, error_exit, stderr, stdout
 from .commands.common import positionals as _positionals
 from .commands.common import spec_file as _spec_file
-from .commands.training import write_ci_reports
+from .commands.training import say, write_ci_reports
 from .render import console as console_render
 from .render.reports import ReportTargets, write_reports
 from .settings import CompileMode, Granularity, InputDtype, NonFinitePolicy, ScanSettings, Thresholds
@@ -243,8 +243,7 @@ def scan(
                               input_dtype=input_dtype.value)
         if main_process:
             _emit(result, json_path, quiet, show_units, verbose)
-            _write_reports(result, targets, json_path == Path("-"))
-            write_ci_reports(result, junit_path, markdown_path, json_path == Path("-"))
+            _write_reports(result, targets, json_path, quiet, (junit_path, markdown_path))
     raise typer.Exit(EXIT_GATE_FAILED if result.gate is not None and not result.gate.passed else EXIT_OK)
 
 
@@ -273,8 +272,6 @@ def _emit(result: Any, json_path: Path | None, quiet: bool, show_units: bool, ve
         if gate is not None:
             stderr.print(gate)
         return
-    if json_path is not None:
-        result.to_json(json_path)
     if quiet:
         stdout.print(console_render.verdict_line(result), soft_wrap=True)
         gate = console_render.gate_lines(result)
@@ -282,8 +279,6 @@ def _emit(result: Any, json_path: Path | None, quiet: bool, show_units: bool, ve
             stdout.print(gate)
     else:
         stdout.print(console_render.report(result, show_units=show_units, width=_width(), verbose=verbose))
-    if json_path is not None and not quiet:
-        stdout.print(f"JSON report: {json_path}", markup=False)
 
 
 def _out_folder(out_dir: Path | None, stem: str) -> Path | None:
@@ -293,12 +288,27 @@ def _out_folder(out_dir: Path | None, stem: str) -> Path | None:
     return Path("reports") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _write_reports(result: Any, targets: ReportTargets, to_stderr: bool) -> None:
-    """Write the HTML report, the PNG plots and (for --out) all of them plus the JSON, and say where."""
+def _write_reports(result: Any, targets: ReportTargets, json_path: Path | None = None, quiet: bool = False,
+                   ci_files: tuple[Path | None, Path | None] = (None, None)) -> None:
+    """Write every report file together (JSON, HTML, PNG plots, --out, JUnit, Markdown), then say where.
+
+    All are renamed into place at the end (``written_together``): Ctrl-C before that leaves
+    every old file as it was, and the interruption line names what was written, if anything.
+    """
+    from .render.files import written_together
     from .render.text import visible
-    for what, path, files in write_reports(result, targets):
-        count = f" ({files} files)" if what == "PNG plots" else ""
-        (stderr if to_stderr else stdout).print(f"{what}: {visible(path)}{count}", markup=False, soft_wrap=True)
+    to_stderr = json_path == Path("-")
+    lines = []
+    with written_together():
+        if json_path is not None and not to_stderr:
+            result.to_json(json_path)
+            if not quiet:
+                lines.append(f"JSON report: {visible(json_path)}")
+        for what, path, files in write_reports(result, targets):
+            count = f" ({files} files)" if what == "PNG plots" else ""
+            lines.append(f"{what}: {visible(path)}{count}")
+        lines += write_ci_reports(result, *ci_files)
+    say(lines, to_stderr)
 
 
 @app.command()
@@ -326,7 +336,7 @@ def report(
             from .judge.suggestions import suggest
             result = result.with_suggestions(suggest(result))
         _emit(result, None, quiet, show_units, verbose)
-        _write_reports(result, targets, False)
+        _write_reports(result, targets)
     raise typer.Exit(EXIT_OK)
 
 

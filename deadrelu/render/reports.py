@@ -4,7 +4,8 @@
 before any work: each target must be writable, no target may be one of the command's
 inputs (a ``--json model.pt`` would replace the model) or another target, and no input
 may sit where a plot will be written. Paths are compared with symlinks followed.
-``write_reports`` then renders and writes them atomically; notebook users call it too.
+``write_reports`` then renders and writes them together (``render.files.written_together``);
+notebook users call it too.
 """
 
 from __future__ import annotations
@@ -168,20 +169,23 @@ def write_reports(result: ScanResult, targets: ReportTargets) -> list[tuple[str,
     """
     from . import html as html_render
     from . import plots
-    from .files import atomic_write_text
+    from .files import atomic_write_text, written_together
     written: list[tuple[str, Path, int]] = []
     html_targets = [path for path in (targets.html, targets.out / OUT_HTML if targets.out else None) if path]
-    if html_targets:
-        page = html_render.report(result)
-        for path in html_targets:
-            atomic_write_text(path, page)
-            written.append(("HTML report", path, 1))
-    for _option, folder in targets.folder_targets():
-        written.append(("PNG plots", folder, len(plots.write_pngs(result, folder))))
-    if targets.out is not None:
-        path = targets.out / OUT_JSON
-        result.to_json(path)
-        written.append(("JSON report", path, 1))
+    # All or nothing: the files are renamed into place together at the end (or joined to the
+    # caller's batch), so an interruption never leaves a new HTML beside an old JSON.
+    with written_together():
+        if html_targets:
+            page = html_render.report(result)
+            for path in html_targets:
+                atomic_write_text(path, page)
+                written.append(("HTML report", path, 1))
+        for _option, folder in targets.folder_targets():
+            written.append(("PNG plots", folder, len(plots.write_pngs(result, folder))))
+        if targets.out is not None:
+            path = targets.out / OUT_JSON
+            result.to_json(path)
+            written.append(("JSON report", path, 1))
     return written
 
 
