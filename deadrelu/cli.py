@@ -219,7 +219,7 @@ def scan(
                                 files={"--junit": junit_path, "--markdown": markdown_path})
         targets.check({"MODEL": model, "DATA": data, "--weights": weights, "--config": config,
                        "--import": import_files, "--arch": _spec_file(arch), "--model": _spec_file(model_spec),
-                       "--data": _spec_file(data_spec)})
+                       "--data": _spec_file(data_spec), "--tokenizer": tokenizer})
         from .load.huggingface import has_tokenizer, is_encoder_decoder, is_model_folder
         from .distributed import is_main_process
         from .load.sources import open_data, open_model

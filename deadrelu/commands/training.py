@@ -184,9 +184,10 @@ def trend(
 ) -> None:
     """Dead units across checkpoints (scanned over the same DATA) or across a monitor log's records."""
     from ..errors import ConfigError
-    from ..render.reports import ReportTargets
+    from ..render.reports import TREND_PLOT_FILES, ReportTargets
     with error_exit(debug):
-        ReportTargets(json=json_path, html=html_path, png_dir=png_dir).check({"CKPT/DATA/LOG": paths})
+        ReportTargets(json=json_path, html=html_path, png_dir=png_dir, plot_files=TREND_PLOT_FILES).check(
+            _trend_inputs(paths, arch, import_files))
         if len(paths) == 1 and _is_log(paths[0]):
             points, trend_data = _trend_of_log(paths[0])
         else:
@@ -204,6 +205,16 @@ def trend(
                 settings={k: v for k, v in values.items() if v is not None})
         _emit_trend(trend_data, points, json_path, html_path, png_dir)
     raise typer.Exit(EXIT_OK)
+
+
+def _trend_inputs(paths: list[Path], arch: str | None, import_files: list[Path] | None) -> dict[str, Any]:
+    """What trend reads: the monitor log, or each checkpoint (folders and globs expanded) and the data."""
+    from .common import spec_file
+    if len(paths) == 1 and _is_log(paths[0]):
+        return {"LOG": paths[0]}
+    from ..trend import checkpoint_files
+    checkpoints = checkpoint_files(paths[:-1])[0] if len(paths) > 1 else []
+    return {"CKPT": checkpoints, "DATA": paths[-1], "--arch": spec_file(arch), "--import": import_files}
 
 
 def _trend_of_log(path: Path) -> tuple[list[dict[str, Any]], Trend]:
