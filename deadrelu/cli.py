@@ -24,7 +24,7 @@ from .commands.options import (CAPTURE, DATA, MODEL, RUN, THRESHOLDS, DebugOptio
                                JsonOption, JunitOption, MarkdownOption, MaxDeadRatioOption,
                                MaxLayerDeadRatioOption, OutOption, PngDirOption, QuietOption, ShowUnitsOption,
                                VerboseOption)
-from .commands.common import EXIT_GATE_FAILED, EXIT_OK, error_exit, stderr, stdout
+from .commands.common import EXIT_GATE_FAILED, EXIT_INTERRUPTED, EXIT_OK, error_exit, stderr, stdout
 from .commands.common import positionals as _positionals
 from .commands.common import spec_file as _spec_file
 from .commands.training import say, write_ci_reports
@@ -244,6 +244,12 @@ def scan(
         if main_process:
             _emit(result, json_path, quiet, show_units, verbose)
             _write_reports(result, targets, json_path, quiet, (junit_path, markdown_path))
+            if result.data.get("partial"):
+                # --partial-on-interrupt: the report of what was seen is out, and the run was still cut short.
+                stderr.print(f"interrupted: the report covers the {result.data.get('samples')} samples scanned "
+                             "before Ctrl-C and is marked partial", markup=False, soft_wrap=True)
+    if result.data.get("partial"):
+        raise typer.Exit(EXIT_INTERRUPTED)
     raise typer.Exit(EXIT_GATE_FAILED if result.gate is not None and not result.gate.passed else EXIT_OK)
 
 

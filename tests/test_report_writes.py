@@ -1,6 +1,8 @@
 """Reports written together (issue 18 §8): Ctrl-C while a command writes its reports leaves either
 every old file as it was ("no report written" is then true), or says exactly which files were
-written; never a new JSON beside an old HTML under a line claiming nothing was written."""
+written; never a new JSON beside an old HTML under a line claiming nothing was written. Also
+§10: a result JSON naming two sites alike is refused by report and diff, and
+--partial-on-interrupt writes the partial report and exits 130."""
 
 from __future__ import annotations
 
@@ -157,3 +159,48 @@ def test_writes_inside_an_outer_batch_wait_for_it(tmp_path):
         write_reports(synthetic_result(sites=2, units=4), ReportTargets(html=tmp_path / "r.html"))
         assert not (tmp_path / "r.html").exists()  # joined the outer batch
     assert batch.written == [tmp_path / "r.html"] and (tmp_path / "r.html").is_file()
+
+
+# -- §10: duplicate site names, --partial-on-interrupt -------------------------------------------------
+
+def test_report_and_diff_refuse_a_result_with_two_sites_of_one_name(runner, tmp_path):
+    synthetic_result(sites=3, units=8, names=["fc.act", "conv.act", "fc.act"]).to_json(tmp_path / "dup.json")
+    synthetic_result(sites=3, units=8).to_json(tmp_path / "ok.json")
+    expected = f'{tmp_path / "dup.json"}: sites[2].name "fc.act" is also the name of sites[0]'
+    error_line(runner.invoke(app, ["report", str(tmp_path / "dup.json")]), expected)
+    error_line(runner.invoke(app, ["diff", str(tmp_path / "ok.json"), str(tmp_path / "dup.json"), "--force"]),
+               expected)
+    error_line(runner.invoke(app, ["diff", str(tmp_path / "dup.json"), str(tmp_path / "ok.json"), "--force"]),
+               expected)
+
+
+INTERRUPTED_MODEL = '''
+from torch import nn
+from truth_models import linear_with_dead_units
+
+class Interrupted(nn.Module):
+    """Ctrl-C in the third forward pass."""
+    def __init__(self):
+        super().__init__()
+        self.body = linear_with_dead_units(dead=8)
+        self.calls = 0
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 3:
+            raise KeyboardInterrupt
+        return self.body(x)
+'''
+
+
+def test_partial_on_interrupt_writes_every_report_and_exits_130(runner, files):
+    (files["dir"] / "interrupted.py").write_text(INTERRUPTED_MODEL)
+    done = runner.invoke(app, ["scan", "--model", f"{files['dir'] / 'interrupted.py'}:Interrupted", str(files["data"]),
+                               "--batch-size", "10", "--partial-on-interrupt", *outputs(files)])
+    assert done.exit_code == 130, done.output
+    assert stderr_lines(done)[-1] == ("interrupted: the report covers the 20 samples scanned before Ctrl-C and is "
+                                      "marked partial")
+    report = json.loads((files["dir"] / "r.json").read_text())
+    assert report["data"]["partial"] is True and report["data"]["samples"] == 20
+    assert report["summary"]["dead"] == 8
+    assert all((files["dir"] / name).read_text() != OLD[name] for name in OLD)
+    assert "PARTIAL" in (files["dir"] / "r.html").read_text()
