@@ -24,10 +24,10 @@ from .commands.options import (CAPTURE, DATA, MODEL, RUN, THRESHOLDS, DebugOptio
                                JsonOption, JunitOption, MarkdownOption, MaxDeadRatioOption,
                                MaxLayerDeadRatioOption, OutOption, PngDirOption, QuietOption, ShowUnitsOption,
                                VerboseOption)
-from .commands.common import EXIT_GATE_FAILED, EXIT_OK, error_exit, stderr, stdout
+from .commands.common import EXIT_GATE_FAILED, EXIT_INTERRUPTED, EXIT_OK, error_exit, stderr, stdout
 from .commands.common import positionals as _positionals
 from .commands.common import spec_file as _spec_file
-from .commands.training import write_ci_reports
+from .commands.training import say, write_ci_reports
 from .render import console as console_render
 from .render.reports import ReportTargets, write_reports
 from .settings import CompileMode, Granularity, InputDtype, NonFinitePolicy, ScanSettings, Thresholds
@@ -219,7 +219,7 @@ def scan(
                                 files={"--junit": junit_path, "--markdown": markdown_path})
         targets.check({"MODEL": model, "DATA": data, "--weights": weights, "--config": config,
                        "--import": import_files, "--arch": _spec_file(arch), "--model": _spec_file(model_spec),
-                       "--data": _spec_file(data_spec)})
+                       "--data": _spec_file(data_spec), "--tokenizer": tokenizer})
         from .load.huggingface import has_tokenizer, is_encoder_decoder, is_model_folder
         from .distributed import is_main_process
         from .load.sources import open_data, open_model
@@ -243,8 +243,13 @@ def scan(
                               input_dtype=input_dtype.value)
         if main_process:
             _emit(result, json_path, quiet, show_units, verbose)
-            _write_reports(result, targets, json_path == Path("-"))
-            write_ci_reports(result, junit_path, markdown_path, json_path == Path("-"))
+            _write_reports(result, targets, json_path, quiet, (junit_path, markdown_path))
+            if result.data.get("partial"):
+                # --partial-on-interrupt: the report of what was seen is out, and the run was still cut short.
+                stderr.print(f"interrupted: the report covers the {result.data.get('samples')} samples scanned "
+                             "before Ctrl-C and is marked partial", markup=False, soft_wrap=True)
+    if result.data.get("partial"):
+        raise typer.Exit(EXIT_INTERRUPTED)
     raise typer.Exit(EXIT_GATE_FAILED if result.gate is not None and not result.gate.passed else EXIT_OK)
 
 
@@ -273,8 +278,6 @@ def _emit(result: Any, json_path: Path | None, quiet: bool, show_units: bool, ve
         if gate is not None:
             stderr.print(gate)
         return
-    if json_path is not None:
-        result.to_json(json_path)
     if quiet:
         stdout.print(console_render.verdict_line(result), soft_wrap=True)
         gate = console_render.gate_lines(result)
@@ -282,8 +285,6 @@ def _emit(result: Any, json_path: Path | None, quiet: bool, show_units: bool, ve
             stdout.print(gate)
     else:
         stdout.print(console_render.report(result, show_units=show_units, width=_width(), verbose=verbose))
-    if json_path is not None and not quiet:
-        stdout.print(f"JSON report: {json_path}", markup=False)
 
 
 def _out_folder(out_dir: Path | None, stem: str) -> Path | None:
@@ -293,12 +294,27 @@ def _out_folder(out_dir: Path | None, stem: str) -> Path | None:
     return Path("reports") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _write_reports(result: Any, targets: ReportTargets, to_stderr: bool) -> None:
-    """Write the HTML report, the PNG plots and (for --out) all of them plus the JSON, and say where."""
+def _write_reports(result: Any, targets: ReportTargets, json_path: Path | None = None, quiet: bool = False,
+                   ci_files: tuple[Path | None, Path | None] = (None, None)) -> None:
+    """Write every report file together (JSON, HTML, PNG plots, --out, JUnit, Markdown), then say where.
+
+    All are renamed into place at the end (``written_together``): Ctrl-C before that leaves
+    every old file as it was, and the interruption line names what was written, if anything.
+    """
+    from .render.files import written_together
     from .render.text import visible
-    for what, path, files in write_reports(result, targets):
-        count = f" ({files} files)" if what == "PNG plots" else ""
-        (stderr if to_stderr else stdout).print(f"{what}: {visible(path)}{count}", markup=False, soft_wrap=True)
+    to_stderr = json_path == Path("-")
+    lines = []
+    with written_together():
+        if json_path is not None and not to_stderr:
+            result.to_json(json_path)
+            if not quiet:
+                lines.append(f"JSON report: {visible(json_path)}")
+        for what, path, files in write_reports(result, targets):
+            count = f" ({files} files)" if what == "PNG plots" else ""
+            lines.append(f"{what}: {visible(path)}{count}")
+        lines += write_ci_reports(result, *ci_files)
+    say(lines, to_stderr)
 
 
 @app.command()
@@ -326,7 +342,7 @@ def report(
             from .judge.suggestions import suggest
             result = result.with_suggestions(suggest(result))
         _emit(result, None, quiet, show_units, verbose)
-        _write_reports(result, targets, False)
+        _write_reports(result, targets)
     raise typer.Exit(EXIT_OK)
 
 

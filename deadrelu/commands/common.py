@@ -19,14 +19,14 @@ import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import typer
 from rich.console import Console
 
 from ..errors import ConfigError, DeadReluError
 
-EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_BUG = 0, 1, 2, 3
+EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 # Older typer re-exports click's exceptions; newer typer (0.29) ships its own copy of click
 # (``typer._click``) and no longer depends on click: take the classes from typer itself,
@@ -69,9 +69,10 @@ def error_exit(debug: bool) -> Iterator[None]:
         if exc.hint:
             stderr.print(f"[dim]hint:[/] {_plain(exc.hint)}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    except KeyboardInterrupt:
-        stderr.print("[bold red]interrupted[/]: no report written (use --partial-on-interrupt to keep partial results)")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        line = interrupted_line(getattr(exc, "written", ()), getattr(exc, "complete", False))
+        stderr.print(f"[bold red]interrupted[/]: {_plain(line)}")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except Exception as exc:
         if debug:
             raise
@@ -83,6 +84,18 @@ def error_exit(debug: bool) -> Iterator[None]:
         if crash_file is None:
             stderr.print("".join(traceback.format_exception(exc)), markup=False)
         raise typer.Exit(EXIT_BUG) from None
+
+
+def interrupted_line(written: Iterable[object] = (), complete: bool = False) -> str:
+    """What an interruption left on disk, said exactly: the reports files written (all of them when
+    ``complete``: Ctrl-C came while they were renamed into place), or none."""
+    from ..render.text import visible
+    names = ", ".join(visible(str(path)) for path in written)
+    if not names:
+        return "no report written (use --partial-on-interrupt to keep partial results)"
+    if complete:
+        return f"after the reports were written: {names}"
+    return f"only these reports were written: {names}; the others were not (their old files, if any, are unchanged)"
 
 
 def _write_crash_report(exc: BaseException) -> Path | None:
@@ -129,5 +142,5 @@ def spec_file(spec: str | None) -> Path | None:
     return Path(target) if target.endswith(".py") else None
 
 
-__all__ = ["EXIT_OK", "EXIT_GATE_FAILED", "EXIT_BAD_INPUT", "EXIT_BUG", "stdout", "stderr", "PARAMETER_FLAGS", "as_flags",
+__all__ = ["EXIT_OK", "EXIT_GATE_FAILED", "EXIT_BAD_INPUT", "EXIT_BUG", "EXIT_INTERRUPTED", "interrupted_line", "stdout", "stderr", "PARAMETER_FLAGS", "as_flags",
            "error_exit", "positionals", "spec_file"]
