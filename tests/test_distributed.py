@@ -112,7 +112,8 @@ def assert_same_scan(got: dict[str, Any], want: dict[str, Any]) -> None:
     assert got["data"]["samples"] == want["data"]["samples"]
     assert [s["name"] for s in got["sites"]] == [s["name"] for s in want["sites"]]
     for mine, theirs in zip(got["sites"], want["sites"]):
-        for key in ("units", "observations", "dead_units", "saturated_units", "dormant_units", "nonfinite"):
+        for key in ("units", "observations", "dead_units", "saturated_units", "dormant_units", "nonfinite",
+                    "producer"):
             assert mine[key] == theirs[key], (mine["name"], key)
         for field, values in theirs["unit_stats"].items():
             a = np.array([np.nan if v is None else v for v in mine["unit_stats"][field]], dtype=float)
@@ -423,6 +424,40 @@ def test_a_meeting_names_the_ranks_that_did_not_arrive_and_sees_a_failure_posted
     ranks.post(1, "test-b", {"y": 1})
     assert ranks.meet(0, 3, "test-b", {"y": 0}, what="the test step", timeout=5) == {0: {"y": 0}, 1: {"y": 1},
                                                                                        2: {"y": 2}}
+
+
+def _suggested(suggestions: list[dict[str, Any]]) -> list[tuple[str, str, list[str]]]:
+    return [(s["id"], s["title"], list(s["sites"])) for s in suggestions]
+
+
+def test_sharded_merged_and_torchrun_scans_of_a_resnet_make_the_single_process_suggestions(files):
+    """Issue 19.6: the parts' producer links survive merging, so the weight rules read the
+    traced layer instead of guessing by registration order. broken_resnet's truth: β = -10
+    on channels 0-7 of layer3.4.bn2 kills 8 of 16 units at layer3.4.relu#1."""
+    from real_nets import broken_resnet, resnet_data
+
+    from deadrelu.judge.suggestions import suggest
+    model, data = broken_resnet(), resnet_data()
+    whole = deadrelu.scan(model, data, batch_size=8)
+    want = _suggested(whole.suggestions)
+    assert ("batchnorm-dead", "layer3.4.relu#1 ← layer3.4.bn2: β < −3·|γ| on channels 0–7",
+            ["layer3.4.relu#1"]) in want
+    links = [site.producer for site in whole.sites]
+    assert None not in links and len(links) == 49
+
+    merged = merge_results([deadrelu.scan(model, data, batch_size=8, shard=f"{index}/2") for index in range(2)])
+    assert [site.producer for site in merged.sites] == links
+    assert _suggested(merged.with_suggestions(suggest(merged, model)).suggestions) == want
+
+    nets = str(REPO / "tests" / "real_nets.py")
+    out = files["dir"] / "resnet-torchrun.json"
+    run = torchrun("-m", "deadrelu", "scan", "--model", f"{nets}:broken_resnet", "--data", f"{nets}:resnet_data",
+                   "--batch-size", "8", "--device", "cpu", "--json", str(out), "-q")
+    assert run.returncode == 0, run.stdout + run.stderr
+    combined = json.loads(out.read_text())
+    assert combined["environment"]["world_size"] == 2 and combined["data"]["samples"] == 24
+    assert [site["producer"] for site in combined["sites"]] == [link.to_dict() for link in links]
+    assert _suggested(combined["suggestions"]) == want
 
 
 # -- devices ----------------------------------------------------------------------------------
