@@ -73,6 +73,11 @@ def _key(name: str, rank: int) -> str:
     return f"deadrelu/{name}/{rank}"
 
 
+def _count(name: str) -> str:
+    """How many ranks posted under ``name``: one counter to poll instead of a key per rank."""
+    return f"deadrelu/{name}/count"
+
+
 def _store() -> Any:
     import torch.distributed as dist
 
@@ -98,8 +103,10 @@ def _lost(exc: BaseException) -> RankError:
 
 def post(rank: int, name: str, payload: Any) -> None:
     """Post this rank's ``payload`` under ``name`` without waiting (a failure record, say)."""
+    store = _store()
     try:
-        _store().set(_key(name, rank), _encode(payload))
+        store.set(_key(name, rank), _encode(payload))
+        store.add(_count(name), 1)  # after the key: whoever sees the count finds the key
     except RuntimeError as exc:
         raise _lost(exc) from exc
 
@@ -160,16 +167,27 @@ def meet(rank: int, world_size: int, name: str, payload: Any, *, what: str, watc
     pending = [other for other in range(world_size) if other != rank and other not in skip]
     deadline = time.monotonic() + limit
     delay = 0.001
+    examined = dict.fromkeys(watch, 0)
     try:
+        # Each poll reads counters only (1 + len(watch) requests, however many ranks), so
+        # many ranks waiting long for a slow one do not flood the store.
         while pending:
-            pending = [other for other in pending if not store.check([_key(name, other)])]
-            for other in pending:
-                for watched in watch:
-                    if store.check([_key(watched, other)]):
-                        return NotComing(other, watched, json.loads(store.get(_key(watched, other))))
-            if not pending:
-                break
+            if store.add(_count(name), 0) >= world_size - len(skip):
+                pending = [other for other in pending if not store.check([_key(name, other)])]
+                if not pending:
+                    break
+            for watched in watch:
+                posted_there = store.add(_count(watched), 0)
+                if posted_there > examined[watched]:
+                    examined[watched] = posted_there
+                    pending = [other for other in pending if not store.check([_key(name, other)])]
+                    for other in pending:
+                        if store.check([_key(watched, other)]):
+                            return NotComing(other, watched, json.loads(store.get(_key(watched, other))))
             if time.monotonic() > deadline:
+                pending = [other for other in pending if not store.check([_key(name, other)])]
+                if not pending:
+                    break
                 _process.absent = _process.absent | set(pending)
                 raise RankError(f"{ranks_text(pending)} of {world_size} did not reach {what} within {limit:g} s "
                                 "(hung, slow or gone)",
