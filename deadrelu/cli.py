@@ -202,6 +202,10 @@ def scan(
         help="TOML config (see configs/default.toml); flags win over it.")] = None,
     partial_on_interrupt: Annotated[bool, typer.Option(
         "--partial-on-interrupt", rich_help_panel=RUN, help="On Ctrl-C, report what was seen so far.")] = False,
+    timeout: Annotated[Optional[float], typer.Option(
+        metavar="SECONDS", rich_help_panel=RUN, show_default="300",
+        help="Under torchrun: the most a rank waits for the others (where they meet, and in collectives); "
+             "ranks that do not arrive are named.")] = None,
     debug: DebugOption = False,
 ) -> None:
     """Scan MODEL over DATA and report dead, saturated and dormant units per activation site."""
@@ -221,10 +225,11 @@ def scan(
                        "--import": import_files, "--arch": _spec_file(arch), "--model": _spec_file(model_spec),
                        "--data": _spec_file(data_spec), "--tokenizer": tokenizer})
         from .load.huggingface import has_tokenizer, is_encoder_decoder, is_model_folder
-        from .distributed import is_main_process
+        from .distributed import is_main_process, set_timeout
         from .load.sources import open_data, open_model
         from .scanning import scan as run_scan
         main_process = is_main_process()  # under torchrun, rank 0 alone prints and writes reports
+        set_timeout(timeout, collectives=True)  # the process group is the CLI's own (commands/torchrun.py)
         loaded = open_model(model, arch=arch, arch_kwargs=arch_kwargs, factory=model_spec, weights=weights,
                             allow_pickle=allow_pickle, imports=import_files or (), hf_class=hf_class,
                             allow_remote_code=allow_remote_code)
@@ -361,9 +366,9 @@ _register_training(app)
 
 
 def main() -> None:
-    """Console-script entry point (under torchrun: one process group, rank 0 reports)."""
-    from .distributed import run_cli
-    run_cli(app)
+    """Console-script entry point (under torchrun: one process group, rank 0 reports, one error line)."""
+    from .commands.torchrun import run
+    run(app)
 
 
 if __name__ == "__main__":  # pragma: no cover

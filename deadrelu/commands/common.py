@@ -18,6 +18,7 @@ import tempfile
 import time
 import traceback
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -43,7 +44,8 @@ stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 PARAMETER_FLAGS = {"batch_size": "--batch-size", "dead_threshold": "--dead-threshold", "tau": "--tau",
                    "saturation": "--saturation", "granularity": "--granularity", "nonfinite": "--nonfinite",
                    "limit": "--limit", "max_dead_ratio": "--max-dead-ratio",
-                   "max_layer_dead_ratio": "--max-layer-dead-ratio", "compile": "--compile", "device": "--device"}
+                   "max_layer_dead_ratio": "--max-layer-dead-ratio", "compile": "--compile", "device": "--device",
+                   "timeout": "--timeout"}
 _LEADING_PARAMETER = re.compile(r"^(" + "|".join(sorted(map(re.escape, PARAMETER_FLAGS), key=len, reverse=True))
                                 + r")\b(?!_)")
 
@@ -51,6 +53,51 @@ _LEADING_PARAMETER = re.compile(r"^(" + "|".join(sorted(map(re.escape, PARAMETER
 def as_flags(message: str) -> str:
     """A library message that starts with a parameter name (``batch_size must be >= 1``), with the flag."""
     return _LEADING_PARAMETER.sub(lambda match: PARAMETER_FLAGS[match.group(1)], message, count=1)
+
+
+@dataclass(frozen=True)
+class ErrorLines:
+    """The lines a failed command prints on stderr: ``error: message`` and ``hint: hint``.
+
+    Attributes:
+        code: the exit code that goes with them (2 bad input, 3 a bug in deadrelu).
+        message: the error line's text.
+        hint: the hint line's text, if any.
+        detail: text printed as it is after them (a traceback no crash file could hold).
+        kind: the error's class name (``DataLoadError``...).
+        agreed: the error repeats another torchrun rank's failure.
+    """
+
+    code: int
+    message: str
+    hint: str | None = None
+    detail: str | None = None
+    kind: str = "DeadReluError"
+    agreed: bool = False
+
+    def show(self, prefix: str = "") -> None:
+        """Print the lines on stderr, the message after ``prefix`` (``rank 1 of 2 failed: ``)."""
+        stderr.print(f"[bold red]error:[/] {_plain(prefix + self.message)}")
+        if self.hint:
+            stderr.print(f"[dim]hint:[/] {_plain(self.hint)}")
+        if self.detail:
+            stderr.print(self.detail, markup=False)
+
+
+#: Where ``error_exit`` puts its lines instead of printing them (torchrun: rank 0 prints once).
+_deferred: list[ErrorLines] | None = None
+
+
+@contextmanager
+def deferred_errors() -> Iterator[list[ErrorLines]]:
+    """Inside this block ``error_exit`` collects its lines in the list yielded instead of
+    printing them (under torchrun the ranks agree first, then one rank prints)."""
+    global _deferred
+    previous, _deferred = _deferred, []
+    try:
+        yield _deferred
+    finally:
+        _deferred = previous
 
 
 @contextmanager
@@ -65,10 +112,8 @@ def error_exit(debug: bool) -> Iterator[None]:
         if debug:
             raise
         message = as_flags(exc.message) if isinstance(exc, ConfigError) else exc.message
-        stderr.print(f"[bold red]error:[/] {_plain(message)}")
-        if exc.hint:
-            stderr.print(f"[dim]hint:[/] {_plain(exc.hint)}")
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+        _report(ErrorLines(EXIT_BAD_INPUT, message, exc.hint, kind=type(exc).__name__,
+                           agreed=bool(getattr(exc, "agreed", False))))
     except KeyboardInterrupt as exc:
         line = interrupted_line(getattr(exc, "written", ()), getattr(exc, "complete", False))
         stderr.print(f"[bold red]interrupted[/]: {_plain(line)}")
@@ -79,11 +124,18 @@ def error_exit(debug: bool) -> Iterator[None]:
         crash_file = _write_crash_report(exc)
         what = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
         where = f"traceback in {crash_file}" if crash_file else "traceback below"
-        stderr.print(f"[bold red]error:[/] deadrelu bug ({_plain(what[:200])}); {_plain(where)}")
-        stderr.print("[dim]hint:[/] please report it with that file; --debug shows the traceback here")
-        if crash_file is None:
-            stderr.print("".join(traceback.format_exception(exc)), markup=False)
-        raise typer.Exit(EXIT_BUG) from None
+        _report(ErrorLines(EXIT_BUG, f"deadrelu bug ({what[:200]}); {where}",
+                           "please report it with that file; --debug shows the traceback here",
+                           detail=None if crash_file else "".join(traceback.format_exception(exc))))
+
+
+def _report(lines: ErrorLines) -> None:
+    """Print ``lines`` (or keep them for the torchrun ranks' agreement) and exit with their code."""
+    if _deferred is None:
+        lines.show()
+    else:
+        _deferred.append(lines)
+    raise typer.Exit(lines.code) from None
 
 
 def interrupted_line(written: Iterable[object] = (), complete: bool = False) -> str:
