@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test bench samples clean
+.PHONY: setup demo test install-check bench samples clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Fresh venvs as users install: no extras, oldest declared versions, each extra alone (CI runs it).
+install-check: $(STAMP)
+	.ci/install-check
 
 samples: $(STAMP)
 	$(PY) sample_models/make_samples.py

@@ -59,3 +59,7 @@ class OutputError(DeadReluError):
 class ResultFormatError(DataLoadError):
     """A saved JSON report is not a valid deadrelu result (schema_version 1); the message names the file
     and the JSON path of the first bad field."""
+
+
+class UnsupportedTorchError(DeadReluError):
+    """The installed torch is older than the oldest one deadrelu is tested with."""

@@ -21,7 +21,7 @@ from typing import Any
 from .assemble import count_warnings
 from .errors import DeadReluError
 from .judge.verdicts import judge_site
-from .result import ScanResult, SiteResult, Summary
+from .result import InputLink, ScanResult, SiteResult, Summary
 from .settings import ScanSettings
 from .unitstats import SiteStats
 
@@ -147,10 +147,17 @@ def assemble(parts: Sequence[Mapping[str, Any]], sites: Sequence[tuple[Mapping[s
     Returns:
         The combined result (no gate, no suggestions).
     """
+    # A part traces producers during its first batch only: the first part that traced a site says.
+    links: dict[tuple, Any] = {}
+    for part in parts:
+        for other in part.get("sites", []):
+            if other.get("producer"):
+                links.setdefault(site_key(other), other["producer"])
     results = [SiteResult(name=_name(facts, parts), module=facts["module"], call_index=int(facts["call_index"]),
                           function=facts.get("function"), kind=facts["kind"], unit_dim=facts.get("unit_dim"),
                           stats=stats, verdict=judge_site(stats, facts.get("saturation"), settings.thresholds),
-                          saturation=facts.get("saturation"), prelu_slopes=facts.get("prelu_slopes"))
+                          saturation=facts.get("saturation"), prelu_slopes=facts.get("prelu_slopes"),
+                          producer=InputLink.from_dict(links.get(site_key(facts))))
                for facts, stats in sites]
     first = parts[0]
     data = dict(first.get("data", {}))

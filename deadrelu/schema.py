@@ -12,7 +12,8 @@ naming the file and the JSON path of the first bad field:
    in a float64 (a 5,000-digit integer is refused by the parser, a 400-digit one here);
 3. the JSON Schema (types, non-negative counts, ratios in [0, 1], enums);
 4. what JSON Schema cannot say: every ``unit_stats`` array has ``units`` entries, unit
-   indices are below ``units``, per-unit counts are at most that unit's observations.
+   indices are below ``units``, per-unit counts are at most that unit's observations, and
+   no two sites share a name.
 """
 
 from __future__ import annotations
@@ -165,8 +166,15 @@ def validate_result(data: Any, source: str) -> None:
                                 f"expected {SCHEMA_VERSION}", hint="this deadrelu reads schema_version 1 reports")
     check_tree(data, source)
     _check_schema(data, source)
+    first_of: dict[str, int] = {}
     for index, site in enumerate(data["sites"]):
         _check_site(site, f"sites[{index}]", source)
+        if site["name"] in first_of:
+            # Sites are looked up by name (diff, report --sites, merge): a second one would be
+            # shadowed or counted twice.
+            raise ResultFormatError(f"{source}: sites[{index}].name {json.dumps(site['name'])[:80]} is also the "
+                                    f"name of sites[{first_of[site['name']]}]; every site has its own name", hint=HINT)
+        first_of[site["name"]] = index
 
 
 def _check_schema(data: Any, source: str) -> None:

@@ -12,6 +12,10 @@ import sys
 import types
 from typing import Any
 
+from ..torch_support import check_torch
+
+check_torch()  # before any torch-dependent module of the package is imported
+
 from .session import CaptureSession, capture, capture_for
 from .sites import ActivationCapture, SiteRecord
 from .units import resolve_unit_dim

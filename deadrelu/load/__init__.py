@@ -1,5 +1,9 @@
 """Loading: paths and objects into an ``nn.Module`` and a stream of batches."""
 
+from ..torch_support import check_torch
+
+check_torch()  # before any torch-dependent module of the package is imported
+
 from .data import DataStream, as_stream, load_data
 from .model import LoadedModel, load_model
 
