@@ -30,7 +30,8 @@ from .commands.common import spec_file as _spec_file
 from .commands.training import say, write_ci_reports
 from .render import console as console_render
 from .render.reports import ReportTargets, write_reports
-from .settings import CompileMode, Granularity, InputDtype, NonFinitePolicy, ScanSettings, Thresholds
+from .settings import (MAX_LINE_BYTES, CompileMode, Granularity, InputDtype, NonFinitePolicy, ScanSettings,
+                       Thresholds)
 
 #: data formats, for help texts (a torch-free copy of ``load.data.DATA_FORMATS``)
 DATA_FILES = ".npy, .npz, .pt/.pth, .csv/.tsv, .parquet, or text (.txt/.jsonl) with a tokenizer"
@@ -140,6 +141,10 @@ def scan(
                                                                    "the text.")] = "text",
     max_length: Annotated[int, typer.Option(
         "--max-length", metavar="N", rich_help_panel=DATA, help="Truncate text examples to N tokens.")] = 512,
+    max_line_bytes: Annotated[int, typer.Option(
+        "--max-line-bytes", metavar="N", rich_help_panel=DATA,
+        help="Refuse a text line longer than N bytes (tokenizing takes ~200x a line's size in memory).")
+    ] = MAX_LINE_BYTES,
     columns: Annotated[Optional[list[str]], typer.Option(
         "--columns", metavar="A,B", rich_help_panel=DATA,
         help="Table columns to use as features, in order (default: every numeric column).")] = None,
@@ -239,8 +244,8 @@ def scan(
                            key=[*(key or []), *(kwarg or []), *([mask] if mask else [])] if named else key,
                            columns=columns, shuffle_seed=shuffle_seed, named=named,
                            tokenizer=tokenizer or (model if is_model_folder(model) and has_tokenizer(model) else None),
-                           max_length=max_length, text_field=text_field,
-                           decoder_inputs=is_encoder_decoder(loaded.module))
+                           max_length=max_length, text_field=text_field, max_line_bytes=max_line_bytes,
+                           decoder_inputs=is_encoder_decoder(loaded.module), allow_remote_code=allow_remote_code)
         with _ProgressReporter(enabled=not quiet and json_path != Path("-") and main_process) as progress:
             result = run_scan(loaded, stream, settings=settings, gate=gate, progress=progress,
                               input_key=input_key or (key if named else None) or None, scale=scale,

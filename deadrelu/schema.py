@@ -22,7 +22,6 @@ import functools
 import itertools
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ResultFormatError
+from .jsontext import json_depth
 
 #: The result format's version; ``result.ScanResult.to_dict`` writes it.
 SCHEMA_VERSION = 1
@@ -43,8 +43,6 @@ LARGEST_INTEGER = 2 ** 53
 HINT = ("the file was edited or not written by 'deadrelu scan ... --json'; its format is "
         "deadrelu/schemas/result-v1.schema.json")
 _READ_HINT = "write one with: deadrelu scan MODEL DATA --json PATH"
-_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _PER_UNIT_COUNTS = ("active", "at_floor", "at_ceiling")
 
 
@@ -52,16 +50,6 @@ _PER_UNIT_COUNTS = ("active", "at_floor", "at_ceiling")
 def result_schema() -> dict[str, Any]:
     """The result format's JSON Schema (schema_version 1) as a dict."""
     return json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
-
-
-def json_depth(text: str) -> int:
-    """How deeply arrays and objects nest in JSON text, counted without parsing it."""
-    brackets = _NOT_BRACKET.sub("", _STRING.sub('""', text))
-    if not brackets:
-        return 0
-    codes = np.frombuffer(brackets.encode("ascii"), dtype=np.uint8)
-    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
-    return int(np.cumsum(steps).max())
 
 
 def read_result_file(path: str | Path) -> Any:

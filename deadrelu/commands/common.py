@@ -45,7 +45,8 @@ PARAMETER_FLAGS = {"batch_size": "--batch-size", "dead_threshold": "--dead-thres
                    "saturation": "--saturation", "granularity": "--granularity", "nonfinite": "--nonfinite",
                    "limit": "--limit", "max_dead_ratio": "--max-dead-ratio",
                    "max_layer_dead_ratio": "--max-layer-dead-ratio", "compile": "--compile", "device": "--device",
-                   "timeout": "--timeout"}
+                   "timeout": "--timeout", "shuffle_seed": "--shuffle-seed", "max_length": "--max-length",
+                   "max_line_bytes": "--max-line-bytes"}
 _LEADING_PARAMETER = re.compile(r"^(" + "|".join(sorted(map(re.escape, PARAMETER_FLAGS), key=len, reverse=True))
                                 + r")\b(?!_)")
 

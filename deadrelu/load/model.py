@@ -19,7 +19,6 @@ What a user may hand over, and how each is read:
 from __future__ import annotations
 
 import importlib
-import json
 import pickle
 import sys
 import types
@@ -38,7 +37,7 @@ from .archive import load_export
 from .files import check_file
 from .pickles import pickle_globals as _pickle_globals
 from .quiet import quiet_torch
-from .usercode import import_file, import_object
+from .usercode import import_file, import_object, parse_kwargs  # noqa: F401  (parse_kwargs: its old home)
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module", "weights", "params",
                    "model_state", "ema_state_dict", "state_dict_ema", "model_ema", "ema")
@@ -107,20 +106,6 @@ def build_from_factory(spec: str, kwargs: Mapping[str, Any] | None = None, what:
         raise ModelLoadError(f"{what} {spec} returned a {type(module).__name__}, not an nn.Module",
                              hint="the factory must return the model itself (an nn.Module instance)")
     return module
-
-
-def parse_kwargs(text: str | None) -> dict[str, Any]:
-    """Parse ``--arch-kwargs`` JSON into a dict."""
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"--arch-kwargs is not valid JSON: {exc.msg} at column {exc.colno}",
-                             hint="""example: --arch-kwargs '{"hidden": 128}'""") from None
-    if not isinstance(value, dict):
-        raise ModelLoadError("--arch-kwargs must be a JSON object", hint="""example: '{"hidden": 128}'""")
-    return value
 
 
 # -- state dicts ----------------------------------------------------------------------------
