@@ -27,8 +27,12 @@ Without consent (``allow_pickle=False``) two independent layers stand in the way
    turned into a module: ``torch.load`` is weights-only whatever its caller asks, any
    global the full unpickler looks up (the ``pickle.find_class`` audit event, raised by
    every ``pickle.Unpickler``) is refused, the TorchScript object unpickler and the
-   AOTInductor loader are replaced by refusals, and ``sympy.sympify`` only accepts text
-   in the formula grammar. A member the audit never saw still cannot run code.
+   AOTInductor loader are replaced by refusals, ``sympy.sympify`` only accepts text
+   in the formula grammar, and a node target is resolved only when it names an operator
+   or one of the listed Python callables (never by walking ``torch.*`` attributes). A
+   member the audit never saw still cannot run code.
+3. Before the program becomes a module, :func:`deadrelu.load.graphcheck.check_exported`
+   refuses a graph that calls anything but computations on tensors.
 
 The second layer patches module attributes for the duration of one load (under a
 lock), so it also covers torch's fallbacks that the first layer cannot foresee.
@@ -54,6 +58,7 @@ import torch
 from ..errors import ModelLoadError, UnsafePickleError
 from ..errors import first_line as _first_line
 from .formula import formula_problem, plain_formula  # noqa: F401  (plain_formula: part of this module's API)
+from .graphcheck import Finding, check_exported, resolve_serialized
 from .quiet import quiet_torch
 
 #: The zip flag bit saying a member name is UTF-8 (otherwise readers may take it as cp437).
@@ -65,6 +70,14 @@ _AOTI_DIR = "data/aotinductor/"
 class CodeRefused(BaseException):
     """Raised inside torch while :func:`no_code_runs` holds. A ``BaseException`` so that
     torch's own ``except Exception`` fallbacks cannot swallow it."""
+
+
+class _TargetRefused(CodeRefused):
+    """A serialized node target outside the graph allow-list, met while torch deserializes."""
+
+    def __init__(self, finding: Finding) -> None:
+        super().__init__(finding.op)
+        self.finding = finding
 
 
 # -- layer 1: the audit -------------------------------------------------------------------------
@@ -247,6 +260,15 @@ def _weights_only(original: Callable[..., Any]) -> Callable[..., Any]:
     return load
 
 
+def _checked_operator(self: Any, serialized_target: str) -> Any:
+    """torch's ``deserialize_operator`` walks any ``torch.*``/``math.*``/``_operator.*`` attribute
+    path; this resolves only targets the graph allow-list accepts."""
+    target, finding = resolve_serialized(serialized_target)
+    if finding is not None:
+        raise _TargetRefused(finding)
+    return target
+
+
 def _checked_sympify(original: Callable[..., Any]) -> Callable[..., Any]:
     def sympify(value: Any, *args: Any, **kwargs: Any) -> Any:
         problem = formula_problem(value) if isinstance(value, str) else None
@@ -267,6 +289,7 @@ def no_code_runs() -> Iterator[None]:
     global _hook_installed
     import sympy
 
+    from torch._export.serde.serialize import GraphModuleDeserializer
     from torch.export.pt2_archive import _package
 
     with _guard_lock:
@@ -279,6 +302,7 @@ def no_code_runs() -> Iterator[None]:
             (torch._C, "_pickle_load_obj", _refuser("TorchScript's unpickler, for a custom object")),
             (_package, "_load_aoti", _refuser("AOTInductor native code")),
             (sympy, "sympify", _checked_sympify(sympy.sympify)),
+            (GraphModuleDeserializer, "deserialize_operator", _checked_operator),
         ]
         saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
         try:
@@ -325,9 +349,13 @@ def load_export(path: Path, allow_pickle: bool) -> torch.nn.Module:
                 program = torch.export.load(handle)
                 if not allow_pickle and getattr(program, "_guards_code", None):
                     raise CodeRefused("Python guard code")
+                if not allow_pickle:
+                    check_exported(program, str(path))
                 return ExportedModel(program)
         except ModelLoadError:
             raise
+        except _TargetRefused as refused:
+            raise refused.finding.error(str(path)) from None
         except CodeRefused as refused:
             raise UnsafePickleError(f"{path}: loading this torch.export archive asked for {refused}; refusing",
                                     hint="re-export the model with torch.export.save, or pass --allow-pickle "
