@@ -48,7 +48,7 @@ class ConvBNNet(nn.Module):
 
     dead = {"relu1": (1, 4, 6), "relu2": (2,)}
 
-    def __init__(self, hard_coded_view: bool = False) -> None:
+    def __init__(self, hard_coded_view: bool = False, train_mode: bool = False) -> None:
         super().__init__()
         self.hard_coded_view = hard_coded_view
         self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
@@ -69,7 +69,9 @@ class ConvBNNet(nn.Module):
             self.bn2.running_var.fill_(1e4)
             self.bn2.bias.fill_(2.0)
             self.bn2.bias[list(self.dead["relu2"])] = -100.0
-        self.eval()
+        # train_mode: as a factory or --arch leaves a model (nn.Module starts in train mode), where
+        # one forward outside eval mode moves the BatchNorm running statistics.
+        self.train(train_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.relu2(self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))))
@@ -163,3 +165,37 @@ class LeakyDead(nn.Sequential):
         with torch.no_grad():
             self[0].bias.fill_(5.0)
             self[0].bias[:3] = -100.0
+
+
+#: Dead channels of ``train_resnet()``: BatchNorm -> (site, channels). ``layer1.0.relu#0`` and
+#: ``layer2.0.relu#1`` are prunable (conv -> bn -> relu -> conv); the stem's ``relu`` reaches the
+#: residual add of ``layer1.0`` and is left alone.
+RESNET_DEAD = {"layer1.0.bn1": ("layer1.0.relu#0", (0, 2)), "layer2.0.bn2": ("layer2.0.relu#1", (1,)),
+               "bn1": ("relu", (3,))}
+
+
+def resnet_images(count: int = 16, seed: int = 1) -> torch.Tensor:
+    """Images for ``train_resnet`` (the calibration set of tests/real_nets.py)."""
+    from real_nets import images
+    return images(count=count, seed=seed)
+
+
+def train_resnet() -> nn.Module:
+    """tests/real_nets.py's ResNetLike with one Bottleneck per stage (torchvision's layout, shared
+    in-place ReLU, ``out += identity``), BatchNorm calibrated, dead channels per ``RESNET_DEAD``
+    (beta -10), left in TRAIN mode as a factory would leave it."""
+    import sys
+    from pathlib import Path
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:  # loaded by path (--model tests/repair_models.py:train_resnet)
+        sys.path.insert(0, here)
+    from real_nets import ResNetLike, calibrate, push_beta
+    torch.manual_seed(0)
+    model = ResNetLike(layers=(1, 1, 1, 1))
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    calibrate(model, resnet_images(24))
+    for bn_name, (_site, channels) in RESNET_DEAD.items():
+        push_beta(model, bn_name, list(channels))
+    return model.train()
