@@ -199,3 +199,51 @@ def train_resnet() -> nn.Module:
     for bn_name, (_site, channels) in RESNET_DEAD.items():
         push_beta(model, bn_name, list(channels))
     return model.train()
+
+
+#: Dead product units of ``GatedMLP``: their ``up`` rows are exactly 0, so act(gate) * up is 0.
+GATED_DEAD = (2, 5, 7)
+
+
+class GatedMLP(nn.Module):
+    """A Llama-style gated MLP, ``down(act(gate(x)) * up(x))``, 10 -> 12 -> 3, between two Linears.
+
+    ``act`` SiLU: the product is site ``:swiglu#0`` (``GATED_DEAD`` units dead: their ``up`` rows
+    and biases are 0), the gate's SiLU is a site of its own with no dead unit. ``act`` ReLU
+    (``relu_gate=True``): the same units die through the gate instead (gate bias -100), so both
+    the ``act`` site and the ``:reglu#0`` product site have them dead. Pruned shapes: gate and up
+    (9, 10), down (3, 9).
+    """
+
+    def __init__(self, relu_gate: bool = False) -> None:
+        super().__init__()
+        self.gate = nn.Linear(10, 12)
+        self.up = nn.Linear(10, 12)
+        self.act = nn.ReLU() if relu_gate else nn.SiLU()
+        self.down = nn.Linear(12, 3)
+        with torch.no_grad():
+            dead = list(GATED_DEAD)
+            if relu_gate:
+                self.gate.bias.fill_(5.0)  # |w.x| < 3.2 on [-1, 1]^10: always active
+                self.gate.bias[dead] = -100.0
+            else:
+                self.up.weight[dead] = 0.0
+                self.up.bias[dead] = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.act(self.gate(x)) * self.up(x))
+
+
+def llama_with_dead_products(units: tuple[int, ...] = (1, 4, 9)):
+    """tests/lm_fixtures.py's tiny Llama (SwiGLU MLPs, 32 units) with ``units`` of layer 0's product
+    exactly 0: their ``up_proj`` rows are 0 (Llama's projections have no bias)."""
+    import sys
+    from pathlib import Path
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    from lm_fixtures import llama
+    model = llama()
+    with torch.no_grad():
+        model.layers[0].mlp.up_proj.weight[list(units)] = 0.0
+    return model

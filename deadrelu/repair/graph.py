@@ -289,6 +289,11 @@ class Dataflow:
                     if isinstance(found, str):
                         return found
                     consumers.append(found)
+                elif user.function in GATED_FUNCTIONS:
+                    # Unit i is also row i of the product's up projection: only the product site
+                    # removes (or renews) gate, up and down together.
+                    return f"its units gate the product {self._site_name(user)}; that site takes gate, up and " \
+                           "down together"
                 elif user.role == "passthrough" or (user.role == "activation" and user.module is not None
                                                     and self._zero_preserving_activation(user)):
                     frontier.append((user, block, last))
@@ -311,6 +316,14 @@ class Dataflow:
                         else " (a concatenation)" if user.label in ("cat", "concat", "stack") else ""
                     return f"its units reach {user.label}{shared}"
         return consumers
+
+    def _site_name(self, node: FlowNode) -> str:
+        """The scan's name of an activation node: its module, or ``module:function#k`` for a call."""
+        if node.function is None:
+            return node.module or "?"
+        calls = [n.index for n in self.nodes if n.role == "activation" and n.module == node.module
+                 and n.function == node.function]
+        return f"{node.module or '<root>'}:{node.function}#{calls.index(node.index)}"
 
     def _zero_preserving_activation(self, node: FlowNode) -> bool:
         """A following activation maps 0 to 0; one with a weight per channel (PReLU) cannot be resized."""

@@ -74,35 +74,58 @@ def _named(model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any]) -> 
     return named(model)
 
 
+def _dims(names: Sequence[str], values: Sequence[Any], axes: str) -> dict[str, Any]:
+    """Dynamic shapes by input name: one shared ``Dim`` per (axis, size), so inputs that share a batch
+    (``input_ids`` and ``attention_mask``) share it in the program without guard code."""
+    dims: dict[tuple[int, int], Any] = {}
+    shapes: dict[str, Any] = {}
+    for name, value in zip(names, values):
+        if not isinstance(value, torch.Tensor) or not value.ndim:
+            shapes[name] = None
+            continue
+        spec = {}
+        for axis, size in enumerate(value.shape):
+            if (axes == "batch" and axis) or size < 2:
+                continue
+            spec[axis] = dims.setdefault((axis, int(size)), torch.export.Dim(f"axis{axis}_{int(size)}"))
+        shapes[name] = spec or None
+    return shapes
+
+
 def export_program(model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None,
                    dynamic_batch: bool = True) -> torch.export.ExportedProgram:
     """Export ``model`` as it is (call ``eval()`` first for an eval-mode program), tensors out.
 
-    The batch axis of every input is exported as dynamic when torch can prove it is, else
-    the program takes only the example's batch size.
+    Tried in turn: every input axis dynamic (a token sequence's length too), then only the
+    batch axis, then the example's shapes; the first that exports without guard code is
+    returned. Dynamic axes shared by several inputs (``input_ids`` and ``attention_mask``)
+    make torch write their equality as Python guard code, which ``deadrelu scan`` refuses to
+    run (see ``load/archive.py``): such a program takes the example's shapes only.
 
     Args:
         model: the model.
         args: positional example inputs.
         kwargs: keyword example inputs.
-        dynamic_batch: try a dynamic batch axis first.
+        dynamic_batch: try dynamic axes first.
 
     Returns:
-        The program; raises what ``torch.export`` raises when neither attempt works.
+        The program; raises what ``torch.export`` raises when no attempt works.
     """
     kwargs = dict(kwargs or {})
     wrapper = _named(model, args, kwargs)
     names = [f"input_{i}" for i in range(len(args))] + list(kwargs)
     values = [*args, *kwargs.values()]
-    dynamic = {name: ({0: torch.export.Dim.AUTO} if isinstance(value, torch.Tensor) and value.ndim else None)
-               for name, value in zip(names, values)}
-    attempts: list[Any] = [dynamic, None] if dynamic_batch and values else [None]
+    attempts: list[Any] = [_dims(names, values, "all"), _dims(names, values, "batch"), None] \
+        if dynamic_batch and values else [None]
     error: Exception | None = None
     for shapes in attempts:
         try:
-            return torch.export.export(wrapper, tuple(args), kwargs, dynamic_shapes=shapes)
+            program = torch.export.export(wrapper, tuple(args), kwargs, dynamic_shapes=shapes)
         except Exception as exc:  # torch raises many kinds; the last one is reported
             error = exc
+            continue
+        if shapes is None or not getattr(program, "_guards_code", None):
+            return program
     assert error is not None
     raise error
 

@@ -80,11 +80,14 @@ def save_program(model: nn.Module, example: Sequence[Any], path: str | Path,
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}", hint="choose a path you can write") from None
     from ..load.exported import input_constraints
     (low, high), _sample = input_constraints(program)
-    batch = f"batches of {low} only" if low == high else \
-        f"batch sizes {low} to {high}" if high is not None else f"batch sizes >= {low}"
-    inputs = ", ".join([*(f"input {i}" for i in range(len(example))), *(f"{name}=" for name in (kwargs or {}))])
-    return f"{path} (torch.export program for {batch}, taking {inputs}, returning tensors; " \
-           "load with torch.export.load(path).module())"
+    named = [*((f"input {i}", value) for i, value in enumerate(example)), *((f"{k}=", v) for k, v in (kwargs or {}).items())]
+    if low == high:
+        shapes = ", ".join(f"{name} {tuple(value.shape)}" for name, value in named if isinstance(value, torch.Tensor))
+        accepts = f"inputs of exactly these shapes: {shapes}"
+    else:
+        accepts = f"batch sizes {low} to {high}" if high is not None else f"batch sizes >= {low}"
+        accepts += f", taking {', '.join(name for name, _ in named)}"
+    return f"{path} (torch.export program for {accepts}; returns tensors; load with torch.export.load(path).module())"
 
 
 def save_state_dict(model: nn.Module, path: str | Path) -> str:
