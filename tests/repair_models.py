@@ -247,3 +247,31 @@ def llama_with_dead_products(units: tuple[int, ...] = (1, 4, 9)):
     with torch.no_grad():
         model.layers[0].mlp.up_proj.weight[list(units)] = 0.0
     return model
+
+
+class ShiftMLP(nn.Sequential):
+    """Linear 4->6 -> ReLU -> Linear 6->2, built so that the data decides which units are dead.
+
+    Unit i < 4 of the hidden layer reads x_i with weight 1; units 4, 5 read -x_2 and -x_3.
+    Units 0 and 1 have bias -2: on ``inputs(features=4)`` (every x_i in [-1, 1]) they never fire;
+    on ``shifted_inputs()`` (x_0 = 3) unit 0 fires (3 - 2 > 0) and unit 1 still does not. Every
+    other unit has bias 2 and fires everywhere.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+        with torch.no_grad():
+            weight = torch.zeros(6, 4)
+            weight[[0, 1, 2, 3], [0, 1, 2, 3]] = 1.0
+            weight[4, 2], weight[5, 3] = -1.0, -1.0
+            self[0].weight.copy_(weight)
+            self[0].bias.copy_(torch.tensor([-2.0, -2.0, 2.0, 2.0, 2.0, 2.0]))
+            self[2].weight.copy_(torch.arange(12, dtype=torch.float32).view(2, 6) / 10 + 0.1)
+            self[2].bias.zero_()
+
+
+def shifted_inputs(samples: int = 50, seed: int = 3) -> torch.Tensor:
+    """Held-out data for ``ShiftMLP``: like ``inputs(features=4)`` but x_0 = 3 (unit 0 fires)."""
+    data = inputs(samples, features=4, seed=seed)
+    data[:, 0] = 3.0
+    return data

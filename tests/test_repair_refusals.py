@@ -140,3 +140,69 @@ def test_prune_and_fix_default_to_the_device_scan_defaults_to() -> None:
     assert default == "auto"
     assert inspect.signature(repair.prune).parameters["device"].default == default
     assert inspect.signature(repair.fix).parameters["device"].default == default
+
+
+# -- held-out data (--verify-data) --------------------------------------------------------------------
+
+def test_api_verify_data_counts_removed_units_that_fire_there() -> None:
+    from repair_models import ShiftMLP, shifted_inputs
+    model, x = ShiftMLP().eval(), inputs(features=4)
+    result = deadrelu.scan(model, x, device="cpu")
+    assert [(s.name, s.verdict.dead_units) for s in result.sites] == [("1", [0, 1])]
+    with pytest.raises(RepairRefused, match=r"prune refused: 1 of 2 removed unit\(s\) fire on the given Tensor of "
+                                            r"shape \(50, 4\) \(50 samples\): outputs there moved by 0\.7 "):
+        deadrelu.prune(model, result, x, verify_data=shifted_inputs())
+    pruned, report = deadrelu.prune(model, result, x, verify_data=shifted_inputs(), force=True)
+    held = report.effect.held_out
+    assert held is not None and (held.firing, held.changed, held.check.samples) == (1, 2, 50)
+    assert report.effect.forced and report.warnings[0].startswith("1 of the 2 removed unit(s) fire on")
+    # The same distribution as the scan: nothing fires, nothing moves.
+    pruned, report = deadrelu.prune(model, result, x, verify_data=inputs(50, features=4, seed=9))
+    held = report.effect.held_out
+    assert held is not None and (held.firing, held.check.max_abs_diff) == (0, 0.0) and report.effect.worse is None
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RepairRefused, match=r"recycle refused: 1 of 2 recycled unit\(s\) fire on"):
+        deadrelu.recycle(model, result, data=x, verify_data=shifted_inputs())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.fixture
+def shift_files(tmp_path: Path) -> dict[str, Path]:
+    from repair_models import ShiftMLP, shifted_inputs
+    files = {"model": tmp_path / "shift.pt", "data": tmp_path / "x.npy", "held": tmp_path / "held.npy",
+             "same": tmp_path / "same.npy"}
+    torch.save(ShiftMLP().state_dict(), files["model"])
+    np.save(files["data"], inputs(features=4).numpy())
+    np.save(files["held"], shifted_inputs().numpy())
+    np.save(files["same"], inputs(50, features=4, seed=9).numpy())
+    return files
+
+
+@pytest.mark.parametrize("command", [["prune"], ["fix", "--recycle", "dead"]])
+def test_cli_verify_data_refuses_when_removed_units_fire_there(runner, shift_files, tmp_path: Path,
+                                                               command: list[str]) -> None:
+    out = tmp_path / ("p.pt2" if command[0] == "prune" else "r.pt")
+    args = [command[0], str(shift_files["model"]), str(shift_files["data"]), "--arch", f"{MODELS}:ShiftMLP",
+            *command[1:], "--out", str(out)]
+    noun = "removed" if command[0] == "prune" else "recycled"
+    run = runner.invoke(app, [*args, "--verify-data", str(shift_files["held"])])
+    assert run.exit_code == 2 and not out.exists()
+    error = next(line for line in run.output.splitlines() if line.startswith("error:"))
+    assert error == (f"error: {'prune' if command[0] == 'prune' else 'recycle'} refused: 1 of 2 {noun} unit(s) fire "
+                     f"on {shift_files['held']} (50 samples): outputs there moved by 0.7 (allowed: 1e-05 x output "
+                     "scale 9.4); nothing was written")
+    flat = " ".join(run.output.split())  # long paths wrap in the report
+    assert f"held-out check on {shift_files['held']}: 1 of 2 changed unit(s) fire there" in flat
+    run = runner.invoke(app, [*args, "--verify-data", str(shift_files["held"]), "--force"])
+    assert run.exit_code == 0 and out.exists(), run.output
+    out.unlink()
+    run = runner.invoke(app, [*args, "--verify-data", str(shift_files["same"])])
+    assert run.exit_code == 0 and out.exists(), run.output
+    assert f"0 of the 2 {noun} unit(s) fire on {shift_files['same']}" in " ".join(run.output.split())
+
+
+def test_cli_verify_data_is_for_prune_and_recycle(runner, shift_files) -> None:
+    run = runner.invoke(app, ["fix", str(shift_files["model"]), str(shift_files["data"]), "--arch",
+                              f"{MODELS}:ShiftMLP", "--swap-activation", "elu", "--verify-data",
+                              str(shift_files["held"])])
+    assert run.exit_code == 2 and "--verify-data applies to --recycle (and to prune)" in run.output
