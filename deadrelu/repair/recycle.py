@@ -60,10 +60,12 @@ def _recycle_site(model: nn.Module, route: UnitRoute, index: torch.Tensor) -> No
     # A gated product's unit i is gate row i times up row i: both rows start afresh.
     for name in route.producers():
         producer = model.get_submodule(name)
-        fresh = copy.deepcopy(producer)
+        # Drawn on the CPU (the torch CPU generator, whatever the device; no second copy on the GPU).
+        fresh = copy.deepcopy(producer).cpu()
         if hasattr(fresh, "reset_parameters"):
             fresh.reset_parameters()  # the layer's own initialisation (kaiming_uniform(a=sqrt(5)) for Linear/Conv)
-        producer.weight[index.to(producer.weight.device)] = fresh.weight[index.to(fresh.weight.device)]
+        producer.weight[index.to(producer.weight.device)] = fresh.weight[index].to(producer.weight.device,
+                                                                                   producer.weight.dtype)
         if producer.bias is not None:
             producer.bias[index.to(producer.bias.device)] = 0.0
     for norm_name in route.norms:
