@@ -198,7 +198,8 @@ def test_cli_verify_data_refuses_when_removed_units_fire_there(runner, shift_fil
     out.unlink()
     run = runner.invoke(app, [*args, "--verify-data", str(shift_files["same"])])
     assert run.exit_code == 0 and out.exists(), run.output
-    assert f"0 of the 2 {noun} unit(s) fire on {shift_files['same']}" in " ".join(run.output.split())
+    assert f"held-out check on {shift_files['same']}: 0 of 2 changed unit(s) fire there; outputs moved by at " \
+           "most 0 on 50 samples" in " ".join(run.output.split())
 
 
 def test_cli_verify_data_is_for_prune_and_recycle(runner, shift_files) -> None:

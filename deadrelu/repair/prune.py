@@ -168,9 +168,10 @@ def prune(model: nn.Module, result: ScanResult, data: Any = None, *, layers: Seq
     samples = result.data.get("samples")
     limit = "no limit" if result.settings.limit is None else f"limit {result.settings.limit}"
     removed = sum(len(change.changed) for change in changes)
-    if held is not None:
+    if held is not None:  # the report's held-out line says it in full; a warning only when units fire
         warnings = [f"{held.firing} of the {held.changed} removed unit(s) fire on {held.source} "
-                    f"({held.check.samples:,} samples held out; scanned: {samples}, {limit})"]
+                    f"({held.check.samples:,} held-out samples): dead on the {samples} scanned samples "
+                    f"({limit}) is not dead there"] if held.firing else []
     else:
         warnings = [f"units dead on the {samples} scanned samples ({limit}) may fire on other data: check the "
                     "pruned model on held-out data (verify_data=, --verify-data FILE)"] if removed else []

@@ -176,9 +176,10 @@ def recycle(model: nn.Module, result: ScanResult, units: str = "dead", optimizer
                 or outcome is None or outcome.passed]
     worse = "; ".join(reasons) or None
     warnings = [] if work else [f"no {units} unit could be recycled"]
-    if held is not None:
+    if held is not None and held.firing:
         warnings.append(f"{held.firing} of the {held.changed} recycled unit(s) fire on {held.source} "
-                        f"({held.check.samples:,} samples held out)")
+                        f"({held.check.samples:,} held-out samples): zeroing their outgoing weights changes the "
+                        "outputs there")
     report = RecycleReport(units=units, sites=tuple(changes), check=outcome, graph=flow.source,
                            warnings=tuple(warnings), fired=fired,
                            effect=Effect(deltas, worse, force and worse is not None, held))
