@@ -75,8 +75,12 @@ def _named(model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any]) -> 
 
 
 def _dims(names: Sequence[str], values: Sequence[Any], axes: str) -> dict[str, Any]:
-    """Dynamic shapes by input name: one shared ``Dim`` per (axis, size), so inputs that share a batch
-    (``input_ids`` and ``attention_mask``) share it in the program without guard code."""
+    """Dynamic shapes by input name: one ``Dim`` per (axis, size), shared by the inputs that have it.
+
+    ``axes="batch"``: the first axis only; ``"all"``: every axis of integer inputs (token ids and
+    masks, whose length varies) and the first axis of the others (a float input's other axes are
+    usually fixed by its layers: channels, features).
+    """
     dims: dict[tuple[int, int], Any] = {}
     shapes: dict[str, Any] = {}
     for name, value in zip(names, values):
@@ -84,8 +88,9 @@ def _dims(names: Sequence[str], values: Sequence[Any], axes: str) -> dict[str, A
             shapes[name] = None
             continue
         spec = {}
+        every_axis = axes == "all" and not value.is_floating_point()
         for axis, size in enumerate(value.shape):
-            if (axes == "batch" and axis) or size < 2:
+            if (axis and not every_axis) or size < 2:
                 continue
             spec[axis] = dims.setdefault((axis, int(size)), torch.export.Dim(f"axis{axis}_{int(size)}"))
         shapes[name] = spec or None
@@ -96,8 +101,8 @@ def export_program(model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, A
                    dynamic_batch: bool = True) -> torch.export.ExportedProgram:
     """Export ``model`` as it is (call ``eval()`` first for an eval-mode program), tensors out.
 
-    Tried in turn: every input axis dynamic (a token sequence's length too), then only the
-    batch axis, then the example's shapes; the first that exports without guard code is
+    Tried in turn: the batch axis and a token sequence's length dynamic, then only the batch
+    axis, then the example's shapes; the first that exports without guard code is
     returned. Dynamic axes shared by several inputs (``input_ids`` and ``attention_mask``)
     make torch write their equality as Python guard code, which ``deadrelu scan`` refuses to
     run (see ``load/archive.py``): such a program takes the example's shapes only.
@@ -115,8 +120,12 @@ def export_program(model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, A
     wrapper = _named(model, args, kwargs)
     names = [f"input_{i}" for i in range(len(args))] + list(kwargs)
     values = [*args, *kwargs.values()]
-    attempts: list[Any] = [_dims(names, values, "all"), _dims(names, values, "batch"), None] \
-        if dynamic_batch and values else [None]
+    attempts: list[Any] = [None]
+    if dynamic_batch and values:
+        every, batch = _dims(names, values, "all"), _dims(names, values, "batch")
+        axes = {name: sorted(spec or ()) for name, spec in every.items()}  # Dims compare by identity
+        attempts = [every, batch, None] if axes != {name: sorted(spec or ()) for name, spec in batch.items()} \
+            else [batch, None]
     error: Exception | None = None
     for shapes in attempts:
         try:
