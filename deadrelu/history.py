@@ -32,7 +32,7 @@ LOG_FORMAT = "deadrelu-monitor"
 LOG_VERSION = 1
 #: columns of ``Monitor.history`` and ``history_frame``, in this order
 HISTORY_COLUMNS = ("step", "site", "kind", "units", "dead", "dead_ratio", "saturated", "dormant",
-                   "active_rate_mean", "newly_dead", "revived")
+                   "active_rate_mean", "newly_dead", "revived", "recycled")
 #: Deepest nesting a log record has (record > sites > site > dead_units), with room to spare.
 MAX_RECORD_DEPTH = 16
 #: Largest count or step a record may hold: exact in a float64 (the trend's tables) and an int64.
@@ -223,7 +223,8 @@ def history_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     Returns:
         A DataFrame with columns ``HISTORY_COLUMNS``. ``newly_dead`` / ``revived`` count units
         dead now and not at the site's previous record / dead then and not now; at a
-        site's first record every dead unit is newly dead.
+        site's first record every dead unit is newly dead. ``recycled``: units a
+        ``Monitor(recycle=...)`` recycled right after this record's scan (0 otherwise).
     """
     rows: list[dict[str, Any]] = []
     previous: dict[str, set[int]] = {}
@@ -238,11 +239,12 @@ def history_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
                 "saturated": int(site["saturated"]), "dormant": int(site["dormant"]),
                 "active_rate_mean": np.nan if site.get("active_rate_mean") is None else float(site["active_rate_mean"]),
                 "newly_dead": len(dead_now - dead_before), "revived": len(dead_before - dead_now),
+                "recycled": int(site.get("recycled", 0)),
             })
             previous[site["name"]] = dead_now
     frame = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
     return frame.astype({"step": "int64", "units": "int64", "dead": "int64", "saturated": "int64",
-                         "dormant": "int64", "newly_dead": "int64", "revived": "int64",
+                         "dormant": "int64", "newly_dead": "int64", "revived": "int64", "recycled": "int64",
                          "dead_ratio": "float64", "active_rate_mean": "float64"})
 
 
