@@ -23,8 +23,9 @@
    Built with portable flags (the same binary may be a wheel run on any x86-64 or ARM CPU).
    On x86-64 with GCC and glibc the column loops are compiled three times (baseline SSE2,
    AVX2, AVX-512F) and the loader picks the widest the CPU has (target_clones, an ifunc):
-   on the machine of benchmarks/RESULTS.md the AVX-512 clone took 0.21-0.30 ns a value
-   against 0.41-0.52 for SSE2 and 0.24-0.34 for -march=native. */
+   on the machine of benchmarks/RESULTS.md that ran 1.5-2.2x faster than SSE2 alone and no
+   slower than -march=native (benchmarks/kernel_flags.py). Elsewhere the build is plain
+   portable C; -DDEADRELU_NO_CLONES turns the clones off. */
 
 #include <math.h>
 #include <pthread.h>
