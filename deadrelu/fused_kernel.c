@@ -23,8 +23,8 @@
    Built with portable flags (the same binary may be a wheel run on any x86-64 or ARM CPU).
    On x86-64 with GCC and glibc the column loops are compiled three times (baseline SSE2,
    AVX2, AVX-512F) and the loader picks the widest the CPU has (target_clones, an ifunc):
-   on the machine of benchmarks/RESULTS.md that ran 1.5-2.2x faster than SSE2 alone and no
-   slower than -march=native (benchmarks/kernel_flags.py). Elsewhere the build is plain
+   on the machine of benchmarks/RESULTS.md that ran 1.3-2.6x faster than SSE2 alone and
+   faster than -march=native (benchmarks/kernel_flags.py). Elsewhere the build is plain
    portable C; -DDEADRELU_NO_CLONES turns the clones off. */
 
 #include <math.h>
