@@ -119,6 +119,8 @@ class CompileDecision:
             info["compile_seconds"] = round(self._reduction.compile_seconds - self._compile_seconds_before, 3)
         if fused.note() is not None:
             info["fused_note"] = fused.note()
+        elif info["reduction"] == "fused":
+            info["fused_kernel"] = fused.origin()
         return info
 
     def warnings(self) -> list[str]:
