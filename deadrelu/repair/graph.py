@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..capture.functional import FUNCTIONS, _is_relu_clamp
+from ..capturing.functional import FUNCTIONS, _is_relu_clamp
 from ..kinds import FUNCTION_KINDS, spec_for_module
 from ..result import SiteResult
 
