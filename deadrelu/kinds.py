@@ -176,8 +176,10 @@ def _gated(kind: str) -> Callable[[Mapping[str, Any]], KindSpec]:
 
 def _glu(constants: Mapping[str, Any]) -> KindSpec:
     # nn.GLU / F.glu: first half * sigmoid(second half) along ``dim``; its units are the output's.
+    # Without a ``dim`` it is the product of a gate no kind names: elementwise.
+    dim = constants.get("dim")
     return KindSpec("GLU", ActiveRule.NONZERO, output_sign_matches_input=False,
-                    split_dim=int(constants.get("dim", -1)))
+                    split_dim=None if dim is None else int(dim))
 
 
 def _close(value: Any, target: float) -> bool:

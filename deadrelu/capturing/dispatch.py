@@ -271,14 +271,15 @@ class DispatchCapture:
     def _product(self, gate: SiteRecord, output: torch.Tensor) -> None:
         spec = product_spec(gate)
         function = spec.kind.lower()
-        index = self._op_calls.get(function, 0)
-        self._op_calls[function] = index + 1
-        key: SiteKey = ("", f"aten.{function}", index)
+        # Positionally ``aten.mul:swiglu#k``: the k-th gated product of that kind per forward pass.
+        index = self._op_calls.get(f"mul:{function}", 0)
+        self._op_calls[f"mul:{function}"] = index + 1
+        key: SiteKey = ("", f"aten.mul:{function}", index)
         if self.registry.known(key):
             record = self.registry.get(key)
         else:
             planned = self._product_plan(gate, function)
-            names = (f"{function}#{index}", f"{ROOT_NAME}:{function}#{index}")
+            names = (f"mul:{function}#{index}", f"{ROOT_NAME}:{function}#{index}")
             if planned is not None:
                 names = (_planned_name(planned), planned.module) + names
             record = self.registry.open(key, spec, output, candidates=names, label=names[0], unit_dim=gate.unit_dim)

@@ -44,7 +44,8 @@ class PlannedSite:
             function it called (``relu``) inside its ``forward``.
         call_index: which call of that module (or of that function within it) per forward.
         op_function: the graph op's function name (``selu``), for matching calls.
-        kind: the calling module's class name when it is a known activation kind.
+        kind: the calling module's kind when it is an activation module (its class name may
+            differ: transformers' ``ReLUSquaredActivation`` is a ``ReLUSquared``).
     """
 
     module: str
@@ -124,12 +125,12 @@ def plan_from_calls(calls: list[tuple[str, str, str | None]], activation_modules
         short_type = type_name.rsplit(".", 1)[-1] if type_name else None
         # Named as eager scans name it: a call made by an activation module (nn.GELU, or
         # transformers' GELUActivation calling F.gelu) is that module's site, ``mlp.act``.
-        is_module = plan_kind(short_type, op_function) is not None and path != ""
-        function = None if is_module else op_function
+        kind = plan_kind(short_type, op_function) if path != "" else None
+        function = None if kind is not None else op_function
         key = (path, function)
         call_index = counts.get(key, 0)
         counts[key] = call_index + 1
-        sites.append(PlannedSite(path, function, call_index, op_function, short_type if is_module else None))
+        sites.append(PlannedSite(path, function, call_index, op_function, kind))
     return SitePlan(tuple(sites), None, activation_modules, module_types, unsupported)
 
 
