@@ -491,11 +491,11 @@ def spec_for_module(module: nn.Module) -> KindSpec | None:
     for cls, info in _module_classes():
         if isinstance(module, cls):
             return info.spec({name: getattr(module, name) for name in _MODULE_CONSTANTS if hasattr(module, name)})
-    info = tables().class_name_kinds.get(type(module).__name__)
-    if info is None:
+    named = tables().class_name_kinds.get(type(module).__name__)
+    if named is None:
         return None
-    return info.spec({name: getattr(module, name) for name in _MODULE_CONSTANTS if hasattr(module, name)
-                      and isinstance(getattr(module, name), (int, float))})
+    return named.spec({name: getattr(module, name) for name in _MODULE_CONSTANTS if hasattr(module, name)
+                       and isinstance(getattr(module, name), (int, float))})
 
 
 def spec_for_function(function: str, arguments: Mapping[str, Any]) -> KindSpec:

@@ -27,15 +27,22 @@ part                job
 ``session``         ``CaptureSession`` and ``deadrelu.capture(model)``: the public mode
 ==================  =================================================================
 
-Imports go one way: drivers -> parts -> ``registry`` -> ``kinds``/``stats``/``settings``.
+Imports go one way: ``session`` -> drivers -> parts -> ``registry`` -> ``kinds``/``stats``/
+``settings``; no part imports a driver, and neither driver imports the other.
+
+Lifetime, for every driver: hooks and modes live in one ``ExitStack`` closed by
+``__exit__`` whether or not a forward pass raised, and every module's train/eval flag is
+given back (``keep_train_flags``).
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
     from ..errors import CaptureError
     from ..stats import SiteStats
@@ -105,4 +112,14 @@ class Capture(Protocol):
         """The error for a capture in which no site ran."""
 
 
-__all__ = ["Capture"]
+def keep_train_flags(stack: ExitStack, model: nn.Module) -> None:
+    """Give every module of ``model`` its train/eval flag back when ``stack`` closes."""
+    training = {module: module.training for module in model.modules()}
+
+    def restore() -> None:
+        for module, flag in training.items():
+            module.training = flag
+    stack.callback(restore)
+
+
+__all__ = ["Capture", "keep_train_flags"]

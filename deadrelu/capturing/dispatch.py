@@ -36,8 +36,8 @@ from ..kinds import KNOWN_KINDS, family, same_family
 from ..settings import ScanSettings
 from ..stats import SiteStats
 from .aten import activation_ops, bound_arguments, prelu_module, spec_for_op
+from .contract import keep_train_flags
 from .gated import GatedProducts, product_spec
-from .hooks import keep_train_flags
 from .links import OpLinks
 from .masking import SequenceReach
 from .observe import Observer, before_call
@@ -51,7 +51,7 @@ _PRODUCTS = frozenset({"mul"})
 class _OpFailed(Exception):
     """The model's own op failed (not the capture): re-raised as it was."""
 
-    def __init__(self, error: BaseException) -> None:
+    def __init__(self, error: Exception) -> None:
         super().__init__(str(error))
         self.error = error
 
@@ -279,7 +279,7 @@ class DispatchCapture:
             record = self.registry.get(key)
         else:
             planned = self._product_plan(gate, function)
-            names = (f"mul:{function}#{index}", f"{ROOT_NAME}:{function}#{index}")
+            names: tuple[str, ...] = (f"mul:{function}#{index}", f"{ROOT_NAME}:{function}#{index}")
             if planned is not None:
                 names = (_planned_name(planned), planned.module) + names
             record = self.registry.open(key, spec, output, candidates=names, label=names[0], unit_dim=gate.unit_dim)
@@ -320,7 +320,7 @@ class DispatchCapture:
             spec = replace(spec, kind=planned.kind)  # nn.ReLU6 called as hardtanh(0, 6) stays a ReLU6
         activation = prelu_module(arguments.get("weight")) if spec.kind == "PReLU" else None
         _module, function, call_index = key
-        names = (f"{function}#{call_index}", f"{ROOT_NAME}:{function}#{call_index}")
+        names: tuple[str, ...] = (f"{function}#{call_index}", f"{ROOT_NAME}:{function}#{call_index}")
         if planned is not None:
             names = (_planned_name(planned), planned.module) + names
         record = self.registry.open(key, spec, tensor, candidates=names, label=names[0], activation=activation)

@@ -25,21 +25,12 @@ from ..kinds import KindSpec, is_inplace, looks_like_activation, spec_for_module
 from ..settings import ScanSettings
 from ..stats import SiteStats
 from .attribution import FunctionalSites, ModuleStack
+from .contract import keep_train_flags
 from .gated import GatedProducts
 from .links import ModuleLinks
 from .masking import SequenceReach
 from .observe import Observer, before_call
 from .registry import ROOT_NAME, SiteRecord, SiteRegistry, no_sites_error
-
-
-def keep_train_flags(stack: ExitStack, model: nn.Module) -> None:
-    """Give every module its train/eval flag back when ``stack`` closes."""
-    training = {module: module.training for module in model.modules()}
-
-    def restore() -> None:
-        for module, flag in training.items():
-            module.training = flag
-    stack.callback(restore)
 
 
 def _mutates_first_argument(name: str, activations: frozenset[str]) -> bool:
@@ -308,4 +299,4 @@ class ActivationCapture:
         return record.accumulator.finalize()
 
 
-__all__ = ["ActivationCapture", "keep_train_flags"]
+__all__ = ["ActivationCapture"]
