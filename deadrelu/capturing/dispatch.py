@@ -170,7 +170,12 @@ class DispatchCapture:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.running = False
-        self._stack.close()
+        self.gated.clear()
+        try:
+            self._stack.close()
+        finally:
+            self.links.stop()
+            self.reach.stop()
 
     # -- batch loop -----------------------------------------------------------------------
     def begin_batch(self) -> None:

@@ -132,8 +132,13 @@ class ActivationCapture:
 
     def __exit__(self, *exc_info: Any) -> None:
         self._pending.clear()
+        self.gated.clear()
         self.in_batch = False
-        self._stack.close()
+        try:
+            self._stack.close()
+        finally:
+            self.links.stop()  # a forward pass that raised in the first batch leaves nothing followed
+            self.reach.stop()
 
     def _register(self) -> None:
         self._stack.push(self._discovery)
@@ -244,11 +249,17 @@ class ActivationCapture:
                     self._begin_batch_mid_forward()  # the loop called a submodule, bypassing the root's hooks
             call_index = self.registry.count_call(name, None)
             inputs = args[0] if args and isinstance(args[0], torch.Tensor) else None
-            site = None
+            site, before = None, None
             if inputs is not None:
-                site = self.registry.open((name, None, call_index), spec, inputs, activation=module,
-                                          candidates=(name, f"{name}#{call_index}"), label=f"{name}#{call_index}")
-            before = before_call(spec, inputs, inplace) if site is not None and inputs is not None else None
+                key = (name, None, call_index)
+                if self.registry.known(key):
+                    site = self.registry.get(key)
+                else:
+                    label = f"{name}#{call_index}"
+                    site = self.registry.open(key, spec, inputs, activation=module, candidates=(name, label),
+                                              label=label)
+                if site is not None:
+                    before = before_call(spec, inputs, inplace)
             self._pending.setdefault(name, []).append((site, before))
         return pre_hook
 
