@@ -57,7 +57,7 @@ class _DiscoveryWatch(TorchFunctionMode):
         super().__init__()
         self.links = links
         self.reach = reach
-        self._activations = frozenset(tables().families) | {"clamp_min", "threshold"}
+        self._activations = frozenset(tables().families) | {"clamp_min"}  # clamp_min_ is clamp's
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
