@@ -13,11 +13,10 @@ from ..torch_support import check_torch
 check_torch()  # before any torch-dependent module of the package is imported
 
 from .contract import Capture
-from .dispatch import DispatchCapture
 from .hooks import ActivationCapture
 from .registry import SiteRecord
 from .session import CaptureSession, capture, capture_for
 from .units import resolve_unit_dim
 
-__all__ = ["ActivationCapture", "Capture", "CaptureSession", "DispatchCapture", "SiteRecord", "capture",
-           "capture_for", "resolve_unit_dim"]
+__all__ = ["ActivationCapture", "Capture", "CaptureSession", "SiteRecord", "capture", "capture_for",
+           "resolve_unit_dim"]

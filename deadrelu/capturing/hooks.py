@@ -149,9 +149,7 @@ class ActivationCapture:
                 self.coverage.activation_modules.append(name)
                 self._stack.callback(module.register_forward_pre_hook(self._pre_hook(name, module, spec)).remove)
                 self._stack.callback(module.register_forward_hook(self._post_hook(name)).remove)
-            elif self.links.watch(name, module, self._discovery):
-                pass
-            elif self._unsupported_activation(name, module):
+            elif not self.links.watch(name, module, self._discovery) and self._unsupported_activation(name, module):
                 # Counted during the first forward pass only (the hook goes with the producer hooks).
                 entry = [name, type(module).__name__, 0, "unsupported kind"]
                 self.coverage.unsupported.append(entry)
