@@ -11,8 +11,10 @@ For each workload (``benchmarks/workloads.py``) it runs, each in a fresh process
 
 Each worker times, after a warm-up scan on a few batches: the whole ``deadrelu.scan``
 call; the plain forward passes over its own samples (no hooks: the model's share);
-and, under torchrun, the combine step split into ``all_gather_object`` (the per-rank
-facts) and ``all_reduce`` (the per-unit statistics). The driver also times the whole
+and, under torchrun, the combine step split into the ranks' meetings (``deadrelu.ranks.meet``:
+the data check and the per-rank facts, JSON through the store) and ``all_reduce`` (the
+per-unit statistics). Results written before the meetings existed call the first
+``all_gather_object``. The driver also times the whole
 command, process start-up included. Results go to ``benchmarks/results/distributed.json``
 and a table is printed (Markdown, for ``benchmarks/RESULTS_distributed.md``).
 """
@@ -39,13 +41,13 @@ def worker(workload_name: str, samples: int, out: str, device: str = "cpu") -> N
     import torch
 
     import deadrelu
-    from deadrelu import distributed
+    from deadrelu import distributed, ranks
     from workloads import WORKLOADS
 
     started = distributed.init_from_env()
     import torch.distributed as dist
 
-    timings = {"all_reduce": 0.0, "all_gather_object": 0.0, "combine": 0.0}
+    timings = {"all_reduce": 0.0, "meet": 0.0, "combine": 0.0}
 
     def timed(name: str, function: Any) -> Any:
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -57,7 +59,7 @@ def worker(workload_name: str, samples: int, out: str, device: str = "cpu") -> N
         return call
 
     dist.all_reduce = timed("all_reduce", dist.all_reduce)
-    dist.all_gather_object = timed("all_gather_object", dist.all_gather_object)
+    ranks.meet = timed("meet", ranks.meet)
     distributed.ScanGroup.combine = timed("combine", distributed.ScanGroup.combine)
 
     workload = WORKLOADS[workload_name].scaled(samples=samples)
@@ -87,11 +89,14 @@ def worker(workload_name: str, samples: int, out: str, device: str = "cpu") -> N
 
     mine = {"rank": rank, "scan_s": scan_seconds, "forward_s": forward_seconds, "samples": high - low,
             "threads": torch.get_num_threads(), **{f"{k}_s": v for k, v in timings.items()}}
-    ranks = group.gather(mine) if group else [mine]
+    every: list[Any] = [mine]
+    if group:
+        every = [None] * world
+        dist.all_gather_object(every, mine)
     if rank == 0:
         Path(out).write_text(json.dumps({"workload": workload_name, "samples": result.data["samples"],
                                           "world_size": world, "units": result.summary.units,
-                                          "sites": result.summary.sites, "ranks": ranks}))
+                                          "sites": result.summary.sites, "ranks": every}))
     if started:
         dist.destroy_process_group()
 
@@ -115,7 +120,7 @@ def run_config(workload: str, samples: int, processes: int, threads: int, out: P
             "forward_s": max(r["forward_s"] for r in ranks),
             "combine_s": max(r["combine_s"] for r in ranks),
             "all_reduce_s": max(r["all_reduce_s"] for r in ranks),
-            "all_gather_object_s": max(r["all_gather_object_s"] for r in ranks),
+            "meet_s": max(r["meet_s"] for r in ranks),
             "units": data["units"], "samples": data["samples"], "per_rank": ranks}
 
 
@@ -145,7 +150,7 @@ def main() -> None:
                         for _ in range(repeats)]
                 median = {key: statistics.median(r[key] for r in runs)
                           for key in ("command_s", "scan_s", "forward_s", "combine_s", "all_reduce_s",
-                                      "all_gather_object_s")}
+                                      "meet_s")}
                 rows[label] = {**median, "runs": runs, "units": runs[0]["units"], "samples": runs[0]["samples"]}
             results["workloads"][workload] = rows
     results["load_after"] = os.getloadavg()[0]
@@ -156,7 +161,7 @@ def main() -> None:
 
 def table(results: dict[str, Any]) -> str:
     """The results as a Markdown table (medians)."""
-    lines = ["| workload | config | scan s | vs 1x1 | forward s | combine s | all_reduce s | all_gather s | command s |",
+    lines = ["| workload | config | scan s | vs 1x1 | forward s | combine s | all_reduce s | meet s | command s |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for workload, rows in results["workloads"].items():
         base = rows["1 proc x 1 thread"]["scan_s"]
@@ -164,7 +169,7 @@ def table(results: dict[str, Any]) -> str:
             lines.append(f"| {workload} ({row['samples']} samples, {row['units']} units) | {label} | "
                          f"{row['scan_s']:.3f} | {base / row['scan_s']:.2f}x | {row['forward_s']:.3f} | "
                          f"{row['combine_s'] * 1000:.1f} ms | {row['all_reduce_s'] * 1000:.2f} ms | "
-                         f"{row['all_gather_object_s'] * 1000:.2f} ms | {row['command_s']:.2f} |")
+                         f"{row['meet_s'] * 1000:.2f} ms | {row['command_s']:.2f} |")
     return "\n".join(lines)
 
 

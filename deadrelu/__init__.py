@@ -47,7 +47,7 @@ _LAZY: dict[str, str] = {
     "CaptureError": "deadrelu.errors",
     "OutputError": "deadrelu.errors",
     "prune": "deadrelu.repair", "recycle": "deadrelu.repair", "reinit": "deadrelu.repair",
-    "swap_activations": "deadrelu.repair", "RepairError": "deadrelu.repair",
+    "swap_activations": "deadrelu.repair", "RepairError": "deadrelu.repair", "RepairRefused": "deadrelu.repair",
     "ResultFormatError": "deadrelu.errors",
 }
 
@@ -63,7 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .load.model import load_model
     from .monitor import Monitor
     from .render.reports import ReportTargets, write_reports
-    from .repair import RepairError, prune, recycle, reinit, swap_activations
+    from .repair import RepairError, RepairRefused, prune, recycle, reinit, swap_activations
     from .result import ScanResult, SiteResult, Summary
     from .scanning import scan
     from .settings import Granularity, ScanSettings, Thresholds, build_settings

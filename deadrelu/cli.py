@@ -24,13 +24,14 @@ from .commands.options import (CAPTURE, DATA, MODEL, RUN, THRESHOLDS, DebugOptio
                                JsonOption, JunitOption, MarkdownOption, MaxDeadRatioOption,
                                MaxLayerDeadRatioOption, OutOption, PngDirOption, QuietOption, ShowUnitsOption,
                                VerboseOption)
-from .commands.common import EXIT_GATE_FAILED, EXIT_OK, error_exit, stderr, stdout
+from .commands.common import EXIT_GATE_FAILED, EXIT_INTERRUPTED, EXIT_OK, error_exit, stderr, stdout
 from .commands.common import positionals as _positionals
 from .commands.common import spec_file as _spec_file
-from .commands.training import write_ci_reports
+from .commands.training import say, write_ci_reports
 from .render import console as console_render
 from .render.reports import ReportTargets, write_reports
-from .settings import CompileMode, Granularity, InputDtype, NonFinitePolicy, ScanSettings, Thresholds
+from .settings import (MAX_LINE_BYTES, CompileMode, Granularity, InputDtype, NonFinitePolicy, ScanSettings,
+                       Thresholds)
 
 #: data formats, for help texts (a torch-free copy of ``load.data.DATA_FORMATS``)
 DATA_FILES = ".npy, .npz, .pt/.pth, .csv/.tsv, .parquet, or text (.txt/.jsonl) with a tokenizer"
@@ -140,6 +141,10 @@ def scan(
                                                                    "the text.")] = "text",
     max_length: Annotated[int, typer.Option(
         "--max-length", metavar="N", rich_help_panel=DATA, help="Truncate text examples to N tokens.")] = 512,
+    max_line_bytes: Annotated[int, typer.Option(
+        "--max-line-bytes", metavar="N", rich_help_panel=DATA,
+        help="Refuse a text line longer than N bytes (tokenizing takes ~200x a line's size in memory).")
+    ] = MAX_LINE_BYTES,
     columns: Annotated[Optional[list[str]], typer.Option(
         "--columns", metavar="A,B", rich_help_panel=DATA,
         help="Table columns to use as features, in order (default: every numeric column).")] = None,
@@ -202,6 +207,10 @@ def scan(
         help="TOML config (see configs/default.toml); flags win over it.")] = None,
     partial_on_interrupt: Annotated[bool, typer.Option(
         "--partial-on-interrupt", rich_help_panel=RUN, help="On Ctrl-C, report what was seen so far.")] = False,
+    timeout: Annotated[Optional[float], typer.Option(
+        metavar="SECONDS", rich_help_panel=RUN, show_default="300",
+        help="Under torchrun: the most a rank waits for the others (where they meet, and in collectives); "
+             "ranks that do not arrive are named.")] = None,
     debug: DebugOption = False,
 ) -> None:
     """Scan MODEL over DATA and report dead, saturated and dormant units per activation site."""
@@ -219,12 +228,13 @@ def scan(
                                 files={"--junit": junit_path, "--markdown": markdown_path})
         targets.check({"MODEL": model, "DATA": data, "--weights": weights, "--config": config,
                        "--import": import_files, "--arch": _spec_file(arch), "--model": _spec_file(model_spec),
-                       "--data": _spec_file(data_spec)})
+                       "--data": _spec_file(data_spec), "--tokenizer": tokenizer})
         from .load.huggingface import has_tokenizer, is_encoder_decoder, is_model_folder
-        from .distributed import is_main_process
+        from .distributed import is_main_process, set_timeout
         from .load.sources import open_data, open_model
         from .scanning import scan as run_scan
         main_process = is_main_process()  # under torchrun, rank 0 alone prints and writes reports
+        set_timeout(timeout, collectives=True)  # the process group is the CLI's own (commands/torchrun.py)
         loaded = open_model(model, arch=arch, arch_kwargs=arch_kwargs, factory=model_spec, weights=weights,
                             allow_pickle=allow_pickle, imports=import_files or (), hf_class=hf_class,
                             allow_remote_code=allow_remote_code)
@@ -234,8 +244,8 @@ def scan(
                            key=[*(key or []), *(kwarg or []), *([mask] if mask else [])] if named else key,
                            columns=columns, shuffle_seed=shuffle_seed, named=named,
                            tokenizer=tokenizer or (model if is_model_folder(model) and has_tokenizer(model) else None),
-                           max_length=max_length, text_field=text_field,
-                           decoder_inputs=is_encoder_decoder(loaded.module))
+                           max_length=max_length, text_field=text_field, max_line_bytes=max_line_bytes,
+                           decoder_inputs=is_encoder_decoder(loaded.module), allow_remote_code=allow_remote_code)
         with _ProgressReporter(enabled=not quiet and json_path != Path("-") and main_process) as progress:
             result = run_scan(loaded, stream, settings=settings, gate=gate, progress=progress,
                               input_key=input_key or (key if named else None) or None, scale=scale,
@@ -243,8 +253,13 @@ def scan(
                               input_dtype=input_dtype.value)
         if main_process:
             _emit(result, json_path, quiet, show_units, verbose)
-            _write_reports(result, targets, json_path == Path("-"))
-            write_ci_reports(result, junit_path, markdown_path, json_path == Path("-"))
+            _write_reports(result, targets, json_path, quiet, (junit_path, markdown_path))
+            if result.data.get("partial"):
+                # --partial-on-interrupt: the report of what was seen is out, and the run was still cut short.
+                stderr.print(f"interrupted: the report covers the {result.data.get('samples')} samples scanned "
+                             "before Ctrl-C and is marked partial", markup=False, soft_wrap=True)
+    if result.data.get("partial"):
+        raise typer.Exit(EXIT_INTERRUPTED)
     raise typer.Exit(EXIT_GATE_FAILED if result.gate is not None and not result.gate.passed else EXIT_OK)
 
 
@@ -273,8 +288,6 @@ def _emit(result: Any, json_path: Path | None, quiet: bool, show_units: bool, ve
         if gate is not None:
             stderr.print(gate)
         return
-    if json_path is not None:
-        result.to_json(json_path)
     if quiet:
         stdout.print(console_render.verdict_line(result), soft_wrap=True)
         gate = console_render.gate_lines(result)
@@ -282,8 +295,6 @@ def _emit(result: Any, json_path: Path | None, quiet: bool, show_units: bool, ve
             stdout.print(gate)
     else:
         stdout.print(console_render.report(result, show_units=show_units, width=_width(), verbose=verbose))
-    if json_path is not None and not quiet:
-        stdout.print(f"JSON report: {json_path}", markup=False)
 
 
 def _out_folder(out_dir: Path | None, stem: str) -> Path | None:
@@ -293,12 +304,27 @@ def _out_folder(out_dir: Path | None, stem: str) -> Path | None:
     return Path("reports") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _write_reports(result: Any, targets: ReportTargets, to_stderr: bool) -> None:
-    """Write the HTML report, the PNG plots and (for --out) all of them plus the JSON, and say where."""
+def _write_reports(result: Any, targets: ReportTargets, json_path: Path | None = None, quiet: bool = False,
+                   ci_files: tuple[Path | None, Path | None] = (None, None)) -> None:
+    """Write every report file together (JSON, HTML, PNG plots, --out, JUnit, Markdown), then say where.
+
+    All are renamed into place at the end (``written_together``): Ctrl-C before that leaves
+    every old file as it was, and the interruption line names what was written, if anything.
+    """
+    from .render.files import written_together
     from .render.text import visible
-    for what, path, files in write_reports(result, targets):
-        count = f" ({files} files)" if what == "PNG plots" else ""
-        (stderr if to_stderr else stdout).print(f"{what}: {visible(path)}{count}", markup=False, soft_wrap=True)
+    to_stderr = json_path == Path("-")
+    lines = []
+    with written_together():
+        if json_path is not None and not to_stderr:
+            result.to_json(json_path)
+            if not quiet:
+                lines.append(f"JSON report: {visible(json_path)}")
+        for what, path, files in write_reports(result, targets):
+            count = f" ({files} files)" if what == "PNG plots" else ""
+            lines.append(f"{what}: {visible(path)}{count}")
+        lines += write_ci_reports(result, *ci_files)
+    say(lines, to_stderr)
 
 
 @app.command()
@@ -326,7 +352,7 @@ def report(
             from .judge.suggestions import suggest
             result = result.with_suggestions(suggest(result))
         _emit(result, None, quiet, show_units, verbose)
-        _write_reports(result, targets, False)
+        _write_reports(result, targets)
     raise typer.Exit(EXIT_OK)
 
 
@@ -345,9 +371,9 @@ _register_training(app)
 
 
 def main() -> None:
-    """Console-script entry point (under torchrun: one process group, rank 0 reports)."""
-    from .distributed import run_cli
-    run_cli(app)
+    """Console-script entry point (under torchrun: one process group, rank 0 reports, one error line)."""
+    from .commands.torchrun import run
+    run(app)
 
 
 if __name__ == "__main__":  # pragma: no cover

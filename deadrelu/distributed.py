@@ -1,29 +1,29 @@
-"""Scans over several processes: torchrun data parallelism and ``--shard I/N``.
+"""Scans over several processes: torchrun data parallelism (and ``--shard I/N``, ``deadrelu.shards``).
 
 Every per-unit statistic deadrelu keeps is mergeable (counts and sums add, minima and
-maxima combine), so a scan distributes exactly:
+maxima combine), so a scan distributes exactly. Inside an initialised process group
+(``torchrun ... -m deadrelu scan``, or ``deadrelu.scan`` called on every rank of a user's
+group) the ranks meet twice per scan (``deadrelu.ranks``: JSON through the group's store,
+with a timeout that names the ranks that did not arrive):
 
-* **shards**: ``Shard(index, count)`` splits a stream's samples into ``count``
-  contiguous blocks of ``floor`` or ``ceil(total / count)`` samples, so every sample is
-  seen exactly once whatever the count. ``--shard I/N`` scans one block; ``deadrelu
-  merge`` (``deadrelu.merge``) combines the parts' JSON.
-* **torchrun**: inside an initialised process group (``torchrun ... -m deadrelu scan``,
-  or ``deadrelu.scan`` called on every rank of a user's group) rank ``r`` of ``N`` scans
-  block ``r`` of the data (of its ``--shard``, when one is given), and the sites'
-  statistics are combined once at the end: one ``all_gather_object`` of the small
-  per-rank facts and three ``all_reduce``s (sum, min, max) of every site's statistics
-  packed into flat float64 buffers. Every rank returns the same combined result.
+* **data**: before the first batch, the ranks check that they were given the same data
+  (sample count, file SHA-256), then rank ``r`` of ``N`` scans block ``r`` of it (of its
+  ``--shard``, when one is given);
+* **combine**: after the last batch, the small per-rank facts meet, and three
+  ``all_reduce``s (sum, min, max) join every site's statistics packed into flat float64
+  buffers. Every rank returns the same combined result.
 
-This module imports torch only inside functions, so a CLI that was not launched by
-torchrun pays nothing for it.
+A rank that fails posts its error where the meetings watch, so the others raise it (naming
+that rank) instead of waiting. This module imports torch only inside functions, so a CLI
+that was not launched by torchrun pays nothing for it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
-import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,7 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import ConfigError, DataLoadError, DeadReluError
+from . import ranks
+from .errors import ConfigError, DataLoadError, DeadReluError, ModelLoadError, first_line
+from .ranks import DEFAULT_TIMEOUT, RankError
+from .shards import Shard, restrict
 
 if TYPE_CHECKING:
     import torch
@@ -45,125 +48,7 @@ if TYPE_CHECKING:
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
-# -- shards ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Part ``index`` of ``count`` disjoint parts of a stream's samples.
-
-    Attributes:
-        index: which part, from 0.
-        count: how many parts.
-    """
-
-    index: int
-    count: int
-
-    def __post_init__(self) -> None:
-        if self.count < 1 or not 0 <= self.index < self.count:
-            raise ConfigError(f"shard {self.index}/{self.count} does not exist",
-                              hint="--shard I/N with 0 <= I < N, e.g. --shard 0/4")
-
-    @classmethod
-    def parse(cls, text: str | Shard | None) -> Shard | None:
-        """``"I/N"`` (or a ``Shard``, or None) as a ``Shard``.
-
-        Raises:
-            ConfigError: text that is not ``I/N`` with ``0 <= I < N``.
-        """
-        if text is None or isinstance(text, Shard):
-            return text
-        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
-        if match is None:
-            raise ConfigError(f"--shard {text!r} is not I/N", hint="e.g. --shard 0/4 scans the first of 4 parts")
-        return cls(int(match.group(1)), int(match.group(2)))
-
-    def bounds(self, total: int, batch_size: int | None = None) -> tuple[int, int]:
-        """The ``[start, stop)`` sample range of this part of ``total`` samples.
-
-        With ``batch_size`` the parts are made of whole batches (the last part ends with
-        the short last batch): each part then feeds exactly the batches one process would,
-        so per-batch sums (float32) are bit-identical and only their float64 total's
-        addition order differs.
-        """
-        step = batch_size if batch_size and batch_size > 1 else 1
-        units = -(-total // step)
-        return (min(total, self.index * units // self.count * step),
-                min(total, (self.index + 1) * units // self.count * step))
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-
-def restrict(stream: DataStream, shard: Shard, what: str = "shard") -> DataStream:
-    """The part of ``stream`` that ``shard`` names.
-
-    With a known sample count the part is a contiguous block by sample index, cut at
-    whole batches when the stream knows its batch size (``Shard.bounds``): a
-    seekable stream (arrays, files, Datasets, sequential DataLoaders) reads only its
-    block; any other stream is read up to the block's end and its batches are cut at
-    the block's edges. With no known count (a generator, an IterableDataset) the split
-    is by batch: batch ``b`` belongs to part ``b % count``. That is still disjoint and
-    complete when the stream yields the same batches in the same order every time, but
-    it is not balanced by sample; a note says so.
-
-    Args:
-        stream: the data.
-        shard: which part.
-        what: how the part is named in notes and errors ("shard" or "rank").
-
-    Returns:
-        A stream over the part's samples (with its own ``select``, relative to the part).
-
-    Raises:
-        DataLoadError: the part would hold no sample.
-    """
-    from .load.data import batch_length, slice_batch
-
-    if shard.count == 1:
-        return stream
-    total = stream.num_samples
-    if total is None:
-        def by_batch() -> Iterator[Any]:
-            for batch_index, batch in enumerate(stream.batches()):
-                if batch_index % shard.count == shard.index:
-                    yield batch
-        # The same text on every rank, so the combined result states it once.
-        note = (f"the data was split into {shard.count} {what}s by batch (batch b to {what} b % {shard.count}), "
-                "not by sample: the sample count is unknown")
-        return dataclasses.replace(stream, batches=by_batch, notes=[*stream.notes, note], select=None)
-    start, stop = shard.bounds(total, stream.batch_size)
-    if stop == start:
-        batches = -(-total // stream.batch_size) if stream.batch_size else total
-        raise DataLoadError(f"{stream.source}: {what} {shard} of {total} sample(s) holds no sample "
-                            f"(parts are whole batches: {batches} to share)",
-                            hint=f"use at most {batches} {what}s, or a smaller batch size")
-    if stream.select is not None:
-        # Only the batches come from select: notes, shard and the rest stay this stream's.
-        batches = stream.select(start, stop).batches
-    else:
-        def cut() -> Iterator[Any]:
-            position = 0
-            for batch in stream.batches():
-                size = batch_length(batch)
-                if size is None:
-                    raise DataLoadError(f"{stream.source}: cannot split a batch of unknown length by sample",
-                                        hint="batches must be tensors, (x, y) tuples or dicts of tensors")
-                low, high = max(start, position), min(stop, position + size)
-                if high > low:
-                    yield batch if high - low == size else slice_batch(batch, high - low, low - position)
-                position += size
-                if position >= stop:
-                    return
-        batches = cut
-    parent_select = stream.select
-
-    def select(low: int, high: int) -> DataStream:
-        assert parent_select is not None
-        return parent_select(start + low, start + high)
-    return dataclasses.replace(stream, batches=batches, num_samples=stop - start,
-                               select=select if parent_select else None, first_sample=stream.first_sample + start)
+# -- this process's part of the data ---------------------------------------------------------
 
 
 def shard_stream(stream: DataStream, shard: Shard | str | None, *, split_ranks: bool = True,
@@ -175,21 +60,27 @@ def shard_stream(stream: DataStream, shard: Shard | str | None, *, split_ranks: 
         shard: ``--shard I/N`` (recorded in the stream's ``shard``), or None.
         split_ranks: inside a process group, give each rank its own block (False when
             every rank already passes its own part, e.g. a DataLoader with a
-            ``DistributedSampler``).
+            ``DistributedSampler``). The ranks first check that they were all given the
+            same data (sample count and file SHA-256).
         lockstep: ranks must run the same number of forward passes (FSDP, tensor
             parallelism: the forward pass itself is a collective): ranks that run out of
             batches feed empty ones until every rank has.
 
     Returns:
         The stream to scan (``stream`` itself in one process without a shard).
+
+    Raises:
+        DataLoadError: ranks given different data (``ScanGroup.check_same_data``).
     """
     shard = Shard.parse(shard)
+    group = ScanGroup.current()
+    if group is not None and split_ranks:
+        group.check_same_data(stream)  # each rank cuts its block from its own copy: the copies must agree
     if shard is not None:
         total = stream.num_samples
         stream = restrict(stream, shard)
         stream = dataclasses.replace(stream, shard={"index": shard.index, "count": shard.count, "of": total},
                                      notes=[*stream.notes, _shard_note(shard, total, stream.batch_size)])
-    group = ScanGroup.current()
     if group is None:
         return stream
     if split_ranks:
@@ -282,6 +173,33 @@ def init_from_env() -> bool:
     return True
 
 
+def set_timeout(seconds: float | None, *, collectives: bool = False) -> float:
+    """How long a rank waits for the others: at the meetings that follow and, with
+    ``collectives``, in the default process group's collectives too (the CLI's own group
+    under torchrun; a user's group keeps the timeout it was made with).
+
+    Args:
+        seconds: the timeout (None: keep the current one, ``DEFAULT_TIMEOUT`` at first).
+        collectives: also set it on the default process group's backends.
+
+    Returns:
+        The timeout now in force, in seconds.
+
+    Raises:
+        ConfigError: not a positive number of seconds.
+    """
+    value = ranks.set_timeout(seconds)
+    if collectives and "torch" in sys.modules:
+        from datetime import timedelta
+
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            # Private in torch, but the only way to change a group's timeout after init.
+            dist.distributed_c10d._set_pg_timeout(timedelta(seconds=value))
+    return value
+
+
 @dataclass(frozen=True)
 class ScanGroup:
     """This process's place in an initialised process group of several ranks.
@@ -312,43 +230,110 @@ class ScanGroup:
             device = torch.device("cuda", torch.cuda.current_device())
         return cls(dist.get_rank(), dist.get_world_size(), device)
 
-    def gather(self, value: Any) -> list[Any]:
-        """Every rank's ``value`` (picklable), in rank order."""
-        import torch.distributed as dist
+    def meet(self, step: str, payload: Any, what: str) -> list[Any]:
+        """Every rank's ``payload`` at this scan's meeting ``step``, in rank order.
 
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, value)
-        return out
+        A meeting (``deadrelu.ranks.meet``) waits ``--timeout`` seconds at most, and
+        notices a rank that failed instead of coming.
+
+        Raises:
+            DeadReluError: (agreed) the error of a rank that failed instead of coming, of
+                the same kind, naming that rank.
+            RankError: a rank did not arrive in time (named).
+        """
+        outcome = ranks.meet(self.rank, self.world_size, f"scan{_scans}/{step}", payload, what=what,
+                             watch=(f"scan{_scans}/failed", "exit"))
+        if isinstance(outcome, ranks.NotComing):
+            raise self._not_coming(outcome, what)
+        return [outcome[rank] for rank in range(self.world_size)]
+
+    def _not_coming(self, seen: ranks.NotComing, what: str) -> DeadReluError:
+        """The error that a rank which failed (or ended) instead of coming to a meeting means here."""
+        failure = seen.payload.get("error") if seen.name == "exit" else seen.payload
+        if not failure:
+            error = ranks.RankError(f"rank {seen.rank} of {self.world_size} ended before {what}",
+                                    hint="every rank must run the same command on the same data")
+        else:
+            message = failure["message"] if failure.get("agreed") else \
+                f"rank {seen.rank} of {self.world_size} failed: {failure['message']}"
+            error = _error_class(failure["kind"])(message, hint=failure.get("hint"))
+        error.agreed = True  # type: ignore[attr-defined]
+        return error
+
+    def _failed_elsewhere(self) -> DeadReluError | None:
+        """The failure another rank posted during this scan (or on ending), if any."""
+        for name in (f"scan{_scans}/failed", "exit"):
+            try:
+                posted = ranks.posted(self.world_size, name)
+            except ranks.RankError:
+                return None  # the store is gone: this rank's own error stands
+            for rank, payload in posted.items():
+                if rank != self.rank and (name != "exit" or payload.get("error")):
+                    return self._not_coming(ranks.NotComing(rank, name, payload), "the end of the scan")
+        return None
 
     @contextmanager
     def agree_on_failure(self) -> Iterator[None]:
         """Make a failure on one rank a failure on every rank, instead of a hang.
 
-        Every rank reaches one checkpoint, an ``all_gather_object``: a rank that finished
-        its part reaches it in ``combine`` (carrying its facts), a rank that failed reaches
-        it here (carrying its error). When any rank failed, the failed ranks re-raise their
-        own error and the others raise a ``DeadReluError`` of the same kind naming the
-        failed rank. Ctrl-C is not caught (torchrun stops every rank).
+        A rank that fails posts its failure (kind, message, hint) where the others'
+        meetings watch: whichever meeting they wait at next (the data check, the combine
+        step) raises the same kind of error naming the failed rank. A rank whose error is
+        not deadrelu's own (or wraps one), after another rank posted its failure (typically
+        a collective, FSDP's all-gathers or the lockstep flags, broken by that rank's
+        absence), reports that rank's failure;
+        a collective that times out or breaks otherwise is a ``RankError``. Ctrl-C is not
+        caught (torchrun stops every rank).
         """
-        before = _combined_scans
         try:
             yield
         except Exception as exc:
-            if not getattr(exc, "agreed", False):
-                self.gather(("failed", _failure_of(exc)))
+            if getattr(exc, "agreed", False):
+                raise
+            # An error that is not deadrelu's own (or wraps one: a failed forward pass) may only
+            # follow from a rank that failed first, e.g. a collective broken by its absence
+            # (a gloo timeout): that rank's failure is the cause to report.
+            foreign = not isinstance(exc, DeadReluError) or (
+                exc.__cause__ is not None and not isinstance(exc.__cause__, DeadReluError))
+            replacement = (self._failed_elsewhere() or _collective_error(exc, self)) if foreign else None
+            if replacement is not None:
+                if not getattr(replacement, "agreed", False):
+                    self._post_failure(replacement)
+                raise replacement from exc
+            self._post_failure(exc)
             raise
-        if _combined_scans == before:  # the block did not combine: keep every rank at one checkpoint
-            self._check(self.gather(("ok", None)))
 
-    def _check(self, gathered: list[tuple[str, Any]]) -> list[Any]:
-        """The payloads of a checkpoint; raises (agreed) when a rank failed."""
-        failures = [(rank, payload) for rank, (state, payload) in enumerate(gathered) if state == "failed"]
-        if failures:
-            rank, (kind, message, hint) = failures[0]
-            error = _error_class(kind)(f"rank {rank} of {self.world_size} failed: {message}", hint=hint)
-            error.agreed = True  # type: ignore[attr-defined]
-            raise error
-        return [payload for _state, payload in gathered]
+    def _post_failure(self, exc: BaseException) -> None:
+        try:
+            ranks.post(self.rank, f"scan{_scans}/failed", failure_of(exc))
+        except ranks.RankError:
+            pass  # the others are gone already: nobody to tell
+
+    def check_same_data(self, stream: DataStream) -> None:
+        """Refuse to split data that differs between ranks: each rank cuts its own block from
+        its own copy, so different copies (another file on another node, a file changed
+        between starts) would overlap or leave samples out and be merged silently.
+
+        Raises:
+            DataLoadError: (on every rank) the ranks' sample counts or file SHA-256 differ;
+                the message names the ranks and what differs.
+        """
+        facts = {"samples": stream.num_samples, "sha256": stream.sha256}
+        every = self.meet("data", facts, "the start of the scan")
+        differ = [name for name in facts if len({json.dumps(f.get(name)) for f in every}) > 1]
+        if not differ:
+            return
+        by_value: dict[str, list[int]] = {}
+        for rank, fact in enumerate(every):
+            shown = [f"{fact.get('samples')} samples" if name == "samples" else
+                     f"sha256 {str(fact.get('sha256'))[:12]}" for name in differ]
+            by_value.setdefault(", ".join(shown), []).append(rank)
+        what = " and ".join("sample count" if name == "samples" else "SHA-256" for name in differ)
+        described = "; ".join(f"{ranks.ranks_text(found)}: {shown}" for shown, found in by_value.items())
+        raise DataLoadError(f"{stream.source}: the {self.world_size} ranks were given different data "
+                            f"({what} {'differ' if len(differ) > 1 else 'differs'}): {described}",
+                            hint="every rank must read the same data (the ranks split it among themselves): "
+                                 "check the file on every node; a rank that passes its own part: shard_data=False")
 
     def lockstep(self, stream: DataStream) -> DataStream:
         """``stream`` with empty batches appended until every rank's stream has ended.
@@ -386,10 +371,10 @@ class ScanGroup:
         """Every rank's part combined into the whole scan's result (the same on every rank).
 
         Sites are matched by ``(module, function, call_index)``; a site that ran on some
-        ranks only counts as unobserved on the others. One ``all_gather_object`` carries
-        the per-rank facts (no per-unit data) and is the ranks' failure checkpoint
-        (``agree_on_failure``); the per-unit statistics go through three ``all_reduce``
-        calls (sum, min, max) of flat float64 buffers.
+        ranks only counts as unobserved on the others. One meeting (``meet``) carries the
+        per-rank facts as JSON (no per-unit data) and is where a failure on another rank
+        is noticed (``agree_on_failure``); the per-unit statistics go through three
+        ``all_reduce`` calls (sum, min, max) of flat float64 buffers.
 
         Args:
             local: this rank's result.
@@ -404,18 +389,23 @@ class ScanGroup:
         from .merge import assemble, site_key
         from .unitstats import SiteStats
 
-        global _combined_scans
-        gathered = self._check(self.gather(("ok", local.to_dict(unit_stats=False))))
-        _combined_scans += 1
+        gathered = self.meet("combine", local.to_dict(unit_stats=False), "the combine step (the end of the scan)")
         order: list[tuple] = []
         described: dict[tuple, dict[str, Any]] = {}
-        for part in gathered:
+        described_on: dict[tuple, int] = {}
+        for rank, part in enumerate(gathered):
             previous = None
             for site in part["sites"]:
                 key = site_key(site)
                 if key not in described:
-                    described[key] = site
+                    described[key], described_on[key] = site, rank
                     order.insert(order.index(previous) + 1 if previous is not None else len(order), key)
+                elif int(site["units"]) != int(described[key]["units"]):
+                    # Every rank sees the same facts, so every rank refuses alike before any all_reduce.
+                    raise ModelLoadError(f"the ranks scanned different models: site {site['name']} has "
+                                         f"{site['units']} units on rank {rank}, {described[key]['units']} "
+                                         f"on rank {described_on[key]}",
+                                         hint="every rank must load the same model")
                 previous = key
         mine = {site_key(site): site.stats for site in local.sites}
         sum_fields = [f.name for f in dataclasses.fields(SiteStats) if f.name not in ("minimum", "maximum")]
@@ -454,57 +444,63 @@ class ScanGroup:
         from .judge.suggestions import suggest
         return combined.with_suggestions(suggest(combined, model))
 
-    def agree_exit_code(self, code: int) -> int:
-        """Rank 0's exit code, on every rank, kept however the rank is stopped after this.
 
-        Ranks exit a few milliseconds apart, and torchrun stops the ranks still running
-        as soon as one exits non-zero: each rank first makes SIGTERM exit with the agreed
-        code (``exit_on_sigterm``), and no rank returns before all have (a barrier).
-        """
-        import torch
-        import torch.distributed as dist
-
-        value = torch.tensor([int(code)], device=self.device)
-        dist.broadcast(value, src=0)
-        agreed = int(value.item())
-        exit_on_sigterm(agreed)
-        dist.barrier()
-        return agreed
-
-
-def _failure_of(exc: BaseException) -> tuple[str, str, str | None]:
+def failure_of(exc: BaseException) -> dict[str, Any]:
+    """An error as the JSON the ranks exchange: kind (class name), message, hint, and whether it
+    only repeats another rank's failure (``agreed``)."""
     if isinstance(exc, DeadReluError):
-        return type(exc).__name__, exc.message, exc.hint
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return "DeadReluError", f"{type(exc).__name__}: {text[:300]}", "see that rank's traceback"
+        return {"kind": type(exc).__name__, "message": exc.message, "hint": exc.hint,
+                "agreed": bool(getattr(exc, "agreed", False))}
+    return {"kind": "DeadReluError", "message": f"{type(exc).__name__}: {first_line(exc)}",
+            "hint": "see that rank's traceback", "agreed": False}
 
 
 def _error_class(name: str) -> type[DeadReluError]:
-    from . import errors
+    """The ``DeadReluError`` subclass called ``name`` (the base class for an unknown name)."""
+    pending: list[type[DeadReluError]] = [DeadReluError]
+    while pending:
+        found = pending.pop()
+        if found.__name__ == name:
+            return found
+        pending.extend(found.__subclasses__())
+    return DeadReluError
 
-    found = getattr(errors, name, None)
-    return found if isinstance(found, type) and issubclass(found, DeadReluError) else DeadReluError
+
+def _collective_error(exc: BaseException, group: ScanGroup) -> DeadReluError | None:
+    """A collective that timed out or broke (torch's ``DistError`` family, maybe wrapped as a failed
+    forward pass) as one ``RankError``."""
+    import torch.distributed as dist
+
+    broken = next((e for e in (exc, exc.__cause__) if isinstance(e, getattr(dist, "DistError", ()))), None)
+    if broken is None:
+        return None
+    return ranks.RankError(f"rank {group.rank} of {group.world_size}: a collective with the other ranks timed out "
+                           f"or broke ({type(broken).__name__}: {first_line(broken, 200)})",
+                           hint="see the other ranks' output; --timeout N waits longer for slow ranks")
 
 
 # -- the scan across ranks ------------------------------------------------------------------
 
-#: Set once a scan has been combined across ranks: from then on every rank reaches the end
-#: of the command, so the exit code can be agreed with one more collective.
-_combined_scans = 0
+#: Scans started in this process inside a process group: names each scan's meetings, so the
+#: ranks of a program that scans several times never mix up two scans.
+_scans = 0
 
 
 def across_ranks(scan_function: Callable[..., ScanResult]) -> Callable[..., ScanResult]:
     """Make a failure of ``scan`` on one rank a failure on every rank (a no-op outside a group).
 
-    Inside ``scan``, ``shard_stream`` gives each rank its block and ``combine`` joins the
-    parts; this wrapper is the other half of ``combine``'s checkpoint, for a rank that
-    fails before reaching it.
+    Inside ``scan``, ``shard_stream`` checks the ranks' data and gives each rank its block,
+    and ``combine`` joins the parts; both are meetings of the ranks. This wrapper numbers
+    the scan (its meetings' names) and posts the failure of a rank that fails, so the
+    others raise it at their next meeting instead of waiting.
     """
     @functools.wraps(scan_function)
     def scan(*args: Any, **kwargs: Any) -> ScanResult:
+        global _scans
         group = ScanGroup.current()
         if group is None:
             return scan_function(*args, **kwargs)
+        _scans += 1
         with group.agree_on_failure():
             return scan_function(*args, **kwargs)
     return scan
@@ -528,70 +524,7 @@ def environment(model: Any) -> dict[str, Any]:
     return facts
 
 
-def exit_on_sigterm(code: int) -> None:
-    """From now on, SIGTERM ends this process with ``code`` (after flushing its output).
-
-    For ranks that agreed on a non-zero exit code: torchrun stops the ranks still running
-    as soon as one exits, which would otherwise report -15 instead of the agreed code.
-    Call it on every rank before a barrier, so no rank exits before all have called it.
-    """
-    import signal
-
-    if code:
-        signal.signal(signal.SIGTERM, lambda signum, frame: exit_now(code))
-
-
-def exit_now(code: int) -> None:
-    """Flush stdout and stderr and end the process with ``code``, skipping interpreter shutdown.
-
-    After ``exit_on_sigterm``: Python's shutdown puts the default SIGTERM handler back
-    (and torch's takes a while), so a SIGTERM from torchrun then would still report -15.
-    """
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
-
-
 def is_main_process() -> bool:
     """Rank 0 of a process group, or a process outside one: the one that prints and writes."""
     group = ScanGroup.current()
     return group is None or group.rank == 0
-
-
-def run_cli(app: Callable[[], Any]) -> None:
-    """Run the typer ``app``; under torchrun, in a process group, with one exit code for all ranks.
-
-    Outside torchrun this is ``app()``. Under torchrun the default process group is
-    initialised (gloo; with CUDA, nccl for CUDA tensors), ranks other than 0 print no
-    report, and after a scan that was combined across ranks every rank exits with rank
-    0's code (a gate failure, or a report rank 0 could not write). An error before the
-    ranks combine (a missing file) is the same on every rank and exits each one itself.
-    """
-    if not launched_by_torchrun():
-        app()
-        return
-    started = init_from_env()
-    code: Any = 0
-    agreed = False
-    try:
-        try:
-            app()
-        except SystemExit as exc:
-            code = exc.code
-        code = 0 if code is None else code if isinstance(code, int) else 1
-        group = ScanGroup.current()
-        if group is not None and _combined_scans:
-            code = group.agree_exit_code(code)
-            agreed = True
-    finally:
-        if started:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-    if agreed:
-        exit_now(code)
-    sys.exit(code)
-

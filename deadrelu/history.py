@@ -13,7 +13,6 @@ with the previous record, also across a resumed run.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataLoadError
+from .jsontext import JsonTextError, parse_json
 
 if TYPE_CHECKING:
     from .result import ScanResult
@@ -32,7 +32,15 @@ LOG_FORMAT = "deadrelu-monitor"
 LOG_VERSION = 1
 #: columns of ``Monitor.history`` and ``history_frame``, in this order
 HISTORY_COLUMNS = ("step", "site", "kind", "units", "dead", "dead_ratio", "saturated", "dormant",
-                   "active_rate_mean", "newly_dead", "revived")
+                   "active_rate_mean", "newly_dead", "revived", "recycled")
+#: Deepest nesting a log record has (record > sites > site > dead_units), with room to spare.
+MAX_RECORD_DEPTH = 16
+#: Largest count or step a record may hold: exact in a float64 (the trend's tables) and an int64.
+LARGEST_COUNT = 2 ** 53
+#: Most cells (sites x points) a trend's tables may have: 80 MB per table. A real run has
+#: ~100 sites x ~10,000 records; a log with a new site name in every record has sites x
+#: records cells and would otherwise ask for terabytes.
+MAX_TREND_CELLS = 10_000_000
 
 
 class Mode:
@@ -105,18 +113,94 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
     numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
     for position, (number, line) in enumerate(numbered):
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if position == len(numbered) - 1:
+            record = parse_json(line, MAX_RECORD_DEPTH)
+        except JsonTextError as exc:
+            if position == len(numbered) - 1 and exc.reason.startswith("not JSON"):
                 break  # a run killed mid-write: keep everything before it
-            raise DataLoadError(f"{path}:{number} is not JSON", hint=hint) from None
+            what = "is not JSON" if exc.reason.startswith("not JSON") else f"holds {exc.reason}"
+            raise DataLoadError(f"{path}:{number} {what}", hint=hint) from None
         if not isinstance(record, dict) or record.get("format") != LOG_FORMAT:
             raise DataLoadError(f"{path}:{number} is not a deadrelu monitor record", hint=hint)
         if record.get("version") != LOG_VERSION:
-            raise DataLoadError(f"{path}:{number}: unsupported monitor log version {record.get('version')!r}",
+            raise DataLoadError(f"{path}:{number}: unsupported monitor log version {_shown(record.get('version'))}",
                                 hint=f"this deadrelu reads version {LOG_VERSION}")
+        check_record(record, f"{path}:{number}")
         records.append(record)
+    check_table_size(len({site["name"] for record in records for site in record["sites"]}), len(records), str(path))
     return records
+
+
+def check_table_size(sites: int, points: int, source: str) -> None:
+    """Refuse a trend whose sites x points tables would exceed ``MAX_TREND_CELLS``.
+
+    Raises:
+        DataLoadError: naming ``source`` and both counts.
+    """
+    if sites * points > MAX_TREND_CELLS:
+        raise DataLoadError(f"{source}: {sites:,} distinct sites over {points:,} points, more than the "
+                            f"{MAX_TREND_CELLS:,} cells a trend table holds",
+                            hint="a site name should repeat from point to point; was it written by deadrelu?")
+
+
+def check_record(record: dict[str, Any], where: str) -> None:
+    """Check the fields of a monitor record that histories and trends read.
+
+    ``step`` is an integer; ``sites`` a list of objects, each with a string ``name`` and
+    ``kind``, integer counts with ``dead``, ``saturated`` and ``dormant`` at most
+    ``units``, ``active_rate_mean`` a finite number or null, and ``dead_units`` (when
+    present) a list of unit indices below ``units``.
+
+    Args:
+        record: one parsed log line.
+        where: ``path:line``, for messages.
+
+    Raises:
+        DataLoadError: naming ``where`` and the first bad field.
+    """
+    hint = "the log was edited or not written by deadrelu.Monitor; remove the line or write the log again"
+
+    def bad(field: str, wanted: str, value: Any) -> DataLoadError:
+        return DataLoadError(f"{where}: {field} must be {wanted}, got {_shown(value)}", hint=hint)
+
+    if "step" not in record:
+        raise DataLoadError(f"{where}: the record has no step", hint=hint)
+    if not _is_count(record["step"], signed=True):
+        raise bad("step", "an integer (the training step)", record["step"])
+    sites = record.get("sites")
+    if not isinstance(sites, list):
+        raise bad("sites", "a list of sites", sites)
+    for index, site in enumerate(sites):
+        field = f"sites[{index}]"
+        if not isinstance(site, dict):
+            raise bad(field, "an object", site)
+        for name in ("name", "kind"):
+            if not isinstance(site.get(name), str):
+                raise bad(f"{field}.{name}", "a string", site.get(name))
+        for name in ("units", "dead", "saturated", "dormant"):
+            if not _is_count(site.get(name)):
+                raise bad(f"{field}.{name}", "an integer >= 0", site.get(name))
+            if name != "units" and site[name] > site["units"]:
+                raise bad(f"{field}.{name}", f"at most units ({site['units']})", site[name])
+        rate = site.get("active_rate_mean")
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
+                                 or not math.isfinite(rate)):
+            raise bad(f"{field}.active_rate_mean", "a finite number or null", rate)
+        dead_units = site.get("dead_units", [])
+        if not isinstance(dead_units, list) or not all(_is_count(unit) and unit < site["units"]
+                                                       for unit in dead_units):
+            raise bad(f"{field}.dead_units", f"a list of unit indices below {site['units']}", dead_units)
+
+
+def _is_count(value: Any, signed: bool = False) -> bool:
+    """An integer (not a bool) a float64 and an int64 hold exactly; >= 0 unless ``signed``."""
+    return (isinstance(value, int) and not isinstance(value, bool) and abs(value) <= LARGEST_COUNT
+            and (signed or value >= 0))
+
+
+def _shown(value: Any) -> str:
+    """A value from a log, cut short for a message."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10 ** 30 else f"an integer of {len(str(value))} digits"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def current_run(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -139,7 +223,8 @@ def history_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     Returns:
         A DataFrame with columns ``HISTORY_COLUMNS``. ``newly_dead`` / ``revived`` count units
         dead now and not at the site's previous record / dead then and not now; at a
-        site's first record every dead unit is newly dead.
+        site's first record every dead unit is newly dead. ``recycled``: units a
+        ``Monitor(recycle=...)`` recycled right after this record's scan (0 otherwise).
     """
     rows: list[dict[str, Any]] = []
     previous: dict[str, set[int]] = {}
@@ -154,11 +239,12 @@ def history_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
                 "saturated": int(site["saturated"]), "dormant": int(site["dormant"]),
                 "active_rate_mean": np.nan if site.get("active_rate_mean") is None else float(site["active_rate_mean"]),
                 "newly_dead": len(dead_now - dead_before), "revived": len(dead_before - dead_now),
+                "recycled": int(site.get("recycled", 0)),
             })
             previous[site["name"]] = dead_now
     frame = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
     return frame.astype({"step": "int64", "units": "int64", "dead": "int64", "saturated": "int64",
-                         "dormant": "int64", "newly_dead": "int64", "revived": "int64",
+                         "dormant": "int64", "newly_dead": "int64", "revived": "int64", "recycled": "int64",
                          "dead_ratio": "float64", "active_rate_mean": "float64"})
 
 
@@ -257,6 +343,7 @@ class Trend:
         for point in points:
             for name, kind, _units, _dead in point:
                 names.setdefault(name, kind)
+        check_table_size(len(names), len(points), source)
         index = {name: k for k, name in enumerate(names)}
         units = np.full((len(names), len(points)), np.nan)
         dead = np.full((len(names), len(points)), np.nan)

@@ -21,7 +21,7 @@ from typing import Any
 from .assemble import count_warnings
 from .errors import DeadReluError
 from .judge.verdicts import judge_site
-from .result import ScanResult, SiteResult, Summary
+from .result import InputLink, ScanResult, SiteResult, Summary
 from .settings import ScanSettings
 from .unitstats import SiteStats
 
@@ -35,6 +35,11 @@ _COUNT_WARNINGS = (re.compile(r"^\d+ activation module\(s\) never ran on this da
                    re.compile(r"^NaN/inf activations at \d+ site\(s\)"),
                    re.compile(r"^PARTIAL: "))
 _SHARD_NOTE = re.compile(r"^shard \d+/\d+: ")
+_INTERRUPTED = "PARTIAL: the scan was interrupted"
+#: Most shards a merge takes. ``count`` comes from the parts' files: a count of 10**12 once
+#: asked for a list of 10**12 missing indices (24 GB, then the OOM killer).
+MAX_SHARDS = 65_536
+_FORGED = "the file was edited or not written by 'deadrelu scan ... --shard I/N --json PATH'"
 
 
 class MergeError(DeadReluError):
@@ -73,6 +78,9 @@ def merge_results(parts: Sequence[ScanResult], labels: Sequence[str] | None = No
     facts = [part.to_dict(unit_stats=False) for part in parts]
     _check_same_scan(facts, names)
     shard = _check_shards(facts, names, allow_missing)
+    # A part that is itself a merge with --allow-missing is partial because shards were missing,
+    # not because its scan was interrupted: that flag is set again below from this merge's shards.
+    facts = [_without_missing_partial(fact) for fact in facts]
     order: list[tuple] = []
     described: dict[tuple, dict[str, Any]] = {}
     merged: dict[tuple, SiteStats] = {}
@@ -104,11 +112,23 @@ def merge_results(parts: Sequence[ScanResult], labels: Sequence[str] | None = No
             f"the parts were judged with different thresholds; the merge uses {names[0]}'s "
             "(give --tau/--dead-threshold/--saturation to choose)",))
     if shard is not None and shard.get("missing"):
-        missing = ", ".join(map(str, shard["missing"]))
+        missing = ", ".join(map(str, shard["missing"][:8])) + (f" and {len(shard['missing']) - 8} more"
+                                                                 if len(shard["missing"]) > 8 else "")
         result = dataclasses.replace(result, data={**result.data, "partial": True}, warnings=result.warnings + (
-            f"PARTIAL: merged {len(parts)} of {shard['count']} shards; missing shard(s) {missing}",))
-    environment = {**result.environment, "merged_from": len(parts)}
+            f"PARTIAL: merged {len(shard['index'])} of {shard['count']} shards; missing shard(s) {missing}",))
+    merged_from = sum(int(f.get("environment", {}).get("merged_from") or 1) for f in facts)
+    environment = {**result.environment, "merged_from": merged_from}
     return dataclasses.replace(result, environment=environment)
+
+
+def _without_missing_partial(facts: dict[str, Any]) -> dict[str, Any]:
+    """A part's facts with ``data.partial`` cleared when only missing shards made it partial."""
+    data = facts.get("data", {}) or {}
+    shard = data.get("shard") or {}
+    interrupted = any(str(w).startswith(_INTERRUPTED) for w in facts.get("warnings", []))
+    if data.get("partial") and shard.get("missing") and not interrupted:
+        return {**facts, "data": {**data, "partial": False}}
+    return facts
 
 
 def assemble(parts: Sequence[Mapping[str, Any]], sites: Sequence[tuple[Mapping[str, Any], SiteStats]],
@@ -127,10 +147,17 @@ def assemble(parts: Sequence[Mapping[str, Any]], sites: Sequence[tuple[Mapping[s
     Returns:
         The combined result (no gate, no suggestions).
     """
+    # A part traces producers during its first batch only: the first part that traced a site says.
+    links: dict[tuple, Any] = {}
+    for part in parts:
+        for other in part.get("sites", []):
+            if other.get("producer"):
+                links.setdefault(site_key(other), other["producer"])
     results = [SiteResult(name=_name(facts, parts), module=facts["module"], call_index=int(facts["call_index"]),
                           function=facts.get("function"), kind=facts["kind"], unit_dim=facts.get("unit_dim"),
                           stats=stats, verdict=judge_site(stats, facts.get("saturation"), settings.thresholds),
-                          saturation=facts.get("saturation"), prelu_slopes=facts.get("prelu_slopes"))
+                          saturation=facts.get("saturation"), prelu_slopes=facts.get("prelu_slopes"),
+                          producer=InputLink.from_dict(links.get(site_key(facts))))
                for facts, stats in sites]
     first = parts[0]
     data = dict(first.get("data", {}))
@@ -203,9 +230,16 @@ def _check_same_scan(facts: Sequence[Mapping[str, Any]], names: Sequence[str]) -
             raise MergeError(f"{name} and {names[0]} were scanned with different settings ({shown})", hint=hint)
 
 
+def _shard_indices(shard: Mapping[str, Any]) -> list[int]:
+    """The shard indices a part covers: its ``index``, or the list a merge with missing shards wrote."""
+    index = shard.get("index")
+    return [int(i) for i in index] if isinstance(index, list) else [int(index)]
+
+
 def _check_shards(facts: Sequence[Mapping[str, Any]], names: Sequence[str],
                   allow_missing: bool) -> dict[str, Any] | None:
-    """The merged ``data.shard`` (None when every shard is there); raises on overlap or gaps."""
+    """The merged ``data.shard`` (None when every shard is there); raises on overlap, gaps, or a
+    shard count the parts cannot back (more than ``MAX_SHARDS``, or more shards than samples)."""
     shards = [(name, (f.get("data", {}) or {}).get("shard")) for name, f in zip(names, facts)]
     whole = [name for name, shard in shards if shard is None]
     if whole and len(facts) > 1:
@@ -222,19 +256,33 @@ def _check_shards(facts: Sequence[Mapping[str, Any]], names: Sequence[str],
         if shard.get("of") != shards[0][1].get("of"):
             raise MergeError(f"{name} and {shards[0][0]} are shards of data of different sizes ({shard.get('of')} "
                              f"vs {shards[0][1].get('of')} samples)", hint="merge only the parts of one scan")
+    of = shards[0][1].get("of")
+    if count > MAX_SHARDS:
+        raise MergeError(f"{shards[0][0]}: split into {count:,} shards, more than the {MAX_SHARDS:,} a merge takes",
+                         hint=_FORGED)
+    if of is not None and count > int(of):
+        # Shards are whole batches and an empty shard is never scanned: at most one shard per sample.
+        raise MergeError(f"{shards[0][0]}: split into {count:,} shards of data of {int(of):,} samples; a shard "
+                         "holds at least one sample", hint=_FORGED)
     seen: dict[int, str] = {}
     for name, shard in shards:
-        index = int(shard["index"])
-        if index in seen:
-            raise MergeError(f"{name} and {seen[index]} are both shard {index}/{count}: overlapping shards",
-                             hint="give each shard once")
-        seen[index] = name
+        for index in _shard_indices(shard):
+            if not 0 <= index < count:
+                raise MergeError(f"{name}: shard {index}/{count} does not exist", hint=_FORGED)
+            if index in seen:
+                raise MergeError(f"{name} and {seen[index]} are both shard {index}/{count}: overlapping shards",
+                                 hint="give each shard once")
+            seen[index] = name
+    samples = sum(int((f.get("data", {}) or {}).get("samples") or 0) for f in facts)
+    if of is not None and samples > int(of):
+        raise MergeError(f"the parts hold {samples:,} samples, more than the {int(of):,} of the data they are "
+                         "shards of", hint=_FORGED)
     missing = [index for index in range(count) if index not in seen]
     if not missing:
         return None
     if not allow_missing:
-        raise MergeError(f"missing shard(s) {', '.join(f'{i}/{count}' for i in missing)}: "
-                         f"{len(seen)} of {count} given", hint="scan them with --shard I/N, or pass "
-                                                                "--allow-missing to merge the rest (marked partial)")
-    of = (shards[0][1] or {}).get("of")
+        shown = ", ".join(f"{i}/{count}" for i in missing[:8]) + (f" and {len(missing) - 8} more"
+                                                                  if len(missing) > 8 else "")
+        raise MergeError(f"missing shard(s) {shown}: {len(seen)} of {count} given",
+                         hint="scan them with --shard I/N, or pass --allow-missing to merge the rest (marked partial)")
     return {"index": sorted(seen), "count": count, "of": of, "missing": missing}

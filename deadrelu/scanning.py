@@ -45,7 +45,7 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
          partial_on_interrupt: bool = False, input_fn: Callable[[Any], Any] | None = None,
          shuffle_seed: int | None = None, kwargs: str | Sequence[str] | None = None, mask: str | None = None,
          input_dtype: str = "auto", shard: str | distributed.Shard | None = None,
-         shard_data: bool = True, **overrides: Any) -> ScanResult:
+         shard_data: bool = True, timeout: float | None = None, **overrides: Any) -> ScanResult:
     """Scan a model's ReLU-family activations over a data set.
 
     Args:
@@ -88,6 +88,10 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
             combined; see ``deadrelu.distributed`` and docs/scale.md.
         shard_data: inside a process group, False when each rank passes its own part of
             the data already (a DataLoader with a ``DistributedSampler``).
+        timeout: inside a process group, the most seconds a rank waits for the others
+            where they meet (the data check, the combine step); a rank that does not
+            arrive is named in the error. None: the process's current timeout
+            (``deadrelu.distributed.set_timeout``; 300 s at first).
 
     Returns:
         A ``ScanResult`` (data: ``.summary``, ``.sites``, ``.to_frame()``...).
@@ -96,6 +100,7 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
         DeadReluError: bad data, a failing forward pass, or nothing to scan.
     """
     settings = _settings(settings, config, overrides)
+    distributed.set_timeout(timeout)
     limits = GateLimits.of(gate) if gate is not None else GateLimits.from_config(config)
     notes: list[str] = []
     if isinstance(model, LoadedModel):

@@ -12,7 +12,8 @@ naming the file and the JSON path of the first bad field:
    in a float64 (a 5,000-digit integer is refused by the parser, a 400-digit one here);
 3. the JSON Schema (types, non-negative counts, ratios in [0, 1], enums);
 4. what JSON Schema cannot say: every ``unit_stats`` array has ``units`` entries, unit
-   indices are below ``units``, per-unit counts are at most that unit's observations.
+   indices are below ``units``, per-unit counts are at most that unit's observations, and
+   no two sites share a name.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import functools
 import itertools
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ResultFormatError
+from .jsontext import json_depth
 
 #: The result format's version; ``result.ScanResult.to_dict`` writes it.
 SCHEMA_VERSION = 1
@@ -42,8 +43,6 @@ LARGEST_INTEGER = 2 ** 53
 HINT = ("the file was edited or not written by 'deadrelu scan ... --json'; its format is "
         "deadrelu/schemas/result-v1.schema.json")
 _READ_HINT = "write one with: deadrelu scan MODEL DATA --json PATH"
-_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _PER_UNIT_COUNTS = ("active", "at_floor", "at_ceiling")
 
 
@@ -51,16 +50,6 @@ _PER_UNIT_COUNTS = ("active", "at_floor", "at_ceiling")
 def result_schema() -> dict[str, Any]:
     """The result format's JSON Schema (schema_version 1) as a dict."""
     return json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
-
-
-def json_depth(text: str) -> int:
-    """How deeply arrays and objects nest in JSON text, counted without parsing it."""
-    brackets = _NOT_BRACKET.sub("", _STRING.sub('""', text))
-    if not brackets:
-        return 0
-    codes = np.frombuffer(brackets.encode("ascii"), dtype=np.uint8)
-    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
-    return int(np.cumsum(steps).max())
 
 
 def read_result_file(path: str | Path) -> Any:
@@ -177,8 +166,15 @@ def validate_result(data: Any, source: str) -> None:
                                 f"expected {SCHEMA_VERSION}", hint="this deadrelu reads schema_version 1 reports")
     check_tree(data, source)
     _check_schema(data, source)
+    first_of: dict[str, int] = {}
     for index, site in enumerate(data["sites"]):
         _check_site(site, f"sites[{index}]", source)
+        if site["name"] in first_of:
+            # Sites are looked up by name (diff, report --sites, merge): a second one would be
+            # shadowed or counted twice.
+            raise ResultFormatError(f"{source}: sites[{index}].name {json.dumps(site['name'])[:80]} is also the "
+                                    f"name of sites[{first_of[site['name']]}]; every site has its own name", hint=HINT)
+        first_of[site["name"]] = index
 
 
 def _check_schema(data: Any, source: str) -> None:

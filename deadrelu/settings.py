@@ -17,7 +17,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 
 class Granularity(str, Enum):
@@ -128,6 +128,8 @@ _ENUMS: dict[str, type[Enum]] = {"granularity": Granularity, "nonfinite": NonFin
                                  "compile": CompileMode}
 
 
+_TOML_HINT = "see configs/default.toml for the sections and keys a config holds"
+
 #: Keys of a config file's ``[gate]`` section (``judge.gate.GateLimits``).
 GATE_KEYS = ("max_dead_ratio", "max_layer_dead_ratio")
 
@@ -170,6 +172,19 @@ _SHARES = {"dead_threshold": "a share of observations: a number from 0 to 1",
            "max_layer_dead_ratio": "a share of units: a number from 0 to 1"}
 _COUNTS = {"batch_size": "samples per forward pass, e.g. 256",
            "limit": "the most samples to scan, e.g. 10000"}
+#: Largest count a setting may hold: exact in a float64, as a saved report must be (``schema.LARGEST_INTEGER``).
+LARGEST_COUNT = 2 ** 53
+#: Longest text example in tokens: the largest length every tokenizer takes (a Rust ``usize`` on
+#: 32-bit platforms); longer asks for nothing a line of text can hold.
+MAX_TOKENS = 2 ** 31 - 1
+#: Longest line of a text data file read by default (``--max-line-bytes`` raises it). Tokenizing a
+#: line takes ~200 times its size in memory (a 15 MB line took 2.9 GB), so an unbounded line is
+#: unbounded memory.
+MAX_LINE_BYTES = 1 << 20
+#: Options of the data (not ``ScanSettings`` fields) checked here too: ``(least, largest, hint)``.
+_DATA_INTEGERS = {"shuffle_seed": (0, None, "the seed of the random subset: an integer >= 0, e.g. 7"),
+                  "max_length": (1, MAX_TOKENS, "tokens per text example, e.g. 512"),
+                  "max_line_bytes": (1, None, f"the longest line of a text file in bytes (default {MAX_LINE_BYTES:,})")}
 _DEVICE = re.compile(r"auto|(?:cpu|cuda|mps)(?::[0-9]+)?")
 _ENUM_HINTS = {"granularity": "channel: a unit is a neuron/channel; position: every (channel, position) pair",
                "nonfinite": "fail: stop at the first sample with NaN/inf; skip: leave such samples out; "
@@ -209,6 +224,17 @@ def check_setting(key: str, value: Any) -> Any:
             raise ConfigError(f"{key} must be a positive integer, got {value!r:.60}", hint=_COUNTS[key])
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}", hint=_COUNTS[key])
+        if value > LARGEST_COUNT:
+            raise ConfigError(f"{key} must be at most {LARGEST_COUNT:,}, got {_short(value)}", hint=_COUNTS[key])
+        return int(value)
+    if key in _DATA_INTEGERS:
+        least, largest, hint = _DATA_INTEGERS[key]
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ConfigError(f"{key} must be an integer, got {value!r:.60}", hint=hint)
+        if value < least:
+            raise ConfigError(f"{key} must be >= {least}, got {value}", hint=hint)
+        if largest is not None and value > largest:
+            raise ConfigError(f"{key} must be at most {largest:,}, got {_short(value)}", hint=hint)
         return int(value)
     if key in _ENUMS:
         try:
@@ -231,6 +257,12 @@ def check_setting(key: str, value: Any) -> Any:
     return value
 
 
+def _short(number: int) -> str:
+    """An integer as written, or its digit count when that would be a wall of digits."""
+    text = str(number) if abs(number) < 10 ** 30 else f"an integer of {len(str(abs(number)))} digits"
+    return text
+
+
 def read_config(path: str | Path) -> dict[str, Any]:
     """Read a TOML config into flat setting values (sections ``[scan]``, ``[thresholds]``, ``[gate]``).
 
@@ -246,16 +278,26 @@ def read_config(path: str | Path) -> dict[str, Any]:
         with path.open("rb") as handle:
             document = tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"config file not found: {path}", hint="check the --config path") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}", hint=_TOML_HINT) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})",
+                          hint="TOML files are UTF-8; save it as UTF-8") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is not a deadrelu config: arrays or tables nested too deep",
+                          hint=_TOML_HINT) from None
+    except ValueError as exc:  # an integer longer than Python reads (4,300 digits)
+        what = "it holds an integer too long to read" if "digits" in str(exc) else first_line(exc, 120)
+        raise ConfigError(f"config file {path} is not a deadrelu config: {what}", hint=_TOML_HINT) from None
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}",
+                          hint="check that the file exists and is readable") from None
     flat: dict[str, Any] = {}
     for section, allowed in (("scan", _SCAN_KEYS), ("thresholds", _THRESHOLD_KEYS), ("gate", set(GATE_KEYS))):
         table = document.pop(section, {})
         if not isinstance(table, dict):
-            raise ConfigError(f"{path}: [{section}] must be a table")
+            raise ConfigError(f"{path}: [{section}] must be a table", hint=_TOML_HINT)
         for key, value in table.items():
             if key not in allowed:
                 raise ConfigError(f"{path}: unknown key {key!r} in [{section}]",

@@ -5,8 +5,9 @@ process group the script initialised itself (the library path, not the CLI's).
         MODE ARCH.py MODEL.pt DATA.npy OUT.json
 
 MODE ``plain`` scans the model as it is; ``fsdp`` wraps it with FSDP2 ``fully_shard`` on
-a CPU device mesh (gloo) first. Rank 0 writes OUT.json; an error prints
-``rank R: error: ...`` and exits 2.
+a CPU device mesh (gloo) first. A DATA path holding ``{rank}`` names each rank's own file,
+given to ``deadrelu.scan`` as a path (so its SHA-256 is known). Rank 0 writes OUT.json; an
+error prints ``rank R: error: ...`` and exits 2.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 import deadrelu
-from deadrelu.distributed import exit_now, exit_on_sigterm
+from deadrelu.commands.torchrun import exit_now, exit_on_sigterm
 from deadrelu.errors import DeadReluError
 
 
@@ -38,7 +39,8 @@ def main(mode: str, arch: str, model_path: str, data_path: str, out_path: str) -
         fully_shard(model, mesh=mesh)
     code = 0
     try:
-        result = deadrelu.scan(model, np.load(data_path), batch_size=5)
+        data = data_path.format(rank=rank) if "{rank}" in data_path else np.load(data_path)
+        result = deadrelu.scan(model, data, batch_size=5)
         if rank == 0:
             result.to_json(out_path)
     except DeadReluError as exc:

@@ -333,7 +333,8 @@ def test_ctrl_c_leaves_no_report_unless_partial_is_asked_for(runner, f):
     assert "Traceback" not in interrupted.output
     assert not out.exists() and not list(f["dir"].rglob("*.tmp"))
     partial = run(runner, *model, "--json", out, "--partial-on-interrupt")
-    assert partial.exit_code == 0, partial.output
+    assert partial.exit_code == 130, partial.output  # interrupted all the same: the report is out, marked partial
+    assert "interrupted: the report covers the 20 samples scanned before Ctrl-C" in partial.stderr
     report = json.loads(out.read_text())
     assert report["data"]["partial"] is True and report["data"]["samples"] == 20
     assert "PARTIAL: the scan was interrupted after 20 samples" in report["warnings"]

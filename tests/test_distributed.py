@@ -21,10 +21,10 @@ import pytest
 import torch
 
 import deadrelu
-from deadrelu import distributed
+from deadrelu import distributed, ranks
 from deadrelu.cli import app
 from deadrelu.distributed import Shard, restrict
-from deadrelu.errors import ConfigError, DataLoadError
+from deadrelu.errors import ConfigError, DataLoadError, ModelLoadError
 from deadrelu.load.data import DataStream, as_stream
 from deadrelu.merge import merge_results
 from truth_models import bounded_inputs
@@ -112,7 +112,8 @@ def assert_same_scan(got: dict[str, Any], want: dict[str, Any]) -> None:
     assert got["data"]["samples"] == want["data"]["samples"]
     assert [s["name"] for s in got["sites"]] == [s["name"] for s in want["sites"]]
     for mine, theirs in zip(got["sites"], want["sites"]):
-        for key in ("units", "observations", "dead_units", "saturated_units", "dormant_units", "nonfinite"):
+        for key in ("units", "observations", "dead_units", "saturated_units", "dormant_units", "nonfinite",
+                    "producer"):
             assert mine[key] == theirs[key], (mine["name"], key)
         for field, values in theirs["unit_stats"].items():
             a = np.array([np.nan if v is None else v for v in mine["unit_stats"][field]], dtype=float)
@@ -307,6 +308,156 @@ def test_a_failure_on_one_rank_fails_every_rank(files):
     assert failed_ranks(output) == {0: 2, 1: 2}, output
     assert "rank 1: error: input holds NaN/inf: sample 90 is the first" in output
     assert "rank 0: error: rank 1 of 2 failed: input holds NaN/inf" in output
+
+
+HANG_SOURCE = """
+import os
+import time
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.relu = nn.Linear(10, 4), nn.ReLU()
+
+    def forward(self, x):
+        if os.environ.get("RANK") == "0":
+            time.sleep(3600)  # rank 0 hangs in its first forward pass
+        return self.relu(self.fc(x))
+"""
+
+
+def error_lines(stderr: str) -> list[str]:
+    """deadrelu's own error and hint lines (torchrun's log lines start otherwise)."""
+    return [line for line in stderr.splitlines() if line.startswith(("error:", "hint:"))]
+
+
+def test_bad_input_on_one_rank_is_one_line_printed_once_and_exit_2_on_every_rank(files):
+    """The CLI under torchrun: a NaN in rank 1's block (batches of 8: samples 48..100)."""
+    data = np.load(files["data"])
+    data[90, 3] = np.nan
+    path = files["dir"] / "nan-cli.npy"
+    np.save(path, data)
+    args = scan_args(files, "-q")
+    args[2] = str(path)
+    run = torchrun("-m", "deadrelu", *args)
+    output = run.stdout + run.stderr
+    assert failed_ranks(output) == {0: 2, 1: 2}, output
+    assert error_lines(run.stderr) == [
+        "error: rank 1 of 2 failed: input holds NaN/inf: sample 90 is the first (1 in its batch)",
+        "hint: clean the data, or pass --nonfinite skip (drop them) / keep (scan them)"], output
+    # torchrun's own summary quotes the line (its error file), not "To enable traceback see ...".
+    assert output.count("traceback : rank 1 of 2 failed: input holds NaN/inf") == 2, output
+    assert "To enable traceback" not in output
+
+
+def test_a_rank_that_hangs_is_named_after_the_timeout(files):
+    """Rank 0 hangs: rank 1 waits --timeout 5 s at the combine step, prints the line rank 0
+    cannot, and exits 2; torchrun then stops rank 0."""
+    arch = files["dir"] / "hang.py"
+    arch.write_text(HANG_SOURCE)
+    run = torchrun("-m", "deadrelu", "scan", "--model", f"{arch}:Net", str(files["data"]), "--batch-size", "8",
+                   "--device", "cpu", "-q", "--timeout", "5", timeout=150)
+    output = run.stdout + run.stderr
+    assert error_lines(run.stderr) == [
+        "error: rank 0 of 2 did not reach the combine step (the end of the scan) within 5 s (hung, slow or gone)",
+        "hint: see that rank's output; --timeout N waits longer for slow ranks"], output
+    assert failed_ranks(output)[1] == 2, output
+
+
+def test_ranks_given_different_data_are_refused(files):
+    """Each rank reads its own copy (a file per rank, as on two nodes): same sample count,
+    one value changed. The ranks check the copies before the scan and all refuse."""
+    data = np.load(files["data"])
+    np.save(files["dir"] / "copy-0.npy", data)
+    data[7, 0] += 1.0
+    np.save(files["dir"] / "copy-1.npy", data)
+    run = torchrun(str(REPO / "tests" / "distributed_worker.py"), "plain", str(files["arch"]), str(files["model"]),
+                   str(files["dir"] / "copy-{rank}.npy"), str(files["dir"] / "never.json"))
+    output = run.stdout + run.stderr
+    assert failed_ranks(output) == {0: 2, 1: 2}, output
+    for rank in (0, 1):
+        assert re.search(rf"rank {rank}: error: \S*copy-{rank}.npy: the 2 ranks were given different data "
+                         r"\(SHA-256 differs\): rank 0: sha256 [0-9a-f]{12}; rank 1: sha256 [0-9a-f]{12}\n",
+                         output), output
+    assert not (files["dir"] / "never.json").exists()
+
+
+def test_ranks_with_different_sample_counts_are_refused_with_the_ranks_named(monkeypatch):
+    group = distributed.ScanGroup(rank=0, world_size=3, device=torch.device("cpu"))
+    facts = [{"samples": 101, "sha256": "ab" * 32}, {"samples": 100, "sha256": "cd" * 32},
+             {"samples": 101, "sha256": "ab" * 32}]
+    monkeypatch.setattr(distributed.ScanGroup, "meet", lambda self, step, payload, what: facts)
+    stream = DataStream(source="data.npy", batches=lambda: iter(()), num_samples=101, sha256="ab" * 32)
+    with pytest.raises(DataLoadError, match=re.escape(
+            "data.npy: the 3 ranks were given different data (sample count and SHA-256 differ): "
+            "ranks 0, 2: 101 samples, sha256 abababababab; rank 1: 100 samples, sha256 cdcdcdcdcdcd")):
+        group.check_same_data(stream)
+    facts[1] = facts[0]
+    group.check_same_data(stream)  # the same data on every rank: nothing to say
+
+
+def test_ranks_that_scanned_different_models_are_refused_before_combining(monkeypatch, files, scans):
+    local = deadrelu.ScanResult.from_json(files["dir"] / "whole.json")
+    other = local.to_dict(unit_stats=False)
+    other["sites"][0]["units"] = 8  # relu#0 has 16 units in this rank's model
+    monkeypatch.setattr(distributed.ScanGroup, "meet",
+                        lambda self, step, payload, what: [payload, json.loads(json.dumps(other))])
+    group = distributed.ScanGroup(rank=0, world_size=2, device=torch.device("cpu"))
+    with pytest.raises(ModelLoadError, match=r"the ranks scanned different models: site relu#0 has 8 units on "
+                                             r"rank 1, 16 on rank 0"):
+        group.combine(local)
+
+
+def test_a_meeting_names_the_ranks_that_did_not_arrive_and_sees_a_failure_posted_instead(group_of_one,
+                                                                                          monkeypatch):
+    """``deadrelu.ranks`` in a real store (a group of one process, told there are 3 ranks)."""
+    monkeypatch.setattr(ranks, "_process", ranks._Process())  # the ranks given up on stay this test's
+    with pytest.raises(ranks.RankError, match=r"ranks 1, 2 of 3 did not reach the test step within 0.2 s"):
+        ranks.meet(0, 3, "test-a", {"x": 1}, what="the test step", timeout=0.2)
+    assert ranks.absent_ranks() == {1, 2}
+    ranks.post(2, "test-b", {"y": 2})
+    ranks.post(1, "test-failed", {"kind": "DataLoadError", "message": "bad", "hint": None})
+    seen = ranks.meet(0, 3, "test-b", {"y": 0}, what="the test step", watch=("test-failed",), timeout=5)
+    assert seen == ranks.NotComing(1, "test-failed", {"kind": "DataLoadError", "message": "bad", "hint": None})
+    ranks.post(1, "test-b", {"y": 1})
+    assert ranks.meet(0, 3, "test-b", {"y": 0}, what="the test step", timeout=5) == {0: {"y": 0}, 1: {"y": 1},
+                                                                                       2: {"y": 2}}
+
+
+def _suggested(suggestions: list[dict[str, Any]]) -> list[tuple[str, str, list[str]]]:
+    return [(s["id"], s["title"], list(s["sites"])) for s in suggestions]
+
+
+def test_sharded_merged_and_torchrun_scans_of_a_resnet_make_the_single_process_suggestions(files):
+    """Issue 19.6: the parts' producer links survive merging, so the weight rules read the
+    traced layer instead of guessing by registration order. broken_resnet's truth: β = -10
+    on channels 0-7 of layer3.4.bn2 kills 8 of 16 units at layer3.4.relu#1."""
+    from real_nets import broken_resnet, resnet_data
+
+    from deadrelu.judge.suggestions import suggest
+    model, data = broken_resnet(), resnet_data()
+    whole = deadrelu.scan(model, data, batch_size=8)
+    want = _suggested(whole.suggestions)
+    assert ("batchnorm-dead", "layer3.4.relu#1 ← layer3.4.bn2: β < −3·|γ| on channels 0–7",
+            ["layer3.4.relu#1"]) in want
+    links = [site.producer for site in whole.sites]
+    assert None not in links and len(links) == 49
+
+    merged = merge_results([deadrelu.scan(model, data, batch_size=8, shard=f"{index}/2") for index in range(2)])
+    assert [site.producer for site in merged.sites] == links
+    assert _suggested(merged.with_suggestions(suggest(merged, model)).suggestions) == want
+
+    nets = str(REPO / "tests" / "real_nets.py")
+    out = files["dir"] / "resnet-torchrun.json"
+    run = torchrun("-m", "deadrelu", "scan", "--model", f"{nets}:broken_resnet", "--data", f"{nets}:resnet_data",
+                   "--batch-size", "8", "--device", "cpu", "--json", str(out), "-q")
+    assert run.returncode == 0, run.stdout + run.stderr
+    combined = json.loads(out.read_text())
+    assert combined["environment"]["world_size"] == 2 and combined["data"]["samples"] == 24
+    assert [site["producer"] for site in combined["sites"]] == [link.to_dict() for link in links]
+    assert _suggested(combined["suggestions"]) == want
 
 
 # -- devices ----------------------------------------------------------------------------------

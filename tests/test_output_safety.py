@@ -4,6 +4,7 @@ names from a model or a path cannot spoof what the terminal or the HTML shows.""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ def digest(path: Path) -> str:
 @pytest.fixture
 def no_scan(monkeypatch):
     """Fail the test if the scan starts: every refusal must come before any work."""
+    import deadrelu.scanning  # imported here too: run alone, this file would find it not yet imported
     monkeypatch.setattr(sys.modules["deadrelu.scanning"], "scan", lambda *a, **k: pytest.fail("scanned before checking"))
 
 
@@ -99,25 +101,76 @@ def test_report_refuses_to_overwrite_its_result(runner, files, tmp_path):
     assert digest(saved) == before
 
 
-def test_a_killed_write_leaves_no_temp_file_behind_on_the_next_run(tmp_path):
-    target = tmp_path / "result.json"
-    dead_pid = 2 ** 22 + 12345  # above Linux's pid_max default: never a live process
-    stale = temp_path(target, dead_pid)
-    stale.write_text("half a report")
+#: a process killed (SIGKILL) in the middle of an atomic write: after its temp file is made, before the rename
+KILLED_WRITER = """
+import os, sys
+from pathlib import Path
+from deadrelu.render import files
+os.replace = lambda *args: os.kill(os.getpid(), 9)
+files.atomic_write_text(Path(sys.argv[1]), "half a report")
+"""
+
+
+def killed_write(target: Path) -> Path:
+    """Run a writer to ``target`` that is killed mid-write; return the temp file it left behind."""
+    import subprocess
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get(
+        "PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(target)], env=env, capture_output=True)
+    assert done.returncode == -9, done.stderr
+    (left,) = target.parent.glob(f".{target.name}.deadrelu-*.tmp")
+    assert left.read_text() == "half a report"
+    return left
+
+
+def test_a_killed_write_leaves_no_temp_file_behind_on_the_next_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEADRELU_CACHE_DIR", str(tmp_path / "cache"))
+    target = tmp_path / "out" / "result.json"
+    target.parent.mkdir()
+    stale = killed_write(target)
     live = temp_path(target, os.getppid())  # another live writer's temp file is not ours to delete
     live.write_text("in progress")
     atomic_write_text(target, "{}\n")
     assert target.read_text() == "{}\n"
     assert not stale.exists() and live.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, live.name])
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted([target.name, live.name])
+    assert list((tmp_path / "cache" / "temps").iterdir()) == []  # the killed writer's record went with its file
 
 
 def test_a_scan_cleans_stale_temp_files_at_its_output_path(runner, files):
     target = files["dir"] / "r.json"
-    stale = temp_path(target, 2 ** 22 + 777)
-    stale.write_text("{")
+    stale = killed_write(target)
     assert scan_files(runner, files, "--json", target, "-q").exit_code == 0
     assert not stale.exists() and target.exists()
+
+
+GONE = 2 ** 22 + 12345  # above Linux's pid_max default: never a live process
+
+
+@pytest.mark.parametrize("name", [f".x.json.deadrelu-{GONE}.tmp",  # the look-alike of issue 18
+                                  f".x.json.deadrelu-{GONE}-0123abcd.tmp"])  # today's exact temp name
+def test_a_file_that_only_looks_like_a_stale_temp_file_is_never_deleted(runner, files, name):
+    # A user's file named like our temp files (here the --config of this very scan), whose
+    # "writer" is gone: the registry holds no record that deadrelu made it, so it stays.
+    target = files["dir"] / "x.json"
+    config = files["dir"] / name
+    config.write_text("[scan]\nbatch_size = 16\n")
+    done = scan_files(runner, files, "--config", config, "--json", target, "-q")
+    assert done.exit_code == 0, done.output
+    assert config.read_text() == "[scan]\nbatch_size = 16\n"
+    assert json.loads(target.read_text())["settings"]["batch_size"] == 16
+
+
+def test_a_stale_temp_file_replaced_by_another_file_is_not_deleted(tmp_path, monkeypatch):
+    # The record names the temp's device and inode: a different file put at that path is not ours.
+    monkeypatch.setenv("DEADRELU_CACHE_DIR", str(tmp_path / "cache"))
+    target = tmp_path / "result.json"
+    stale = killed_write(target)
+    own = tmp_path / "own.txt"
+    own.write_text("the user's own file")  # made while the stale temp exists: another inode
+    os.replace(own, stale)
+    atomic_write_text(target, "{}\n")
+    assert stale.read_text() == "the user's own file"
 
 
 # -- spoofing ---------------------------------------------------------------------------------------

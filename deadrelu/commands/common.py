@@ -18,15 +18,16 @@ import tempfile
 import time
 import traceback
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import typer
 from rich.console import Console
 
 from ..errors import ConfigError, DeadReluError
 
-EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_BUG = 0, 1, 2, 3
+EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 # Older typer re-exports click's exceptions; newer typer (0.29) ships its own copy of click
 # (``typer._click``) and no longer depends on click: take the classes from typer itself,
@@ -43,7 +44,9 @@ stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 PARAMETER_FLAGS = {"batch_size": "--batch-size", "dead_threshold": "--dead-threshold", "tau": "--tau",
                    "saturation": "--saturation", "granularity": "--granularity", "nonfinite": "--nonfinite",
                    "limit": "--limit", "max_dead_ratio": "--max-dead-ratio",
-                   "max_layer_dead_ratio": "--max-layer-dead-ratio", "compile": "--compile", "device": "--device"}
+                   "max_layer_dead_ratio": "--max-layer-dead-ratio", "compile": "--compile", "device": "--device",
+                   "timeout": "--timeout", "shuffle_seed": "--shuffle-seed", "max_length": "--max-length",
+                   "max_line_bytes": "--max-line-bytes"}
 _LEADING_PARAMETER = re.compile(r"^(" + "|".join(sorted(map(re.escape, PARAMETER_FLAGS), key=len, reverse=True))
                                 + r")\b(?!_)")
 
@@ -51,6 +54,51 @@ _LEADING_PARAMETER = re.compile(r"^(" + "|".join(sorted(map(re.escape, PARAMETER
 def as_flags(message: str) -> str:
     """A library message that starts with a parameter name (``batch_size must be >= 1``), with the flag."""
     return _LEADING_PARAMETER.sub(lambda match: PARAMETER_FLAGS[match.group(1)], message, count=1)
+
+
+@dataclass(frozen=True)
+class ErrorLines:
+    """The lines a failed command prints on stderr: ``error: message`` and ``hint: hint``.
+
+    Attributes:
+        code: the exit code that goes with them (2 bad input, 3 a bug in deadrelu).
+        message: the error line's text.
+        hint: the hint line's text, if any.
+        detail: text printed as it is after them (a traceback no crash file could hold).
+        kind: the error's class name (``DataLoadError``...).
+        agreed: the error repeats another torchrun rank's failure.
+    """
+
+    code: int
+    message: str
+    hint: str | None = None
+    detail: str | None = None
+    kind: str = "DeadReluError"
+    agreed: bool = False
+
+    def show(self, prefix: str = "") -> None:
+        """Print the lines on stderr, the message after ``prefix`` (``rank 1 of 2 failed: ``)."""
+        stderr.print(f"[bold red]error:[/] {_plain(prefix + self.message)}")
+        if self.hint:
+            stderr.print(f"[dim]hint:[/] {_plain(self.hint)}")
+        if self.detail:
+            stderr.print(self.detail, markup=False)
+
+
+#: Where ``error_exit`` puts its lines instead of printing them (torchrun: rank 0 prints once).
+_deferred: list[ErrorLines] | None = None
+
+
+@contextmanager
+def deferred_errors() -> Iterator[list[ErrorLines]]:
+    """Inside this block ``error_exit`` collects its lines in the list yielded instead of
+    printing them (under torchrun the ranks agree first, then one rank prints)."""
+    global _deferred
+    previous, _deferred = _deferred, []
+    try:
+        yield _deferred
+    finally:
+        _deferred = previous
 
 
 @contextmanager
@@ -65,24 +113,42 @@ def error_exit(debug: bool) -> Iterator[None]:
         if debug:
             raise
         message = as_flags(exc.message) if isinstance(exc, ConfigError) else exc.message
-        stderr.print(f"[bold red]error:[/] {_plain(message)}")
-        if exc.hint:
-            stderr.print(f"[dim]hint:[/] {_plain(exc.hint)}")
-        raise typer.Exit(EXIT_BAD_INPUT) from None
-    except KeyboardInterrupt:
-        stderr.print("[bold red]interrupted[/]: no report written (use --partial-on-interrupt to keep partial results)")
-        raise typer.Exit(130) from None
+        _report(ErrorLines(EXIT_BAD_INPUT, message, exc.hint, kind=type(exc).__name__,
+                           agreed=bool(getattr(exc, "agreed", False))))
+    except KeyboardInterrupt as exc:
+        line = interrupted_line(getattr(exc, "written", ()), getattr(exc, "complete", False))
+        stderr.print(f"[bold red]interrupted[/]: {_plain(line)}")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except Exception as exc:
         if debug:
             raise
         crash_file = _write_crash_report(exc)
         what = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
         where = f"traceback in {crash_file}" if crash_file else "traceback below"
-        stderr.print(f"[bold red]error:[/] deadrelu bug ({_plain(what[:200])}); {_plain(where)}")
-        stderr.print("[dim]hint:[/] please report it with that file; --debug shows the traceback here")
-        if crash_file is None:
-            stderr.print("".join(traceback.format_exception(exc)), markup=False)
-        raise typer.Exit(EXIT_BUG) from None
+        _report(ErrorLines(EXIT_BUG, f"deadrelu bug ({what[:200]}); {where}",
+                           "please report it with that file; --debug shows the traceback here",
+                           detail=None if crash_file else "".join(traceback.format_exception(exc))))
+
+
+def _report(lines: ErrorLines) -> None:
+    """Print ``lines`` (or keep them for the torchrun ranks' agreement) and exit with their code."""
+    if _deferred is None:
+        lines.show()
+    else:
+        _deferred.append(lines)
+    raise typer.Exit(lines.code) from None
+
+
+def interrupted_line(written: Iterable[object] = (), complete: bool = False) -> str:
+    """What an interruption left on disk, said exactly: the reports files written (all of them when
+    ``complete``: Ctrl-C came while they were renamed into place), or none."""
+    from ..render.text import visible
+    names = ", ".join(visible(str(path)) for path in written)
+    if not names:
+        return "no report written (use --partial-on-interrupt to keep partial results)"
+    if complete:
+        return f"after the reports were written: {names}"
+    return f"only these reports were written: {names}; the others were not (their old files, if any, are unchanged)"
 
 
 def _write_crash_report(exc: BaseException) -> Path | None:
@@ -129,5 +195,5 @@ def spec_file(spec: str | None) -> Path | None:
     return Path(target) if target.endswith(".py") else None
 
 
-__all__ = ["EXIT_OK", "EXIT_GATE_FAILED", "EXIT_BAD_INPUT", "EXIT_BUG", "stdout", "stderr", "PARAMETER_FLAGS", "as_flags",
+__all__ = ["EXIT_OK", "EXIT_GATE_FAILED", "EXIT_BAD_INPUT", "EXIT_BUG", "EXIT_INTERRUPTED", "interrupted_line", "stdout", "stderr", "PARAMETER_FLAGS", "as_flags",
            "error_exit", "positionals", "spec_file"]

@@ -55,6 +55,7 @@ def merge(
         from ..judge.suggestions import suggest
         from ..merge import merge_results
         from ..render import console as console_render
+        from ..render.files import written_together
         from ..render.reports import ReportTargets, write_reports
         from ..result import ScanResult
 
@@ -71,14 +72,15 @@ def merge(
         if to_stdout:
             sys.stdout.write(result.to_json() + "\n")
         else:
-            if json_path is not None:
-                result.to_json(json_path)
             stdout.print(console_render.verdict_line(result) if quiet
                          else console_render.report(result, show_units=show_units), soft_wrap=quiet)
         gate = console_render.gate_lines(result)
         if gate is not None and (quiet or to_stdout):
             (stderr if to_stdout else stdout).print(gate)
-        written = [(what, path) for what, path, _files in write_reports(result, targets)]
+        with written_together():  # every file lands at the end, or none does
+            if json_path is not None and not to_stdout:
+                result.to_json(json_path)
+            written = [(what, path) for what, path, _files in write_reports(result, targets)]
         if json_path is not None and not to_stdout:
             written.insert(0, ("JSON report", json_path))
         if not quiet:

@@ -28,29 +28,27 @@ if TYPE_CHECKING:
 # -- CI files -------------------------------------------------------------------------------
 
 def _write_markdown(path: Path, text: str) -> None:
-    from ..errors import OutputError
-    from ..render.files import atomic_write_text
+    from ..render.files import append_text, atomic_write_text
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary and Path(summary).resolve() == path.resolve():
         # GitHub's step summary collects what every command of the step appends.
-        try:
-            with path.open("a", encoding="utf-8") as handle:
-                handle.write(text)
-        except OSError as exc:
-            raise OutputError(f"cannot append to {path}: {exc.strerror or exc}") from None
+        append_text(path, text)
         return
     atomic_write_text(path, text)
 
 
-def write_ci_reports(outcome: ScanResult | DiffResult, junit_path: Path | None, markdown_path: Path | None,
-                     to_stderr: bool = False) -> None:
-    """Write the JUnit and Markdown files of a scan result or a diff, and say where.
+def write_ci_reports(outcome: ScanResult | DiffResult, junit_path: Path | None,
+                     markdown_path: Path | None) -> list[str]:
+    """Write the JUnit and Markdown files of a scan result or a diff (inside the caller's
+    ``written_together`` they land with the other reports).
 
     Args:
         outcome: a ``ScanResult`` (judged by ``result.gate``) or a ``DiffResult`` (by ``diff.gate``).
         junit_path: JUnit XML destination, or None.
         markdown_path: Markdown destination, or None.
-        to_stderr: print the "written" lines on stderr (stdout carries JSON).
+
+    Returns:
+        The lines that say where (``JUnit report: PATH``), to print once the files are in place.
     """
     from ..compare import DiffResult
     from ..render import junit, markdown
@@ -66,7 +64,12 @@ def write_ci_reports(outcome: ScanResult | DiffResult, junit_path: Path | None, 
         _write_markdown(markdown_path, markdown.diff_summary(outcome) if is_diff  # type: ignore[arg-type]
                         else markdown.scan_summary(outcome))  # type: ignore[arg-type]
         written.append(f"Markdown summary: {visible(markdown_path)}")
-    for line in written:
+    return written
+
+
+def say(lines: list[str], to_stderr: bool = False) -> None:
+    """Print "written" lines (on stderr when stdout carries JSON)."""
+    for line in lines:
         (stderr if to_stderr else stdout).print(line, markup=False, soft_wrap=True)
 
 
@@ -98,6 +101,7 @@ def diff(
     from ..compare import diff as compare
     from ..render import compare as compare_render
     from ..render.reports import ReportTargets
+    from ..render.files import atomic_write_text, written_together
     from ..render.text import visible
     from ..result import ScanResult
     with error_exit(debug):
@@ -114,11 +118,13 @@ def diff(
                 stderr.print(gate)
         else:
             stdout.print(compare_render.report(result))
-            if json_path is not None:
-                from ..render.files import atomic_write_text
+        written = []
+        with written_together():
+            if json_path is not None and not to_stdout_json:
                 atomic_write_text(json_path, json.dumps(result.to_dict(), indent=1) + "\n")
-                stdout.print(f"JSON diff: {visible(json_path)}", markup=False, soft_wrap=True)
-        write_ci_reports(result, junit_path, markdown_path, to_stdout_json)
+                written.append(f"JSON diff: {visible(json_path)}")
+            written += write_ci_reports(result, junit_path, markdown_path)
+        say(written, to_stdout_json)
     raise typer.Exit(EXIT_GATE_FAILED if result.gate is not None and not result.gate.passed else EXIT_OK)
 
 
@@ -178,9 +184,10 @@ def trend(
 ) -> None:
     """Dead units across checkpoints (scanned over the same DATA) or across a monitor log's records."""
     from ..errors import ConfigError
-    from ..render.reports import ReportTargets
+    from ..render.reports import TREND_PLOT_FILES, ReportTargets
     with error_exit(debug):
-        ReportTargets(json=json_path, html=html_path, png_dir=png_dir).check({"CKPT/DATA/LOG": paths})
+        ReportTargets(json=json_path, html=html_path, png_dir=png_dir, plot_files=TREND_PLOT_FILES).check(
+            _trend_inputs(paths, arch, import_files))
         if len(paths) == 1 and _is_log(paths[0]):
             points, trend_data = _trend_of_log(paths[0])
         else:
@@ -198,6 +205,16 @@ def trend(
                 settings={k: v for k, v in values.items() if v is not None})
         _emit_trend(trend_data, points, json_path, html_path, png_dir)
     raise typer.Exit(EXIT_OK)
+
+
+def _trend_inputs(paths: list[Path], arch: str | None, import_files: list[Path] | None) -> dict[str, Any]:
+    """What trend reads: the monitor log, or each checkpoint (folders and globs expanded) and the data."""
+    from .common import spec_file
+    if len(paths) == 1 and _is_log(paths[0]):
+        return {"LOG": paths[0]}
+    from ..trend import checkpoint_files
+    checkpoints = checkpoint_files(paths[:-1])[0] if len(paths) > 1 else []
+    return {"CKPT": checkpoints, "DATA": paths[-1], "--arch": spec_file(arch), "--import": import_files}
 
 
 def _trend_of_log(path: Path) -> tuple[list[dict[str, Any]], Trend]:
@@ -235,21 +252,21 @@ def _trend_of_checkpoints(checkpoints: list[Path], data: Path, *, settings: dict
 def _emit_trend(trend_data: Trend, points: list[dict[str, Any]], json_path: Path | None, html_path: Path | None,
                 png_dir: Path | None) -> None:
     from ..render import trend as trend_render
-    from ..render.files import atomic_write_text
+    from ..render.files import atomic_write_text, written_together
     from ..render.text import visible
     stdout.print(trend_render.trend_table(trend_data, width=min(stdout.width, 200)))
     written = []
-    if json_path is not None:
-        atomic_write_text(json_path, json.dumps({"points": points}, indent=1, allow_nan=False) + "\n")
-        written.append(f"JSON trend: {visible(json_path)}")
-    if html_path is not None:
-        trend_render.write_html(trend_data, html_path)
-        written.append(f"HTML trend: {visible(html_path)}")
-    if png_dir is not None:
-        paths = trend_render.write_pngs(trend_data, png_dir)
-        written.append(f"PNG plots: {visible(png_dir)} ({len(paths)} files)")
-    for line in written:
-        stdout.print(line, markup=False, soft_wrap=True)
+    with written_together():
+        if json_path is not None:
+            atomic_write_text(json_path, json.dumps({"points": points}, indent=1, allow_nan=False) + "\n")
+            written.append(f"JSON trend: {visible(json_path)}")
+        if html_path is not None:
+            trend_render.write_html(trend_data, html_path)
+            written.append(f"HTML trend: {visible(html_path)}")
+        if png_dir is not None:
+            paths = trend_render.write_pngs(trend_data, png_dir)
+            written.append(f"PNG plots: {visible(png_dir)} ({len(paths)} files)")
+    say(written)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,10 +1,8 @@
 """Data: tensors, arrays, files, tables and Python sources into a stream of batches.
 
-Arrays are never copied whole: a ``.npy`` is memory-mapped and each batch is copied
-out on its own. Pages of the file already read are handed back to the kernel
-(``madvise(MADV_DONTNEED)`` on the mapping, ``posix_fadvise(POSIX_FADV_DONTNEED)`` on
-the file), because resident file pages count toward the process's RSS: a data file
-larger than RAM streams through with flat memory.
+Arrays are never copied whole: each batch is copied out on its own, and a ``.npy`` is
+memory-mapped with the pages already read handed back (``load.datafiles``, which holds
+the file readers).
 
 Several model inputs: a batch that is a ``ModelInputs`` tuple is fed as
 ``model(*inputs)``. Files give one with several ``--key``s (``.npz``, a dict ``.pt``,
@@ -15,10 +13,7 @@ is an ``(x, y)`` pair whose first element is the input.
 
 from __future__ import annotations
 
-import math
-import mmap
 import os
-import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,6 +23,8 @@ import numpy as np
 import torch
 
 from ..errors import DataLoadError, ModelLoadError, first_line
+from ..settings import check_setting
+from .datafiles import _PageDropper, keys_of, open_npy, open_npz, open_pt, open_table, pick
 from .files import check_file
 
 Batch = Any
@@ -88,69 +85,14 @@ class DataStream:
     shard: dict[str, Any] | None = None
 
 
-# -- memory-mapped files --------------------------------------------------------------------
-
-
-class _PageDropper:
-    """Gives a memory-mapped array's pages back to the kernel once a batch is copied out.
-
-    Args:
-        array: an ``np.memmap`` (from ``np.load(mmap_mode="r")``).
-        path: its file, for ``posix_fadvise``.
-    """
-
-    def __init__(self, array: np.ndarray, path: Path) -> None:
-        self._mmap = getattr(array, "_mmap", None)
-        self._path = path
-        self._fd: int | None = None
-        usable = self._mmap is not None and hasattr(self._mmap, "madvise") and hasattr(mmap, "MADV_DONTNEED")
-        offset = int(getattr(array, "offset", 0))
-        self._map_start = offset - offset % mmap.ALLOCATIONGRANULARITY
-        self._data_start = offset - self._map_start
-        self._length = len(self._mmap) if usable else 0  # type: ignore[arg-type]
-        # Rows are contiguous byte ranges only in C order; otherwise drop the whole map.
-        self._row_bytes = int(array.strides[0]) if array.ndim and array.flags.c_contiguous else None
-        self.enabled = usable
-
-    def release(self, first_row: int, end_row: int) -> None:
-        """Drop the pages holding rows ``[first_row, end_row)`` (whole pages around them)."""
-        if not self.enabled:
-            return
-        if self._row_bytes is None:
-            low, high = 0, self._length
-        else:
-            low = self._data_start + first_row * self._row_bytes
-            high = self._data_start + end_row * self._row_bytes
-        page = mmap.PAGESIZE
-        low -= low % page
-        high = min(self._length, -(-high // page) * page)
-        if high <= low:
-            return
-        try:
-            self._mmap.madvise(mmap.MADV_DONTNEED, low, high - low)  # type: ignore[union-attr]
-        except (OSError, ValueError):
-            self.enabled = False
-            return
-        if hasattr(os, "posix_fadvise"):
-            try:
-                if self._fd is None:
-                    self._fd = os.open(self._path, os.O_RDONLY)
-                os.posix_fadvise(self._fd, self._map_start + low, high - low, os.POSIX_FADV_DONTNEED)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
 def _copy_rows(array: np.ndarray | torch.Tensor, start: int, stop: int,
                indices: np.ndarray | None) -> torch.Tensor:
     rows: Any = slice(start, stop) if indices is None else indices[start:stop]
     if isinstance(array, torch.Tensor):
         return array[rows] if indices is None else array[torch.from_numpy(rows)]
     chunk = np.array(array[rows], copy=True, order="C")  # out of the memory map, into RAM
+    if not chunk.dtype.isnative:  # big-endian data (">f4"): torch takes native byte order only
+        chunk = chunk.astype(chunk.dtype.newbyteorder("="))
     if chunk.dtype.kind == "u" and chunk.dtype.itemsize > 1:
         chunk = chunk.astype(np.int64)  # torch has few ops for uint16/32/64
     return torch.from_numpy(chunk)
@@ -336,6 +278,9 @@ def _check_dtype(array: np.ndarray | torch.Tensor, source: str) -> None:
                                 hint="pass x.real, x.abs() or both as channels")
         return
     kind = array.dtype.kind
+    if kind == "f" and array.dtype.itemsize > 8:
+        raise DataLoadError(f"{source}: {array.dtype.name} data (extended precision); torch has no such dtype",
+                            hint="save it as float64 or float32 (x.astype(np.float64))")
     if kind in "biuf":
         return
     if kind == "c":
@@ -350,6 +295,13 @@ def _check_dtype(array: np.ndarray | torch.Tensor, source: str) -> None:
                             hint="save the numeric field(s) as their own array")
     raise DataLoadError(f"{source}: data of dtype {array.dtype} cannot be fed to a model",
                         hint="save a float or int array")
+
+
+def _dtype_name(array: np.ndarray | torch.Tensor) -> str:
+    """The dtype as a report names it (``float32``; a big-endian ``>f4`` is float32 too)."""
+    if isinstance(array, np.ndarray):
+        return array.dtype.name
+    return str(array.dtype).replace("torch.", "")
 
 
 def _array_stream(arrays: Sequence[np.ndarray | torch.Tensor], source: str, batch_size: int, limit: int | None,
@@ -383,6 +335,11 @@ def _array_stream(arrays: Sequence[np.ndarray | torch.Tensor], source: str, batc
     elif shuffle_seed is not None:
         notes.append("--shuffle-seed has no effect without --limit: every sample was scanned "
                      "(statistics do not depend on order)")
+    swapped = [f"{name} {array.dtype.name}" for name, array in zip(names or [source], arrays)
+               if isinstance(array, np.ndarray) and not array.dtype.isnative]
+    if swapped:
+        notes.append(f"big-endian data ({', '.join(swapped)}): each batch is converted to native byte order "
+                     "as it is read")
     if len(arrays) > 1 and not named:
         shapes = ", ".join(f"{name} {tuple(a.shape[1:])}" for name, a in zip(names, arrays))
         notes.append(f"model fed {len(arrays)} inputs per batch: {shapes}")
@@ -390,7 +347,7 @@ def _array_stream(arrays: Sequence[np.ndarray | torch.Tensor], source: str, batc
     stream = DataStream(source=source, batches=_array_batches(arrays, batch_size, count, indices, droppers,
                                                               names=batch_names),
                         num_samples=count, sample_shape=tuple(head.shape[1:]),
-                        dtype=str(head.dtype).replace("torch.", ""), notes=notes, sha256=sha256,
+                        dtype=_dtype_name(head), notes=notes, sha256=sha256,
                         total_samples=total, batch_size=batch_size)
 
     def select(start: int, stop: int) -> DataStream:
@@ -399,29 +356,6 @@ def _array_stream(arrays: Sequence[np.ndarray | torch.Tensor], source: str, batc
                        num_samples=stop - start, notes=list(stream.notes), select=None)
     stream.select = select
     return stream
-
-
-def _keys(key: str | Sequence[str] | None) -> list[str]:
-    if key is None:
-        return []
-    if isinstance(key, str):
-        return [part for part in key.split(",") if part] if "," in key else [key]
-    return [part for item in key for part in _keys(item)]
-
-
-def _pick(values: Mapping[str, Any], keys: list[str], source: str, what: str = "arrays") -> tuple[list[Any], list[str]]:
-    names = [str(k) for k in values]
-    if not keys:
-        if len(names) != 1:
-            raise DataLoadError(f"{source}: holds {len(names)} {what} ({', '.join(names[:8])}); say which",
-                                hint="pass --key NAME, or input_key= in Python (several for a model that "
-                                     "takes several inputs)")
-        keys = names
-    missing = [k for k in keys if k not in values]
-    if missing:
-        raise DataLoadError(f"{source}: no entry named {missing[0]!r}; it holds {', '.join(names[:8])}",
-                            hint="pass --key NAME")
-    return [values[k] for k in keys], keys
 
 
 def _iterable_stream(data: Iterable[Batch], source: str, limit: int | None, shuffle_seed: int | None) -> DataStream:
@@ -488,6 +422,16 @@ def _dataset_stream(dataset: Any, source: str, batch_size: int, limit: int | Non
     return stream
 
 
+def check_seed(shuffle_seed: int | None) -> None:
+    """Refuse a ``shuffle_seed`` numpy cannot seed with (a negative, a non-integer) before any work.
+
+    Raises:
+        ConfigError: naming ``shuffle_seed`` (``--shuffle-seed`` on the command line).
+    """
+    if shuffle_seed is not None:
+        check_setting("shuffle_seed", shuffle_seed)
+
+
 def as_stream(data: Any, batch_size: int = 256, limit: int | None = None, shuffle_seed: int | None = None,
               key: str | Sequence[str] | None = None, source: str | None = None, named: bool = False,
               **file_options: Any) -> DataStream:
@@ -512,6 +456,7 @@ def as_stream(data: Any, batch_size: int = 256, limit: int | None = None, shuffl
     """
     if isinstance(data, DataStream):
         return data
+    check_seed(shuffle_seed)
     if isinstance(data, (str, os.PathLike)):
         return load_data(data, batch_size=batch_size, limit=limit, key=key, shuffle_seed=shuffle_seed,
                          named=named, **file_options)
@@ -524,7 +469,7 @@ def as_stream(data: Any, batch_size: int = 256, limit: int | None = None, shuffl
         if not arrays:
             raise DataLoadError(f"{name}: a dict without tensors or arrays ({', '.join(map(str, list(data)[:6]))})",
                                 hint="return a tensor, an ndarray, a dict of them, a Dataset or a DataLoader")
-        chosen, names = _pick(arrays, _keys(key), name)
+        chosen, names = pick(arrays, keys_of(key), name)
         return _array_stream(chosen, name, batch_size, limit, shuffle_seed=shuffle_seed, names=names, named=named)
     from torch.utils.data import DataLoader, Dataset, IterableDataset
 
@@ -563,6 +508,7 @@ def load_data(path: str | os.PathLike, batch_size: int = 256, limit: int | None 
         DataLoadError: missing, unreadable, empty or unsupported data.
     """
     path = Path(path)
+    check_seed(shuffle_seed)
     spec = ":" in path.name and path.suffix.lower() not in (".npy", ".npz", ".pt", ".pth", ".csv", ".parquet")
     digest = check_file(path, "data file", DataLoadError,
                         missing_hint=f"for data from Python, use --data {path}" if spec
@@ -570,21 +516,21 @@ def load_data(path: str | os.PathLike, batch_size: int = 256, limit: int | None 
                         folder_hint="pass one data file (.npy, .npz, .pt, .csv, .parquet) inside it",
                         empty_hint="the save may have failed; write it again")
     suffix = path.suffix.lower()
-    keys = _keys(key)
+    keys = keys_of(key)
     notes: list[str] = []
     droppers: list[_PageDropper] = []
     if suffix == ".npy":
-        array = _open_npy(path)
+        array = open_npy(path)
         arrays, names = [array], [path.stem]
         droppers.append(_PageDropper(array, path))
         if keys:
             notes.append("--key ignored: a .npy file holds one array")
     elif suffix == ".npz":
-        arrays, names = _open_npz(path, keys)
+        arrays, names = open_npz(path, keys)
     elif suffix in (".pt", ".pth"):
-        arrays, names = _open_pt(path, keys)
+        arrays, names = open_pt(path, keys)
     elif suffix in TABLE_SUFFIXES:
-        table, table_notes = _open_table(path, columns)
+        table, table_notes = open_table(path, columns)
         arrays, names = [table], [path.stem]
         notes.extend(table_notes)
     else:
@@ -617,6 +563,7 @@ def load_python_data(spec: str, batch_size: int = 256, limit: int | None = None,
     """
     from .usercode import import_object
 
+    check_seed(shuffle_seed)
     try:
         target = import_object(spec, what="--data")
     except ModelLoadError as exc:
@@ -638,167 +585,3 @@ def load_python_data(spec: str, batch_size: int = 256, limit: int | None = None,
     if isinstance(value, DataLoader):
         stream.notes.append(f"batches come from the DataLoader (batch_size={value.batch_size}), not --batch-size")
     return stream
-
-
-def _open_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        if "allow_pickle" in str(exc) or "Object arrays" in str(exc) or "Python objects" in str(exc):
-            raise DataLoadError(f"{path}: holds Python objects, not a numeric array",
-                                hint="save a numeric array (np.save with a float/int dtype)") from None
-        raise DataLoadError(f"{path}: not a valid .npy file ({exc})",
-                            hint="was it truncated? compare its size with the original") from None
-    except OSError as exc:
-        raise DataLoadError(f"{path}: cannot read as .npy ({exc})", hint="is it really a NumPy file?") from None
-
-
-def _open_npz(path: Path, keys: list[str]) -> tuple[list[np.ndarray], list[str]]:
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataLoadError(f"{path}: not a valid .npz file ({exc})", hint="was it truncated?") from None
-    if not hasattr(archive, "files"):
-        raise DataLoadError(f"{path}: a single .npy array named .npz", hint="rename it to .npy")
-    names = list(archive.files)
-    if not keys:
-        if len(names) != 1:
-            raise DataLoadError(f"{path}: holds {len(names)} arrays ({', '.join(names[:8])}); say which",
-                                hint="pass --key NAME, or input_key= in Python (several for a model that "
-                                     "takes several inputs)")
-        keys = names
-    for key in keys:
-        if key not in names:
-            raise DataLoadError(f"{path}: no array named {key!r}; it holds {', '.join(names[:8])}",
-                                hint="pass --key NAME")
-    try:
-        return [archive[key] for key in keys], keys
-    except MemoryError:
-        # An .npz member is read whole into memory (only a plain .npy is memory-mapped).
-        declared = {key: _npz_declared(archive, key) for key in keys}
-        key = max(keys, key=lambda name: declared[name][2] if declared[name] else -1)
-        what = f"array {key!r}"
-        if declared[key] is not None:
-            shape, dtype, size = declared[key]
-            what += f" declares shape {shape} {dtype} = {size:,} bytes ({_bytes(size)})"
-        raise DataLoadError(f"{path}: {what}, more than fits in memory",
-                            hint="an .npz array is read whole into memory; save it with np.save as .npy, "
-                                 "which is streamed from disk, or cut it into smaller files") from None
-    except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
-        if "allow_pickle" in str(exc):
-            raise DataLoadError(f"{path}: array holds Python objects, not numbers",
-                                hint="save numeric arrays") from None
-        raise DataLoadError(f"{path}: an array cannot be read ({exc})", hint="was the file truncated?") from None
-
-
-def _npz_declared(archive: Any, key: str) -> tuple[tuple[int, ...], np.dtype, int] | None:
-    """The shape, dtype and size in bytes an .npz member's header declares, read without the array."""
-    try:
-        with archive.zip.open(f"{key}.npy") as member:
-            version = np.lib.format.read_magic(member)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, _fortran_order, dtype = read_header(member)
-    except Exception:  # a header that cannot be read: the message then names the array only
-        return None
-    shape = tuple(int(n) for n in shape)
-    return shape, np.dtype(dtype), math.prod(shape) * np.dtype(dtype).itemsize
-
-
-def _bytes(size: int) -> str:
-    """A byte count in the largest binary unit below it (``4.0 PiB``)."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if value < 1024 or unit == "PiB":
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} PiB"  # pragma: no cover
-
-
-def _open_pt(path: Path, keys: list[str]) -> tuple[list[torch.Tensor], list[str]]:
-    try:
-        value = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
-        first = first_line(exc)
-        if "Weights only load failed" in first or "weights_only" in str(exc):
-            from .pickles import pickle_globals
-            wanted = ", ".join(pickle_globals(path)[:4]) or "unknown classes"
-            raise DataLoadError(f"{path}: a pickled object that needs code to load ({wanted}), "
-                                "probably a model, not data; not unpickled",
-                                hint="pass the model first and the data second; data files hold tensors or arrays") \
-                from None
-        raise DataLoadError(f"{path}: cannot load as a tensor file ({first[:200]})",
-                            hint="save data with torch.save(tensor) or as .npy") from None
-    if isinstance(value, (torch.nn.Module,)):
-        raise DataLoadError(f"{path}: holds a model, not data", hint="pass the model first and the data second")
-    if isinstance(value, Mapping):
-        tensors = {str(k): v for k, v in value.items() if isinstance(v, torch.Tensor)}
-        looks_like_weights = any(str(k).endswith((".weight", ".bias", "running_mean")) for k in value)
-        if looks_like_weights and not keys:
-            raise DataLoadError(f"{path}: a state_dict (model weights: {', '.join(map(str, list(value)[:3]))}), "
-                                "not data", hint="pass the model first and the data second")
-        if not tensors:
-            raise DataLoadError(f"{path}: a dict without tensors ({', '.join(map(str, list(value)[:5]))})",
-                                hint="save data with torch.save(tensor) or a dict of tensors")
-        return _pick(tensors, keys, str(path), "tensors")
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
-        if keys:
-            try:
-                chosen = [int(k) for k in keys]
-            except ValueError:
-                raise DataLoadError(f"{path}: a {type(value).__name__} of tensors; --key must be positions",
-                                    hint="pass --key 0 (and --key 1 ... for several inputs)") from None
-            return [value[i] for i in chosen], [str(i) for i in chosen]
-        return [value[0]], ["0"]
-    if not isinstance(value, torch.Tensor):
-        raise DataLoadError(f"{path}: holds a {type(value).__name__}, not a tensor",
-                            hint="save data with torch.save(tensor)")
-    return [value], [path.stem]
-
-
-def _open_table(path: Path, columns: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:
-    import pandas as pd
-
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
-    except ImportError as exc:
-        raise DataLoadError(f"{path}: reading it needs a package that is missing ({exc})",
-                            hint="pip install pyarrow") from None
-    except pd.errors.EmptyDataError:
-        raise DataLoadError(f"{path}: the table is empty (no header, no rows)",
-                            hint="was the export cut short?") from None
-    except Exception as exc:
-        text = first_line(exc)
-        raise DataLoadError(f"{path}: not a readable {suffix.lstrip('.')} table ({text[:200]})",
-                            hint="was it truncated, or is it another format?") from None
-    if len(frame) == 0:
-        raise DataLoadError(f"{path}: the table has a header but no rows", hint="was the export cut short?")
-    notes = []
-    chosen = _keys(columns) if columns else []
-    if chosen:
-        missing = [c for c in chosen if c not in frame.columns]
-        if missing:
-            raise DataLoadError(f"{path}: no column named {missing[0]!r}; columns: "
-                                f"{', '.join(map(str, frame.columns[:12]))}", hint="check --columns")
-        frame = frame[chosen]
-        text = [c for c in chosen if not (pd.api.types.is_numeric_dtype(frame[c]) or
-                                          pd.api.types.is_bool_dtype(frame[c]))]
-        if text:
-            raise DataLoadError(f"{path}: column {text[0]!r} is not numeric ({frame[text[0]].dtype})",
-                                hint="choose numeric columns with --columns")
-    else:
-        numeric = frame.select_dtypes(include=["number", "bool"])
-        dropped = [str(c) for c in frame.columns if c not in numeric.columns]
-        if numeric.shape[1] == 0:
-            raise DataLoadError(f"{path}: no numeric column ({', '.join(map(str, frame.columns[:8]))})",
-                                hint="encode the data as numbers, or choose columns with --columns")
-        if dropped:
-            notes.append(f"left out {len(dropped)} non-numeric column(s): {', '.join(dropped[:8])}")
-        frame = numeric
-    notes.append(f"{frame.shape[1]} column(s) used as features: {', '.join(map(str, list(frame.columns)[:8]))}"
-                 + (" ..." if frame.shape[1] > 8 else ""))
-    return frame.to_numpy(), notes

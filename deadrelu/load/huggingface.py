@@ -3,11 +3,12 @@
 A model folder holds a ``config.json`` and weights (``model.safetensors``, a sharded
 index, or ``pytorch_model.bin``) as ``save_pretrained`` writes them; it is loaded with
 ``transformers`` from the folder alone (``local_files_only=True``, nothing is
-downloaded). The folder's own Python code (``auto_map`` in the config) runs only with
-``allow_remote_code=True``.
+downloaded). The folder's own Python code (``auto_map`` in the config, or in a
+tokenizer's ``tokenizer_config.json``) runs only with ``allow_remote_code=True``: every
+``from_pretrained`` gets ``trust_remote_code`` explicitly, so transformers never asks on stdin.
 
-Text data (``.txt``: one example per line; ``.jsonl``: one JSON object per line) is
-tokenized batch by batch with the folder's tokenizer (or another one), padded to the
+Text data (``.txt``: one example per line; ``.jsonl``: one JSON object per line; read,
+with every line bounded, by ``load.text``) is tokenized batch by batch with the folder's tokenizer (or another one), padded to the
 longest example of each batch and truncated to ``max_length``; the batches are dicts
 of the tokenizer's model inputs, fed as keyword arguments, and their
 ``attention_mask`` is the padding mask, so padding never counts as data.
@@ -19,7 +20,6 @@ here only.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,8 +28,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataLoadError, ModelLoadError, first_line
-from .data import DataStream
+from ..jsontext import JsonTextError, parse_json
+from ..settings import MAX_LINE_BYTES, check_setting
+from .data import DataStream, check_seed
 from .files import check_file, file_sha256
+from .text import read_examples
 
 #: what to run when transformers is missing
 INSTALL_HINT = "pip install 'deadrelu[hf]'  (transformers and tokenizers)"
@@ -41,6 +44,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voca
                    "tokenizer.model")
 #: data suffixes read as text
 TEXT_SUFFIXES = (".txt", ".jsonl")
+#: Deepest nesting read in a folder's config.json / tokenizer_config.json (save_pretrained writes ~4).
+MAX_CONFIG_DEPTH = 64
+REMOTE_CODE_HINT = "pass --allow-remote-code (allow_remote_code=True) if you trust that code"
 
 
 def is_model_folder(path: str | os.PathLike | None) -> bool:
@@ -102,11 +108,10 @@ def load_hf_model(path: str | os.PathLike, hf_class: str | None = None,
             is unknown, or loading failed.
     """
     path = Path(path)
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{path}/config.json: not readable JSON ({first_line(exc)})",
-                             hint="save the model again with model.save_pretrained(folder)") from None
+    config = read_folder_json(path / "config.json", ModelLoadError)
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path}/config.json: a JSON {type(config).__name__}, not an object",
+                             hint="save the model again with model.save_pretrained(folder)")
     weights = [name for name in WEIGHT_FILES if (path / name).is_file()]
     if not weights and not any(path.glob("*.safetensors")):
         raise ModelLoadError(f"{path}: a Hugging Face config.json without weights "
@@ -127,7 +132,7 @@ def load_hf_model(path: str | os.PathLike, hf_class: str | None = None,
         text = first_line(exc)
         if remote and not allow_remote_code:
             raise ModelLoadError(f"{path}: its architecture is defined by the folder's own Python code (auto_map) "
-                                 "and was not run", hint="pass --allow-remote-code if you trust that code") from None
+                                 "and was not run", hint=REMOTE_CODE_HINT) from None
         raise ModelLoadError(f"{path}: transformers could not load it with {name}: {type(exc).__name__}: {text}",
                              hint="choose the class with --hf-class (e.g. AutoModelForCausalLM)") from None
     model.eval()
@@ -144,60 +149,71 @@ def load_hf_model(path: str | os.PathLike, hf_class: str | None = None,
     return model, notes, digest
 
 
-def load_tokenizer(path: str | os.PathLike) -> Any:
-    """The tokenizer saved in a folder (``AutoTokenizer``, local files only).
+def read_folder_json(path: Path, error: type[Exception]) -> Any:
+    """A JSON file of a model or tokenizer folder, parsed with its depth and integers bounded.
 
     Raises:
-        DataLoadError: transformers is missing, or the folder holds no usable tokenizer.
+        ``error`` (a ``DeadReluError``): unreadable, not UTF-8, not JSON, or hostile JSON.
+    """
+    hint = "save it again with save_pretrained(folder)"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: not readable JSON ({first_line(exc)})", hint=hint) from None
+    try:
+        return parse_json(text, MAX_CONFIG_DEPTH)
+    except JsonTextError as exc:
+        raise error(f"{path}: {exc.reason}", hint=hint) from None
+
+
+def _tokenizer_code(path: Path) -> bool:
+    """Whether a tokenizer folder names its own Python code (``auto_map`` in its JSON files)."""
+    for name in ("tokenizer_config.json", "config.json"):
+        if (path / name).is_file():
+            document = read_folder_json(path / name, DataLoadError)
+            if isinstance(document, dict) and "auto_map" in document:
+                return True
+    return False
+
+
+def load_tokenizer(path: str | os.PathLike, allow_remote_code: bool = False) -> Any:
+    """The tokenizer saved in a folder (``AutoTokenizer``, local files only).
+
+    Args:
+        path: the folder.
+        allow_remote_code: let ``transformers`` run a tokenizer class defined by the
+            folder's own Python code (``auto_map``). Always passed on as
+            ``trust_remote_code``, so transformers never asks on stdin.
+
+    Returns:
+        The tokenizer.
+
+    Raises:
+        DataLoadError: transformers is missing, the folder holds no usable tokenizer, or
+            its tokenizer is the folder's own code and ``allow_remote_code`` is off.
     """
     path = Path(path)
     if not has_tokenizer(path):
         raise DataLoadError(f"{path}: no tokenizer in this folder (none of {', '.join(TOKENIZER_FILES[:3])}, ...)",
                             hint="save one with tokenizer.save_pretrained(folder), or pass --tokenizer DIR")
+    remote = _tokenizer_code(path)  # also checks the folder's JSON before transformers parses it
     transformers = _transformers(f"{path}: reading a tokenizer", DataLoadError)
     try:
         with _quiet(transformers):
-            return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True,
+                                                              trust_remote_code=bool(allow_remote_code))
     except Exception as exc:
+        if remote and not allow_remote_code:
+            raise DataLoadError(f"{path}: its tokenizer is defined by the folder's own Python code (auto_map) and "
+                                "was not run", hint=REMOTE_CODE_HINT) from None
         raise DataLoadError(f"{path}: the tokenizer cannot be loaded: {type(exc).__name__}: {first_line(exc)}",
                             hint="save it again with tokenizer.save_pretrained(folder)") from None
 
 
-def _read_examples(path: Path, text_field: str) -> tuple[list[str], int]:
-    """The examples of a text file and how many blank lines were left out."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataLoadError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})",
-                            hint="save the text as UTF-8") from None
-    examples: list[str] = []
-    blank = 0
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            blank += 1
-            continue
-        if path.suffix.lower() != ".jsonl":
-            examples.append(line)
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataLoadError(f"{path}:{number}: not a JSON object ({exc.msg})",
-                                hint="a .jsonl file holds one JSON object per line") from None
-        value = record.get(text_field) if isinstance(record, dict) else None
-        if not isinstance(value, str):
-            keys = ", ".join(map(str, record)) if isinstance(record, dict) else type(record).__name__
-            raise DataLoadError(f"{path}:{number}: no text field {text_field!r} (it holds {keys})",
-                                hint="choose the field with --text-field NAME")
-        examples.append(value)
-    if not examples:
-        raise DataLoadError(f"{path}: holds no text (only blank lines)", hint="one example per line")
-    return examples, blank
-
-
 def load_text(path: str | os.PathLike, tokenizer: str | os.PathLike, batch_size: int = 256,
               limit: int | None = None, max_length: int = 512, text_field: str = "text",
-              shuffle_seed: int | None = None, decoder_inputs: bool = False) -> DataStream:
+              shuffle_seed: int | None = None, decoder_inputs: bool = False,
+              max_line_bytes: int = MAX_LINE_BYTES, allow_remote_code: bool = False) -> DataStream:
     """Text examples as batches of token ids with their attention mask.
 
     Args:
@@ -205,27 +221,34 @@ def load_text(path: str | os.PathLike, tokenizer: str | os.PathLike, batch_size:
         tokenizer: the folder holding the tokenizer.
         batch_size: examples per batch.
         limit: tokenize at most this many examples.
-        max_length: truncate each example to this many tokens.
+        max_length: truncate each example to this many tokens (at most ``settings.MAX_TOKENS``).
         text_field: the field of each ``.jsonl`` object that holds the text.
         shuffle_seed: with ``limit``, a random subset drawn with this seed.
         decoder_inputs: also feed the tokens as ``decoder_input_ids`` (an encoder-decoder
             model's decoder then runs over the same text, under the same mask).
+        max_line_bytes: refuse a line longer than this many bytes (tokenizing a line takes
+            about 200 times its size in memory).
+        allow_remote_code: let a tokenizer defined by the folder's own code run.
 
     Returns:
         A stream of dict batches whose entries are fed as keyword arguments, with
         ``attention_mask`` as the padding mask.
 
     Raises:
-        DataLoadError: an unreadable file, a missing field, no tokenizer.
+        DataLoadError: an unreadable file, a line too long, a missing field, no tokenizer.
+        ConfigError: ``max_length``, ``max_line_bytes`` or ``shuffle_seed`` out of range.
     """
     path = Path(path)
-    if max_length < 1:
-        raise ConfigError(f"--max-length must be >= 1, got {max_length}")
+    max_length = check_setting("max_length", max_length)
+    max_line_bytes = check_setting("max_line_bytes", max_line_bytes)
+    check_seed(shuffle_seed)
     digest = check_file(path, "data file", DataLoadError, missing_hint="check the path; MODEL comes first, DATA second",
                         folder_hint="pass one text file (.txt or .jsonl) inside it", empty_hint="it holds no text")
-    examples, blank = _read_examples(path, text_field)
-    tok = load_tokenizer(tokenizer)
+    examples, blank = read_examples(path, text_field, max_line_bytes)
+    tok = load_tokenizer(tokenizer, allow_remote_code=allow_remote_code)
     notes: list[str] = []
+    if allow_remote_code and _tokenizer_code(Path(tokenizer)):
+        notes.append(f"ran the tokenizer folder's own Python code (--allow-remote-code): {tokenizer}")
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise DataLoadError(f"{tokenizer}: the tokenizer has no padding token and no end-of-text token",
@@ -269,4 +292,4 @@ def is_encoder_decoder(model: Any) -> bool:
 
 
 __all__ = ["INSTALL_HINT", "TEXT_SUFFIXES", "has_tokenizer", "is_encoder_decoder", "is_model_folder", "is_text_file",
-           "load_hf_model", "load_text", "load_tokenizer"]
+           "load_hf_model", "load_text", "load_tokenizer", "read_folder_json"]

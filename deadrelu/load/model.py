@@ -9,17 +9,19 @@ What a user may hand over, and how each is read:
   With it, the weights-only unpickler is tried first with exactly those globals
   allowed, then the full unpickler;
 * TorchScript (``torch.jit.save``): read by torch's TorchScript loader, whose
-  unpickler only builds TorchScript types and cannot import Python code;
+  unpickler only builds TorchScript types and cannot import Python code; without
+  ``allow_pickle`` every graph is checked to only compute on tensors before it runs
+  (see :mod:`deadrelu.load.torchscript` and :mod:`deadrelu.load.graphcheck`);
 * a ``torch.export`` program (``.pt2``): checked through torch's own zip reader, then
-  loaded with the full unpickler, native code and ``eval`` forbidden; an archive that
-  needs them needs ``allow_pickle=True`` (see :mod:`deadrelu.load.archive`);
+  loaded with the full unpickler, native code and ``eval`` forbidden and its graph
+  checked to only compute on tensors; an archive that needs more needs
+  ``allow_pickle=True`` (see :mod:`deadrelu.load.archive`);
 * a Python factory (``--model package.module:build``), optionally with ``--weights``.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import pickle
 import sys
 import types
@@ -38,7 +40,8 @@ from .archive import load_export
 from .files import check_file
 from .pickles import pickle_globals as _pickle_globals
 from .quiet import quiet_torch
-from .usercode import import_file, import_object
+from .torchscript import load_torchscript
+from .usercode import import_file, import_object, parse_kwargs  # noqa: F401  (parse_kwargs: its old home)
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module", "weights", "params",
                    "model_state", "ema_state_dict", "state_dict_ema", "model_ema", "ema")
@@ -107,20 +110,6 @@ def build_from_factory(spec: str, kwargs: Mapping[str, Any] | None = None, what:
         raise ModelLoadError(f"{what} {spec} returned a {type(module).__name__}, not an nn.Module",
                              hint="the factory must return the model itself (an nn.Module instance)")
     return module
-
-
-def parse_kwargs(text: str | None) -> dict[str, Any]:
-    """Parse ``--arch-kwargs`` JSON into a dict."""
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"--arch-kwargs is not valid JSON: {exc.msg} at column {exc.colno}",
-                             hint="""example: --arch-kwargs '{"hidden": 128}'""") from None
-    if not isinstance(value, dict):
-        raise ModelLoadError("--arch-kwargs must be a JSON object", hint="""example: '{"hidden": 128}'""")
-    return value
 
 
 # -- state dicts ----------------------------------------------------------------------------
@@ -443,14 +432,6 @@ def _torch_load(path: Path, allow_pickle: bool, user_modules: list[types.ModuleT
                                   "more robust") from None
 
 
-def _load_torchscript(path: Path) -> nn.Module:
-    try:
-        return torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:
-        raise ModelLoadError(f"{path}: a TorchScript archive that cannot be loaded ({_first_line(exc)})",
-                             hint="was it saved by a much newer torch, or truncated?") from None
-
-
 def _load_export(path: Path, allow_pickle: bool) -> nn.Module:
     try:
         return load_export(path, allow_pickle)
@@ -478,7 +459,7 @@ def _read_weights_file(path: Path, allow_pickle: bool,
     if _is_export_archive(names) or path.suffix.lower() == ".pt2":
         return _load_export(path, allow_pickle), "export"
     if _is_torchscript(names):
-        return _load_torchscript(path), "torchscript"
+        return load_torchscript(path, allow_pickle), "torchscript"
     return _torch_load(path, allow_pickle, user_modules)
 
 

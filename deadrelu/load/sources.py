@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataLoadError
+from ..settings import MAX_LINE_BYTES
 from .data import DataStream, load_data, load_python_data
-from .model import LoadedModel, load_factory, load_model, parse_kwargs
+from .model import LoadedModel, load_factory, load_model
+from .usercode import parse_kwargs
 
 
 def open_model(path: str | os.PathLike | None = None, *, arch: str | None = None,
@@ -64,7 +66,8 @@ def open_data(path: str | os.PathLike | None = None, *, source: str | None = Non
               limit: int | None = None, key: str | Sequence[str] | None = None,
               columns: Sequence[str] | None = None, shuffle_seed: int | None = None, named: bool = False,
               tokenizer: str | os.PathLike | None = None, max_length: int = 512, text_field: str = "text",
-              decoder_inputs: bool = False) -> DataStream:
+              decoder_inputs: bool = False, max_line_bytes: int = MAX_LINE_BYTES,
+              allow_remote_code: bool = False) -> DataStream:
     """A stream of batches from a data file (``path``), a text file, or a Python reference (``source``).
 
     Args:
@@ -80,6 +83,9 @@ def open_data(path: str | os.PathLike | None = None, *, source: str | None = Non
         max_length: for text, truncate examples to this many tokens.
         text_field: for ``.jsonl``, the field holding the text.
         decoder_inputs: for text, also feed the tokens to an encoder-decoder's decoder.
+        max_line_bytes: for text, refuse a line longer than this many bytes.
+        allow_remote_code: for text, let a tokenizer defined by its folder's own Python
+            code run (``trust_remote_code``).
 
     Returns:
         The stream.
@@ -99,7 +105,8 @@ def open_data(path: str | os.PathLike | None = None, *, source: str | None = Non
                                 hint="scan a Hugging Face model folder that holds one, or pass --tokenizer DIR")
         from .huggingface import load_text
         return load_text(path, tokenizer, batch_size=batch_size, limit=limit, max_length=max_length,
-                         text_field=text_field, shuffle_seed=shuffle_seed, decoder_inputs=decoder_inputs)
+                         text_field=text_field, shuffle_seed=shuffle_seed, decoder_inputs=decoder_inputs,
+                         max_line_bytes=max_line_bytes, allow_remote_code=allow_remote_code)
     return load_data(Path(path), batch_size=batch_size, limit=limit, key=key, columns=columns,
                      shuffle_seed=shuffle_seed, named=named)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelLoadError, first_line
+from ..jsontext import JsonTextError, parse_json
 
 
 def import_file(path: str | Path, what: str = "--import") -> types.ModuleType:
@@ -78,4 +79,35 @@ def import_object(spec: str, what: str = "--arch") -> Any:
                              hint="check the name after the ':' (a class or a function)") from None
 
 
-__all__ = ["import_file", "import_object"]
+#: Deepest nesting ``--arch-kwargs`` may have (keyword arguments of a model factory).
+MAX_KWARGS_DEPTH = 32
+
+
+def parse_kwargs(text: str | None) -> dict[str, Any]:
+    """Parse ``--arch-kwargs`` JSON into a dict.
+
+    Args:
+        text: the JSON text (None or empty: no keyword arguments).
+
+    Returns:
+        The keyword arguments.
+
+    Raises:
+        ModelLoadError: not JSON, not an object, nested deeper than ``MAX_KWARGS_DEPTH``,
+            an integer too long to read, or a lone surrogate in a string.
+    """
+    if not text:
+        return {}
+    example = """example: --arch-kwargs '{"hidden": 128}'"""
+    try:
+        value = parse_json(text, MAX_KWARGS_DEPTH)
+    except JsonTextError as exc:
+        reason = exc.reason.replace("not JSON: ", "", 1)
+        raise ModelLoadError(f"--arch-kwargs is not valid JSON: {reason}" if exc.reason.startswith("not JSON")
+                             else f"--arch-kwargs: {reason}", hint=example) from None
+    if not isinstance(value, dict):
+        raise ModelLoadError("--arch-kwargs must be a JSON object", hint=example)
+    return value
+
+
+__all__ = ["import_file", "import_object", "parse_kwargs"]

@@ -1,15 +1,15 @@
 """Report files: where a scan's outputs go, checked before the scan, and writing them.
 
 ``ReportTargets`` names every file and folder a command will write. ``check`` runs
-before any work: each target must be writable, no target may be one of the command's
-inputs (a ``--json model.pt`` would replace the model) or another target, and no input
-may sit where a plot will be written. Paths are compared with symlinks followed.
-``write_reports`` then renders and writes them atomically; notebook users call it too.
+before any work: each target must be writable, no target may be another target, and no
+target may be one of the command's inputs (``render.outputs.check_outputs``: a ``--json
+model.pt`` would replace the model; a folder input stands for every file in it; symlinks
+and hard links count). ``write_reports`` then renders and writes them together
+(``render.files.written_together``); notebook users call it too.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import OutputError
+from .outputs import InputSet, check_outputs
 from .text import visible
 
 if TYPE_CHECKING:
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 
 #: file names a plot folder receives (``write_pngs``)
 PLOT_FILES = ("dead_ratio_by_layer.png", "active_rate_histogram.png", "unit_map_*.png")
+#: file names a trend's plot folder receives (``render.trend.write_pngs``)
+TREND_PLOT_FILES = ("trend_heatmap.png", "trend_worst_sites.png")
 #: what ``out`` receives
 OUT_JSON, OUT_HTML, OUT_PLOTS = "result.json", "report.html", "plots"
 
@@ -42,6 +45,7 @@ class ReportTargets:
         png_dir: a folder for PNG plots.
         out: a folder receiving ``result.json``, ``report.html`` and ``plots/``.
         files: further named files (``{"--junit": path}``) written by the command.
+        plot_files: the names (globs) of the files a plot folder receives.
     """
 
     json: Path | None = None
@@ -49,6 +53,7 @@ class ReportTargets:
     png_dir: Path | None = None
     out: Path | None = None
     files: Mapping[str, Path | None] | None = None
+    plot_files: tuple[str, ...] = PLOT_FILES
 
     def file_targets(self) -> list[tuple[str, Path]]:
         """``(option, path)`` of every file to be written."""
@@ -73,50 +78,32 @@ class ReportTargets:
             found.append(("--out", self.out / OUT_PLOTS))
         return found
 
-    def check(self, inputs: Mapping[str, Path | Iterable[Path] | None] = ()) -> None:  # type: ignore[assignment]
+    def check(self, inputs: InputSet | Mapping[str, Path | Iterable[Path] | None] | None = None) -> None:
         """Refuse, before any work, outputs that cannot be written or would overwrite something.
 
         Args:
-            inputs: the command's input files by option (``{"MODEL": path, "--import": [paths]}``).
+            inputs: what the command reads: an ``InputSet``, or ``{"MODEL": path, "--import": [paths]}``
+                (a folder stands for every file in it).
 
         Raises:
-            OutputError: a target is unwritable, is an input, is another target, or a plot
-                folder would overwrite an input.
+            OutputError: a target is unwritable, is an input (through a symlink or a hard link too),
+                is another target, or a plot folder would overwrite an input.
         """
         files, folders = self.file_targets(), self.folder_targets()
         for option, path in files:
             _check_file_target(option, path)
         for option, folder in folders:
             _check_folder_target(option, folder)
-        given: list[tuple[str, Path]] = []
-        for option, value in dict(inputs or {}).items():
-            if value is None:
-                continue
-            for path in ([value] if isinstance(value, (str, Path)) else value):
-                given.append((option, Path(path)))
-        real_inputs = [(option, path, _real(path)) for option, path in given]
+        check_outputs(files, inputs, plot_folders=[(option, folder, self.plot_files) for option, folder in folders])
         seen: dict[Path, tuple[str, Path]] = {}
         for option, path in files + folders:
             real = _real(path)
-            for input_option, input_path, input_real in real_inputs:
-                if real == input_real:
-                    raise OutputError(
-                        f"{option} {visible(str(path))} is the input {input_option} {visible(str(input_path))}; "
-                        "writing the report would overwrite it",
-                        hint=f"give {option} another path")
             if real in seen:
                 other_option, other = seen[real]
                 raise OutputError(f"{option} {visible(str(path))} and {other_option} {visible(str(other))} are the "
                                   "same path; one report would overwrite the other",
                                   hint="give each output its own path")
             seen[real] = (option, path)
-        for option, folder in folders:
-            real_folder = _real(folder)
-            for input_option, input_path, input_real in real_inputs:
-                if input_real.parent == real_folder and any(fnmatch.fnmatchcase(input_real.name, pattern)
-                                                           for pattern in PLOT_FILES):
-                    raise OutputError(f"{option} {visible(str(folder))} would overwrite the input {input_option} "
-                                      f"{visible(str(input_path))} with a plot", hint=f"give {option} another folder")
 
 
 def _nearest_existing(folder: Path) -> Path:
@@ -168,21 +155,24 @@ def write_reports(result: ScanResult, targets: ReportTargets) -> list[tuple[str,
     """
     from . import html as html_render
     from . import plots
-    from .files import atomic_write_text
+    from .files import atomic_write_text, written_together
     written: list[tuple[str, Path, int]] = []
     html_targets = [path for path in (targets.html, targets.out / OUT_HTML if targets.out else None) if path]
-    if html_targets:
-        page = html_render.report(result)
-        for path in html_targets:
-            atomic_write_text(path, page)
-            written.append(("HTML report", path, 1))
-    for _option, folder in targets.folder_targets():
-        written.append(("PNG plots", folder, len(plots.write_pngs(result, folder))))
-    if targets.out is not None:
-        path = targets.out / OUT_JSON
-        result.to_json(path)
-        written.append(("JSON report", path, 1))
+    # All or nothing: the files are renamed into place together at the end (or joined to the
+    # caller's batch), so an interruption never leaves a new HTML beside an old JSON.
+    with written_together():
+        if html_targets:
+            page = html_render.report(result)
+            for path in html_targets:
+                atomic_write_text(path, page)
+                written.append(("HTML report", path, 1))
+        for _option, folder in targets.folder_targets():
+            written.append(("PNG plots", folder, len(plots.write_pngs(result, folder))))
+        if targets.out is not None:
+            path = targets.out / OUT_JSON
+            result.to_json(path)
+            written.append(("JSON report", path, 1))
     return written
 
 
-__all__ = ["ReportTargets", "write_reports", "PLOT_FILES"]
+__all__ = ["ReportTargets", "write_reports", "PLOT_FILES", "TREND_PLOT_FILES"]
