@@ -312,7 +312,7 @@ def leaf_order(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def is_norm(layer: nn.Module) -> bool:
     """A normalisation layer, by isinstance (timm's ``BatchNormAct2d`` is a ``BatchNorm2d`` with children)."""
-    from ...capture.units import NORM_LAYERS
+    from ...capturing.units import NORM_LAYERS
     return isinstance(layer, NORM_LAYERS)
 
 
