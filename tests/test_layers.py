@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     # what the facts mean: gate, suggestions, causes; comparing and tracking results
     ("judge", "compare", "history"),
     # the torch side: load -> capture -> accumulate -> assemble a result; repairs; merging shards
-    ("load", "stats", "fused", "compile_policy", "capture", "capturing", "assemble", "scanning", "repair",
+    ("load", "stats", "fused", "compile_policy", "capturing", "assemble", "scanning", "repair",
      "merge", "distributed", "shards", "trend", "monitor"),
     # every output: terminal, HTML, notebook, plots, JUnit, markdown, files
     ("render",),
@@ -50,7 +50,6 @@ DELEGATIONS = {
     ("deadrelu.result", "ScanResult._repr_html_", "deadrelu.render.notebook"),
     ("deadrelu.result", "ScanResult.to_json", "deadrelu.render.files"),
     # the weight rules run only when a model is given; which classes are norm layers is the capture's table
-    ("deadrelu.judge.rules.base", "is_norm", "deadrelu.capture.units"),
     ("deadrelu.judge.rules.base", "is_norm", "deadrelu.capturing.units"),
 }
 
