@@ -1,4 +1,4 @@
-"""The three verdicts, each a named definition.
+"""The verdicts a result stores: the three per-unit verdicts, each a named definition, and the gate's outcome.
 
 * **dead** — the unit's active rate (share of its observations in the active region)
   is <= ``dead_threshold``; with the default 0 that is "never active on the scanned
