@@ -18,8 +18,8 @@ import pytest
 
 import deadrelu
 
-PACKAGE = Path(deadrelu.__file__).parent
-ROOT = PACKAGE.parent
+PACKAGE = Path(deadrelu.__file__).parent  # the package imported (installed, under .ci/install-check)
+CHECKOUT = Path(__file__).resolve().parents[1]  # ARCHITECTURE.md
 
 #: top-level module or subpackage of deadrelu -> layer (lowest first)
 LAYERS: list[tuple[str, ...]] = [
@@ -64,7 +64,7 @@ class Import:
 
 
 def module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -185,21 +185,21 @@ def _top_level_parts() -> list[str]:
 
 
 def test_architecture_names_every_top_level_module():
-    text = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    text = (CHECKOUT / "ARCHITECTURE.md").read_text(encoding="utf-8")
     missing = [part for part in _top_level_parts() if f"`{part}`" not in text]
     assert not missing, f"ARCHITECTURE.md does not name: {missing}"
 
 
 def test_architecture_names_only_modules_that_exist():
-    text = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    text = (CHECKOUT / "ARCHITECTURE.md").read_text(encoding="utf-8")
     named = set(re.findall(r"`(deadrelu/[\w./]+)`", text))
-    gone = sorted(part for part in named if not (ROOT / part).exists())
+    gone = sorted(part for part in named if not (PACKAGE.parent / part).exists())
     assert not gone, f"ARCHITECTURE.md names what is not there: {gone}"
 
 
 def test_architecture_layers_table_matches_the_checked_layers():
     """The "Layers" table in ARCHITECTURE.md and ``LAYERS`` here are the same list."""
-    text = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    text = (CHECKOUT / "ARCHITECTURE.md").read_text(encoding="utf-8")
     section = text[text.index("## Layers"):]
     rows = [line for line in section.splitlines() if re.match(r"\| \d ", line)]
     documented = [tuple(re.sub(r"\.py$|/$", "", name) for name in re.findall(r"`deadrelu/([\w.]+/?)`",
@@ -220,7 +220,7 @@ OVER_LIMIT = {
 
 
 def _lengths() -> dict[str, int]:
-    return {path.relative_to(ROOT).as_posix(): len(path.read_text(encoding="utf-8").splitlines())
+    return {path.relative_to(PACKAGE.parent).as_posix(): len(path.read_text(encoding="utf-8").splitlines())
             for path in sorted(PACKAGE.rglob("*.py"))}
 
 

@@ -15,8 +15,8 @@ import pytest
 
 import deadrelu
 
-PACKAGE = Path(deadrelu.__file__).parent
-ROOT = PACKAGE.parent
+PACKAGE = Path(deadrelu.__file__).parent  # the package imported (installed, under .ci/install-check)
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: README.md, pyproject.toml
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 try:
@@ -128,6 +128,7 @@ print(read_configuration("pyproject.toml")["project"]["version"])
 
 
 def test_pyproject_reads_the_version_from_the_package_without_importing_it():
+    pytest.importorskip("setuptools")  # the build backend: absent from a plain venv of an installed deadrelu
     assert "version" not in PYPROJECT["project"]
     assert "version" in PYPROJECT["project"]["dynamic"]
     assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "deadrelu.__version__"}
