@@ -33,11 +33,11 @@ LAYERS: list[tuple[str, ...]] = [
     ("judge", "compare", "history"),
     # the torch side: load -> capture -> accumulate -> assemble a result; repairs; merging shards
     ("load", "stats", "fused", "compile_policy", "capturing", "assemble", "scanning", "repair",
-     "merge", "distributed", "shards", "trend", "monitor"),
+     "merge", "distributed", "shards", "trend"),
     # every output: terminal, HTML, notebook, plots, JUnit, markdown, files
     ("render",),
-    # the command line and the framework callbacks
-    ("cli", "commands", "integrations", "__main__"),
+    # entry points: the command line, ``deadrelu.Monitor`` while training, the framework callbacks
+    ("cli", "commands", "monitor", "integrations", "__main__"),
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
