@@ -47,7 +47,7 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
          partial_on_interrupt: bool = False, input_fn: Callable[[Any], Any] | None = None,
          shuffle_seed: int | None = None, kwargs: str | Sequence[str] | None = None, mask: str | None = None,
          input_dtype: str = "auto", shard: str | distributed.Shard | None = None,
-         shard_data: bool = True, **overrides: Any) -> ScanResult:
+         shard_data: bool = True, optimizer: Any = None, **overrides: Any) -> ScanResult:
     """Scan a model's ReLU-family activations over a data set.
 
     Args:
@@ -90,6 +90,9 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
             combined; see ``deadrelu.distributed`` and docs/scale.md.
         shard_data: inside a process group, False when each rank passes its own part of
             the data already (a DataLoader with a ``DistributedSampler``).
+        optimizer: the optimizer the model was trained with, or its ``state_dict()`` (a
+            ``LoadedModel`` from a checkpoint that saved one brings it along): the suggestions
+            read its step sizes to tell a too-high learning rate.
 
     Returns:
         A ``ScanResult`` (data: ``.summary``, ``.sites``, ``.to_frame()``...).
@@ -103,6 +106,7 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
     if isinstance(model, LoadedModel):
         model_info = {**model.info(), **dict(model_info or {})}
         notes += model.notes
+        optimizer = optimizer if optimizer is not None else model.optimizer_state
         model = model.module
     model = unwrap(model)
     if isinstance(model, torch.export.ExportedProgram):
@@ -178,6 +182,9 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
     result = session.result(samples=samples, data_info=data_info, model_info=model_info or {}, notes=notes,
                             environment={**compile_decision.environment(), **distributed.environment(model)})
     result = distributed.combine(result, model)  # every rank's part joined (a no-op in one process)
+    if optimizer is not None and result.suggestions:
+        from .judge.suggestions import suggest
+        result = result.with_suggestions(suggest(result, model, optimizer_state=optimizer))
     if result.summary.unobserved == result.summary.units:
         # No unit saw one finite value: a report would claim health it never saw.
         if prepare.nonfinite_samples:

@@ -325,8 +325,8 @@ def test_page_order_verdict_then_worst_sites_then_suggestions(hostile_page):
 def test_evidence_is_collapsed_with_human_labels(hostile_page):
     assert "<details open><summary>Evidence" not in hostile_page
     assert "<details><summary>Evidence" in hostile_page
-    assert ">strong_bias_multiple<" not in hostile_page
-    assert "bias counted as strongly negative below −k × typical |w·x|, k =" in hostile_page
+    assert ">bias_hold_multiple<" not in hostile_page
+    assert "bias counted as holding a unit below zero at −k × typical |w·x|, k =" in hostile_page
 
 
 def test_each_suggestion_states_units_explained_and_what_its_code_changes(hostile_page):

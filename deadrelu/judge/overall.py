@@ -54,6 +54,12 @@ def stuck_mask(site: SiteResult) -> np.ndarray:
     return dead | site.verdict.saturated
 
 
+def problem_mask(site: SiteResult) -> np.ndarray:
+    """Units a cause can explain: never active (leaky kinds' too: they only use their negative side)
+    or saturated. A suggestion's ``units_explained`` counts these."""
+    return site.verdict.dead | site.verdict.saturated
+
+
 def dead_no_gradient(site: SiteResult) -> int:
     """Dead units in ReLU's sense: never active and no gradient (0 for leaky kinds)."""
     return 0 if leaky(site) else site.dead
@@ -193,5 +199,5 @@ def overall(result: ScanResult) -> ModelVerdict:
                         unobserved=unobserved, dormant=result.summary.dormant)
 
 
-__all__ = ["Level", "ModelVerdict", "overall", "site_level", "stuck_mask", "stuck_share", "dead_no_gradient",
+__all__ = ["Level", "ModelVerdict", "overall", "site_level", "stuck_mask", "problem_mask", "stuck_share", "dead_no_gradient",
            "never_active", "leaky", "flagged", "worst_sites", "WARN_SHARE", "FAIL_SHARE"]
