@@ -170,6 +170,17 @@ def site_severity(site: SiteResult) -> Severity:
     return {Level.FAIL: Severity.CRITICAL, Level.WARN: Severity.WARNING}.get(site_level(site), Severity.INFO)
 
 
+def model_severity(result: ScanResult, sites: Iterable[SiteResult], explained: int) -> Severity:
+    """A model-wide cause is as urgent as its worst site, and critical when it explains most of the
+    stuck units of a model whose verdict is FAIL (a third of the network without gradient)."""
+    from ..overall import Level, overall, problem_mask
+    worst = min((site_severity(site) for site in sites), key=lambda s: s.order, default=Severity.INFO)
+    total = sum(int(problem_mask(site).sum()) for site in result.sites)
+    if overall(result).level is Level.FAIL and total and explained >= 0.5 * total:
+        return Severity.CRITICAL
+    return worst
+
+
 # -- small helpers ------------------------------------------------------------------------
 
 def _num(value: float | int | None, digits: int = 4) -> float | int | None:

@@ -26,8 +26,8 @@ import numpy as np
 
 from ...kinds import KINDS
 from ..overall import problem_mask, stuck_mask
-from .base import (EVIDENCE_LIST_MAX, SCOPE_MODEL, RuleContext, Suggestion, _cut, _fmt, _lit, _num, _ranges, rule,
-                   site_severity, suggestion)
+from .base import (EVIDENCE_LIST_MAX, SCOPE_MODEL, RuleContext, Severity, Suggestion, _cut, _fmt, _lit, _num,
+                   _ranges, model_severity, rule, site_severity, suggestion)
 from .layers import (bias_of, growth, in_width, init_scales, is_batchnorm, is_weight_layer, layer_width,
                      looks_untrained, weight_rows, weight_std)
 
@@ -315,7 +315,7 @@ def rule_learning_rate(context: RuleContext) -> list[Suggestion]:
                                                              **{k: v for k, v in lr_evidence(context, site).items()
                                                                 if k != "layer"}}
                  for site in hit[:EVIDENCE_LIST_MAX]}
-    severity = max((site_severity(site) for site in covered), key=lambda s: -s.order)
+    severity = model_severity(context.result, covered, explained)
     grown = [(layer, entry) for layer, entry in per_layer.items() if "weight_growth" in entry]
     stepped = [(layer, entry) for layer, entry in per_layer.items() if "optimizer" in entry]
     thrown = [(layer, entry) for layer, entry in per_layer.items() if "thrown_biases" in entry]
@@ -532,8 +532,8 @@ def rule_input_scale(context: RuleContext) -> list[Suggestion]:
         what = (f"{evidence['layer']} (the first layer) puts out {float(evidence['output_rms_per_weight_norm']):.3g}× "
                 "its weights' norm: its input's rms is that large (standardised data gives ~1)")
         severity = "warning" if problem_mask(first).mean() > 0.10 else "info"
-    worst = max((site_severity(site) for site in sites), key=lambda s: -s.order, default=None)
-    if worst is not None and worst.order < {"critical": 0, "warning": 1, "info": 2}[severity]:
+    worst = model_severity(context.result, sites, explained)
+    if worst.order < Severity(severity).order:
         severity = worst.value
     title = f"Input far off the training scale: {what}"
     action = ("The scanned data reach the first layer on a very different scale from the one it was trained on "
