@@ -109,15 +109,16 @@ def apply_fix(case: zoo.Case, suggestion: dict[str, Any], model: nn.Module,
     code = str(suggestion.get("code") or "")
     if not code:
         return "nothing to apply (no code)", data
-    namespace: dict[str, Any] = {"model": model, "torch": torch, "nn": nn, "optimizer": optimizer,
+    namespace: dict[str, Any] = {"model": model, "torch": torch, "nn": nn, "optimizer": optimizer, "data": data,
                                  "print": lambda *args, **kwargs: None}
     exec(code, namespace)  # noqa: S102 - the suggestion's own snippet, as a user would paste it
     return "ran its code", data
 
 
-def prove(case: zoo.Case, result: deadrelu.ScanResult, seed: int = 0) -> dict[str, Any]:
-    """Dead units and accuracy before -> after applying the top suggestion and fine-tuning briefly."""
-    top = top_specific(result)
+def prove(case: zoo.Case, result: deadrelu.ScanResult, seed: int = 0,
+          top: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Dead units and accuracy before -> after applying a suggestion (default: the top one) and fine-tuning."""
+    top = top or top_specific(result)
     assert top is not None
     model = copy.deepcopy(case.model)
     scan_input = case.scan_data
@@ -161,6 +162,9 @@ def run_case(name: str, size: str, fix: bool) -> dict[str, Any]:
         row["correct"] = top_cause == case.cause
         if fix and top is not None:
             row["fix"] = prove(case, result)
+        generic = next((s for s in result.suggestions if s["id"] == "dead-share" and s.get("code")), None)
+        if fix and generic is not None:
+            row["generic_fix"] = prove(case, result, top=generic)
     return row
 
 
@@ -181,6 +185,16 @@ def table(rows: list[dict[str, Any]]) -> str:
                      f"{row['top_cause'] or '–'} (`{row['top_id']}`) | {'✓' if row['correct'] else '✗'} | "
                      f"{explained} | {verdict_cell} | {applied} | {dead} | {accuracy} |")
     return "\n".join(lines)
+
+
+def generic_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| scenario | dead before → after | accuracy before → after |", "|---|---|---|"]
+    for row in rows:
+        fix = row.get("generic_fix")
+        if fix:
+            lines.append(f"| {row['case']} | {fix['dead_before']} → {fix['dead_after']} | "
+                         f"{fix['accuracy_before']} → {fix['accuracy_after']} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def summary_line(rows: list[dict[str, Any]]) -> str:
@@ -204,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     body = (f"`python benchmarks/diagnosis.py --size {args.size}` (torch {torch.__version__}, 1 thread, "
             f"{elapsed:.0f} s). {summary_line(rows)}.\n\n{table(rows)}")
+    generic = generic_table(rows)
+    if generic:
+        body += ("\n\nThe generic advice for the same models (the `dead-share` card's code: swap the ReLUs at its "
+                 "sites for LeakyReLU), applied and fine-tuned the same way:\n\n" + generic)
     print(body)
     if args.no_write:
         return 0

@@ -450,6 +450,10 @@ class RuleContext:
         if not link.direct:
             if link.layer is None:
                 return None, "no Linear/Conv/Norm layer ran before it"
+            from ...kinds import KINDS
+            if site.kind in KINDS and KINDS[site.kind].family == "gated":
+                return None, (f"a gated product act(gate) × up ({link.layer} the up projection): a unit is 0 where "
+                              "either factor is; the gate's own site shows the gate's causes")
             return None, f"an add, concat or other op comes after {link.layer} (a residual connection?)"
         layer = self.module(link.layer or "")
         if layer is None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...kinds import KINDS
-from ..overall import problem_mask, stuck_mask
+from ..overall import WARN_SHARE, problem_mask, stuck_mask
 from .base import (EVIDENCE_LIST_MAX, SCOPE_MODEL, RuleContext, Severity, Suggestion, _cut, _fmt, _lit, _num,
                    _ranges, model_severity, rule, site_severity, suggestion)
 from .layers import (bias_of, growth, in_width, init_scales, is_batchnorm, is_weight_layer, layer_width,
@@ -38,8 +38,9 @@ if TYPE_CHECKING:
 
 #: an input site with at least this share of its units silent (dead, or saturated) starves the next
 STARVED_SHARE = 0.5
-#: a weight std at least this many times the largest usual initialisation's has grown by large updates
-GROWN = 3.0
+#: a weight std at least this many times the largest usual initialisation's (He's, for most layers; PyTorch's
+#: default is 0.41 of it) has grown by large updates, when its site has more than a tenth of its units stuck
+GROWN = 1.5
 #: an optimizer step of at least this share of the weights' root mean square is a large step
 STEP_RATIO = 0.1
 #: dead units whose bias sits this many typical |w.x| below their layer's live units were thrown there
@@ -274,7 +275,7 @@ def lr_evidence(context: RuleContext, site: SiteResult) -> dict[str, Any] | None
         name, layer = found
         evidence: dict[str, Any] = {"layer": name}
         grown = growth(layer)
-        if grown >= GROWN:
+        if grown >= GROWN and silent_share(site) > WARN_SHARE:
             scales = init_scales(layer)
             evidence.update(weight_std=_num(weight_std(layer)), weight_growth=_num(grown, 3),
                             he_std=_num(scales["he"]), pytorch_default_std=_num(scales["pytorch_default"]))
@@ -390,8 +391,9 @@ def rule_upstream(context: RuleContext) -> list[Suggestion]:
                  "silent" for e in entries[:EVIDENCE_LIST_MAX]]
         action = (f"These units' weight layer reads the output of a site that is mostly dead, so their pre-activation "
                   f"is little more than their bias and never rises above zero. No change here (bias, init, BatchNorm) "
-                  f"gives them an input: fix site {root} first (its own suggestion names the cause), then fine-tune; "
-                  "with an input again these units get a gradient. The code is that fix.\n- " + "\n- ".join(lines))
+                  f"gives them an input: fix site {root} first (its own suggestion names the cause; the code is that "
+                  "fix), fine-tune, and scan again: units here that still never fire then have a cause of their own, "
+                  "which the new scan names.\n- " + "\n- ".join(lines))
         evidence = {"root_site": root, "root_silent_share": _num(silent_share(root_site)), "starved_share": STARVED_SHARE,
                     "per_site": {e.site: {"input_site": e.source, "input_silent_share": _num(e.source_silent_share),
                                           "units": int(e.mask.sum()),
@@ -409,6 +411,9 @@ def rule_upstream(context: RuleContext) -> list[Suggestion]:
 def rule_zero_weights(context: RuleContext) -> list[Suggestion]:
     """Dead units whose incoming weight rows are all zero (pruned, or decayed to nothing)."""
     out = []
+    # A gated MLP's gate activation and its product share the gate rows: the product's card re-initialises both.
+    gates = {factors[0][0] for factors in (gated_factors(context, site) for site in context.result.sites)
+             if factors is not None}
     for site in context.result.sites:
         zero, layers = zero_rows(context, site)
         mask = zero & problem_mask(site)
@@ -426,6 +431,8 @@ def rule_zero_weights(context: RuleContext) -> list[Suggestion]:
                   "does the same — then fine-tune.")
         if factors is not None:
             code = _gated_reinit_code(context, site, factors, units)
+        elif layers and layers[0] in gates:
+            code = ""   # the gated product's card re-initialises these gate rows
         else:
             code = ("import deadrelu\n"
                     "# re-initialise the zero rows ReDo-style (data: what you scanned):\n"
