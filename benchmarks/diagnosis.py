@@ -139,9 +139,9 @@ def prove(case: zoo.Case, result: deadrelu.ScanResult, seed: int = 0,
             "accuracy_before": round(before_acc, 3), "accuracy_after": round(case.accuracy(model, accuracy_input), 3)}
 
 
-def run_case(name: str, size: str, fix: bool) -> dict[str, Any]:
+def run_case(name: str, size: str, fix: bool, seed: int = 0) -> dict[str, Any]:
     started = time.perf_counter()
-    case = zoo.build(name, size)
+    case = zoo.build(name, size, seed=seed)
     trained = time.perf_counter() - started
     result = scan(case.model, case.scan_data, case.optimizer_state)
     top = top_specific(result)
@@ -210,14 +210,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", nargs="*", default=None, help="only these cases (names from the zoo)")
     parser.add_argument("--no-fix", action="store_true", help="skip the fix proof")
     parser.add_argument("--label", default="after", help="which results block to write (before / after)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="also train every recipe on this many other seeds (data and initial weights) and "
+                             "report top-1 over them")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     started = time.perf_counter()
-    rows = [run_case(name, args.size, fix=not args.no_fix) for name in (args.cases or list(zoo.CASES))]
+    names = args.cases or list(zoo.CASES)
+    rows = [run_case(name, args.size, fix=not args.no_fix) for name in names]
+    seeds = {name: [run_case(name, args.size, fix=False, seed=seed)["correct"] for seed in range(1, args.seeds)]
+             for name in names} if args.seeds > 1 else {}
     elapsed = time.perf_counter() - started
     body = (f"`python benchmarks/diagnosis.py --size {args.size}` (torch {torch.__version__}, 1 thread, "
             f"{elapsed:.0f} s). {summary_line(rows)}.\n\n{table(rows)}")
+    if seeds:
+        correct = sum(sum(found) for found in seeds.values())
+        total = sum(len(found) for found in seeds.values())
+        body += (f"\n\nThe same recipes on {args.seeds - 1} other seed(s) each (other data and initial weights): "
+                 f"{correct} of {total} correct (top-1 cause, or ok for healthy models):\n\n"
+                 "| scenario | correct |\n|---|---|\n"
+                 + "\n".join(f"| {name} | {sum(found)}/{len(found)} |" for name, found in seeds.items()))
+        for row in rows:
+            row["other_seeds_correct"] = seeds[row["case"]]
     generic = generic_table(rows)
     if generic:
         body += ("\n\nThe generic advice for the same models (the `dead-share` card's code: swap the ReLUs at its "

@@ -224,12 +224,20 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.opt
 SIZES = {"ci": {"n": 1200, "steps": 1.0}, "bench": {"n": 4000, "steps": 2.0}}
 
 
+#: added to every seed of a case (``build(..., seed=k)``): the same recipe on other data and initial weights
+_SHIFT = 0
+
+
+def _seed(base: int) -> None:
+    torch.manual_seed(base + 1000 * _SHIFT)
+
+
 def _steps(size: str, base: int) -> int:
     return int(base * SIZES[size]["steps"])
 
 
 def _blob_data(seed: int, size: str, offset: float = 0.0) -> dict[str, torch.Tensor]:
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed + 1000 * _SHIFT)
     x, y, centres = blobs(rng, SIZES[size]["n"], offset=offset)
     x_test, y_test, _ = blobs(rng, 1000, offset=offset, centres=centres)
     return {"x": torch.from_numpy(x), "y": torch.from_numpy(y), "x_test": torch.from_numpy(x_test),
@@ -237,7 +245,7 @@ def _blob_data(seed: int, size: str, offset: float = 0.0) -> dict[str, torch.Ten
 
 
 def _bar_data(seed: int, size: str) -> dict[str, Any]:
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed + 1000 * _SHIFT)
     x, y = bars(rng, SIZES[size]["n"])
     x_test, y_test = bars(rng, 800)
     mean, std = float(x.mean()), float(x.std())
@@ -247,7 +255,7 @@ def _bar_data(seed: int, size: str) -> dict[str, Any]:
 
 
 def _token_data(seed: int, size: str) -> dict[str, torch.Tensor]:
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed + 1000 * _SHIFT)
     x, y, prototypes = tokens(rng, SIZES[size]["n"])
     x_test, y_test, _ = tokens(rng, 800, prototypes=prototypes)
     return {"x": torch.from_numpy(x), "y": torch.from_numpy(y), "x_test": torch.from_numpy(x_test),
@@ -264,7 +272,7 @@ def _case(name: str, cause: str | None, arch: str, model: nn.Module, data: dict[
 
 def lr_sgd_mlp(size: str) -> Case:
     data = _blob_data(11, size, offset=2.0)
-    torch.manual_seed(11)
+    _seed(11)
     model = mlp((20, 64, 64, 64))
     fit(model, data["x"], data["y"], torch.optim.SGD(model.parameters(), lr=1.0), steps=_steps(size, 150))
     return _case("learning-rate/mlp-sgd", "learning-rate", "mlp", model, data,
@@ -273,7 +281,7 @@ def lr_sgd_mlp(size: str) -> Case:
 
 def lr_sgd_cnn_bn(size: str) -> Case:
     data = _bar_data(12, size)
-    torch.manual_seed(12)
+    _seed(12)
     model = cnn(norm=True)
     fit(model, data["x"], data["y"], torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9),
         steps=_steps(size, 150))
@@ -283,7 +291,7 @@ def lr_sgd_cnn_bn(size: str) -> Case:
 
 def lr_adam_mlp(size: str) -> Case:
     data = _blob_data(13, size, offset=1.0)
-    torch.manual_seed(13)
+    _seed(13)
     model = mlp((20, 64, 64, 64))
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     fit(model, data["x"], data["y"], optimizer, steps=_steps(size, 150))
@@ -294,7 +302,7 @@ def lr_adam_mlp(size: str) -> Case:
 
 def lr_adam_transformer(size: str) -> Case:
     data = _token_data(14, size)
-    torch.manual_seed(14)
+    _seed(14)
     model = TransformerBlock()
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     fit(model, data["x"], data["y"], optimizer, steps=_steps(size, 150))
@@ -305,7 +313,7 @@ def lr_adam_transformer(size: str) -> Case:
 
 def bias_mlp(size: str) -> Case:
     data = _blob_data(15, size)
-    torch.manual_seed(15)
+    _seed(15)
     model = mlp((20, 64, 64, 64))
     with torch.no_grad():
         for layer in list(model)[:-1]:
@@ -319,7 +327,7 @@ def bias_mlp(size: str) -> Case:
 
 def bias_cnn(size: str) -> Case:
     data = _bar_data(16, size)
-    torch.manual_seed(16)
+    _seed(16)
     model = cnn(norm=False)
     with torch.no_grad():
         model[3].bias.fill_(-1.5)          # the second conv
@@ -329,7 +337,7 @@ def bias_cnn(size: str) -> Case:
 
 def input_scale_cnn_bn(size: str) -> Case:
     data = _bar_data(17, size)
-    torch.manual_seed(17)
+    _seed(17)
     model = cnn(norm=True)
     fit(model, data["x"], data["y"], torch.optim.Adam(model.parameters(), lr=3e-3), steps=_steps(size, 200))
     mean, std = data["mean"], data["std"]
@@ -340,7 +348,7 @@ def input_scale_cnn_bn(size: str) -> Case:
 
 def input_scale_mlp(size: str) -> Case:
     data = _bar_data(18, size)
-    torch.manual_seed(18)
+    _seed(18)
     flat = {key: (value.flatten(1) if isinstance(value, torch.Tensor) and value.dim() == 4 else value)
             for key, value in data.items()}
     model = mlp((144, 64, 64))
@@ -354,7 +362,7 @@ def input_scale_mlp(size: str) -> Case:
 
 def upstream_mlp(size: str) -> Case:
     data = _blob_data(19, size)
-    torch.manual_seed(19)
+    _seed(19)
     model = mlp((20, 16, 96, 64))
     with torch.no_grad():
         model[0].bias[2:] = -8.0       # 14 of the first layer's 16 units never fire from the start
@@ -365,7 +373,7 @@ def upstream_mlp(size: str) -> Case:
 
 def batchnorm_cnn(size: str) -> Case:
     data = _bar_data(20, size)
-    torch.manual_seed(20)
+    _seed(20)
     model = cnn(norm=True)
     pushed = model[5]                  # the second BatchNorm
     channels = torch.arange(0, 16, 2)  # half its channels
@@ -390,7 +398,7 @@ def _prune_rows(layers: list[nn.Linear], rows: torch.Tensor) -> Callable[[], Non
 
 def zero_rows_mlp(size: str) -> Case:
     data = _blob_data(21, size)
-    torch.manual_seed(21)
+    _seed(21)
     model = mlp((20, 64, 64, 64))
     fit(model, data["x"], data["y"], torch.optim.Adam(model.parameters(), lr=1e-3), steps=_steps(size, 150))
     prune = _prune_rows([model[2]], torch.arange(0, 64, 3))
@@ -403,7 +411,7 @@ def zero_rows_mlp(size: str) -> Case:
 
 def zero_rows_gated(size: str) -> Case:
     data = _blob_data(22, size)
-    torch.manual_seed(22)
+    _seed(22)
     model = GatedNet()
     fit(model, data["x"], data["y"], torch.optim.Adam(model.parameters(), lr=1e-3), steps=_steps(size, 150))
     prune = _prune_rows([model.mlp.gate_proj, model.mlp.up_proj], torch.arange(0, 64, 4))
@@ -416,7 +424,7 @@ def zero_rows_gated(size: str) -> Case:
 
 def zero_rows_transformer(size: str) -> Case:
     data = _token_data(23, size)
-    torch.manual_seed(23)
+    _seed(23)
     model = TransformerBlock()
     fit(model, data["x"], data["y"], torch.optim.Adam(model.parameters(), lr=1e-3), steps=_steps(size, 150))
     prune = _prune_rows([model.ff.fc1], torch.arange(0, 64, 4))
@@ -429,7 +437,7 @@ def zero_rows_transformer(size: str) -> Case:
 
 def healthy_mlp(size: str) -> Case:
     data = _blob_data(24, size, offset=1.0)
-    torch.manual_seed(24)
+    _seed(24)
     model = mlp((20, 64, 64, 64))
     fit(model, data["x"], data["y"], torch.optim.SGD(model.parameters(), lr=0.05), steps=_steps(size, 200))
     return _case("healthy/mlp", None, "mlp", model, data, "plain SGD at lr 0.05")
@@ -437,7 +445,7 @@ def healthy_mlp(size: str) -> Case:
 
 def healthy_cnn_bn(size: str) -> Case:
     data = _bar_data(25, size)
-    torch.manual_seed(25)
+    _seed(25)
     model = cnn(norm=True)
     fit(model, data["x"], data["y"], torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9),
         steps=_steps(size, 200))
@@ -446,7 +454,7 @@ def healthy_cnn_bn(size: str) -> Case:
 
 def healthy_transformer(size: str) -> Case:
     data = _token_data(26, size)
-    torch.manual_seed(26)
+    _seed(26)
     model = TransformerBlock()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     fit(model, data["x"], data["y"], optimizer, steps=_steps(size, 200))
@@ -456,7 +464,7 @@ def healthy_transformer(size: str) -> Case:
 
 def healthy_gated(size: str) -> Case:
     data = _blob_data(27, size)
-    torch.manual_seed(27)
+    _seed(27)
     model = GatedNet()
     fit(model, data["x"], data["y"], torch.optim.Adam(model.parameters(), lr=1e-3), steps=_steps(size, 200))
     return _case("healthy/gated", None, "gated", model, data, "Adam at lr 1e-3")
@@ -484,22 +492,27 @@ CASES: dict[str, Callable[[str], Case]] = {
 }
 
 
-def build(name: str, size: str = "ci") -> Case:
+def build(name: str, size: str = "ci", seed: int = 0) -> Case:
     """Train one case, deterministically.
 
     Args:
         name: a key of ``CASES``.
         size: ``"ci"`` (small, for tests) or ``"bench"`` (more data and steps).
+        seed: 0 for the zoo as committed; another number draws other data and initial weights
+            for the same recipe.
 
     Returns:
         The trained case.
     """
+    global _SHIFT
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    _SHIFT = seed
     try:
         with torch.random.fork_rng():
             return CASES[name](size)
     finally:
+        _SHIFT = 0
         torch.set_num_threads(threads)
 
 

@@ -2,9 +2,9 @@
 units, and what each site's dead units mean for its kind.
 
 A 0.9 % model-wide dead share can hide a half-dead layer, so the verdict is the worst
-site's level; a third of all units getting no gradient is FAIL even when no site is over
-half (36 % dead, every layer near a third, is a broken network, not a warning); FAIL too
-when a CI gate failed. ``summary.verdict`` in the JSON is this level (``ok``/``warn``/``fail``),
+site's level (FAIL above half its units stuck, WARN above a fifth); a third of all units
+getting no gradient is FAIL even when no site is over half (36 % dead, every layer near a
+third, is a broken network, not a warning); FAIL too when a CI gate failed. ``summary.verdict`` in the JSON is this level (``ok``/``warn``/``fail``),
 and ``deadrelu scan --fail-on`` turns it into the exit code. Units of a ReLU/ReLU6/Hardtanh site that
 never activate get no gradient: they are *dead*. Units of a LeakyReLU/PReLU/ELU/SELU/…
 site that never activate still have a gradient on the negative side: they are *never
@@ -28,8 +28,9 @@ from ..kinds import NEGATIVE_SIDE_KINDS
 if TYPE_CHECKING:
     from ..result import ScanResult, SiteResult
 
-#: a site with more than this share of stuck units (dead or saturated) is WARN
-WARN_SHARE = 0.10
+#: a site with more than this share of stuck units (dead or saturated) is WARN. Healthy trained models
+#: (benchmarks/RESULTS_diagnosis.md: MLPs and CNNs on 8 seeds each) reach up to 16 % at their worst site.
+WARN_SHARE = 0.20
 #: ... and above this share FAIL
 FAIL_SHARE = 0.50
 #: a model with at least this share of all its units stuck (a third of the network gets no gradient) is FAIL
@@ -89,7 +90,7 @@ def stuck_share(site: SiteResult) -> float:
 
 
 def site_level(site: SiteResult) -> Level:
-    """FAIL above half the units stuck, WARN above a tenth, else OK."""
+    """FAIL above half the units stuck, WARN above a fifth, else OK."""
     share = stuck_share(site)
     if share > FAIL_SHARE:
         return Level.FAIL

@@ -274,6 +274,10 @@ def lr_evidence(context: RuleContext, site: SiteResult) -> dict[str, Any] | None
             return None
         name, layer = found
         evidence: dict[str, Any] = {"layer": name}
+        nonfinite = int((~np.isfinite(weight_rows(layer))).sum())
+        if nonfinite:
+            evidence["nonfinite_weights"] = nonfinite   # training diverged: the largest update there is
+            return evidence
         grown = growth(layer)
         if grown >= GROWN and silent_share(site) > WARN_SHARE:
             scales = init_scales(layer)
@@ -320,7 +324,13 @@ def rule_learning_rate(context: RuleContext) -> list[Suggestion]:
     grown = [(layer, entry) for layer, entry in per_layer.items() if "weight_growth" in entry]
     stepped = [(layer, entry) for layer, entry in per_layer.items() if "optimizer" in entry]
     thrown = [(layer, entry) for layer, entry in per_layer.items() if "thrown_biases" in entry]
+    diverged = [(layer, entry) for layer, entry in per_layer.items() if "nonfinite_weights" in entry]
     reasons, lines = [], []
+    if diverged:
+        reasons.append(f"{diverged[0][0]}'s weights hold {diverged[0][1]['nonfinite_weights']} NaN/inf values "
+                       "(training diverged)")
+        lines += [f"{name}: {e['nonfinite_weights']} weights are NaN or infinite: the updates diverged"
+                  for name, e in diverged]
     if stepped:
         layer, entry = max(stepped, key=lambda item: float(item[1]["optimizer"]["step_to_weight"]))
         step = entry["optimizer"]

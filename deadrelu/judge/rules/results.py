@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...kinds import NEGATIVE_SIDE_KINDS, ZERO_GRADIENT_KINDS
-from .base import (DEAD_SHARE_CRITICAL, DEAD_SHARE_WARNING, DEPTH_MIN_CORRELATION, DEPTH_MIN_RISE, DEPTH_MIN_SITES,
-                   EVIDENCE_LIST_MAX, PRELU_COLLAPSED, SATURATION_CRITICAL, SATURATION_WARNING, SCOPE_MODEL,
+from .base import (DEAD_SHARE_WARNING, DEPTH_MIN_CORRELATION, DEPTH_MIN_RISE, DEPTH_MIN_SITES,
+                   EVIDENCE_LIST_MAX, PRELU_COLLAPSED, SATURATION_WARNING, SCOPE_MODEL,
                    VERY_DEEP_SITES, RuleContext, Suggestion, _cut, _is_weight_layer, _lit, _num,
-                   _replace_modules_code, kind_label, rule, suggestion)
+                   _replace_modules_code, kind_label, rule, site_severity, suggestion)
 
 if TYPE_CHECKING:
     from ...result import SiteResult
@@ -31,7 +31,9 @@ def rule_dead_share(context: RuleContext) -> list[Suggestion]:
     if not heavy:
         return []
     worst = max(heavy, key=lambda s: s.dead_ratio)
-    severity = "critical" if worst.dead_ratio > DEAD_SHARE_CRITICAL else "warning"
+    # As urgent as the worst site's level: a few dead units over the 10 % mention threshold in a healthy
+    # model are worth a line, not a warning.
+    severity = min((site_severity(s) for s in heavy), key=lambda level: level.order)
     relu_sites = sum(1 for s in result.sites if s.kind in ZERO_GRADIENT_KINDS)
     gan = model is not None and any(word in type(model).__name__.lower()
                                     for word in ("gan", "discriminator", "generator", "critic"))
@@ -126,7 +128,7 @@ def rule_saturation(context: RuleContext) -> list[Suggestion]:
     if not hit:
         return []
     worst = max(hit, key=lambda item: item[1] / item[0].units)
-    severity = "critical" if worst[1] / worst[0].units > SATURATION_CRITICAL else "warning"
+    severity = min((site_severity(s) for s, _, _ in hit), key=lambda level: level.order)
     per_site: dict[str, Any] = {}
     bias_lines = []
     for site, count, mask in hit[:EVIDENCE_LIST_MAX]:
@@ -236,7 +238,9 @@ def rule_depth_trend(context: RuleContext) -> list[Suggestion]:
                      f"setattr(parent, child, nn.Sequential(nn.BatchNorm{dims}d({deepest.units}), "
                      f"getattr(parent, child)))")
     changes = "lowers the learning rate 10×" + (f"; inserts a BatchNorm before {deepest.name}" if inserted else "")
-    return [suggestion("depth-trend", "warning", [s.name for s in deeper] or [deepest.name], title, evidence,
+    flagged_sites = deeper or [deepest]
+    severity = min((site_severity(s) for s in flagged_sites), key=lambda level: level.order)
+    return [suggestion("depth-trend", severity, [s.name for s in flagged_sites], title, evidence,
                        action, code, changes=changes, scope=SCOPE_MODEL, cause="learning-rate", generic=True)]
 
 

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...kinds import HE_KINDS, ZERO_GRADIENT_KINDS
-from ..overall import leaky
 from .base import (BN_GAMMA_EPS, BN_STRONG_BETA, DEAD_SHARE_WARNING, EVIDENCE_LIST_MAX, INIT_MIN_WEIGHTS,
                    INIT_TOLERANCE, SCOPE_MODEL, STRONG_BIAS, RuleContext, Suggestion, _cut, _fan_in, _fmt,
                    _is_activation, _is_batchnorm, _is_weight_layer, _leaky_slope, _lit, _module_counts, _num,
@@ -90,6 +89,8 @@ def rule_init(context: RuleContext) -> list[Suggestion]:
             continue
         if lr_evidence(context, site) is not None or not (problem_mask(site) & ~claimed_elsewhere(context, site)).any():
             continue
+        if not np.isfinite(_weight_std(feeder.layer)):
+            continue
         name, layer = feeder.name, feeder.layer
         if name in seen:
             continue
@@ -145,7 +146,7 @@ def rule_init(context: RuleContext) -> list[Suggestion]:
                           f"nonlinearity='{nonlinearity}'{extra})")
     evidence = {"dead_share_threshold": DEAD_SHARE_WARNING, "tolerance": INIT_TOLERANCE, "layers": per_layer}
     # Never-active LeakyReLU/PReLU units keep a gradient: the advice stands, with less urgency.
-    severity = "warning" if any(not leaky(f[0]) for f in findings) else "info"
+    severity = min((site_severity(f[0]) for f in findings), key=lambda level: level.order)
     return [suggestion("init-not-he", severity, [f[0].name for f in findings], title, evidence, action,
                        "\n".join(code_lines), destructive=True,
                        changes=f"re-initialises the weights of {min(len(findings), 8)} layer(s) (He normal)",
