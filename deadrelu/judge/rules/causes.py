@@ -264,14 +264,42 @@ def thrown_biases(context: RuleContext, site: SiteResult, layer: nn.Module, mask
     return thrown
 
 
+def model_wide_lr(context: RuleContext) -> dict[str, Any] | None:
+    """Learning-rate evidence over the whole model: most of the weight layers that feed sites have grown
+    past every usual initialisation, or the optimizer's steps are large on most of them. Then the large
+    updates explain dead units anywhere, after a residual add too (no single layer decides those)."""
+    def compute() -> dict[str, Any] | None:
+        layers: dict[str, Any] = {}
+        for site in context.result.sites:
+            found = context.weight_layer(site)
+            if found is not None:
+                layers.setdefault(found[0], found[1])
+        if len(layers) < 2:
+            return None
+        grown = {name: _num(growth(layer), 3) for name, layer in layers.items()
+                 if np.isfinite(weight_std(layer)) and growth(layer) >= GROWN}
+        steps = optimizer_steps(context)
+        stepped = {name: steps[name]["step_to_weight"] for name in layers
+                   if name in steps and float(steps[name]["step_to_weight"]) >= STEP_RATIO}
+        for what, found in (("weight_growth", grown), ("step_to_weight", stepped)):
+            if 2 * len(found) >= len(layers):
+                return {"layers_checked": len(layers), "layers_with_evidence": len(found), "what": what,
+                        "per_layer": dict(list(found.items())[:EVIDENCE_LIST_MAX])}
+        return None
+    return context.memo("lr:model", compute)
+
+
 def lr_evidence(context: RuleContext, site: SiteResult) -> dict[str, Any] | None:
     """What says training's updates killed this site's units: grown weights, large optimizer steps,
-    thrown biases (None: nothing does)."""
+    thrown biases, here or over most of the model (None: nothing does)."""
     def compute() -> dict[str, Any] | None:
         found = context.weight_layer(site)
         mask = problem_mask(site) & ~zero_rows(context, site)[0]
-        if found is None or not mask.any():
+        if not mask.any():
             return None
+        if found is None:
+            wide = model_wide_lr(context)
+            return None if wide is None else {"layer": None, "model_wide": wide["what"]}
         name, layer = found
         evidence: dict[str, Any] = {"layer": name}
         nonfinite = int((~np.isfinite(weight_rows(layer))).sum())
@@ -279,7 +307,7 @@ def lr_evidence(context: RuleContext, site: SiteResult) -> dict[str, Any] | None
             evidence["nonfinite_weights"] = nonfinite   # training diverged: the largest update there is
             return evidence
         grown = growth(layer)
-        if grown >= GROWN and silent_share(site) > WARN_SHARE:
+        if grown >= GROWN and (silent_share(site) > WARN_SHARE or model_wide_lr(context) is not None):
             scales = init_scales(layer)
             evidence.update(weight_std=_num(weight_std(layer)), weight_growth=_num(grown, 3),
                             he_std=_num(scales["he"]), pytorch_default_std=_num(scales["pytorch_default"]))
@@ -287,6 +315,9 @@ def lr_evidence(context: RuleContext, site: SiteResult) -> dict[str, Any] | None
         if step is not None and float(step["step_to_weight"]) >= STEP_RATIO:
             evidence["optimizer"] = step
         feeder = context.feeder(site)
+        wide = model_wide_lr(context)
+        if wide is not None:
+            evidence["model_wide"] = wide["what"]
         if feeder is not None and feeder.layer is layer:
             thrown = thrown_biases(context, site, layer, mask)
             if thrown.any():
@@ -316,10 +347,11 @@ def rule_learning_rate(context: RuleContext) -> list[Suggestion]:
     by_name = {site.name: site for site in context.result.sites}
     covered = hit + [by_name[entry.site] for entry in starved]
     explained = sum(int((problem_mask(site) & ~zero_rows(context, site)[0]).sum()) for site in covered)
-    per_layer = {str(lr_evidence(context, site)["layer"]): {"site": site.name, "dead": site.dead, "units": site.units,
-                                                             **{k: v for k, v in lr_evidence(context, site).items()
-                                                                if k != "layer"}}
+    per_layer = {str(lr_evidence(context, site)["layer"] or f"(site {site.name})"): {
+                     "site": site.name, "dead": site.dead, "units": site.units,
+                     **{k: v for k, v in lr_evidence(context, site).items() if k != "layer"}}
                  for site in hit[:EVIDENCE_LIST_MAX]}
+    wide = model_wide_lr(context)
     severity = model_severity(context.result, covered, explained)
     grown = [(layer, entry) for layer, entry in per_layer.items() if "weight_growth" in entry]
     stepped = [(layer, entry) for layer, entry in per_layer.items() if "optimizer" in entry]
@@ -351,6 +383,11 @@ def rule_learning_rate(context: RuleContext) -> list[Suggestion]:
         lines += [f"{name}: {e['thrown_biases']} dead units' biases are ≥ {THROWN:g} typical |w·x| below the live "
                   f"units' median {_fmt(float(e['live_median_bias']))} (as low as {_fmt(float(e['thrown_bias_min']))}), "
                   "scattered as large updates leave them" for name, e in thrown]
+    if wide is not None:
+        noun = "grown past every usual init" if wide["what"] == "weight_growth" else "moved by large optimizer steps"
+        reasons.insert(0, f"{wide['layers_with_evidence']} of {wide['layers_checked']} weight layers {noun}")
+        lines.insert(0, f"model-wide: {wide['layers_with_evidence']} of the {wide['layers_checked']} weight layers "
+                        f"feeding sites show it, so dead units anywhere (after a residual add too) count")
     sites = [site.name for site in covered]
     title = (f"Learning rate too high: large updates killed {explained} unit(s) at {len(sites)} site(s) — "
              + "; ".join(reasons[:2]))
@@ -368,7 +405,7 @@ def rule_learning_rate(context: RuleContext) -> list[Suggestion]:
             "    group['lr'] *= 0.1\n"
             "# revive the dead units ReDo-style (data: what you scanned):\n"
             "deadrelu.recycle(model, deadrelu.scan(model, data), 'dead', optimizer)")
-    evidence: dict[str, Any] = {"per_layer": per_layer, "sites_with_evidence": len(hit),
+    evidence: dict[str, Any] = {"per_layer": per_layer, "sites_with_evidence": len(hit), "model_wide": wide,
                                 "starved_downstream": {entry.site: {"root": entry.root, "units": int(entry.mask.sum())}
                                                        for entry in starved[:EVIDENCE_LIST_MAX]},
                                 "grown_above": GROWN, "step_ratio_above": STEP_RATIO, "thrown_below": THROWN,
