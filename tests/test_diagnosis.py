@@ -94,6 +94,37 @@ def test_a_learning_rate_card_explaining_most_dead_units_outranks_the_local_ones
     assert by_id(found, "init-not-he") == [] and by_id(found, "bias-reset") == []
 
 
+class ResidualBlock(nn.Module):
+    """relu(fc2(relu(fc1 x)) + x + shift): the second call follows a residual add; shift -1e4 on units 0..3."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.relu = nn.Linear(16, 16), nn.Linear(16, 16), nn.ReLU()
+        shift = torch.zeros(16)
+        shift[:4] = -1e4
+        self.register_buffer("shift", shift)
+
+    def forward(self, x):
+        return self.relu(self.fc2(self.relu(self.fc1(x))) + x + self.shift)
+
+
+def test_weights_grown_across_the_model_explain_dead_units_after_a_residual_add():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 16), ResidualBlock(), ResidualBlock())
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.mul_(5.0 * math.sqrt(6.0))   # 5 x He's scale everywhere
+    result = deadrelu.scan(model, bounded_inputs(200, 10))
+    after_add = [site for site in result.sites if site.name.endswith("relu#1")]
+    assert after_add[0].verdict.dead_units == [0, 1, 2, 3]
+    assert {0, 1, 2, 3} <= set(after_add[1].verdict.dead_units)   # (one more dies of the grown weights' own)
+    card = one(suggest(result, model), "learning-rate")
+    assert {"1.relu#1", "2.relu#1"} <= set(card["sites"])
+    assert card["evidence"]["model_wide"]["what"] == "weight_growth"
+    assert card["units_explained"] == sum(int((s.verdict.dead | s.verdict.saturated).sum()) for s in result.sites)
+
+
 # -- the optimizer state ----------------------------------------------------------------------------
 
 def adam_trained(lr: float):

@@ -184,7 +184,17 @@ def rank(found: Sequence[Suggestion], context: RuleContext) -> list[Suggestion]:
     activation, re-initialise, SELU), then severity, then dead units explained, then network order
     of their first site; ``rank`` set from 1."""
     import dataclasses
-    ordered = [s for _, s in sorted(enumerate(merge(found)), key=_order_key(context))]
+    from ..overall import MODEL_FAIL_SHARE, problem_mask, stuck_mask
+    merged = merge(found)
+    # A model with a third of its units stuck FAILs as a whole, whatever its sites' levels: a cause
+    # explaining most of those units is what makes it FAIL, so it is critical.
+    total = sum(int(problem_mask(site).sum()) for site in context.result.sites)
+    units = sum(site.units for site in context.result.sites)
+    stuck = sum(int(stuck_mask(site).sum()) for site in context.result.sites)
+    if total and units and stuck >= MODEL_FAIL_SHARE * units - 1e-9:
+        merged = [dataclasses.replace(s, severity=Severity.CRITICAL)
+                  if s.cause and not s.generic and 2 * s.units_explained >= total else s for s in merged]
+    ordered = [s for _, s in sorted(enumerate(merged), key=_order_key(context))]
     ranked = [dataclasses.replace(s, rank=k) for k, s in enumerate(ordered, 1)]
     return _point_upstream_at_roots(_one_init_per_layer(ranked))
 

@@ -172,11 +172,13 @@ def site_severity(site: SiteResult) -> Severity:
 
 def model_severity(result: ScanResult, sites: Iterable[SiteResult], explained: int) -> Severity:
     """A model-wide cause is as urgent as its worst site, and critical when it explains most of the
-    stuck units of a model whose verdict is FAIL (a third of the network without gradient)."""
-    from ..overall import Level, overall, problem_mask
+    stuck units of a model with a third of its units stuck (FAIL as a whole)."""
+    from ..overall import MODEL_FAIL_SHARE, problem_mask, stuck_mask
     worst = min((site_severity(site) for site in sites), key=lambda s: s.order, default=Severity.INFO)
     total = sum(int(problem_mask(site).sum()) for site in result.sites)
-    if overall(result).level is Level.FAIL and total and explained >= 0.5 * total:
+    units = sum(site.units for site in result.sites)
+    stuck = sum(int(stuck_mask(site).sum()) for site in result.sites)
+    if total and units and stuck >= MODEL_FAIL_SHARE * units - 1e-9 and explained >= 0.5 * total:
         return Severity.CRITICAL
     return worst
 
