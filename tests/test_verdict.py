@@ -172,3 +172,14 @@ def test_the_sample_headline_at_80_columns_is_the_learning_rate(runner):
     assert top["cause"] == "learning-rate" and top["rank"] == 1 and top["units_explained"] == 139
     assert data["summary"]["verdict"] == "fail"
     assert set(top["evidence"]["per_layer"]) == {"net.0", "net.2", "net.4"}
+
+
+def test_the_html_verdict_card_and_the_notebook_name_the_same_cause():
+    from deadrelu.render import html as html_render
+    from deadrelu.render.notebook import result_html
+    from truth_models import linear_with_dead_units
+    result = deadrelu.scan(linear_with_dead_units(dead=8, width=32), bounded_inputs(100, 10))
+    sentence = "negative biases hold units below zero — explains 8 of 8 dead units (#1)"
+    assert f"<b>Cause:</b> {sentence}" in html_render.report(result, plots=False)
+    view = result_html(result)
+    assert f"<b>Cause:</b> {sentence}" in view and "(cause: bias, explains 8 dead)" in view

@@ -208,6 +208,34 @@ class ModelVerdict:
         return f"worst site {show(worst.name)}: " + ", ".join(parts)
 
 
+#: how a verdict line names each cause
+CAUSE_PHRASES = {"learning-rate": "learning rate too high", "bias": "negative biases hold units below zero",
+                 "init": "weight initialisation", "input-scale": "input far off the training scale",
+                 "upstream": "a dead earlier site starves later ones", "batchnorm": "BatchNorm β/γ below zero",
+                 "zero-weights": "all-zero weight rows", "activation": "the activation kind"}
+
+
+def headline_cause(result: ScanResult) -> dict | None:
+    """The suggestion every verdict line names as the cause: the first-ranked one naming a specific
+    cause at warning level or above (None: none does)."""
+    for suggestion in result.suggestions:
+        if suggestion.get("cause") and not suggestion.get("generic") and \
+                suggestion.get("severity") in ("warning", "critical"):
+            return suggestion
+    return None
+
+
+def cause_sentence(result: ScanResult) -> str | None:
+    """``learning rate too high — explains 139 of 139 dead units (#1)``, or None without a headline cause."""
+    top = headline_cause(result)
+    if top is None:
+        return None
+    count = int(top.get("units_explained") or 0)
+    total = sum(int(problem_mask(site).sum()) for site in result.sites)
+    phrase = CAUSE_PHRASES.get(str(top["cause"]), str(top["cause"]))
+    return phrase + (f" — explains {count} of {total} dead units" if count else "") + f" (#{int(top.get('rank') or 1)})"
+
+
 def overall(result: ScanResult) -> ModelVerdict:
     """The model's verdict: the worst site's level, FAIL if the gate failed.
 
@@ -238,5 +266,5 @@ def overall(result: ScanResult) -> ModelVerdict:
                         unobserved=unobserved, dormant=result.summary.dormant)
 
 
-__all__ = ["Level", "FailOn", "ModelVerdict", "overall", "site_level", "stuck_mask", "problem_mask", "dead_mask", "stuck_share", "dead_no_gradient",
+__all__ = ["Level", "FailOn", "ModelVerdict", "CAUSE_PHRASES", "headline_cause", "cause_sentence", "overall", "site_level", "stuck_mask", "problem_mask", "dead_mask", "stuck_share", "dead_no_gradient",
            "never_active", "leaky", "flagged", "worst_sites", "WARN_SHARE", "FAIL_SHARE", "MODEL_FAIL_SHARE"]

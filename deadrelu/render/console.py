@@ -20,8 +20,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ..judge.overall import (Level, dead_no_gradient, flagged, leaky, never_active, overall, problem_mask,
-                             site_level, worst_sites)
+from ..judge.overall import (CAUSE_PHRASES, Level, cause_sentence, dead_no_gradient, flagged, headline_cause, leaky,
+                             never_active, overall, problem_mask, site_level, worst_sites)
 from .text import visible
 
 if TYPE_CHECKING:
@@ -36,13 +36,6 @@ SEVERITY_SHORT = {"critical": "CRIT", "warning": "WARN", "info": "INFO"}
 DEFAULT_ROWS = 10
 #: suggestions listed by default
 DEFAULT_SUGGESTIONS = 8
-#: how the verdict line names each cause
-CAUSE_PHRASES = {"learning-rate": "learning rate too high", "bias": "negative biases hold units below zero",
-                 "init": "weight initialisation", "input-scale": "input far off the training scale",
-                 "upstream": "a dead earlier site starves later ones", "batchnorm": "BatchNorm β/γ below zero",
-                 "zero-weights": "all-zero weight rows", "activation": "the activation kind"}
-
-
 def worst_first(result: ScanResult) -> list[SiteResult]:
     """Sites ordered worst first (stuck share, never-active share, dormant share; network order breaks ties)."""
     return worst_sites(result)
@@ -158,25 +151,19 @@ def verdict_line(result: ScanResult) -> Text:
 
 
 def top_cause(result: ScanResult) -> dict | None:
-    """The first-ranked suggestion that names a specific cause at warning level or above (None: none)."""
-    for suggestion in result.suggestions:
-        if suggestion.get("cause") and not suggestion.get("generic") and \
-                suggestion.get("severity") in ("warning", "critical"):
-            return suggestion
-    return None
+    """The suggestion the verdict line names as the cause (``judge.overall.headline_cause``)."""
+    return headline_cause(result)
 
 
 def cause_line(result: ScanResult) -> Text | None:
     """``Cause: learning rate too high — explains 139 of 139 dead units (#1)``, the headline's second half."""
-    top = top_cause(result)
-    if top is None:
+    top, sentence = headline_cause(result), cause_sentence(result)
+    if top is None or sentence is None:
         return None
-    cause = str(top["cause"])
-    count = int(top.get("units_explained") or 0)
-    total = sum(int(problem_mask(site).sum()) for site in result.sites)
+    phrase = CAUSE_PHRASES.get(str(top["cause"]), str(top["cause"]))
     text = Text("Cause: ", style="bold")
-    text.append(CAUSE_PHRASES.get(cause, cause), style=SEVERITY_STYLE.get(str(top.get("severity")), "bold"))
-    text.append((f" — explains {count} of {total} dead units" if count else "") + f" (#{int(top.get('rank') or 1)})")
+    text.append(phrase, style=SEVERITY_STYLE.get(str(top.get("severity")), "bold"))
+    text.append(sentence[len(phrase):])
     return text
 
 

@@ -338,8 +338,12 @@ def verdict_card(result: ScanResult) -> str:
     counts = verdict.counts("{:,}".format, leaky="never active (leaky: still have a gradient)")
     more = (", ".join(counts) + f" · {verdict.sites} site(s), {verdict.flagged_sites} with a problem · "
             f"{result.data.get('samples', '?')} samples" + (" · CI gate failed" if verdict.gate_failed else ""))
+    from ..judge.overall import cause_sentence
+    cause = cause_sentence(result)
+    cause_html = f'<span class="more"><b>Cause:</b> {_e(cause)}</span>' if cause else ""
     return (f'<section class="verdictcard {verdict.level.value}"><span class="level">{verdict.level.value}{partial}'
-            f'</span><span class="what">{_e(verdict.headline())}</span><span class="more">{_e(more)}</span></section>')
+            f'</span><span class="what">{_e(verdict.headline())}</span><span class="more">{_e(more)}</span>'
+            f'{cause_html}</section>')
 
 
 def _headline(result: ScanResult) -> str:
