@@ -5,7 +5,7 @@ model, the input range and the optimizer state from the context, and asks
 ``context.feeder(site)`` which layer feeds a site (the one helper every weight rule uses).
 Every suggestion names a ``cause`` (``CAUSES``). The causes are read in data-flow order
 (``causes.py``): units starving on a dead input are ``upstream`` and no local rule claims
-them; ``learning-rate`` and ``input-scale`` are judged over the whole model. ``suggest`` runs
+them; ``learning-rate`` and ``input-scale`` are judged over the whole model (``training.py``). ``suggest`` runs
 the rules, merges the cards of one cause and action found at several sites into one card
 listing them, ranks what they found — specific causes before generic advice, then severity,
 then dead units explained, then network order — and returns JSON-ready dicts
@@ -32,7 +32,8 @@ from .base import (BN_GAMMA_EPS, BN_STRONG_BETA, CAUSES, DEAD_SHARE_CRITICAL, DE
                    INIT_MIN_WEIGHTS, INIT_TOLERANCE, PRELU_COLLAPSED, SATURATION_CRITICAL, SATURATION_WARNING,
                    SCOPE_MODEL, SCOPE_SITE, SEVERITIES, STRONG_BIAS, VERY_DEEP_SITES, Feeder, RuleContext, Severity,
                    Suggestion, feeding_layers, layer_width, legacy_rule, rule, suggestion)
-from .causes import rule_input_scale, rule_learning_rate, rule_upstream, rule_zero_weights
+from .causes import rule_upstream, rule_zero_weights
+from .training import rule_input_scale, rule_learning_rate
 from .guide import rule_selection_guide
 from .results import (rule_dead_share, rule_depth_trend, rule_healthy, rule_negative_side, rule_prelu_slopes,
                       rule_saturation)

@@ -11,7 +11,7 @@ No torch at import time: every function imports it inside.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,7 +52,7 @@ def layer_width(layer: nn.Module) -> int | None:
     if isinstance(layer, nn.modules.conv._ConvNd):
         return int(layer.out_channels)
     if is_conv1d(layer):
-        return int(layer.nf)
+        return int(getattr(layer, "nf"))
     if isinstance(layer, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
         return int(layer.num_features)
     if isinstance(layer, nn.GroupNorm):
@@ -73,13 +73,15 @@ def in_width(layer: nn.Module) -> int | None:
     if isinstance(layer, nn.modules.conv._ConvNd):
         return int(layer.in_channels)
     if is_conv1d(layer):
-        return int(layer.weight.shape[0])
+        weight: Any = layer.weight
+        return int(weight.shape[0])
     return None
 
 
 def weight_rows(layer: nn.Module) -> np.ndarray:
     """The weight as ``(output units, fan_in)`` float64: one row per output unit (Conv1D transposed)."""
-    weight = layer.weight.detach().double().cpu()
+    weight: Any = layer.weight
+    weight = weight.detach().double().cpu()
     if is_conv1d(layer):
         weight = weight.t()
     return weight.reshape(weight.shape[0], -1).numpy()
@@ -93,14 +95,15 @@ def bias_of(layer: nn.Module) -> np.ndarray | None:
 
 def fan_in(layer: nn.Module) -> int:
     """Inputs per output unit (``in_features``, ``in_channels/groups * prod(kernel)``)."""
-    return int(weight_rows(layer).shape[1]) if is_conv1d(layer) else int(layer.weight[0].numel())
+    weight: Any = layer.weight
+    return int(weight_rows(layer).shape[1]) if is_conv1d(layer) else int(weight[0].numel())
 
 
 def fan_out(layer: nn.Module) -> int:
     """Outputs per input unit (``out_features``, ``out_channels * prod(kernel)``)."""
     if is_conv1d(layer):
-        return int(layer.nf)
-    weight = layer.weight
+        return int(getattr(layer, "nf"))
+    weight: Any = layer.weight
     return int(weight.shape[0] * (weight[0][0].numel() if weight.dim() > 2 else 1))
 
 

@@ -18,7 +18,8 @@ from .base import (BN_GAMMA_EPS, BN_STRONG_BETA, DEAD_SHARE_WARNING, EVIDENCE_LI
                    INIT_TOLERANCE, SCOPE_MODEL, STRONG_BIAS, RuleContext, Suggestion, _cut, _fan_in, _fmt,
                    _is_activation, _is_batchnorm, _is_weight_layer, _leaky_slope, _lit, _module_counts, _num,
                    _ranges, _replace_modules_code, _weight_std, leaf_order, rule, site_severity, suggestion)
-from .causes import claimed_elsewhere, input_rms, lr_evidence, problem_mask
+from .causes import claimed_elsewhere, input_rms, problem_mask
+from .training import lr_evidence
 from .layers import bias_of, in_width, is_conv1d, weight_rows
 
 #: a dead unit whose bias is at most -this x its typical |w.x| is held below zero by its bias
@@ -192,7 +193,7 @@ def _input_box(model: nn.Module, result: ScanResult, layer_name: str, layer: nn.
                input_bounds: tuple[float, float] | None) -> tuple[np.ndarray, np.ndarray, str] | None:
     """Per-input lower/upper bounds of ``layer``'s input: the observed range of the activation that
     certainly feeds it, or the caller's ``input_bounds`` for the model's first Linear/Conv."""
-    width = in_width(layer)
+    width = in_width(layer) or 0
     previous = _sequential_input_site(model, result, layer_name) if not is_conv1d(layer) else None
     if previous is not None:
         if previous.units == width and np.isfinite(previous.stats.minimum).all() \
