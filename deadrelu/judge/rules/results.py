@@ -329,7 +329,7 @@ def rule_healthy(context: RuleContext, found: Sequence[Suggestion]) -> list[Sugg
     never-active units of leaky kinds apart)."""
     if any(s.severity.value in ("warning", "critical") for s in found):
         return []
-    from ..overall import overall
+    from ..overall import WARN_SHARE, overall
     result = context.result
     summary = result.summary
     verdict = overall(result)
@@ -344,7 +344,7 @@ def rule_healthy(context: RuleContext, found: Sequence[Suggestion]) -> list[Sugg
                  f"site(s) on {result.data.get('samples', '?')} samples")
     else:
         title = (f"Nothing to fix: {verdict.dead} of {summary.units} units dead ({verdict.dead_ratio:.1%}){never} and "
-                 f"{summary.saturated} saturated, no site above the {DEAD_SHARE_WARNING:.0%} threshold")
+                 f"{summary.saturated} saturated, no site above the {WARN_SHARE:.0%} warning level")
     rate = summary.active_rate_mean
     action = (f"No fix needed. Units are active on {rate:.1%} of observations on average"
               if rate is not None else "No fix needed")
