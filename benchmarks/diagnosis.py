@@ -139,9 +139,22 @@ def prove(case: zoo.Case, result: deadrelu.ScanResult, seed: int = 0,
             "accuracy_before": round(before_acc, 3), "accuracy_after": round(case.accuracy(model, accuracy_input), 3)}
 
 
+#: the bundled sample (sample_models/mlp_high_lr.pt), scored as one more learning-rate scenario
+SAMPLE = "sample/mlp-high-lr"
+
+
+def sample_case() -> zoo.Case:
+    """The bundled sample with its training data and labels as make_samples drew them (repair_finetune.data)."""
+    import repair_finetune
+    x, y, x_test, y_test = repair_finetune.data()
+    model = repair_finetune.load().eval()
+    return zoo.Case(name=SAMPLE, cause="learning-rate", arch="mlp", model=model, scan_data=x, train_x=x, train_y=y,
+                    test_x=x_test, test_y=y_test, how="the bundled sample: plain SGD at lr 0.4 (sample_models/README.md)")
+
+
 def run_case(name: str, size: str, fix: bool, seed: int = 0) -> dict[str, Any]:
     started = time.perf_counter()
-    case = zoo.build(name, size, seed=seed)
+    case = sample_case() if name == SAMPLE else zoo.build(name, size, seed=seed)
     trained = time.perf_counter() - started
     result = scan(case.model, case.scan_data, case.optimizer_state)
     top = top_specific(result)
@@ -217,10 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     started = time.perf_counter()
-    names = args.cases or list(zoo.CASES)
+    names = args.cases or [*zoo.CASES, SAMPLE]
     rows = [run_case(name, args.size, fix=not args.no_fix) for name in names]
     seeds = {name: [run_case(name, args.size, fix=False, seed=seed)["correct"] for seed in range(1, args.seeds)]
-             for name in names} if args.seeds > 1 else {}
+             for name in names if name != SAMPLE} if args.seeds > 1 else {}
     elapsed = time.perf_counter() - started
     body = (f"`python benchmarks/diagnosis.py --size {args.size}` (torch {torch.__version__}, 1 thread, "
             f"{elapsed:.0f} s). {summary_line(rows)}.\n\n{table(rows)}")
@@ -232,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                  "| scenario | correct |\n|---|---|\n"
                  + "\n".join(f"| {name} | {sum(found)}/{len(found)} |" for name, found in seeds.items()))
         for row in rows:
-            row["other_seeds_correct"] = seeds[row["case"]]
+            if row["case"] in seeds:
+                row["other_seeds_correct"] = seeds[row["case"]]
     generic = generic_table(rows)
     if generic:
         body += ("\n\nThe generic advice for the same models (the `dead-share` card's code: swap the ReLUs at its "
