@@ -127,6 +127,7 @@ def prove(case: zoo.Case, result: deadrelu.ScanResult, seed: int = 0,
     # code's "lr *= 0.1" then acts on this optimizer too).
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     before_dead, before_acc = problem_units(result), case.accuracy(case.model, accuracy_input)
+    torch.manual_seed(seed)             # recycled units draw fresh weights: the same ones on every run
     what, fed = apply_fix(case, top, model, optimizer)
     if cause_of(top) == "input-scale":
         accuracy_input = None          # the test set fed as the model was trained
