@@ -280,7 +280,7 @@ class ScanResult:
                 "exclude": list(self.settings.exclude), "functional": self.settings.functional,
                 "nonfinite": self.settings.nonfinite.value, "compile": self.settings.compile.value,
             },
-            "summary": dataclasses.asdict(self.summary),
+            "summary": {**dataclasses.asdict(self.summary), "verdict": self._verdict()},
             "sites": [site.to_dict(unit_stats) for site in self.sites],
             "coverage": self.coverage,
             "warnings": list(self.warnings),
@@ -373,6 +373,11 @@ class ScanResult:
         s = self.summary
         return (f"ScanResult(sites={s.sites}, units={s.units}, dead={s.dead} ({s.dead_ratio:.1%}), "
                 f"saturated={s.saturated}, dormant={s.dormant})")
+
+    def _verdict(self) -> str:
+        """The model's OK/WARN/FAIL as JSON writes it (``summary.verdict``), judged on call."""
+        from .judge.overall import overall  # the judge sits above the result: imported on use
+        return overall(self).verdict
 
     def _repr_html_(self) -> str:
         from .render.notebook import result_html

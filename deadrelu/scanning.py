@@ -45,7 +45,8 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
          partial_on_interrupt: bool = False, input_fn: Callable[[Any], Any] | None = None,
          shuffle_seed: int | None = None, kwargs: str | Sequence[str] | None = None, mask: str | None = None,
          input_dtype: str = "auto", shard: str | distributed.Shard | None = None,
-         shard_data: bool = True, timeout: float | None = None, **overrides: Any) -> ScanResult:
+         shard_data: bool = True, timeout: float | None = None, optimizer: Any = None,
+         **overrides: Any) -> ScanResult:
     """Scan a model's ReLU-family activations over a data set.
 
     Args:
@@ -92,6 +93,9 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
             where they meet (the data check, the combine step); a rank that does not
             arrive is named in the error. None: the process's current timeout
             (``deadrelu.distributed.set_timeout``; 300 s at first).
+        optimizer: the optimizer the model was trained with, or its ``state_dict()`` (a
+            ``LoadedModel`` from a checkpoint that saved one brings it along): the suggestions
+            read its step sizes to tell a too-high learning rate.
 
     Returns:
         A ``ScanResult`` (data: ``.summary``, ``.sites``, ``.to_frame()``...).
@@ -106,6 +110,7 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
     if isinstance(model, LoadedModel):
         model_info = {**model.info(), **dict(model_info or {})}
         notes += model.notes
+        optimizer = optimizer if optimizer is not None else model.optimizer_state
         model = model.module
     model = unwrap(model)
     if isinstance(model, torch.export.ExportedProgram):
@@ -180,6 +185,9 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
     result = session.result(samples=samples, data_info=data_info, model_info=model_info or {}, notes=notes,
                             environment={**compile_decision.environment(), **distributed.environment(model)})
     result = distributed.combine(result, model)  # every rank's part joined (a no-op in one process)
+    if optimizer is not None and result.suggestions:
+        from .judge.suggestions import suggest
+        result = result.with_suggestions(suggest(result, model, optimizer_state=optimizer))
     if result.summary.unobserved == result.summary.units:
         # No unit saw one finite value: a report would claim health it never saw.
         if prepare.nonfinite_samples:
