@@ -24,6 +24,7 @@ from .commands.options import (CAPTURE, DATA, MODEL, RUN, THRESHOLDS, DebugOptio
                                JsonOption, JunitOption, MarkdownOption, MaxDeadRatioOption,
                                MaxLayerDeadRatioOption, OutOption, PngDirOption, QuietOption, ShowUnitsOption,
                                VerboseOption)
+from .commands.options import MlflowOption, StepOption, TensorboardOption, WandbOption
 from .commands.common import EXIT_GATE_FAILED, EXIT_INTERRUPTED, EXIT_OK, error_exit, stderr, stdout
 from .commands.common import positionals as _positionals
 from .commands.common import spec_file as _spec_file
@@ -191,6 +192,10 @@ def scan(
     out_dir: OutOption = None,
     junit_path: JunitOption = None,
     markdown_path: MarkdownOption = None,
+    tensorboard: TensorboardOption = None,
+    mlflow: MlflowOption = False,
+    wandb: WandbOption = False,
+    step: StepOption = 0,
     show_units: ShowUnitsOption = False,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
@@ -254,6 +259,9 @@ def scan(
         if main_process:
             _emit(result, json_path, quiet, show_units, verbose)
             _write_reports(result, targets, json_path, quiet, (junit_path, markdown_path))
+            if tensorboard is not None or mlflow or wandb:
+                from .loggers import log_scan
+                log_scan(result, step=step, tensorboard=tensorboard, mlflow=mlflow, wandb=wandb)
             if result.data.get("partial"):
                 # --partial-on-interrupt: the report of what was seen is out, and the run was still cut short.
                 stderr.print(f"interrupted: the report covers the {result.data.get('samples')} samples scanned "

@@ -113,6 +113,11 @@ class Monitor:
             columns is reset (Adam moments, momentum).
         atol: with ``recycle`` and a probe, the allowed output change of a recycle (relative to
             the largest output); a recycle beyond it is undone and recorded as refused.
+        tensorboard: also write each record into this TensorBoard log folder (scalars, per-site
+            active-rate histograms, the heat map every 10 records); ``deadrelu[tensorboard]``.
+        mlflow: also log each record to the active MLflow run (or one started here); ``deadrelu[mlflow]``.
+        wandb: also log each record to the active W&B run (or one started here); ``deadrelu[wandb]``.
+        loggers: more ``deadrelu.loggers.Logger`` objects to feed each record to.
         **scan_settings: any ``deadrelu.scan`` setting (``tau``, ``dead_threshold``,
             ``batch_size``, ``layers``, ``granularity``...). The reduction is not compiled
             unless ``compile="on"`` is given.
@@ -126,7 +131,8 @@ class Monitor:
                  window: int | None = None, input_key: str | Sequence[str] | None = None,
                  input_fn: Callable[[Any], Any] | None = None, scale: float | None = None,
                  recycle: str | None = None, optimizer: torch.optim.Optimizer | None = None, atol: float = 1e-5,
-                 **scan_settings: Any) -> None:
+                 tensorboard: str | Path | None = None, mlflow: bool = False, wandb: bool = False,
+                 loggers: Sequence[Any] = (), **scan_settings: Any) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ConfigError(f"Monitor: every must be a positive number of steps, got {every!r}")
         if (probe is None) == (window is None):
@@ -178,6 +184,8 @@ class Monitor:
         self._capture: CaptureSession | None = None
         self._window_start: int | None = None
         self._window_steps = 0
+        from .loggers import open_loggers  # each library is imported only when asked for
+        self.loggers = open_loggers(tensorboard=tensorboard, mlflow=mlflow, wandb=wandb, loggers=loggers)
         if self.mode == Mode.WINDOW:
             self._open_window()
 
@@ -230,6 +238,7 @@ class Monitor:
                 else:
                     self._discard_window()
         finally:
+            self.loggers.close()
             if self._handle is not None:
                 self._handle.close()
                 self._handle = None
@@ -335,6 +344,7 @@ class Monitor:
         self.last_result = result
         if self.log_path is not None:
             self._write(record)
+        self.loggers.log(self._records, result)
         return record
 
     def _write(self, record: dict[str, Any]) -> None:
