@@ -71,7 +71,8 @@ class TagNames:
             tag, copy = base, 1
             while tag in self._taken:
                 copy += 1
-                tag = f"{base}_{copy}"
+                suffix = f"_{copy}"
+                tag = base[:MAX_TAG_CHARS - len(suffix)] + suffix
             self._tags[site] = tag
             self._taken.add(tag)
         return tag
