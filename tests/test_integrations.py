@@ -108,7 +108,7 @@ def test_lightning_probe_mode_logs_to_the_lightning_logger(tmp_path: Path) -> No
     metrics = pd.read_csv(next((tmp_path / "csv").rglob("metrics.csv")))
     logged = metrics.dropna(subset=["deadrelu/dead"]).set_index("step")
     assert logged["deadrelu/dead"].to_dict() == {0: 2.0, 4: 2.0, 8: 3.0, 12: 3.0}
-    assert logged["deadrelu/dead_ratio/1"].to_dict()[8] == pytest.approx(3 / 12)
+    assert logged["deadrelu/1/dead_ratio"].to_dict()[8] == pytest.approx(3 / 12)
 
 
 def test_lightning_probe_needs_a_forward_or_a_module(tmp_path: Path) -> None:
@@ -150,7 +150,7 @@ class HFRegressor(nn.Module):
 
 
 
-def fit_hf(callback, tmp_path: Path):
+def fit_hf(callback, tmp_path: Path, report_to: list[str] | None = None):
     transformers = pytest.importorskip("transformers", reason="transformers is not installed "
                                                               "(pip install 'deadrelu[hf]')")
 
@@ -161,7 +161,7 @@ def fit_hf(callback, tmp_path: Path):
     dataset = [{"x": X[k], "labels": Y[k]} for k in range(len(X))]
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / "hf"), num_train_epochs=2, per_device_train_batch_size=8, learning_rate=1e-4,
-        logging_steps=4, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
+        logging_steps=4, save_strategy="no", report_to=report_to or [], use_cpu=True, disable_tqdm=True,
         remove_unused_columns=False, lr_scheduler_type="constant", optim="sgd", seed=0)
     model = HFRegressor()
     trainer = transformers.Trainer(model=model, args=args, train_dataset=dataset, callbacks=[Killer(), callback])

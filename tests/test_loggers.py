@@ -105,13 +105,11 @@ def test_monitor_writes_tensorboard_values_equal_to_history(tmp_path: Path) -> N
 
 def test_heat_map_every_n_records(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install 'deadrelu[tensorboard]')")
-    model = make_model()
+    records = run_monitor().records  # steps 0, 4, ..., 20
     loggers = open_loggers(tensorboard=tmp_path, heat_map_every=2)
-    monitor = deadrelu.Monitor(model, probe=bounded(32), every=EVERY, loggers=loggers.loggers)
-    # the Monitor's own set draws every 10; this test drives a set of its own on the same records
-    monitor.loggers = loggers
-    train(model, monitor, bounded(64, seed=5))
-    monitor.close()
+    for count in range(1, len(records) + 1):
+        loggers.log(records[:count])
+    loggers.close()  # the 6th record was drawn already: no extra image at close
     assert [image.step for image in tensorboard_events(tmp_path).Images("deadrelu/heat_map")] == [4, 12, 20]
 
 
@@ -174,6 +172,45 @@ def test_a_fourth_logger_is_one_small_class() -> None:
     for name, values in want.items():
         assert {p.step: p.scalars[name] for p in collect.points} == pytest.approx(values), name
     assert [len(p.rates["1"]) for p in collect.points] == [16] * 6
+
+
+# -- the framework callbacks feed the trainer's own loggers -------------------------------------------
+
+
+def test_lightning_callback_writes_into_the_trainers_tensorboard_logger(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install 'deadrelu[tensorboard]')")
+    from test_integrations import PROBE, _lightning, expected, fit_lightning
+    L = _lightning()
+    from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoard
+
+    from deadrelu.integrations.lightning import DeadReluCallback
+    callback = DeadReluCallback(probe=PROBE, every=4, module="net")
+    logger = LightningTensorBoard(tmp_path, name="tb")
+    fit_lightning(L, callback, tmp_path, logger=logger)
+    events = tensorboard_events(Path(logger.log_dir))
+    for name, values in expected_scalars(callback.history).items():
+        assert close_to({e.step: e.value for e in events.Scalars(name)}, values), name
+    assert {e.step: e.value for e in events.Scalars("deadrelu/1/dead_ratio")} == \
+        pytest.approx({step: len(expected(step)) / 12 for step in (0, 4, 8, 12)})
+    assert [h.histogram_value.num for h in events.Histograms("deadrelu/1/active_rate")] == [12] * 4
+    assert [image.step for image in events.Images("deadrelu/heat_map")] == [12]
+
+
+def test_transformers_callback_writes_into_the_trainers_tensorboard_folder(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install 'deadrelu[tensorboard]')")
+    pytest.importorskip("transformers", reason="transformers is not installed (pip install 'deadrelu[hf]')")
+    from test_integrations import PROBE, expected, fit_hf
+
+    from deadrelu.integrations.transformers import DeadReluCallback
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    callback = DeadReluCallback(probe=PROBE, every=4)
+    fit_hf(callback, tmp_path, report_to=["tensorboard"])
+    events = tensorboard_events(tmp_path / "tb")
+    assert "train/loss" in events.Tags()["scalars"]  # the Trainer's own TensorBoard callback, same folder
+    for name, values in expected_scalars(callback.history).items():
+        assert close_to({e.step: e.value for e in events.Scalars(name)}, values), name
+    assert {e.step: e.value for e in events.Scalars("deadrelu/net.1/dead_ratio")} == \
+        pytest.approx({step: len(expected(step)) / 12 for step in (0, 4, 8, 12)})
 
 
 # -- MLflow ---------------------------------------------------------------------------------------

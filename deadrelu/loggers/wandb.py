@@ -36,15 +36,23 @@ class WandbLogger(Logger):
 
     def log_point(self, point: LogPoint) -> None:
         wandb = self._wandb
-        data: dict[str, Any] = dict(point.scalars)
+        data: dict[str, Any] = {**point.scalars, f"{point.prefix}/step": point.step}
         data[f"{point.prefix}/sites"] = wandb.Table(dataframe=point.sites.drop(columns=["step"]))
         for tag, rates in point.rates.items():
             if rates.size:
                 data[f"{point.prefix}/{tag}/active_rate"] = wandb.Histogram(rates)
-        self.run.log(data, step=point.step)
+        self._log(data, point.step)
 
     def log_heat_map(self, figure: Figure, step: int, prefix: str) -> None:
-        self.run.log({f"{prefix}/heat_map": self._wandb.Image(figure_pixels(figure))}, step=step)
+        self._log({f"{prefix}/heat_map": self._wandb.Image(figure_pixels(figure))}, step)
+
+    def _log(self, data: dict[str, Any], step: int) -> None:
+        # W&B drops a row logged at a step before the run's current one (a Trainer's WandbCallback
+        # counts its own steps): then the row goes to the current step, and <prefix>/step says which it is.
+        if step >= self.run.step:
+            self.run.log(data, step=step)
+        else:
+            self.run.log(data)
 
     def close(self) -> None:
         if self._started:
