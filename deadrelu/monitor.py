@@ -73,27 +73,6 @@ def preserved_rng() -> Iterator[None]:
         random.setstate(python_state)
 
 
-def record_metrics(record: Mapping[str, Any], prefix: str = "deadrelu") -> dict[str, float]:
-    """Scalars of one record for a metrics logger: totals and each site's dead share.
-
-    Args:
-        record: a monitor record.
-        prefix: metric name prefix.
-
-    Returns:
-        ``{prefix/dead, prefix/dead_ratio, prefix/dormant_ratio, prefix/dead_ratio/<site>...}``.
-    """
-    sites = record["sites"]
-    units = sum(site["units"] for site in sites)
-    dead = sum(site["dead"] for site in sites)
-    dormant = sum(site["dormant"] for site in sites)
-    metrics = {f"{prefix}/dead": float(dead), f"{prefix}/dead_ratio": dead / units if units else 0.0,
-               f"{prefix}/dormant_ratio": dormant / units if units else 0.0}
-    for site in sites:
-        metrics[f"{prefix}/dead_ratio/{site['name']}"] = site["dead"] / site["units"] if site["units"] else 0.0
-    return metrics
-
-
 class Monitor:
     """Scan a model every ``every`` training steps and keep the history of dead units.
 
