@@ -49,12 +49,13 @@ _LAZY: dict[str, str] = {
     "prune": "deadrelu.repair", "recycle": "deadrelu.repair", "reinit": "deadrelu.repair",
     "swap_activations": "deadrelu.repair", "RepairError": "deadrelu.repair", "RepairRefused": "deadrelu.repair",
     "ResultFormatError": "deadrelu.errors",
+    "loggers": "deadrelu.loggers",
 }
 
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import capture
+    from . import capture, loggers
     from .capture.session import CaptureSession
     from .errors import (CaptureError, ConfigError, DataLoadError, DeadReluError, ForwardError, ModelLoadError,
                          OutputError, ResultFormatError, UnsafePickleError)
@@ -75,8 +76,9 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'deadrelu' has no attribute {name!r}")
-    # deadrelu.capture is the capture package itself, whose module type is callable.
-    value = importlib.import_module(module) if name == "capture" else getattr(importlib.import_module(module), name)
+    # deadrelu.capture is the capture package itself, whose module type is callable; so is deadrelu.loggers.
+    value = importlib.import_module(module) if name in ("capture", "loggers") \
+        else getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 

@@ -234,6 +234,8 @@ def scan(
         targets.check({"MODEL": model, "DATA": data, "--weights": weights, "--config": config,
                        "--import": import_files, "--arch": _spec_file(arch), "--model": _spec_file(model_spec),
                        "--data": _spec_file(data_spec), "--tokenizer": tokenizer})
+        from .loggers import check_installed
+        check_installed(tensorboard=tensorboard is not None, mlflow=mlflow, wandb=wandb)  # before a long scan
         from .load.huggingface import has_tokenizer, is_encoder_decoder, is_model_folder
         from .distributed import is_main_process, set_timeout
         from .load.sources import open_data, open_model

@@ -140,16 +140,18 @@ def test_scan_cli_writes_one_tensorboard_step(runner, files, tmp_path: Path) -> 
 
 
 def test_missing_library_is_one_line_naming_the_extra(runner, files, tmp_path: Path, monkeypatch) -> None:
-    for module in ("torch.utils.tensorboard", "mlflow", "wandb"):
+    for module in ("tensorboard", "torch.utils.tensorboard", "mlflow", "wandb"):
         monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
     for options, extra in (({"tensorboard": tmp_path}, "tensorboard"), ({"mlflow": True}, "mlflow"),
                            ({"wandb": True}, "wandb")):
         with pytest.raises(MissingExtraError, match=rf"pip install 'deadrelu\[{extra}\]'") as caught:
             deadrelu.Monitor(make_model(), probe=bounded(8), **options)
         assert isinstance(caught.value, ConfigError) and isinstance(caught.value, ModuleNotFoundError)
-    result = scan_files(runner, files, "--tensorboard", tmp_path / "tb")
-    assert result.exit_code == 2
-    assert "pip install 'deadrelu[tensorboard]'" in result.output
+    for option, extra in (("--tensorboard", "tensorboard"), ("--mlflow", "mlflow"), ("--wandb", "wandb")):
+        result = scan_files(runner, files, *([option, tmp_path / "tb"] if extra == "tensorboard" else [option]), "-q")
+        assert result.exit_code == 2
+        assert f"pip install 'deadrelu[{extra}]'" in result.output
+        assert "units dead" not in result.output  # refused before the scan, not after it
     assert not (tmp_path / "tb").exists()
 
 
@@ -321,3 +323,10 @@ def test_monitor_logs_to_wandb_offline(tmp_path: Path, monkeypatch) -> None:
         [(row.site, row.site, row.dead, row.newly_dead) for row in at_8.itertuples()]
     assert by_step[20]["deadrelu/heat_map"]["_type"] == "image-file"
     assert by_step[8]["deadrelu/1/active_rate"]["_type"] == "histogram"
+
+
+def test_an_mlflow_store_it_cannot_use_is_a_config_error(mlflow_store) -> None:
+    mlflow_store.set_tracking_uri("nosuchscheme://here")
+    with pytest.raises(ConfigError, match="MLflow cannot start a run at nosuchscheme://here") as caught:
+        deadrelu.Monitor(make_model(), probe=bounded(8), mlflow=True)
+    assert "MLFLOW_TRACKING_URI" in caught.value.hint

@@ -12,6 +12,7 @@ is imported only when its logger is made, and a missing one is one line naming t
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -86,6 +87,25 @@ class LoggerSet:
         self._since_heat_map = 0
 
 
+def check_installed(*, tensorboard: bool = False, mlflow: bool = False, wandb: bool = False) -> None:
+    """Fail before a long scan, not after it, when a logger's library is missing.
+
+    Raises:
+        MissingExtraError: naming the extra to install.
+    """
+    from importlib.util import find_spec
+    for wanted, module, extra in ((tensorboard, "tensorboard", "tensorboard"), (mlflow, "mlflow", "mlflow"),
+                                  (wandb, "wandb", "wandb")):
+        if not wanted:
+            continue
+        try:
+            found = sys.modules[module] is not None if module in sys.modules else find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise missing_extra(module, extra)
+
+
 def open_loggers(*, tensorboard: str | Path | None = None, mlflow: bool = False, wandb: bool = False,
                  loggers: Sequence[Logger] = (), prefix: str = "deadrelu",
                  heat_map_every: int = HEAT_MAP_EVERY) -> LoggerSet:
@@ -150,5 +170,5 @@ def log_scan(result: ScanResult, *, step: int = 0, tensorboard: str | Path | Non
     return point
 
 
-__all__ = ["Logger", "LogPoint", "LoggerSet", "MissingExtraError", "TagNames", "log_scan", "make_point",
+__all__ = ["Logger", "LogPoint", "LoggerSet", "MissingExtraError", "TagNames", "check_installed", "log_scan", "make_point",
            "missing_extra", "open_loggers", "record_rows", "HEAT_MAP_EVERY"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from ..errors import ConfigError, first_line
 from .base import LogPoint, Logger, missing_extra
 
 if TYPE_CHECKING:
@@ -33,11 +34,17 @@ class MlflowLogger(Logger):
             from mlflow.tracking import MlflowClient
         except ImportError:
             raise missing_extra("mlflow", "mlflow") from None
+        from mlflow.exceptions import MlflowException
         self._mlflow, self._metric = mlflow, Metric
         active = mlflow.active_run()
         self._started = active is None
-        self.run_id: str = (active or mlflow.start_run(run_name="deadrelu")).info.run_id
-        self.client = MlflowClient()
+        try:
+            self.run_id: str = (active or mlflow.start_run(run_name="deadrelu")).info.run_id
+            self.client = MlflowClient()
+        except MlflowException as exc:  # no tracking store this client can use
+            raise ConfigError(f"MLflow cannot start a run at {mlflow.get_tracking_uri()}: {first_line(exc, 160)}",
+                              hint="set MLFLOW_TRACKING_URI to your server (http://...), or start a run "
+                                   "yourself (mlflow.start_run()) before deadrelu logs to it") from None
 
     def log_point(self, point: LogPoint) -> None:
         now = int(time.time() * 1000)

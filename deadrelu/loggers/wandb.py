@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ConfigError, first_line
 from .base import LogPoint, Logger, figure_pixels, missing_extra
 
 if TYPE_CHECKING:
@@ -32,7 +33,13 @@ class WandbLogger(Logger):
         self._wandb = wandb
         run = run if run is not None else wandb.run
         self._started = run is None
-        self.run = run if run is not None else wandb.init(project="deadrelu")
+        if run is None:
+            try:
+                run = wandb.init(project="deadrelu")
+            except Exception as exc:  # not logged in, no network: wandb's own errors vary by version
+                raise ConfigError(f"W&B cannot start a run: {first_line(exc, 160)}",
+                                  hint="wandb login, or WANDB_MODE=offline (sync later with wandb sync)") from None
+        self.run = run
 
     def log_point(self, point: LogPoint) -> None:
         wandb = self._wandb
