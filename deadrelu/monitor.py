@@ -217,10 +217,10 @@ class Monitor:
                 else:
                     self._discard_window()
         finally:
-            self.loggers.close()
             if self._handle is not None:
                 self._handle.close()
                 self._handle = None
+            self.loggers.close()  # the last heat map, then files and runs let go
 
     def __enter__(self) -> Monitor:
         return self

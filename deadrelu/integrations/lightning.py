@@ -46,7 +46,7 @@ def _adapters(trainer: Trainer) -> list[Logger]:
     try:
         from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoard
     except ImportError:
-        from pytorch_lightning.loggers import TensorBoardLogger as LightningTensorBoard  # type: ignore[no-redef]
+        from pytorch_lightning.loggers import TensorBoardLogger as LightningTensorBoard  # type: ignore[no-redef,assignment]
     adapters: list[Logger] = []
     for logger in trainer.loggers:
         if isinstance(logger, LightningTensorBoard):

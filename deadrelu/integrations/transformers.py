@@ -39,7 +39,7 @@ def _tensorboard_dir(args: TrainingArguments) -> Path:
     chosen = os.environ.get("TENSORBOARD_LOGGING_DIR")
     if chosen:
         return Path(chosen).expanduser()
-    runs = Path(args.output_dir) / "runs"
+    runs = Path(args.output_dir or ".") / "runs"
     made = [folder for folder in runs.iterdir() if folder.is_dir()] if runs.is_dir() else []
     return max(made, key=lambda folder: folder.stat().st_mtime) if made else runs / "deadrelu"
 
