@@ -181,7 +181,7 @@ def make_point(records: list[dict[str, Any]], tags: TagNames, prefix: str = "dea
                     result=result)
 
 
-def figure_pixels(figure: Figure, dpi: int = 80) -> np.ndarray:
+def figure_pixels(figure: Figure, dpi: int = 100) -> np.ndarray:
     """A figure drawn with Agg, as an ``(height, width, 3)`` uint8 array."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     canvas = FigureCanvasAgg(figure)
