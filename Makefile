@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml setup.py deadrelu/fused_kernel.c deadrelu/_fused.c dead
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_CPU)
 	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/constraints.txt
-	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[test,formats,hf,lightning]'
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[test,formats,hf,lightning,tensorboard,mlflow,wandb]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -63,11 +63,14 @@ _LAZY: dict[str, str] = {
     "SwapReport": "deadrelu.repair",
     "NonFinitePolicy": "deadrelu.settings", "CompileMode": "deadrelu.settings", "InputDtype": "deadrelu.settings",
     "UnsupportedTorchError": "deadrelu.errors",
+    # optional integrations' package (adapters import their library only when a logger is made)
+    "loggers": "deadrelu.loggers",
 }
 
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from . import loggers
     from .capturing.session import CaptureSession, capture
     from .errors import (CaptureError, ConfigError, DataLoadError, DeadReluError, ForwardError, ModelLoadError,
                          OutputError, ResultFormatError, UnsafePickleError)
@@ -100,7 +103,8 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'deadrelu' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    # deadrelu.loggers is the package itself (its loggers are its attributes).
+    value = importlib.import_module(module) if name == "loggers" else getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 

@@ -25,6 +25,7 @@ from .commands.options import (CAPTURE, DATA, MODEL, RUN, THRESHOLDS, DebugOptio
                                HtmlOption, JsonOption, JunitOption, MarkdownOption, MaxDeadRatioOption,
                                MaxLayerDeadRatioOption, OutOption, PngDirOption, QuietOption, ShowUnitsOption,
                                VerboseOption)
+from .commands.options import MlflowOption, StepOption, TensorboardOption, WandbOption
 from .commands.common import EXIT_GATE_FAILED, EXIT_INTERRUPTED, EXIT_OK, error_exit, stderr, stdout
 from .commands.common import positionals as _positionals
 from .commands.common import spec_file as _spec_file
@@ -193,6 +194,10 @@ def scan(
     out_dir: OutOption = None,
     junit_path: JunitOption = None,
     markdown_path: MarkdownOption = None,
+    tensorboard: TensorboardOption = None,
+    mlflow: MlflowOption = False,
+    wandb: WandbOption = False,
+    step: StepOption = 0,
     show_units: ShowUnitsOption = False,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
@@ -231,6 +236,8 @@ def scan(
         targets.check({"MODEL": model, "DATA": data, "--weights": weights, "--config": config,
                        "--import": import_files, "--arch": _spec_file(arch), "--model": _spec_file(model_spec),
                        "--data": _spec_file(data_spec), "--tokenizer": tokenizer})
+        from .loggers import check_installed
+        check_installed(tensorboard=tensorboard is not None, mlflow=mlflow, wandb=wandb)  # before a long scan
         from .load.huggingface import has_tokenizer, is_encoder_decoder, is_model_folder
         from .distributed import is_main_process, set_timeout
         from .load.sources import open_data, open_model
@@ -256,6 +263,9 @@ def scan(
         if main_process:
             _emit(result, json_path, quiet, show_units, verbose)
             _write_reports(result, targets, json_path, quiet, (junit_path, markdown_path))
+            if tensorboard is not None or mlflow or wandb:
+                from .loggers import log_scan
+                log_scan(result, step=step, tensorboard=tensorboard, mlflow=mlflow, wandb=wandb)
             if result.data.get("partial"):
                 # --partial-on-interrupt: the report of what was seen is out, and the run was still cut short.
                 stderr.print(f"interrupted: the report covers the {result.data.get('samples')} samples scanned "

@@ -73,27 +73,6 @@ def preserved_rng() -> Iterator[None]:
         random.setstate(python_state)
 
 
-def record_metrics(record: Mapping[str, Any], prefix: str = "deadrelu") -> dict[str, float]:
-    """Scalars of one record for a metrics logger: totals and each site's dead share.
-
-    Args:
-        record: a monitor record.
-        prefix: metric name prefix.
-
-    Returns:
-        ``{prefix/dead, prefix/dead_ratio, prefix/dormant_ratio, prefix/dead_ratio/<site>...}``.
-    """
-    sites = record["sites"]
-    units = sum(site["units"] for site in sites)
-    dead = sum(site["dead"] for site in sites)
-    dormant = sum(site["dormant"] for site in sites)
-    metrics = {f"{prefix}/dead": float(dead), f"{prefix}/dead_ratio": dead / units if units else 0.0,
-               f"{prefix}/dormant_ratio": dormant / units if units else 0.0}
-    for site in sites:
-        metrics[f"{prefix}/dead_ratio/{site['name']}"] = site["dead"] / site["units"] if site["units"] else 0.0
-    return metrics
-
-
 class Monitor:
     """Scan a model every ``every`` training steps and keep the history of dead units.
 
@@ -113,6 +92,11 @@ class Monitor:
             columns is reset (Adam moments, momentum).
         atol: with ``recycle`` and a probe, the allowed output change of a recycle (relative to
             the largest output); a recycle beyond it is undone and recorded as refused.
+        tensorboard: also write each record into this TensorBoard log folder (scalars, per-site
+            active-rate histograms, the heat map every 10 records); ``deadrelu[tensorboard]``.
+        mlflow: also log each record to the active MLflow run (or one started here); ``deadrelu[mlflow]``.
+        wandb: also log each record to the active W&B run (or one started here); ``deadrelu[wandb]``.
+        loggers: more ``deadrelu.loggers.Logger`` objects to feed each record to.
         **scan_settings: any ``deadrelu.scan`` setting (``tau``, ``dead_threshold``,
             ``batch_size``, ``layers``, ``granularity``...). The reduction is not compiled
             unless ``compile="on"`` is given.
@@ -126,7 +110,8 @@ class Monitor:
                  window: int | None = None, input_key: str | Sequence[str] | None = None,
                  input_fn: Callable[[Any], Any] | None = None, scale: float | None = None,
                  recycle: str | None = None, optimizer: torch.optim.Optimizer | None = None, atol: float = 1e-5,
-                 **scan_settings: Any) -> None:
+                 tensorboard: str | Path | None = None, mlflow: bool = False, wandb: bool = False,
+                 loggers: Sequence[Any] = (), **scan_settings: Any) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ConfigError(f"Monitor: every must be a positive number of steps, got {every!r}")
         if (probe is None) == (window is None):
@@ -178,6 +163,8 @@ class Monitor:
         self._capture: CaptureSession | None = None
         self._window_start: int | None = None
         self._window_steps = 0
+        from .loggers import open_loggers  # each library is imported only when asked for
+        self.loggers = open_loggers(tensorboard=tensorboard, mlflow=mlflow, wandb=wandb, loggers=loggers)
         if self.mode == Mode.WINDOW:
             self._open_window()
 
@@ -233,6 +220,7 @@ class Monitor:
             if self._handle is not None:
                 self._handle.close()
                 self._handle = None
+            self.loggers.close()  # the last heat map, then files and runs let go
 
     def __enter__(self) -> Monitor:
         return self
@@ -335,6 +323,7 @@ class Monitor:
         self.last_result = result
         if self.log_path is not None:
             self._write(record)
+        self.loggers.log(self._records, result)
         return record
 
     def _write(self, record: dict[str, Any]) -> None:

@@ -108,7 +108,7 @@ def test_lightning_probe_mode_logs_to_the_lightning_logger(tmp_path: Path) -> No
     metrics = pd.read_csv(next((tmp_path / "csv").rglob("metrics.csv")))
     logged = metrics.dropna(subset=["deadrelu/dead"]).set_index("step")
     assert logged["deadrelu/dead"].to_dict() == {0: 2.0, 4: 2.0, 8: 3.0, 12: 3.0}
-    assert logged["deadrelu/dead_ratio/1"].to_dict()[8] == pytest.approx(3 / 12)
+    assert logged["deadrelu/1/dead_ratio"].to_dict()[8] == pytest.approx(3 / 12)
 
 
 def test_lightning_probe_needs_a_forward_or_a_module(tmp_path: Path) -> None:
@@ -150,7 +150,7 @@ class HFRegressor(nn.Module):
 
 
 
-def fit_hf(callback, tmp_path: Path):
+def fit_hf(callback, tmp_path: Path, report_to: list[str] | None = None):
     transformers = pytest.importorskip("transformers", reason="transformers is not installed "
                                                               "(pip install 'deadrelu[hf]')")
 
@@ -161,7 +161,7 @@ def fit_hf(callback, tmp_path: Path):
     dataset = [{"x": X[k], "labels": Y[k]} for k in range(len(X))]
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / "hf"), num_train_epochs=2, per_device_train_batch_size=8, learning_rate=1e-4,
-        logging_steps=4, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
+        logging_steps=4, save_strategy="no", report_to=report_to or [], use_cpu=True, disable_tqdm=True,
         remove_unused_columns=False, lr_scheduler_type="constant", optim="sgd", seed=0)
     model = HFRegressor()
     trainer = transformers.Trainer(model=model, args=args, train_dataset=dataset, callbacks=[Killer(), callback])
@@ -201,8 +201,11 @@ def test_transformers_window_mode(tmp_path: Path) -> None:
 
 def test_import_deadrelu_imports_no_framework() -> None:
     import subprocess
-    code = ("import sys, deadrelu, deadrelu.cli, deadrelu.monitor; "
-            "print(any(m.split('.')[0] in ('lightning', 'pytorch_lightning', 'transformers') for m in sys.modules))")
+    # a Monitor without loggers imports no logging library either
+    code = ("import sys, torch, deadrelu, deadrelu.cli, deadrelu.monitor; "
+            "deadrelu.Monitor(torch.nn.ReLU(), probe=torch.ones(2, 3), every=1).step(0); "
+            "print(any(m.split('.')[0] in ('lightning', 'pytorch_lightning', 'transformers', 'tensorboard', "
+            "'mlflow', 'wandb') or m == 'torch.utils.tensorboard' for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
     assert out.stdout.strip() == "False"

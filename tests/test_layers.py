@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, ...]] = [
     # every output: terminal, HTML, notebook, plots, JUnit, markdown, files
     ("render",),
     # entry points: the command line, ``deadrelu.Monitor`` while training, the framework callbacks
-    ("cli", "commands", "monitor", "integrations", "__main__"),
+    ("cli", "commands", "monitor", "loggers", "integrations", "__main__"),
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

@@ -49,3 +49,20 @@ MarkdownOption = Annotated[Optional[Path], typer.Option(
 __all__ = ["MODEL", "DATA", "CAPTURE", "THRESHOLDS", "GATE", "OUTPUT", "RUN", "JsonOption", "HtmlOption",
            "PngDirOption", "OutOption", "ShowUnitsOption", "QuietOption", "VerboseOption", "DebugOption",
            "MaxDeadRatioOption", "MaxLayerDeadRatioOption", "FailOnOption", "FailOn", "JunitOption", "MarkdownOption"]
+
+# -- metrics loggers (deadrelu.loggers) --------------------------------------------------------
+TensorboardOption = Annotated[Optional[Path], typer.Option(
+    "--tensorboard", metavar="DIR", rich_help_panel=OUTPUT,
+    help="Also write the scan into this TensorBoard log folder (scalars, active-rate histograms, heat map) as "
+         "one step; needs the tensorboard extra.")]
+MlflowOption = Annotated[bool, typer.Option(
+    "--mlflow", rich_help_panel=OUTPUT,
+    help="Also log the scan to MLflow (the active run, or a new one; MLFLOW_TRACKING_URI), with the HTML "
+         "report and JSON as artifacts; needs the mlflow extra.")]
+WandbOption = Annotated[bool, typer.Option(
+    "--wandb", rich_help_panel=OUTPUT,
+    help="Also log the scan to Weights & Biases (a new run in project deadrelu; WANDB_MODE=offline works); "
+         "needs the wandb extra.")]
+StepOption = Annotated[int, typer.Option(
+    "--step", metavar="N", rich_help_panel=OUTPUT, help="The training step to log the scan at.")]
+__all__ += ["TensorboardOption", "MlflowOption", "WandbOption", "StepOption"]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 from torch import nn
 
 from ..errors import ConfigError
-from ..monitor import Monitor, record_metrics
+from ..loggers import Logger, LoggerSet, make_point
+from ..monitor import Monitor
 
 
 class MonitorCallbackBase:
@@ -36,9 +37,11 @@ class MonitorCallbackBase:
         self.prefix = prefix
         self.module = module
         self.monitor: Monitor | None = None
+        self.loggers = LoggerSet([], prefix=prefix)
 
-    def _start(self, model: nn.Module, no_forward: tuple[Any, ...] = ()) -> None:
-        """Make the Monitor; ``no_forward``: ``forward`` methods that only raise (a base class's)."""
+    def _start(self, model: nn.Module, no_forward: tuple[Any, ...] = (), loggers: Sequence[Logger] = ()) -> None:
+        """Make the Monitor; ``no_forward``: ``forward`` methods that only raise (a base class's);
+        ``loggers``: adapters over the framework's own loggers, fed every record."""
         if self.monitor is not None:
             return
         if self.module is not None:
@@ -54,17 +57,27 @@ class MonitorCallbackBase:
                               "be fed to it", hint=f"name the network to scan: {type(self).__name__}(..., "
                                                    f"module={(children or ['net'])[0]!r})")
         self.monitor = Monitor(model, **self.options)
+        self.loggers = LoggerSet(loggers, prefix=self.prefix)
 
     def _step(self, step: int) -> dict[str, float] | None:
-        """Advance the monitor; the metrics of the record written, if any."""
+        """Advance the monitor; the record written, if any, goes to the loggers and its scalars are returned."""
         if self.monitor is None:
             return None
-        record = self.monitor.step(step)
-        return None if record is None else record_metrics(record, self.prefix)
+        if self.monitor.step(step) is None:
+            return None
+        records, result = self.monitor.records, self.monitor.last_result
+        point = self.loggers.log(records, result) or make_point(records, self.loggers.tags, self.prefix)
+        return point.scalars
 
     def _stop(self) -> None:
         if self.monitor is not None:
-            self.monitor.close()
+            try:
+                written = len(self.monitor.records)
+                self.monitor.close()  # a window with steps in it is recorded here
+                if len(self.monitor.records) > written and self.loggers:
+                    self.loggers.log(self.monitor.records, self.monitor.last_result)
+            finally:
+                self.loggers.close()
 
     @property
     def history(self) -> pd.DataFrame:

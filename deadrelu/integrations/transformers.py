@@ -5,15 +5,22 @@
                                                                                   log="runs/exp1/deadrelu.jsonl")])
 
 Steps are optimizer steps (``state.global_step``). Each scan's metrics
-(``deadrelu/dead_ratio``, ``deadrelu/dead_ratio/<site>``...) are added to
+(``deadrelu/dead_ratio``, ``deadrelu/<site>/dead_ratio``...) are added to
 ``trainer.state.log_history`` (saved in ``trainer_state.json``) and to the next ``logs``
-the Trainer reports, for the callbacks after this one. Only the main process monitors.
+the Trainer reports, for the callbacks after this one. The ``report_to`` integrations come
+before it, so the loggers they write to are fed here directly: ``tensorboard`` into the
+TensorBoard callback's folder (``TENSORBOARD_LOGGING_DIR``, else the newest folder under
+``output_dir/runs``), ``mlflow`` to the active MLflow run, ``wandb`` to the active W&B run
+(scalars, and per-site histograms and the heat map where the logger keeps them). Only the main
+process monitors.
 With a probe, ``input_key``/``input_fn`` say how its batches feed the model (a dict
 probe batch with ``input_ids`` is fed as keyword arguments through ``input_fn``).
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from . import missing_extra
@@ -23,7 +30,34 @@ try:
 except ImportError:
     raise missing_extra("transformers", "hf", "transformers") from None
 
+from ..loggers import Logger
 from ._common import MonitorCallbackBase
+
+
+def _tensorboard_dir(args: TrainingArguments) -> Path:
+    """The folder the Trainer's TensorBoard callback writes to (it made it before this callback ran)."""
+    chosen = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    if chosen:
+        return Path(chosen).expanduser()
+    runs = Path(args.output_dir or ".") / "runs"
+    made = [folder for folder in runs.iterdir() if folder.is_dir()] if runs.is_dir() else []
+    return max(made, key=lambda folder: folder.stat().st_mtime) if made else runs / "deadrelu"
+
+
+def _adapters(args: TrainingArguments) -> list[Logger]:
+    """deadrelu loggers for the ``report_to`` integrations it has an adapter for."""
+    report_to = args.report_to if isinstance(args.report_to, (list, tuple)) else [args.report_to]
+    adapters: list[Logger] = []
+    if "tensorboard" in report_to:
+        from ..loggers.tensorboard import TensorBoardLogger
+        adapters.append(TensorBoardLogger(_tensorboard_dir(args)))
+    if "mlflow" in report_to:
+        from ..loggers.mlflow import MlflowLogger
+        adapters.append(MlflowLogger())
+    if "wandb" in report_to:
+        from ..loggers.wandb import WandbLogger
+        adapters.append(WandbLogger())
+    return adapters
 
 
 class DeadReluCallback(MonitorCallbackBase, TrainerCallback):
@@ -45,8 +79,8 @@ class DeadReluCallback(MonitorCallbackBase, TrainerCallback):
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        model: Any = None, **kwargs: Any) -> None:
-        if state.is_world_process_zero and model is not None:
-            self._start(model)
+        if state.is_world_process_zero and model is not None and self.monitor is None:
+            self._start(model, loggers=_adapters(args))
 
     def on_substep_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        **kwargs: Any) -> None:
