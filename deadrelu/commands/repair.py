@@ -15,6 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..errors import ConfigError
+from ..render.text import wrap_hanging
 from .options import DATA as DATA_PANEL
 from .options import MODEL as MODEL_PANEL
 from .options import OUTPUT as OUT_PANEL
@@ -210,7 +211,7 @@ def prune(
                 console.print("new shapes: " + "; ".join(f"{name} {tuple(old)} -> {tuple(new)}"
                                                          for name, old, new in report.shapes), markup=False)
             for line in written:
-                console.print(f"wrote {line}", markup=False, soft_wrap=True)
+                console.print(wrap_hanging(f"wrote {line}", console.width, 6), markup=False, soft_wrap=True)
             if not written:
                 console.print("nothing written (give --out NAME.pt2 and/or --state-dict NAME.pt)", markup=False)
         _write_json(json_path, _payload("prune", report, written))
@@ -284,7 +285,7 @@ def fix(
                                            kwargs=kwargs))
         console.print(render.repair_report(report))
         for line in written:
-            console.print(f"wrote {line}", markup=False, soft_wrap=True)
+            console.print(wrap_hanging(f"wrote {line}", console.width, 6), markup=False, soft_wrap=True)
         if not written:
             console.print("nothing written (give --out PATH)", markup=False)
         _write_json(json_path, _payload("fix", report, written))

@@ -1,7 +1,7 @@
 """Terminal rendering: rich renderables built from a ``ScanResult``; printing is the caller's.
 
 Laid out for 80 columns: the verdict first, then only the sites with a problem (each name
-in full, shortened in the middle only when it cannot fit), the clean ones as one line,
+in full, never cut: when names do not fit beside the numbers, each site takes two lines), the clean ones as one line,
 then one line per suggestion with its rank and the dead units it explains. Code is never
 soft-wrapped (a wrapped comment pasted into Python is a syntax error): ``verbose`` prints
 it whole, unwrapped, as the HTML and JSON reports do. ``width=None`` means "no limit"
@@ -41,12 +41,23 @@ def worst_first(result: ScanResult) -> list[SiteResult]:
     return worst_sites(result)
 
 
-def middle(name: str, limit: int) -> str:
-    """``name`` shortened in the middle to ``limit`` characters (unchanged when it fits)."""
-    if limit <= 0 or len(name) <= limit:
-        return name
-    keep = max(limit - 1, 2)
-    return name[: keep // 2] + "…" + name[-(keep - keep // 2):]
+def _row_style(site: SiteResult) -> str:
+    return ROW_STYLE[site_level(site)] if not leaky(site) or site.saturated else "cyan"
+
+
+def _stacked_table(title: str, columns: list[tuple[str, str]], widths: list[int],
+                   rows: list[tuple[SiteResult, list[str]]]) -> Table:
+    """Each site on two lines: the name whole, then its numbers under the column heads, indented."""
+    def line(cells: list[str]) -> str:
+        return "    " + "  ".join(cell.ljust(size) if justify == "left" else cell.rjust(size)
+                                  for cell, size, (_, justify) in zip(cells, widths, columns))
+    table = Table(title=title, title_justify="left", header_style="bold", box=None, pad_edge=False,
+                  padding=(0, 1, 0, 1), show_edge=False)
+    table.add_column("site\n" + line([column_title for column_title, _ in columns]), no_wrap=True,
+                     overflow="ignore")
+    for site, cells in rows:
+        table.add_row(Text(visible(site.name) + "\n" + line(cells), style=_row_style(site)))
+    return table
 
 
 def _share(count: int, units: int) -> str:
@@ -100,24 +111,23 @@ def layer_table(result: ScanResult, limit: int | None = DEFAULT_ROWS, width: int
             cells.append(str(site.dormant))
         cells.append(_rate(site.active_rate_mean))
         rows.append((site, cells))
-    # Names get what the other columns leave (2 spaces of padding per column, 2 of indent).
-    name_room = None
-    if width is not None:
-        others = sum(max(len(title), *(len(cells[k]) for _, cells in rows)) if rows else len(title)
-                     for k, (title, _) in enumerate(columns))
-        name_room = max(12, width - others - 2 * (len(columns) + 1) - 2)
+    # Names are never cut: when the longest does not fit beside the numbers (2 spaces of
+    # padding per column, 2 of indent), each site takes two lines, its name whole on the first.
     title = "Activation sites, worst first" if not all_sites else "Activation sites, worst first (all)"
-    table = Table(title=title, title_justify="left", header_style="bold", box=None, pad_edge=False,
-                  padding=(0, 1, 0, 1), show_edge=False)
-    table.add_column("site", no_wrap=True, overflow="ignore")
-    for column_title, justify in columns:
-        table.add_column(column_title, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    for site, cells in rows:
-        name = visible(site.name)
-        if name_room is not None:
-            name = middle(name, name_room)
-        style = ROW_STYLE[site_level(site)] if not leaky(site) or site.saturated else "cyan"
-        table.add_row(escape(name), *(escape(c) for c in cells), style=style)
+    longest = max((len(visible(site.name)) for site, _ in rows), default=0)
+    widths = [max([len(column_title), *(len(cells[k]) for _, cells in rows)]) for k, (column_title, _) in
+              enumerate(columns)]
+    stacked = width is not None and longest + sum(widths) + 2 * (len(columns) + 1) + 2 > width
+    if stacked:
+        table = _stacked_table(title, columns, widths, rows)
+    else:
+        table = Table(title=title, title_justify="left", header_style="bold", box=None, pad_edge=False,
+                      padding=(0, 1, 0, 1), show_edge=False)
+        table.add_column("site", no_wrap=True, overflow="ignore")
+        for column_title, justify in columns:
+            table.add_column(column_title, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        for site, cells in rows:
+            table.add_row(escape(visible(site.name)), *(escape(c) for c in cells), style=_row_style(site))
     notes = []
     if hidden:
         notes.append(f"{hidden} more site(s) with dead units: --verbose or the HTML report")

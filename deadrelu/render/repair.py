@@ -30,7 +30,9 @@ def sites_table(changes: Sequence[SiteChange], verb: str) -> Table:
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
     for column, justify in (("site", "left"), ("kind", "left"), ("units", "right"), (verb, "right"),
                             ("producer > norms -> consumers, or why left alone", "left")):
-        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
+        # Site names are never cut or folded; the route column wraps at its spaces.
+        table.add_column(column, justify=justify, no_wrap=column == "site",  # type: ignore[arg-type]
+                         overflow="ignore" if column == "site" else "fold")
     for change in changes:
         if change.skipped is not None:
             table.add_row(change.site, change.kind, str(change.units), "0", Text(f"left alone: {change.skipped}",
