@@ -117,7 +117,7 @@ def diff(
             if gate is not None:
                 stderr.print(gate)
         else:
-            stdout.print(compare_render.report(result))
+            stdout.print(compare_render.report(result, width=stdout.width))
         written = []
         with written_together():
             if json_path is not None and not to_stdout_json:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
+from ..numbers import index_ranges
 from .console import worst_first
 from .text import visible
 
@@ -39,7 +40,7 @@ MAX_DETAIL_SITES = 200
 OPEN_DETAILS = 3
 #: site table rows
 MAX_TABLE_ROWS = 1000
-#: unit indices listed per verdict and site
+#: runs of unit indices listed per verdict and site (the rest are counted)
 MAX_LISTED_UNITS = 200
 #: unit map: at most this many columns; displayed at most this wide (CSS pixels)
 MAP_MAX_COLUMNS = 256
@@ -511,9 +512,7 @@ def _site_table(result: ScanResult, ordered: Sequence[SiteResult], anchors: dict
 def _unit_list(label: str, units: list[int]) -> str:
     if not units:
         return ""
-    shown = ", ".join(map(str, units[:MAX_LISTED_UNITS]))
-    more = f" … (+{len(units) - MAX_LISTED_UNITS} more)" if len(units) > MAX_LISTED_UNITS else ""
-    return f'<p class="units"><b>{_e(label)} [{len(units)}]</b>: {shown}{more}</p>'
+    return f'<p class="units"><b>{_e(label)} [{len(units)}]</b>: {_e(index_ranges(units, MAX_LISTED_UNITS))}</p>'
 
 
 def _site_detail(result: ScanResult, site: SiteResult, anchor: str, opened: bool,
