@@ -24,6 +24,7 @@ from .commands.options import (CAPTURE, DATA, MODEL, RUN, THRESHOLDS, DebugOptio
                                JsonOption, JunitOption, MarkdownOption, MaxDeadRatioOption,
                                MaxLayerDeadRatioOption, OutOption, PngDirOption, QuietOption, ShowUnitsOption,
                                VerboseOption)
+from .commands.helpstyle import App, HelpGroup
 from .commands.common import EXIT_GATE_FAILED, EXIT_INTERRUPTED, EXIT_OK, error_exit, stderr, stdout
 from .commands.common import positionals as _positionals
 from .commands.common import spec_file as _spec_file
@@ -36,8 +37,21 @@ from .settings import (MAX_LINE_BYTES, CompileMode, Granularity, InputDtype, Non
 #: data formats, for help texts (a torch-free copy of ``load.data.DATA_FORMATS``)
 DATA_FILES = ".npy, .npz, .pt/.pth, .csv/.tsv, .parquet, or text (.txt/.jsonl) with a tokenizer"
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="rich",
-                  help="Find dead, saturated and dormant ReLU-family units in a PyTorch model, on your data.")
+app = App(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="rich", cls=HelpGroup,
+          help="Find dead, saturated and dormant ReLU-family units in a PyTorch model, on your data.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        stdout.print(f"deadrelu {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _root(show_version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print deadrelu's version and exit.")] = False,
+          ) -> None:
+    pass
 
 
 class _ProgressReporter:
