@@ -227,7 +227,13 @@ white-space:nowrap}table.facts td{overflow-wrap:anywhere;max-width:360px}
 ul.warnings li{margin:2px 0;overflow-wrap:anywhere}
 footer{margin-top:40px;color:var(--muted);font-size:13px}
 @media (max-width:640px){main{padding:14px 10px 40px}.verdictcard .level{font-size:22px}
-td.name{overflow-wrap:normal;white-space:nowrap;max-width:none}}
+table.sites thead{display:none}table.sites,table.sites tbody{display:block;width:100%}
+table.sites tr{display:flex;flex-wrap:wrap;gap:0 14px;padding:6px 8px;border-bottom:1px solid var(--line)}
+table.sites td{display:block;border:0;padding:0;background:none!important;text-align:left}
+table.sites tr.bad{background:#fdecea}table.sites tr.warn{background:#fff4e5}table.sites tr.leaky{background:#e8f6f8}
+table.sites td.name{flex-basis:100%;max-width:none;font-weight:600;overflow-wrap:anywhere}
+table.sites td.minor{display:none}table.sites td[data-label]::before{content:attr(data-label) " ";color:var(--muted);
+font-size:12px}table.sites .bar{display:none}}
 @media print{main{max-width:none;padding:0}img.plot{max-width:100%}details.site{break-inside:avoid}
 details::details-content{content-visibility:visible;display:block;height:auto}
 a{color:inherit;text-decoration:none}}
@@ -465,16 +471,22 @@ def _site_rows(result: ScanResult, sites: Sequence[SiteResult], anchors: dict[st
         dead = dead_no_gradient(site)
         share = dead / site.units if site.units else 0.0
         bar = f'<span class="bar" style="width:{max(share * 60, 0):.0f}px"></span> ' if dead else ""
-        cells = (f'<td class="n">{dead:,}</td><td class="n">{bar}{_pct(share)}</td>' if not leaky(site)
-                 else '<td class="n">–</td><td class="n">–</td>')
+        # data-label names a cell where a phone shows the row as a card (no header row); "minor"
+        # cells are left out there, so the name, dead and dead % fit 390 px without scrolling.
+        cells = (f'<td class="n" data-label="dead">{dead:,}</td><td class="n" data-label="dead %">{bar}{_pct(share)}'
+                 '</td>' if not leaky(site) else '<td class="n" data-label="dead">–</td><td class="n" '
+                 'data-label="dead %">–</td>')
         if saturating:
-            cells += f'<td class="n">{f"{site.saturated:,}" if site.saturation else "–"}</td>'
+            cells += (f'<td class="n" data-label="saturated">{f"{site.saturated:,}" if site.saturation else "–"}'
+                      '</td>')
         if leaky_kinds:
-            cells += f'<td class="n">{f"{never_active(site):,}" if leaky(site) else "–"}</td>'
+            cells += (f'<td class="n" data-label="never active">{f"{never_active(site):,}" if leaky(site) else "–"}'
+                      '</td>')
         rows.append(
-            f'<tr class="{tone}"><td class="n">{rank}</td><td class="name">{name}</td><td>{_e(site.kind)}</td>'
-            f'<td class="n">{position[id(site)]}</td><td class="n">{site.units:,}</td>{cells}'
-            f'<td class="n">{site.dormant:,}</td><td class="n">{_rate(site.active_rate_mean)}</td></tr>')
+            f'<tr class="{tone}"><td class="n minor">{rank}</td><td class="name">{name}</td>'
+            f'<td data-label="kind">{_e(site.kind)}</td><td class="n minor">{position[id(site)]}</td>'
+            f'<td class="n" data-label="units">{site.units:,}</td>{cells}'
+            f'<td class="n minor">{site.dormant:,}</td><td class="n minor">{_rate(site.active_rate_mean)}</td></tr>')
     return "".join(rows)
 
 
@@ -495,13 +507,13 @@ def _site_table(result: ScanResult, ordered: Sequence[SiteResult], anchors: dict
             + '<th class="n">dormant</th><th class="n">active rate</th></tr></thead>')
     table = ""
     if problems:
-        table = (f'<div class="tablebox"><table>{head}<tbody>'
+        table = (f'<div class="tablebox"><table class="sites">{head}<tbody>'
                  f'{_site_rows(result, problems, anchors, 1, saturating, leaky_kinds)}</tbody></table></div>')
     else:
         table = '<p>No site has a dead, saturated or never-active unit.</p><table></table>'
     if clean:
         table += (f'<details><summary>{len(clean)} site(s) clean (no dead or saturated unit): show them</summary>'
-                  f'<div class="tablebox"><table>{head}<tbody>'
+                  f'<div class="tablebox"><table class="sites">{head}<tbody>'
                   f'{_site_rows(result, clean, anchors, len(problems) + 1, saturating, leaky_kinds)}'
                   "</tbody></table></div></details>")
     more = (f'<p class="muted">{len(ordered) - max_rows} more site(s) not listed; all are in the JSON report.</p>'
