@@ -718,7 +718,7 @@ class ActivationCapture:
 
 
 def unsupported_summary(entries: list[list[Any]]) -> str:
-    """``19 Hardswish calls not scanned (unsupported kind); 2 NewGELUActivation modules ...``.
+    """``19 Hardswish calls not scanned (unsupported kind) at modules blocks.0.act, ...; 2 NewGELUActivation ...``.
 
     Args:
         entries: ``Coverage.unsupported`` rows ``[module, class, calls or None, why]``.
@@ -736,5 +736,7 @@ def unsupported_summary(entries: list[list[Any]]) -> str:
     for (class_name, why), (modules, calls, names) in groups.items():
         count, noun = (calls, "call") if calls else (modules, "module")
         where = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-        parts.append(f"{count} {class_name} {noun}{'s' if count != 1 else ''} not scanned ({why}: {where})")
+        # The module names follow "at module(s)": a Sequential's "1" must not read as a count.
+        parts.append(f"{count} {class_name} {noun}{'s' if count != 1 else ''} not scanned ({why}) at "
+                     f"module{'s' if len(names) != 1 else ''} {where}")
     return "; ".join(parts)
