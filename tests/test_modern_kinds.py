@@ -219,3 +219,26 @@ def test_a_tanh_only_model_names_the_module_not_a_count() -> None:
         deadrelu.scan(model, torch.randn(16, 4))
     assert "1 Tanh call not scanned (unsupported kind) at module 1" in str(caught.value)
     assert "unsupported kind: 1" not in str(caught.value)
+
+
+def test_the_layers_hint_names_sites_as_the_table_does() -> None:
+    # One ReLU module called once: the table says "0.act", so the hint must too (not "0.act#0");
+    # a module called twice keeps its call index, as in the table.
+    import pytest
+
+    from deadrelu.errors import DeadReluError
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.act, self.twice = nn.Linear(4, 4), nn.ReLU(), nn.ReLU()
+
+        def forward(self, x):
+            return self.twice(self.twice(self.act(self.fc(x))))
+
+    model = nn.Sequential(Block(), nn.Linear(4, 1))
+    names = [site.name for site in deadrelu.scan(model, torch.randn(16, 4)).sites]
+    assert names == ["0.act", "0.twice#0", "0.twice#1"]
+    with pytest.raises(DeadReluError) as caught:
+        deadrelu.scan(model, torch.randn(16, 4), layers=["blok.*"])
+    assert caught.value.hint == "sites found: 0.act, 0.twice#0, 0.twice#1"

@@ -678,7 +678,7 @@ class ActivationCapture:
         """The error for a scan in which no site ran: excluded, never ran, or nothing to capture."""
         if self.coverage.excluded:
             return CaptureError("no activation site left to scan: --layers/--exclude excluded every site",
-                                hint=f"sites found: {', '.join(self.coverage.excluded[:6])}")
+                                hint=f"sites found: {', '.join(_as_table_names(self.coverage.excluded)[:6])}")
         if self.coverage.activation_modules:
             return CaptureError("the model's activation modules never ran on this data",
                                 hint=f"modules found: {', '.join(self.coverage.activation_modules[:6])}")
@@ -715,6 +715,17 @@ class ActivationCapture:
 
     def finalize(self, record: SiteRecord) -> SiteStats:
         return record.accumulator.finalize()
+
+
+def _as_table_names(excluded: list[str]) -> list[str]:
+    """Excluded sites named as the table names them: a module called once is ``act``, not ``act#0``."""
+    calls: dict[str, int] = {}
+    for name in excluded:
+        if ":" not in name and "#" in name:
+            module = name.rpartition("#")[0]
+            calls[module] = calls.get(module, 0) + 1
+    return [name.rpartition("#")[0] if ":" not in name and name.endswith("#0") and calls.get(name[:-2]) == 1
+            else name for name in excluded]
 
 
 def unsupported_summary(entries: list[list[Any]]) -> str:
