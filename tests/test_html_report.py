@@ -361,3 +361,33 @@ def test_notebook_view_has_verdict_worst_sites_suggestions_and_a_plot_in_scoped_
     assert view.count("<rect ") == len(hostile_result.sites)
     assert view.count("<li ") == min(3, len(hostile_result.suggestions))
     assert "<script" not in view
+
+
+def test_coverage_counts_sites_not_only_modules() -> None:
+    # issue 22: 4 sites (a ReLU module called twice, another once, one F.relu) read
+    # "activation modules found 2": the row now counts the sites and says where they come from.
+    import re
+
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    import deadrelu
+    from deadrelu.render.html import report
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.twice, self.once = nn.Linear(4, 4), nn.ReLU(), nn.ReLU()
+
+        def forward(self, x):
+            return F.relu(self.once(self.twice(self.twice(self.fc(x)))) - 0.1)
+
+    result = deadrelu.scan(Net(), torch.randn(16, 4))
+    assert len(result.sites) == 4
+    page = report(result, plots=False)
+    row = re.search(r"<td>sites scanned</td><td>([^<]*)</td>", page)
+    assert row is not None, "no 'sites scanned' row"
+    assert row.group(1) == ("4: 2 activation module(s) found, 1 functional call site(s) (F.relu...); a module called "
+                            "k times per forward pass is k sites")
+    assert "activation modules found" not in page

@@ -592,7 +592,7 @@ def _run_metadata(result: ScanResult) -> str:
     coverage = result.coverage or {}
     not_run = coverage.get("not_run") or []
     excluded = coverage.get("excluded") or []
-    cov_rows = [("activation modules found", coverage.get("activation_modules")),
+    cov_rows = [("sites scanned", _sites_scanned(result)),
                 ("never ran", ", ".join(map(str, not_run[:30])) + (" …" if len(not_run) > 30 else "")),
                 ("excluded", ", ".join(map(str, excluded[:30])) + (" …" if len(excluded) > 30 else ""))]
     warnings = "".join(f"<li>{_e(w)}</li>" for w in result.warnings)
@@ -600,6 +600,22 @@ def _run_metadata(result: ScanResult) -> str:
     return (f"<h3>Model</h3>{_meta_table(model_rows)}<h3>Data</h3>{_meta_table(data_rows)}"
             f"<h3>Settings</h3>{_meta_table(settings_rows)}<h3>Environment</h3>{_meta_table(env_rows)}"
             f"<h3>Coverage</h3>{_meta_table(cov_rows)}{warnings_html}")
+
+
+def _sites_scanned(result: ScanResult) -> str:
+    """``4 sites: 2 activation modules (one called 3 times is 3 sites), 1 functional call site``."""
+    coverage = result.coverage or {}
+    sites, modules = len(result.sites), coverage.get("activation_modules")
+    functional = int(coverage.get("functional_sites") or 0)
+    if modules is None:
+        return f"{sites:,}"
+    parts = [f"{modules:,} activation module(s) found"]
+    if functional:
+        parts.append(f"{functional:,} functional call site(s) (F.relu...)")
+    text = f"{sites:,}: " + ", ".join(parts)
+    if sites > int(modules) + functional:
+        text += "; a module called k times per forward pass is k sites"
+    return text
 
 
 def _overview_plots(result: ScanResult) -> str:
