@@ -391,3 +391,52 @@ def test_coverage_counts_sites_not_only_modules() -> None:
     assert row.group(1) == ("4: 2 activation module(s) found, 1 functional call site(s) (F.relu...); a module called "
                             "k times per forward pass is k sites")
     assert "activation modules found" not in page
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH: the browser check needs Debian's chromium")
+def test_on_a_390px_phone_the_verdict_name_and_dead_share_show_without_scrolling(tmp_path):
+    # issue 22: the sites table hid dead / dead % off-screen. The report is laid out in a 390 px
+    # iframe (headless Chromium will not make a window that narrow) and measured from the host.
+    import html as html_module
+    import json as json_module
+    import re
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.feature_extractor_backbone = nn.ModuleDict(
+                {f"residual_stage_{k}": nn.Sequential(nn.Linear(16, 16), nn.ReLU()) for k in range(3)})
+
+        def forward(self, x):
+            for block in self.feature_extractor_backbone.values():
+                x = block(x)
+            return x
+
+    model = Net()
+    with torch.no_grad():
+        for k, block in enumerate(model.feature_extractor_backbone.values()):
+            block[0].bias[: 3 + k] = -100.0
+    result = deadrelu.scan(model, bounded_inputs(64, 16))
+    page = html_render.report(result).replace("Content-Security-Policy", "X-Removed")  # the host's script measures
+    probe = """<script>document.getElementById('f').addEventListener('load', () => {
+      const d = document.getElementById('f').contentDocument, vw = d.documentElement.clientWidth;
+      const right = el => el.getBoundingClientRect().right;
+      const rows = [...d.querySelectorAll('table.sites tbody tr')];
+      document.title = JSON.stringify({vw, scroll: d.documentElement.scrollWidth,
+        verdict: right(d.querySelector('.verdictcard')),
+        names: rows.map(r => [r.querySelector('td.name').textContent, right(r.querySelector('td.name'))]),
+        dead: rows.map(r => right(r.querySelector('td[data-label="dead %"]')))});});</script>"""
+    host = tmp_path / "phone.html"
+    host.write_text('<!DOCTYPE html><html><head><title>x</title></head><body style="margin:0">'
+                    f'<iframe id="f" style="width:390px;height:900px;border:0" '
+                    f'srcdoc="{html_module.escape(page, quote=True)}"></iframe>{probe}</body></html>', encoding="utf-8")
+    done = chromium(tmp_path, "--dump-dom", "--window-size=800,1000", host.as_uri())
+    assert done.returncode == 0, done.stderr[-2000:]
+    measured = json_module.loads(html_module.unescape(re.search(r"<title>(.*?)</title>", done.stdout).group(1)))
+    width = measured["vw"]
+    assert 360 <= width <= 390, measured
+    assert measured["scroll"] <= width, f"the page scrolls sideways: {measured}"
+    assert measured["verdict"] <= width
+    names = [name for name, _ in measured["names"]]
+    assert names == [f"feature_extractor_backbone.residual_stage_{k}.1" for k in (2, 1, 0)]
+    assert all(right <= width for _, right in measured["names"]) and all(right <= width for right in measured["dead"])

@@ -233,7 +233,7 @@ table.sites td{display:block;border:0;padding:0;background:none!important;text-a
 table.sites tr.bad{background:#fdecea}table.sites tr.warn{background:#fff4e5}table.sites tr.leaky{background:#e8f6f8}
 table.sites td.name{flex-basis:100%;max-width:none;font-weight:600;overflow-wrap:anywhere}
 table.sites td.minor{display:none}table.sites td[data-label]::before{content:attr(data-label) " ";color:var(--muted);
-font-size:12px}table.sites .bar{display:none}}
+font-size:12px}table.sites .bar{display:none}.sugg{overflow-x:auto}details.site li{overflow-wrap:anywhere}}
 @media print{main{max-width:none;padding:0}img.plot{max-width:100%}details.site{break-inside:avoid}
 details::details-content{content-visibility:visible;display:block;height:auto}
 a{color:inherit;text-decoration:none}}
