@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test install-check bench samples clean
+.PHONY: setup demo test install-check bench diagnosis samples clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,10 @@ samples: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
+
+# Does the top suggestion name the cause? The zoo of models trained to die for a known cause.
+diagnosis: $(STAMP)
+	$(PY) benchmarks/diagnosis.py --seeds 4
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

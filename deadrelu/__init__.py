@@ -20,9 +20,9 @@ __version__ = "0.1.0"
 #: public name -> module that defines it
 _LAZY: dict[str, str] = {
     "scan": "deadrelu.scanning",
-    "capture": "deadrelu.capture",
+    "capture": "deadrelu.capturing.session",
     "Monitor": "deadrelu.monitor",
-    "CaptureSession": "deadrelu.capture.session",
+    "CaptureSession": "deadrelu.capturing.session",
     "check_gate": "deadrelu.judge.gate",
     "GateOutcome": "deadrelu.judge.gate",
     "load_model": "deadrelu.load.model",
@@ -54,8 +54,7 @@ _LAZY: dict[str, str] = {
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import capture
-    from .capture.session import CaptureSession
+    from .capturing.session import CaptureSession, capture
     from .errors import (CaptureError, ConfigError, DataLoadError, DeadReluError, ForwardError, ModelLoadError,
                          OutputError, ResultFormatError, UnsafePickleError)
     from .judge.gate import GateOutcome, check_gate
@@ -75,8 +74,7 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'deadrelu' has no attribute {name!r}")
-    # deadrelu.capture is the capture package itself, whose module type is callable.
-    value = importlib.import_module(module) if name == "capture" else getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 

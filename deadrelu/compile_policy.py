@@ -44,8 +44,8 @@ class CompileDecision:
 
     Args:
         mode: ``auto``, ``on`` or ``off``.
-        capture: the scan's ``ActivationCapture`` (its ``compiled`` slot is set here and
-            its ``reduce_seconds`` read).
+        capture: the scan's reduction state, ``CaptureSession.reduction`` (its ``compiled``
+            slot is set here and its ``reduce_seconds`` read).
         total_samples: samples the scan will feed, if known.
 
     Call ``after_batch`` after every batch; ``environment`` and ``warnings`` say what

@@ -323,7 +323,10 @@ class Trend:
             labels: a name per scan (the checkpoint path).
             steps: the step per scan (default: the number in each label).
         """
-        points = [[(site.name, site.kind, site.units, site.dead) for site in result.sites] for result in results]
+        from .judge.overall import dead_no_gradient
+        # Dead as the scan's verdict line counts it: never-active units of leaky kinds keep a gradient.
+        points = [[(site.name, site.kind, site.units, dead_no_gradient(site)) for site in result.sites]
+                  for result in results]
         return cls._build(points, labels, steps if steps is not None else [step_of(label) for label in labels],
                           "checkpoints")
 
@@ -331,7 +334,10 @@ class Trend:
     def from_records(cls, records: Iterable[dict[str, Any]]) -> Trend:
         """A trend over monitor log records (of the current run; see ``current_run``)."""
         kept = current_run(records)
-        points = [[(site["name"], site["kind"], int(site["units"]), int(site["dead"])) for site in record["sites"]]
+        from .kinds import NEGATIVE_SIDE_KINDS
+        # The log's "dead" counts leaky kinds' never-active units too; the scan's verdict line does not.
+        points = [[(site["name"], site["kind"], int(site["units"]),
+                    0 if site["kind"] in NEGATIVE_SIDE_KINDS else int(site["dead"])) for site in record["sites"]]
                   for record in kept]
         steps = [int(record["step"]) for record in kept]
         return cls._build(points, [f"step {step}" for step in steps], steps, "monitor log")

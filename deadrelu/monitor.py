@@ -46,7 +46,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .capture.session import CaptureSession
+from .capturing.session import CaptureSession
 from .errors import CaptureError, ConfigError, OutputError
 from .history import Mode, history_frame, read_log, record_from_result
 from .load.data import as_stream
@@ -275,7 +275,7 @@ class Monitor:
 
     def _capture_end_batch(self) -> None:
         assert self._capture is not None
-        if self._capture.engine._in_batch:  # a batch opened by a submodule call, or one left open
+        if self._capture.in_batch:  # a batch opened by a submodule call, or one left open
             self._capture.end_batch()
 
     def _discard_window(self) -> None:

@@ -2,7 +2,7 @@
 
 ``scan(model, data)`` is what notebook users call and what the CLI calls. It never
 prints; progress goes to an optional callback. Feeding the model lives in
-``load.inputs``, capture in ``capture.session``, building the result in ``assemble``.
+``load.inputs``, capture in ``capturing.session``, building the result in ``assemble``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ import torch
 from torch import nn
 
 from . import distributed
-from .capture.dispatch import DispatchCapture
-from .capture.session import CaptureSession
-from .capture.sites import ActivationCapture
+from .capturing.session import CaptureSession
 from .compile_policy import CompileDecision
 from .errors import DataLoadError, DeadReluError, ForwardError, ModelLoadError
 from .judge.gate import GateLimits
@@ -47,7 +45,8 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
          partial_on_interrupt: bool = False, input_fn: Callable[[Any], Any] | None = None,
          shuffle_seed: int | None = None, kwargs: str | Sequence[str] | None = None, mask: str | None = None,
          input_dtype: str = "auto", shard: str | distributed.Shard | None = None,
-         shard_data: bool = True, timeout: float | None = None, **overrides: Any) -> ScanResult:
+         shard_data: bool = True, timeout: float | None = None, optimizer: Any = None,
+         **overrides: Any) -> ScanResult:
     """Scan a model's ReLU-family activations over a data set.
 
     Args:
@@ -94,6 +93,9 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
             where they meet (the data check, the combine step); a rank that does not
             arrive is named in the error. None: the process's current timeout
             (``deadrelu.distributed.set_timeout``; 300 s at first).
+        optimizer: the optimizer the model was trained with, or its ``state_dict()`` (a
+            ``LoadedModel`` from a checkpoint that saved one brings it along): the suggestions
+            read its step sizes to tell a too-high learning rate.
 
     Returns:
         A ``ScanResult`` (data: ``.summary``, ``.sites``, ``.to_frame()``...).
@@ -108,6 +110,7 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
     if isinstance(model, LoadedModel):
         model_info = {**model.info(), **dict(model_info or {})}
         notes += model.notes
+        optimizer = optimizer if optimizer is not None else model.optimizer_state
         model = model.module
     model = unwrap(model)
     if isinstance(model, torch.export.ExportedProgram):
@@ -143,8 +146,7 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
     session = CaptureSession(model, settings, device, auto_batches=False)
     # FSDP2's unshard reads its parameters' version counters, which inference tensors do not have.
     with session, (torch.no_grad() if lockstep else torch.inference_mode()):
-        capture = session.engine
-        compile_decision = CompileDecision(settings.compile, capture, stream.num_samples)
+        compile_decision = CompileDecision(settings.compile, session.reduction, stream.num_samples)
         try:
             for raw in stream.batches():
                 inputs = prepare(raw, stream.first_sample + samples + prepare.skipped_samples)
@@ -159,7 +161,7 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
                     except DeadReluError:
                         raise
                     except Exception as exc:
-                        raise _failed(exc, model, capture, batches, inputs, stream, None) from exc
+                        raise _failed(exc, model, session, batches, inputs, stream, None) from exc
                 session.end_batch()
                 samples += inputs.samples
                 batches += 1
@@ -170,7 +172,7 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
             if not partial_on_interrupt or batches == 0:
                 raise
             partial = True
-    if not capture.records():
+    if not session.records():
         session.result(model_info=model_info or {})  # raises the "nothing captured" error
     if samples == 0:
         raise DataLoadError(f"{stream.source}: no sample was scanned", hint="check the data and --nonfinite")
@@ -183,6 +185,9 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
     result = session.result(samples=samples, data_info=data_info, model_info=model_info or {}, notes=notes,
                             environment={**compile_decision.environment(), **distributed.environment(model)})
     result = distributed.combine(result, model)  # every rank's part joined (a no-op in one process)
+    if optimizer is not None and result.suggestions:
+        from .judge.suggestions import suggest
+        result = result.with_suggestions(suggest(result, model, optimizer_state=optimizer))
     if result.summary.unobserved == result.summary.units:
         # No unit saw one finite value: a report would claim health it never saw.
         if prepare.nonfinite_samples:
@@ -226,7 +231,6 @@ def _first_forward(model: nn.Module, session: CaptureSession, prepare: InputPrep
     Returns:
         The inputs the batch ran with.
     """
-    capture = session.engine
     for attempt in (0, 1):
         session.begin_batch(inputs.mask)
         running = RunningModules(model)
@@ -237,18 +241,18 @@ def _first_forward(model: nn.Module, session: CaptureSession, prepare: InputPrep
         except DeadReluError:
             raise
         except Exception as exc:
-            if isinstance(capture.failure, DeadReluError):
-                raise capture.failure from None
+            if isinstance(session.failure, DeadReluError):
+                raise session.failure from None
             # The root alone says nothing (a TorchScript or exported model runs its layers
             # without Python hooks): then the hint describes the model's first layer.
             rejected = running.innermost if running.innermost and running.innermost[0] else None
-            if isinstance(capture, DispatchCapture):
+            if not session.sees_modules:
                 rejected = None  # the wrapper's Python modules are not the graph's layers
-            error = capture.op_error or exc
+            error = session.op_error or exc
             # Retried only before any site saw a tensor, so nothing of the failed pass is counted.
             if (attempt == 0 and prepare.fed_integers and not prepare.integers_cast
                     and prepare.input_dtype.value == "auto" and is_dtype_error(error)
-                    and not is_embedding(rejected[1] if rejected else None) and not capture.records()):
+                    and not is_embedding(rejected[1] if rejected else None) and not session.records()):
                 where = f"{rejected[0] or '<root>'} ({describe_module(rejected[1])})" if rejected else "the model"
                 prepare.cast_integers(f"integer data cast to {str(prepare.dtype).replace('torch.', '')}: {where} "
                                       "rejected them as they were (--input-dtype float says so up front; "
@@ -258,11 +262,11 @@ def _first_forward(model: nn.Module, session: CaptureSession, prepare: InputPrep
                     raise
                 inputs = retried
                 continue
-            raise _failed(exc, model, capture, 0, inputs, stream, rejected) from exc
+            raise _failed(exc, model, session, 0, inputs, stream, rejected) from exc
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _failed(exc: Exception, model: nn.Module, capture: ActivationCapture, batch_index: int, inputs: Prepared,
+def _failed(exc: Exception, model: nn.Module, capture: CaptureSession, batch_index: int, inputs: Prepared,
             stream: DataStream, rejected: tuple[str, nn.Module] | None) -> DeadReluError:
     """The error to raise for a failed forward pass (the capture's own, or a ForwardError)."""
     # Aten-level capture errors come back from TorchScript as bare RuntimeErrors.
@@ -271,7 +275,7 @@ def _failed(exc: Exception, model: nn.Module, capture: ActivationCapture, batch_
     return _forward_error(exc, model, capture, batch_index, inputs, stream, rejected)
 
 
-def _forward_error(exc: Exception, model: nn.Module, capture: ActivationCapture, batch_index: int,
+def _forward_error(exc: Exception, model: nn.Module, capture: CaptureSession, batch_index: int,
                    inputs: Prepared, stream: DataStream,
                    rejected: tuple[str, nn.Module] | None = None) -> ForwardError:
     """A failed forward pass with context: which batch, which input shape, which activations had run,

@@ -142,9 +142,11 @@ def test_cli_prune_llama_folder_writes_a_program_that_loads_back(runner, hf, tmp
     with torch.no_grad():
         torch.testing.assert_close(program(ids), llama_with_dead_products()(ids).last_hidden_state, rtol=0,
                                    atol=1e-5)
-    # A scan of the program sees the gate activations (products are found in Python forwards only).
+    # A scan of the program sees the gate activations and, at the aten level too, their products, named as
+    # an eager scan names them; the pruned product has 29 units left.
     sites = {s["name"]: s["units"] for s in _scan_json(runner, str(out), str(hf["tokens"]))["sites"]}
-    assert sites == {"layers.0.mlp.act_fn": 29, "layers.1.mlp.act_fn": 32}
+    assert sites == {"layers.0.mlp.act_fn": 29, "layers.0.mlp:swiglu#0": 29, "layers.1.mlp.act_fn": 32,
+                     "layers.1.mlp:swiglu#0": 32}
 
 
 def test_cli_prune_opt_folder_program_loads_back_with_torch_and_deadrelu(runner, hf, tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..judge.overall import FailOn
+
 #: what ``--help`` groups options under
 MODEL, DATA, CAPTURE, THRESHOLDS, GATE, OUTPUT, RUN = "Model", "Data", "Capture", "Thresholds", "Gate", "Output", "Run"
 
@@ -34,6 +36,9 @@ MaxDeadRatioOption = Annotated[Optional[float], typer.Option(
     metavar="RATIO", rich_help_panel=GATE, help="Fail (exit 1) when dead units over all units are above this ratio.")]
 MaxLayerDeadRatioOption = Annotated[Optional[float], typer.Option(
     metavar="RATIO", rich_help_panel=GATE, help="Fail (exit 1) when any site's dead ratio is above this.")]
+FailOnOption = Annotated[FailOn, typer.Option(
+    "--fail-on", rich_help_panel=GATE, show_default=True,
+    help="Exit 1 when the verdict is FAIL (fail) or WARN or FAIL (warn); never: only a failed gate exits 1.")]
 JunitOption = Annotated[Optional[Path], typer.Option(
     "--junit", metavar="FILE", rich_help_panel=OUTPUT,
     help="Write JUnit XML here: one testcase per site, a failure for each site the gate fails.")]
@@ -43,4 +48,4 @@ MarkdownOption = Annotated[Optional[Path], typer.Option(
 
 __all__ = ["MODEL", "DATA", "CAPTURE", "THRESHOLDS", "GATE", "OUTPUT", "RUN", "JsonOption", "HtmlOption",
            "PngDirOption", "OutOption", "ShowUnitsOption", "QuietOption", "VerboseOption", "DebugOption",
-           "MaxDeadRatioOption", "MaxLayerDeadRatioOption", "JunitOption", "MarkdownOption"]
+           "MaxDeadRatioOption", "MaxLayerDeadRatioOption", "FailOnOption", "FailOn", "JunitOption", "MarkdownOption"]

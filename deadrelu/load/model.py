@@ -62,6 +62,8 @@ class LoadedModel:
             ``export``, ``factory`` or ``object``.
         sha256: digest of the model file, when there is one.
         notes: facts about loading the user should see (prefixes stripped...).
+        optimizer_state: the optimizer's ``state_dict()`` when a training checkpoint holds one
+            (passed on as data: the learning-rate rule reads its step sizes).
     """
 
     module: nn.Module
@@ -69,6 +71,7 @@ class LoadedModel:
     format: str
     sha256: str | None = None
     notes: list[str] = field(default_factory=list)
+    optimizer_state: dict[str, Any] | None = None
 
     def info(self) -> dict[str, Any]:
         """Metadata for reports."""
@@ -128,6 +131,23 @@ def find_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], str] | None:
         for key in STATE_DICT_KEYS:
             if _is_tensor_mapping(obj.get(key)):
                 return dict(obj[key]), "checkpoint"
+    return None
+
+
+#: checkpoint keys under which training loops save the optimizer's state_dict (Lightning: a list)
+OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optimizer_state", "optim", "opt", "optimizer_states")
+
+
+def find_optimizer_state(obj: Any) -> dict[str, Any] | None:
+    """The optimizer ``state_dict()`` a training checkpoint holds next to the model (None: none)."""
+    if not isinstance(obj, Mapping):
+        return None
+    for key in OPTIMIZER_KEYS:
+        value = obj.get(key)
+        if isinstance(value, (list, tuple)) and len(value) == 1:
+            value = value[0]
+        if isinstance(value, Mapping) and "param_groups" in value and "state" in value:
+            return dict(value)
     return None
 
 
@@ -539,7 +559,7 @@ def load_model(path: str | Path, arch: str | None = None, arch_kwargs: Mapping[s
                              hint="pass --arch package.module:Factory or --arch path/to/file.py:Factory")
     module = build_from_factory(arch, arch_kwargs)
     notes = load_state_into(module, state, str(path))
-    return LoadedModel(module, str(path), fmt, digest, notes)
+    return LoadedModel(module, str(path), fmt, digest, notes, optimizer_state=find_optimizer_state(obj))
 
 
 def load_factory(spec: str, kwargs: Mapping[str, Any] | None = None, weights: str | Path | None = None,
@@ -570,7 +590,7 @@ def load_factory(spec: str, kwargs: Mapping[str, Any] | None = None, weights: st
         raise ModelLoadError(f"{path}: holds no state_dict for --model {spec}",
                              hint=f"save model.state_dict(), or a checkpoint with one of: {', '.join(STATE_DICT_KEYS[:6])}")
     notes = load_state_into(module, found[0], str(path))
-    return LoadedModel(module, f"{spec} + {path}", "factory", digest, notes)
+    return LoadedModel(module, f"{spec} + {path}", "factory", digest, notes, optimizer_state=find_optimizer_state(obj))
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..capture.functional import FUNCTIONS, _is_relu_clamp
+from ..capturing.functional import FUNCTIONS, _is_relu_clamp
 from ..kinds import FUNCTION_KINDS, GATED_KINDS, spec_for_module
 from .graph import (ATEN_ACTIVATIONS, GATED_FUNCTIONS, META_NAMES, PASSTHROUGH_MODULES, PASSTHROUGH_NAMES, Dataflow,
                     FlowNode)
