@@ -293,15 +293,9 @@ def _stem(model: Path | None, model_spec: str | None) -> str:
 
 
 def _width() -> int | None:
-    """The width to lay the report out for: the terminal's, or COLUMNS; None (no limit) for a log."""
-    import os
-    columns = os.environ.get("COLUMNS", "")
-    if stdout.is_terminal:
-        return stdout.width
-    if columns.isdigit():
-        return int(columns)
-    stdout.width = 400  # a CI log: full names and lines, nothing wrapped mid-word
-    return None
+    """The width to lay the report out for (``commands.common.terminal_width``)."""
+    from .commands.common import terminal_width
+    return terminal_width()
 
 
 def _emit(result: Any, json_path: Path | None, quiet: bool, show_units: bool, verbose: bool = False) -> None:
