@@ -160,3 +160,26 @@ def test_every_suggested_code_block_parses(runner, files) -> None:
     assert len(codes) >= 4, "the scan suggests code for the four sites' dead units"
     for code in codes:
         ast.parse(code)
+
+
+def test_the_wrote_line_wraps_at_spaces_not_inside_a_word(runner, tmp_path) -> None:
+    # issue 22: "load with torch.export.load(path).module())" broke as "torch\n.export.load".
+    from conftest import make_files
+
+    made = make_files(tmp_path)
+    out = tmp_path / "pruned.pt2"
+    done = invoke(runner, "prune", made["model"], made["data"], "--arch", f"{made['arch']}:build", "--out", out)
+    assert out.exists(), done.output
+    lines = done.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert any("torch.export.load(path).module())" in line for line in lines), done.stdout
+    start = next(k for k, line in enumerate(lines) if line.startswith("wrote "))
+    assert all(line.startswith("      ") for line in lines[start + 1:start + 3] if line.strip())  # hanging indent
+
+
+def test_wrap_hanging_never_breaks_a_word() -> None:
+    from deadrelu.render.text import wrap_hanging
+    text = "wrote a.pt2 (load with torch.export.load(path).module())"
+    assert wrap_hanging(text, 30, 4) == "wrote a.pt2 (load with\n    torch.export.load(path).module())"
+    assert wrap_hanging("x" * 50, 10) == "x" * 50  # longer than the room: whole, on its own line
+    assert wrap_hanging(text, None) == text
