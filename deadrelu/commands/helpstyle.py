@@ -35,7 +35,7 @@ def _fill_metavar(param: Any) -> None:
     metavar (MODEL, PART.json...) says what to give, so its Python type is not shown beside it."""
     if isinstance(param, TyperArgument):
         if param.metavar is not None:
-            param.display_type_rich = _no_type  # the instance's own: hides <path>, <list[Path]>
+            param.display_type_rich = _no_type  # type: ignore[method-assign]  # hides <path>, <list[Path]>
         return
     if not isinstance(param, TyperOption) or param.metavar is not None:
         return

@@ -16,17 +16,14 @@ no network at all, so even a missed escape could not run code or fetch anything.
 
 from __future__ import annotations
 
-import base64
 import html
 import math
-import struct
-import zlib
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
-
-import numpy as np
 
 from ..numbers import index_ranges
 from .console import worst_first
+from .pixels import _data_uri, histogram_svg, png_rgb, unit_map_png
+from .styles import CSS
 from .text import visible
 
 if TYPE_CHECKING:
@@ -42,8 +39,7 @@ OPEN_DETAILS = 3
 MAX_TABLE_ROWS = 1000
 #: runs of unit indices listed per verdict and site (the rest are counted)
 MAX_LISTED_UNITS = 200
-#: unit map: at most this many columns; displayed at most this wide (CSS pixels)
-MAP_MAX_COLUMNS = 256
+#: unit map: displayed at most this wide (CSS pixels; MAP_MAX_COLUMNS columns at most, render.pixels)
 MAP_DISPLAY_WIDTH = 480
 
 SEVERITY_LABEL = {"critical": "CRITICAL", "warning": "WARNING", "info": "INFO"}
@@ -74,170 +70,8 @@ def _num(value: Any) -> str:
 
 # -- embedded images ----------------------------------------------------------------------
 
-def png_rgb(pixels: np.ndarray) -> bytes:
-    """Encode an ``(height, width, 3)`` uint8 array as PNG bytes (no matplotlib needed)."""
-    height, width, _ = pixels.shape
-    rows = np.concatenate([np.zeros((height, 1), dtype=np.uint8), pixels.reshape(height, width * 3)], axis=1)
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
-            + chunk(b"IEND", b""))
-
-
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-_LUT: np.ndarray | None = None
-
-
-def _viridis_lut() -> np.ndarray:
-    global _LUT
-    if _LUT is None:
-        from matplotlib import colormaps
-        _LUT = (colormaps["viridis"](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
-    return _LUT
-
-
-def _hex_rgb(color: str) -> np.ndarray:
-    return np.array([int(color[k:k + 2], 16) for k in (1, 3, 5)], dtype=np.uint8)
-
-
-def unit_map_png(site: SiteResult) -> tuple[bytes, int, int]:
-    """A site's units as pixels (viridis by active rate; dead red, saturated orange, unobserved grey;
-    an ELU/SELU/CELU unit at its floor is orange even though it is dead too).
-
-    Returns:
-        PNG bytes, columns and rows (unit ``i`` is at row ``i // columns``).
-    """
-    from .plots import DEAD_COLOR, SATURATED_COLOR, UNOBSERVED_COLOR, saturated_mark, unit_grid
-    rows, columns = unit_grid(site.units)
-    if columns > MAP_MAX_COLUMNS:
-        columns = MAP_MAX_COLUMNS
-        rows = math.ceil(site.units / columns)
-    cells = rows * columns
-    colors = np.empty((cells, 3), dtype=np.uint8)
-    colors[:] = _hex_rgb("#ffffff")
-    rates = site.stats.active_rate
-    observed = np.isfinite(rates)
-    index = np.clip(np.nan_to_num(rates, nan=0.0) * 255, 0, 255).astype(int)
-    unit_colors = _viridis_lut()[index]
-    unit_colors[~observed] = _hex_rgb(UNOBSERVED_COLOR)
-    unit_colors[site.verdict.dead] = _hex_rgb(DEAD_COLOR)
-    unit_colors[saturated_mark(site)] = _hex_rgb(SATURATED_COLOR)
-    colors[: site.units] = unit_colors
-    return png_rgb(colors.reshape(rows, columns, 3)), columns, rows
-
-
-def histogram_svg(site: SiteResult, width: int = 300, height: int = 96) -> str:
-    """An inline SVG bar chart of the site's per-unit active rates (dead units in their own red bar)."""
-    from .plots import DEAD_COLOR, RATE_BINS, rate_histogram
-    counts = rate_histogram(site.stats.active_rate)
-    shares = counts / max(site.units, 1)
-    top = max(float(shares.max()), 1e-9)
-    left, bottom, plot_h = 34, 16, height - 30
-    bar_w = (width - left - 6) / (RATE_BINS + 1.5)
-    bars = []
-    for k, share in enumerate(shares):
-        x = left + (k + (0.5 if k else 0)) * bar_w
-        h = plot_h * float(share) / top
-        color = DEAD_COLOR if k == 0 else "#3b6ea8"
-        bars.append(f'<rect x="{x:.1f}" y="{bottom + plot_h - h:.1f}" width="{bar_w * 0.9:.1f}" '
-                    f'height="{h:.1f}" fill="{color}"><title>{_bin_label(k)}: {int(counts[k])} units</title></rect>')
-    axis_y = bottom + plot_h
-    return (f'<svg class="hist" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" role="img" aria-label="histogram of per-unit active rates">'
-            f'<line x1="{left}" y1="{axis_y}" x2="{width - 4}" y2="{axis_y}" stroke="#888"/>'
-            f'<text x="{left - 4}" y="{bottom + 4}" text-anchor="end">{top:.0%}</text>'
-            f'<text x="{left - 4}" y="{axis_y}" text-anchor="end">0</text>'
-            + "".join(bars) +
-            f'<text x="{left + bar_w * 0.45:.1f}" y="{height - 2}" text-anchor="middle">dead</text>'
-            f'<text x="{width - 6}" y="{height - 2}" text-anchor="end">active rate 1</text></svg>')
-
-
-def _bin_label(k: int) -> str:
-    from .plots import RATE_BINS
-    if k == 0:
-        return "never active (dead)"
-    low, high = (k - 1) / RATE_BINS, k / RATE_BINS
-    return f"active rate {low:.2f}–{high:.2f}"
-
-
 # -- sections -----------------------------------------------------------------------------
 
-CSS = """
-:root{--fg:#1d1d1f;--muted:#5f6368;--line:#dadce0;--bg:#fff;--soft:#f6f7f9;--dead:#d62728;--sat:#ff7f0e;
---ok:#1e8e3e;--warn:#b06000;--crit:#c5221f;--info:#1a73e8;--leaky:#0f8a9d;
-font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
-color:var(--fg);background:var(--bg);text-align:left}
-*{box-sizing:border-box}
-main{max-width:1120px;margin:0 auto;padding:24px 28px 64px}
-.verdictcard{display:flex;flex-wrap:wrap;gap:6px 16px;align-items:baseline;border:1px solid var(--line);
-border-left:8px solid var(--ok);border-radius:8px;padding:12px 16px;margin:0 0 14px;background:var(--soft)}
-.verdictcard.WARN{border-left-color:var(--warn)}.verdictcard.FAIL{border-left-color:var(--crit)}
-.verdictcard .level{font-size:26px;font-weight:750;color:var(--ok)}.verdictcard.WARN .level{color:var(--warn)}
-.verdictcard.FAIL .level{color:var(--crit)}.verdictcard .what{font-size:17px;overflow-wrap:anywhere}
-.verdictcard .more{flex-basis:100%;color:var(--muted);font-size:14px}
-tr.leaky td{background:#e8f6f8}.explains{font-weight:650}.cause{font-weight:650;margin-right:.6em}.destructive{color:var(--crit);font-weight:650}
-.changes{font-size:13px;color:var(--muted)}
-h1{font-size:26px;margin:0 0 4px}h2{font-size:19px;margin:36px 0 12px;border-bottom:1px solid var(--line);
-padding-bottom:4px}h3{font-size:16px;margin:0 0 6px}
-.sub{color:var(--muted);margin:0 0 18px;overflow-wrap:anywhere}
-.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(150px,1fr));gap:12px}
-.card{border:1px solid var(--line);border-radius:8px;padding:12px 14px;background:var(--soft)}
-.card .label{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:var(--muted)}
-.card .value{font-size:24px;font-weight:650}.card .note{font-size:13px;color:var(--muted)}
-.card.bad .value{color:var(--crit)}.card.good .value{color:var(--ok)}
-.verdict{font-size:17px;margin:16px 0 0}
-.plotbox{overflow-x:auto;max-width:100%}
-img.plot{max-width:none;height:auto;border:1px solid var(--line);border-radius:6px}
-table{border-collapse:collapse;width:100%;font-size:14px}
-th,td{padding:5px 8px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
-th{background:var(--soft);font-weight:600}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
-td.name{overflow-wrap:anywhere;max-width:380px}
-tr.bad td{background:#fdecea}tr.warn td{background:#fff4e5}
-.bar{display:inline-block;height:9px;background:var(--dead);vertical-align:middle;border-radius:2px}
-.sugg{border:1px solid var(--line);border-left:6px solid var(--info);border-radius:8px;padding:12px 16px;
-margin:12px 0;break-inside:avoid}
-.sugg.critical{border-left-color:var(--crit)}.sugg.warning{border-left-color:var(--warn)}
-.sev{font-size:12px;font-weight:700;letter-spacing:.05em;margin-right:6px}
-.critical .sev{color:var(--crit)}.warning .sev{color:var(--warn)}.info .sev{color:var(--info)}
-.sugg p{margin:6px 0}.sugg .sites{color:var(--muted);font-size:13px;overflow-wrap:anywhere}
-.evidence{font-size:13px;margin:8px 0}.evidence td:first-child{color:var(--muted);width:34%}
-.evidence.matrix td:first-child{width:auto}.evidence.matrix th{font-size:12px}
-pre{background:#f1f3f4;border-radius:6px;padding:10px 12px;overflow-x:auto;font-size:13px;line-height:1.4;
-white-space:pre}
-.tablebox{overflow-x:auto;max-width:100%}
-code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
-details.site{border:1px solid var(--line);border-radius:8px;margin:8px 0;padding:0 12px}
-details.site>summary{cursor:pointer;padding:8px 0;overflow-wrap:anywhere}
-details.site[open]>summary{border-bottom:1px solid var(--line);margin-bottom:8px}
-.detail{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start;padding-bottom:10px}
-.detail figure{margin:0}.detail figcaption{font-size:12px;color:var(--muted)}
-img.map{image-rendering:pixelated;image-rendering:crisp-edges;border:1px solid var(--line)}
-svg.hist text{font-size:10px;fill:#5f6368}
-.units{font-size:13px;overflow-wrap:anywhere;font-family:ui-monospace,Menlo,Consolas,monospace}
-.legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 10px;vertical-align:middle}
-table.facts{width:auto;min-width:300px;font-size:13px}table.facts td:first-child{color:var(--muted);
-white-space:nowrap}table.facts td{overflow-wrap:anywhere;max-width:360px}
-.muted{color:var(--muted)}.meta td:first-child{width:24%;color:var(--muted)}
-.meta td{overflow-wrap:anywhere}
-ul.warnings li{margin:2px 0;overflow-wrap:anywhere}
-footer{margin-top:40px;color:var(--muted);font-size:13px}
-@media (max-width:640px){main{padding:14px 10px 40px}.verdictcard .level{font-size:22px}
-table.sites thead{display:none}table.sites,table.sites tbody{display:block;width:100%}
-table.sites tr{display:flex;flex-wrap:wrap;gap:0 14px;padding:6px 8px;border-bottom:1px solid var(--line)}
-table.sites td{display:block;border:0;padding:0;background:none!important;text-align:left}
-table.sites tr.bad{background:#fdecea}table.sites tr.warn{background:#fff4e5}table.sites tr.leaky{background:#e8f6f8}
-table.sites td.name{flex-basis:100%;max-width:none;font-weight:600;overflow-wrap:anywhere}
-table.sites td.minor{display:none}table.sites td[data-label]::before{content:attr(data-label) " ";color:var(--muted);
-font-size:12px}table.sites .bar{display:none}.sugg{overflow-x:auto}details.site li{overflow-wrap:anywhere}}
-@media print{main{max-width:none;padding:0}img.plot{max-width:100%}details.site{break-inside:avoid}
-details::details-content{content-visibility:visible;display:block;height:auto}
-a{color:inherit;text-decoration:none}}
-"""
 
 
 #: every report element sits in this container, and every CSS rule is scoped to it
