@@ -145,7 +145,7 @@ def test_headline_numbers_and_gate(hostile_page, hostile_result):
     assert card(hostile_page, "Dead") == str(s.dead)
     assert s.dead >= 8
     assert card(hostile_page, "CI gate") == "FAILED"
-    assert "dead ratio 0.2500 &gt; limit 0.1" in hostile_page
+    assert "dead ratio 25.0% &gt; limit 10.0%" in hostile_page  # percentages, as the terminal, JUnit and Markdown
 
 
 def test_run_metadata_is_shown(hostile_page):

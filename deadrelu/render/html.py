@@ -20,7 +20,7 @@ import html
 import math
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from ..numbers import index_ranges
+from ..numbers import above_limit, index_ranges, percent
 from .console import worst_first
 from .pixels import _data_uri, histogram_svg, png_rgb, unit_map_png
 from .styles import CSS
@@ -195,8 +195,9 @@ def _headline(result: ScanResult) -> str:
     if gate is None:
         gate_card = _card("CI gate", "not set", "no --max-dead-ratio given")
     elif gate.passed:
-        limits = [f"max dead {gate.max_dead_ratio:g}" if gate.max_dead_ratio is not None else "",
-                  f"max layer dead {gate.max_layer_dead_ratio:g}" if gate.max_layer_dead_ratio is not None else ""]
+        limits = [f"max dead {percent(gate.max_dead_ratio)}" if gate.max_dead_ratio is not None else "",
+                  f"max layer dead {percent(gate.max_layer_dead_ratio)}" if gate.max_layer_dead_ratio is not None
+                  else ""]
         gate_card = _card("CI gate", "passed", ", ".join(x for x in limits if x), "good")
     else:
         gate_card = _card("CI gate", "FAILED", f"{len(gate.violations)} limit(s) broken", "bad")
@@ -217,8 +218,8 @@ def _headline(result: ScanResult) -> str:
     violations = ""
     if gate is not None and not gate.passed:
         items = "".join(
-            f"<li>{'all units' if v.scope == 'model' else 'site ' + _e(v.scope)}: dead ratio {v.dead_ratio:.4f} "
-            f"&gt; limit {v.limit:g}</li>" for v in gate.violations[:50])
+            f"<li>{'all sites' if v.scope == 'model' else 'site ' + _e(v.scope)}: dead ratio "
+            f"{_e(above_limit(v.dead_ratio, v.limit))}</li>" for v in gate.violations[:50])
         violations = f'<ul class="warnings">{items}</ul>'
     return f'{verdict_card(result)}<section class="cards">{"".join(cards)}</section>{violations}'
 
