@@ -42,19 +42,6 @@ app = App(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode
           help="Find dead, saturated and dormant ReLU-family units in a PyTorch model, on your data.")
 
 
-def _print_version(value: bool) -> None:
-    if value:
-        stdout.print(f"deadrelu {__version__}")
-        raise typer.Exit(EXIT_OK)
-
-
-@app.callback()
-def _root(show_version: Annotated[bool, typer.Option(
-        "--version", callback=_print_version, is_eager=True, help="Print deadrelu's version and exit.")] = False,
-          ) -> None:
-    pass
-
-
 class _ProgressReporter:
     """A rich progress bar on stderr (samples, samples/s, ETA), only on a terminal."""
 
