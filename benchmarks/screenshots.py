@@ -118,10 +118,19 @@ def reports(name: str, args: list[str], out: Path) -> list[Path]:
     page = out / f"{name}_report.html"
     page.write_text(html_render.report(result), encoding="utf-8")
     shots = []
-    for label, width, height in (("desktop", 1280, 2600), ("phone", 390, 2400)):
-        png = out / f"{name}_html_{label}.png"
-        screenshot(page, png, width, height)
-        shots.append(png)
+    png = out / f"{name}_html_desktop.png"
+    screenshot(page, png, 1280, 2600)
+    shots.append(png)
+    # Headless Chromium will not make a window narrower than about 500 px, so the phone is a
+    # 390 px iframe (the report's own viewport and media queries) on a grey page.
+    phone = out / f"{name}_phone.html"
+    phone.write_text('<!DOCTYPE html><html><body style="margin:0;background:#888">'
+                     '<iframe style="width:390px;height:2400px;border:0;background:#fff" '
+                     f'srcdoc="{html.escape(page.read_text(encoding="utf-8"), quote=True)}"></iframe></body></html>',
+                     encoding="utf-8")
+    png = out / f"{name}_html_phone.png"
+    screenshot(phone, png, 500, 2400)
+    shots.append(png)
     notebook = out / f"{name}_notebook.html"
     notebook.write_text(NOTEBOOK_PAGE.format(view=result._repr_html_()), encoding="utf-8")
     png = out / f"{name}_notebook.png"

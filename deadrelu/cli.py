@@ -25,6 +25,7 @@ from .commands.options import (CAPTURE, DATA, MODEL, RUN, THRESHOLDS, DebugOptio
                                HtmlOption, JsonOption, JunitOption, MarkdownOption, MaxDeadRatioOption,
                                MaxLayerDeadRatioOption, OutOption, PngDirOption, QuietOption, ShowUnitsOption,
                                VerboseOption)
+from .commands.helpstyle import App, HelpGroup
 from .commands.options import MlflowOption, StepOption, TensorboardOption, WandbOption
 from .commands.common import EXIT_GATE_FAILED, EXIT_INTERRUPTED, EXIT_OK, error_exit, stderr, stdout
 from .commands.common import positionals as _positionals
@@ -38,8 +39,8 @@ from .settings import (MAX_LINE_BYTES, CompileMode, Granularity, InputDtype, Non
 #: data formats, for help texts (a torch-free copy of ``load.data.DATA_FORMATS``)
 DATA_FILES = ".npy, .npz, .pt/.pth, .csv/.tsv, .parquet, or text (.txt/.jsonl) with a tokenizer"
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="rich",
-                  help="Find dead, saturated and dormant ReLU-family units in a PyTorch model, on your data.")
+app = App(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="rich", cls=HelpGroup,
+          help="Find dead, saturated and dormant ReLU-family units in a PyTorch model, on your data.")
 
 
 class _ProgressReporter:
@@ -289,15 +290,9 @@ def _stem(model: Path | None, model_spec: str | None) -> str:
 
 
 def _width() -> int | None:
-    """The width to lay the report out for: the terminal's, or COLUMNS; None (no limit) for a log."""
-    import os
-    columns = os.environ.get("COLUMNS", "")
-    if stdout.is_terminal:
-        return stdout.width
-    if columns.isdigit():
-        return int(columns)
-    stdout.width = 400  # a CI log: full names and lines, nothing wrapped mid-word
-    return None
+    """The width to lay the report out for (``commands.common.terminal_width``)."""
+    from .commands.common import terminal_width
+    return terminal_width()
 
 
 def _emit(result: Any, json_path: Path | None, quiet: bool, show_units: bool, verbose: bool = False) -> None:

@@ -387,10 +387,20 @@ class ScanResult:
         """The overview figure (dead / saturated / dormant share per site, flagged sites named).
 
         Returns:
-            A matplotlib ``Figure`` (shown as the cell's value in a notebook).
+            A matplotlib ``Figure`` that a notebook displays by itself (no ``%matplotlib inline``
+            needed); ``savefig`` in a script.
         """
         from .render.plots import dead_ratio_by_layer
         return dead_ratio_by_layer(self)
+
+    def report(self) -> Any:
+        """The full HTML report, displayed inline in a notebook (``str()`` or ``.save(path)`` for the page).
+
+        Returns:
+            A ``deadrelu.render.notebook.InlineReport``.
+        """
+        from .render.notebook import inline_report
+        return inline_report(self)
 
 
 def _finite_or_none(value: float) -> float | None:

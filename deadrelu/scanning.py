@@ -17,7 +17,7 @@ from torch import nn
 from . import distributed
 from .capturing.session import CaptureSession
 from .compile_policy import CompileDecision
-from .errors import DataLoadError, DeadReluError, ForwardError
+from .errors import DataLoadError, DeadReluError, ForwardError, ModelLoadError
 from .judge.gate import GateLimits
 from .load.data import DataStream, as_stream, fit_batches
 from .load.exported import ExportedModel
@@ -194,11 +194,32 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
             cause = f"{prepare.nonfinite_samples} of {samples} samples held NaN/inf"
             hint = "clean the data, or pass --nonfinite skip to leave such samples out"
         else:
+            bad = nonfinite_tensors(model)
+            if bad:
+                shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+                raise ModelLoadError(f"the model's weights are not finite: {shown} hold NaN/inf, so every "
+                                     f"activation was NaN/inf and nothing was observed (the data is finite)",
+                                     hint="load weights saved before training diverged (torch.isfinite(p).all() "
+                                          "on each parameter finds them)")
             cause = "the model's activations were NaN/inf for every sample"
             hint = "check the model's weights and buffers for NaN/inf (torch.isfinite(p).all())"
         raise DataLoadError(f"{stream.source}: nothing was observed: all {result.summary.units} units at "
                             f"{result.summary.sites} site(s) saw only NaN/inf ({cause})", hint=hint)
     return result.with_gate(limits.check(result)) if limits.active else result
+
+
+def nonfinite_tensors(model: nn.Module) -> list[str]:
+    """Names of the model's floating parameters and buffers that hold NaN or inf.
+
+    Args:
+        model: the scanned model.
+
+    Returns:
+        Their names (``0.weight``), in the model's order; empty when all are finite.
+    """
+    named = [*model.named_parameters(), *model.named_buffers()]
+    return [name for name, tensor in named
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor.detach()).all())]
 
 
 def _first_forward(model: nn.Module, session: CaptureSession, prepare: InputPreparer, raw: Any,

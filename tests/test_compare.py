@@ -267,3 +267,42 @@ def test_diff_path_modules_do_not_import_torch(path: str) -> None:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             imported.add(node.module.split(".")[0])
     assert not imported & {"torch", "lightning", "transformers"}
+
+
+def test_diff_report_is_verdict_first_in_the_scan_style_with_unit_runs(runner, tmp_path) -> None:
+    # act1 gains units 4 and 7 (+ 0 revived), act2 gains 3 and 5 and loses 0: verdict line first,
+    # unit indices written as scan writes them, ratios as percentages.
+    from deadrelu.render import compare as compare_render
+    from rich.console import Console
+    base, new = scan_of(**BASE), scan_of(**NEW)
+    result = diff(base, new)
+    result = result.with_gate(check_diff_gate(result, max_new_dead=0))
+    console = Console(width=80, record=True, no_color=True)
+    console.print(compare_render.report(result, width=80))
+    lines = console.export_text().splitlines()
+    assert lines[0].startswith("FAIL  4 units newly dead, 1 revived over 2 matched sites; CI gate failed.")
+    assert "Dead units, base → new" not in lines  # the old boxed table style is gone
+    assert lines[2] == "Sites whose dead units changed, worst first".ljust(len(lines[2]))
+
+
+def test_a_result_compared_with_itself_says_identical(runner, tmp_path) -> None:
+    base = scan_of(**NEW)
+    path = tmp_path / "r.json"
+    base.to_json(path)
+    from deadrelu.cli import app
+    out = runner.invoke(app, ["diff", str(path), str(path)])
+    assert out.exit_code == 0, out.output
+    dead = base.summary.dead
+    assert out.stdout.splitlines()[0] == f"OK  identical: the same {dead:,} dead unit(s) at the same 2 site(s)"
+    assert "units" not in out.stdout.replace("dead unit(s)", "")  # no table of zeros
+
+
+def test_unit_indices_are_written_as_runs_everywhere() -> None:
+    from deadrelu.numbers import above_limit, index_ranges, percents_apart
+    assert index_ranges(range(256)) == "0–255"
+    assert index_ranges([11, 3, 5, 6, 3]) == "3, 5–6, 11"
+    assert index_ranges([0, 2, 4, 6], limit=2) == "0, 2, … (4 in all)"
+    assert index_ranges([]) == "none"
+    assert percents_apart(0.2321, 0.05) == ("23.2%", "5.0%")
+    assert percents_apart(0.0501, 0.05) == ("5.01%", "5.00%")  # never "5.0% > 5.0%"
+    assert above_limit(0.25, 0.2) == "25.0% > limit 20.0%"

@@ -323,12 +323,27 @@ def test_units_without_a_finite_observation_are_unobserved_not_healthy(runner, r
 
 
 def test_a_model_whose_activations_are_all_nan_observed_nothing():
-    model = nn.Sequential(nn.Linear(10, 4), nn.ReLU())
-    with torch.no_grad():
-        model[0].bias.fill_(float("nan"))
+    # Finite weights and data, NaN activations (0 * inf): nothing observed, the weights to check.
+    class Broken(nn.Module):
+        def forward(self, x):
+            return x * float("inf") * 0.0
+
+    model = nn.Sequential(nn.Linear(10, 4), Broken(), nn.ReLU())
     with pytest.raises(deadrelu.DataLoadError, match="nothing was observed: all 4 units") as caught:
         deadrelu.scan(model, bounded_inputs(20, 10))
     assert "weights" in caught.value.hint
+
+
+def test_nan_weights_are_blamed_on_the_weights_not_the_data():
+    # issue 22: NaN weights made every activation NaN and the error blamed the data file.
+    model = nn.Sequential(nn.Linear(10, 4), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[0].bias.fill_(float("nan"))
+        model[2].weight[0, 0] = float("inf")
+    with pytest.raises(deadrelu.ModelLoadError) as caught:
+        deadrelu.scan(model, bounded_inputs(20, 10))
+    assert str(caught.value).startswith("the model's weights are not finite: 0.bias, 2.weight hold NaN/inf")
+    assert "data is finite" in str(caught.value)
 
 
 def test_no_mutation_of_a_report_crashes_the_report_command(runner, saved, tmp_path):

@@ -145,7 +145,7 @@ def test_headline_numbers_and_gate(hostile_page, hostile_result):
     assert card(hostile_page, "Dead") == str(s.dead)
     assert s.dead >= 8
     assert card(hostile_page, "CI gate") == "FAILED"
-    assert "dead ratio 0.2500 &gt; limit 0.1" in hostile_page
+    assert "dead ratio 25.0% &gt; limit 10.0%" in hostile_page  # percentages, as the terminal, JUnit and Markdown
 
 
 def test_run_metadata_is_shown(hostile_page):
@@ -362,3 +362,82 @@ def test_notebook_view_has_verdict_worst_sites_suggestions_and_a_plot_in_scoped_
     assert view.count("<rect ") == len(hostile_result.sites)
     assert view.count("<li ") == min(3, len(hostile_result.suggestions))
     assert "<script" not in view
+
+
+def test_coverage_counts_sites_not_only_modules() -> None:
+    # issue 22: 4 sites (a ReLU module called twice, another once, one F.relu) read
+    # "activation modules found 2": the row now counts the sites and says where they come from.
+    import re
+
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    import deadrelu
+    from deadrelu.render.html import report
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.twice, self.once = nn.Linear(4, 4), nn.ReLU(), nn.ReLU()
+
+        def forward(self, x):
+            return F.relu(self.once(self.twice(self.twice(self.fc(x)))) - 0.1)
+
+    result = deadrelu.scan(Net(), torch.randn(16, 4))
+    assert len(result.sites) == 4
+    page = report(result, plots=False)
+    row = re.search(r"<td>sites scanned</td><td>([^<]*)</td>", page)
+    assert row is not None, "no 'sites scanned' row"
+    assert row.group(1) == ("4: 2 activation module(s) found, 1 functional call site(s) (F.relu...); a module called "
+                            "k times per forward pass is k sites")
+    assert "activation modules found" not in page
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH: the browser check needs Debian's chromium")
+def test_on_a_390px_phone_the_verdict_name_and_dead_share_show_without_scrolling(tmp_path):
+    # issue 22: the sites table hid dead / dead % off-screen. The report is laid out in a 390 px
+    # iframe (headless Chromium will not make a window that narrow) and measured from the host.
+    import html as html_module
+    import json as json_module
+    import re
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.feature_extractor_backbone = nn.ModuleDict(
+                {f"residual_stage_{k}": nn.Sequential(nn.Linear(16, 16), nn.ReLU()) for k in range(3)})
+
+        def forward(self, x):
+            for block in self.feature_extractor_backbone.values():
+                x = block(x)
+            return x
+
+    model = Net()
+    with torch.no_grad():
+        for k, block in enumerate(model.feature_extractor_backbone.values()):
+            block[0].bias[: 3 + k] = -100.0
+    result = deadrelu.scan(model, bounded_inputs(64, 16))
+    page = html_render.report(result).replace("Content-Security-Policy", "X-Removed")  # the host's script measures
+    probe = """<script>document.getElementById('f').addEventListener('load', () => {
+      const d = document.getElementById('f').contentDocument, vw = d.documentElement.clientWidth;
+      const right = el => el.getBoundingClientRect().right;
+      const rows = [...d.querySelectorAll('table.sites tbody tr')];
+      document.title = JSON.stringify({vw, scroll: d.documentElement.scrollWidth,
+        verdict: right(d.querySelector('.verdictcard')),
+        names: rows.map(r => [r.querySelector('td.name').textContent, right(r.querySelector('td.name'))]),
+        dead: rows.map(r => right(r.querySelector('td[data-label="dead %"]')))});});</script>"""
+    host = tmp_path / "phone.html"
+    host.write_text('<!DOCTYPE html><html><head><title>x</title></head><body style="margin:0">'
+                    f'<iframe id="f" style="width:390px;height:900px;border:0" '
+                    f'srcdoc="{html_module.escape(page, quote=True)}"></iframe>{probe}</body></html>', encoding="utf-8")
+    done = chromium(tmp_path, "--dump-dom", "--window-size=800,1000", host.as_uri())
+    assert done.returncode == 0, done.stderr[-2000:]
+    measured = json_module.loads(html_module.unescape(re.search(r"<title>(.*?)</title>", done.stdout).group(1)))
+    width = measured["vw"]
+    assert 360 <= width <= 390, measured
+    assert measured["scroll"] <= width, f"the page scrolls sideways: {measured}"
+    assert measured["verdict"] <= width
+    names = [name for name, _ in measured["names"]]
+    assert names == [f"feature_extractor_backbone.residual_stage_{k}.1" for k in (2, 1, 0)]
+    assert all(right <= width for _, right in measured["names"]) and all(right <= width for right in measured["dead"])

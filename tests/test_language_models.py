@@ -69,7 +69,7 @@ def test_bert_gelu_sites_and_the_pooler_tanh_listed(runner, folders):
                for site in sites.values())
     assert report["coverage"]["unsupported"] == [
         {"module": "pooler.activation", "class": "Tanh", "calls": 1, "reason": "unsupported kind"}]
-    assert "1 Tanh call not scanned (unsupported kind: pooler.activation)" in report["warnings"]
+    assert "1 Tanh call not scanned (unsupported kind) at module pooler.activation" in report["warnings"]
     validate_result(report, "bert report")  # the new coverage fields are part of the published schema
 
 

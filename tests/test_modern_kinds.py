@@ -181,9 +181,9 @@ def test_unsupported_activations_are_listed_with_their_calls():
     assert [s.name for s in result.sites] == ["act"]
     assert result.coverage["unsupported"] == [{"module": "squash", "class": "Softplus", "calls": 2,
                                                "reason": "unsupported kind"}]
-    assert "2 Softplus calls not scanned (unsupported kind: squash)" in result.warnings
+    assert "2 Softplus calls not scanned (unsupported kind) at module squash" in result.warnings
     scripted = deadrelu.scan(torch.jit.script(Shared().eval()), torch.randn(6, 4))
-    assert "1 Softplus module not scanned (unsupported kind: squash)" in scripted.warnings
+    assert "1 Softplus module not scanned (unsupported kind) at module squash" in scripted.warnings
 
 
 def test_a_class_named_like_a_kind_that_makes_no_aten_op_is_listed_in_torchscript():
@@ -206,4 +206,39 @@ def test_a_class_named_like_a_kind_that_makes_no_aten_op_is_listed_in_torchscrip
     scripted = deadrelu.scan(torch.jit.script(model), torch.randn(6, 4))
     assert [s.name for s in scripted.sites] == ["out"]
     assert ("1 NewGELUActivation module not scanned (computes its activation without an aten activation op; "
-            "only an eager scan sees it: act)") in scripted.warnings
+            "only an eager scan sees it) at module act") in scripted.warnings
+
+
+def test_a_tanh_only_model_names_the_module_not_a_count() -> None:
+    # Sequential names its Tanh "1": the message must not read "unsupported kind: 1".
+    import pytest
+
+    from deadrelu.errors import DeadReluError
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    with pytest.raises(DeadReluError) as caught:
+        deadrelu.scan(model, torch.randn(16, 4))
+    assert "1 Tanh call not scanned (unsupported kind) at module 1" in str(caught.value)
+    assert "unsupported kind: 1" not in str(caught.value)
+
+
+def test_the_layers_hint_names_sites_as_the_table_does() -> None:
+    # One ReLU module called once: the table says "0.act", so the hint must too (not "0.act#0");
+    # a module called twice keeps its call index, as in the table.
+    import pytest
+
+    from deadrelu.errors import DeadReluError
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.act, self.twice = nn.Linear(4, 4), nn.ReLU(), nn.ReLU()
+
+        def forward(self, x):
+            return self.twice(self.twice(self.act(self.fc(x))))
+
+    model = nn.Sequential(Block(), nn.Linear(4, 1))
+    names = [site.name for site in deadrelu.scan(model, torch.randn(16, 4)).sites]
+    assert names == ["0.act", "0.twice#0", "0.twice#1"]
+    with pytest.raises(DeadReluError) as caught:
+        deadrelu.scan(model, torch.randn(16, 4), layers=["blok.*"])
+    assert caught.value.hint == "sites found: 0.act, 0.twice#0, 0.twice#1"

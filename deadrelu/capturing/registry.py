@@ -306,7 +306,7 @@ def no_sites_error(coverage: Coverage, model_name: str, module_types: list[str],
     """
     if coverage.excluded:
         return CaptureError("no activation site left to scan: --layers/--exclude excluded every site",
-                            hint=f"sites found: {', '.join(coverage.excluded[:6])}")
+                            hint=f"sites found: {', '.join(_as_table_names(coverage.excluded)[:6])}")
     if coverage.activation_modules:
         return CaptureError("the model's activation modules never ran on this data",
                             hint=f"modules found: {', '.join(coverage.activation_modules[:6])}")
@@ -320,8 +320,19 @@ def no_sites_error(coverage: Coverage, model_name: str, module_types: list[str],
         hint=f"deadrelu scans {', '.join(KNOWN_KINDS)} modules and functional calls to them")
 
 
+def _as_table_names(excluded: list[str]) -> list[str]:
+    """Excluded sites named as the table names them: a module called once is ``act``, not ``act#0``."""
+    calls: dict[str, int] = {}
+    for name in excluded:
+        if ":" not in name and "#" in name:
+            module = name.rpartition("#")[0]
+            calls[module] = calls.get(module, 0) + 1
+    return [name.rpartition("#")[0] if ":" not in name and name.endswith("#0") and calls.get(name[:-2]) == 1
+            else name for name in excluded]
+
+
 def unsupported_summary(entries: list[list[Any]]) -> str:
-    """``19 Hardswish calls not scanned (unsupported kind); 2 NewGELUActivation modules ...``.
+    """``19 Hardswish calls not scanned (unsupported kind) at modules blocks.0.act, ...; 2 NewGELUActivation ...``.
 
     Args:
         entries: ``Coverage.unsupported`` rows ``[module, class, calls or None, why]``.
@@ -339,7 +350,9 @@ def unsupported_summary(entries: list[list[Any]]) -> str:
     for (class_name, why), (modules, calls, names) in groups.items():
         count, noun = (calls, "call") if calls else (modules, "module")
         where = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-        parts.append(f"{count} {class_name} {noun}{'s' if count != 1 else ''} not scanned ({why}: {where})")
+        # The module names follow "at module(s)": a Sequential's "1" must not read as a count.
+        parts.append(f"{count} {class_name} {noun}{'s' if count != 1 else ''} not scanned ({why}) at "
+                     f"module{'s' if len(names) != 1 else ''} {where}")
     return "; ".join(parts)
 
 

@@ -40,6 +40,18 @@ stdout = Console(highlight=False, soft_wrap=False)
 # Errors and hints stay one line each, however narrow the terminal (CI logs are grepped).
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
+
+def terminal_width() -> int | None:
+    """The width every command lays its report out for: the terminal's, else ``COLUMNS`` (read now,
+    not when the console was made); None (no limit: full names and lines) for a log."""
+    columns = os.environ.get("COLUMNS", "")
+    if stdout.is_terminal:
+        return stdout.width
+    if columns.isdigit():
+        return int(columns)
+    stdout.width = 400  # a CI log: full names and lines, nothing wrapped mid-word
+    return None
+
 #: library parameter names -> the flags a CLI user types, for error lines
 PARAMETER_FLAGS = {"batch_size": "--batch-size", "dead_threshold": "--dead-threshold", "tau": "--tau",
                    "saturation": "--saturation", "granularity": "--granularity", "nonfinite": "--nonfinite",

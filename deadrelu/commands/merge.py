@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import EXIT_GATE_FAILED, EXIT_OK, error_exit, stderr, stdout
+from .common import EXIT_GATE_FAILED, EXIT_OK, error_exit, stderr, stdout, terminal_width
 from .options import (THRESHOLDS, DebugOption, HtmlOption, MaxDeadRatioOption, MaxLayerDeadRatioOption,
                       PngDirOption, QuietOption, ShowUnitsOption)
 
@@ -73,7 +73,7 @@ def merge(
             sys.stdout.write(result.to_json() + "\n")
         else:
             stdout.print(console_render.verdict_line(result) if quiet
-                         else console_render.report(result, show_units=show_units), soft_wrap=quiet)
+                         else console_render.report(result, show_units=show_units, width=terminal_width()), soft_wrap=quiet)
         gate = console_render.gate_lines(result)
         if gate is not None and (quiet or to_stdout):
             (stderr if to_stdout else stdout).print(gate)

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..errors import ConfigError
+from ..render.text import wrap_hanging
 from .options import DATA as DATA_PANEL
 from .options import MODEL as MODEL_PANEL
 from .options import OUTPUT as OUT_PANEL
@@ -174,7 +175,7 @@ def prune(
     json_path: JsonOpt = None, debug: DebugOption = False,
 ) -> None:
     """Remove dead units whose output is exactly 0 on every sample, check the outputs are unchanged, write."""
-    from .common import error_exit, stderr, stdout
+    from .common import error_exit, stderr, stdout, terminal_width
     from ..render import repair as render
     from ..repair import RepairRefused
     from ..repair import prune as prune_model
@@ -210,7 +211,7 @@ def prune(
                 console.print("new shapes: " + "; ".join(f"{name} {tuple(old)} -> {tuple(new)}"
                                                          for name, old, new in report.shapes), markup=False)
             for line in written:
-                console.print(f"wrote {line}", markup=False, soft_wrap=True)
+                console.print(wrap_hanging(f"wrote {line}", terminal_width() if console is stdout else console.width, 6), markup=False, soft_wrap=True)
             if not written:
                 console.print("nothing written (give --out NAME.pt2 and/or --state-dict NAME.pt)", markup=False)
         _write_json(json_path, _payload("prune", report, written))
@@ -237,7 +238,7 @@ def fix(
     json_path: JsonOpt = None, debug: DebugOption = False,
 ) -> None:
     """Recycle dead/dormant units (ReDo), swap activations, or re-initialise layers; show dead before -> after."""
-    from .common import error_exit, stderr, stdout
+    from .common import error_exit, stderr, stdout, terminal_width
     from ..render import repair as render
     from ..repair import RepairRefused, recycle as recycle_units, reinit as reinit_layers, swap_activations
     from ..repair.save import check_destination, save_like_input
@@ -284,7 +285,7 @@ def fix(
                                            kwargs=kwargs))
         console.print(render.repair_report(report))
         for line in written:
-            console.print(f"wrote {line}", markup=False, soft_wrap=True)
+            console.print(wrap_hanging(f"wrote {line}", terminal_width() if console is stdout else console.width, 6), markup=False, soft_wrap=True)
         if not written:
             console.print("nothing written (give --out PATH)", markup=False)
         _write_json(json_path, _payload("fix", report, written))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from .common import EXIT_GATE_FAILED, EXIT_OK, error_exit, stderr, stdout
+from .common import EXIT_GATE_FAILED, EXIT_OK, error_exit, stderr, stdout, terminal_width
 from .options import DebugOption, JunitOption, MarkdownOption
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ def diff(
             if gate is not None:
                 stderr.print(gate)
         else:
-            stdout.print(compare_render.report(result))
+            stdout.print(compare_render.report(result, width=terminal_width()))
         written = []
         with written_together():
             if json_path is not None and not to_stdout_json:
@@ -254,7 +254,7 @@ def _emit_trend(trend_data: Trend, points: list[dict[str, Any]], json_path: Path
     from ..render import trend as trend_render
     from ..render.files import atomic_write_text, written_together
     from ..render.text import visible
-    stdout.print(trend_render.trend_table(trend_data, width=min(stdout.width, 200)))
+    stdout.print(trend_render.trend_table(trend_data, width=min(terminal_width() or 200, 200)))
     written = []
     with written_together():
         if json_path is not None:

@@ -1,10 +1,11 @@
 """Terminal rendering: rich renderables built from a ``ScanResult``; printing is the caller's.
 
 Laid out for 80 columns: the verdict first, with the top suggestion's cause as its own line,
-then only the sites with a problem (each name in full, shortened in the middle only when it
-cannot fit), the clean ones as one line, then one line per suggestion with its rank and the
-dead units it explains; generic advice (swap the activation, re-initialise, SELU) is counted
-in one line when a specific cause was found, and listed with ``verbose``. Code is never
+then only the sites with a problem (each name in full, never cut: when names do not fit beside
+the numbers, each site takes two lines), the clean ones as one line, then one line per
+suggestion with its rank and the dead units it explains; generic advice (swap the activation,
+re-initialise, SELU) is counted in one line when a specific cause was found, and listed with
+``verbose``. Code is never
 soft-wrapped (a wrapped comment pasted into Python is a syntax error): ``verbose`` prints
 it whole, unwrapped, as the HTML and JSON reports do. ``width=None`` means "no limit"
 (output that is not a terminal, such as a CI log, keeps full names and lines).
@@ -13,7 +14,7 @@ it whole, unwrapped, as the HTML and JSON reports do. ``width=None`` means "no l
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from rich.console import Group
 from rich.markup import escape
@@ -22,6 +23,7 @@ from rich.text import Text
 
 from ..judge.overall import (CAUSE_PHRASES, Level, cause_sentence, dead_no_gradient, flagged, headline_cause, leaky,
                              never_active, overall, problem_mask, site_level, worst_sites)
+from ..numbers import index_ranges, percent, percents_apart
 from .text import visible
 
 if TYPE_CHECKING:
@@ -41,12 +43,46 @@ def worst_first(result: ScanResult) -> list[SiteResult]:
     return worst_sites(result)
 
 
-def middle(name: str, limit: int) -> str:
-    """``name`` shortened in the middle to ``limit`` characters (unchanged when it fits)."""
-    if limit <= 0 or len(name) <= limit:
-        return name
-    keep = max(limit - 1, 2)
-    return name[: keep // 2] + "…" + name[-(keep - keep // 2):]
+def _row_style(site: SiteResult) -> str:
+    return ROW_STYLE[site_level(site)] if not leaky(site) or site.saturated else "cyan"
+
+
+def name_table(title: str, columns: list[tuple[str, str]], rows: list[tuple[Any, list[str]]], width: int | None,
+               style: Callable[[Any], str], name: Callable[[Any], str] = lambda site: site.name) -> Table:
+    """A table of named rows whose names are never cut, in the style every command shares.
+
+    Args:
+        title: the table's title.
+        columns: ``(header, justify)`` of the columns after the name.
+        rows: ``(item, cells)``; ``name(item)`` is the row's name, ``style(item)`` its style.
+        width: the width to fit (None: no limit). When the longest name does not fit beside the
+            numbers (2 spaces of padding per column, 2 of indent), each row takes two lines: the
+            name whole, then its numbers under the column heads, indented.
+        style: a row's rich style.
+        name: a row's name (shown through ``visible``).
+
+    Returns:
+        A rich table.
+    """
+    longest = max((len(visible(name(item))) for item, _ in rows), default=0)
+    widths = [max([len(header), *(len(cells[k]) for _, cells in rows)]) for k, (header, _) in enumerate(columns)]
+    table = Table(title=title, title_justify="left", header_style="bold", box=None, pad_edge=False,
+                  padding=(0, 1, 0, 1), show_edge=False)
+    if width is None or longest + sum(widths) + 2 * (len(columns) + 1) + 2 <= width:
+        table.add_column("site", no_wrap=True, overflow="ignore")
+        for header, justify in columns:
+            table.add_column(header, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        for item, cells in rows:
+            table.add_row(escape(visible(name(item))), *(escape(c) for c in cells), style=style(item))
+        return table
+
+    def line(cells: list[str]) -> str:
+        return "    " + "  ".join(cell.ljust(size) if justify == "left" else cell.rjust(size)
+                                  for cell, size, (_, justify) in zip(cells, widths, columns))
+    table.add_column("site\n" + line([header for header, _ in columns]), no_wrap=True, overflow="ignore")
+    for item, cells in rows:
+        table.add_row(Text(visible(name(item)) + "\n" + line(cells), style=style(item)))
+    return table
 
 
 def _share(count: int, units: int) -> str:
@@ -100,24 +136,8 @@ def layer_table(result: ScanResult, limit: int | None = DEFAULT_ROWS, width: int
             cells.append(str(site.dormant))
         cells.append(_rate(site.active_rate_mean))
         rows.append((site, cells))
-    # Names get what the other columns leave (2 spaces of padding per column, 2 of indent).
-    name_room = None
-    if width is not None:
-        others = sum(max(len(title), *(len(cells[k]) for _, cells in rows)) if rows else len(title)
-                     for k, (title, _) in enumerate(columns))
-        name_room = max(12, width - others - 2 * (len(columns) + 1) - 2)
     title = "Activation sites, worst first" if not all_sites else "Activation sites, worst first (all)"
-    table = Table(title=title, title_justify="left", header_style="bold", box=None, pad_edge=False,
-                  padding=(0, 1, 0, 1), show_edge=False)
-    table.add_column("site", no_wrap=True, overflow="ignore")
-    for column_title, justify in columns:
-        table.add_column(column_title, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    for site, cells in rows:
-        name = visible(site.name)
-        if name_room is not None:
-            name = middle(name, name_room)
-        style = ROW_STYLE[site_level(site)] if not leaky(site) or site.saturated else "cyan"
-        table.add_row(escape(name), *(escape(c) for c in cells), style=style)
+    table = name_table(title, columns, rows, width, _row_style, name=lambda site: site.name)
     notes = []
     if hidden:
         notes.append(f"{hidden} more site(s) with dead units: --verbose or the HTML report")
@@ -168,21 +188,25 @@ def cause_line(result: ScanResult) -> Text | None:
 
 
 def gate_lines(result: ScanResult) -> Text | None:
-    """The CI gate's outcome, naming each broken limit."""
+    """The CI gate's outcome, naming each broken limit (ratios as percentages, as JUnit and Markdown write them)."""
     gate = result.gate
     if gate is None:
         return None
     if gate.passed:
         limits = []
         if gate.max_dead_ratio is not None:
-            limits.append(f"max dead ratio {gate.max_dead_ratio:g}")
+            limits.append(f"max dead ratio {percent(gate.max_dead_ratio)}")
         if gate.max_layer_dead_ratio is not None:
-            limits.append(f"max layer dead ratio {gate.max_layer_dead_ratio:g}")
+            limits.append(f"max layer dead ratio {percent(gate.max_layer_dead_ratio)}")
         return Text(f"Gate passed ({', '.join(limits) or 'no limits'}).", style="green")
     text = Text("Gate FAILED:", style="bold red")
+    sites = {site.name: site for site in result.sites}
     for violation in gate.violations:
-        scope = "all units" if violation.scope == "model" else f"site {visible(violation.scope)}"
-        text.append(f"\n  {scope}: dead ratio {violation.dead_ratio:.4f} > limit {violation.limit:g}")
+        where = sites.get(violation.scope) if violation.scope != "model" else result.summary
+        counts = f" ({where.dead} of {where.units} units)" if where is not None else ""
+        scope = "all sites" if violation.scope == "model" else f"site {visible(violation.scope)}"
+        ratio, limit = percents_apart(violation.dead_ratio, violation.limit)
+        text.append(f"\n  {scope}: dead ratio {ratio}{counts} > limit {limit}")
     return text
 
 
@@ -198,17 +222,15 @@ def warnings_text(result: ScanResult) -> Group | None:
     return Group(Text("Notes:", style="bold"), bullets)
 
 
-def dead_units_text(result: ScanResult, max_per_site: int = 64) -> Text:
-    """The indices of dead / saturated units per site."""
+def dead_units_text(result: ScanResult, max_runs: int = 32) -> Text:
+    """The indices of dead / saturated units per site, as runs (``0–255``), as every command writes them."""
     text = Text("Dead / saturated unit indices:", style="bold")
     any_listed = False
     for site in result.sites:
         for label, units in (("dead", site.verdict.dead_units), ("saturated", site.verdict.saturated_units)):
             if units:
                 any_listed = True
-                listed = ", ".join(map(str, units[:max_per_site]))
-                more = f" ... (+{len(units) - max_per_site})" if len(units) > max_per_site else ""
-                text.append(f"\n  {visible(site.name)} {label} [{len(units)}]: {listed}{more}")
+                text.append(f"\n  {visible(site.name)} {label} [{len(units)}]: {index_ranges(units, max_runs)}")
     if not any_listed:
         text.append("\n  none")
     return text

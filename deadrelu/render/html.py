@@ -16,16 +16,14 @@ no network at all, so even a missed escape could not run code or fetch anything.
 
 from __future__ import annotations
 
-import base64
 import html
 import math
-import struct
-import zlib
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-import numpy as np
-
+from ..numbers import above_limit, index_ranges, percent
 from .console import worst_first
+from .pixels import _data_uri, histogram_svg, png_rgb, unit_map_png
+from .styles import CSS
 from .text import visible
 
 if TYPE_CHECKING:
@@ -39,10 +37,9 @@ MAX_DETAIL_SITES = 200
 OPEN_DETAILS = 3
 #: site table rows
 MAX_TABLE_ROWS = 1000
-#: unit indices listed per verdict and site
+#: runs of unit indices listed per verdict and site (the rest are counted)
 MAX_LISTED_UNITS = 200
-#: unit map: at most this many columns; displayed at most this wide (CSS pixels)
-MAP_MAX_COLUMNS = 256
+#: unit map: displayed at most this wide (CSS pixels; MAP_MAX_COLUMNS columns at most, render.pixels)
 MAP_DISPLAY_WIDTH = 480
 
 SEVERITY_LABEL = {"critical": "CRITICAL", "warning": "WARNING", "info": "INFO"}
@@ -73,164 +70,8 @@ def _num(value: Any) -> str:
 
 # -- embedded images ----------------------------------------------------------------------
 
-def png_rgb(pixels: np.ndarray) -> bytes:
-    """Encode an ``(height, width, 3)`` uint8 array as PNG bytes (no matplotlib needed)."""
-    height, width, _ = pixels.shape
-    rows = np.concatenate([np.zeros((height, 1), dtype=np.uint8), pixels.reshape(height, width * 3)], axis=1)
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
-            + chunk(b"IEND", b""))
-
-
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-_LUT: np.ndarray | None = None
-
-
-def _viridis_lut() -> np.ndarray:
-    global _LUT
-    if _LUT is None:
-        from matplotlib import colormaps
-        _LUT = (colormaps["viridis"](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
-    return _LUT
-
-
-def _hex_rgb(color: str) -> np.ndarray:
-    return np.array([int(color[k:k + 2], 16) for k in (1, 3, 5)], dtype=np.uint8)
-
-
-def unit_map_png(site: SiteResult) -> tuple[bytes, int, int]:
-    """A site's units as pixels (viridis by active rate; dead red, saturated orange, unobserved grey;
-    an ELU/SELU/CELU unit at its floor is orange even though it is dead too).
-
-    Returns:
-        PNG bytes, columns and rows (unit ``i`` is at row ``i // columns``).
-    """
-    from .plots import DEAD_COLOR, SATURATED_COLOR, UNOBSERVED_COLOR, saturated_mark, unit_grid
-    rows, columns = unit_grid(site.units)
-    if columns > MAP_MAX_COLUMNS:
-        columns = MAP_MAX_COLUMNS
-        rows = math.ceil(site.units / columns)
-    cells = rows * columns
-    colors = np.empty((cells, 3), dtype=np.uint8)
-    colors[:] = _hex_rgb("#ffffff")
-    rates = site.stats.active_rate
-    observed = np.isfinite(rates)
-    index = np.clip(np.nan_to_num(rates, nan=0.0) * 255, 0, 255).astype(int)
-    unit_colors = _viridis_lut()[index]
-    unit_colors[~observed] = _hex_rgb(UNOBSERVED_COLOR)
-    unit_colors[site.verdict.dead] = _hex_rgb(DEAD_COLOR)
-    unit_colors[saturated_mark(site)] = _hex_rgb(SATURATED_COLOR)
-    colors[: site.units] = unit_colors
-    return png_rgb(colors.reshape(rows, columns, 3)), columns, rows
-
-
-def histogram_svg(site: SiteResult, width: int = 300, height: int = 96) -> str:
-    """An inline SVG bar chart of the site's per-unit active rates (dead units in their own red bar)."""
-    from .plots import DEAD_COLOR, RATE_BINS, rate_histogram
-    counts = rate_histogram(site.stats.active_rate)
-    shares = counts / max(site.units, 1)
-    top = max(float(shares.max()), 1e-9)
-    left, bottom, plot_h = 34, 16, height - 30
-    bar_w = (width - left - 6) / (RATE_BINS + 1.5)
-    bars = []
-    for k, share in enumerate(shares):
-        x = left + (k + (0.5 if k else 0)) * bar_w
-        h = plot_h * float(share) / top
-        color = DEAD_COLOR if k == 0 else "#3b6ea8"
-        bars.append(f'<rect x="{x:.1f}" y="{bottom + plot_h - h:.1f}" width="{bar_w * 0.9:.1f}" '
-                    f'height="{h:.1f}" fill="{color}"><title>{_bin_label(k)}: {int(counts[k])} units</title></rect>')
-    axis_y = bottom + plot_h
-    return (f'<svg class="hist" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" role="img" aria-label="histogram of per-unit active rates">'
-            f'<line x1="{left}" y1="{axis_y}" x2="{width - 4}" y2="{axis_y}" stroke="#888"/>'
-            f'<text x="{left - 4}" y="{bottom + 4}" text-anchor="end">{top:.0%}</text>'
-            f'<text x="{left - 4}" y="{axis_y}" text-anchor="end">0</text>'
-            + "".join(bars) +
-            f'<text x="{left + bar_w * 0.45:.1f}" y="{height - 2}" text-anchor="middle">dead</text>'
-            f'<text x="{width - 6}" y="{height - 2}" text-anchor="end">active rate 1</text></svg>')
-
-
-def _bin_label(k: int) -> str:
-    from .plots import RATE_BINS
-    if k == 0:
-        return "never active (dead)"
-    low, high = (k - 1) / RATE_BINS, k / RATE_BINS
-    return f"active rate {low:.2f}–{high:.2f}"
-
-
 # -- sections -----------------------------------------------------------------------------
 
-CSS = """
-:root{--fg:#1d1d1f;--muted:#5f6368;--line:#dadce0;--bg:#fff;--soft:#f6f7f9;--dead:#d62728;--sat:#ff7f0e;
---ok:#1e8e3e;--warn:#b06000;--crit:#c5221f;--info:#1a73e8;--leaky:#0f8a9d;
-font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
-color:var(--fg);background:var(--bg);text-align:left}
-*{box-sizing:border-box}
-main{max-width:1120px;margin:0 auto;padding:24px 28px 64px}
-.verdictcard{display:flex;flex-wrap:wrap;gap:6px 16px;align-items:baseline;border:1px solid var(--line);
-border-left:8px solid var(--ok);border-radius:8px;padding:12px 16px;margin:0 0 14px;background:var(--soft)}
-.verdictcard.WARN{border-left-color:var(--warn)}.verdictcard.FAIL{border-left-color:var(--crit)}
-.verdictcard .level{font-size:26px;font-weight:750;color:var(--ok)}.verdictcard.WARN .level{color:var(--warn)}
-.verdictcard.FAIL .level{color:var(--crit)}.verdictcard .what{font-size:17px;overflow-wrap:anywhere}
-.verdictcard .more{flex-basis:100%;color:var(--muted);font-size:14px}
-tr.leaky td{background:#e8f6f8}.explains{font-weight:650}.cause{font-weight:650;margin-right:.6em}.destructive{color:var(--crit);font-weight:650}
-.changes{font-size:13px;color:var(--muted)}
-h1{font-size:26px;margin:0 0 4px}h2{font-size:19px;margin:36px 0 12px;border-bottom:1px solid var(--line);
-padding-bottom:4px}h3{font-size:16px;margin:0 0 6px}
-.sub{color:var(--muted);margin:0 0 18px;overflow-wrap:anywhere}
-.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(150px,1fr));gap:12px}
-.card{border:1px solid var(--line);border-radius:8px;padding:12px 14px;background:var(--soft)}
-.card .label{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:var(--muted)}
-.card .value{font-size:24px;font-weight:650}.card .note{font-size:13px;color:var(--muted)}
-.card.bad .value{color:var(--crit)}.card.good .value{color:var(--ok)}
-.verdict{font-size:17px;margin:16px 0 0}
-.plotbox{overflow-x:auto;max-width:100%}
-img.plot{max-width:none;height:auto;border:1px solid var(--line);border-radius:6px}
-table{border-collapse:collapse;width:100%;font-size:14px}
-th,td{padding:5px 8px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
-th{background:var(--soft);font-weight:600}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
-td.name{overflow-wrap:anywhere;max-width:380px}
-tr.bad td{background:#fdecea}tr.warn td{background:#fff4e5}
-.bar{display:inline-block;height:9px;background:var(--dead);vertical-align:middle;border-radius:2px}
-.sugg{border:1px solid var(--line);border-left:6px solid var(--info);border-radius:8px;padding:12px 16px;
-margin:12px 0;break-inside:avoid}
-.sugg.critical{border-left-color:var(--crit)}.sugg.warning{border-left-color:var(--warn)}
-.sev{font-size:12px;font-weight:700;letter-spacing:.05em;margin-right:6px}
-.critical .sev{color:var(--crit)}.warning .sev{color:var(--warn)}.info .sev{color:var(--info)}
-.sugg p{margin:6px 0}.sugg .sites{color:var(--muted);font-size:13px;overflow-wrap:anywhere}
-.evidence{font-size:13px;margin:8px 0}.evidence td:first-child{color:var(--muted);width:34%}
-.evidence.matrix td:first-child{width:auto}.evidence.matrix th{font-size:12px}
-pre{background:#f1f3f4;border-radius:6px;padding:10px 12px;overflow-x:auto;font-size:13px;line-height:1.4;
-white-space:pre}
-.tablebox{overflow-x:auto;max-width:100%}
-code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
-details.site{border:1px solid var(--line);border-radius:8px;margin:8px 0;padding:0 12px}
-details.site>summary{cursor:pointer;padding:8px 0;overflow-wrap:anywhere}
-details.site[open]>summary{border-bottom:1px solid var(--line);margin-bottom:8px}
-.detail{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start;padding-bottom:10px}
-.detail figure{margin:0}.detail figcaption{font-size:12px;color:var(--muted)}
-img.map{image-rendering:pixelated;image-rendering:crisp-edges;border:1px solid var(--line)}
-svg.hist text{font-size:10px;fill:#5f6368}
-.units{font-size:13px;overflow-wrap:anywhere;font-family:ui-monospace,Menlo,Consolas,monospace}
-.legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 10px;vertical-align:middle}
-table.facts{width:auto;min-width:300px;font-size:13px}table.facts td:first-child{color:var(--muted);
-white-space:nowrap}table.facts td{overflow-wrap:anywhere;max-width:360px}
-.muted{color:var(--muted)}.meta td:first-child{width:24%;color:var(--muted)}
-.meta td{overflow-wrap:anywhere}
-ul.warnings li{margin:2px 0;overflow-wrap:anywhere}
-footer{margin-top:40px;color:var(--muted);font-size:13px}
-@media (max-width:640px){main{padding:14px 10px 40px}.verdictcard .level{font-size:22px}
-td.name{overflow-wrap:normal;white-space:nowrap;max-width:none}}
-@media print{main{max-width:none;padding:0}img.plot{max-width:100%}details.site{break-inside:avoid}
-details::details-content{content-visibility:visible;display:block;height:auto}
-a{color:inherit;text-decoration:none}}
-"""
 
 
 #: every report element sits in this container, and every CSS rule is scoped to it
@@ -354,8 +195,9 @@ def _headline(result: ScanResult) -> str:
     if gate is None:
         gate_card = _card("CI gate", "not set", "no --max-dead-ratio given")
     elif gate.passed:
-        limits = [f"max dead {gate.max_dead_ratio:g}" if gate.max_dead_ratio is not None else "",
-                  f"max layer dead {gate.max_layer_dead_ratio:g}" if gate.max_layer_dead_ratio is not None else ""]
+        limits = [f"max dead {percent(gate.max_dead_ratio)}" if gate.max_dead_ratio is not None else "",
+                  f"max layer dead {percent(gate.max_layer_dead_ratio)}" if gate.max_layer_dead_ratio is not None
+                  else ""]
         gate_card = _card("CI gate", "passed", ", ".join(x for x in limits if x), "good")
     else:
         gate_card = _card("CI gate", "FAILED", f"{len(gate.violations)} limit(s) broken", "bad")
@@ -376,8 +218,8 @@ def _headline(result: ScanResult) -> str:
     violations = ""
     if gate is not None and not gate.passed:
         items = "".join(
-            f"<li>{'all units' if v.scope == 'model' else 'site ' + _e(v.scope)}: dead ratio {v.dead_ratio:.4f} "
-            f"&gt; limit {v.limit:g}</li>" for v in gate.violations[:50])
+            f"<li>{'all sites' if v.scope == 'model' else 'site ' + _e(v.scope)}: dead ratio "
+            f"{_e(above_limit(v.dead_ratio, v.limit))}</li>" for v in gate.violations[:50])
         violations = f'<ul class="warnings">{items}</ul>'
     return f'{verdict_card(result)}<section class="cards">{"".join(cards)}</section>{violations}'
 
@@ -485,16 +327,22 @@ def _site_rows(result: ScanResult, sites: Sequence[SiteResult], anchors: dict[st
         dead = dead_no_gradient(site)
         share = dead / site.units if site.units else 0.0
         bar = f'<span class="bar" style="width:{max(share * 60, 0):.0f}px"></span> ' if dead else ""
-        cells = (f'<td class="n">{dead:,}</td><td class="n">{bar}{_pct(share)}</td>' if not leaky(site)
-                 else '<td class="n">–</td><td class="n">–</td>')
+        # data-label names a cell where a phone shows the row as a card (no header row); "minor"
+        # cells are left out there, so the name, dead and dead % fit 390 px without scrolling.
+        cells = (f'<td class="n" data-label="dead">{dead:,}</td><td class="n" data-label="dead %">{bar}{_pct(share)}'
+                 '</td>' if not leaky(site) else '<td class="n" data-label="dead">–</td><td class="n" '
+                 'data-label="dead %">–</td>')
         if saturating:
-            cells += f'<td class="n">{f"{site.saturated:,}" if site.saturation else "–"}</td>'
+            cells += (f'<td class="n" data-label="saturated">{f"{site.saturated:,}" if site.saturation else "–"}'
+                      '</td>')
         if leaky_kinds:
-            cells += f'<td class="n">{f"{never_active(site):,}" if leaky(site) else "–"}</td>'
+            cells += (f'<td class="n" data-label="never active">{f"{never_active(site):,}" if leaky(site) else "–"}'
+                      '</td>')
         rows.append(
-            f'<tr class="{tone}"><td class="n">{rank}</td><td class="name">{name}</td><td>{_e(site.kind)}</td>'
-            f'<td class="n">{position[id(site)]}</td><td class="n">{site.units:,}</td>{cells}'
-            f'<td class="n">{site.dormant:,}</td><td class="n">{_rate(site.active_rate_mean)}</td></tr>')
+            f'<tr class="{tone}"><td class="n minor">{rank}</td><td class="name">{name}</td>'
+            f'<td data-label="kind">{_e(site.kind)}</td><td class="n minor">{position[id(site)]}</td>'
+            f'<td class="n" data-label="units">{site.units:,}</td>{cells}'
+            f'<td class="n minor">{site.dormant:,}</td><td class="n minor">{_rate(site.active_rate_mean)}</td></tr>')
     return "".join(rows)
 
 
@@ -515,13 +363,13 @@ def _site_table(result: ScanResult, ordered: Sequence[SiteResult], anchors: dict
             + '<th class="n">dormant</th><th class="n">active rate</th></tr></thead>')
     table = ""
     if problems:
-        table = (f'<div class="tablebox"><table>{head}<tbody>'
+        table = (f'<div class="tablebox"><table class="sites">{head}<tbody>'
                  f'{_site_rows(result, problems, anchors, 1, saturating, leaky_kinds)}</tbody></table></div>')
     else:
         table = '<p>No site has a dead, saturated or never-active unit.</p><table></table>'
     if clean:
         table += (f'<details><summary>{len(clean)} site(s) clean (no dead or saturated unit): show them</summary>'
-                  f'<div class="tablebox"><table>{head}<tbody>'
+                  f'<div class="tablebox"><table class="sites">{head}<tbody>'
                   f'{_site_rows(result, clean, anchors, len(problems) + 1, saturating, leaky_kinds)}'
                   "</tbody></table></div></details>")
     more = (f'<p class="muted">{len(ordered) - max_rows} more site(s) not listed; all are in the JSON report.</p>'
@@ -532,9 +380,7 @@ def _site_table(result: ScanResult, ordered: Sequence[SiteResult], anchors: dict
 def _unit_list(label: str, units: list[int]) -> str:
     if not units:
         return ""
-    shown = ", ".join(map(str, units[:MAX_LISTED_UNITS]))
-    more = f" … (+{len(units) - MAX_LISTED_UNITS} more)" if len(units) > MAX_LISTED_UNITS else ""
-    return f'<p class="units"><b>{_e(label)} [{len(units)}]</b>: {shown}{more}</p>'
+    return f'<p class="units"><b>{_e(label)} [{len(units)}]</b>: {_e(index_ranges(units, MAX_LISTED_UNITS))}</p>'
 
 
 def _site_detail(result: ScanResult, site: SiteResult, anchor: str, opened: bool,
@@ -602,7 +448,7 @@ def _run_metadata(result: ScanResult) -> str:
     coverage = result.coverage or {}
     not_run = coverage.get("not_run") or []
     excluded = coverage.get("excluded") or []
-    cov_rows = [("activation modules found", coverage.get("activation_modules")),
+    cov_rows = [("sites scanned", _sites_scanned(result)),
                 ("never ran", ", ".join(map(str, not_run[:30])) + (" …" if len(not_run) > 30 else "")),
                 ("excluded", ", ".join(map(str, excluded[:30])) + (" …" if len(excluded) > 30 else ""))]
     warnings = "".join(f"<li>{_e(w)}</li>" for w in result.warnings)
@@ -610,6 +456,22 @@ def _run_metadata(result: ScanResult) -> str:
     return (f"<h3>Model</h3>{_meta_table(model_rows)}<h3>Data</h3>{_meta_table(data_rows)}"
             f"<h3>Settings</h3>{_meta_table(settings_rows)}<h3>Environment</h3>{_meta_table(env_rows)}"
             f"<h3>Coverage</h3>{_meta_table(cov_rows)}{warnings_html}")
+
+
+def _sites_scanned(result: ScanResult) -> str:
+    """``4 sites: 2 activation modules (one called 3 times is 3 sites), 1 functional call site``."""
+    coverage = result.coverage or {}
+    sites, modules = len(result.sites), coverage.get("activation_modules")
+    functional = int(coverage.get("functional_sites") or 0)
+    if modules is None:
+        return f"{sites:,}"
+    parts = [f"{modules:,} activation module(s) found"]
+    if functional:
+        parts.append(f"{functional:,} functional call site(s) (F.relu...)")
+    text = f"{sites:,}: " + ", ".join(parts)
+    if sites > int(modules) + functional:
+        text += "; a module called k times per forward pass is k sites"
+    return text
 
 
 def _overview_plots(result: ScanResult) -> str:

@@ -13,6 +13,7 @@ import re
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
+from ..numbers import index_ranges, percents_apart
 from .text import visible
 
 if TYPE_CHECKING:
@@ -64,8 +65,8 @@ def scan_junit(result: ScanResult) -> bytes:
     gate = result.gate
     sites = _suite("deadrelu.sites")
     for site in result.sites:
-        failures = [f"site {site.name}: dead ratio {site.dead_ratio:.1%} ({site.dead} of {site.units} units) "
-                    f"> limit {violation.limit:.1%}"
+        failures = [f"site {site.name}: dead ratio {percents_apart(site.dead_ratio, violation.limit)[0]} "
+                    f"({site.dead} of {site.units} units) > limit {percents_apart(site.dead_ratio, violation.limit)[1]}"
                     for violation in (gate.violations if gate else ()) if violation.scope == site.name]
         _case(sites, classname, site.name, failures,
               f"{site.dead} of {site.units} units dead ({site.dead_ratio:.1%}), {site.saturated} saturated, "
@@ -74,7 +75,8 @@ def scan_junit(result: ScanResult) -> bytes:
     if gate is not None and gate.max_dead_ratio is not None:
         model = _suite("deadrelu.model")
         s = result.summary
-        failures = [f"all sites: dead ratio {s.dead_ratio:.1%} ({s.dead} of {s.units} units) > limit {v.limit:.1%}"
+        failures = [f"all sites: dead ratio {percents_apart(s.dead_ratio, v.limit)[0]} ({s.dead} of {s.units} units) "
+                    f"> limit {percents_apart(s.dead_ratio, v.limit)[1]}"
                     for v in gate.violations if v.scope == "model"]
         _case(model, classname, "dead ratio over all sites", failures,
               f"{s.dead} of {s.units} units dead ({s.dead_ratio:.1%}) over {s.sites} sites; "
@@ -115,8 +117,5 @@ def diff_junit(diff: DiffResult) -> bytes:
 
 
 def _units(units: tuple[int, ...], limit: int = 32) -> str:
-    if not units:
-        return "none"
-    shown = ", ".join(map(str, units[:limit]))
-    return shown + (f" (+{len(units) - limit} more)" if len(units) > limit else "")
+    return index_ranges(units, limit)
 

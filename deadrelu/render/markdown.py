@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..numbers import percents_apart
 from .text import visible
 
 if TYPE_CHECKING:
@@ -48,7 +49,8 @@ def scan_summary(result: ScanResult, max_rows: int = MAX_ROWS) -> str:
              f"{_gate_word(None if gate is None else gate.passed)}", ""]
     if gate is not None and "model" in failing:
         limit = next(v.limit for v in gate.violations if v.scope == "model")
-        lines += [f"Dead ratio over all sites {_pct(s.dead_ratio)} is above the limit {_pct(limit)}.", ""]
+        ratio, allowed = percents_apart(s.dead_ratio, limit)
+        lines += [f"Dead ratio over all sites {ratio} is above the limit {allowed}.", ""]
     ranked = sorted(enumerate(result.sites), key=lambda pair: (pair[1].name not in failing, -pair[1].dead_ratio,
                                                                 -pair[1].dormant_ratio, pair[0]))
     shown = [site for _, site in ranked if site.dead or site.name in failing][:max_rows]

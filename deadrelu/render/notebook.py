@@ -1,13 +1,17 @@
 """The notebook view of a result (``ScanResult._repr_html_``): verdict, worst sites, top
 suggestions and a small inline plot, in one container whose CSS touches nothing outside it.
 
-No matplotlib: the plot is an inline SVG (one bar per site, network order), so a result
-displays instantly and the cell stays small. ``result.plot()`` gives the full figure.
+No matplotlib: the plot is an inline SVG (one bar per site, network order, coloured as the
+table's rows and explained by a legend under it), so a result displays instantly and the cell
+stays small. ``result.plot()`` gives the full figure (it displays by itself: ``_repr_png_``),
+``result.report()`` the full HTML report inline (``InlineReport``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from html import escape
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..judge.overall import (Level, dead_no_gradient, flagged, leaky, never_active, site_level, stuck_share,
@@ -38,11 +42,15 @@ td.name{overflow-wrap:anywhere;max-width:360px;font-family:ui-monospace,Menlo,Co
 .critical .sev{color:var(--crit)}.warning .sev{color:var(--warn)}.info .sev{color:#1a73e8}
 ol{margin:4px 0;padding-left:22px}li{margin:2px 0;overflow-wrap:anywhere}
 svg text{font-size:10px;fill:#5f6368}
+.legend{display:flex;flex-wrap:wrap;gap:2px 14px;margin:0 0 6px;font-size:11px;color:var(--muted)}
+.legend i{display:inline-block;width:10px;height:10px;margin-right:4px;vertical-align:-1px}
 """
 #: rows in the worst-sites table and suggestions listed
 NB_SITES = 8
 NB_SUGGESTIONS = 3
 _BAR = {Level.FAIL: "#d62728", Level.WARN: "#ff7f0e", Level.OK: "#9e9e9e"}
+#: leaky sites (LeakyReLU, PReLU...) have no dead units: their bar is the share of units never active
+_NEVER_ACTIVE = "#17becf"
 
 
 def _e(value: object) -> str:
@@ -63,18 +71,35 @@ def sparkline_svg(result: ScanResult, width: int = 600, height: int = 64) -> str
         share = stuck_share(site)
         color, what = _BAR[site_level(site)], "dead or saturated"
         if not share and never_active(site):  # leaky units that never activate: their own colour
-            share, color, what = never_active(site) / max(site.units, 1), "#17becf", "never active (leaky)"
+            share, color, what = never_active(site) / max(site.units, 1), _NEVER_ACTIVE, "never active (leaky)"
         h = max(plot_h * share, 1.0 if share else 0.0)
         bars.append(f'<rect x="{left + k * bar_w:.2f}" y="{4 + plot_h - h:.2f}" width="{max(bar_w * 0.85, 0.6):.2f}" '
                     f'height="{h:.2f}" fill="{color}"><title>{_e(site.name)}: {share:.1%} {what}</title></rect>')
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
             f'aria-label="dead or saturated share per site, network order">'
+            f'<title>dead or saturated share per site, in network order; hover a bar for its site</title>'
             f'<line x1="{left}" y1="{4 + plot_h}" x2="{width - 2}" y2="{4 + plot_h}" stroke="#888"/>'
             f'<text x="{left - 3}" y="12" text-anchor="end">100%</text>'
             f'<text x="{left - 3}" y="{4 + plot_h}" text-anchor="end">0</text>' + "".join(bars) +
             f'<text x="{left}" y="{height - 1}">first site</text>'
-            f'<text x="{width - 2}" y="{height - 1}" text-anchor="end">dead or saturated share per site → last'
+            f'<text x="{width - 2}" y="{height - 1}" text-anchor="end">network order → last site'
             f'</text></svg>')
+
+
+def sparkline_legend(result: ScanResult) -> str:
+    """What the strip's bars and colours mean (only the colours it uses)."""
+    levels = {site_level(site) for site in result.sites if stuck_share(site)}
+    leaky_bars = any(not stuck_share(site) and never_active(site) for site in result.sites)
+    entries = [(_BAR[Level.FAIL], "FAIL site: dead or saturated share"),
+               (_BAR[Level.WARN], "WARN site: dead or saturated share"),
+               (_BAR[Level.OK], "below the warning level")]
+    shown = [(color, label) for (color, label), level in zip(entries, (Level.FAIL, Level.WARN, Level.OK))
+             if level in levels]
+    if leaky_bars:
+        shown.append((_NEVER_ACTIVE, "leaky site (LeakyReLU, PReLU…): share of units never active"))
+    items = "".join(f'<span><i style="background:{color}"></i>{_e(label)}</span>' for color, label in shown)
+    return (f'<p class="legend"><b>Bars: one per site, network order; height = share of its units</b>{items}</p>'
+            if items else "")
 
 
 def result_html(result: ScanResult, limit: int = NB_SITES) -> str:
@@ -123,11 +148,62 @@ def result_html(result: ScanResult, limit: int = NB_SITES) -> str:
                      + ('<span class="muted"> — its code erases training</span>' if suggestion.get("destructive")
                         else "") + "</li>")
     more = len(result.suggestions) - NB_SUGGESTIONS
-    suggestions = (f"<ol>{''.join(items)}</ol>" + (f'<p class="muted">{more} more suggestion(s): '
-                                                   "deadrelu.render.html.report(result)</p>" if more > 0 else "")
+    suggestions = (f"<ol>{''.join(items)}</ol>" + (f'<p class="muted">{more} more suggestion(s) in the full '
+                                                   "report</p>" if more > 0 else "")
                    if items else "")
+    hint = ('<p class="muted">Full report inline: <code>result.report()</code>; figure: <code>result.plot()'
+            '</code></p>')
     return (f'<div class="deadrelu-nb"><style>{scope_css(NB_CSS, NB_SCOPE)}</style>{verdict_card(result)}'
-            f"{table}{notes_html}{sparkline_svg(result)}{suggestions}</div>")
+            f"{table}{notes_html}{sparkline_svg(result)}{sparkline_legend(result)}{suggestions}{hint}</div>")
 
 
-__all__ = ["result_html", "sparkline_svg", "NB_SCOPE"]
+@dataclass(frozen=True)
+class InlineReport:
+    """The full HTML report of a scan, displayed inline by Jupyter (``result.report()``).
+
+    Attributes:
+        page: the self-contained page, as ``render.html.report`` writes it.
+    """
+
+    page: str
+
+    def _repr_html_(self) -> str:
+        # The page's CSS is already scoped to its container (render.html.scope_css), so the
+        # style and the container can sit inside a notebook cell without touching the notebook.
+        style_start = self.page.index("<style>")
+        style_end = self.page.index("</style>") + len("</style>")
+        body_start = self.page.index('<div class="deadrelu-report">')
+        body_end = self.page.rindex("</body>")
+        return self.page[style_start:style_end] + self.page[body_start:body_end]
+
+    def save(self, path: str | Path) -> Path:
+        """Write the page to ``path`` atomically.
+
+        Returns:
+            The path written.
+        """
+        from .files import atomic_write_text
+        return atomic_write_text(path, self.page)
+
+    def __str__(self) -> str:
+        return self.page
+
+    def __repr__(self) -> str:
+        return f"<deadrelu report: {len(self.page):,} characters of HTML; .save(path) writes it>"
+
+
+def inline_report(result: ScanResult, plots: bool = True) -> InlineReport:
+    """The full HTML report, as an object Jupyter displays inline.
+
+    Args:
+        result: the scan.
+        plots: embed the overview plots.
+
+    Returns:
+        An ``InlineReport`` (``str()`` of it is the page).
+    """
+    from .html import report
+    return InlineReport(report(result, plots=plots))
+
+
+__all__ = ["result_html", "sparkline_svg", "sparkline_legend", "InlineReport", "inline_report", "NB_SCOPE"]

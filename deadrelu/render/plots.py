@@ -45,9 +45,35 @@ DORMANT_COLOR = "#7f7f7f"
 UNOBSERVED_COLOR = "#dddddd"
 
 
+_NOTEBOOK_FIGURE: type | None = None
+
+
+def notebook_figure_class() -> type:
+    """``NotebookFigure``: a matplotlib ``Figure`` that displays itself as a PNG in Jupyter.
+
+    Figures here are built without ``pyplot`` (no global state, nothing left open), so
+    IPython's inline backend never sees them and a cell ending in ``result.plot()`` would
+    show ``<Figure size ...>``. IPython asks an object for ``_repr_png_``, with or without
+    ``%matplotlib inline`` (where a type printer for ``Figure`` is registered, it takes
+    precedence and draws the same PNG once). Everything else is a plain Figure: ``savefig``
+    works in scripts.
+    """
+    global _NOTEBOOK_FIGURE
+    if _NOTEBOOK_FIGURE is None:
+        from matplotlib.figure import Figure
+
+        class NotebookFigure(Figure):
+            """A ``Figure`` that Jupyter displays by itself (``_repr_png_``); ``savefig`` as any Figure."""
+
+            def _repr_png_(self) -> bytes:
+                return figure_png(self)
+
+        _NOTEBOOK_FIGURE = NotebookFigure
+    return _NOTEBOOK_FIGURE
+
+
 def _figure(width: float, height: float) -> Figure:
-    from matplotlib.figure import Figure
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return notebook_figure_class()(figsize=(width, height), dpi=100, layout="constrained")
 
 
 def short_name(name: str, limit: int = LABEL_CHARS) -> str:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rich.console import Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.table import Table
 from rich.text import Text
 
 from ..repair.report import (Effect, OutputCheck, PruneReport, RecycleReport, ReinitReport, SiteChange, SiteDelta,
                              SwapReport)
+from .text import visible, wrap_hanging
 
 
 def _change(before: int | None, after: int | None) -> str:
@@ -25,19 +26,45 @@ def _route(change: SiteChange) -> str:
     return f"{' > '.join(parts)} -> {', '.join(change.consumers) or '-'}"
 
 
-def sites_table(changes: Sequence[SiteChange], verb: str) -> Table:
-    """One row per flagged site: units changed and through which layers, or why it was left alone."""
-    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for column, justify in (("site", "left"), ("kind", "left"), ("units", "right"), (verb, "right"),
-                            ("producer > norms -> consumers, or why left alone", "left")):
-        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
-    for change in changes:
-        if change.skipped is not None:
-            table.add_row(change.site, change.kind, str(change.units), "0", Text(f"left alone: {change.skipped}",
-                                                                                  style="yellow"))
-        else:
-            table.add_row(change.site, change.kind, str(change.units), str(len(change.changed)), _route(change))
-    return table
+class _SiteChanges:
+    """Per site: its name whole on a line, then kind, units and count under short heads, then the
+    route (or why it was left alone) wrapped at spaces to the console's width; no name is cut or
+    folded however narrow the terminal (a rich renderable: the width is the console's, at render time)."""
+
+    def __init__(self, changes: Sequence[SiteChange], verb: str) -> None:
+        self.changes, self.verb = list(changes), verb
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        rows = [(visible(c.kind), f"{c.units:,}", "0" if c.skipped is not None else f"{len(c.changed):,}")
+                for c in self.changes]
+        heads = ("kind", "units", self.verb)
+        widths = [max([len(head), *(len(row[k]) for row in rows)]) for k, head in enumerate(heads)]
+
+        def numbers(cells: Sequence[str]) -> str:
+            return "    " + "  ".join(cell.ljust(w) if k == 0 else cell.rjust(w)
+                                      for k, (cell, w) in enumerate(zip(cells, widths)))
+        width = options.max_width
+        yield Text("site\n" + numbers(heads) + "\n" + wrap_hanging("    producer > norms -> consumers, or why left "
+                                                                      "alone", width, 6), style="bold")
+        for change, cells in zip(self.changes, rows):
+            yield Text(visible(change.site), no_wrap=True, overflow="ignore")
+            yield Text(numbers(cells), no_wrap=True, overflow="ignore")
+            detail = f"left alone: {change.skipped}" if change.skipped is not None else _route(change)
+            yield Text(wrap_hanging("    " + visible(detail), width, 6), no_wrap=True, overflow="ignore",
+                       style="yellow" if change.skipped is not None else "")
+
+
+def sites_table(changes: Sequence[SiteChange], verb: str) -> _SiteChanges:
+    """One entry per flagged site: units changed and through which layers, or why it was left alone.
+
+    Args:
+        changes: the sites of a repair report.
+        verb: the count's head (``removed``, ``recycled``, ``re-init``).
+
+    Returns:
+        A rich renderable laid out for the console it is printed on.
+    """
+    return _SiteChanges(changes, verb)
 
 
 def check_line(check: OutputCheck | None, must_match: bool) -> Text:

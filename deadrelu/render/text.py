@@ -52,4 +52,36 @@ def visible(text: object, keep_newlines: bool = False) -> str:
     return "".join(out)
 
 
-__all__ = ["visible", "HIDDEN_CATEGORIES"]
+def wrap_hanging(text: str, width: int | None, indent: int | str = 2) -> str:
+    """``text`` wrapped at spaces to ``width`` columns, later lines indented; no word is ever broken.
+
+    Names, numbers and code are words here: a word longer than the room left keeps a line
+    of its own, whole (copy-paste and search see it unbroken), rather than being cut or split.
+
+    Args:
+        text: one paragraph (runs of spaces count as one; newlines are kept as breaks).
+        width: the column limit (None or < 1: no limit, the text is returned unchanged).
+        indent: the hanging indent of continuation lines (spaces, or the prefix itself).
+
+    Returns:
+        The wrapped text, lines joined with ``\\n``.
+    """
+    if width is None or width < 1:
+        return text
+    prefix = " " * indent if isinstance(indent, int) else indent
+    out: list[str] = []
+    for paragraph in text.split("\n"):
+        lead = paragraph[: len(paragraph) - len(paragraph.lstrip(" "))]
+        line = lead
+        has_word = False
+        for word in paragraph.split():
+            if has_word and len(line) + 1 + len(word) > width:
+                out.append(line)
+                line, has_word = prefix + word, True
+            else:
+                line, has_word = (line + " " + word if has_word else line + word), True
+        out.append(line)
+    return "\n".join(out)
+
+
+__all__ = ["visible", "wrap_hanging", "HIDDEN_CATEGORIES"]

@@ -2,8 +2,9 @@
 
 Every function takes a ``deadrelu.history.Trend`` (from checkpoints' scan results or a
 monitor log). Figures are built without ``pyplot``, like ``render.plots``; the terminal
-table fits 80 columns by showing at most as many points as fit (first and last always)
-under short headers, with a legend naming each point in full.
+table shows every site name whole and fits the width by showing at most as many points as
+fit beside them (first and last always) under short headers, with a legend naming each
+point in full.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ if TYPE_CHECKING:
 
     from ..history import Trend
 
-#: the site column of the terminal table is at most this wide
-SITE_WIDTH = 24
+#: the site column is never narrower than this (names are never cut: it is as wide as the longest)
+SITE_WIDTH = 4
 #: each point column of the terminal table is this wide ("100%" / "12.5%")
 POINT_WIDTH = 5
 #: terminal table rows; with more sites, those that ever had dead units are shown
@@ -58,11 +59,17 @@ def point_headers(trend: Trend) -> list[str]:
     return [f"#{k + 1}" for k in range(len(trend.labels))]
 
 
+def site_width(trend: Trend) -> int:
+    """The site column's width: the longest name shown (names are shown whole)."""
+    return max([SITE_WIDTH, len("all sites"), *(len(visible(name)) for name in trend.sites)])
+
+
 def shown_points(trend: Trend, width: int) -> list[int]:
-    """Indices of the points that fit in ``width`` columns: first and last, then the points where the
-    dead share changed most (the moment units died is the one to see), then evenly spread ones."""
+    """Indices of the points that fit in ``width`` columns beside the full site names: first and last,
+    then the points where the dead share changed most (the moment units died is the one to see), then
+    evenly spread ones."""
     count = len(trend.labels)
-    fit = max(2, (width - SITE_WIDTH - 2) // (POINT_WIDTH + 2))
+    fit = max(2, (width - site_width(trend) - 2) // (POINT_WIDTH + 2))
     if count <= fit:
         return list(range(count))
     ratio = np.nan_to_num(trend.dead_ratio, nan=0.0)
@@ -102,7 +109,7 @@ def trend_table(trend: Trend, width: int = 80) -> Group:
     ratio = trend.dead_ratio
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title="Dead share per site over training",
                   title_justify="left", title_style="bold")
-    table.add_column("site", max_width=SITE_WIDTH, no_wrap=True, overflow="ellipsis")
+    table.add_column("site", min_width=site_width(trend), no_wrap=True, overflow="ignore")
     for p in points:
         table.add_column(headers[p], justify="right", width=POINT_WIDTH, no_wrap=True)
     rows = list(range(len(trend.sites)))
@@ -118,7 +125,7 @@ def trend_table(trend: Trend, width: int = 80) -> Group:
             before = ratio[k, points[position - 1]] if position else np.nan
             style = "bold red" if value > 0 and not (before >= value) else ("red" if value > 0 else "dim")
             cells.append(Text(_ratio(value), style=style))
-        table.add_row(Text(short_name(visible(trend.sites[k]), SITE_WIDTH)), *cells)
+        table.add_row(Text(visible(trend.sites[k])), *cells)
     total = trend.total_dead_ratio
     table.add_section()
     table.add_row(Text("all sites", style="bold"), *(Text(_ratio(total[p]), style="bold") for p in points))

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from ...numbers import index_ranges
 from .layers import fan_in, is_batchnorm, is_weight_layer, layer_width, weight_std
 
 if TYPE_CHECKING:
@@ -213,16 +214,8 @@ def _lit(name: str) -> str:
 
 
 def _ranges(indices: list[int], noun: str = "channel", limit: int = 6) -> str:
-    """``channels 0–31`` / ``channels 1, 4, 6`` / ``channel 3``: index runs, compactly."""
-    runs: list[tuple[int, int]] = []
-    for index in indices:
-        if runs and index == runs[-1][1] + 1:
-            runs[-1] = (runs[-1][0], index)
-        else:
-            runs.append((index, index))
-    parts = [f"{a}" if a == b else f"{a}–{b}" for a, b in runs[:limit]]
-    more = f", … ({len(indices)} in all)" if len(runs) > limit else ""
-    return (f"{noun} " if len(indices) == 1 else f"{noun}s ") + ", ".join(parts) + more
+    """``channels 0–31`` / ``channels 1, 4, 6`` / ``channel 3``: index runs as every report writes them."""
+    return (f"{noun} " if len(indices) == 1 else f"{noun}s ") + index_ranges(indices, limit)
 
 
 def _replace_modules_code(names: Sequence[str], constructor: str, comment: str) -> str:
