@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -95,10 +94,15 @@ def assert_names_whole(text: str, names: list[str]) -> None:
     assert not too_long, too_long
     for name in names:
         assert any(name in line for line in lines), f"{name} is not whole on any line:\n{text}"
-    # Suggestion lines ("  #1  CRIT ...") are still cut to the width: they become one imperative
-    # line per cause with issue 22 item 2, which extends this check to them.
-    cut = [line for line in lines if "…" in line.replace(", …", "") and not re.match(r"\s+#\d", line)]
+    cut = [line for line in lines if "…" in line.replace(", …", "")]
     assert not cut, f"shortened: {cut}"
+
+
+def assert_titles_whole(text: str, titles: list[str]) -> None:
+    """Each suggestion's full title is printed, wrapped at spaces: whole once whitespace is collapsed."""
+    collapsed = " ".join(text.split())
+    for title in titles:
+        assert " ".join(title.split()) in collapsed, f"suggestion title not printed whole: {title}\n{text}"
 
 
 def scan_json(runner, files, checkpoint: str, out: Path) -> Path:
@@ -119,6 +123,9 @@ def test_scan_and_report_at_80_columns(runner, files) -> None:
     done = invoke(runner, "scan", files["ck1"], files["data"], "--arch", f"{files['arch']}:build")
     assert_names_whole(done.stdout, NAMES)
     saved = scan_json(runner, files, "ck1", files["dir"] / "r1.json")
+    shown = [s for s in json.loads(saved.read_text())["suggestions"] if not s.get("generic")][:5]
+    assert shown, "the scan makes suggestions"
+    assert_titles_whole(done.stdout, [s["title"] for s in shown])
     assert_names_whole(invoke(runner, "report", saved).stdout, NAMES)
     assert_names_whole(invoke(runner, "report", saved, "--show-units").stdout, NAMES)
 

@@ -24,7 +24,7 @@ from rich.text import Text
 from ..judge.overall import (CAUSE_PHRASES, Level, cause_sentence, dead_no_gradient, flagged, headline_cause, leaky,
                              never_active, overall, problem_mask, site_level, worst_sites)
 from ..numbers import index_ranges, percent, percents_apart
-from .text import visible
+from .text import visible, wrap_hanging
 
 if TYPE_CHECKING:
     from ..result import ScanResult, SiteResult
@@ -276,17 +276,20 @@ def explained(suggestion: dict, result: ScanResult) -> str:
 
 
 def suggestion_line(suggestion: dict, position: int, width: int | None, result: ScanResult) -> Text:
-    """``#1 WARN  8/8  layer3.4.relu#1 ← layer3.4.bn2: β < −3·|γ| on channels 0–7``: one line, cut to ``width``."""
+    """``#1 WARN  8/8  layer3.4.relu#1 ← layer3.4.bn2: β < −3·|γ| on channels 0–7``, wrapped to ``width``
+    under its title with a hanging indent: never cut, so every name, number and range is there whole."""
     severity = str(suggestion.get("severity", "info"))
     rank = int(suggestion.get("rank") or position)
     head = f"  #{rank:<2} {SEVERITY_SHORT.get(severity, 'INFO'):<4} {explained(suggestion, result):>7}  "
     title = visible(suggestion.get("title", ""))
     if suggestion.get("destructive"):
         title = "[erases training] " + title
-    if width is not None and len(head) + len(title) > width:
-        title = title[: max(width - len(head) - 1, 8)] + "…"
+    # Wrapped at spaces only (wrap_hanging never breaks a word). The head stands in as one word of
+    # its own width, since wrap_hanging would fold its inner runs of spaces.
+    stand_in = "\x00" * (len(head) - 1) + " "
+    wrapped = wrap_hanging(stand_in + title, width, len(head))[len(stand_in):] if width is not None else title
     line = Text(head, style=SEVERITY_STYLE.get(severity, "bold"))
-    line.append(title)
+    line.append(wrapped)
     line.no_wrap = True
     line.overflow = "ignore"
     return line
@@ -307,7 +310,7 @@ def suggestions_text(result: ScanResult, limit: int | None = DEFAULT_SUGGESTIONS
     Args:
         result: a scan carrying ``suggestions``.
         limit: list at most this many (None: all).
-        width: cut lines to this width (None: full lines).
+        width: wrap lines to this width with a hanging indent (None: one line each); nothing is cut.
         verbose: under each line, the evidence, the action, what the code changes and the code.
 
     Returns:
