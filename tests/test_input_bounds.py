@@ -25,6 +25,7 @@ from lm_fixtures import TEXT_LINES, save_model_folder, save_text, save_tokenizer
 @pytest.fixture(scope="module")
 def opt_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny OPT saved with its word-level tokenizer (7 of 32 units dead in its first FFN)."""
+    pytest.importorskip("transformers", reason="the Hugging Face reader needs transformers: pip install 'deadrelu[hf]'")
     return save_model_folder(tmp_path_factory.mktemp("hf") / "opt", "opt")
 
 

@@ -50,6 +50,7 @@ def no_work(monkeypatch):
 def hf(tmp_path_factory) -> dict[str, Path]:
     """A tiny OPT folder (config.json, model.safetensors, tokenizer files), a separate tokenizer
     folder and a text file: all built here, nothing downloaded."""
+    pytest.importorskip("transformers", reason="the Hugging Face reader needs transformers: pip install 'deadrelu[hf]'")
     root = tmp_path_factory.mktemp("hf")
     save_tokenizer(root / "tok")
     return {"model": save_model_folder(root / "model", "opt"), "tok": root / "tok",
