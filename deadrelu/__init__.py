@@ -25,7 +25,7 @@ _LAZY: dict[str, str] = {
     "CaptureSession": "deadrelu.capture.session",
     "check_gate": "deadrelu.judge.gate",
     "GateOutcome": "deadrelu.judge.gate",
-    "load_model": "deadrelu.load.model",
+    "load_model": "deadrelu.load.readers",
     "load_data": "deadrelu.load.data",
     "load_text": "deadrelu.load.huggingface",
     "ScanResult": "deadrelu.result",
@@ -61,7 +61,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .judge.gate import GateOutcome, check_gate
     from .load.data import load_data
     from .load.huggingface import load_text
-    from .load.model import load_model
+    from .load.readers import load_model
     from .monitor import Monitor
     from .render.reports import ReportTargets, write_reports
     from .repair import RepairError, prune, recycle, reinit, swap_activations

@@ -14,43 +14,11 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ..errors import ConfigError
-from .options import DATA as DATA_PANEL
-from .options import MODEL as MODEL_PANEL
+from .options import DebugOption, DeviceOption, InputFlags, BatchSizeOption, LimitOption, input_flags
 from .options import OUTPUT as OUT_PANEL
-from .options import DebugOption
 
 EXIT_OK = 0
 
-ModelArg = Annotated[Optional[Path], typer.Argument(
-    metavar="MODEL", show_default=False, help="Model file: a state_dict/checkpoint or .safetensors (with --arch), "
-                                              "or a pickled nn.Module (with --allow-pickle). Leave out with --model.")]
-DataArg = Annotated[Optional[Path], typer.Argument(metavar="DATA", show_default=False,
-                                                   help="Data file (first axis = samples). Leave out with --data.")]
-ArchOpt = Annotated[Optional[str], typer.Option(help="Architecture factory: package.module:Factory or "
-                                                     "path/to/file.py:Factory.", rich_help_panel=MODEL_PANEL)]
-ArchKwargsOpt = Annotated[Optional[str], typer.Option(help="JSON keyword arguments for --arch.",
-                                                      rich_help_panel=MODEL_PANEL)]
-PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Allow the full unpickler (runs code from the file).",
-                                         rich_help_panel=MODEL_PANEL)]
-ImportOpt = Annotated[Optional[list[Path]], typer.Option("--import", help="Import this Python file before "
-                                                         "unpickling (repeatable).", rich_help_panel=MODEL_PANEL)]
-ModelSpecOpt = Annotated[Optional[str], typer.Option("--model", help="Build the model with a Python factory; "
-                                                     "replaces MODEL.", rich_help_panel=MODEL_PANEL)]
-WeightsOpt = Annotated[Optional[Path], typer.Option(help="Weights for the --model factory's model.",
-                                                    rich_help_panel=MODEL_PANEL)]
-DataSpecOpt = Annotated[Optional[str], typer.Option("--data", help="Data from Python: package.module:make; "
-                                                    "replaces DATA.", rich_help_panel=DATA_PANEL)]
-KeyOpt = Annotated[Optional[list[str]], typer.Option(help="Array name inside an .npz / dict .pt (repeatable).",
-                                                     rich_help_panel=DATA_PANEL)]
-InputKeyOpt = Annotated[Optional[list[str]], typer.Option(help="Entry of dict batches that is the model input.",
-                                                          rich_help_panel=DATA_PANEL)]
-BatchOpt = Annotated[int, typer.Option(help="Samples per forward pass.", show_default=True,
-                                       rich_help_panel=DATA_PANEL)]
-LimitOpt = Annotated[Optional[int], typer.Option(help="Use at most N samples (scan, check and rescan).",
-                                                 rich_help_panel=DATA_PANEL)]
-DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps or auto.", show_default=True,
-                                        rich_help_panel=DATA_PANEL)]
 LayersOpt = Annotated[Optional[list[str]], typer.Option("--layers", help="Only sites matching this glob "
                                                         "(repeatable).")]
 AtolOpt = Annotated[float, typer.Option(help="Refuse (exit 2) when an output moves by more than this times the "
@@ -68,35 +36,23 @@ class ReinitScheme(str, Enum):
     he = "he"
 
 
-def _load(model: Path | None, data: Path | None, arch: str | None, arch_kwargs: str | None, allow_pickle: bool,
-          import_files: list[Path] | None, model_spec: str | None, weights: Path | None, data_spec: str | None,
-          key: list[str] | None, batch_size: int, limit: int | None, device: str,
-          outputs: dict[str, Path | None]) -> tuple[Any, Any, Any]:
-    """Model, data stream and scan settings, loaded as ``deadrelu scan`` loads them; outputs checked first."""
-    from .common import positionals, spec_file
-    from ..load.sources import open_data, open_model
+def _fix(inputs: InputFlags, outputs: dict[str, Path | None], batch_size: int | None, limit: int | None,
+         device: str, **action: Any) -> Any:
+    """Check the outputs against the inputs (before any work), then ``deadrelu.fix``."""
     from ..render.reports import ReportTargets
-    from ..repair.report import RepairError
-    from ..settings import build_settings
+    from ..repair.fixing import fix
 
-    settings = build_settings(batch_size=batch_size, limit=limit, device=device)
-    model, data = positionals(model, data, model_spec, data_spec)
+    described = inputs.inputs()
     json_path = outputs.pop("--json", None)
-    ReportTargets(json=json_path, files=outputs).check({
-        "MODEL": model, "DATA": data, "--weights": weights, "--import": import_files, "--arch": spec_file(arch),
-        "--model": spec_file(model_spec), "--data": spec_file(data_spec)})
-    loaded = open_model(model, arch=arch, arch_kwargs=arch_kwargs, factory=model_spec, weights=weights,
-                        allow_pickle=allow_pickle, imports=import_files or ())
-    if loaded.format in ("torchscript", "export"):
-        raise RepairError(f"{loaded.source}: a {loaded.format} program; repairs change layers, which needs the "
-                          "Python model", hint="pass the state_dict with --arch, a pickled module, or --model")
-    stream = open_data(data, source=data_spec, batch_size=settings.batch_size, limit=settings.limit, key=key)
-    return loaded, stream, settings
+    ReportTargets(json=json_path, files=outputs).check(described.reads())
+    return fix(described, batch_size=batch_size, limit=limit, device=device, **action)
 
 
-def _scan(module: Any, stream: Any, settings: Any, input_key: list[str] | None) -> Any:
-    from ..scanning import scan
-    return scan(module, stream, settings=settings, input_key=input_key or None)
+def _say_written(console: Any, written: tuple[str, ...], missing: str) -> None:
+    for line in written:
+        console.print(f"wrote {line}", markup=False, soft_wrap=True)
+    if not written:
+        console.print(f"nothing written ({missing})", markup=False)
 
 
 def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
@@ -111,12 +67,11 @@ def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
         atomic_write_text(path, text + "\n")
 
 
+@input_flags()
 def prune(
-    model: ModelArg = None, data: DataArg = None, arch: ArchOpt = None, arch_kwargs: ArchKwargsOpt = None,
-    allow_pickle: PickleOpt = False, import_files: ImportOpt = None, model_spec: ModelSpecOpt = None,
-    weights: WeightsOpt = None, data_spec: DataSpecOpt = None, key: KeyOpt = None, input_key: InputKeyOpt = None,
-    batch_size: BatchOpt = 256, limit: LimitOpt = None, device: DeviceOpt = "cpu", layers: LayersOpt = None,
-    atol: AtolOpt = 1e-5,
+    inputs: InputFlags,  # MODEL DATA and every flag of the inputs (commands/options.py: INPUT_FLAGS)
+    batch_size: BatchSizeOption = None, limit: LimitOption = None, device: DeviceOption = "cpu",
+    layers: LayersOpt = None, atol: AtolOpt = 1e-5,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the pruned model as a torch.export program "
                                                 "(.pt2; loads with torch.export.load).", rich_help_panel=OUT_PANEL)
                    ] = None,
@@ -127,48 +82,24 @@ def prune(
     """Remove dead units whose output is exactly 0 on every sample, check the outputs are unchanged, write."""
     from .common import error_exit, stderr, stdout
     from ..render import repair as render
-    from ..repair import prune as prune_model
-    from ..repair import scan_deltas
-    from ..repair.save import save_program, save_state_dict
-    from ..repair.verify import DataOptions, example_inputs
 
     with error_exit(debug):
-        if out is not None and out.suffix.lower() != ".pt2":
-            raise ConfigError(f"--out {out}: prune writes a torch.export program, which needs a .pt2 name",
-                              hint=f"--out {out.with_suffix('.pt2')}, and --state-dict {out} for the weights")
-        loaded, stream, settings = _load(model, data, arch, arch_kwargs, allow_pickle, import_files, model_spec,
-                                         weights, data_spec, key, batch_size, limit, device,
-                                         {"--json": json_path, "--out": out, "--state-dict": state_dict})
-        before = _scan(loaded, stream, settings, input_key)
-        pruned, report = prune_model(loaded.module, before, stream, layers=layers, atol=atol, input_key=input_key)
-        after = _scan(pruned, stream, settings, input_key)
-        deltas = scan_deltas(before, after)
-        written: list[str] = []
-        if out is not None:
-            example = example_inputs(pruned, stream, DataOptions.of(before, input_key=input_key))
-            assert example is not None
-            written.append(save_program(pruned, example, out))
-        if state_dict is not None:
-            written.append(save_state_dict(pruned, state_dict))
+        fixed = _fix(inputs, {"--json": json_path, "--out": out, "--state-dict": state_dict}, batch_size, limit,
+                     device, prune=True, layers=layers, atol=atol, out=out, state_dict=state_dict)
         console = stderr if json_path == Path("-") else stdout
-        console.print(render.prune_report(report, deltas))
-        if state_dict is not None and report.shapes:
+        console.print(render.prune_report(fixed.report, fixed.deltas))
+        if state_dict is not None and fixed.report.shapes:
             console.print("new shapes: " + "; ".join(f"{name} {tuple(old)} -> {tuple(new)}"
-                                                     for name, old, new in report.shapes), markup=False)
-        for line in written:
-            console.print(f"wrote {line}", markup=False, soft_wrap=True)
-        if not written:
-            console.print("nothing written (give --out NAME.pt2 and/or --state-dict NAME.pt)", markup=False)
-        _write_json(json_path, {"command": "prune", "report": report.to_dict(),
-                                "before_after": [d.to_dict() for d in deltas], "written": written})
+                                                     for name, old, new in fixed.report.shapes), markup=False)
+        _say_written(console, fixed.written, "give --out NAME.pt2 and/or --state-dict NAME.pt")
+        _write_json(json_path, fixed.to_dict())
     raise typer.Exit(EXIT_OK)
 
 
+@input_flags()
 def fix(
-    model: ModelArg = None, data: DataArg = None, arch: ArchOpt = None, arch_kwargs: ArchKwargsOpt = None,
-    allow_pickle: PickleOpt = False, import_files: ImportOpt = None, model_spec: ModelSpecOpt = None,
-    weights: WeightsOpt = None, data_spec: DataSpecOpt = None, key: KeyOpt = None, input_key: InputKeyOpt = None,
-    batch_size: BatchOpt = 256, limit: LimitOpt = None, device: DeviceOpt = "cpu",
+    inputs: InputFlags,  # MODEL DATA and every flag of the inputs (commands/options.py: INPUT_FLAGS)
+    batch_size: BatchSizeOption = None, limit: LimitOption = None, device: DeviceOption = "cpu",
     recycle: Annotated[Optional[RecycleUnits], typer.Option(help="ReDo: re-initialise these units' incoming "
                                                             "weights and zero their outgoing weights (outputs "
                                                             "unchanged).", rich_help_panel="Repair")] = None,
@@ -186,67 +117,22 @@ def fix(
     """Recycle dead/dormant units (ReDo), swap activations, or re-initialise layers; show dead before -> after."""
     from .common import error_exit, stderr, stdout
     from ..render import repair as render
-    from ..repair import firing, recycle as recycle_units, reinit as reinit_layers, scan_deltas, swap_activations
-    from ..repair.save import check_destination, save_like_input
-    from ..repair.verify import DataOptions, example_inputs
 
     with error_exit(debug):
-        chosen = [flag for flag, value in (("--recycle", recycle), ("--swap-activation", swap_activation),
-                                           ("--reinit", reinit)) if value is not None]
-        if len(chosen) != 1:
-            raise ConfigError(f"fix takes exactly one of --recycle, --swap-activation, --reinit; got "
-                              f"{', '.join(chosen) or 'none'}", hint="e.g. deadrelu fix MODEL DATA --recycle dead")
-        if swap_activation is not None:
-            from ..repair.swap import parse_target
-            parse_target(swap_activation)
-        loaded, stream, settings = _load(model, data, arch, arch_kwargs, allow_pickle, import_files, model_spec,
-                                         weights, data_spec, key, batch_size, limit, device,
-                                         {"--json": json_path, "--out": out})
-        check_destination(out, loaded.format, architecture_kept=swap_activation is None)
-        module = loaded.module
-        before = _scan(loaded, stream, settings, input_key)
-        options: dict[str, Any] = {"input_key": input_key}
-        fired: tuple[int, int] | None = None
-        if recycle is not None:
-            report: Any = recycle_units(module, before, recycle.value, data=stream, layers=layers, atol=atol,
-                                        **options)
-        elif reinit is not None:
-            report = reinit_layers(module, before, reinit.value, data=stream, layers=layers, **options)
+        fixed = _fix(inputs, {"--json": json_path, "--out": out}, batch_size, limit, device,
+                     recycle=recycle.value if recycle else None, swap_activation=swap_activation,
+                     reinit=reinit.value if reinit else None, layers=layers, atol=atol, out=out)
+        if fixed.action == "recycle":
+            renderable = render.recycle_report(fixed.report, fixed.deltas, fixed.fired)
+        elif fixed.action == "reinit":
+            renderable = render.reinit_report(fixed.report, fixed.deltas)
         else:
-            assert swap_activation is not None
-            sites = [s for s in before.sites if (s.dead if not layers else _matches(s, layers))]
-            report = swap_activations(module, sites, swap_activation, result=before, data=stream, **options)
-        after = _scan(module, stream, settings, input_key)
-        deltas = scan_deltas(before, after)
-        if recycle is not None:
-            fired = firing(after, report.sites)
-            renderable = render.recycle_report(report, deltas, fired)
-        elif reinit is not None:
-            renderable = render.reinit_report(report, deltas)
-        else:
-            renderable = render.swap_report(report, deltas)
-        written: list[str] = []
-        if out is not None:
-            example = example_inputs(module, stream, DataOptions.of(before, input_key=input_key))
-            written.append(save_like_input(module, out, loaded.format, example,
-                                           architecture_kept=swap_activation is None))
+            renderable = render.swap_report(fixed.report, fixed.deltas)
         console = stderr if json_path == Path("-") else stdout
         console.print(renderable)
-        for line in written:
-            console.print(f"wrote {line}", markup=False, soft_wrap=True)
-        if not written:
-            console.print("nothing written (give --out PATH)", markup=False)
-        payload: dict[str, Any] = {"command": "fix", "report": report.to_dict(),
-                                   "before_after": [d.to_dict() for d in deltas], "written": written}
-        if fired is not None:
-            payload["fire_after_recycling"] = {"firing": fired[0], "recycled": fired[1]}
-        _write_json(json_path, payload)
+        _say_written(console, fixed.written, "give --out PATH")
+        _write_json(json_path, fixed.to_dict())
     raise typer.Exit(EXIT_OK)
-
-
-def _matches(site: Any, layers: list[str]) -> bool:
-    from ..repair.prune import selected
-    return selected(site, layers)
 
 
 def register(app: typer.Typer) -> None:
