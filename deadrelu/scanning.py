@@ -25,7 +25,7 @@ from .judge.gate import GateLimits
 from .load.data import DataStream, fit_batches
 from .load.exported import ExportedModel
 from .load.inputs import (InputPreparer, Prepared, RunningModules, check_batched, describe_module, expected_input,
-                          is_dtype_error, is_embedding, model_dtype, resolve_device)
+                          is_dtype_error, is_embedding, is_missing_input, model_dtype, resolve_device)
 from .load.model import LoadedModel, unwrap
 from .load.sources import Opened, open_inputs
 from .load.spec import Inputs
@@ -297,7 +297,14 @@ def _forward_error(exc: Exception, model: nn.Module, capture: ActivationCapture,
     if stream.sample_shape is not None:
         total = stream.total_samples if stream.total_samples is not None else stream.num_samples
         data_shape = f"data shape {(total, *stream.sample_shape)}, "
-    if rejected is not None:
+    if is_missing_input(exc):
+        # Not a dtype or shape problem: the model was not given an input it needs.
+        given = ", ".join(([f"{len(inputs.args)} positional"] if inputs.args else []) + list(inputs.kwargs))
+        module = f"{rejected[0] or '<root>'} ({describe_module(rejected[1])})" if rejected else "the model"
+        hint = (f"{module} was not fed an input it needs (fed: {given or 'nothing'}); feed each input by name with "
+                "--kwarg NAME (kwargs=[...] in Python); an encoder-decoder's decoder gets the input ids unless "
+                "decoder_inputs=False")
+    elif rejected is not None:
         name, module = rejected
         label = f"{name or '<root>'} ({describe_module(module)})"
         if is_embedding(module):

@@ -123,7 +123,7 @@ def trend(
             targets.check({"LOG": paths[0]})
             points, trend_data = _trend_of_log(paths[0])
         else:
-            if any(_is_log(path) for path in paths):
+            if any(_is_log(path) for path in paths[:-1]):  # a last .jsonl after checkpoints is text DATA
                 raise ConfigError("a monitor log (.jsonl) is rendered on its own",
                                   hint="deadrelu trend run/deadrelu.jsonl, or deadrelu trend CKPT... DATA")
             described = inputs.inputs(config)

@@ -146,6 +146,17 @@ _DTYPE_ERROR = re.compile(r"dtype|scalar type|type \(|should be the same|not imp
                           re.IGNORECASE)
 
 
+#: Text of errors a model raises when an input it needs was not fed (Hugging Face's "You must specify
+#: exactly one of input_ids or inputs_embeds", Python's "missing 1 required positional argument").
+_MISSING_INPUT = re.compile(r"must specify|have to specify|specify either|missing \d+ required|"
+                            r"required (positional|keyword)(-only)? argument", re.IGNORECASE)
+
+
+def is_missing_input(exc: BaseException) -> bool:
+    """Whether a forward-pass error says an input was not given at all (not a wrong dtype or shape)."""
+    return bool(_MISSING_INPUT.search(str(exc).split("\n", 1)[0]))
+
+
 def is_dtype_error(exc: BaseException) -> bool:
     """Whether a forward-pass error reads as a dtype mismatch (not a shape error)."""
     return bool(_DTYPE_ERROR.search(str(exc).split("\n", 1)[0]))
@@ -474,5 +485,6 @@ def is_embedding(module: nn.Module | None) -> bool:
 
 
 __all__ = ["InputPreparer", "Prepared", "RunningModules", "LABEL_KEYS", "describe_module", "is_dtype_error",
+           "is_missing_input",
            "is_embedding", "check_batched", "expected_input", "first_layer", "model_dtype",
            "resolve_device"]

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,6 +25,7 @@ from ..errors import ConfigError, DataLoadError, ModelLoadError
 from .data import DataStream, as_stream, load_data, load_python_data
 from .datafiles import ARRAY_FILES
 from .huggingface import TEXT_SUFFIXES, is_model_folder, load_hf_model, load_text
+from .inputs import LABEL_KEYS
 from .model import MODEL_FILES, LoadedModel, load_factory, load_file
 from .registry import Reader, Registry
 from .spec import Inputs
@@ -140,6 +142,15 @@ def _array_reader(files: Reader) -> Reader:
 
 
 def _open_data_object(source: Any, inputs: Inputs, batch_size: int, limit: int | None) -> DataStream:
+    if isinstance(source, Mapping) and "input_ids" in source and not (
+            inputs.named or inputs.key or inputs.input_key or inputs.input_fn):
+        # A tokenizer's output given whole: fed as its batches are, every entry by name but the
+        # labels, and the attention mask keeps padding out of the statistics.
+        entries = [str(k) for k, v in source.items() if isinstance(v, (torch.Tensor, np.ndarray))]
+        stream = as_stream(source, batch_size, limit, shuffle_seed=inputs.shuffle_seed, key=entries, named=True)
+        stream.kwargs = tuple(name for name in entries if name not in LABEL_KEYS)
+        stream.mask = "attention_mask" if "attention_mask" in entries else None
+        return stream
     mapping = isinstance(source, Mapping)
     return as_stream(source, batch_size, limit, shuffle_seed=inputs.shuffle_seed,
                      key=inputs.array_keys(mapping=True) if mapping else None, named=inputs.named)

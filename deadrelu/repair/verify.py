@@ -6,6 +6,7 @@ and device), so "unchanged on the data" means on the data the scan judged.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -74,9 +75,29 @@ def example_inputs(model: nn.Module, data: Any, options: DataOptions) -> tuple[A
     """The first batch's positional inputs (for tracing and export), or None when there is no data."""
     if data is None:
         return None
-    for args, _kwargs in iter_inputs(model, data, options):
-        return args
+    for args, kwargs in iter_inputs(model, data, options):
+        return _positional(model, args, kwargs)
     raise RepairError("the data holds no sample to run the model on", hint="check the data and --limit")
+
+
+def _positional(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """Keyword inputs (``--kwarg``) in their places of ``forward``, with the defaults between them:
+    tracing and export take positional example inputs. Inputs that only fit by keyword are left out."""
+    if not kwargs:
+        return tuple(args)
+    try:
+        signature = inspect.signature(model.forward)
+        bound = signature.bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return tuple(args)
+    given = set(bound.arguments)
+    bound.apply_defaults()
+    places = [p.name for p in signature.parameters.values()
+              if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    last = max((index for index, name in enumerate(places) if name in given), default=-1)
+    if given - set(places[:last + 1]):
+        return tuple(args)
+    return tuple(bound.arguments[name] for name in places[:last + 1])
 
 
 def _leaves(output: Any) -> list[torch.Tensor]:
