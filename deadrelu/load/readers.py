@@ -7,7 +7,8 @@ name, how it is recognised (from a path, a Python reference named by ``--model``
 command and API entry point reads the same formats. The file formats themselves are
 the lower registries ``load.model.MODEL_FILES`` and ``load.datafiles.ARRAY_FILES``; the
 README's format tables are ``MODEL_READERS.markdown(...)`` and ``DATA_READERS.markdown(...)``
-(``tests/test_readers.py`` holds the README to them).
+(``tests/test_readers.py`` holds the README to them, and rewrites them with
+``DEADRELU_WRITE_README=1``).
 """
 
 from __future__ import annotations
@@ -243,11 +244,9 @@ def load_model(path: str | os.PathLike, arch: str | None = None, arch_kwargs: Ma
                              imports=tuple(imports), hf_class=hf_class, allow_remote_code=allow_remote_code))
 
 
-def format_tables() -> str:
-    """The README's two format tables (models, then data), as Markdown."""
-    return (MODEL_READERS.markdown(("what you have", "how")) + "\n"
-            + DATA_READERS.markdown(("data", "how")))
+#: The headers of the README's format tables (``tests/test_readers.py`` holds the README to them).
+README_HEADERS = {"model": ("what you have", "command"), "data": ("data", "how")}
 
 
-__all__ = ["DATA_READERS", "MODEL_READERS", "Reference", "data_source", "format_tables", "is_path", "load_model",
+__all__ = ["DATA_READERS", "MODEL_READERS", "README_HEADERS", "Reference", "data_source", "is_path", "load_model",
            "model_source", "read_data", "read_model"]

@@ -162,8 +162,9 @@ class Inputs:
         for name in ("key", "columns", "input_key", "kwargs"):
             object.__setattr__(self, name, _names(getattr(self, name), name))
         imports = self.imports
-        object.__setattr__(self, "imports", () if imports is None else
-                           (imports,) if isinstance(imports, (str, os.PathLike)) else tuple(imports))
+        if imports is None or isinstance(imports, (str, os.PathLike)) or not isinstance(imports, Sequence):
+            imports = () if imports is None else (imports,)
+        object.__setattr__(self, "imports", tuple(imports))
         try:
             object.__setattr__(self, "input_dtype", InputDtype(self.input_dtype))
         except ValueError:
@@ -176,6 +177,17 @@ class Inputs:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"{name} must be a name, got {value!r:.60}", hint=f"e.g. {name}=\"...\"")
+        for name in ("weights", "tokenizer", *(["imports"] * bool(self.imports))):
+            values = getattr(self, name) if name == "imports" else [getattr(self, name)]
+            if any(value is not None and not isinstance(value, (str, os.PathLike)) for value in values):
+                raise ConfigError(f"{name} must be a path, got {getattr(self, name)!r:.60}", hint="a file or folder")
+        for name in ("allow_pickle", "allow_remote_code", "decoder_inputs"):
+            value = getattr(self, name)
+            if not isinstance(value, bool) and not (value is None and name == "decoder_inputs"):
+                raise ConfigError(f"{name} must be true or false, got {value!r:.60}", hint=f"{name}=True")
+        if self.arch_kwargs is not None and not isinstance(self.arch_kwargs, (str, Mapping)):
+            raise ConfigError(f"arch_kwargs must be a dict (or JSON text), got {self.arch_kwargs!r:.60}",
+                              hint='e.g. arch_kwargs={"width": 64}')
         if self.scale is not None and (isinstance(self.scale, bool) or not isinstance(self.scale, (int, float))):
             raise ConfigError(f"scale must be a number, got {self.scale!r:.60}", hint="e.g. scale=1/255")
         if self.model is not None and self.model_factory is not None:
