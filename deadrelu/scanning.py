@@ -300,8 +300,8 @@ def _forward_error(exc: Exception, model: nn.Module, capture: ActivationCapture,
     if is_missing_input(exc):
         # Not a dtype or shape problem: the model was not given an input it needs.
         given = ", ".join(([f"{len(inputs.args)} positional"] if inputs.args else []) + list(inputs.kwargs))
-        module = f"{rejected[0] or '<root>'} ({describe_module(rejected[1])})" if rejected else "the model"
-        hint = (f"{module} was not fed an input it needs (fed: {given or 'nothing'}); feed each input by name with "
+        culprit = f"{rejected[0] or '<root>'} ({describe_module(rejected[1])})" if rejected else "the model"
+        hint = (f"{culprit} was not fed an input it needs (fed: {given or 'nothing'}); feed each input by name with "
                 "--kwarg NAME (kwargs=[...] in Python); an encoder-decoder's decoder gets the input ids unless "
                 "decoder_inputs=False")
     elif rejected is not None:

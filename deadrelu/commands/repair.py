@@ -14,7 +14,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .options import DebugOption, DeviceOption, InputFlags, BatchSizeOption, LimitOption, input_flags
+from .options import (BatchSizeOption, ConfigOption, DebugOption, DeviceOption, InputFlags, LimitOption,
+                      input_flags)
 from .options import OUTPUT as OUT_PANEL
 
 EXIT_OK = 0
@@ -36,16 +37,18 @@ class ReinitScheme(str, Enum):
     he = "he"
 
 
-def _fix(inputs: InputFlags, outputs: dict[str, Path | None], batch_size: int | None, limit: int | None,
-         device: str, **action: Any) -> Any:
+def _fix(inputs: InputFlags, outputs: dict[str, Path | None], config: Path | None, batch_size: int | None,
+         limit: int | None, device: str, **action: Any) -> Any:
     """Check the outputs against the inputs (before any work), then ``deadrelu.fix``."""
     from ..render.reports import ReportTargets
     from ..repair.fixing import fix
+    from ..settings import build_settings
 
-    described = inputs.inputs()
+    settings = build_settings(config=config, batch_size=batch_size, limit=limit, device=device)
+    described = inputs.inputs(config)
     json_path = outputs.pop("--json", None)
-    ReportTargets(json=json_path, files=outputs).check(described.reads())
-    return fix(described, batch_size=batch_size, limit=limit, device=device, **action)
+    ReportTargets(json=json_path, files=outputs).check({**described.reads(), "--config": config})
+    return fix(described, settings=settings, **action)
 
 
 def _say_written(console: Any, written: tuple[str, ...], missing: str) -> None:
@@ -77,15 +80,15 @@ def prune(
                    ] = None,
     state_dict: Annotated[Optional[Path], typer.Option("--state-dict", help="Write the pruned state_dict (new "
                                                        "shapes are printed).", rich_help_panel=OUT_PANEL)] = None,
-    json_path: JsonOpt = None, debug: DebugOption = False,
+    json_path: JsonOpt = None, config: ConfigOption = None, debug: DebugOption = False,
 ) -> None:
     """Remove dead units whose output is exactly 0 on every sample, check the outputs are unchanged, write."""
     from .common import error_exit, stderr, stdout
     from ..render import repair as render
 
     with error_exit(debug):
-        fixed = _fix(inputs, {"--json": json_path, "--out": out, "--state-dict": state_dict}, batch_size, limit,
-                     device, prune=True, layers=layers, atol=atol, out=out, state_dict=state_dict)
+        fixed = _fix(inputs, {"--json": json_path, "--out": out, "--state-dict": state_dict}, config, batch_size,
+                     limit, device, prune=True, layers=layers, atol=atol, out=out, state_dict=state_dict)
         console = stderr if json_path == Path("-") else stdout
         console.print(render.prune_report(fixed.report, fixed.deltas))
         if state_dict is not None and fixed.report.shapes:
@@ -112,14 +115,14 @@ def fix(
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the repaired model: the input's format where "
                                                 "it holds the result (state_dict for recycle/reinit), else .pt2.",
                                                 rich_help_panel=OUT_PANEL)] = None,
-    json_path: JsonOpt = None, debug: DebugOption = False,
+    json_path: JsonOpt = None, config: ConfigOption = None, debug: DebugOption = False,
 ) -> None:
     """Recycle dead/dormant units (ReDo), swap activations, or re-initialise layers; show dead before -> after."""
     from .common import error_exit, stderr, stdout
     from ..render import repair as render
 
     with error_exit(debug):
-        fixed = _fix(inputs, {"--json": json_path, "--out": out}, batch_size, limit, device,
+        fixed = _fix(inputs, {"--json": json_path, "--out": out}, config, batch_size, limit, device,
                      recycle=recycle.value if recycle else None, swap_activation=swap_activation,
                      reinit=reinit.value if reinit else None, layers=layers, atol=atol, out=out)
         if fixed.action == "recycle":

@@ -74,13 +74,14 @@ def _file_reader(files: Reader) -> Reader:
             raise ConfigError("--weights goes with --model (a factory); a MODEL file holds its own weights",
                               hint="--model pkg.module:build --weights state_dict.pt DATA, or MODEL --arch ...")
         return load_file(Path(source), arch=inputs.arch, arch_kwargs=_arch_kwargs(inputs),
-                         allow_pickle=inputs.allow_pickle, imports=inputs.imports)
+                         allow_pickle=inputs.allow_pickle, imports=[Path(item) for item in inputs.imports])
 
     return Reader(files.name, recognise, open_file, files.doc)
 
 
 def _open_factory(source: Any, inputs: Inputs) -> LoadedModel:
-    return load_factory(str(source), _arch_kwargs(inputs), inputs.weights, allow_pickle=inputs.allow_pickle)
+    weights = Path(inputs.weights) if inputs.weights is not None else None
+    return load_factory(str(source), _arch_kwargs(inputs), weights, allow_pickle=inputs.allow_pickle)
 
 
 def _is_model_object(source: Any) -> bool:

@@ -236,7 +236,7 @@ class Inputs:
         Raises:
             ConfigError: an unknown key or a value of the wrong kind, naming the file.
         """
-        table = read_toml(path).get(INPUTS_SECTION, {})
+        table = read_toml(Path(path)).get(INPUTS_SECTION, {})
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [{INPUTS_SECTION}] must be a table", hint="see configs/default.toml")
         if "input_fn" in table:

@@ -104,6 +104,8 @@ def fix(model: Any, data: Any = None, *, prune: bool = False, recycle: str | Non
             repair that changed the outputs beyond ``atol``.
     """
     action = _action(prune, recycle, swap_activation, reinit, state_dict)
+    out = Path(out) if out is not None else None
+    state_dict = Path(state_dict) if state_dict is not None else None
     input_options, overrides = Inputs.split(options)
     settings = settings.replace(**overrides) if settings is not None else build_settings(**overrides)
     inputs = (model if isinstance(model, Inputs) else Inputs(model=model)).with_values(data=data, **input_options)
@@ -121,15 +123,18 @@ def fix(model: Any, data: Any = None, *, prune: bool = False, recycle: str | Non
     feeding = opened.feeding.options()
     module: nn.Module = loaded.module
     fired = None
+    report: Any
     if action == "prune":
         module, report = prune_units(module, before, opened.stream, layers=layers, atol=atol, **feeding)
     elif action == "recycle":
-        report = recycle_units(module, before, recycle, data=opened.stream, layers=layers, atol=atol, **feeding)
+        report = recycle_units(module, before, str(recycle), data=opened.stream, layers=layers, atol=atol,
+                               **feeding)
     elif action == "reinit":
-        report = reinit_layers(module, before, reinit, data=opened.stream, layers=layers, **feeding)
+        report = reinit_layers(module, before, str(reinit), data=opened.stream, layers=layers, **feeding)
     else:
         sites = [s for s in before.sites if (s.dead if not layers else selected(s, layers))]
-        report = swap_activations(module, sites, swap_activation, result=before, data=opened.stream, **feeding)
+        report = swap_activations(module, sites, str(swap_activation), result=before, data=opened.stream,
+                                  **feeding)
     after = _scan(module, opened, settings)
     if action == "recycle":
         fired = firing(after, report.sites)
@@ -164,7 +169,7 @@ def _scan(model: Any, opened: Opened, settings: ScanSettings) -> ScanResult:
 
 
 def _write(action: str, module: nn.Module, loaded: LoadedModel, opened: Opened, before: ScanResult,
-           out: str | os.PathLike | None, state_dict: str | os.PathLike | None) -> list[str]:
+           out: Path | None, state_dict: Path | None) -> list[str]:
     written: list[str] = []
     if out is not None:
         example = example_inputs(module, opened.stream, DataOptions.of(before, **opened.feeding.options()))
