@@ -8,13 +8,14 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test install-check bench samples clean
+.PHONY: setup demo test install-check bench diagnosis samples clean
 
 setup: $(STAMP)
 
 # Extras that depend on torch (transformers, lightning) are installed with the installed
-# torch held as a constraint, so pip never swaps in another (CUDA) build.
-$(STAMP): pyproject.toml
+# torch held as a constraint, so pip never swaps in another (CUDA) build. The editable
+# install also compiles the fused kernel (setup.py) into deadrelu/, again when its C changes.
+$(STAMP): pyproject.toml setup.py deadrelu/fused_kernel.c deadrelu/_fused.c deadrelu/_kernel_flags.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_CPU)
 	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/constraints.txt
@@ -37,6 +38,10 @@ samples: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
+
+# Does the top suggestion name the cause? The zoo of models trained to die for a known cause.
+diagnosis: $(STAMP)
+	$(PY) benchmarks/diagnosis.py --seeds 4
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -7,7 +7,7 @@ For each workload and thread count, interleaved over repeats (median):
   ["reduction_seconds"]``: the per-batch statistics and their accumulation);
 * ``no functional``: the scan with ``functional=False`` (no ``TorchFunctionMode`` and no
   global module hooks), which shows what functional capture costs;
-* ``hooks only``: the scan with ``ActivationCapture.observe`` stubbed out (every hook, the
+* ``hooks only``: the scan with ``Observer.observe`` stubbed out (every hook, the
   functional mode and the per-scan work run, no statistic is reduced);
 * the rest: scan - bare - reduction (hooks' bookkeeping, input checks, the loop).
 
@@ -43,15 +43,15 @@ def breakdown(workload: Any, threads: int, repeats: int) -> dict[str, Any]:
             for batch in data.split(workload.batch_size):
                 model(batch)
 
-    from deadrelu.capture.sites import ActivationCapture
+    from deadrelu.capturing.observe import Observer
 
     def hooks_only() -> Any:
-        observe = ActivationCapture.observe
-        ActivationCapture.observe = lambda self, site, output, active: None  # type: ignore[method-assign]
+        observe = Observer.observe
+        Observer.observe = lambda self, site, output, before: None  # type: ignore[method-assign]
         try:
             return deadrelu.scan(model, data, batch_size=workload.batch_size)
         finally:
-            ActivationCapture.observe = observe  # type: ignore[method-assign]
+            Observer.observe = observe  # type: ignore[method-assign]
 
     variants = {"bare": bare,
                 "scan": lambda: deadrelu.scan(model, data, batch_size=workload.batch_size),

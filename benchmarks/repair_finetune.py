@@ -10,6 +10,8 @@ SGD, batch 50, for N steps, in each arm:
 * ``none``: as it is;
 * ``recycle``: ``deadrelu.recycle(model, scan, "dead", optimizer)`` once before training (ReDo);
 * ``recycle/50``: the same, rescanning and recycling every 50 steps (ReDo's schedule);
+* ``monitor/50``: the same schedule through ``deadrelu.Monitor(model, probe=x, every=50,
+  recycle="dead", optimizer=opt)`` in the training loop (each recycle checked on the probe);
 * ``leaky 0.01`` / ``leaky 0.1``: ``deadrelu.swap_activations(model, scan, "leaky_relu:SLOPE")`` before
   training (every ReLU site has dead units, so all three are swapped).
 
@@ -64,7 +66,12 @@ def load() -> nn.Module:
     return model.eval()
 
 
-def dead_share(model: nn.Module, x: torch.Tensor) -> tuple[float, deadrelu.ScanResult]:
+def dead_share(model: nn.Module, x: torch.Tensor) -> tuple[float, deadrelu.ScanResult | None]:
+    """The dead share on ``x``, NaN (and no scan) for a model whose training diverged to NaN."""
+    with torch.no_grad():
+        model.eval()
+        if not torch.isfinite(model(x)).all():
+            return float("nan"), None
     result = deadrelu.scan(model, x, device="cpu", batch_size=500)
     return result.summary.dead_ratio, result
 
@@ -79,7 +86,9 @@ Fix = Callable[[nn.Module, torch.optim.Optimizer, torch.Tensor], None]
 
 
 def recycle(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor) -> None:
-    deadrelu.recycle(model, dead_share(model, x)[1], "dead", optimizer=optimizer)
+    result = dead_share(model, x)[1]
+    if result is not None:
+        deadrelu.recycle(model, result, "dead", optimizer=optimizer)
 
 
 def leaky(slope: float) -> Fix:
@@ -88,8 +97,11 @@ def leaky(slope: float) -> Fix:
     return swap
 
 
+#: The Monitor arm: no fix function, the Monitor recycles at step 0 and every 50 steps.
+MONITOR = "monitor/50"
 ARMS: dict[str, tuple[Fix | None, int]] = {"none": (None, 0), "recycle": (recycle, 0), "recycle/50": (recycle, 50),
-                                            "leaky 0.01": (leaky(0.01), 0), "leaky 0.1": (leaky(0.1), 0)}
+                                            MONITOR: (None, 50), "leaky 0.01": (leaky(0.01), 0),
+                                            "leaky 0.1": (leaky(0.1), 0)}
 
 
 def run(arm: str, lr: float, steps: int, seed: int, tensors: tuple[torch.Tensor, ...]) -> dict[str, float]:
@@ -98,8 +110,12 @@ def run(arm: str, lr: float, steps: int, seed: int, tensors: tuple[torch.Tensor,
     model = load()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     fix, every = ARMS[arm]
+    monitor = deadrelu.Monitor(model, probe=x, every=every, recycle="dead", optimizer=optimizer, device="cpu",
+                               batch_size=500) if arm == MONITOR else None
     if fix is not None:
         fix(model, optimizer, x)
+    if monitor is not None:
+        monitor.step(0)  # scans, then recycles: the fix before training
     start_dead = dead_share(model, x)[0]
     start_acc = accuracy(model, x_test, y_test)
     generator = torch.Generator().manual_seed(seed)
@@ -117,16 +133,28 @@ def run(arm: str, lr: float, steps: int, seed: int, tensors: tuple[torch.Tensor,
         optimizer.step()
         if every and step % every == 0 and step < steps and fix is not None:
             fix(model, optimizer, x)
+        if monitor is not None and step < steps:  # like recycle/50: no recycle after the last step
+            monitor.step(step)
+    if monitor is not None:
+        monitor.close()
     return {"dead_start": start_dead, "acc_start": start_acc, "dead_end": dead_share(model, x)[0],
             "train_acc": accuracy(model, x, y), "test_acc": accuracy(model, x_test, y_test)}
+
+
+def _share(value: float, diverged: int) -> str:
+    """A mean dead share, or how many seeds diverged to NaN (no scan of a NaN model)."""
+    if not diverged:
+        return f"{value:.1%}"
+    return f"diverged ({diverged} seed(s))" if np.isnan(value) else f"{value:.1%} ({diverged} seed(s) diverged)"
 
 
 def table(rows: list[tuple[str, float, dict[str, float]]], steps: int) -> str:
     lines = ["| arm | SGD lr | dead after fix (step 0) | held-out acc at step 0 | dead after "
              f"{steps} steps | train acc | held-out acc |", "|---|---|---|---|---|---|---|"]
     for arm, lr, cells in rows:
-        lines.append(f"| {arm} | {lr:g} | {cells['dead_start']:.1%} | {cells['acc_start']:.3f} | "
-                     f"{cells['dead_end']:.1%} | {cells['train_acc']:.3f} | {cells['test_acc']:.3f} |")
+        lines.append(f"| {arm} | {lr:g} | {_share(cells['dead_start'], int(cells['diverged_start']))} | "
+                     f"{cells['acc_start']:.3f} | {_share(cells['dead_end'], int(cells['diverged_end']))} | "
+                     f"{cells['train_acc']:.3f} | {cells['test_acc']:.3f} |")
     return "\n".join(lines)
 
 
@@ -146,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     for lr in args.lr:
         for arm in ARMS:
             runs = [run(arm, lr, args.steps, seed, tensors) for seed in range(args.seeds)]
-            rows.append((arm, lr, {key: float(np.mean([r[key] for r in runs])) for key in runs[0]}))
+            cells = {key: float(np.nanmean([r[key] for r in runs])) if key.startswith("dead")
+                     else float(np.mean([r[key] for r in runs])) for key in runs[0]}
+            cells["diverged_start"] = sum(np.isnan(r["dead_start"]) for r in runs)
+            cells["diverged_end"] = sum(np.isnan(r["dead_end"]) for r in runs)
+            rows.append((arm, lr, cells))
     elapsed = time.perf_counter() - began
     command = "python benchmarks/repair_finetune.py" + (f" --steps {args.steps}" if args.steps != 400 else "") + \
         (f" --seeds {args.seeds}" if args.seeds != 3 else "") + \

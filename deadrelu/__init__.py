@@ -21,9 +21,9 @@ __version__ = "0.1.0"
 #: public name -> module that defines it
 _LAZY: dict[str, str] = {
     "scan": "deadrelu.scanning",
-    "capture": "deadrelu.capture",
+    "capture": "deadrelu.capturing.session",
     "Monitor": "deadrelu.monitor",
-    "CaptureSession": "deadrelu.capture.session",
+    "CaptureSession": "deadrelu.capturing.session",
     "check_gate": "deadrelu.judge.gate",
     "GateOutcome": "deadrelu.judge.gate",
     "load_model": "deadrelu.load.readers",
@@ -57,15 +57,14 @@ _LAZY: dict[str, str] = {
     "CaptureError": "deadrelu.errors",
     "OutputError": "deadrelu.errors",
     "prune": "deadrelu.repair", "recycle": "deadrelu.repair", "reinit": "deadrelu.repair",
-    "swap_activations": "deadrelu.repair", "RepairError": "deadrelu.repair",
+    "swap_activations": "deadrelu.repair", "RepairError": "deadrelu.repair", "RepairRefused": "deadrelu.repair",
     "ResultFormatError": "deadrelu.errors",
 }
 
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import capture
-    from .capture.session import CaptureSession
+    from .capturing.session import CaptureSession, capture
     from .errors import (CaptureError, ConfigError, DataLoadError, DeadReluError, ForwardError, ModelLoadError,
                          OutputError, ResultFormatError, UnsafePickleError)
     from .judge.gate import GateOutcome, check_gate
@@ -78,7 +77,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .monitor import Monitor
     from .render.ci import write_ci_reports
     from .render.reports import ReportTargets, write_reports
-    from .repair import RepairError, prune, recycle, reinit, swap_activations
+    from .repair import RepairError, RepairRefused, prune, recycle, reinit, swap_activations
     from .repair.fixing import Fixed, fix
     from .result import ScanResult, SiteResult, Summary
     from .scanning import scan
@@ -90,8 +89,7 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'deadrelu' has no attribute {name!r}")
-    # deadrelu.capture is the capture package itself, whose module type is callable.
-    value = importlib.import_module(module) if name == "capture" else getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 

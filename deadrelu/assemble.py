@@ -18,11 +18,12 @@ from .result import ScanResult, SiteResult, Summary
 if TYPE_CHECKING:
     from torch import nn
 
-    from .capture.sites import ActivationCapture, SiteRecord
+    from .capturing.contract import Capture
+    from .capturing.registry import SiteRecord
     from .settings import ScanSettings
 
 
-def site_result(capture: ActivationCapture, record: SiteRecord, settings: ScanSettings) -> SiteResult:
+def site_result(capture: Capture, record: SiteRecord, settings: ScanSettings) -> SiteResult:
     """One site's finalised statistics and verdicts.
 
     Args:
@@ -64,7 +65,7 @@ def model_name(model: nn.Module) -> str:
     return getattr(model, "original_name", None) or type(model).__name__
 
 
-def assemble(capture: ActivationCapture, model: nn.Module, settings: ScanSettings, *,
+def assemble(capture: Capture, model: nn.Module, settings: ScanSettings, *,
              data_info: Mapping[str, Any], model_info: Mapping[str, Any], notes: Sequence[str] = (),
              environment: Mapping[str, Any] | None = None, suggestions: bool = True) -> ScanResult:
     """Build the ``ScanResult`` of a finished (or interrupted) capture.
@@ -97,12 +98,13 @@ def assemble(capture: ActivationCapture, model: nn.Module, settings: ScanSetting
     warnings = list(capture.coverage.warnings) + list(notes)
     unsupported = capture.coverage.unsupported
     if unsupported:
-        from .capture.sites import unsupported_summary
+        from .capturing.registry import unsupported_summary
         warnings.append(unsupported_summary(unsupported))
     unmasked = [capture.site_name(record) for record in records if record.unmasked]
     if unmasked:
-        warnings.append(f"mask not applied at {len(unmasked)} site(s) whose activation does not start with the "
-                        f"(N, L) axes (padding counted there): {', '.join(unmasked[:8])}"
+        warnings.append(f"mask not applied at {len(unmasked)} site(s) that the padded sequence reaches but whose "
+                        f"activation does not start with its (N, L) axes (padding counted there): "
+                        f"{', '.join(unmasked[:8])}"
                         + (" ..." if len(unmasked) > 8 else ""))
     warnings += count_warnings(sites, not_run, data_info)
     info = dict(model_info)

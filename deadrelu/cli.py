@@ -1,8 +1,9 @@
 """The command line: parse, call the library, render, map errors to exit codes.
 
-Exit codes: 0 scan done and gate passed (or no gate); 1 gate failed; 2 bad usage or input;
-3 a bug in deadrelu (the traceback is written to a file whose path the error line gives);
-130 interrupted. Exit 1 means only "the gate failed", so CI never mistakes a crash for a verdict.
+Exit codes: 0 scan done and gate passed (or no gate); 1 gate failed, or the verdict is at
+least as bad as ``--fail-on``; 2 bad usage or input; 3 a bug in deadrelu (the traceback is
+written to a file whose path the error line gives); 130 interrupted. Exit 1 means only "the
+model failed the check asked for", so CI never mistakes a crash for a verdict.
 
 Only typer, rich and the torch-free parts of deadrelu are imported at start-up; the
 model, data and scan modules (and torch with them) are imported by the commands that
@@ -21,10 +22,10 @@ import typer
 from . import __version__
 # Shared with the command groups in deadrelu/commands (which must not import this module).
 from .commands.options import (CAPTURE, DATA, RUN, THRESHOLDS, BatchSizeOption, ConfigOption, DeadThresholdOption,
-                               DebugOption, DeviceOption, ExcludeOption, HtmlOption, InputFlags, JsonOption,
-                               JunitOption, LayersOption, LimitOption, MarkdownOption, MaxDeadRatioOption,
-                               MaxLayerDeadRatioOption, OutOption, PngDirOption, QuietOption, ShowUnitsOption,
-                               TauOption, VerboseOption, input_flags)
+                               DebugOption, DeviceOption, ExcludeOption, FailOn, FailOnOption, HtmlOption,
+                               InputFlags, JsonOption, JunitOption, LayersOption, LimitOption, MarkdownOption,
+                               MaxDeadRatioOption, MaxLayerDeadRatioOption, OutOption, PngDirOption, QuietOption,
+                               ShowUnitsOption, TauOption, VerboseOption, input_flags)
 from .commands.common import EXIT_GATE_FAILED, EXIT_INTERRUPTED, EXIT_OK, error_exit, say, stderr, stdout
 from .render import console as console_render
 from .render.reports import ReportTargets, write_reports
@@ -95,6 +96,7 @@ def scan(
         help="Share of observations at the floor/bound that makes a unit saturated.")] = None,
     max_dead_ratio: MaxDeadRatioOption = None,
     max_layer_dead_ratio: MaxLayerDeadRatioOption = None,
+    fail_on: FailOnOption = FailOn.NEVER,
     json_path: JsonOption = None,
     html_path: HtmlOption = None,
     png_dir: PngDirOption = None,
@@ -150,7 +152,14 @@ def scan(
                              "before Ctrl-C and is marked partial", markup=False, soft_wrap=True)
     if result.data.get("partial"):
         raise typer.Exit(EXIT_INTERRUPTED)
-    raise typer.Exit(EXIT_GATE_FAILED if result.gate is not None and not result.gate.passed else EXIT_OK)
+    raise typer.Exit(_exit_code(result, fail_on))
+
+
+def _exit_code(result: Any, fail_on: FailOn) -> int:
+    """1 when the gate failed or the verdict trips ``--fail-on``, else 0."""
+    from .judge.overall import overall
+    gate_failed = result.gate is not None and not result.gate.passed
+    return EXIT_GATE_FAILED if gate_failed or fail_on.trips(overall(result).level) else EXIT_OK
 
 
 def _stem(model: Any, model_spec: str | None) -> str:

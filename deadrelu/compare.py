@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, DeadReluError
+from .judge.overall import dead_mask
 from .result import ScanResult
 
 #: settings that change what "dead" means or which sites exist: results must agree on them
@@ -238,9 +240,11 @@ def diff(base: ScanResult, new: ScanResult, *, force: bool = False) -> DiffResul
         old = base_sites.get(site.name)
         if old is None:
             continue
-        dead_new, dead_old = set(site.verdict.dead_units), set(old.verdict.dead_units)
+        # Dead as the scan's verdict line counts it: never-active units of leaky kinds keep a gradient.
+        dead_new = set(np.flatnonzero(dead_mask(site)).tolist())
+        dead_old = set(np.flatnonzero(dead_mask(old)).tolist())
         sites.append(SiteDiff(name=site.name, kind=site.kind, units_base=old.units, units_new=site.units,
-                              dead_base=old.dead, dead_new=site.dead,
+                              dead_base=len(dead_old), dead_new=len(dead_new),
                               newly_dead=tuple(sorted(int(u) for u in dead_new - dead_old)),
                               revived=tuple(sorted(int(u) for u in dead_old - dead_new))))
     notes = []

@@ -44,8 +44,8 @@ class CompileDecision:
 
     Args:
         mode: ``auto``, ``on`` or ``off``.
-        capture: the scan's ``ActivationCapture`` (its ``compiled`` slot is set here and
-            its ``reduce_seconds`` read).
+        capture: the scan's reduction state, ``CaptureSession.reduction`` (its ``compiled``
+            slot is set here and its ``reduce_seconds`` read).
         total_samples: samples the scan will feed, if known.
 
     Call ``after_batch`` after every batch; ``environment`` and ``warnings`` say what
@@ -119,6 +119,8 @@ class CompileDecision:
             info["compile_seconds"] = round(self._reduction.compile_seconds - self._compile_seconds_before, 3)
         if fused.note() is not None:
             info["fused_note"] = fused.note()
+        elif info["reduction"] == "fused":
+            info["fused_kernel"] = fused.origin()
         return info
 
     def warnings(self) -> list[str]:

@@ -7,48 +7,76 @@ much as the activation itself. ``fused_kernel.c`` computes every statistic of a 
 one pass and adds it into the site's float64 accumulators in the same call, so a site
 costs one read and one ctypes call per batch instead of 10-25 torch dispatches.
 
-The kernel is plain C (no torch headers): it is compiled once per machine with the
-system C compiler (``$CC`` or ``cc``, ~1 s) into ``$DEADRELU_CACHE_DIR`` (default
-``~/.cache/deadrelu``) under a name that hashes the source, the flags and the CPU, and
-loaded with ``ctypes``. Where no compiler works, or ``DEADRELU_FUSED=0`` is set, the
+Where the native code comes from: the kernel is plain C (no torch headers, no Python
+API), compiled when the package is installed, as the optional extension module
+``deadrelu._fused`` (``setup.py``), and loaded by Python's import system from the
+package's own folder. Nothing native is loaded from a cache or temporary folder.
+Where the package was installed without a working C compiler, with ``DEADRELU_FUSED=0``,
+or when the module is stale (another kernel ABI) or fails a small self-test, the
 reduction stays eager (``deadrelu.stats.reduce_batch``) and gives the same numbers;
-``note()`` says why. Only float32 CPU tensors take this path; CUDA tensors (where a
-host read would sync), float16/bfloat16 and float64 models reduce eagerly.
+``note()`` says why and the result's ``environment.fused_note`` records it.
+
+``DEADRELU_FUSED=build`` (opt-in) compiles the kernel at first use where the package holds
+none, with the system compiler (``$CC`` or ``cc``), into ``$DEADRELU_CACHE_DIR`` (default
+``~/.cache/deadrelu``). That folder is created 0700 and refused unless this user owns it,
+nobody else can write to it, and every folder above it is root's or this user's (and sticky
+where others may write to it, like /tmp), so no other user can swap anything on the path
+between the check and the load; the library is refused when it is a link, not this user's,
+or writable by anyone else. No temporary-folder fallback.
+
+Only float32 CPU tensors take this path; CUDA tensors (where a host read would sync),
+float16/bfloat16 and float64 models reduce eagerly.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib
+import importlib.util
 import os
-import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
+from . import _kernel_flags
+
 #: The kernel's C source, shipped next to this module.
 SOURCE = Path(__file__).with_name("fused_kernel.c")
-#: Compiler flags: -fassociative-math lets the compiler vectorise the sums (reordering
-#: float64 additions of float32 values; counts stay exact), IEEE comparisons are kept.
-FLAGS = ("-O3", "-march=native", "-std=c99", "-fPIC", "-shared", "-pthread", "-fno-math-errno",
-         "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros")
+#: The argument version this module calls (``DEADRELU_FUSED_ABI`` in ``fused_kernel.c``).
+ABI = 1
+#: Flags of the opt-in run-time build: the install-time flags (``_kernel_flags``) plus a
+#: shared library's.
+FLAGS = (*_kernel_flags.COMPILE_ARGS, "-fPIC", "-shared")
 #: Values per extra thread: below this a second thread costs more than it saves. Right
 #: after each op torch's own OpenMP workers spin-wait on the cores, so a thread started
 #: here first competes with them: at 2^18 the kernel took 0.22 s of a 2-thread mobile scan
 #: where one thread took 0.15 s (benchmarks/RESULTS.md).
 MIN_PER_THREAD = 1 << 21
+#: ``deadrelu_fused_update``'s signature.
+_P, _I64, _F32, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+PROTOTYPE = ctypes.CFUNCTYPE(ctypes.c_int, _P, _P, _I32, _I64, _I64, _I64, _F32, _F32, _F32, _I32, _I32, _I32,
+                             _I32, _I64, _P, _P, _P, _P, _P)
+_OFF = ("0", "off", "false", "no")
 
 _lock = threading.Lock()
 _library: Any = None
+_origin: str | None = None
 _note: str | None = None
 _tried = False
+_handles: list[Any] = []  # libraries loaded by the run-time build (never unloaded)
+
+
+class KernelUnavailable(Exception):
+    """Why the fused kernel cannot be used (one line; the scan then reduces eagerly)."""
 
 
 def cache_dir() -> Path:
-    """Where the compiled kernel is kept (``$DEADRELU_CACHE_DIR``, else the user cache)."""
+    """Where ``DEADRELU_FUSED=build`` keeps its build (``$DEADRELU_CACHE_DIR``, else the user cache)."""
     explicit = os.environ.get("DEADRELU_CACHE_DIR")
     if explicit:
         return Path(explicit)
@@ -56,72 +84,159 @@ def cache_dir() -> Path:
     return Path(base) / "deadrelu"
 
 
-def _cpu_key() -> str:
-    """What -march=native depends on: the CPU model and its feature flags."""
+def _packaged() -> Any:
+    """The kernel of the package's extension module ``deadrelu._fused``."""
+    name = f"{__package__}._fused"
+    if importlib.util.find_spec(name) is None:
+        raise KernelUnavailable(f"{name} is not built (no C compiler when deadrelu was installed?): reinstall "
+                                "where `cc` works (pip install -e . in a checkout) or set DEADRELU_FUSED=build")
     try:
-        with open("/proc/cpuinfo") as handle:
-            lines = [line for line in handle if line.startswith(("model name", "flags", "Features"))]
-        return "".join(sorted(set(lines)))
-    except OSError:
-        return platform.processor()
+        module = importlib.import_module(name)
+    except ImportError as exc:
+        raise KernelUnavailable(f"{name} does not import: {exc}") from exc
+    where = getattr(module, "__file__", name)
+    abi, address = getattr(module, "abi", None), getattr(module, "update", None)
+    if abi != ABI:
+        raise KernelUnavailable(f"{where} was built for kernel ABI {abi}, this deadrelu calls ABI {ABI}: "
+                                "reinstall deadrelu (pip install .; pip install -e . in a checkout)")
+    if not isinstance(address, int) or address == 0:
+        raise KernelUnavailable(f"{where} holds no kernel address")
+    return PROTOTYPE(address)
 
 
-def _build(compiler: str, target: Path) -> None:
-    """Compile the kernel to ``target`` atomically (concurrent builders each write a temp file)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=target.stem, suffix=".so.tmp", dir=target.parent)
-    os.close(handle)
+def _check_owned(info: os.stat_result, path: Path | str, what: str) -> None:
+    """Refuse ``path`` unless this user owns it and neither group nor others may write it."""
+    if info.st_uid != os.geteuid():
+        raise KernelUnavailable(f"refusing {what} {path}: owned by uid {info.st_uid}, not by this user "
+                                f"(uid {os.geteuid()})")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise KernelUnavailable(f"refusing {what} {path}: group or others may write to it "
+                                f"(mode {stat.S_IMODE(info.st_mode):o}; chmod 700 it)")
+
+
+def _private_folder(path: Path) -> Path:
+    """``path`` (created 0700 when missing) with links resolved, after checking that nobody but
+    this user (and root) can change what it holds: the folder is this user's and writable by
+    nobody else, and every folder above it is root's or this user's and, where others may write
+    to it, sticky (as /tmp is: others cannot rename or replace what this user made there)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", temporary, "-lm"],
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    folder = Path(os.path.realpath(path))
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode):
+        raise KernelUnavailable(f"refusing cache folder {path}: not a folder")
+    _check_owned(info, path, "cache folder")
+    for parent in folder.parents:
+        info = os.lstat(parent)
+        if info.st_uid not in (0, os.geteuid()):
+            raise KernelUnavailable(f"refusing cache folder {path}: {parent} above it is owned by uid {info.st_uid}")
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
+            raise KernelUnavailable(f"refusing cache folder {path}: group or others may write to {parent} above it "
+                                    f"(mode {stat.S_IMODE(info.st_mode):o})")
+    return folder
+
+
+def _compile(compiler: str, target: Path) -> None:
+    """Compile the kernel in a private temporary workspace, then write it to ``target`` (in the
+    checked folder) 0700 and atomically (concurrent builders each write their own file)."""
+    with tempfile.TemporaryDirectory(prefix="deadrelu-build-") as workspace:
+        output = os.path.join(workspace, "fused.so")
+        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", output,
+                               *(f"-l{library}" for library in _kernel_flags.LIBRARIES)],
                               capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
             lines = done.stderr.strip().splitlines()
             detail = next((line for line in lines if "error" in line), lines[0] if lines else f"exit {done.returncode}")
-            raise OSError(f"{compiler} failed: {detail[:200]}")
+            raise KernelUnavailable(f"DEADRELU_FUSED=build: {compiler} failed: {detail[:200]}")
+        data = Path(output).read_bytes()
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o700)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
         os.replace(temporary, target)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise KernelUnavailable(f"DEADRELU_FUSED=build: could not write {target} ({exc})") from None
 
 
-def _load() -> Any:
-    """The loaded library (built first if needed); raises OSError when it cannot be had."""
-    if os.environ.get("DEADRELU_FUSED", "1").strip().lower() in ("0", "off", "false", "no"):
-        raise OSError("DEADRELU_FUSED=0")
+def _built() -> tuple[Any, str]:
+    """``DEADRELU_FUSED=build``: the kernel compiled at run time into the checked cache folder."""
     compiler = shutil.which(os.environ.get("CC") or "cc") or shutil.which("gcc")
     if compiler is None:
-        raise OSError("no C compiler (cc) found")
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), compiler.encode(),
-                                     platform.machine().encode(), _cpu_key().encode()])).hexdigest()[:16]
-    target = cache_dir() / f"fused-{key}.so"
-    if not target.exists():
-        try:
-            _build(compiler, target)
-        except PermissionError:
-            target = Path(tempfile.gettempdir()) / f"deadrelu-fused-{os.getuid()}-{key}.so"
-            if not target.exists():
-                _build(compiler, target)
-    library = ctypes.CDLL(str(target))
-    function = library.deadrelu_fused_update
-    pointer, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
-    function.argtypes = [pointer, pointer, i32, i64, i64, i64, f32, f32, f32, i32, i32, i32, i32, i64,
-                         pointer, pointer, pointer, pointer, pointer]
-    function.restype = ctypes.c_int
-    return function
+        raise KernelUnavailable("DEADRELU_FUSED=build: no C compiler (cc) found")
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(FLAGS).encode(), compiler.encode()]))
+    name = f"fused-{key.hexdigest()[:16]}.so"
+    path = _private_folder(cache_dir()) / name
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        _compile(compiler, path)
+        info = os.lstat(path)
+    shown = cache_dir() / name
+    if stat.S_ISLNK(info.st_mode):
+        raise KernelUnavailable(f"refusing library {shown}: a symbolic link")
+    if not stat.S_ISREG(info.st_mode):
+        raise KernelUnavailable(f"refusing library {shown}: not a regular file")
+    _check_owned(info, shown, "library")
+    library = ctypes.CDLL(str(path))  # nobody else can have changed it since the check
+    try:
+        abi = ctypes.CFUNCTYPE(ctypes.c_int)(("deadrelu_fused_abi", library))()
+        function = PROTOTYPE(("deadrelu_fused_update", library))
+    except AttributeError as exc:
+        raise KernelUnavailable(f"{shown} lacks the kernel's symbols ({exc})") from None
+    if abi != ABI:
+        raise KernelUnavailable(f"{shown} was built for kernel ABI {abi}, this deadrelu calls ABI {ABI}")
+    _handles.append(library)
+    return function, f"run-time build {shown} (DEADRELU_FUSED=build)"
+
+
+def _self_test(function: Any) -> None:
+    """One call on three known observations of three units (the third holds a NaN and must be
+    left out); raises KernelUnavailable when any statistic differs."""
+    inf = float("inf")
+    x = (ctypes.c_float * 9)(1.0, -2.0, 0.0, 0.5, 3.0, float("nan"), -1.0, 0.0, 1.0)  # (3 outer, 3 units)
+    rows = (ctypes.c_int64 * 6)(0, 1, 2, 3, 4, 5)
+    sums, observations = (ctypes.c_double * 18)(), (ctypes.c_double * 3)()
+    minimum, maximum = (ctypes.c_double * 3)(inf, inf, inf), (ctypes.c_double * 3)(-inf, -inf, -inf)
+    status = function(x, None, 0, 3, 3, 1, 0.0, 0.0, 2.0, 1, 1, 1, 1, 0, rows, sums, observations, minimum, maximum)
+    # per field (active, total, total_sq, total_abs, at_floor, at_ceiling) per unit
+    want = [2, 1, 0, 0.5, 1, 0, 2.25, 13, 0, 2.5, 5, 0, 1, 2, 0, 0, 1, 0]
+    got = (status, list(sums), list(observations), list(minimum), list(maximum))
+    if got != (0, want, [3, 3, 0], [-1, -2, inf], [1, 3, -inf]):
+        raise KernelUnavailable(f"the kernel failed its self-test (status, sums, counts, min, max = {got})")
+
+
+def _load() -> tuple[Any, str]:
+    """The kernel and where it came from; raises when it cannot be had."""
+    mode = os.environ.get("DEADRELU_FUSED", "1").strip().lower()
+    if mode in _OFF:
+        raise KernelUnavailable("DEADRELU_FUSED=0")
+    try:
+        function, origin = _packaged(), f"{__package__}._fused (built at install)"
+    except KernelUnavailable:
+        if mode != "build":
+            raise
+        function, origin = _built()
+    _self_test(function)
+    return function, origin
 
 
 def kernel() -> Any:
     """The fused update function, or None when it is not available (see ``note()``)."""
-    global _library, _note, _tried
+    global _library, _origin, _note, _tried
     if _tried:
         return _library
     with _lock:
         if not _tried:
             try:
-                _library = _load()
-            except (OSError, subprocess.SubprocessError) as exc:
-                _note = f"fused kernel unavailable ({exc}); the reduction ran eagerly"
+                _library, _origin = _load()
+            except Exception as exc:  # whatever stops the kernel leaves the eager reduction, said in the note
+                reason = str(exc) if isinstance(exc, KernelUnavailable) else f"{type(exc).__name__}: {exc}"
+                _note = f"fused kernel unavailable ({reason}); the reduction ran eagerly"
             _tried = True
     return _library
 
@@ -131,11 +246,17 @@ def note() -> str | None:
     return _note
 
 
+def origin() -> str | None:
+    """Where the loaded kernel came from (None while none is loaded)."""
+    return _origin
+
+
 def reset() -> None:
     """Forget the loaded kernel (tests use it to try another environment)."""
-    global _library, _note, _tried
+    global _library, _origin, _note, _tried
     with _lock:
-        _library, _note, _tried = None, None, False
+        _library, _origin, _note, _tried = None, None, None, False
 
 
-__all__ = ["kernel", "note", "reset", "cache_dir", "SOURCE", "FLAGS", "MIN_PER_THREAD"]
+__all__ = ["kernel", "note", "origin", "reset", "cache_dir", "KernelUnavailable", "SOURCE", "FLAGS", "ABI",
+           "MIN_PER_THREAD"]

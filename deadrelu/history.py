@@ -32,7 +32,7 @@ LOG_FORMAT = "deadrelu-monitor"
 LOG_VERSION = 1
 #: columns of ``Monitor.history`` and ``history_frame``, in this order
 HISTORY_COLUMNS = ("step", "site", "kind", "units", "dead", "dead_ratio", "saturated", "dormant",
-                   "active_rate_mean", "newly_dead", "revived")
+                   "active_rate_mean", "newly_dead", "revived", "recycled")
 #: Deepest nesting a log record has (record > sites > site > dead_units), with room to spare.
 MAX_RECORD_DEPTH = 16
 #: Largest count or step a record may hold: exact in a float64 (the trend's tables) and an int64.
@@ -223,7 +223,8 @@ def history_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     Returns:
         A DataFrame with columns ``HISTORY_COLUMNS``. ``newly_dead`` / ``revived`` count units
         dead now and not at the site's previous record / dead then and not now; at a
-        site's first record every dead unit is newly dead.
+        site's first record every dead unit is newly dead. ``recycled``: units a
+        ``Monitor(recycle=...)`` recycled right after this record's scan (0 otherwise).
     """
     rows: list[dict[str, Any]] = []
     previous: dict[str, set[int]] = {}
@@ -238,11 +239,12 @@ def history_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
                 "saturated": int(site["saturated"]), "dormant": int(site["dormant"]),
                 "active_rate_mean": np.nan if site.get("active_rate_mean") is None else float(site["active_rate_mean"]),
                 "newly_dead": len(dead_now - dead_before), "revived": len(dead_before - dead_now),
+                "recycled": int(site.get("recycled", 0)),
             })
             previous[site["name"]] = dead_now
     frame = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
     return frame.astype({"step": "int64", "units": "int64", "dead": "int64", "saturated": "int64",
-                         "dormant": "int64", "newly_dead": "int64", "revived": "int64",
+                         "dormant": "int64", "newly_dead": "int64", "revived": "int64", "recycled": "int64",
                          "dead_ratio": "float64", "active_rate_mean": "float64"})
 
 
@@ -321,7 +323,10 @@ class Trend:
             labels: a name per scan (the checkpoint path).
             steps: the step per scan (default: the number in each label).
         """
-        points = [[(site.name, site.kind, site.units, site.dead) for site in result.sites] for result in results]
+        from .judge.overall import dead_no_gradient
+        # Dead as the scan's verdict line counts it: never-active units of leaky kinds keep a gradient.
+        points = [[(site.name, site.kind, site.units, dead_no_gradient(site)) for site in result.sites]
+                  for result in results]
         return cls._build(points, labels, steps if steps is not None else [step_of(label) for label in labels],
                           "checkpoints")
 
@@ -329,7 +334,10 @@ class Trend:
     def from_records(cls, records: Iterable[dict[str, Any]]) -> Trend:
         """A trend over monitor log records (of the current run; see ``current_run``)."""
         kept = current_run(records)
-        points = [[(site["name"], site["kind"], int(site["units"]), int(site["dead"])) for site in record["sites"]]
+        from .kinds import NEGATIVE_SIDE_KINDS
+        # The log's "dead" counts leaky kinds' never-active units too; the scan's verdict line does not.
+        points = [[(site["name"], site["kind"], int(site["units"]),
+                    0 if site["kind"] in NEGATIVE_SIDE_KINDS else int(site["dead"])) for site in record["sites"]]
                   for record in kept]
         steps = [int(record["step"]) for record in kept]
         return cls._build(points, [f"step {step}" for step in steps], steps, "monitor log")

@@ -1,14 +1,19 @@
 """The ReLU family in one table: what "active" means per kind, where it saturates, how it is advised.
 
 ``KINDS`` is the one place a kind is described: the ``nn`` module class it comes from,
-the functional names that compute it (``F.relu``, ``torch.clamp(min=0)`` -> ``relu``;
-aten ops use the same names), the family a decomposed op belongs to (``selu`` is an
-``elu`` with fixed constants), the ``KindSpec`` built from a module's or a call's own
-constants, and the facts advice rests on (gradient exactly 0 where inactive; a gradient
-on the negative side; He initialisation applies). ``KNOWN_KINDS``, the suggestion
-rules' kind groups, the dispatch family map and the saturation of a site all derive
-from it, so adding a kind is one entry here (plus, for a new functional spelling, its
-argument reader in ``capture.functional``).
+the functions that compute it (``Spelling``: ``F.relu``/``torch.relu``/``Tensor.relu``/
+``aten.relu``, the constants each takes after its input, ``torch.clamp(min=0)`` as a
+ReLU), the aten calls of another kind that compute it (``selu`` arrives as ``elu`` with
+SELU's constants), the family a decomposed op belongs to, the ``KindSpec`` built from a
+module's or a call's own constants (active rule, floor, least output, saturation), and
+the facts advice rests on (gradient exactly 0 where inactive; a gradient on the negative
+side; He initialisation applies).
+
+Everything else derives from it: ``KNOWN_KINDS`` and the suggestion rules' kind groups
+here; the functional capture's table (``capturing.functional``), the aten ops the
+dispatch capture and graph plans look for (``capturing.aten``), each site's reduction
+plan and saturation (``capturing.registry``). Those derived tables are rebuilt whenever
+``KINDS`` changes (``tables()``), so adding a kind is one entry here.
 
 Every spec reads its constants from the module or the call (``negative_slope``,
 ``alpha``, ``min_val``/``max_val``, PReLU's learned weight), so a user's
@@ -19,10 +24,11 @@ No torch at import time: result-only commands read the kind groups.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from numbers import Real
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -40,6 +46,8 @@ class ActiveRule(str, Enum):
     PRE_POSITIVE = "pre_positive"
     #: the output is above the lower bound (ReLU6, Hardtanh)
     ABOVE_LOWER = "above_lower"
+    #: the output is not 0 (gated products ``act(gate) * up`` and ``GLU``: no sign rule)
+    NONZERO = "nonzero"
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,11 @@ class KindSpec:
         per_channel_param: PReLU with one slope per channel (unit axis is then 1).
         pre_threshold: for ``PRE_POSITIVE`` kinds, the pre-activation an observation must
             exceed (0, or -3 for Hardswish, whose gradient is 0 at and below -3).
+        output_floor: the least value the kind outputs by definition (ReLU 0, ReLU6 0,
+            Hardtanh its ``min_val``), which lets the reduction use exact identities; None
+            when there is none.
+        split_dim: the axis the kind halves (``GLU``: its output is half its input there);
+            None for elementwise kinds.
     """
 
     kind: str
@@ -67,6 +80,8 @@ class KindSpec:
     ceiling: float | None = None
     per_channel_param: bool = False
     pre_threshold: float = 0.0
+    output_floor: float | None = None
+    split_dim: int | None = None
 
     @property
     def saturates(self) -> bool:
@@ -86,13 +101,21 @@ class KindSpec:
         if self.active_rule is ActiveRule.ABOVE_LOWER:
             assert self.floor is not None
             return self.floor
+        if self.active_rule is ActiveRule.NONZERO:
+            return 0.0
         return self.pre_threshold
+
+    @property
+    def reads_input(self) -> bool:
+        """Whether "active" must be read from the pre-activation: the output's sign does not
+        tell it (negative slopes, Hardswish's -3)."""
+        return self.active_rule is ActiveRule.PRE_POSITIVE and not self.output_sign_matches_input
 
 
 # -- specs from constants ---------------------------------------------------------------------
 
-def _positive(kind: str) -> Callable[[Mapping[str, Any]], KindSpec]:
-    return lambda constants: KindSpec(kind, ActiveRule.PRE_POSITIVE)
+def _positive(kind: str, output_floor: float | None = None) -> Callable[[Mapping[str, Any]], KindSpec]:
+    return lambda constants: KindSpec(kind, ActiveRule.PRE_POSITIVE, output_floor=output_floor)
 
 
 def _bounded(kind: str, low: float | None = None, high: float | None = None
@@ -100,7 +123,8 @@ def _bounded(kind: str, low: float | None = None, high: float | None = None
     def spec(constants: Mapping[str, Any]) -> KindSpec:
         lower = low if low is not None else float(constants.get("min_val", -1.0))
         upper = high if high is not None else float(constants.get("max_val", 1.0))
-        return KindSpec(kind, ActiveRule.ABOVE_LOWER, floor=float(lower), ceiling=float(upper))
+        return KindSpec(kind, ActiveRule.ABOVE_LOWER, floor=float(lower), ceiling=float(upper),
+                        output_floor=float(lower))
     return spec
 
 
@@ -127,8 +151,10 @@ def _prelu(constants: Mapping[str, Any]) -> KindSpec:
 
 def _exponential(kind: str) -> Callable[[Mapping[str, Any]], KindSpec]:
     def spec(constants: Mapping[str, Any]) -> KindSpec:
-        alpha = float(constants.get("alpha", 1.0))
-        return KindSpec(kind, ActiveRule.PRE_POSITIVE, output_sign_matches_input=alpha > 0, floor=-abs(alpha))
+        # aten's elu(x, alpha, scale, input_scale) is scale * (x if x > 0 else alpha * (exp(x * input_scale) - 1)).
+        alpha, scale = float(constants.get("alpha", 1.0)), float(constants.get("scale", 1.0))
+        return KindSpec(kind, ActiveRule.PRE_POSITIVE, output_sign_matches_input=alpha * scale > 0 and scale > 0,
+                        floor=-abs(alpha * scale))
     return spec
 
 
@@ -144,13 +170,84 @@ def _hardswish(constants: Mapping[str, Any]) -> KindSpec:
 
 
 def _gated(kind: str) -> Callable[[Mapping[str, Any]], KindSpec]:
-    # A gated product act(gate) * up has no sign rule; a unit is active where the product is
-    # not 0, read from |product| (the capture hands that in as the active source).
-    return lambda constants: KindSpec(kind, ActiveRule.PRE_POSITIVE, output_sign_matches_input=False)
+    # A gated product act(gate) * up has no sign rule: a unit is active where the product is not 0.
+    return lambda constants: KindSpec(kind, ActiveRule.NONZERO, output_sign_matches_input=False)
+
+
+def _glu(constants: Mapping[str, Any]) -> KindSpec:
+    # nn.GLU / F.glu: first half * sigmoid(second half) along ``dim``; its units are the output's.
+    # Without a ``dim`` it is the product of a gate no kind names: elementwise.
+    dim = constants.get("dim")
+    return KindSpec("GLU", ActiveRule.NONZERO, output_sign_matches_input=False,
+                    split_dim=None if dim is None else int(dim))
+
+
+def _close(value: Any, target: float) -> bool:
+    return isinstance(value, (int, float)) and abs(float(value) - target) <= 1e-6 * max(1.0, abs(target))
+
+
+def _selu_constants(arguments: Mapping[str, Any]) -> bool:
+    """aten ``elu`` computing SELU (how ``selu`` arrives under ``no_grad``)."""
+    return (_close(arguments.get("alpha"), SELU_ALPHA) and _close(arguments.get("scale"), SELU_SCALE)
+            and _close(arguments.get("input_scale", 1.0), 1.0))
+
+
+def _celu_constants(arguments: Mapping[str, Any]) -> bool:
+    """aten ``elu`` computing CELU: ``scale`` 1 and ``input_scale`` 1/alpha (alpha 1 is plain ELU)."""
+    alpha = arguments.get("alpha")
+    return (_close(arguments.get("scale"), 1.0) and isinstance(alpha, (int, float)) and alpha != 0
+            and _close(arguments.get("input_scale"), 1.0 / float(alpha)) and not _close(alpha, 1.0))
+
+
+def _relu6_bounds(arguments: Mapping[str, Any]) -> bool:
+    """aten ``hardtanh`` computing ReLU6 (bounds 0 and 6)."""
+    return _close(arguments.get("min_val"), 0.0) and _close(arguments.get("max_val"), 6.0)
+
+
+def relu_clamp(arguments: Mapping[str, Any]) -> bool:
+    """``clamp`` is a ReLU only as ``min=0`` with no ``max`` (a Python number, not a tensor)."""
+    low = arguments.get("min")
+    if arguments.get("max") is not None or isinstance(low, bool) or not isinstance(low, Real):
+        return False
+    return float(low) == 0.0
 
 
 #: the constants a module keeps under the names its functional form takes them
-_MODULE_CONSTANTS = ("negative_slope", "alpha", "min_val", "max_val", "lower", "upper", "weight")
+_MODULE_CONSTANTS = ("negative_slope", "alpha", "min_val", "max_val", "lower", "upper", "weight", "dim")
+
+
+@dataclass(frozen=True)
+class Spelling:
+    """One function that computes a kind, however it is called.
+
+    ``F.<name>``, ``torch.<name>``, ``Tensor.<name>`` and their in-place forms ``<name>_``
+    are seen by functional capture (those that exist); aten ops ``<name>``/``<name>_``
+    (and ``aten_aliases``) by aten-level capture and graph plans.
+
+    Attributes:
+        name: the function's name (``leaky_relu``).
+        parameters: the constants the function takes after its input, in order, with their
+            defaults, under aten's argument names (``negative_slope``, ``min_val``...).
+        site: the function name sites are named by (``clip``/``clamp_min`` -> ``clamp``);
+            ``name`` when empty.
+        when: a call counts only when its arguments pass this (``clamp`` only as ``min=0``).
+        functional: seen by functional capture.
+        aten: seen as an aten op.
+        aten_aliases: other aten ops of the same call (``_prelu_kernel``, ``rrelu_with_noise``).
+    """
+
+    name: str
+    parameters: tuple[tuple[str, Any], ...] = ()
+    site: str = ""
+    when: Callable[[Mapping[str, Any]], bool] | None = None
+    functional: bool = True
+    aten: bool = True
+    aten_aliases: tuple[str, ...] = ()
+
+    @property
+    def function(self) -> str:
+        """The function name sites use."""
+        return self.site or self.name
 
 
 @dataclass(frozen=True)
@@ -159,8 +256,10 @@ class KindInfo:
 
     Attributes:
         name: as users know it (``"ReLU"``); also the ``nn`` class name.
-        functions: functional / aten names that compute it (``relu``, ``relu6``...).
-        family: what a decomposed aten op of this kind looks like (``selu`` -> ``elu``).
+        spellings: the functions that compute it (see ``Spelling``).
+        family: what a decomposed aten op of this kind looks like (``selu`` -> ``elu``);
+            kinds of one family may rename each other's graph sites (an ``nn.ReLU6`` module
+            whose call arrives as ``hardtanh``).
         spec: builds the ``KindSpec`` from constants by name (a module's attributes or a
             call's arguments).
         zero_gradient: the gradient is exactly 0 where the unit is inactive: a dead unit
@@ -171,53 +270,143 @@ class KindInfo:
         class_names: class names of modules outside ``torch.nn`` that compute this kind
             (``transformers``' ``NewGELUActivation``, timm's ``HardSwish``), matched by
             name so that neither library is imported.
+        from_ops: ``(function, test)``: an aten call of another kind's function computes
+            this kind when its arguments pass the test (under ``no_grad`` ``selu`` arrives
+            as ``elu`` with SELU's constants, ``relu6`` as ``hardtanh(0, 6)``).
+        gated_by: for a gated product kind, the kind of its gate (``SwiGLU``: ``SiLU``);
+            the product of a gate no kind names is a ``GLU``.
     """
 
     name: str
-    functions: tuple[str, ...]
+    spellings: tuple[Spelling, ...]
     family: str
     spec: Callable[[Mapping[str, Any]], KindSpec]
     zero_gradient: bool = False
     negative_side: bool = False
     he_init: bool = False
     class_names: tuple[str, ...] = ()
+    from_ops: tuple[tuple[str, Callable[[Mapping[str, Any]], bool]], ...] = ()
+    gated_by: str = ""
 
+    @property
+    def functions(self) -> tuple[str, ...]:
+        """The function names its sites use (``relu``, ``clamp``)."""
+        return tuple(dict.fromkeys(spelling.function for spelling in self.spellings))
+
+
+_CLAMP = (("min", None), ("max", None))
+_RRELU = (("lower", 1 / 8), ("upper", 1 / 3), ("training", False))
 
 #: Every kind deadrelu scans. Order matters for module lookup: subclasses first (ReLU6 is a Hardtanh).
 KINDS: dict[str, KindInfo] = {info.name: info for info in (
-    KindInfo("ReLU", ("relu", "clamp"), "relu", _positive("ReLU"), zero_gradient=True, he_init=True),
-    KindInfo("ReLU6", ("relu6",), "hardtanh", _bounded("ReLU6", 0.0, 6.0), zero_gradient=True, he_init=True),
-    KindInfo("Hardtanh", ("hardtanh",), "hardtanh", _bounded("Hardtanh")),
-    KindInfo("LeakyReLU", ("leaky_relu",), "leaky", _leaky, negative_side=True, he_init=True),
-    KindInfo("PReLU", ("prelu",), "prelu", _prelu, negative_side=True, he_init=True),
-    KindInfo("RReLU", ("rrelu",), "leaky", _rrelu, negative_side=True, he_init=True),
-    KindInfo("SELU", ("selu",), "elu", _selu, negative_side=True),
-    KindInfo("CELU", ("celu",), "elu", _exponential("CELU"), negative_side=True),
-    KindInfo("ELU", ("elu",), "elu", _exponential("ELU"), negative_side=True),
+    KindInfo("ReLU", (Spelling("relu"),
+                      # torch.clamp(x, min=0) and its aliases; not an aten site (clamp(min=eps) is everywhere).
+                      Spelling("clamp", _CLAMP, when=relu_clamp, aten=False),
+                      Spelling("clip", _CLAMP, site="clamp", when=relu_clamp, aten=False),
+                      Spelling("clamp_min", (("min", None),), site="clamp", when=relu_clamp, aten=False)),
+             "relu", _positive("ReLU", output_floor=0.0), zero_gradient=True, he_init=True),
+    KindInfo("ReLU6", (Spelling("relu6"),), "hardtanh", _bounded("ReLU6", 0.0, 6.0), zero_gradient=True,
+             he_init=True, from_ops=(("hardtanh", _relu6_bounds),)),
+    KindInfo("Hardtanh", (Spelling("hardtanh", (("min_val", -1.0), ("max_val", 1.0))),), "hardtanh",
+             _bounded("Hardtanh")),
+    KindInfo("LeakyReLU", (Spelling("leaky_relu", (("negative_slope", 0.01),)),), "leaky", _leaky,
+             negative_side=True, he_init=True),
+    KindInfo("PReLU", (Spelling("prelu", (("weight", None),), aten_aliases=("_prelu_kernel",)),), "prelu", _prelu,
+             negative_side=True, he_init=True),
+    KindInfo("RReLU", (Spelling("rrelu", _RRELU, aten_aliases=("rrelu_with_noise",)),), "leaky", _rrelu,
+             negative_side=True, he_init=True),
+    KindInfo("SELU", (Spelling("selu"),), "elu", _selu, negative_side=True, from_ops=(("elu", _selu_constants),)),
+    KindInfo("CELU", (Spelling("celu", (("alpha", 1.0),)),), "elu", _exponential("CELU"), negative_side=True,
+             from_ops=(("elu", _celu_constants),)),
+    KindInfo("ELU", (Spelling("elu", (("alpha", 1.0),)),), "elu", _exponential("ELU"), negative_side=True),
     # The tanh approximation (nn.GELU(approximate="tanh"), F.gelu(x, approximate="tanh"),
     # transformers' gelu_new/gelu_fast/gelu_pytorch_tanh) has the same sign rule: one kind.
-    KindInfo("GELU", ("gelu",), "gelu", _positive("GELU"), negative_side=True,
+    KindInfo("GELU", (Spelling("gelu"),), "gelu", _positive("GELU"), negative_side=True,
              class_names=("GELUActivation", "NewGELUActivation", "FastGELUActivation", "QuickGELUActivation",
                           "AccurateGELUActivation", "ClippedGELUActivation", "GELUTanh", "PytorchGELUTanh",
                           "QuickGELU", "GeLU")),
-    KindInfo("SiLU", ("silu",), "silu", _positive("SiLU"), negative_side=True,
+    KindInfo("SiLU", (Spelling("silu"),), "silu", _positive("SiLU"), negative_side=True,
              class_names=("SiLUActivation", "SiLU", "Swish", "SwishActivation")),
-    KindInfo("Mish", ("mish",), "mish", _positive("Mish"), negative_side=True,
+    KindInfo("Mish", (Spelling("mish"),), "mish", _positive("Mish"), negative_side=True,
              class_names=("MishActivation", "Mish")),
-    KindInfo("Hardswish", ("hardswish",), "hardswish", _hardswish, zero_gradient=True,
+    KindInfo("Hardswish", (Spelling("hardswish"),), "hardswish", _hardswish, zero_gradient=True,
              class_names=("HardSwish", "HardSwishActivation", "Hardswish")),
-    KindInfo("Hardsigmoid", ("hardsigmoid",), "hardsigmoid", _bounded("Hardsigmoid", 0.0, 1.0), zero_gradient=True,
-             class_names=("HardSigmoid", "Hardsigmoid")),
-    # relu(x)**2 (Primer; transformers' "relu2"): 0 with gradient 0 for x <= 0.
-    KindInfo("ReLUSquared", (), "relu_squared", _positive("ReLUSquared"), zero_gradient=True,
+    KindInfo("Hardsigmoid", (Spelling("hardsigmoid"),), "hardsigmoid", _bounded("Hardsigmoid", 0.0, 1.0),
+             zero_gradient=True, class_names=("HardSigmoid", "Hardsigmoid")),
+    # relu(x)**2 (Primer; transformers' "relu2"): 0 with gradient 0 for x <= 0. Its graph op is a
+    # relu (then a square): the relu family, so a graph site of such a module keeps this kind.
+    KindInfo("ReLUSquared", (), "relu", _positive("ReLUSquared", output_floor=0.0), zero_gradient=True,
              class_names=("ReLUSquaredActivation", "ReLUSquared", "SquaredReLU")),
     # Gated MLPs (SwiGLU, GeGLU, ReGLU): act(gate_proj(x)) * up_proj(x). The gate's activation
     # is a site of its own kind; the product, where it can be attributed, is a site of these.
-    KindInfo("SwiGLU", (), "gated", _gated("SwiGLU")),
-    KindInfo("GeGLU", (), "gated", _gated("GeGLU")),
-    KindInfo("ReGLU", (), "gated", _gated("ReGLU")),
-    KindInfo("GLU", (), "gated", _gated("GLU")),
+    # GLU is nn.GLU / F.glu (x[:half] * sigmoid(x[half:])) and the product of any other gate.
+    KindInfo("SwiGLU", (), "gated", _gated("SwiGLU"), gated_by="SiLU"),
+    KindInfo("GeGLU", (), "gated", _gated("GeGLU"), gated_by="GELU"),
+    KindInfo("ReGLU", (), "gated", _gated("ReGLU"), gated_by="ReLU"),
+    KindInfo("GLU", (Spelling("glu", (("dim", -1),)),), "gated", _glu),
 )}
+
+
+@dataclass(frozen=True)
+class KindTables:
+    """Lookups derived from ``KINDS`` (see ``tables()``).
+
+    Attributes:
+        function_kinds: site function name (``relu``, ``clamp``) -> kind.
+        families: function name -> decomposition family (``threshold`` is ReLU's general form).
+        class_name_kinds: class names (outside ``torch.nn``) -> kind; gated kinds are never
+            matched by name (a class called ``SwiGLU`` is usually a whole MLP block).
+        spellings: every ``(spelling, kind)``.
+        aten_ops: aten op (overload packet name, in-place forms too) -> site function name.
+        from_ops: function -> ``(test, kind)`` of the kinds a call of it may compute.
+        gated: the gate's kind -> the kind of its gated product.
+    """
+
+    function_kinds: dict[str, KindInfo]
+    families: dict[str, str]
+    class_name_kinds: dict[str, KindInfo]
+    spellings: tuple[tuple[Spelling, KindInfo], ...]
+    aten_ops: dict[str, str]
+    from_ops: dict[str, tuple[tuple[Callable[[Mapping[str, Any]], bool], KindInfo], ...]]
+    gated: dict[str, str]
+
+
+def _build_tables() -> KindTables:
+    spellings = tuple((spelling, info) for info in KINDS.values() for spelling in info.spellings)
+    aten_ops: dict[str, str] = {}
+    for spelling, _info in spellings:
+        if spelling.aten:
+            for op in (spelling.name, *spelling.aten_aliases):
+                aten_ops[op] = aten_ops[f"{op}_"] = spelling.function
+    from_ops: dict[str, list[tuple[Callable[[Mapping[str, Any]], bool], KindInfo]]] = {}
+    for info in KINDS.values():
+        for function, test in info.from_ops:
+            from_ops.setdefault(function, []).append((test, info))
+    return KindTables(
+        function_kinds={spelling.function: info for spelling, info in spellings},
+        families={"threshold": "threshold", **{spelling.function: info.family for spelling, info in spellings}},
+        class_name_kinds={name: info for info in KINDS.values() if info.family != "gated"
+                          for name in (info.name, *info.class_names)},
+        spellings=spellings, aten_ops=aten_ops,
+        from_ops={function: tuple(entries) for function, entries in from_ops.items()},
+        gated={info.gated_by: info.name for info in KINDS.values() if info.gated_by})
+
+
+_tables_cache: list[Any] = [None, None]
+
+
+def tables() -> KindTables:
+    """The lookups derived from ``KINDS``, rebuilt when a kind is added or replaced.
+
+    Cheap to call (one tuple of the table's entries is compared); hot paths (a capture's
+    modes) take the tables once per capture.
+    """
+    key = tuple((name, id(info)) for name, info in KINDS.items())
+    if _tables_cache[0] != key:
+        _tables_cache[1] = _build_tables()
+        _tables_cache[0] = key
+    return _tables_cache[1]
+
 
 #: Kind names, for messages ("this model has no ...").
 KNOWN_KINDS: tuple[str, ...] = tuple(KINDS)
@@ -228,15 +417,13 @@ NEGATIVE_SIDE_KINDS: tuple[str, ...] = tuple(k for k, info in KINDS.items() if i
 #: Kinds the He-initialisation advice applies to.
 HE_KINDS: tuple[str, ...] = tuple(k for k, info in KINDS.items() if info.he_init)
 #: Function / aten name -> decomposition family (``threshold`` is ReLU's general form).
-FAMILIES: dict[str, str] = {"threshold": "threshold",
-                            **{name: info.family for info in KINDS.values() for name in info.functions}}
+FAMILIES: dict[str, str] = tables().families
 #: Function / aten name -> kind.
-FUNCTION_KINDS: dict[str, KindInfo] = {name: info for info in KINDS.values() for name in info.functions}
+FUNCTION_KINDS: dict[str, KindInfo] = tables().function_kinds
 #: Class names (outside ``torch.nn``) -> kind; ``torch.nn`` classes are matched by isinstance.
-CLASS_NAME_KINDS: dict[str, KindInfo] = {name: info for info in KINDS.values() if info.family != "gated"
-                                         for name in (info.name, *info.class_names)}
+CLASS_NAME_KINDS: dict[str, KindInfo] = tables().class_name_kinds
 #: The gate's kind -> the kind of its gated product.
-GATED_KINDS: dict[str, str] = {"SiLU": "SwiGLU", "GELU": "GeGLU", "ReLU": "ReGLU"}
+GATED_KINDS: dict[str, str] = tables().gated
 
 #: ``torch.nn`` activation classes that are not unit activations (normalisers, attention).
 _NOT_UNIT_ACTIVATIONS = frozenset({"MultiheadAttention", "Softmax", "Softmin", "Softmax2d", "LogSoftmax",
@@ -269,13 +456,19 @@ def looks_like_activation(class_name: str, module_path: str | None = None) -> bo
 
 def kind_of_class_name(class_name: str) -> str | None:
     """The kind a module class computes, judged by its (short) name; None when unknown."""
-    info = CLASS_NAME_KINDS.get(class_name.rsplit(".", 1)[-1])
+    info = tables().class_name_kinds.get(class_name.rsplit(".", 1)[-1])
     return None if info is None else info.name
 
 
 def family(function: str) -> str:
     """The decomposition family of a function name (``selu`` and ``elu`` agree)."""
-    return FAMILIES.get(function, function)
+    return tables().families.get(function, function)
+
+
+def same_family(kind: str, other: str) -> bool:
+    """Whether two kinds decompose alike (``ReLU6`` and ``Hardtanh``; ``ReLU`` and ``ReLUSquared``)."""
+    first, second = KINDS.get(kind), KINDS.get(other)
+    return first is not None and second is not None and first.family == second.family
 
 
 def _module_classes() -> list[tuple[type, KindInfo]]:
@@ -298,11 +491,11 @@ def spec_for_module(module: nn.Module) -> KindSpec | None:
     for cls, info in _module_classes():
         if isinstance(module, cls):
             return info.spec({name: getattr(module, name) for name in _MODULE_CONSTANTS if hasattr(module, name)})
-    info = CLASS_NAME_KINDS.get(type(module).__name__)
-    if info is None:
+    named = tables().class_name_kinds.get(type(module).__name__)
+    if named is None:
         return None
-    return info.spec({name: getattr(module, name) for name in _MODULE_CONSTANTS if hasattr(module, name)
-                      and isinstance(getattr(module, name), (int, float))})
+    return named.spec({name: getattr(module, name) for name in _MODULE_CONSTANTS if hasattr(module, name)
+                       and isinstance(getattr(module, name), (int, float))})
 
 
 def spec_for_function(function: str, arguments: Mapping[str, Any]) -> KindSpec:
@@ -311,7 +504,7 @@ def spec_for_function(function: str, arguments: Mapping[str, Any]) -> KindSpec:
     Raises:
         KeyError: ``function`` is not a known ReLU-family function.
     """
-    info = FUNCTION_KINDS.get(function)
+    info = tables().function_kinds.get(function)
     if info is None:
         raise KeyError(f"no kind rule for function {function!r}")
     return info.spec(arguments)
@@ -342,7 +535,8 @@ def prelu_slope_summary(module: nn.Module) -> dict[str, float] | None:
     }
 
 
-__all__ = ["ActiveRule", "KindSpec", "KindInfo", "KINDS", "KNOWN_KINDS", "CLASS_NAME_KINDS", "GATED_KINDS",
+__all__ = ["ActiveRule", "KindSpec", "KindInfo", "KindTables", "KINDS", "KNOWN_KINDS", "CLASS_NAME_KINDS",
+           "GATED_KINDS", "Spelling", "tables", "relu_clamp", "same_family",
            "looks_like_activation", "kind_of_class_name", "ZERO_GRADIENT_KINDS",
            "NEGATIVE_SIDE_KINDS", "HE_KINDS", "FAMILIES", "family", "spec_for_module", "spec_for_function",
            "SELU_SCALE", "SELU_ALPHA", "floor_tolerance", "is_inplace", "prelu_slope_summary"]

@@ -21,6 +21,13 @@ Two ways to measure:
 Each scan is one JSON line in ``log`` (flushed and synced as it is written, so a
 crashed run keeps what it logged; an existing log is read and appended to, so a
 resumed run continues it).
+
+**Recycling during training** (``recycle="dead"`` or ``"dormant"``, ReDo's schedule): right
+after each scan the flagged units are recycled in place with ``deadrelu.recycle`` (new
+incoming weights, outgoing weights 0, the optimizer's moments of those rows and columns
+reset when ``optimizer`` is given), checked on the probe where there is one, with the
+random number generators put back afterwards. The record says how many units were recycled
+at each site (``history``'s ``recycled`` column) or why the recycle was refused.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .capture.session import CaptureSession
+from .capturing.session import CaptureSession
 from .errors import CaptureError, ConfigError, OutputError
 from .history import Mode, history_frame, read_log, record_from_result
 from .load.model import unwrap
@@ -102,6 +109,11 @@ class Monitor:
         input_key: which entry of dict probe batches is the model input.
         input_fn: maps a raw probe batch to the model's inputs (see ``deadrelu.scan``).
         scale: multiply probe inputs by this.
+        recycle: ``"dead"`` or ``"dormant"``: recycle those units (ReDo) after every scan.
+        optimizer: with ``recycle``, the optimizer whose state of the recycled rows and
+            columns is reset (Adam moments, momentum).
+        atol: with ``recycle`` and a probe, the allowed output change of a recycle (relative to
+            the largest output); a recycle beyond it is undone and recorded as refused.
         **scan_settings: what ``deadrelu.scan`` takes, fed to the probe scans alike: the
             inputs' options (``deadrelu.Inputs``: ``kwargs``, ``mask``, ``key``,
             ``input_dtype``, ``tokenizer`` for a text probe...) and any scan setting
@@ -112,12 +124,13 @@ class Monitor:
 
     Raises:
         ConfigError: neither or both of ``probe`` and ``window``, a one-shot iterator as
-            probe, or a bad ``every``/``window``.
+            probe, a bad ``every``/``window``, or a ``recycle`` other than dead/dormant.
     """
 
     def __init__(self, model: nn.Module, probe: Any = None, *, every: int = 500, log: str | Path | None = None,
                  window: int | None = None, input_key: str | Sequence[str] | None = None,
                  input_fn: Callable[[Any], Any] | None = None, scale: float | None = None,
+                 recycle: str | None = None, optimizer: torch.optim.Optimizer | None = None, atol: float = 1e-5,
                  **scan_settings: Any) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ConfigError(f"Monitor: every must be a positive number of steps, got {every!r}")
@@ -134,8 +147,24 @@ class Monitor:
             raise ConfigError(f"Monitor: the probe is a one-shot iterator ({type(probe).__name__}); it is scanned "
                               "again at every multiple of every", hint="pass a tensor, an array, a Dataset or "
                                                                        "a DataLoader")
+        if recycle is not None and recycle not in ("dead", "dormant"):
+            raise ConfigError(f"Monitor: recycle must be 'dead' or 'dormant', got {recycle!r:.40}",
+                              hint="deadrelu.Monitor(model, probe=x, every=50, recycle='dead', optimizer=opt)")
+        if optimizer is not None and recycle is None:
+            raise ConfigError("Monitor: optimizer= is for recycle= (its moments of recycled rows are reset)",
+                              hint="add recycle='dead', or leave optimizer out")
+        if recycle is not None:
+            from .repair.verify import check_atol
+            check_atol(atol)
         self.model = unwrap(model)
         self.every = every
+        self.recycle = recycle
+        self.optimizer = optimizer
+        self._atol = atol
+        # Recycled weights come from a stream of their own (seeded from the run's seed): the
+        # training run's stream is put back after each recycle, and successive recycles still
+        # draw new weights (restoring one shared state would redraw the same ones every time).
+        self._recycle_rng = torch.Generator().manual_seed(torch.initial_seed() + 1).get_state()
         self.window = window
         input_options, settings = Inputs.split({"input_key": input_key, "input_fn": input_fn, "scale": scale,
                                                 **scan_settings})
@@ -255,7 +284,7 @@ class Monitor:
 
     def _capture_end_batch(self) -> None:
         assert self._capture is not None
-        if self._capture.engine._in_batch:  # a batch opened by a submodule call, or one left open
+        if self._capture.in_batch:  # a batch opened by a submodule call, or one left open
             self._capture.end_batch()
 
     def _discard_window(self) -> None:
@@ -277,9 +306,43 @@ class Monitor:
             return None
         return self._append(result, start, self._window_steps)
 
+    # -- recycling ------------------------------------------------------------------------
+    def _recycle(self, result: ScanResult, record: dict[str, Any]) -> None:
+        """ReDo right after a scan: recycle the flagged units in place and note it in the record."""
+        from .repair import RepairRefused, recycle
+        assert self.recycle is not None
+        # Checked on the probe as the scan fed it; a window (or an input_fn) has no data to check on.
+        probe = self._inputs
+        data = probe.data if probe is not None and probe.input_fn is None else None
+        refused: str | None = None
+        # New weights (drawn on the CPU) come from the Monitor's own stream; the training run's
+        # random stream stays as it was.
+        with preserved_rng():
+            torch.set_rng_state(self._recycle_rng)
+            try:
+                feeding = {} if probe is None else {
+                    "input_key": list(probe.input_key) or None, "scale": probe.scale, "kwargs": probe.kwargs,
+                    "mask": probe.mask, "input_dtype": probe.input_dtype, "decoder_inputs": bool(probe.decoder_inputs)}
+                report = recycle(self.model, result, self.recycle, optimizer=self.optimizer, data=data,
+                                 atol=self._atol, rescan=False, **feeding)
+            except RepairRefused as exc:
+                report, refused = exc.report, exc.reason
+                warnings.warn(f"deadrelu.Monitor: recycling at step {record['step']} was refused and undone: "
+                              f"{refused}", stacklevel=4)
+            finally:
+                self._recycle_rng = torch.get_rng_state()
+        counts = {} if refused else {change.site: len(change.changed) for change in report.sites}
+        for site in record["sites"]:
+            site["recycled"] = counts.get(site["name"], 0)
+        record["recycle"] = {"units": self.recycle, "recycled": sum(counts.values()), "refused": refused,
+                             "optimizer_state": [] if refused else list(report.optimizer_state),
+                             "left_alone": {c.site: c.skipped for c in report.sites if c.skipped is not None}}
+
     # -- the log --------------------------------------------------------------------------
     def _append(self, result: ScanResult, step: int, window_steps: int | None) -> dict[str, Any]:
         record = record_from_result(result, step, self.mode, window_steps=window_steps)
+        if self.recycle is not None:
+            self._recycle(result, record)
         self._records.append(record)
         self.last_result = result
         if self.log_path is not None:

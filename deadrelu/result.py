@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import DeadReluError
 from .judge.gate import GateOutcome
+from .judge.overall import overall
 from .judge.verdicts import SiteVerdict, judge_site
 from .schema import SCHEMA_VERSION
 from .settings import ScanSettings, Thresholds, build_settings
@@ -319,7 +320,7 @@ class ScanResult:
                 "exclude": list(self.settings.exclude), "functional": self.settings.functional,
                 "nonfinite": self.settings.nonfinite.value, "compile": self.settings.compile.value,
             },
-            "summary": dataclasses.asdict(self.summary),
+            "summary": {**dataclasses.asdict(self.summary), "verdict": overall(self).verdict},
             "sites": [site.to_dict(unit_stats) for site in self.sites],
             "coverage": self.coverage,
             "warnings": list(self.warnings),

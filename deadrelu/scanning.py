@@ -2,7 +2,7 @@
 
 ``scan(model, data)`` is what notebook users call and what the CLI calls. It never
 prints; progress goes to an optional callback. Feeding the model lives in
-``load.inputs``, capture in ``capture.session``, building the result in ``assemble``.
+``load.inputs``, capture in ``capturing.session``, building the result in ``assemble``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ import torch
 from torch import nn
 
 from . import distributed
-from .capture.dispatch import DispatchCapture
-from .capture.session import CaptureSession
-from .capture.sites import ActivationCapture
+from .capturing.session import CaptureSession
 from .compile_policy import CompileDecision
 from .errors import DataLoadError, DeadReluError, ForwardError
 from .judge.gate import GateLimits
@@ -49,7 +47,7 @@ def scan(model: nn.Module | LoadedModel | Inputs | str | os.PathLike, data: Any 
          scale: float | None = None, partial_on_interrupt: bool = False, input_fn: Callable[[Any], Any] | None = None,
          shuffle_seed: int | None = None, kwargs: str | Sequence[str] | None = None, mask: str | None = None,
          input_dtype: str | None = None, shard: str | distributed.Shard | None = None, shard_data: bool = True,
-         timeout: float | None = None, group: distributed.ScanGroup | bool | None = None,
+         timeout: float | None = None, group: distributed.ScanGroup | bool | None = None, optimizer: Any = None,
          **options: Any) -> ScanResult:
     """Scan a model's ReLU-family activations over a data set.
 
@@ -103,6 +101,9 @@ def scan(model: nn.Module | LoadedModel | Inputs | str | os.PathLike, data: Any 
             Every rank calls ``scan`` with the same data; each scans its own block and every
             rank gets the combined result (see docs/scale.md). None (the default): this
             process alone, whatever group is initialised.
+        optimizer: the optimizer the model was trained with, or its ``state_dict()`` (a
+            ``LoadedModel`` from a checkpoint that saved one brings it along): the suggestions
+            read its step sizes to tell a too-high learning rate.
         **options: any other option of the inputs (``deadrelu.Inputs``: ``tokenizer``,
             ``text_field``, ``max_length``, ``key``, ``columns``, ``arch``, ``hf_class``,
             ``decoder_inputs``...) or any scan setting (``ScanSettings``/``Thresholds``).
@@ -124,7 +125,8 @@ def scan(model: nn.Module | LoadedModel | Inputs | str | os.PathLike, data: Any 
         distributed.set_timeout(timeout)
     with distributed.agreeing(ranks):  # a failure on one rank fails every rank
         opened = open_inputs(described, batch_size=settings.batch_size, limit=settings.limit)
-        result = _scan(opened, settings, model_info, progress, partial_on_interrupt, shard, shard_data, ranks)
+        result = _scan(opened, settings, model_info, progress, partial_on_interrupt, shard, shard_data, ranks,
+                       optimizer)
     return result.with_gate(limits.check(result)) if limits.active else result
 
 
@@ -139,12 +141,13 @@ def _described(model: Any, data: Any, config: str | Path | None, options: dict[s
 
 def _scan(opened: Opened, settings: ScanSettings, model_info: Mapping[str, Any] | None,
           progress: ProgressCallback | None, partial_on_interrupt: bool, shard: str | distributed.Shard | None,
-          shard_data: bool, ranks: distributed.ScanGroup | None) -> ScanResult:
+          shard_data: bool, ranks: distributed.ScanGroup | None, optimizer: Any) -> ScanResult:
     """The batch loop over opened inputs (this rank's part, combined across ``ranks``)."""
     notes: list[str] = []
     if opened.model.format != "object":  # a module given in Python has no provenance to report
         model_info = {**opened.model.info(), **dict(model_info or {})}
         notes += opened.model.notes
+    optimizer = optimizer if optimizer is not None else opened.model.optimizer_state
     model = unwrap(opened.model.module)
     if isinstance(model, torch.export.ExportedProgram):
         model = ExportedModel(model)
@@ -168,8 +171,7 @@ def _scan(opened: Opened, settings: ScanSettings, model_info: Mapping[str, Any] 
     session = CaptureSession(model, settings, device, auto_batches=False)
     # FSDP2's unshard reads its parameters' version counters, which inference tensors do not have.
     with session, (torch.no_grad() if lockstep else torch.inference_mode()):
-        capture = session.engine
-        compile_decision = CompileDecision(settings.compile, capture, stream.num_samples)
+        compile_decision = CompileDecision(settings.compile, session.reduction, stream.num_samples)
         try:
             for raw in stream.batches():
                 inputs = prepare(raw, stream.first_sample + samples + prepare.skipped_samples)
@@ -184,7 +186,7 @@ def _scan(opened: Opened, settings: ScanSettings, model_info: Mapping[str, Any] 
                     except DeadReluError:
                         raise
                     except Exception as exc:
-                        raise _failed(exc, model, capture, batches, inputs, stream, None) from exc
+                        raise _failed(exc, model, session, batches, inputs, stream, None) from exc
                 session.end_batch()
                 samples += inputs.samples
                 batches += 1
@@ -195,7 +197,7 @@ def _scan(opened: Opened, settings: ScanSettings, model_info: Mapping[str, Any] 
             if not partial_on_interrupt or batches == 0:
                 raise
             partial = True
-    if not capture.records():
+    if not session.records():
         session.result(model_info=model_info or {})  # raises the "nothing captured" error
     if samples == 0:
         raise DataLoadError(f"{stream.source}: no sample was scanned", hint="check the data and --nonfinite")
@@ -210,6 +212,9 @@ def _scan(opened: Opened, settings: ScanSettings, model_info: Mapping[str, Any] 
                                          **distributed.environment(model, ranks)})
     if ranks is not None:
         result = ranks.combine(result, model)  # every rank's part joined
+    if optimizer is not None and result.suggestions:
+        from .judge.suggestions import suggest
+        result = result.with_suggestions(suggest(result, model, optimizer_state=optimizer))
     if result.summary.unobserved == result.summary.units:
         # No unit saw one finite value: a report would claim health it never saw.
         if prepare.nonfinite_samples:
@@ -232,7 +237,6 @@ def _first_forward(model: nn.Module, session: CaptureSession, prepare: InputPrep
     Returns:
         The inputs the batch ran with.
     """
-    capture = session.engine
     for attempt in (0, 1):
         session.begin_batch(inputs.mask)
         running = RunningModules(model)
@@ -243,18 +247,18 @@ def _first_forward(model: nn.Module, session: CaptureSession, prepare: InputPrep
         except DeadReluError:
             raise
         except Exception as exc:
-            if isinstance(capture.failure, DeadReluError):
-                raise capture.failure from None
+            if isinstance(session.failure, DeadReluError):
+                raise session.failure from None
             # The root alone says nothing (a TorchScript or exported model runs its layers
             # without Python hooks): then the hint describes the model's first layer.
             rejected = running.innermost if running.innermost and running.innermost[0] else None
-            if isinstance(capture, DispatchCapture):
+            if not session.sees_modules:
                 rejected = None  # the wrapper's Python modules are not the graph's layers
-            error = capture.op_error or exc
+            error = session.op_error or exc
             # Retried only before any site saw a tensor, so nothing of the failed pass is counted.
             if (attempt == 0 and prepare.fed_integers and not prepare.integers_cast
                     and prepare.input_dtype.value == "auto" and is_dtype_error(error)
-                    and not is_embedding(rejected[1] if rejected else None) and not capture.records()):
+                    and not is_embedding(rejected[1] if rejected else None) and not session.records()):
                 where = f"{rejected[0] or '<root>'} ({describe_module(rejected[1])})" if rejected else "the model"
                 prepare.cast_integers(f"integer data cast to {str(prepare.dtype).replace('torch.', '')}: {where} "
                                       "rejected them as they were (--input-dtype float says so up front; "
@@ -264,11 +268,11 @@ def _first_forward(model: nn.Module, session: CaptureSession, prepare: InputPrep
                     raise
                 inputs = retried
                 continue
-            raise _failed(exc, model, capture, 0, inputs, stream, rejected) from exc
+            raise _failed(exc, model, session, 0, inputs, stream, rejected) from exc
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _failed(exc: Exception, model: nn.Module, capture: ActivationCapture, batch_index: int, inputs: Prepared,
+def _failed(exc: Exception, model: nn.Module, capture: CaptureSession, batch_index: int, inputs: Prepared,
             stream: DataStream, rejected: tuple[str, nn.Module] | None) -> DeadReluError:
     """The error to raise for a failed forward pass (the capture's own, or a ForwardError)."""
     # Aten-level capture errors come back from TorchScript as bare RuntimeErrors.
@@ -277,7 +281,7 @@ def _failed(exc: Exception, model: nn.Module, capture: ActivationCapture, batch_
     return _forward_error(exc, model, capture, batch_index, inputs, stream, rejected)
 
 
-def _forward_error(exc: Exception, model: nn.Module, capture: ActivationCapture, batch_index: int,
+def _forward_error(exc: Exception, model: nn.Module, capture: CaptureSession, batch_index: int,
                    inputs: Prepared, stream: DataStream,
                    rejected: tuple[str, nn.Module] | None = None) -> ForwardError:
     """A failed forward pass with context: which batch, which input shape, which activations had run,

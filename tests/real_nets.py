@@ -7,6 +7,9 @@
 * ``timm_like``: timm's ``BatchNormAct2d`` (a ``BatchNorm2d`` subclass whose ``act`` child runs
   inside its forward) in a MobileNet-style stem, and residual blocks whose last BatchNorm has
   gamma = 0 (zero-init residual) before the add.
+* ``mobilenetv3_like``: timm's MobileNetV3 layout — ``nn.Hardswish(inplace=True)`` inside
+  BatchNormAct2d, inverted residual blocks with a squeeze-excite (ReLU inside, Hardsigmoid
+  gate) — with channels killed through a BatchNorm's beta below Hardswish's -3.
 """
 
 from __future__ import annotations
@@ -220,6 +223,85 @@ class DenseLike(nn.Module):
         for layer in self.layers:
             features.append(layer(features))
         return torch.cat(features, 1).mean((2, 3))
+
+
+# -- MobileNetV3-like (timm's mobilenetv3_small layout, at toy widths) ----------------------------
+
+class SqueezeExcite(nn.Module):
+    """timm's SqueezeExcite as MobileNetV3 configures it: a ReLU inside, a Hardsigmoid gate."""
+
+    def __init__(self, channels: int, reduced: int) -> None:
+        super().__init__()
+        self.conv_reduce = nn.Conv2d(channels, reduced, 1)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv_expand = nn.Conv2d(reduced, channels, 1)
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.conv_expand(self.act1(self.conv_reduce(x.mean((2, 3), keepdim=True))))
+        return x * self.gate(scale)
+
+
+class InvertedResidual(nn.Module):
+    """timm's InvertedResidual: 1x1 expand, BN + in-place Hardswish, depthwise 3x3, BN + in-place
+    Hardswish, squeeze-excite, 1x1 project, BN (no act), skip when the shape allows."""
+
+    def __init__(self, cin: int, mid: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv_pw = nn.Conv2d(cin, mid, 1, bias=False)
+        self.bn1 = BatchNormAct2d(mid, nn.Hardswish)
+        self.conv_dw = nn.Conv2d(mid, mid, 3, stride=stride, padding=1, groups=mid, bias=False)
+        self.bn2 = BatchNormAct2d(mid, nn.Hardswish)
+        self.se = SqueezeExcite(mid, max(mid // 4, 4))
+        self.conv_pwl = nn.Conv2d(mid, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.has_skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.bn2(self.conv_dw(self.bn1(self.conv_pw(x))))
+        x = self.bn3(self.conv_pwl(self.se(x)))
+        return x + shortcut if self.has_skip else x
+
+
+class MobileNetV3Like(nn.Module):
+    """Stem (conv, BN + in-place Hardswish), two inverted residual blocks, a 1x1 head conv with an
+    in-place Hardswish, and a classifier: 10 sites (6 Hardswish; a ReLU and a Hardsigmoid in each SE)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_stem = nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False)
+        self.bn1 = BatchNormAct2d(8, nn.Hardswish)
+        self.blocks = nn.Sequential(InvertedResidual(8, 16, 8), InvertedResidual(8, 24, 12, stride=2))
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.conv_head = nn.Conv2d(12, 16, 1)
+        self.act2 = nn.Hardswish(inplace=True)
+        self.classifier = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.bn1(self.conv_stem(x)))
+        x = self.act2(self.conv_head(self.global_pool(x)))
+        return self.classifier(torch.flatten(x, 1))
+
+
+#: the channels ``mobilenetv3_like`` kills through blocks.0.bn1's beta (-10: always below -3)
+HARDSWISH_DEAD = [0, 1, 2, 3]
+#: channels pushed to beta = -1.5: mostly negative outputs, but above -3 (gradient alive): not dead
+HARDSWISH_NEGATIVE = [4, 5]
+
+
+def mobilenetv3_like(seed: int = 0) -> MobileNetV3Like:
+    """He-initialised, BatchNorm calibrated on ``images()``; then ``blocks.0.bn1``'s beta is -10 on
+    ``HARDSWISH_DEAD`` (dead at ``blocks.0.bn1.act``) and -1.5 on ``HARDSWISH_NEGATIVE`` (alive)."""
+    torch.manual_seed(seed)
+    model = MobileNetV3Like()
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out")
+    model = calibrate(model, images())
+    push_beta(model, "blocks.0.bn1", HARDSWISH_DEAD, beta=-10.0)
+    push_beta(model, "blocks.0.bn1", HARDSWISH_NEGATIVE, beta=-1.5)
+    return model
 
 
 # -- factories for the CLI (``--model tests/real_nets.py:broken_resnet --data tests/real_nets.py:resnet_data``)

@@ -48,7 +48,7 @@ class ConvBNNet(nn.Module):
 
     dead = {"relu1": (1, 4, 6), "relu2": (2,)}
 
-    def __init__(self, hard_coded_view: bool = False) -> None:
+    def __init__(self, hard_coded_view: bool = False, train_mode: bool = False) -> None:
         super().__init__()
         self.hard_coded_view = hard_coded_view
         self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
@@ -69,7 +69,9 @@ class ConvBNNet(nn.Module):
             self.bn2.running_var.fill_(1e4)
             self.bn2.bias.fill_(2.0)
             self.bn2.bias[list(self.dead["relu2"])] = -100.0
-        self.eval()
+        # train_mode: as a factory or --arch leaves a model (nn.Module starts in train mode), where
+        # one forward outside eval mode moves the BatchNorm running statistics.
+        self.train(train_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.relu2(self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))))
@@ -163,3 +165,113 @@ class LeakyDead(nn.Sequential):
         with torch.no_grad():
             self[0].bias.fill_(5.0)
             self[0].bias[:3] = -100.0
+
+
+#: Dead channels of ``train_resnet()``: BatchNorm -> (site, channels). ``layer1.0.relu#0`` and
+#: ``layer2.0.relu#1`` are prunable (conv -> bn -> relu -> conv); the stem's ``relu`` reaches the
+#: residual add of ``layer1.0`` and is left alone.
+RESNET_DEAD = {"layer1.0.bn1": ("layer1.0.relu#0", (0, 2)), "layer2.0.bn2": ("layer2.0.relu#1", (1,)),
+               "bn1": ("relu", (3,))}
+
+
+def resnet_images(count: int = 16, seed: int = 1) -> torch.Tensor:
+    """Images for ``train_resnet`` (the calibration set of tests/real_nets.py)."""
+    from real_nets import images
+    return images(count=count, seed=seed)
+
+
+def train_resnet() -> nn.Module:
+    """tests/real_nets.py's ResNetLike with one Bottleneck per stage (torchvision's layout, shared
+    in-place ReLU, ``out += identity``), BatchNorm calibrated, dead channels per ``RESNET_DEAD``
+    (beta -10), left in TRAIN mode as a factory would leave it."""
+    import sys
+    from pathlib import Path
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:  # loaded by path (--model tests/repair_models.py:train_resnet)
+        sys.path.insert(0, here)
+    from real_nets import ResNetLike, calibrate, push_beta
+    torch.manual_seed(0)
+    model = ResNetLike(layers=(1, 1, 1, 1))
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    calibrate(model, resnet_images(24))
+    for bn_name, (_site, channels) in RESNET_DEAD.items():
+        push_beta(model, bn_name, list(channels))
+    return model.train()
+
+
+#: Dead product units of ``GatedMLP``: their ``up`` rows are exactly 0, so act(gate) * up is 0.
+GATED_DEAD = (2, 5, 7)
+
+
+class GatedMLP(nn.Module):
+    """A Llama-style gated MLP, ``down(act(gate(x)) * up(x))``, 10 -> 12 -> 3, between two Linears.
+
+    ``act`` SiLU: the product is site ``:swiglu#0`` (``GATED_DEAD`` units dead: their ``up`` rows
+    and biases are 0), the gate's SiLU is a site of its own with no dead unit. ``act`` ReLU
+    (``relu_gate=True``): the same units die through the gate instead (gate bias -100), so both
+    the ``act`` site and the ``:reglu#0`` product site have them dead. Pruned shapes: gate and up
+    (9, 10), down (3, 9).
+    """
+
+    def __init__(self, relu_gate: bool = False) -> None:
+        super().__init__()
+        self.gate = nn.Linear(10, 12)
+        self.up = nn.Linear(10, 12)
+        self.act = nn.ReLU() if relu_gate else nn.SiLU()
+        self.down = nn.Linear(12, 3)
+        with torch.no_grad():
+            dead = list(GATED_DEAD)
+            if relu_gate:
+                self.gate.bias.fill_(5.0)  # |w.x| < 3.2 on [-1, 1]^10: always active
+                self.gate.bias[dead] = -100.0
+            else:
+                self.up.weight[dead] = 0.0
+                self.up.bias[dead] = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.act(self.gate(x)) * self.up(x))
+
+
+def llama_with_dead_products(units: tuple[int, ...] = (1, 4, 9)):
+    """tests/lm_fixtures.py's tiny Llama (SwiGLU MLPs, 32 units) with ``units`` of layer 0's product
+    exactly 0: their ``up_proj`` rows are 0 (Llama's projections have no bias)."""
+    import sys
+    from pathlib import Path
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    from lm_fixtures import llama
+    model = llama()
+    with torch.no_grad():
+        model.layers[0].mlp.up_proj.weight[list(units)] = 0.0
+    return model
+
+
+class ShiftMLP(nn.Sequential):
+    """Linear 4->6 -> ReLU -> Linear 6->2, built so that the data decides which units are dead.
+
+    Unit i < 4 of the hidden layer reads x_i with weight 1; units 4, 5 read -x_2 and -x_3.
+    Units 0 and 1 have bias -2: on ``inputs(features=4)`` (every x_i in [-1, 1]) they never fire;
+    on ``shifted_inputs()`` (x_0 = 3) unit 0 fires (3 - 2 > 0) and unit 1 still does not. Every
+    other unit has bias 2 and fires everywhere.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+        with torch.no_grad():
+            weight = torch.zeros(6, 4)
+            weight[[0, 1, 2, 3], [0, 1, 2, 3]] = 1.0
+            weight[4, 2], weight[5, 3] = -1.0, -1.0
+            self[0].weight.copy_(weight)
+            self[0].bias.copy_(torch.tensor([-2.0, -2.0, 2.0, 2.0, 2.0, 2.0]))
+            self[2].weight.copy_(torch.arange(12, dtype=torch.float32).view(2, 6) / 10 + 0.1)
+            self[2].bias.zero_()
+
+
+def shifted_inputs(samples: int = 50, seed: int = 3) -> torch.Tensor:
+    """Held-out data for ``ShiftMLP``: like ``inputs(features=4)`` but x_0 = 3 (unit 0 fires)."""
+    data = inputs(samples, features=4, seed=seed)
+    data[:, 0] = 3.0
+    return data

@@ -19,8 +19,8 @@ from torch.export import Dim
 
 import deadrelu
 from conftest import error_line, report_of, run
-from deadrelu.capture.dispatch import DispatchCapture
-from deadrelu.capture.plans import torchscript_plan
+from deadrelu.capturing.dispatch import DispatchCapture
+from deadrelu.capturing.plans import torchscript_plan
 from deadrelu.settings import build_settings
 from truth_models import (ConvBNInplace, ReusedReLUBlock, SequenceMLP, UserModel, bounded_inputs,
                           linear_with_dead_units)

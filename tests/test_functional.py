@@ -13,7 +13,7 @@ from torch.nn.modules import module as module_globals
 
 import deadrelu
 from conftest import report_of
-from deadrelu.capture.functional import FUNCTION_NAMES, read_call, spec_for_call
+from deadrelu.capturing.functional import FUNCTION_NAMES, read_call, spec_for_call
 from deadrelu.kinds import SELU_ALPHA, SELU_SCALE
 
 
@@ -432,7 +432,7 @@ def test_read_call_and_spec_for_call():
     prelu = spec_for_call(read_call(F.prelu, (h, torch.tensor([0.1, -0.1, 0.2])), {}))
     assert prelu.per_channel_param and not prelu.output_sign_matches_input
     assert set(FUNCTION_NAMES) == {"relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu",
-                                   "hardtanh", "prelu", "rrelu", "clamp", "mish", "hardswish", "hardsigmoid"}
+                                   "hardtanh", "prelu", "rrelu", "clamp", "mish", "hardswish", "hardsigmoid", "glu"}
 
 
 # -- hook lifetime ------------------------------------------------------------------------------
@@ -478,7 +478,7 @@ def test_capture_error_inside_a_functional_call_leaves_nothing_behind():
 
 
 def test_forward_called_directly_bypassing_root_hooks_is_still_attributed_to_the_root():
-    from deadrelu.capture import ActivationCapture
+    from deadrelu.capturing import ActivationCapture
     from deadrelu.settings import ScanSettings
 
     model = Mixed()

@@ -159,13 +159,14 @@ def test_site_table_is_worst_first_and_details_are_collapsible():
     page = html_render.report(result, plots=False)
     table = page.split("<h2>Sites, worst first</h2>")[1].split("<h2>")[0]  # problem sites, then the clean ones
     rows = re.findall(r'<td class="name"><a href="#site-(\d+)">', table)
-    # issue 10: worst = most units without gradient (ReLU-dead or saturated); a leaky kind's never-active
-    # units still learn and rank after them.
-    from deadrelu.judge.overall import never_active, stuck_mask
+    # issue 20: worst = the site's level first (units without gradient decide it), then the share of units
+    # that never fire, a leaky kind's never-active units included (one order for every view), then stuck share.
+    from deadrelu.judge.overall import problem_mask, site_level, stuck_mask
 
     def key(k):
         site = result.sites[k]
-        return (-stuck_mask(site).sum() / site.units, -never_active(site) / site.units, -site.dormant_ratio, k)
+        return (-site_level(site).order, -problem_mask(site).sum() / site.units, -stuck_mask(site).sum() / site.units,
+                -site.dormant_ratio, k)
     expected = sorted(range(12), key=key)
     assert [int(r) for r in rows] == expected
     details = re.findall(r'<details class="site" id="site-(\d+)"( open)?>', page)
@@ -325,8 +326,8 @@ def test_page_order_verdict_then_worst_sites_then_suggestions(hostile_page):
 def test_evidence_is_collapsed_with_human_labels(hostile_page):
     assert "<details open><summary>Evidence" not in hostile_page
     assert "<details><summary>Evidence" in hostile_page
-    assert ">strong_bias_multiple<" not in hostile_page
-    assert "bias counted as strongly negative below −k × typical |w·x|, k =" in hostile_page
+    assert ">bias_hold_multiple<" not in hostile_page
+    assert "bias counted as holding a unit below zero at −k × typical |w·x|, k =" in hostile_page
 
 
 def test_each_suggestion_states_units_explained_and_what_its_code_changes(hostile_page):

@@ -185,7 +185,7 @@ def test_training_capture_skips_eval_forwards_and_builds_no_graph() -> None:
     result = session.result(suggestions=False)
     assert [site.name for site in result.sites] == ["1", "4"]
     assert [site.observations for site in result.sites] == [5, 5]
-    assert not any(record.accumulator.sums.requires_grad for record in session.engine.records())
+    assert not any(record.accumulator.sums.requires_grad for record in session.records())
 
 
 class Wrapper(nn.Module):

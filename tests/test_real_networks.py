@@ -14,7 +14,8 @@ from torch import nn
 import deadrelu
 from deadrelu.cli import app
 from deadrelu.judge.suggestions import suggest
-from real_nets import (BROKEN_CHANNELS, DenseLike, broken_resnet, images, push_beta, timm_like, timm_stem_only)
+from real_nets import (BROKEN_CHANNELS, HARDSWISH_DEAD, DenseLike, broken_resnet, images, mobilenetv3_like, push_beta,
+                       timm_like, timm_stem_only)
 
 NETS = str(Path(__file__).with_name("real_nets.py"))
 
@@ -175,3 +176,31 @@ def test_batch_size_equal_to_the_channel_count_is_not_ambiguous():
     model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU()).eval()
     result = deadrelu.scan(model, torch.randn(8, 3, 8, 8), batch_size=8)
     assert result.sites[0].unit_dim == 1 and result.warnings == ()
+
+
+# -- timm's MobileNetV3: in-place Hardswish inside BatchNormAct2d -----------------------------------
+
+def _exported(model: nn.Module, x: torch.Tensor):
+    import io
+    program = torch.export.export(model, (x[:2],), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=2)}})
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    buffer.seek(0)
+    return torch.export.load(buffer)
+
+
+def test_mobilenetv3_in_place_hardswish_channels_killed_by_beta_are_dead_on_every_path():
+    model = mobilenetv3_like()
+    x = images()
+    for path, scanned in (("eager", model), ("torchscript", torch.jit.script(model)), ("export", _exported(model, x))):
+        result = deadrelu.scan(scanned, x, batch_size=8)
+        hardswish = {site.name: site.verdict.dead_units for site in result.sites if site.kind == "Hardswish"}
+        # Channels at beta -1.5 mostly output negative values but sit above -3: alive, not dead.
+        assert hardswish == {"bn1.act": [], "blocks.0.bn1.act": HARDSWISH_DEAD, "blocks.0.bn2.act": [],
+                             "blocks.1.bn1.act": [], "blocks.1.bn2.act": [], "act2": []}, path
+        assert [site.kind for site in result.sites].count("Hardsigmoid") == 2, path
+        if path == "eager":
+            found = one(result.suggestions, "batchnorm-dead")
+            assert found["sites"] == ["blocks.0.bn1.act"]
+            assert found["evidence"]["batchnorm"] == "blocks.0.bn1"
+            assert found["evidence"]["channels"] == HARDSWISH_DEAD

@@ -308,13 +308,23 @@ def test_cli_fix_swap_and_reinit(runner, mlp_files, tmp_path: Path) -> None:
     run = runner.invoke(app, ["fix", str(model_path), str(data_path), "--arch", arch, "--swap-activation", "elu",
                               "--out", str(tmp_path / "s.pt")])
     assert run.exit_code == 2 and "--out" in run.output and "s.pt2" in run.output
+    # Slope 0.2 passes the dead units' -100 pre-activations on: outputs move by more than their scale.
     run = runner.invoke(app, ["fix", str(model_path), str(data_path), "--arch", arch, "--swap-activation",
                               "leaky_relu:0.2", "--out", str(tmp_path / "s.pt2")])
+    assert run.exit_code == 2 and "swap refused: outputs moved by 3.05, more than the output scale 0.732" in \
+        run.output and not (tmp_path / "s.pt2").exists()
+    run = runner.invoke(app, ["fix", str(model_path), str(data_path), "--arch", arch, "--swap-activation",
+                              "leaky_relu:0.2", "--out", str(tmp_path / "s.pt2"), "--force"])
     assert run.exit_code == 0, run.output
     program = torch.export.load(str(tmp_path / "s.pt2"))
     assert any("leaky_relu" in str(node.target) for node in program.graph.nodes)
+    # He weights in place of trained ones move this model's outputs by more than their scale: refused
+    # unless forced, as any repair that makes things worse.
     run = runner.invoke(app, ["fix", str(model_path), str(data_path), "--arch", arch, "--reinit", "he"])
+    assert run.exit_code == 2 and "reinit refused: outputs moved by" in run.output
+    run = runner.invoke(app, ["fix", str(model_path), str(data_path), "--arch", arch, "--reinit", "he", "--force"])
     assert run.exit_code == 0 and "DESTRUCTIVE" in run.output and "nothing written" in run.output
+    assert "FORCED although: outputs moved by" in run.output
     run = runner.invoke(app, ["fix", str(model_path), str(data_path), "--arch", arch])
     assert run.exit_code == 2 and "exactly one of" in run.output
     run = runner.invoke(app, ["fix", str(model_path), str(data_path), "--arch", arch, "--swap-activation", "tanh"])

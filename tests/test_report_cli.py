@@ -42,8 +42,14 @@ def test_suggestions_print_under_the_table_and_land_in_the_json(runner, files):
     out = done.stdout
     # issue 10: the verdict first, then the sites, then one ranked line per suggestion.
     assert out.index("8 of 32 units dead") < out.index("Activation sites") < out.index("Suggested fixes:")
-    assert "  #2  WARN       –  1 ReLU site(s) have more than 10% dead units (worst: site 1, 8 of 32 = 25.0%)" in out
+    # issue 20: the cause heads the report; generic advice (#2 "use LeakyReLU", #3 re-init) is counted, not
+    # listed, next to a specific cause, and comes back with --verbose.
+    assert "  Cause: negative biases hold units below zero — explains 8 of 8 dead units (#1)" in out
+    assert "1 ReLU site(s) have more than 10% dead units" not in out
+    assert "  2 generic (activation, re-init): --verbose" in out
     assert "evidence and code: --verbose, --html or --json" in out, "code is never soft-wrapped: shown in full there"
+    verbose = scan_files(runner, files, "--verbose").stdout
+    assert "  #2  WARN       –  1 ReLU site(s) have more than 10% dead units (worst: site 1, 8 of 32 = 25.0%)" in verbose
     stored = json.loads(json_path.read_text())["suggestions"]
     ids = [s["id"] for s in stored]
     assert ids[:3] == ["bias-reset", "dead-share", "init-not-he"], "ranked: the named cause first (issue 10)"

@@ -68,8 +68,9 @@ def test_suggestions_are_plain_json_and_round_trip(tmp_path):
     assert result.suggestions, "scan() attaches suggestions"
     for suggestion in result.suggestions:
         assert set(suggestion) == {"id", "severity", "sites", "title", "evidence", "action", "code",
-                                   "units_explained", "destructive", "changes", "scope", "rank"}
+                                   "units_explained", "destructive", "changes", "scope", "rank", "cause", "generic"}
         assert suggestion["severity"] in ("info", "warning", "critical")
+        assert suggestion["cause"] in (*rules.CAUSES, None) and isinstance(suggestion["generic"], bool)
     path = tmp_path / "r.json"
     result.to_json(path)
     stored = json.loads(path.read_text())["suggestions"]
@@ -141,8 +142,9 @@ def test_few_dead_units_with_nothing_to_fix_says_so_with_the_numbers():
     assert [s["id"] for s in found] == ["healthy"]
     healthy = found[0]
     assert healthy["evidence"]["dead"] == 2 and healthy["evidence"]["units"] == 32
-    assert healthy["title"] == ("Nothing to fix: 2 of 32 units dead (6.2%) and 0 saturated, no site above the 10% "
-                                "threshold")
+    # issue 20: a site warns above a fifth of its units stuck (healthy training leaves up to 16 %).
+    assert healthy["title"] == ("Nothing to fix: 2 of 32 units dead (6.2%) and 0 saturated, no site above the 20% "
+                                "warning level")
 
 
 def test_dead_share_in_a_very_deep_stack_recommends_leaky_relu():
@@ -206,13 +208,19 @@ def test_init_rule_uses_the_leaky_relu_gain():
     assert "nonlinearity='leaky_relu', a=0.2" in found["code"]
 
 
-def test_init_rule_says_when_trained_weights_have_grown():
+def test_weights_grown_past_every_init_are_the_learning_rate_not_init():
+    # issue 20: weights 5x He's scale are what large updates leave, not an initialisation to redo.
     model = linear_with_dead_units(dead=8)
     with torch.no_grad():
-        model[0].weight.copy_(torch.randn(32, 10) * 3.0 * math.sqrt(2 / 10))
-    found = one(suggest(scan(model, bounded_inputs(200, 10)), model), "init-not-he")
-    assert found["evidence"]["layers"]["0"]["looks_like"] == "none of these"
-    assert "grown to" in found["action"]
+        model[0].weight.copy_(torch.randn(32, 10) * 5.0 * math.sqrt(2 / 10))
+    found = suggest(scan(model, bounded_inputs(200, 10)), model)
+    assert by_id(found, "init-not-he") == [], "re-initialising is not the fix for grown weights"
+    lr = one(found, "learning-rate")
+    assert lr["cause"] == "learning-rate" and lr["rank"] == 1 and lr["units_explained"] == 8
+    layer = lr["evidence"]["per_layer"]["0"]
+    assert layer["weight_growth"] == pytest.approx(float(model[0].weight.detach().std(unbiased=False))
+                                                   / math.sqrt(2 / 10), rel=1e-3)
+    assert by_id(found, "bias-reset") == [], "the learning-rate card claims the site's dead units"
 
 
 # -- bias -----------------------------------------------------------------------------------------
@@ -259,12 +267,14 @@ def test_bias_rule_proves_cannot_fire_from_the_previous_sites_range():
         model[3].bias[:2] = -0.05                  # small bias, but no input in [0, max] can lift units 0, 1
     result = scan(model, bounded_inputs(300, 10))
     assert result.sites[1].verdict.dead_units == [0, 1]
-    found = [s for s in by_id(suggest(result, model), "bias-reset") if s["sites"] == ["4"]]
-    assert len(found) == 1
-    evidence = found[0]["evidence"]
+    # issue 20: the bias cards of sites 1 and 4 (one cause, one action) are one card listing both sites.
+    found = one(suggest(result, model), "bias-reset")
+    assert found["sites"] == ["1", "4"] and found["units_explained"] == 3
+    evidence = found["evidence"]["per_site"]["4"]
     assert evidence["cannot_fire_units"] == [0, 1] and evidence["units"] == [0, 1]
     assert evidence["input_range_source"] == "observed output range of site 1"
     assert evidence["input_rms_source"] == "site 1 (measured)"
+    assert found["evidence"]["per_site"]["1"]["units"] == [0]
 
 
 def test_bias_rule_silent_on_a_healthy_layer():

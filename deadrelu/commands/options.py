@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from ..judge.overall import FailOn
 from ..settings import MAX_LINE_BYTES, InputDtype
 
 if TYPE_CHECKING:
@@ -45,6 +46,9 @@ MaxDeadRatioOption = Annotated[Optional[float], typer.Option(
     metavar="RATIO", rich_help_panel=GATE, help="Fail (exit 1) when dead units over all units are above this ratio.")]
 MaxLayerDeadRatioOption = Annotated[Optional[float], typer.Option(
     metavar="RATIO", rich_help_panel=GATE, help="Fail (exit 1) when any site's dead ratio is above this.")]
+FailOnOption = Annotated[FailOn, typer.Option(
+    "--fail-on", rich_help_panel=GATE, show_default=True,
+    help="Exit 1 when the verdict is FAIL (fail) or WARN or FAIL (warn); never: only a failed gate exits 1.")]
 JunitOption = Annotated[Optional[Path], typer.Option(
     "--junit", metavar="FILE", rich_help_panel=OUTPUT,
     help="Write JUnit XML here: one testcase per site, a failure for each site the gate fails.")]
@@ -221,6 +225,7 @@ def input_flags(positionals: bool = True) -> Callable[[Callable[..., Any]], Call
 
 __all__ = ["MODEL", "DATA", "CAPTURE", "THRESHOLDS", "GATE", "OUTPUT", "RUN", "JsonOption", "HtmlOption",
            "PngDirOption", "OutOption", "ShowUnitsOption", "QuietOption", "VerboseOption", "DebugOption",
-           "MaxDeadRatioOption", "MaxLayerDeadRatioOption", "JunitOption", "MarkdownOption", "BatchSizeOption",
-           "LimitOption", "DeviceOption", "DeadThresholdOption", "TauOption", "LayersOption", "ExcludeOption",
-           "ConfigOption", "ModelArgument", "DataArgument", "INPUT_FLAGS", "InputFlags", "input_flags"]
+           "MaxDeadRatioOption", "MaxLayerDeadRatioOption", "FailOnOption", "FailOn", "JunitOption", "MarkdownOption",
+           "BatchSizeOption", "LimitOption", "DeviceOption", "DeadThresholdOption", "TauOption", "LayersOption",
+           "ExcludeOption", "ConfigOption", "ModelArgument", "DataArgument", "INPUT_FLAGS", "InputFlags",
+           "input_flags"]

@@ -1,8 +1,11 @@
-"""The model's verdict — OK, WARN or FAIL — driven by its worst site, and what each site's
-dead units mean for its kind.
+"""The model's verdict — OK, WARN or FAIL — driven by its worst site and its share of stuck
+units, and what each site's dead units mean for its kind.
 
 A 0.9 % model-wide dead share can hide a half-dead layer, so the verdict is the worst
-site's level (or FAIL when a CI gate failed). Units of a ReLU/ReLU6/Hardtanh site that
+site's level (FAIL above half its units stuck, WARN above a fifth); a third of all units
+getting no gradient is FAIL even when no site is over half (36 % dead, every layer near a
+third, is a broken network, not a warning); FAIL too when a CI gate failed. ``summary.verdict`` in the JSON is this level (``ok``/``warn``/``fail``),
+and ``deadrelu scan --fail-on`` turns it into the exit code. Units of a ReLU/ReLU6/Hardtanh site that
 never activate get no gradient: they are *dead*. Units of a LeakyReLU/PReLU/ELU/SELU/…
 site that never activate still have a gradient on the negative side: they are *never
 active* and are counted apart, not as dead (they only weigh in when saturated at a floor,
@@ -25,10 +28,13 @@ from ..kinds import NEGATIVE_SIDE_KINDS
 if TYPE_CHECKING:
     from ..result import ScanResult, SiteResult
 
-#: a site with more than this share of stuck units (dead or saturated) is WARN
-WARN_SHARE = 0.10
+#: a site with more than this share of stuck units (dead or saturated) is WARN. Healthy trained models
+#: (benchmarks/RESULTS_diagnosis.md: MLPs and CNNs on 8 seeds each) reach up to 16 % at their worst site.
+WARN_SHARE = 0.20
 #: ... and above this share FAIL
 FAIL_SHARE = 0.50
+#: a model with at least this share of all its units stuck (a third of the network gets no gradient) is FAIL
+MODEL_FAIL_SHARE = 1 / 3
 
 
 class Level(str, Enum):
@@ -54,6 +60,18 @@ def stuck_mask(site: SiteResult) -> np.ndarray:
     return dead | site.verdict.saturated
 
 
+def problem_mask(site: SiteResult) -> np.ndarray:
+    """Units a cause can explain: never active (leaky kinds' too: they only use their negative side)
+    or saturated. A suggestion's ``units_explained`` counts these."""
+    return site.verdict.dead | site.verdict.saturated
+
+
+def dead_mask(site: SiteResult) -> np.ndarray:
+    """Dead units in ReLU's sense (never active, no gradient); none for leaky kinds, whose
+    never-active units keep a gradient. Scan, trend and diff count dead units with this."""
+    return site.verdict.dead if not leaky(site) else np.zeros(site.units, dtype=bool)
+
+
 def dead_no_gradient(site: SiteResult) -> int:
     """Dead units in ReLU's sense: never active and no gradient (0 for leaky kinds)."""
     return 0 if leaky(site) else site.dead
@@ -72,7 +90,7 @@ def stuck_share(site: SiteResult) -> float:
 
 
 def site_level(site: SiteResult) -> Level:
-    """FAIL above half the units stuck, WARN above a tenth, else OK."""
+    """FAIL above half the units stuck, WARN above a fifth, else OK."""
     share = stuck_share(site)
     if share > FAIL_SHARE:
         return Level.FAIL
@@ -87,11 +105,29 @@ def flagged(site: SiteResult) -> bool:
 
 
 def worst_sites(result: ScanResult) -> list[SiteResult]:
-    """Sites ordered by stuck share, then never-active share, then dormant share (network order breaks ties)."""
+    """Sites worst first: by level (FAIL, WARN, OK), then by the share of units that never fire
+    (dead, saturated, or never active on a leaky kind — one count for every table, plot and
+    notebook view), then stuck share, then dormant share; network order breaks ties. A LeakyReLU
+    head with 93 % of its units never active sorts above an OK site at 3 % dead."""
     ranked = list(enumerate(result.sites))
-    ranked.sort(key=lambda pair: (-stuck_share(pair[1]), -(never_active(pair[1]) / max(pair[1].units, 1)),
-                                  -pair[1].dormant_ratio, pair[0]))
+    ranked.sort(key=lambda pair: (-site_level(pair[1]).order,
+                                  -(float(problem_mask(pair[1]).sum()) / max(pair[1].units, 1)),
+                                  -stuck_share(pair[1]), -pair[1].dormant_ratio, pair[0]))
     return [site for _, site in ranked]
+
+
+class FailOn(str, Enum):
+    """Which verdict ``deadrelu scan --fail-on`` turns into exit code 1 (a failed gate always does)."""
+
+    FAIL = "fail"
+    WARN = "warn"
+    NEVER = "never"
+
+    def trips(self, level: Level) -> bool:
+        """Whether a model at ``level`` fails under this setting."""
+        if self is FailOn.NEVER:
+            return False
+        return level.order >= (Level.FAIL if self is FailOn.FAIL else Level.WARN).order
 
 
 @dataclass(frozen=True)
@@ -128,6 +164,11 @@ class ModelVerdict:
     @property
     def dead_ratio(self) -> float:
         return self.dead / self.units if self.units else 0.0
+
+    @property
+    def verdict(self) -> str:
+        """``ok``, ``warn`` or ``fail``: the JSON's ``summary.verdict``."""
+        return self.level.value.lower()
 
     def counts(self, number: Callable[[int], str] = str, leaky: str = "never active (leaky)") -> list[str]:
         """The model-wide counts every renderer quotes after the headline, in one order.
@@ -167,6 +208,34 @@ class ModelVerdict:
         return f"worst site {show(worst.name)}: " + ", ".join(parts)
 
 
+#: how a verdict line names each cause
+CAUSE_PHRASES = {"learning-rate": "learning rate too high", "bias": "negative biases hold units below zero",
+                 "init": "weight initialisation", "input-scale": "input far off the training scale",
+                 "upstream": "a dead earlier site starves later ones", "batchnorm": "BatchNorm β/γ below zero",
+                 "zero-weights": "all-zero weight rows", "activation": "the activation kind"}
+
+
+def headline_cause(result: ScanResult) -> dict | None:
+    """The suggestion every verdict line names as the cause: the first-ranked one naming a specific
+    cause at warning level or above (None: none does)."""
+    for suggestion in result.suggestions:
+        if suggestion.get("cause") and not suggestion.get("generic") and \
+                suggestion.get("severity") in ("warning", "critical"):
+            return suggestion
+    return None
+
+
+def cause_sentence(result: ScanResult) -> str | None:
+    """``learning rate too high — explains 139 of 139 dead units (#1)``, or None without a headline cause."""
+    top = headline_cause(result)
+    if top is None:
+        return None
+    count = int(top.get("units_explained") or 0)
+    total = sum(int(problem_mask(site).sum()) for site in result.sites)
+    phrase = CAUSE_PHRASES.get(str(top["cause"]), str(top["cause"]))
+    return phrase + (f" — explains {count} of {total} dead units" if count else "") + f" (#{int(top.get('rank') or 1)})"
+
+
 def overall(result: ScanResult) -> ModelVerdict:
     """The model's verdict: the worst site's level, FAIL if the gate failed.
 
@@ -178,6 +247,10 @@ def overall(result: ScanResult) -> ModelVerdict:
     """
     ordered = worst_sites(result)
     level = max((site_level(site) for site in result.sites), key=lambda lv: lv.order, default=Level.OK)
+    units = sum(site.units for site in result.sites)
+    stuck = sum(int(stuck_mask(site).sum()) for site in result.sites)
+    if units and stuck >= MODEL_FAIL_SHARE * units - 1e-9:
+        level = Level.FAIL  # a third of the network gets no gradient
     gate_failed = result.gate is not None and not result.gate.passed
     unobserved = sum(site.unobserved for site in result.sites)
     if unobserved and level is Level.OK:
@@ -193,5 +266,5 @@ def overall(result: ScanResult) -> ModelVerdict:
                         unobserved=unobserved, dormant=result.summary.dormant)
 
 
-__all__ = ["Level", "ModelVerdict", "overall", "site_level", "stuck_mask", "stuck_share", "dead_no_gradient",
-           "never_active", "leaky", "flagged", "worst_sites", "WARN_SHARE", "FAIL_SHARE"]
+__all__ = ["Level", "FailOn", "ModelVerdict", "CAUSE_PHRASES", "headline_cause", "cause_sentence", "overall", "site_level", "stuck_mask", "problem_mask", "dead_mask", "stuck_share", "dead_no_gradient",
+           "never_active", "leaky", "flagged", "worst_sites", "WARN_SHARE", "FAIL_SHARE", "MODEL_FAIL_SHARE"]

@@ -21,13 +21,18 @@ Without consent (``allow_pickle=False``) two independent layers stand in the way
    lists what would run code: AOTInductor members, custom and opaque objects, every
    pickle torch would unpickle (payload entries with ``use_pickle``, ``*.pt`` members)
    that the weights-only unpickler cannot read, symbolic expressions outside the
-   grammar of :func:`plain_formula`, and non-empty guard code.
+   bounded grammar of :func:`deadrelu.load.formula.plain_formula` (no code, no power of a
+   power, no huge literal), and non-empty guard code.
 2. :func:`no_code_runs` is held while ``torch.export.load`` runs and the program is
    turned into a module: ``torch.load`` is weights-only whatever its caller asks, any
    global the full unpickler looks up (the ``pickle.find_class`` audit event, raised by
    every ``pickle.Unpickler``) is refused, the TorchScript object unpickler and the
-   AOTInductor loader are replaced by refusals, and ``sympy.sympify`` only accepts text
-   in the formula grammar. A member the audit never saw still cannot run code.
+   AOTInductor loader are replaced by refusals, ``sympy.sympify`` only accepts text
+   in the formula grammar, and a node target is resolved only when it names an operator
+   or one of the listed Python callables (never by walking ``torch.*`` attributes). A
+   member the audit never saw still cannot run code.
+3. Before the program becomes a module, :func:`deadrelu.load.graphcheck.check_exported`
+   refuses a graph that calls anything but computations on tensors.
 
 The second layer patches module attributes for the duration of one load (under a
 lock), so it also covers torch's fallbacks that the first layer cannot foresee.
@@ -35,14 +40,11 @@ lock), so it also covers torch's fallbacks that the first layer cannot foresee.
 
 from __future__ import annotations
 
-import ast
-import builtins
 import contextlib
 import io
 import json
 import os
 import pickle
-import re
 import sys
 import threading
 import zipfile
@@ -55,14 +57,14 @@ import torch
 
 from ..errors import ModelLoadError, UnsafePickleError
 from ..errors import first_line as _first_line
+from .formula import formula_problem, plain_formula  # noqa: F401  (plain_formula: part of this module's API)
+from .graphcheck import Finding, check_exported, resolve_serialized
 from .quiet import quiet_torch
 
 #: The zip flag bit saying a member name is UTF-8 (otherwise readers may take it as cp437).
 _UTF8_FLAG = 0x800
 #: Where an archive keeps AOTInductor's native code.
 _AOTI_DIR = "data/aotinductor/"
-#: Longest symbolic expression accepted without consent (torch writes short ``srepr`` text).
-_MAX_FORMULA = 20_000
 
 
 class CodeRefused(BaseException):
@@ -70,113 +72,12 @@ class CodeRefused(BaseException):
     torch's own ``except Exception`` fallbacks cannot swallow it."""
 
 
-# -- the formula grammar ----------------------------------------------------------------------
+class _TargetRefused(CodeRefused):
+    """A serialized node target outside the graph allow-list, met while torch deserializes."""
 
-
-def _sympy_constructors() -> frozenset[str]:
-    """Names of sympy's expression classes and constants, and torch's sympy functions."""
-    import sympy
-    from sympy.core.function import FunctionClass
-
-    from torch.utils._sympy import functions as torch_functions
-
-    names = set()
-    for module in (sympy, torch_functions):
-        for name in dir(module):
-            value = getattr(module, name, None)
-            if name.startswith("_"):
-                continue
-            if isinstance(value, type) and issubclass(value, sympy.Basic) or isinstance(value, FunctionClass) \
-                    or isinstance(value, sympy.Basic):
-                names.add(name)
-    return frozenset(names)
-
-
-_CONSTRUCTORS: frozenset[str] | None = None
-_BINARY = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.BitAnd, ast.BitOr, ast.BitXor)
-_UNARY = (ast.USub, ast.UAdd, ast.Invert, ast.Not)
-_COMPARE = (ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE)
-# Calls whose first argument may be a string: a symbol's name, a float's digits.
-_STRING_TAKERS: dict[str, Callable[[str], bool]] = {
-    "Symbol": str.isidentifier, "Dummy": str.isidentifier,
-    "Float": lambda text: re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", text) is not None}
-
-
-def _sympy_module() -> Any:
-    import sympy
-    return sympy
-
-
-def plain_formula(text: str) -> bool:
-    """Whether ``sympy.sympify`` can read ``text`` without running anything but sympy.
-
-    The grammar: numbers, ``+ - * / // % ** & | ^ ~``, comparisons, ``and``/``or``/``not``,
-    tuples, calls of sympy's expression classes and torch's sympy functions with such
-    arguments and constant keyword arguments, bare names that are not Python builtins
-    (sympy turns them into symbols), and a string only as the name in ``Symbol('s0')``
-    or the digits in ``Float('1.5')``. No attributes, subscripts, lambdas or other
-    strings: those are how a formula reaches Python.
-
-    Args:
-        text: an ``expr_str`` from a serialized program.
-
-    Returns:
-        True when the text is in the grammar.
-    """
-    global _CONSTRUCTORS
-    if _CONSTRUCTORS is None:
-        _CONSTRUCTORS = _sympy_constructors()
-    if len(text) > _MAX_FORMULA:
-        return False
-    try:
-        tree = ast.parse(text, mode="eval")
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return False
-    return _plain(tree.body, _CONSTRUCTORS)
-
-
-def _plain(node: ast.AST, constructors: frozenset[str]) -> bool:
-    stack: list[ast.AST] = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, ast.Constant):
-            if not isinstance(item.value, (int, float, bool)) and item.value is not None:
-                return False
-        elif isinstance(item, ast.Name):
-            # A bare name sympy does not know becomes a symbol; one naming a Python builtin or
-            # another sympy helper would hand sympy a function instead.
-            if item.id.startswith("_") or item.id not in constructors and (
-                    hasattr(builtins, item.id) or hasattr(_sympy_module(), item.id)):
-                return False
-        elif isinstance(item, ast.BinOp) and isinstance(item.op, _BINARY):
-            stack += [item.left, item.right]
-        elif isinstance(item, ast.UnaryOp) and isinstance(item.op, _UNARY):
-            stack.append(item.operand)
-        elif isinstance(item, ast.BoolOp):
-            stack += item.values
-        elif isinstance(item, ast.Compare) and all(isinstance(op, _COMPARE) for op in item.ops):
-            stack += [item.left, *item.comparators]
-        elif isinstance(item, ast.Tuple):
-            stack += item.elts
-        elif isinstance(item, ast.Call):
-            if not isinstance(item.func, ast.Name) or item.func.id not in constructors:
-                return False
-            arguments = list(item.args)
-            check = _STRING_TAKERS.get(item.func.id)
-            if check is not None and arguments and isinstance(arguments[0], ast.Constant) \
-                    and isinstance(arguments[0].value, str):
-                if not check(arguments[0].value):
-                    return False
-                arguments = arguments[1:]
-            for keyword in item.keywords:
-                if keyword.arg is None or keyword.arg.startswith("_") or not (
-                        isinstance(keyword.value, ast.Constant)
-                        and isinstance(keyword.value.value, (int, float, bool, type(None)))):
-                    return False
-            stack += arguments
-        else:
-            return False
-    return True
+    def __init__(self, finding: Finding) -> None:
+        super().__init__(finding.op)
+        self.finding = finding
 
 
 # -- layer 1: the audit -------------------------------------------------------------------------
@@ -305,8 +206,9 @@ def audit_archive(handle: BinaryIO, label: str) -> list[str]:
             elif entry.get("use_pickle"):
                 pickles.add(member)
         for key, value in _walk_json(document):
-            if key == "expr_str" and isinstance(value, str) and not plain_formula(value):
-                problems.append(f"a symbolic expression that is Python code in {name} ({value[:40]!r})")
+            problem = formula_problem(value) if key == "expr_str" and isinstance(value, str) else None
+            if problem is not None:
+                problems.append(f"a symbolic expression {problem} in {name} ({value[:40]!r})")
                 break
             if key == "guards_code" and value:
                 problems.append(f"Python guard code in {name}")
@@ -358,10 +260,20 @@ def _weights_only(original: Callable[..., Any]) -> Callable[..., Any]:
     return load
 
 
+def _checked_operator(self: Any, serialized_target: str) -> Any:
+    """torch's ``deserialize_operator`` walks any ``torch.*``/``math.*``/``_operator.*`` attribute
+    path; this resolves only targets the graph allow-list accepts."""
+    target, finding = resolve_serialized(serialized_target)
+    if finding is not None:
+        raise _TargetRefused(finding)
+    return target
+
+
 def _checked_sympify(original: Callable[..., Any]) -> Callable[..., Any]:
     def sympify(value: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(value, str) and not plain_formula(value):
-            raise CodeRefused(f"a symbolic expression that is Python code ({value[:40]!r})")
+        problem = formula_problem(value) if isinstance(value, str) else None
+        if problem is not None:
+            raise CodeRefused(f"a symbolic expression {problem} ({value[:40]!r})")
         return original(value, *args, **kwargs)
     return sympify
 
@@ -377,6 +289,7 @@ def no_code_runs() -> Iterator[None]:
     global _hook_installed
     import sympy
 
+    from torch._export.serde.serialize import GraphModuleDeserializer
     from torch.export.pt2_archive import _package
 
     with _guard_lock:
@@ -389,6 +302,7 @@ def no_code_runs() -> Iterator[None]:
             (torch._C, "_pickle_load_obj", _refuser("TorchScript's unpickler, for a custom object")),
             (_package, "_load_aoti", _refuser("AOTInductor native code")),
             (sympy, "sympify", _checked_sympify(sympy.sympify)),
+            (GraphModuleDeserializer, "deserialize_operator", _checked_operator),
         ]
         saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
         try:
@@ -435,9 +349,13 @@ def load_export(path: Path, allow_pickle: bool) -> torch.nn.Module:
                 program = torch.export.load(handle)
                 if not allow_pickle and getattr(program, "_guards_code", None):
                     raise CodeRefused("Python guard code")
+                if not allow_pickle:
+                    check_exported(program, str(path))
                 return ExportedModel(program)
         except ModelLoadError:
             raise
+        except _TargetRefused as refused:
+            raise refused.finding.error(str(path)) from None
         except CodeRefused as refused:
             raise UnsafePickleError(f"{path}: loading this torch.export archive asked for {refused}; refusing",
                                     hint="re-export the model with torch.export.save, or pass --allow-pickle "

@@ -2,7 +2,7 @@
 
 ``torch.export.unflatten`` rebuilds the submodule tree with the original names, but
 each submodule is an ``InterpreterModule``, not an ``nn.ReLU``; capture reads the
-program's graph instead (``capture.plans.export_plan``).
+program's graph instead (``capturing.plans.export_plan``).
 
 An exported program only accepts the batch sizes it was exported for: a fixed size,
 or a range (``Dim("batch", min=2)``). ``ExportedModel.batch_bounds`` says which, and

@@ -9,10 +9,13 @@ What a user may hand over, and how each is read:
   With it, the weights-only unpickler is tried first with exactly those globals
   allowed, then the full unpickler;
 * TorchScript (``torch.jit.save``): read by torch's TorchScript loader, whose
-  unpickler only builds TorchScript types and cannot import Python code;
+  unpickler only builds TorchScript types and cannot import Python code; without
+  ``allow_pickle`` every graph is checked to only compute on tensors before it runs
+  (see :mod:`deadrelu.load.torchscript` and :mod:`deadrelu.load.graphcheck`);
 * a ``torch.export`` program (``.pt2``): checked through torch's own zip reader, then
-  loaded with the full unpickler, native code and ``eval`` forbidden; an archive that
-  needs them needs ``allow_pickle=True`` (see :mod:`deadrelu.load.archive`);
+  loaded with the full unpickler, native code and ``eval`` forbidden and its graph
+  checked to only compute on tensors; an archive that needs more needs
+  ``allow_pickle=True`` (see :mod:`deadrelu.load.archive`);
 * a Python factory (``--model package.module:build``), optionally with ``--weights``.
 """
 
@@ -39,8 +42,9 @@ from .pickles import pickle_globals as _pickle_globals
 from .quiet import quiet_torch
 from .registry import Reader, Registry
 # State-dict helpers live in statedict.py; re-exported here, their old home.
-from .statedict import (STATE_DICT_KEYS, WRAPPER_PREFIXES, find_state_dict, load_state_into,  # noqa: F401
-                        looks_like_data, strip_prefixes)
+from .statedict import (OPTIMIZER_KEYS, STATE_DICT_KEYS, WRAPPER_PREFIXES, find_optimizer_state,  # noqa: F401
+                        find_state_dict, load_state_into, looks_like_data, strip_prefixes)
+from .torchscript import load_torchscript
 from .usercode import import_file, import_object, parse_kwargs  # noqa: F401  (parse_kwargs: its old home)
 
 
@@ -55,6 +59,8 @@ class LoadedModel:
             ``export``, ``factory`` or ``object``.
         sha256: digest of the model file, when there is one.
         notes: facts about loading the user should see (prefixes stripped...).
+        optimizer_state: the optimizer's ``state_dict()`` when a training checkpoint holds one
+            (passed on as data: the learning-rate rule reads its step sizes).
     """
 
     module: nn.Module
@@ -62,6 +68,7 @@ class LoadedModel:
     format: str
     sha256: str | None = None
     notes: list[str] = field(default_factory=list)
+    optimizer_state: dict[str, Any] | None = None
 
     def info(self) -> dict[str, Any]:
         """Metadata for reports."""
@@ -361,14 +368,6 @@ def _torch_load(path: Path, allow_pickle: bool, user_modules: list[types.ModuleT
                                   "more robust") from None
 
 
-def _load_torchscript(path: Path) -> nn.Module:
-    try:
-        return torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:
-        raise ModelLoadError(f"{path}: a TorchScript archive that cannot be loaded ({_first_line(exc)})",
-                             hint="was it saved by a much newer torch, or truncated?") from None
-
-
 def _load_export(path: Path, allow_pickle: bool) -> nn.Module:
     try:
         return load_export(path, allow_pickle)
@@ -412,7 +411,7 @@ MODEL_FILES = Registry("model file", [
            lambda path, allow_pickle, user_modules: (_load_export(path, allow_pickle), "export"),
            doc=(("a `torch.export` program (`.pt2`)", "`deadrelu scan model.pt2 data.npy`"),)),
     Reader("torchscript", lambda path: _is_torchscript(_zip_names(path)),
-           lambda path, allow_pickle, user_modules: (_load_torchscript(path), "torchscript"),
+           lambda path, allow_pickle, user_modules: (load_torchscript(path, allow_pickle), "torchscript"),
            doc=(("TorchScript (`torch.jit.save` of a scripted or traced model)", "`deadrelu scan model_ts.pt data.npy`"),)),
     Reader("torch.save", lambda path: True, _torch_load, doc=(
         ("a `state_dict`, or a checkpoint dict holding one (`state_dict`, `model_state_dict`, `model`, `net`, …)",
@@ -493,7 +492,7 @@ def load_file(path: str | Path, arch: str | None = None, arch_kwargs: Mapping[st
                              hint="pass --arch package.module:Factory or --arch path/to/file.py:Factory")
     module = build_from_factory(arch, arch_kwargs)
     notes = load_state_into(module, state, str(path))
-    return LoadedModel(module, str(path), fmt, digest, notes)
+    return LoadedModel(module, str(path), fmt, digest, notes, optimizer_state=find_optimizer_state(obj))
 
 
 def load_factory(spec: str, kwargs: Mapping[str, Any] | None = None, weights: str | Path | None = None,
@@ -524,7 +523,7 @@ def load_factory(spec: str, kwargs: Mapping[str, Any] | None = None, weights: st
         raise ModelLoadError(f"{path}: holds no state_dict for --model {spec}",
                              hint=f"save model.state_dict(), or a checkpoint with one of: {', '.join(STATE_DICT_KEYS[:6])}")
     notes = load_state_into(module, found[0], str(path))
-    return LoadedModel(module, f"{spec} + {path}", "factory", digest, notes)
+    return LoadedModel(module, f"{spec} + {path}", "factory", digest, notes, optimizer_state=find_optimizer_state(obj))
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -35,6 +35,23 @@ def find_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], str] | None:
     return None
 
 
+#: checkpoint keys under which training loops save the optimizer's state_dict (Lightning: a list)
+OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optimizer_state", "optim", "opt", "optimizer_states")
+
+
+def find_optimizer_state(obj: Any) -> dict[str, Any] | None:
+    """The optimizer ``state_dict()`` a training checkpoint holds next to the model (None: none)."""
+    if not isinstance(obj, Mapping):
+        return None
+    for key in OPTIMIZER_KEYS:
+        value = obj.get(key)
+        if isinstance(value, (list, tuple)) and len(value) == 1:
+            value = value[0]
+        if isinstance(value, Mapping) and "param_groups" in value and "state" in value:
+            return dict(value)
+    return None
+
+
 def looks_like_data(state: Mapping[str, torch.Tensor]) -> bool:
     """Tensors under names no module parameter has (``x``, ``inputs``): data, not weights."""
     return not any(key.rsplit(".", 1)[-1].endswith(_PARAMETER_SUFFIXES) for key in state)
@@ -80,5 +97,5 @@ def load_state_into(module: nn.Module, state: dict[str, torch.Tensor], source: s
     return [f"stripped the {p!r} prefix from every key" for p in stripped]
 
 
-__all__ = ["STATE_DICT_KEYS", "WRAPPER_PREFIXES", "find_state_dict", "load_state_into", "looks_like_data",
-           "strip_prefixes"]
+__all__ = ["OPTIMIZER_KEYS", "STATE_DICT_KEYS", "WRAPPER_PREFIXES", "find_optimizer_state", "find_state_dict",
+           "load_state_into", "looks_like_data", "strip_prefixes"]

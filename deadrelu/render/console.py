@@ -1,8 +1,10 @@
 """Terminal rendering: rich renderables built from a ``ScanResult``; printing is the caller's.
 
-Laid out for 80 columns: the verdict first, then only the sites with a problem (each name
-in full, shortened in the middle only when it cannot fit), the clean ones as one line,
-then one line per suggestion with its rank and the dead units it explains. Code is never
+Laid out for 80 columns: the verdict first, with the top suggestion's cause as its own line,
+then only the sites with a problem (each name in full, shortened in the middle only when it
+cannot fit), the clean ones as one line, then one line per suggestion with its rank and the
+dead units it explains; generic advice (swap the activation, re-initialise, SELU) is counted
+in one line when a specific cause was found, and listed with ``verbose``. Code is never
 soft-wrapped (a wrapped comment pasted into Python is a syntax error): ``verbose`` prints
 it whole, unwrapped, as the HTML and JSON reports do. ``width=None`` means "no limit"
 (output that is not a terminal, such as a CI log, keeps full names and lines).
@@ -18,8 +20,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ..judge.overall import (Level, dead_no_gradient, flagged, leaky, never_active, overall, site_level,
-                             stuck_mask, worst_sites)
+from ..judge.overall import (CAUSE_PHRASES, Level, cause_sentence, dead_no_gradient, flagged, headline_cause, leaky,
+                             never_active, overall, problem_mask, site_level, worst_sites)
 from .text import visible
 
 if TYPE_CHECKING:
@@ -34,8 +36,6 @@ SEVERITY_SHORT = {"critical": "CRIT", "warning": "WARN", "info": "INFO"}
 DEFAULT_ROWS = 10
 #: suggestions listed by default
 DEFAULT_SUGGESTIONS = 8
-
-
 def worst_first(result: ScanResult) -> list[SiteResult]:
     """Sites ordered worst first (stuck share, never-active share, dormant share; network order breaks ties)."""
     return worst_sites(result)
@@ -143,6 +143,27 @@ def verdict_line(result: ScanResult) -> Text:
                 f"{result.data.get('samples', '?')} samples.")
     if verdict.gate_failed:
         text.append(" CI gate failed.", style="bold red")
+    cause = cause_line(result)
+    if cause is not None:
+        text.append("\n  ")
+        text.append(cause)
+    return text
+
+
+def top_cause(result: ScanResult) -> dict | None:
+    """The suggestion the verdict line names as the cause (``judge.overall.headline_cause``)."""
+    return headline_cause(result)
+
+
+def cause_line(result: ScanResult) -> Text | None:
+    """``Cause: learning rate too high — explains 139 of 139 dead units (#1)``, the headline's second half."""
+    top, sentence = headline_cause(result), cause_sentence(result)
+    if top is None or sentence is None:
+        return None
+    phrase = CAUSE_PHRASES.get(str(top["cause"]), str(top["cause"]))
+    text = Text("Cause: ", style="bold")
+    text.append(phrase, style=SEVERITY_STYLE.get(str(top.get("severity")), "bold"))
+    text.append(sentence[len(phrase):])
     return text
 
 
@@ -221,12 +242,14 @@ def _evidence_summary(evidence: dict, limit: int = 8) -> str:
 
 
 def explained(suggestion: dict, result: ScanResult) -> str:
-    """``8/16``: dead units the suggestion explains, of those dead at its sites (``–`` for generic advice)."""
+    """``8/16``: dead units the suggestion explains, of those dead at its sites (never-active units
+    of leaky kinds and saturated units included, as ``units_explained`` counts them; ``–`` for
+    generic advice)."""
     count = int(suggestion.get("units_explained") or 0)
     if not count:
         return "–"
     names = set(suggestion.get("sites", []))
-    stuck = sum(int(stuck_mask(site).sum()) for site in result.sites if site.name in names)
+    stuck = sum(int(problem_mask(site).sum()) for site in result.sites if site.name in names)
     return f"{count}/{stuck}"
 
 
@@ -271,7 +294,11 @@ def suggestions_text(result: ScanResult, limit: int | None = DEFAULT_SUGGESTIONS
     if not result.suggestions:
         return None
     parts: list = [Text("Suggested fixes: rank, severity, dead units explained (of dead there)", style="bold")]
-    chosen = list(result.suggestions) if limit is None else list(result.suggestions[:limit])
+    shown = list(result.suggestions)
+    specific = any(s.get("cause") and not s.get("generic") for s in shown)
+    generic = [s for s in shown if s.get("generic")] if specific and not verbose else []
+    shown = [s for s in shown if s not in generic]
+    chosen = shown if limit is None else shown[:limit]
     for position, suggestion in enumerate(chosen, 1):
         parts.append(suggestion_line(suggestion, position, None if verbose else width, result))
         if not verbose:
@@ -293,14 +320,16 @@ def suggestions_text(result: ScanResult, limit: int | None = DEFAULT_SUGGESTIONS
         parts.append(detail)
         if suggestion.get("code"):
             parts.append(_code_block(str(suggestion["code"])))
-    hidden = len(result.suggestions) - len(chosen)
+    hidden = len(shown) - len(chosen)
     tail = []
     if hidden > 0:
         tail.append(f"{hidden} more")
-    if not verbose and any(s.get("code") for s in result.suggestions):
-        tail.append("evidence and code: --verbose, --html or --json")
+    if generic:
+        tail.append(f"{len(generic)} generic (activation, re-init): --verbose")
     if tail:
         parts.append(Text("  " + "; ".join(tail), style="dim"))
+    if not verbose and any(s.get("code") for s in result.suggestions):
+        parts.append(Text("  evidence and code: --verbose, --html or --json", style="dim"))
     return Group(*parts)
 
 

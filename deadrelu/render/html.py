@@ -179,7 +179,7 @@ border-left:8px solid var(--ok);border-radius:8px;padding:12px 16px;margin:0 0 1
 .verdictcard .level{font-size:26px;font-weight:750;color:var(--ok)}.verdictcard.WARN .level{color:var(--warn)}
 .verdictcard.FAIL .level{color:var(--crit)}.verdictcard .what{font-size:17px;overflow-wrap:anywhere}
 .verdictcard .more{flex-basis:100%;color:var(--muted);font-size:14px}
-tr.leaky td{background:#e8f6f8}.explains{font-weight:650}.destructive{color:var(--crit);font-weight:650}
+tr.leaky td{background:#e8f6f8}.explains{font-weight:650}.cause{font-weight:650;margin-right:.6em}.destructive{color:var(--crit);font-weight:650}
 .changes{font-size:13px;color:var(--muted)}
 h1{font-size:26px;margin:0 0 4px}h2{font-size:19px;margin:36px 0 12px;border-bottom:1px solid var(--line);
 padding-bottom:4px}h3{font-size:16px;margin:0 0 6px}
@@ -303,6 +303,21 @@ EVIDENCE_LABELS = {
     "feeding_layer": "feeding layer", "median_bias_saturated": "median bias, saturated units",
     "median_bias_others": "median bias, other units", "mean_rate_at_floor_or_bound": "mean share at floor/bound",
     "min_output": "lowest output",
+    "bias_hold_multiple": "bias counted as holding a unit below zero at −k × typical |w·x|, k =",
+    "layer_median_bias": "median bias of the layer", "layer_biased_negative": "the layer's biases sit below zero",
+    "per_layer": "per layer", "sites_with_evidence": "sites with evidence", "starved_downstream": "starving later",
+    "grown_above": "weights counted as grown above × the largest usual init", "weight_growth": "× the largest usual init",
+    "step_ratio_above": "steps counted as large above this share of the weights' rms",
+    "thrown_below": "biases counted as thrown below −k × typical |w·x| from the live median, k =",
+    "optimizer_state": "optimizer state read", "optimizer": "optimizer", "lr": "learning rate",
+    "weight_rms": "weight rms", "step_to_weight": "step ÷ weight rms", "thrown_biases": "biases thrown",
+    "thrown_units": "units with thrown biases", "thrown_bias_min": "lowest thrown bias",
+    "live_median_bias": "median bias of live units", "root_site": "first dead site of the chain",
+    "root_silent_share": "its share of silent units", "starved_share": "an input counted as starving at this share silent",
+    "input_site": "input site", "input_silent_share": "its share of silent units", "root_fix": "the fix is suggestion #",
+    "zero_row_below": "a row counted as zero below this share of the median row norm",
+    "output_vs_gamma_beta": "output rms ÷ √(γ² + β²)", "output_rms_per_weight_norm": "output rms ÷ weight norm",
+    "units_on_this_data": "dead units on this data", "how": "evidence from", "never_active": "never active (leaky)",
 }
 
 
@@ -323,8 +338,12 @@ def verdict_card(result: ScanResult) -> str:
     counts = verdict.counts("{:,}".format, leaky="never active (leaky: still have a gradient)")
     more = (", ".join(counts) + f" · {verdict.sites} site(s), {verdict.flagged_sites} with a problem · "
             f"{result.data.get('samples', '?')} samples" + (" · CI gate failed" if verdict.gate_failed else ""))
+    from ..judge.overall import cause_sentence
+    cause = cause_sentence(result)
+    cause_html = f'<span class="more"><b>Cause:</b> {_e(cause)}</span>' if cause else ""
     return (f'<section class="verdictcard {verdict.level.value}"><span class="level">{verdict.level.value}{partial}'
-            f'</span><span class="what">{_e(verdict.headline())}</span><span class="more">{_e(more)}</span></section>')
+            f'</span><span class="what">{_e(verdict.headline())}</span><span class="more">{_e(more)}</span>'
+            f'{cause_html}</section>')
 
 
 def _headline(result: ScanResult) -> str:
@@ -407,13 +426,15 @@ def _action_html(action: str) -> str:
 
 
 def _explained_html(suggestion: dict[str, Any], result: ScanResult) -> str:
+    cause = suggestion.get("cause")
+    tag = f'<span class="cause">cause: {_e(str(cause))}</span> ' if cause else ""
     count = int(suggestion.get("units_explained") or 0)
     if not count:
-        return '<span class="muted">general advice: names no cause</span>'
-    from ..judge.overall import stuck_mask
+        return tag + '<span class="muted">general advice: names no cause</span>'
+    from ..judge.overall import problem_mask
     names = set(suggestion.get("sites", []))
-    stuck = sum(int(stuck_mask(site).sum()) for site in result.sites if site.name in names)
-    return f'<span class="explains">explains {count:,} of {stuck:,} dead units there</span>'
+    stuck = sum(int(problem_mask(site).sum()) for site in result.sites if site.name in names)
+    return tag + f'<span class="explains">explains {count:,} of {stuck:,} dead units there</span>'
 
 
 def _suggestions(result: ScanResult, anchors: dict[str, str]) -> str:
@@ -625,8 +646,10 @@ def report(result: ScanResult, *, max_detail_sites: int = MAX_DETAIL_SITES, max_
     mentions: dict[str, list[tuple[int, dict[str, Any]]]] = {}
     for k, suggestion in enumerate(result.suggestions):
         # Model-wide advice (depth trend, the selection guide, "use LeakyReLU at these N sites") is
-        # above; a site's detail links only what is about that site alone.
-        if suggestion.get("scope", "site") != "site" or len(suggestion.get("sites", [])) != 1:
+        # above; a site's detail links only a cause found at that site (a card merged over several
+        # sites names a cause at each of them).
+        if (suggestion.get("scope", "site") != "site" or suggestion.get("generic")
+                or (len(suggestion.get("sites", [])) != 1 and not suggestion.get("units_explained"))):
             continue
         for name in suggestion.get("sites", []):
             mentions.setdefault(name, []).append((k, suggestion))

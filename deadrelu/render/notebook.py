@@ -116,7 +116,10 @@ def result_html(result: ScanResult, limit: int = NB_SITES) -> str:
         explained = int(suggestion.get("units_explained") or 0)
         items.append(f'<li class="{_e(severity)}"><span class="sev">{SEVERITY_LABEL.get(severity, "INFO")}</span>'
                      f'{_e(suggestion.get("title", ""))}'
-                     + (f' <span class="muted">(explains {explained} dead)</span>' if explained else "")
+                     + (f' <span class="muted">(cause: {_e(suggestion.get("cause"))}'
+                        + (f", explains {explained} dead" if explained else "") + ")</span>"
+                        if suggestion.get("cause") else
+                        f' <span class="muted">(explains {explained} dead)</span>' if explained else "")
                      + ('<span class="muted"> — its code erases training</span>' if suggestion.get("destructive")
                         else "") + "</li>")
     more = len(result.suggestions) - NB_SUGGESTIONS

@@ -311,13 +311,16 @@ def unit_map(result: ScanResult, site: str | int | SiteResult) -> Figure:
     axis.set_xticks([])
     axis.set_yticks([])
     axis.set_xlabel(f"unit i at row i // {columns}, column i % {columns}", fontsize=8)
+    from ..judge.overall import leaky
     saturated = f", {chosen.saturated} saturated" if chosen.saturation else ""
-    axis.set_title(_plain(f"{short_name(chosen.name, 48)} ({chosen.kind}): {chosen.dead} of {chosen.units} dead"
-                          f"{saturated}"), fontsize=10, loc="left")
+    # Never-active units of leaky kinds keep a gradient: named as the verdict line names them, not "dead".
+    dead_word = "never active (leaky)" if leaky(chosen) else "dead"
+    axis.set_title(_plain(f"{short_name(chosen.name, 48)} ({chosen.kind}): {chosen.dead} of {chosen.units} "
+                          f"{dead_word}{saturated}"), fontsize=10, loc="left")
     # Counts of what is painted: a floor-saturated ELU unit is dead too but painted orange.
     painted_dead = int((overlay == 2).sum())
     painted_saturated = int((overlay == 1).sum())
-    handles = [Patch(color=DEAD_COLOR, label=f"dead ({painted_dead})")]
+    handles = [Patch(color=DEAD_COLOR, label=f"{dead_word} ({painted_dead})")]
     if chosen.saturation:
         handles.append(Patch(color=SATURATED_COLOR, label=f"saturated ({painted_saturated})"))
     axis.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.08), ncol=2, frameon=False)
@@ -345,9 +348,11 @@ def safe_filename(name: str, limit: int = 60) -> str:
 
 
 def sites_worth_mapping(result: ScanResult, limit: int) -> list[tuple[int, SiteResult]]:
-    """Sites with dead or saturated units, worst first, at most ``limit`` (network index kept)."""
-    ranked = [(k, s) for k, s in enumerate(result.sites) if s.dead or s.saturated]
-    ranked.sort(key=lambda pair: (-(pair[1].dead_ratio + pair[1].saturated_ratio), pair[0]))
+    """Sites with dead, never-active or saturated units, worst first (the tables' order), at most
+    ``limit`` (network index kept)."""
+    from ..judge.overall import worst_sites
+    position = {id(site): k for k, site in enumerate(result.sites)}
+    ranked = [(position[id(s)], s) for s in worst_sites(result) if s.dead or s.saturated]
     return ranked[:limit]
 
 

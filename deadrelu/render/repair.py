@@ -8,8 +8,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ..repair.report import OutputCheck, PruneReport, RecycleReport, ReinitReport, SiteChange, SwapReport
-from ..repair.verify import SiteDelta
+from ..repair.report import (Effect, OutputCheck, PruneReport, RecycleReport, ReinitReport, SiteChange, SiteDelta,
+                             SwapReport)
 
 
 def _change(before: int | None, after: int | None) -> str:
@@ -21,7 +21,7 @@ def _change(before: int | None, after: int | None) -> str:
 
 
 def _route(change: SiteChange) -> str:
-    parts = [change.producer or "?", *change.norms]
+    parts = [" + ".join([change.producer or "?", *change.partners]), *change.norms]
     return f"{' > '.join(parts)} -> {', '.join(change.consumers) or '-'}"
 
 
@@ -68,52 +68,72 @@ def deltas_table(deltas: Sequence[SiteDelta]) -> Table:
     return table
 
 
-def prune_report(report: PruneReport, deltas: Sequence[SiteDelta]) -> RenderableType:
-    """The whole ``deadrelu prune`` output."""
+def effect_lines(effect: Effect, refused: bool = False) -> list[RenderableType]:
+    """Before -> after, the check on held-out data, and why the change was refused (or forced)."""
+    lines: list[RenderableType] = []
+    if effect.deltas:
+        lines.append(deltas_table(effect.deltas))
+    held = effect.held_out
+    if held is not None:
+        lines.append(Text(f"held-out check on {held.source}: {held.firing} of {held.changed} changed unit(s) fire "
+                          f"there; outputs moved by at most {held.check.max_abs_diff:.3g} on {held.check.samples:,} "
+                          f"samples (output scale {held.check.output_scale:.3g})",
+                          style="green" if held.check.passed and not held.firing else "yellow"))
+    if effect.worse is not None:
+        if effect.forced:
+            lines.append(Text(f"FORCED although: {effect.worse}", style="bold yellow"))
+        elif refused:
+            lines.append(Text(f"REFUSED: {effect.worse}", style="bold red"))
+    return lines
+
+
+def prune_report(report: PruneReport, refused: bool = False) -> RenderableType:
+    """The whole ``deadrelu prune`` output (``refused``: the change was not kept)."""
     changed = [c for c in report.sites if c.skipped is None]
     left = len(report.sites) - len(changed)
-    head = Text(f"pruned {report.removed} dead unit(s) at {len(changed)} site(s); {left} site(s) left alone "
+    verb = "would remove" if refused else "pruned"
+    head = Text(f"{verb} {report.removed} dead unit(s) at {len(changed)} site(s); {left} site(s) left alone "
                 f"({report.graph} graph)", style="bold")
     lines: list[RenderableType] = [head, sites_table(report.sites, "removed")]
     lines.append(Text(f"parameters {_change(report.parameters_before, report.parameters_after)}; "
                       f"multiply-adds per sample {_change(report.macs_before, report.macs_after)}"))
     lines.append(check_line(report.check, must_match=True))
-    if deltas:
-        lines.append(deltas_table(deltas))
+    lines.extend(effect_lines(report.effect, refused))
     lines.extend(Text(f"warning: {warning}", style="yellow") for warning in report.warnings)
     return Group(*lines)
 
 
-def recycle_report(report: RecycleReport, deltas: Sequence[SiteDelta], fired: tuple[int, int] | None
-                   ) -> RenderableType:
+def recycle_report(report: RecycleReport, refused: bool = False) -> RenderableType:
     """The ``deadrelu fix --recycle`` output."""
     changed = [c for c in report.sites if c.skipped is None]
+    verb = "would recycle" if refused else "recycled"
     lines: list[RenderableType] = [
-        Text(f"recycled {report.recycled} {report.units} unit(s) at {len(changed)} site(s) (ReDo: new incoming "
+        Text(f"{verb} {report.recycled} {report.units} unit(s) at {len(changed)} site(s) (ReDo: new incoming "
              "weights, bias 0, outgoing weights 0)", style="bold"),
         sites_table(report.sites, "recycled"), check_line(report.check, must_match=True)]
-    if fired is not None:
-        lines.append(Text(f"fire after recycling: {fired[0]} of {fired[1]} recycled unit(s) are active on the data"))
-    if deltas:
-        lines.append(deltas_table(deltas))
+    if report.fired is not None:
+        lines.append(Text(f"fire after recycling: {report.fired[0]} of {report.fired[1]} recycled unit(s) are active "
+                          "on the data"))
+    lines.extend(effect_lines(report.effect, refused))
     lines.extend(Text(f"warning: {warning}", style="yellow") for warning in report.warnings)
     return Group(*lines)
 
 
-def reinit_report(report: ReinitReport, deltas: Sequence[SiteDelta]) -> RenderableType:
+def reinit_report(report: ReinitReport, refused: bool = False) -> RenderableType:
     """The ``deadrelu fix --reinit`` output, marked destructive."""
+    verb = "would re-initialise" if refused else "re-initialised"
     lines: list[RenderableType] = [
-        Text(f"DESTRUCTIVE: re-initialised {len(report.layers)} layer(s) ({report.scheme}); their training is "
+        Text(f"DESTRUCTIVE: {verb} {len(report.layers)} layer(s) ({report.scheme}); their training is "
              "discarded", style="bold red"),
         sites_table(report.sites, "re-init"), check_line(report.check, must_match=False)]
-    if deltas:
-        lines.append(deltas_table(deltas))
+    lines.extend(effect_lines(report.effect, refused))
     return Group(*lines)
 
 
-def swap_report(report: SwapReport, deltas: Sequence[SiteDelta]) -> RenderableType:
+def swap_report(report: SwapReport, refused: bool = False) -> RenderableType:
     """The ``deadrelu fix --swap-activation`` output."""
-    lines: list[RenderableType] = [Text(f"swapped {len(report.swapped)} activation module(s) to {report.to}",
+    verb = "would swap" if refused else "swapped"
+    lines: list[RenderableType] = [Text(f"{verb} {len(report.swapped)} activation module(s) to {report.to}",
                                         style="bold")]
     for swap in report.swapped:
         calls = f" ({swap.calls} calls per forward)" if swap.calls > 1 else ""
@@ -121,11 +141,22 @@ def swap_report(report: SwapReport, deltas: Sequence[SiteDelta]) -> RenderableTy
     for site, reason in report.skipped:
         lines.append(Text(f"  {site}: left alone: {reason}", style="yellow"))
     lines.append(check_line(report.check, must_match=False))
-    if deltas:
-        lines.append(deltas_table(deltas))
+    lines.extend(effect_lines(report.effect, refused))
     lines.extend(Text(f"note: {warning}", style="dim") for warning in report.warnings)
     return Group(*lines)
 
 
-__all__ = ["sites_table", "check_line", "deltas_table", "prune_report", "recycle_report", "reinit_report",
-           "swap_report"]
+def repair_report(report: PruneReport | RecycleReport | ReinitReport | SwapReport,
+                  refused: bool = False) -> RenderableType:
+    """The terminal output of any repair report."""
+    if isinstance(report, PruneReport):
+        return prune_report(report, refused)
+    if isinstance(report, RecycleReport):
+        return recycle_report(report, refused)
+    if isinstance(report, ReinitReport):
+        return reinit_report(report, refused)
+    return swap_report(report, refused)
+
+
+__all__ = ["sites_table", "check_line", "deltas_table", "effect_lines", "prune_report", "recycle_report",
+           "reinit_report", "swap_report", "repair_report"]

@@ -1,12 +1,10 @@
 """Who produces and who consumes each activation site's units, read from a traced graph.
 
-The model is traced with ``torch.fx`` (standard ``torch.nn`` layers stay whole, so a
-call to ``self.fc1`` is one node naming ``fc1``); when ``fx`` cannot trace the
-``forward`` (control flow on tensor values, ``len(x)``...), ``torch.export`` is used
-and each aten op is mapped back to its module through the parameter it reads and its
-``nn_module_stack``. Both become the same small ``Dataflow``: one ``FlowNode`` per op
-with its role (``linear``, ``conv``, ``batchnorm``, ``activation``, ``passthrough``,
-``flatten``, ``output``, ``other``), its data inputs and users, and its output shape.
+``tracing.build_dataflow`` turns a model's forward (``torch.fx``, else ``torch.export``)
+into a small ``Dataflow``: one ``FlowNode`` per op with its role (``linear``, ``conv``,
+``batchnorm``, ``activation``, ``passthrough``, ``flatten``, ``output``, ``other``), its
+data inputs and users, and its output shape. A gated MLP's product ``act(gate) * up`` is
+an ``activation`` node of its own (``swiglu``...), as the capture names it.
 
 ``route(site)`` then answers the one question every repair asks: which Linear/Conv
 row produces this site's units (through which BatchNorms), and which Linear/Conv
@@ -16,16 +14,13 @@ columns consume them, or why that cannot be said exactly.
 from __future__ import annotations
 
 import math
-import operator
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
-import torch
 from torch import nn
 
-from ..capture.functional import FUNCTIONS, _is_relu_clamp
-from ..kinds import FUNCTION_KINDS, spec_for_module
+from ..kinds import FUNCTION_KINDS, GATED_KINDS
 from ..result import SiteResult
 
 #: Modules that act on each channel alone and map an all-zero channel to zeros.
@@ -47,6 +42,8 @@ PASSTHROUGH_NAMES = frozenset({
 #: Calls that read a tensor's metadata, not its values: not data users.
 META_NAMES = frozenset({"size", "dim", "shape", "numel", "sym_size", "sym_numel", "sym_stride", "stride",
                         "device", "dtype", "getattr"})
+#: Function names the capture gives the product ``act(gate) * up`` of a gated MLP (``mlp:swiglu#0``).
+GATED_FUNCTIONS = frozenset({*(kind.lower() for kind in GATED_KINDS.values()), "glu"})
 #: Activations (fx functions/methods and aten ops) -> the canonical function name the scan uses.
 ATEN_ACTIVATIONS = {**{name: name for name in FUNCTION_KINDS}, **{f"{name}_": name for name in FUNCTION_KINDS},
                     "clamp_min": "clamp", "clamp_min_": "clamp", "_prelu_kernel": "prelu"}
@@ -67,6 +64,8 @@ class FlowNode:
         inputs: indices of the nodes whose tensors this op reads (the data input first).
         users: indices of the nodes that read this op's output (metadata reads left out).
         shape: the output's shape on the example batch, if known.
+        kind: an activation's kind (``ReLU``, ``SiLU``, ``SwiGLU``...).
+        scope: the module whose ``forward`` ran the op (``""``: the root), for functions.
     """
 
     index: int
@@ -77,6 +76,8 @@ class FlowNode:
     inputs: list[int] = field(default_factory=list)
     users: list[int] = field(default_factory=list)
     shape: tuple[int, ...] | None = None
+    kind: str | None = None
+    scope: str = ""
 
 
 @dataclass(frozen=True)
@@ -100,12 +101,23 @@ class UnitRoute:
         producer_kind: ``linear`` or ``conv``.
         norms: BatchNorm layers between the producer and the activation (entry per unit).
         consumers: every Linear/Conv that reads the units (through pooling, dropout, flatten).
+        partners: for a gated MLP's product ``act(gate(x)) * up(x)``, the ``up`` Linear: its
+            row i multiplies unit i, so it goes (or is renewed) with the producer's row i.
     """
 
     producer: str
     producer_kind: str
     norms: tuple[str, ...]
     consumers: tuple[Consumer, ...]
+    partners: tuple[str, ...] = ()
+
+    def producers(self) -> tuple[str, ...]:
+        """Every layer whose output rows are the units: the producer, then the partners."""
+        return (self.producer, *self.partners)
+
+    def layers(self) -> tuple[str, ...]:
+        """Every layer the route touches."""
+        return (*self.producers(), *self.norms, *(consumer.module for consumer in self.consumers))
 
 
 class Dataflow:
@@ -145,7 +157,14 @@ class Dataflow:
         units = site.units
         if site.unit_dim is None:
             return "its output is one unit (no unit axis)"
-        found = self._producer(node, units)
+        partners: tuple[str, ...] = ()
+        if node.function in GATED_FUNCTIONS:
+            gated = self._gated(node, units)
+            if isinstance(gated, str):
+                return gated
+            found, partners = gated
+        else:
+            found = self._producer(node, units)
         if isinstance(found, str):
             return found
         producer, producer_kind, norms = found
@@ -156,17 +175,50 @@ class Dataflow:
         consumers = self._consumers(node, units, unit_last, producer_kind)
         if isinstance(consumers, str):
             return consumers
-        return UnitRoute(producer, producer_kind, tuple(norms), tuple(consumers))
+        return UnitRoute(producer, producer_kind, tuple(norms), tuple(consumers), partners)
 
-    def producer_of(self, site: SiteResult) -> tuple[str, tuple[str, ...]] | str:
-        """The Linear/Conv feeding a site and the BatchNorms in between, or why there is none."""
+    def producer_of(self, site: SiteResult) -> tuple[str, tuple[str, ...], tuple[str, ...]] | str:
+        """The Linear/Conv feeding a site, the BatchNorms in between and a gated product's ``up``
+        Linear (``partners``), or why there is none."""
         node = self.site_node(site)
         if node is None:
             return f"not found in the {self.source} graph of the model"
-        found = self._producer(node, site.units)
+        partners: tuple[str, ...] = ()
+        if node.function in GATED_FUNCTIONS:
+            gated = self._gated(node, site.units)
+            if isinstance(gated, str):
+                return gated
+            found, partners = gated
+        else:
+            found = self._producer(node, site.units)
         if isinstance(found, str):
             return found
-        return found[0], tuple(found[2])
+        return found[0], tuple(found[2]), partners
+
+    def _gated(self, product: FlowNode, units: int
+               ) -> tuple[tuple[str, str, list[str]] | str, tuple[str, ...]] | str:
+        """A gated product's gate (through its activation) and its ``up`` Linear, or why not exact.
+
+        Unit i of ``act(gate(x)) * up(x)`` reads only row i of ``gate`` and row i of ``up``;
+        both rows and column i of the consumer go together, and nothing else may read them.
+        """
+        activation, other = (self.nodes[i] for i in product.inputs[:2])
+        for factor in (activation, other):
+            problem = self._single_user(factor, product)
+            if problem:
+                return problem
+        if other.role != "linear":
+            return f"its second factor comes from {other.label}, not from a Linear layer"
+        assert other.module is not None
+        up = self._layer(other.module)
+        if self.layer_calls[other.module] > 1:
+            return f"{other.label} is called {self.layer_calls[other.module]} times per forward"
+        if up.out_features != units:
+            return f"{other.label} has {up.out_features} outputs, the site {units} units"
+        found = self._producer(activation, units)
+        if not isinstance(found, str) and found[1] != "linear":
+            return f"its gate {found[0]} is a convolution; gated products are pruned for Linear layers"
+        return found, (other.module,)
 
     # -- walking ---------------------------------------------------------------------------
     def _single_user(self, node: FlowNode, reader: FlowNode) -> str | None:
@@ -237,6 +289,11 @@ class Dataflow:
                     if isinstance(found, str):
                         return found
                     consumers.append(found)
+                elif user.function in GATED_FUNCTIONS:
+                    # Unit i is also row i of the product's up projection: only the product site
+                    # removes (or renews) gate, up and down together.
+                    return f"its units gate the product {self._site_name(user)}; that site takes gate, up and " \
+                           "down together"
                 elif user.role == "passthrough" or (user.role == "activation" and user.module is not None
                                                     and self._zero_preserving_activation(user)):
                     frontier.append((user, block, last))
@@ -259,6 +316,14 @@ class Dataflow:
                         else " (a concatenation)" if user.label in ("cat", "concat", "stack") else ""
                     return f"its units reach {user.label}{shared}"
         return consumers
+
+    def _site_name(self, node: FlowNode) -> str:
+        """The scan's name of an activation node: its module, or ``module:function#k`` for a call."""
+        if node.function is None:
+            return node.module or "?"
+        calls = [n.index for n in self.nodes if n.role == "activation" and n.module == node.module
+                 and n.function == node.function]
+        return f"{node.module or '<root>'}:{node.function}#{calls.index(node.index)}"
 
     def _zero_preserving_activation(self, node: FlowNode) -> bool:
         """A following activation maps 0 to 0; one with a weight per channel (PReLU) cannot be resized."""
@@ -292,238 +357,5 @@ def _canonical(function: str | None) -> str | None:
     return None if function is None else ATEN_ACTIVATIONS.get(function, function)
 
 
-# -- building: torch.fx ------------------------------------------------------------------------
-
-def build_dataflow(model: nn.Module, example: Sequence[Any] | None = None) -> Dataflow:
-    """Trace ``model`` into a ``Dataflow``: ``torch.fx`` first, ``torch.export`` when fx fails.
-
-    Args:
-        model: the model (not changed; ``eval()`` state kept).
-        example: one batch of positional inputs, for shapes (and needed by torch.export).
-
-    Returns:
-        The dataflow.
-
-    Raises:
-        RepairError: neither tracer could read the model's forward.
-    """
-    from .report import RepairError
-    try:
-        return _from_fx(model, example)
-    except Exception as fx_error:
-        if example is None:
-            raise RepairError(f"torch.fx cannot trace {type(model).__name__}.forward ({_first_line(fx_error)})",
-                              hint="pass data so that torch.export can be tried") from None
-        try:
-            return _from_export(model, example)
-        except Exception as export_error:
-            raise RepairError(f"cannot trace {type(model).__name__}.forward: torch.fx: {_first_line(fx_error)}; "
-                              f"torch.export: {_first_line(export_error)}",
-                              hint="repairs need the forward as a graph; simplify data-dependent control flow"
-                              ) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
-
-
-def _fx_function_name(target: Any, node: Any) -> str | None:
-    """The canonical activation name of a traced call, as functional capture names it."""
-    entry = FUNCTIONS.get(target)
-    if entry is None:
-        return None
-    if entry.function == "clamp":
-        arguments = {name: default for name, default in entry.parameters}
-        arguments.update(zip([name for name, _ in entry.parameters], node.args[1:]))
-        arguments.update({k: v for k, v in node.kwargs.items() if k in arguments})
-        return "clamp" if _is_relu_clamp(arguments) else None
-    return entry.function
-
-
-def _containing_module(node: Any) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return ""
-    path = list(stack.values())[-1][0]
-    return str(path)
-
-
-def _module_role(module: nn.Module) -> str:
-    if isinstance(module, nn.Linear):
-        return "linear"
-    if isinstance(module, nn.modules.conv._ConvNd) and not getattr(module, "transposed", False):
-        return "conv"
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return "batchnorm"
-    if spec_for_module(module) is not None:
-        return "activation"
-    if isinstance(module, PASSTHROUGH_MODULES):
-        return "passthrough"
-    if isinstance(module, nn.Flatten) and module.start_dim == 1 and module.end_dim == -1:
-        return "flatten"
-    return "other"
-
-
-def _fx_flatten(node: Any) -> str | None:
-    """``flatten`` when a call flattens everything after the batch axis, else None (or a label)."""
-    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-    if name == "flatten":
-        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-        return "flatten" if (start, end) == (1, -1) else None
-    if name in ("view", "reshape"):
-        shape = node.args[1:]
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = tuple(shape[0])
-        # x.view(x.size(0), -1): the width follows the layers; x.view(-1, 512) hard-codes it.
-        if len(shape) == 2 and shape[1] == -1 and not isinstance(shape[0], int):
-            return "flatten"
-    return None
-
-
-def _from_fx(model: nn.Module, example: Sequence[Any] | None) -> Dataflow:
-    import torch.fx
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    class _Tracer(torch.fx.Tracer):
-        # Subclasses of nn.ReLU / nn.Linear / nn.Conv2d... defined in user code stay whole too,
-        # so their calls name the module the scan named.
-        def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-            return _module_role(module) in ("linear", "conv", "batchnorm", "activation") or \
-                super().is_leaf_module(module, qualified_name)
-
-    graph = _Tracer().trace(model)
-    graph_module = torch.fx.GraphModule(model, graph)
-    if example is not None:
-        was_training = [m.training for m in model.modules()]
-        try:
-            with torch.no_grad():
-                ShapeProp(graph_module).propagate(*example)
-        finally:
-            for module, training in zip(model.modules(), was_training):
-                module.training = training
-    nodes: list[FlowNode] = []
-    index_of: dict[Any, int] = {}
-    for fx_node in graph.nodes:
-        role, label, module, function = "other", str(fx_node.target), None, None
-        if fx_node.op == "placeholder":
-            role, label = "input", f"input {fx_node.name}"
-        elif fx_node.op == "output":
-            role, label = "output", "the model output"
-        elif fx_node.op == "get_attr":
-            role, label = "meta", f"attribute {fx_node.target}"
-        elif fx_node.op == "call_module":
-            layer = model.get_submodule(fx_node.target)
-            role, module = _module_role(layer), str(fx_node.target)
-            label = f"{type(layer).__name__} {fx_node.target}"
-        else:
-            target = fx_node.target
-            name = target if fx_node.op == "call_method" else getattr(target, "__name__", str(target))
-            callable_ = getattr(torch.Tensor, target, None) if fx_node.op == "call_method" else target
-            function = _fx_function_name(callable_, fx_node)
-            if function is not None:
-                role, module, label = "activation", _containing_module(fx_node), f"{name}()"
-            elif target is getattr or name in META_NAMES:
-                role, label = "meta", name
-            elif _fx_flatten(fx_node) == "flatten":
-                role, label = "flatten", f"{name}()"
-            elif name in PASSTHROUGH_NAMES:
-                role, label = "passthrough", f"{name}()"
-            elif target is operator.getitem:
-                label = "getitem"
-            else:
-                label = {"iadd": "add", "add": "add", "mul": "mul", "cat": "cat"}.get(name, name)
-                if name in ("view", "reshape", "flatten"):
-                    label = f"{name}() to a shape that mixes units or hard-codes the width"
-        shape = None
-        meta = fx_node.meta.get("tensor_meta")
-        if meta is not None and hasattr(meta, "shape"):
-            shape = tuple(int(s) for s in meta.shape)
-        node = FlowNode(len(nodes), role, label, module, function, shape=shape)
-        node.inputs = [index_of[arg] for arg in fx_node.all_input_nodes if arg in index_of
-                       and nodes[index_of[arg]].role != "meta"]
-        # The data input first: all_input_nodes follows argument order, so args[0] leads.
-        index_of[fx_node] = node.index
-        nodes.append(node)
-    return Dataflow(model, _with_users(nodes), "fx")
-
-
-# -- building: torch.export --------------------------------------------------------------------
-
-def _aten_name(target: Any) -> str:
-    packet = getattr(target, "overloadpacket", None)
-    if packet is not None:
-        return str(getattr(packet, "__name__", target)).split(".")[-1]
-    return getattr(target, "__name__", str(target))
-
-
-def _from_export(model: nn.Module, example: Sequence[Any]) -> Dataflow:
-    program = torch.export.export(model, tuple(example))
-    signature = program.graph_signature
-    owners = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
-    nodes: list[FlowNode] = []
-    index_of: dict[Any, int] = {}
-    for ex_node in program.graph.nodes:
-        role, label, module, function = "other", str(ex_node.target), None, None
-        if ex_node.op == "placeholder":
-            role, label = ("meta", f"parameter {owners[ex_node.name]}") if ex_node.name in owners \
-                else ("input", f"input {ex_node.name}")
-        elif ex_node.op == "output":
-            role, label = "output", "the model output"
-        elif ex_node.op == "call_function":
-            name = _aten_name(ex_node.target)
-            owned = [owners[arg.name] for arg in ex_node.args[1:] if isinstance(arg, torch.fx.Node)
-                     and arg.name in owners]
-            layer_name = owned[0].rpartition(".")[0] if owned else None
-            layer = model.get_submodule(layer_name) if layer_name is not None else None
-            if name in ("linear", "conv1d", "conv2d", "conv3d", "convolution") and layer is not None \
-                    and _module_role(layer) in ("linear", "conv"):
-                role, module, label = _module_role(layer), layer_name, f"{type(layer).__name__} {layer_name}"
-            elif "batch_norm" in name and layer is not None and _module_role(layer) == "batchnorm":
-                role, module, label = "batchnorm", layer_name, f"{type(layer).__name__} {layer_name}"
-            elif name in ATEN_ACTIVATIONS:
-                path = _containing_module(ex_node)
-                owner = model.get_submodule(path) if path else model
-                if path and spec_for_module(owner) is not None:
-                    role, module, label = "activation", path, f"{type(owner).__name__} {path}"
-                else:
-                    role, module, function, label = "activation", path, ATEN_ACTIVATIONS[name], f"{name}()"
-            elif name in ("flatten",) and tuple(ex_node.args[1:3]) in ((1,), (1, -1)):
-                role, label = "flatten", "flatten()"
-            elif name in PASSTHROUGH_NAMES:
-                role, label = "passthrough", f"{name}()"
-            elif ex_node.target is operator.getitem:
-                source = nodes[index_of[ex_node.args[0]]]
-                if ex_node.args[1] == 0 and source.role in ("batchnorm", "passthrough"):
-                    role, label = "passthrough", "getitem"
-                else:
-                    label = "getitem"
-            elif name in META_NAMES:
-                role, label = "meta", name
-            else:
-                label = name
-        shape = None
-        value = ex_node.meta.get("val")
-        if isinstance(value, torch.Tensor):
-            shape = tuple(int(s) for s in value.shape)
-        node = FlowNode(len(nodes), role, label, module, function, shape=shape)
-        node.inputs = [index_of[arg] for arg in ex_node.all_input_nodes if arg in index_of
-                       and nodes[index_of[arg]].role != "meta"]
-        index_of[ex_node] = node.index
-        nodes.append(node)
-    # A BatchNorm's tuple output is read through getitem 0: the getitem is the BN's output.
-    return Dataflow(model, _with_users(nodes), "export")
-
-
-def _with_users(nodes: list[FlowNode]) -> list[FlowNode]:
-    """Fill every node's ``users`` from the others' ``inputs`` (meta nodes have none)."""
-    for node in nodes:
-        if node.role == "meta":
-            continue
-        for source in node.inputs:
-            nodes[source].users.append(node.index)
-    return nodes
-
-
-__all__ = ["Dataflow", "FlowNode", "UnitRoute", "Consumer", "build_dataflow"]
+__all__ = ["Dataflow", "FlowNode", "UnitRoute", "Consumer", "GATED_FUNCTIONS", "PASSTHROUGH_MODULES",
+           "PASSTHROUGH_NAMES", "META_NAMES", "ATEN_ACTIVATIONS"]

@@ -12,6 +12,7 @@ columns are reset so that stale Adam statistics do not push the new weights.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,10 +21,13 @@ import torch
 from torch import nn
 
 from ..result import ScanResult, SiteResult
-from .graph import Dataflow, UnitRoute, build_dataflow
+from .graph import Dataflow, UnitRoute
+from .tracing import build_dataflow
 from .prune import selected
-from .report import OutputCheck, RecycleReport, ReinitReport, RepairError, SiteChange
-from .verify import DataOptions, compare_outputs, example_inputs
+from .report import Effect, OutputCheck, RecycleReport, ReinitReport, RepairError, SiteChange
+from .verify import (DataOptions, check_atol, compare_outputs, example_call, firing, held_out, held_out_reason,
+                     made_worse, refuse_if_worse, scan_deltas, snapshot)
+from .verify import rescan as run_rescan
 
 UNIT_VERDICTS = ("dead", "dormant")
 
@@ -34,10 +38,11 @@ def _mask(site: SiteResult, units: str) -> np.ndarray:
     return site.verdict.dead if units == "dead" else site.verdict.dormant
 
 
-def _rows_and_columns(model: nn.Module, route: UnitRoute, index: torch.Tensor) -> list[tuple[str, nn.Parameter, int, torch.Tensor]]:
+def _rows_and_columns(model: nn.Module, route: UnitRoute, index: torch.Tensor
+                      ) -> list[tuple[str, nn.Parameter, int, torch.Tensor]]:
     """``(name, parameter, dim, indices)`` of every slice a recycle touches."""
     touched: list[tuple[str, nn.Parameter, int, torch.Tensor]] = []
-    for layer_name in (route.producer, *route.norms):
+    for layer_name in (*route.producers(), *route.norms):
         layer = model.get_submodule(layer_name)
         for name in ("weight", "bias"):
             param = getattr(layer, name, None)
@@ -52,13 +57,17 @@ def _rows_and_columns(model: nn.Module, route: UnitRoute, index: torch.Tensor) -
 
 @torch.no_grad()
 def _recycle_site(model: nn.Module, route: UnitRoute, index: torch.Tensor) -> None:
-    producer = model.get_submodule(route.producer)
-    fresh = copy.deepcopy(producer)
-    if hasattr(fresh, "reset_parameters"):
-        fresh.reset_parameters()  # the layer's own initialisation (kaiming_uniform(a=sqrt(5)) for Linear/Conv)
-    producer.weight[index.to(producer.weight.device)] = fresh.weight[index.to(fresh.weight.device)]
-    if producer.bias is not None:
-        producer.bias[index.to(producer.bias.device)] = 0.0
+    # A gated product's unit i is gate row i times up row i: both rows start afresh.
+    for name in route.producers():
+        producer = model.get_submodule(name)
+        # Drawn on the CPU (the torch CPU generator, whatever the device; no second copy on the GPU).
+        fresh = copy.deepcopy(producer).cpu()
+        if hasattr(fresh, "reset_parameters"):
+            fresh.reset_parameters()  # the layer's own initialisation (kaiming_uniform(a=sqrt(5)) for Linear/Conv)
+        producer.weight[index.to(producer.weight.device)] = fresh.weight[index].to(producer.weight.device,
+                                                                                   producer.weight.dtype)
+        if producer.bias is not None:
+            producer.bias[index.to(producer.bias.device)] = 0.0
     for norm_name in route.norms:
         _reset_norm_entries(model.get_submodule(norm_name), index)
     for consumer in route.consumers:
@@ -90,7 +99,7 @@ def _reset_optimizer(optimizer: torch.optim.Optimizer, touched: list[tuple[str, 
     return sorted(set(names))
 
 
-def _plan(flow: Dataflow, result: ScanResult, units: str, layers: Sequence[str] | None, model: nn.Module
+def _plan(flow: Dataflow, result: ScanResult, units: str, layers: Sequence[str] | None
           ) -> tuple[list[SiteChange], list[tuple[UnitRoute, torch.Tensor]]]:
     changes: list[SiteChange] = []
     work: list[tuple[UnitRoute, torch.Tensor]] = []
@@ -105,56 +114,86 @@ def _plan(flow: Dataflow, result: ScanResult, units: str, layers: Sequence[str] 
         indices = np.flatnonzero(mask)
         work.append((route, torch.from_numpy(indices)))
         changes.append(SiteChange(site.name, site.kind, site.units, tuple(indices.tolist()), route.producer,
-                                  route.norms, tuple(c.module for c in route.consumers)))
+                                  route.norms, tuple(c.module for c in route.consumers), partners=route.partners))
     return changes, work
 
 
 def recycle(model: nn.Module, result: ScanResult, units: str = "dead", optimizer: torch.optim.Optimizer | None = None,
-            data: Any = None, *, layers: Sequence[str] | None = None, atol: float = 1e-5, check: bool = True,
-            **data_options: Any) -> RecycleReport:
+            data: Any = None, *, layers: Sequence[str] | None = None, atol: float = 1e-5, force: bool = False,
+            verify_data: Any = None, rescan: bool = True, **data_options: Any) -> RecycleReport:
     """Recycle dead (or dormant) units in place, ReDo-style.
 
     Args:
-        model: the scanned model; changed in place (parameters keep their identity, so
-            an optimizer built on them stays valid).
+        model: the scanned model; only the recycled rows and columns change, in place
+            (parameters keep their identity, so an optimizer built on them stays valid;
+            every other parameter, buffer and ``training`` flag stays bit-identical).
         result: its scan.
         units: ``dead`` or ``dormant`` (ReDo's tau-dormant units; ``result.settings.thresholds.tau``).
         optimizer: if given, its state for the changed rows and columns is zeroed.
-        data: the scanned data; if given, outputs before and after are compared.
+        data: the scanned data; if given, outputs before and after are compared (eval mode,
+            against a snapshot of the model as given) and the model is rescanned.
         layers: only sites matching these globs.
-        atol: allowed output difference relative to the largest absolute output.
-        check: when the outputs moved by more than ``atol``, undo the change and raise.
+        atol: allowed output difference relative to the largest absolute output (>= 0).
+        force: keep the change even when the check fails or dead units rose (the report says so).
+        verify_data: other data to check the outputs on; the report counts the recycled units
+            that fire there in the original model.
+        rescan: scan the recycled model on ``data`` (before -> after, units firing at once).
         **data_options: ``batch_size``, ``limit``, ``input_key``, ``scale``.
 
     Returns:
-        What was recycled, where, and the check.
+        What was recycled, where, the check, and the before -> after counts.
 
     Raises:
-        RepairError: the check failed (the model is restored first), or the model cannot be traced.
+        RepairRefused: the check failed or dead units rose (the model is restored first).
+        RepairError: the model cannot be traced. ConfigError: a bad ``units`` or ``atol``.
     """
+    check_atol(atol)
     options = DataOptions.of(result, **data_options)
-    example = example_inputs(model, data, options)
-    flow = build_dataflow(model, example)
-    changes, work = _plan(flow, result, units, layers, model)
-    reference = copy.deepcopy(model) if data is not None else None
+    # The model as given, before anything runs: traced (never the model itself), the reference
+    # of the check, and what a refused change restores.
+    reference = snapshot(model)
+    example = example_call(reference, data, options) if data is not None else None
+    args, kwargs = example if example is not None else (None, None)
+    flow = build_dataflow(reference, args, private=True, kwargs=kwargs)
+    changes, work = _plan(flow, result, units, layers)
     for route, index in work:
         _recycle_site(model, route, index)
     outcome: OutputCheck | None = None
-    if reference is not None:
+    deltas: tuple = ()
+    fired: tuple[int, int] | None = None
+    if data is not None and work:
         outcome = compare_outputs(reference, model, data, options, atol)
-        if check and not outcome.passed:
-            model.load_state_dict(reference.state_dict())
-            raise RepairError(f"recycling moved the outputs by {outcome.max_abs_diff:.3g} (allowed: {atol:g} x output "
-                              f"scale {outcome.output_scale:.3g}); the model was restored",
-                              hint="recycled units that are not exactly 0 (dormant, or not ReLU) still fed the "
-                                   f"next layer; --atol {_needed(outcome):.2g} accepts this change")
-    reset: list[str] = []
+        if rescan:
+            after = run_rescan(model, data, result, options)
+            deltas, fired = scan_deltas(result, after), firing(after, changes)
+    held = held_out(reference, model, verify_data, result, changes, options, atol) \
+        if verify_data is not None and work else None
+    reasons = held_out_reason(held, "recycled")
+    if outcome is not None and not outcome.passed:
+        reasons.insert(0, f"recycling moved the outputs by {outcome.max_abs_diff:.3g} (allowed: {atol:g} x output "
+                          f"scale {outcome.output_scale:.3g})")
+    reasons += [reason for reason in made_worse(outcome, deltas) if not reason.startswith("outputs moved")
+                or outcome is None or outcome.passed]
+    worse = "; ".join(reasons) or None
+    warnings = [] if work else [f"no {units} unit could be recycled"]
+    if held is not None and held.firing:
+        warnings.append(f"{held.firing} of the {held.changed} recycled unit(s) fire on {held.source} "
+                        f"({held.check.samples:,} held-out samples): zeroing their outgoing weights changes the "
+                        "outputs there")
+    report = RecycleReport(units=units, sites=tuple(changes), check=outcome, graph=flow.source,
+                           warnings=tuple(warnings), fired=fired,
+                           effect=Effect(deltas, worse, force and worse is not None, held))
+    if worse is not None and not force:
+        model.load_state_dict(reference.state_dict())
+        needed = f"--atol {_needed(outcome):.2g} (atol=) accepts this change, " \
+            if outcome is not None and not outcome.passed else ""
+        refuse_if_worse(report, "recycle", "the model was restored",
+                        hint="recycled units that are not exactly 0 (dormant, or not ReLU) still fed the next layer; "
+                             f"{needed}force=True (--force) keeps it anyway")
     if optimizer is not None:
         touched = [item for route, index in work for item in _rows_and_columns(model, route, index)]
-        reset = _reset_optimizer(optimizer, touched)
-    warnings = [] if work else [f"no {units} unit could be recycled"]
-    return RecycleReport(units=units, sites=tuple(changes), optimizer_state=tuple(reset), check=outcome,
-                         graph=flow.source, warnings=tuple(warnings))
+        report = dataclasses.replace(report, optimizer_state=tuple(_reset_optimizer(optimizer, touched)))
+    return report
 
 
 def _needed(outcome: OutputCheck) -> float:
@@ -173,28 +212,38 @@ def _slope_for(site: SiteResult, model: nn.Module) -> float:
 
 @torch.no_grad()
 def reinit(model: nn.Module, result: ScanResult, scheme: str = "he", data: Any = None, *,
-           layers: Sequence[str] | None = None, units: str = "dead", **data_options: Any) -> ReinitReport:
+           layers: Sequence[str] | None = None, units: str = "dead", force: bool = False, rescan: bool = True,
+           **data_options: Any) -> ReinitReport:
     """Re-initialise, in place, every layer that feeds a flagged site. Destructive: discards training.
 
     Args:
-        model: the scanned model; changed in place.
+        model: the scanned model; the re-initialised layers change in place, nothing else
+            (other parameters, buffers and ``training`` flags stay bit-identical).
         result: its scan.
         scheme: ``he``: Kaiming normal, fan-in, with the gain for the site's kind (LeakyReLU's slope), bias 0;
             BatchNorms between layer and site go back to their initial values.
-        data: if given, how much the outputs moved is measured (not limited).
+        data: if given, how far the outputs moved is measured (eval mode, against a snapshot of
+            the model as given) and the model is rescanned.
         layers: sites matching these globs (flagged or not); default: every site with ``units`` flagged.
         units: which verdict flags a site (``dead`` or ``dormant``).
+        force: keep the change even when it moved the outputs by more than their scale or
+            dead units rose at a site (the report says so).
+        rescan: scan the re-initialised model on ``data`` (before -> after).
         **data_options: ``batch_size``, ``limit``, ``input_key``, ``scale``.
 
     Returns:
-        Which layers were overwritten, and how far the outputs moved.
+        Which layers were overwritten, how far the outputs moved, before -> after.
+
+    Raises:
+        RepairRefused: the change made the model worse (the model is restored first).
     """
     if scheme != "he":
         raise RepairError(f"--reinit {scheme}: only 'he' is known", hint="--reinit he")
     options = DataOptions.of(result, **data_options)
-    example = example_inputs(model, data, options)
-    flow = build_dataflow(model, example)
-    reference = copy.deepcopy(model) if data is not None else None
+    reference = snapshot(model)
+    example = example_call(reference, data, options) if data is not None else None
+    args, kwargs = example if example is not None else (None, None)
+    flow = build_dataflow(reference, args, private=True, kwargs=kwargs)
     changes: list[SiteChange] = []
     done: list[str] = []
     for site in result.sites:
@@ -205,20 +254,30 @@ def reinit(model: nn.Module, result: ScanResult, scheme: str = "he", data: Any =
         if isinstance(found, str):
             changes.append(SiteChange(site.name, site.kind, site.units, skipped=found))
             continue
-        producer_name, norms = found
+        producer_name, norms, partners = found
         slope = _slope_for(site, model)
-        producer = model.get_submodule(producer_name)
-        nn.init.kaiming_normal_(producer.weight, a=slope, mode="fan_in",
-                                nonlinearity="leaky_relu" if slope else "relu")
-        if producer.bias is not None:
-            producer.bias.zero_()
+        for name in (producer_name, *partners):
+            producer = model.get_submodule(name)
+            nn.init.kaiming_normal_(producer.weight, a=slope, mode="fan_in",
+                                    nonlinearity="leaky_relu" if slope else "relu")
+            if producer.bias is not None:
+                producer.bias.zero_()
         for norm_name in norms:
             model.get_submodule(norm_name).reset_parameters()  # weight 1, bias 0, running stats reset
-        done.extend([producer_name, *norms])
+        done.extend([producer_name, *partners, *norms])
         changes.append(SiteChange(site.name, site.kind, site.units, tuple(range(site.units)), producer_name,
-                                  tuple(norms)))
-    outcome = compare_outputs(reference, model, data, options) if reference is not None else None
-    return ReinitReport(scheme=scheme, sites=tuple(changes), layers=tuple(done), check=outcome, graph=flow.source)
+                                  tuple(norms), partners=partners))
+    outcome = compare_outputs(reference, model, data, options) if data is not None and done else None
+    deltas = scan_deltas(result, run_rescan(model, data, result, options)) if data is not None and done and rescan \
+        else ()
+    worse = "; ".join(made_worse(outcome, deltas)) or None
+    report = ReinitReport(scheme=scheme, sites=tuple(changes), layers=tuple(done), check=outcome, graph=flow.source,
+                          effect=Effect(deltas, worse, force and worse is not None))
+    if worse is not None and not force:
+        model.load_state_dict(reference.state_dict())
+        refuse_if_worse(report, "reinit", "the model was restored",
+                        hint="re-initialising discards what the layers learned; force=True (--force) keeps it anyway")
+    return report
 
 
 __all__ = ["recycle", "reinit", "UNIT_VERDICTS"]

@@ -8,7 +8,6 @@ called several times per forward is one object: swapping it changes every call.
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Sequence
 from typing import Any
@@ -19,8 +18,9 @@ from torch import nn
 from ..errors import ConfigError
 from ..kinds import spec_for_module
 from ..result import ScanResult, SiteResult
-from .report import Swap, SwapReport
-from .verify import DataOptions, compare_outputs
+from .report import Effect, Swap, SwapReport
+from .verify import DataOptions, compare_outputs, made_worse, refuse_if_worse, scan_deltas, snapshot
+from .verify import rescan as run_rescan
 
 TARGETS = ("leaky_relu", "elu", "prelu")
 DEFAULT_SLOPE = 0.01
@@ -92,27 +92,39 @@ def _first_tensor(model: nn.Module) -> torch.Tensor | None:
 
 
 def swap_activations(model: nn.Module, sites: Sequence[str | SiteResult] | ScanResult, to: str = "leaky_relu",
-                     *, result: ScanResult | None = None, data: Any = None, **data_options: Any) -> SwapReport:
+                     *, result: ScanResult | None = None, data: Any = None, force: bool = False, rescan: bool = True,
+                     **data_options: Any) -> SwapReport:
     """Replace the activation modules of ``sites``, in place.
 
+    A swap changes the function. With ``data`` it is checked: when the outputs moved by more
+    than their scale (the largest absolute original output) or dead units rose at any site
+    in the rescan, the old modules are put back and ``RepairRefused`` is raised, unless ``force``.
+
     Args:
-        model: the model; its activation modules are replaced.
+        model: the model; its activation modules are replaced (parameters, buffers and
+            ``training`` flags stay as they were).
         sites: site results, module names, or a whole ``ScanResult`` (then every site with a
             dead unit). A module called several times per forward is swapped only when all its
             calls are given (or when given by name): swapping changes every call.
         to: ``leaky_relu[:slope]`` (default slope 0.01), ``elu`` or ``prelu`` (one slope per unit on axis 1).
         result: the scan, to size PReLU per unit and to see every call of a reused module.
-        data: if given, how much the outputs moved is measured.
+        data: if given, how much the outputs moved is measured (eval mode, against a snapshot of
+            the model as given), and (with ``result``) the model is rescanned.
+        force: keep the swap even when it made the model worse (the report says so).
+        rescan: scan the swapped model on ``data`` for the before -> after counts (needs ``result``).
         **data_options: ``batch_size``, ``limit``, ``input_key``, ``scale``.
 
     Returns:
-        What was swapped, what was not and why.
+        What was swapped, what was not and why, and before -> after.
+
+    Raises:
+        RepairRefused: the swap made the model worse (the model is restored first).
     """
     name, slope = parse_target(to)
     if isinstance(sites, ScanResult):
         result = result or sites
         sites = [site for site in sites.sites if site.dead]
-    reference = copy.deepcopy(model) if data is not None else None
+    reference = snapshot(model) if data is not None else None
     calls: dict[str, int] = {}
     if result is not None:
         for site in result.sites:
@@ -130,6 +142,7 @@ def swap_activations(model: nn.Module, sites: Sequence[str | SiteResult] | ScanR
         else:
             wanted.setdefault(item, []).append(None)
     swapped: list[Swap] = []
+    replaced: list[tuple[nn.Module, str, nn.Module]] = []
     like = _first_tensor(model)
     for module_name, given in wanted.items():
         try:
@@ -150,17 +163,31 @@ def swap_activations(model: nn.Module, sites: Sequence[str | SiteResult] | ScanR
         units = site_results[0].units if site_results else None
         unit_dim = site_results[0].unit_dim if site_results else None
         new = _build(name, slope, old, units, unit_dim, like)
+        new.train(old.training)  # the model's train/eval flags are the caller's
         parent_name, _, child = module_name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, new)
+        replaced.append((parent, child, old))
         swapped.append(Swap(module_name, type(old).__name__, _describe(name, slope), total_calls))
     outcome = None
-    if reference is not None:
+    deltas: tuple = ()
+    if reference is not None and swapped:
         options = DataOptions.of(result, **data_options)
         outcome = compare_outputs(reference, model, data, options)
+        if result is not None and rescan:
+            deltas = scan_deltas(result, run_rescan(model, data, result, options))
+    worse = "; ".join(made_worse(outcome, deltas)) or None
     warnings = ("units whose pre-activation is never > 0 still count as dead right after a swap (their input is "
                 "unchanged); the new activation passes gradient, so fine-tune to bring them back",) if swapped else ()
-    return SwapReport(to=_describe(name, slope), swapped=tuple(swapped), skipped=tuple(skipped), check=outcome,
-                      warnings=warnings)
+    report = SwapReport(to=_describe(name, slope), swapped=tuple(swapped), skipped=tuple(skipped), check=outcome,
+                        warnings=warnings, effect=Effect(deltas, worse, force and worse is not None))
+    if worse is not None and not force:
+        for parent, child, old in reversed(replaced):
+            setattr(parent, child, old)
+        refuse_if_worse(report, "swap", "the old activations were put back",
+                        hint="the dead units' large negative pre-activations now pass through; try a smaller "
+                             "slope, recycle (--recycle dead), or force=True (--force) to keep it")
+    return report
 
 
 __all__ = ["swap_activations", "parse_target", "functional_pointer", "TARGETS"]

@@ -6,7 +6,9 @@ and device), so "unchanged on the data" means on the data the scan judged.
 
 from __future__ import annotations
 
-import inspect
+import copy
+import dataclasses
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,10 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..load.data import DataStream, as_stream
 from ..result import ScanResult
 from ..settings import NonFinitePolicy
-from .report import OutputCheck, RepairError, SiteChange
+from .report import HeldOut, OutputCheck, RepairError, RepairRefused, SiteChange, SiteDelta
 
 
 @dataclass(frozen=True)
@@ -75,29 +78,20 @@ def example_inputs(model: nn.Module, data: Any, options: DataOptions) -> tuple[A
     """The first batch's positional inputs (for tracing and export), or None when there is no data."""
     if data is None:
         return None
-    for args, kwargs in iter_inputs(model, data, options):
-        return _positional(model, args, kwargs)
+    for args, _kwargs in iter_inputs(model, data, options):
+        return args
     raise RepairError("the data holds no sample to run the model on", hint="check the data and --limit")
 
 
-def _positional(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-    """Keyword inputs (``--kwarg``) in their places of ``forward``, with the defaults between them:
-    tracing and export take positional example inputs. Inputs that only fit by keyword are left out."""
-    if not kwargs:
-        return tuple(args)
-    try:
-        signature = inspect.signature(model.forward)
-        bound = signature.bind(*args, **kwargs)
-    except (TypeError, ValueError):
-        return tuple(args)
-    given = set(bound.arguments)
-    bound.apply_defaults()
-    places = [p.name for p in signature.parameters.values()
-              if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    last = max((index for index, name in enumerate(places) if name in given), default=-1)
-    if given - set(places[:last + 1]):
-        return tuple(args)
-    return tuple(bound.arguments[name] for name in places[:last + 1])
+def example_call(model: nn.Module, data: Any, options: DataOptions) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The first batch as ``(args, kwargs)``, as the model is called with it (for ``torch.export``).
+
+    Raises:
+        RepairError: the data holds no sample.
+    """
+    for args, kwargs in iter_inputs(model, data, options):
+        return args, kwargs
+    raise RepairError("the data holds no sample to run the model on", hint="check the data and --limit")
 
 
 def _leaves(output: Any) -> list[torch.Tensor]:
@@ -105,8 +99,8 @@ def _leaves(output: Any) -> list[torch.Tensor]:
     return [leaf for leaf in tree_leaves(output) if isinstance(leaf, torch.Tensor)]
 
 
-class _Eval:
-    """Models in eval mode for the ``with`` block; every module's flag restored after."""
+class EvalMode:
+    """Models in eval mode for the ``with`` block; every module's ``training`` flag restored after."""
 
     def __init__(self, *models: nn.Module) -> None:
         self.models = models
@@ -121,6 +115,12 @@ class _Eval:
         for model, flags in zip(self.models, self.flags):
             for module, flag in zip(model.modules(), flags):
                 module.training = flag
+
+
+def snapshot(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` as given (parameters, buffers, ``training`` flags): the reference every
+    "outputs unchanged" check runs against, and what an in-place repair restores from."""
+    return copy.deepcopy(model)
 
 
 def compare_outputs(reference: nn.Module, candidate: nn.Module, data: Any, options: DataOptions,
@@ -141,7 +141,7 @@ def compare_outputs(reference: nn.Module, candidate: nn.Module, data: Any, optio
         RepairError: the candidate's forward failed or its outputs have another structure.
     """
     worst, scale, samples = 0.0, 0.0, 0
-    with _Eval(reference, candidate), torch.no_grad():
+    with EvalMode(reference, candidate), torch.no_grad():
         for args, kwargs in iter_inputs(reference, data, options):
             expected = _leaves(reference(*args, **kwargs))
             try:
@@ -175,36 +175,20 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, example: Sequence[Any] | None) -> int | None:
-    """Multiply-adds per sample on the example batch (``FlopCounterMode`` / 2), or None."""
+def count_macs(model: nn.Module, example: tuple[Sequence[Any], Mapping[str, Any]] | None) -> int | None:
+    """Multiply-adds per sample on the example batch ``(args, kwargs)`` (``FlopCounterMode`` / 2), or None."""
     if example is None:
         return None
     from torch.utils.flop_counter import FlopCounterMode
-    batch = int(example[0].shape[0]) if isinstance(example[0], torch.Tensor) and example[0].ndim else 1
+    args, kwargs = example
+    first = next((t for t in [*args, *kwargs.values()] if isinstance(t, torch.Tensor)), None)
+    batch = int(first.shape[0]) if first is not None and first.ndim else 1
     try:
-        with _Eval(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(*example)
+        with EvalMode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(*args, **kwargs)
     except Exception:
         return None
     return int(counter.get_total_flops()) // 2 // max(batch, 1)
-
-
-@dataclass(frozen=True)
-class SiteDelta:
-    """One site's counts in the scan before a repair and in the rescan after it."""
-
-    site: str
-    units_before: int
-    units_after: int | None
-    dead_before: int
-    dead_after: int | None
-    dormant_before: int
-    dormant_after: int | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"site": self.site, "units_before": self.units_before, "units_after": self.units_after,
-                "dead_before": self.dead_before, "dead_after": self.dead_after,
-                "dormant_before": self.dormant_before, "dormant_after": self.dormant_after}
 
 
 def scan_deltas(before: ScanResult, after: ScanResult) -> tuple[SiteDelta, ...]:
@@ -240,5 +224,105 @@ def firing(after: ScanResult, changes: Sequence[SiteChange]) -> tuple[int, int]:
     return fired, total
 
 
-__all__ = ["DataOptions", "iter_inputs", "example_inputs", "compare_outputs", "count_parameters", "count_macs",
-           "SiteDelta", "scan_deltas", "firing"]
+def check_atol(atol: Any) -> float:
+    """``atol`` as a float, or ``ConfigError``: it must be a finite number >= 0 (NaN would pass nothing,
+    a negative tolerance nothing either, and the error would come only after the whole repair)."""
+    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not math.isfinite(atol) or atol < 0:
+        raise ConfigError(f"atol must be a finite number >= 0, got {atol!r:.40}",
+                          hint="--atol 1e-5 (a share of the largest absolute output); 0 demands identical outputs")
+    return float(atol)
+
+
+def rescan(model: nn.Module, data: Any, before: ScanResult, options: DataOptions) -> ScanResult:
+    """Scan ``model`` on ``data`` as ``before`` was scanned (its settings; the model stays on its device).
+
+    Args:
+        model: the repaired (or the original) model; its flags are restored by the scan.
+        data: what ``deadrelu.scan`` accepts.
+        before: the scan whose settings (thresholds, granularity, layers...) to repeat.
+        options: batching and input selection.
+
+    Returns:
+        The new scan.
+    """
+    from ..scanning import scan
+    settings = dataclasses.replace(before.settings, device=None, batch_size=options.batch_size, limit=options.limit)
+    return scan(model, data, settings=settings, input_key=options.input_key, scale=options.scale,
+                shuffle_seed=options.shuffle_seed, kwargs=options.kwargs, mask=options.mask,
+                input_dtype=str(getattr(options.input_dtype, "value", options.input_dtype)),
+                decoder_inputs=options.decoder_inputs)
+
+
+def made_worse(check: OutputCheck | None, deltas: Sequence[SiteDelta]) -> list[str]:
+    """Why a change made the model worse, with the numbers: outputs moved by more than their
+    scale (the largest absolute original output), dead units that rose at any site.
+
+    Args:
+        check: original vs changed outputs on the data (None: not run).
+        deltas: per site, the scan before and the rescan after.
+
+    Returns:
+        One phrase per reason (empty: not worse).
+    """
+    reasons = []
+    if check is not None and check.max_abs_diff > check.output_scale:
+        reasons.append(f"outputs moved by {check.max_abs_diff:.3g}, more than the output scale "
+                       f"{check.output_scale:.3g}")
+    rose = [d for d in deltas if d.dead_after is not None and d.dead_after > d.dead_before]
+    if rose:
+        listed = ", ".join(f"{d.site} {d.dead_before} -> {d.dead_after}" for d in rose[:3])
+        more = f" and {len(rose) - 3} more" if len(rose) > 3 else ""
+        reasons.append(f"dead units rose at {len(rose)} site(s): {listed}{more}")
+    return reasons
+
+
+def describe_data(data: Any) -> str:
+    """A short name for a data set in messages: its file for a stream, else its kind."""
+    if isinstance(data, DataStream):
+        return str(data.source)
+    if isinstance(data, torch.Tensor | np.ndarray):
+        return f"the given {type(data).__name__} of shape {tuple(data.shape)}"
+    return f"the given {type(data).__name__}"
+
+
+def held_out(reference: nn.Module, candidate: nn.Module, verify_data: Any, before: ScanResult,
+             changes: Sequence[SiteChange], options: DataOptions, atol: float | None) -> HeldOut:
+    """Check a repair on other data than the scan's: outputs, and the changed units that fire there.
+
+    Args:
+        reference: the model as given (scanned on ``verify_data`` here, in eval mode).
+        candidate: the repaired model.
+        verify_data: held-out data (anything ``deadrelu.scan`` accepts).
+        before: the scan of ``reference`` on the scanned data (settings to repeat).
+        changes: the repair's per-site changes (which units were removed or recycled).
+        options: batching and input selection.
+        atol: allowed output difference relative to the output scale.
+
+    Returns:
+        The check on ``verify_data`` and how many changed units are active there.
+    """
+    fired, changed = firing(rescan(reference, verify_data, before, options), changes)
+    check = compare_outputs(reference, candidate, verify_data, options, atol)
+    return HeldOut(describe_data(verify_data), check, fired, changed)
+
+
+def held_out_reason(held: HeldOut | None, noun: str) -> list[str]:
+    """The refusal phrase when the check on held-out data failed (empty when it passed)."""
+    if held is None or held.check.passed:
+        return []
+    return [f"{held.firing} of {held.changed} {noun} unit(s) fire on {held.source} "
+            f"({held.check.samples:,} samples): outputs there moved by {held.check.max_abs_diff:.3g} "
+            f"(allowed: {held.check.atol:g} x output scale {held.check.output_scale:.3g})"]
+
+
+def refuse_if_worse(report: Any, what: str, undone: str, hint: str) -> None:
+    """Raise ``RepairRefused`` (carrying ``report``) when its effect is worse and was not forced."""
+    effect = report.effect
+    if effect.worse is not None and not effect.forced:
+        raise RepairRefused(f"{what} refused: {effect.worse}; {undone}", hint=hint, reason=effect.worse,
+                            report=report)
+
+
+__all__ = ["DataOptions", "EvalMode", "snapshot", "iter_inputs", "example_inputs", "example_call", "compare_outputs",
+           "count_parameters", "count_macs", "check_atol", "SiteDelta", "scan_deltas", "firing", "rescan", "made_worse",
+           "held_out", "held_out_reason", "describe_data", "refuse_if_worse"]

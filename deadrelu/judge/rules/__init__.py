@@ -1,11 +1,16 @@
 """Fix suggestions backed by evidence: a small rules engine over a result and (optionally) the model.
 
 A rule is ``rule(context: RuleContext) -> list[Suggestion]``: it reads the result, the
-model and the input range from the context, and asks ``context.feeder(site)`` which layer
-feeds a site (the one helper every weight rule uses). ``suggest`` runs the rules, ranks
-what they found — by dead units explained, then severity, then network order — and
-returns JSON-ready dicts (``Suggestion.to_dict()``), which is what ``ScanResult.suggestions``
-holds and the JSON report stores.
+model, the input range and the optimizer state from the context, and asks
+``context.feeder(site)`` which layer feeds a site (the one helper every weight rule uses).
+Every suggestion names a ``cause`` (``CAUSES``). The causes are read in data-flow order
+(``causes.py``): units starving on a dead input are ``upstream`` and no local rule claims
+them; ``learning-rate`` and ``input-scale`` are judged over the whole model (``training.py``). ``suggest`` runs
+the rules, merges the cards of one cause and action found at several sites into one card
+listing them, ranks what they found — specific causes before generic advice, then severity,
+then dead units explained, then network order — and returns JSON-ready dicts
+(``Suggestion.to_dict()``), which is what ``ScanResult.suggestions`` holds and the JSON
+report stores.
 
 Rules that need only the result (dead share, saturation, depth trend, PReLU slopes,
 "nothing wrong") also run on a result read back from JSON. Rules that read weights
@@ -19,14 +24,16 @@ No torch at import time (``deadrelu report`` reads suggestions without torch).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .base import (BN_GAMMA_EPS, BN_STRONG_BETA, DEAD_SHARE_CRITICAL, DEAD_SHARE_WARNING, DEEP_CNN_CONVS,
+from .base import (BN_GAMMA_EPS, BN_STRONG_BETA, CAUSES, DEAD_SHARE_CRITICAL, DEAD_SHARE_WARNING, DEEP_CNN_CONVS,
                    DEEP_MLP_LINEARS, DEPTH_MIN_CORRELATION, DEPTH_MIN_RISE, DEPTH_MIN_SITES, EVIDENCE_LIST_MAX,
                    INIT_MIN_WEIGHTS, INIT_TOLERANCE, PRELU_COLLAPSED, SATURATION_CRITICAL, SATURATION_WARNING,
                    SCOPE_MODEL, SCOPE_SITE, SEVERITIES, STRONG_BIAS, VERY_DEEP_SITES, Feeder, RuleContext, Severity,
                    Suggestion, feeding_layers, layer_width, legacy_rule, rule, suggestion)
+from .causes import rule_upstream, rule_zero_weights
+from .training import rule_input_scale, rule_learning_rate
 from .guide import rule_selection_guide
 from .results import (rule_dead_share, rule_depth_trend, rule_healthy, rule_negative_side, rule_prelu_slopes,
                       rule_saturation)
@@ -40,13 +47,16 @@ if TYPE_CHECKING:
 Rule = Callable[[RuleContext], list[Suggestion]]
 
 #: Rules in the order they run.
-RULES: tuple[Rule, ...] = (rule_dead_share, rule_init, rule_bias, rule_batchnorm, rule_saturation, rule_negative_side,
+RULES: tuple[Rule, ...] = (rule_learning_rate, rule_input_scale, rule_upstream, rule_zero_weights, rule_dead_share,
+                           rule_init, rule_bias, rule_batchnorm, rule_saturation, rule_negative_side,
                            rule_depth_trend, rule_prelu_slopes, rule_selu, rule_selection_guide)
 #: Rules that read nothing but the result (they also run on a result read back from JSON).
 RESULT_ONLY_RULES: tuple[Rule, ...] = (rule_dead_share, rule_saturation, rule_negative_side, rule_depth_trend,
                                        rule_prelu_slopes)
 #: Rules that look for a cause in the layer feeding a site.
-WEIGHT_RULES: tuple[Rule, ...] = (rule_init, rule_bias, rule_batchnorm)
+WEIGHT_RULES: tuple[Rule, ...] = (rule_init, rule_bias, rule_batchnorm, rule_zero_weights)
+#: Cards merged into one when the same cause and action is found at several sites.
+MERGED_IDS = ("bias-reset", "batchnorm-dead", "zero-weights")
 
 
 def _run(rule_function: Callable[..., Any], context: RuleContext) -> list[Suggestion]:
@@ -87,14 +97,73 @@ def rule_not_explained(context: RuleContext, found: Sequence[Suggestion]) -> lis
     return [suggestion("not-explained", "info", list(reasons), title, evidence, action)]
 
 
-def _order_key(context: RuleContext) -> Callable[[tuple[int, Suggestion]], tuple[int, int, int, int]]:
+def _order_key(context: RuleContext) -> Callable[[tuple[int, Suggestion]], tuple[int, int, int, int, int]]:
     order = {site.name: k for k, site in enumerate(context.result.sites)}
 
-    def key(item: tuple[int, Suggestion]) -> tuple[int, int, int, int]:
+    def key(item: tuple[int, Suggestion]) -> tuple[int, int, int, int, int]:
         position, found = item
         first = min((order.get(name, len(order)) for name in found.sites), default=len(order))
-        return -found.units_explained, Severity(found.severity).order, first, position
+        return int(found.generic), Severity(found.severity).order, -found.units_explained, first, position
     return key
+
+
+def merge(found: Sequence[Suggestion]) -> list[Suggestion]:
+    """One card per cause and action: the site cards of ``MERGED_IDS`` found at several sites become
+    one card listing the sites (evidence per site, the units summed, the code of each in turn)."""
+    import dataclasses
+    groups: dict[tuple[str, str | None], list[Suggestion]] = {}
+    for item in found:
+        if item.id in MERGED_IDS:
+            groups.setdefault((item.id, item.cause), []).append(item)
+    out: list[Suggestion] = []
+    done: set[tuple[str, str | None]] = set()
+    for item in found:
+        key = (item.id, item.cause)
+        if item.id not in MERGED_IDS or len(groups[key]) == 1:
+            out.append(item)
+            continue
+        if key in done:
+            continue
+        done.add(key)
+        cards = groups[key]
+        units = sum(card.units_explained for card in cards)
+        sites = [name for card in cards for name in card.sites]
+        severity = min((Severity(card.severity) for card in cards), key=lambda s: s.order)
+        first = cards[0]
+        title = f"{len(sites)} sites, {units} units: {first.title}; and {len(cards) - 1} more site(s)"
+        action = first.action + "\n- " + "\n- ".join(card.title for card in cards)
+        imports = list(dict.fromkeys(line for card in cards for line in card.code.splitlines()
+                                     if line.startswith("import ")))
+        bodies = [("# " + card.sites[0] + "\n" if card.sites else "")
+                  + "\n".join(line for line in card.code.splitlines() if not line.startswith("import "))
+                  for card in cards if card.code]
+        evidence = {"sites": len(sites), "units": units,
+                    "per_site": {card.sites[0] if card.sites else str(k): dict(card.evidence)
+                                 for k, card in enumerate(cards[:EVIDENCE_LIST_MAX])}}
+        out.append(dataclasses.replace(first, severity=severity, sites=tuple(sites), title=title, action=action,
+                                       code="\n".join(imports + bodies), evidence=evidence, units_explained=units,
+                                       destructive=any(card.destructive for card in cards),
+                                       changes="; ".join(card.changes for card in cards if card.changes)))
+    return out
+
+
+def _point_upstream_at_roots(ranked: list[Suggestion]) -> list[Suggestion]:
+    """An upstream card's fix is its root site's: give it that card's code and rank."""
+    import dataclasses
+    out = []
+    for item in ranked:
+        root = item.evidence.get("root_site") if item.cause == "upstream" else None
+        fix = next((other for other in ranked if root is not None and other.cause not in (None, "upstream")
+                    and not other.generic and root in other.sites), None)
+        if fix is None:
+            out.append(item)
+            continue
+        out.append(dataclasses.replace(
+            item, code=fix.code, title=item.title + f" (#{fix.rank})",
+            action=item.action.replace("its own suggestion names the cause",
+                                       f"#{fix.rank}: {fix.cause}", 1),
+            changes=fix.changes or item.changes, evidence={**item.evidence, "root_fix": fix.rank}))
+    return out
 
 
 def _one_init_per_layer(ranked: list[Suggestion]) -> list[Suggestion]:
@@ -112,24 +181,36 @@ def _one_init_per_layer(ranked: list[Suggestion]) -> list[Suggestion]:
 
 
 def rank(found: Sequence[Suggestion], context: RuleContext) -> list[Suggestion]:
-    """Suggestions ordered by dead units explained (a named cause first), then severity, then
-    network order of their first site; ``rank`` set from 1."""
+    """Suggestions ordered by what to do first: every specific cause before generic advice (swap the
+    activation, re-initialise, SELU), then severity, then dead units explained, then network order
+    of their first site; ``rank`` set from 1."""
     import dataclasses
-    ordered = [s for _, s in sorted(enumerate(found), key=_order_key(context))]
+    from ..overall import MODEL_FAIL_SHARE, problem_mask, stuck_mask
+    merged = merge(found)
+    # A model with a third of its units stuck FAILs as a whole, whatever its sites' levels: a cause
+    # explaining most of those units is what makes it FAIL, so it is critical.
+    total = sum(int(problem_mask(site).sum()) for site in context.result.sites)
+    units = sum(site.units for site in context.result.sites)
+    stuck = sum(int(stuck_mask(site).sum()) for site in context.result.sites)
+    if total and units and stuck >= MODEL_FAIL_SHARE * units - 1e-9:
+        merged = [dataclasses.replace(s, severity=Severity.CRITICAL)
+                  if s.cause and not s.generic and 2 * s.units_explained >= total else s for s in merged]
+    ordered = [s for _, s in sorted(enumerate(merged), key=_order_key(context))]
     ranked = [dataclasses.replace(s, rank=k) for k, s in enumerate(ordered, 1)]
-    return _one_init_per_layer(ranked)
+    return _point_upstream_at_roots(_one_init_per_layer(ranked))
 
 
 def suggest_objects(result: ScanResult, model: nn.Module | None = None, *,
                     input_bounds: tuple[float, float] | None = None, rules: Sequence[Callable[..., Any]] | None = None,
-                    strict: bool = False) -> list[Suggestion]:
+                    strict: bool = False, optimizer_state: Mapping[str, Any] | None = None) -> list[Suggestion]:
     """Like ``suggest``, as ``Suggestion`` objects."""
     if model is not None:
         import torch
         if isinstance(model, torch.jit.ScriptModule):
             # TorchScript modules expose no get_submodule/ordinary layers: judge from the result alone.
             model = None
-    context = RuleContext(result=result, model=model, input_bounds=input_bounds)
+    context = RuleContext(result=result, model=model, input_bounds=input_bounds,
+                          optimizer_state=optimizer_state_of(optimizer_state))
     found: list[Suggestion] = []
     for rule_function in (RULES if rules is None else rules):
         try:
@@ -147,8 +228,17 @@ def suggest_objects(result: ScanResult, model: nn.Module | None = None, *,
     return rank(found, context)
 
 
+def optimizer_state_of(optimizer: Any) -> Mapping[str, Any] | None:
+    """An optimizer's ``state_dict()`` from the optimizer itself or the dict (None stays None)."""
+    if optimizer is None or isinstance(optimizer, Mapping):
+        return optimizer
+    state_dict = getattr(optimizer, "state_dict", None)
+    return state_dict() if callable(state_dict) else None
+
+
 def suggest(result: ScanResult, model: nn.Module | None = None, *, input_bounds: tuple[float, float] | None = None,
-            rules: Sequence[Callable[..., Any]] | None = None, strict: bool = False) -> list[dict[str, Any]]:
+            rules: Sequence[Callable[..., Any]] | None = None, strict: bool = False,
+            optimizer_state: Any = None) -> list[dict[str, Any]]:
     """Fix suggestions for a scan, each with the evidence it rests on.
 
     Args:
@@ -158,17 +248,21 @@ def suggest(result: ScanResult, model: nn.Module | None = None, *, input_bounds:
             lets the bias rule prove that first-layer units cannot fire.
         rules: the rules to run (default ``RULES``); ``rule(context)`` or old-style ``rule(result, model)``.
         strict: re-raise a rule's exception instead of reporting it as an info suggestion.
+        optimizer_state: the optimizer (or its ``state_dict()``) the model was trained with, when
+            it was saved with it: the learning-rate rule reads its step sizes.
 
     Returns:
-        Suggestions as plain dicts (``Suggestion.to_dict()``), ranked: most dead units explained
-        first, then critical, warning, info, then network order. When no rule finds anything
-        worth a warning, a ``healthy`` suggestion says so with the numbers.
+        Suggestions as plain dicts (``Suggestion.to_dict()``), ranked: specific causes before
+        generic advice, then critical, warning, info, then most dead units explained, then network
+        order. When no rule finds anything worth a warning, a ``healthy`` suggestion says so with
+        the numbers.
     """
     return [found.to_dict() for found in suggest_objects(result, model, input_bounds=input_bounds, rules=rules,
-                                                         strict=strict)]
+                                                         strict=strict, optimizer_state=optimizer_state)]
 
 
-__all__ = ["suggest", "suggest_objects", "rank", "Suggestion", "Severity", "RuleContext", "Feeder", "Rule", "rule",
+__all__ = ["suggest", "suggest_objects", "rank", "merge", "optimizer_state_of", "CAUSES", "MERGED_IDS",
+           "rule_learning_rate", "rule_input_scale", "rule_upstream", "rule_zero_weights", "Suggestion", "Severity", "RuleContext", "Feeder", "Rule", "rule",
            "suggestion", "RULES", "RESULT_ONLY_RULES", "WEIGHT_RULES", "feeding_layers", "layer_width",
            "init_references", "classify_init", "rule_dead_share", "rule_init", "rule_bias", "rule_batchnorm",
            "rule_saturation", "rule_negative_side", "rule_depth_trend", "rule_prelu_slopes", "rule_selu",

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from .layers import fan_in, is_batchnorm, is_weight_layer, layer_width, weight_std
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -37,8 +39,8 @@ STRONG_BIAS = 3.0
 BN_STRONG_BETA = 3.0
 #: |gamma| below this counts as collapsed to 0
 BN_GAMMA_EPS = 1e-3
-#: depth trend: at least this many sites, this rank correlation and this rise in dead share
-DEPTH_MIN_SITES = 3
+#: depth trend: at least this many sites (fewer cannot show a trend), this rank correlation and this rise
+DEPTH_MIN_SITES = 6
 DEPTH_MIN_CORRELATION = 0.7
 DEPTH_MIN_RISE = 0.10
 #: a PReLU slope with |a| below this has collapsed to ~0 (the unit is a ReLU again)
@@ -70,6 +72,9 @@ SEVERITIES = tuple(severity.value for severity in Severity)
 #: a suggestion about particular sites, or model-wide advice (architecture, learning rate)
 SCOPE_SITE, SCOPE_MODEL = "site", "model"
 
+#: why units died, as a suggestion's ``cause`` names it (README, "Suggested fixes", has the evidence of each)
+CAUSES = ("learning-rate", "bias", "init", "input-scale", "upstream", "batchnorm", "zero-weights", "activation")
+
 
 @dataclass(frozen=True)
 class Suggestion:
@@ -90,6 +95,11 @@ class Suggestion:
         changes: what ``code`` changes, in one line.
         scope: ``"site"`` (about these sites) or ``"model"`` (model-wide advice).
         rank: position after ranking (1 = first), set by ``suggest``.
+        cause: why the units died, one of ``CAUSES`` (None for notes: "nothing to fix", "not
+            checked", a rule error).
+        generic: advice that holds for any model of this kind (swap the activation, re-initialise,
+            SELU): ranked after every specific cause, and shown by the terminal only with ``--verbose``
+            when a specific cause was found.
     """
 
     id: str
@@ -104,6 +114,8 @@ class Suggestion:
     changes: str = ""
     scope: str = SCOPE_SITE
     rank: int = 0
+    cause: str | None = None
+    generic: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The suggestion as JSON-ready data (the JSON report's ``suggestions`` entries)."""
@@ -111,7 +123,7 @@ class Suggestion:
                 "title": self.title, "evidence": dict(self.evidence), "action": self.action,
                 "code": self.code.strip("\n"), "units_explained": int(self.units_explained),
                 "destructive": bool(self.destructive), "changes": self.changes, "scope": self.scope,
-                "rank": int(self.rank)}
+                "rank": int(self.rank), "cause": self.cause, "generic": bool(self.generic)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Suggestion:
@@ -122,7 +134,9 @@ class Suggestion:
                    evidence=dict(data.get("evidence") or {}), action=str(data.get("action", "")),
                    code=str(data.get("code") or ""), units_explained=int(data.get("units_explained") or 0),
                    destructive=bool(data.get("destructive", False)), changes=str(data.get("changes") or ""),
-                   scope=str(data.get("scope") or SCOPE_SITE), rank=int(data.get("rank") or 0))
+                   scope=str(data.get("scope") or SCOPE_SITE), rank=int(data.get("rank") or 0),
+                   cause=data.get("cause") if data.get("cause") in CAUSES else None,
+                   generic=bool(data.get("generic", False)))
 
     # Dict-style reads, so code written against the JSON shape (``s["id"]``) reads objects too.
     def __getitem__(self, key: str) -> Any:
@@ -140,11 +154,13 @@ class Suggestion:
 
 def suggestion(id: str, severity: str | Severity, sites: Iterable[str], title: str, evidence: dict[str, Any],
                action: str, code: str = "", *, explains: int = 0, destructive: bool = False, changes: str = "",
-               scope: str = SCOPE_SITE) -> Suggestion:
+               scope: str = SCOPE_SITE, cause: str | None = None, generic: bool = False) -> Suggestion:
     """Build a ``Suggestion`` (the rules' shorthand)."""
+    if cause is not None and cause not in CAUSES:
+        raise ValueError(f"unknown cause {cause!r}; causes: {', '.join(CAUSES)}")
     return Suggestion(id=id, severity=Severity(severity), sites=tuple(sites), title=title, evidence=evidence,
                       action=action, code=code.strip("\n"), units_explained=explains, destructive=destructive,
-                      changes=changes, scope=scope)
+                      changes=changes, scope=scope, cause=cause, generic=generic)
 
 
 def site_severity(site: SiteResult) -> Severity:
@@ -152,6 +168,19 @@ def site_severity(site: SiteResult) -> Severity:
     (a named cause for a few dead units under the thresholds is worth knowing, not a warning)."""
     from ..overall import Level, site_level
     return {Level.FAIL: Severity.CRITICAL, Level.WARN: Severity.WARNING}.get(site_level(site), Severity.INFO)
+
+
+def model_severity(result: ScanResult, sites: Iterable[SiteResult], explained: int) -> Severity:
+    """A model-wide cause is as urgent as its worst site, and critical when it explains most of the
+    stuck units of a model with a third of its units stuck (FAIL as a whole)."""
+    from ..overall import MODEL_FAIL_SHARE, problem_mask, stuck_mask
+    worst = min((site_severity(site) for site in sites), key=lambda s: s.order, default=Severity.INFO)
+    total = sum(int(problem_mask(site).sum()) for site in result.sites)
+    units = sum(site.units for site in result.sites)
+    stuck = sum(int(stuck_mask(site).sum()) for site in result.sites)
+    if total and units and stuck >= MODEL_FAIL_SHARE * units - 1e-9 and explained >= 0.5 * total:
+        return Severity.CRITICAL
+    return worst
 
 
 # -- small helpers ------------------------------------------------------------------------
@@ -181,6 +210,19 @@ def _cut(values: Sequence[Any]) -> list[Any]:
 def _lit(name: str) -> str:
     """A module name as a Python string literal (safe for any characters)."""
     return repr(name)
+
+
+def _ranges(indices: list[int], noun: str = "channel", limit: int = 6) -> str:
+    """``channels 0–31`` / ``channels 1, 4, 6`` / ``channel 3``: index runs, compactly."""
+    runs: list[tuple[int, int]] = []
+    for index in indices:
+        if runs and index == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], index)
+        else:
+            runs.append((index, index))
+    parts = [f"{a}" if a == b else f"{a}–{b}" for a, b in runs[:limit]]
+    more = f", … ({len(indices)} in all)" if len(runs) > limit else ""
+    return (f"{noun} " if len(indices) == 1 else f"{noun}s ") + ", ".join(parts) + more
 
 
 def _replace_modules_code(names: Sequence[str], constructor: str, comment: str) -> str:
@@ -246,43 +288,16 @@ def feeding_layers(model: nn.Module) -> dict[str, tuple[str, nn.Module]]:
     return feeders
 
 
-def layer_width(layer: nn.Module) -> int | None:
-    """How many output units a Linear / Conv / norm layer has (None when unknown)."""
-    from torch import nn
-    if isinstance(layer, nn.Linear):
-        return int(layer.out_features)
-    if isinstance(layer, nn.modules.conv._ConvNd):
-        return int(layer.out_channels)
-    if isinstance(layer, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
-        return int(layer.num_features)
-    if isinstance(layer, nn.GroupNorm):
-        return int(layer.num_channels)
-    if isinstance(layer, nn.Embedding):
-        return int(layer.embedding_dim)
-    if isinstance(layer, nn.LayerNorm):
-        shape = tuple(layer.normalized_shape)
-        return int(shape[-1]) if shape else None
-    return None
-
-
-def _is_weight_layer(layer: nn.Module) -> bool:
-    from torch import nn
-    return isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd)) and not isinstance(
-        layer, nn.modules.conv._ConvTransposeNd)
-
-
-def _is_batchnorm(layer: nn.Module) -> bool:
-    from torch import nn
-    return isinstance(layer, nn.modules.batchnorm._BatchNorm)
-
-
 def _fan_in(layer: nn.Module) -> int:
-    weight = layer.weight
-    return int(weight[0].numel())
+    return fan_in(layer)
 
 
 def _weight_std(layer: nn.Module) -> float:
-    return float(layer.weight.detach().double().std(unbiased=False))
+    return weight_std(layer)
+
+
+_is_weight_layer = is_weight_layer
+_is_batchnorm = is_batchnorm
 
 
 def _activation_module(model: nn.Module, name: str) -> nn.Module | None:
@@ -312,7 +327,7 @@ def leaf_order(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def is_norm(layer: nn.Module) -> bool:
     """A normalisation layer, by isinstance (timm's ``BatchNormAct2d`` is a ``BatchNorm2d`` with children)."""
-    from ...capture.units import NORM_LAYERS
+    from ...capturing.units import NORM_LAYERS
     return isinstance(layer, NORM_LAYERS)
 
 
@@ -340,12 +355,54 @@ class RuleContext:
         result: the scan.
         model: the scanned model (None: only result-based rules can say anything).
         input_bounds: the model input's range ``(low, high)``, when the caller knows it.
+        optimizer_state: the optimizer's ``state_dict()`` saved with the model (a checkpoint's
+            ``optimizer`` entry), when there is one: the learning-rate rule reads its step sizes.
     """
 
     result: ScanResult
     model: nn.Module | None = None
     input_bounds: tuple[float, float] | None = None
+    optimizer_state: Mapping[str, Any] | None = None
     _feeders: dict[str, tuple[Feeder | None, str | None]] = field(default_factory=dict, repr=False, compare=False)
+    _memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per context (what several rules read: the upstream map, the optimizer summary)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def weight_layer(self, site: SiteResult) -> tuple[str, nn.Module] | None:
+        """The Linear / Conv / Conv1D whose weight rows decide the site's pre-activation: the feeder
+        itself, or the weight layer feeding the feeder when that is a BatchNorm (conv -> bn -> site)."""
+        feeder = self.feeder(site)
+        if feeder is None or self.model is None:
+            return None
+        if is_weight_layer(feeder.layer):
+            return feeder.name, feeder.layer
+        if is_batchnorm(feeder.layer):
+            from .layers import norm_producer
+            return norm_producer(self.model, feeder.name)
+        return None
+
+    def input_site(self, site: SiteResult) -> SiteResult | None:
+        """The site whose output is the input of ``site``'s weight layer: the nearest earlier site
+        (network order) with as many units as that layer reads, or the site just before whose
+        channels a flatten spread over that many inputs (conv features -> Linear); None when no
+        earlier site fits (the layer reads the model's input, or a residual sum)."""
+        found = self.weight_layer(site)
+        if found is None:
+            return None
+        from .layers import in_width
+        width = in_width(found[1])
+        sites = list(self.result.sites)
+        position = next(k for k, other in enumerate(sites) if other is site)
+        for earlier in reversed(sites[:position]):
+            if earlier.units and earlier.units == width:
+                return earlier
+        if position and width and sites[position - 1].units and width % sites[position - 1].units == 0:
+            return sites[position - 1]
+        return None
 
     @property
     def channel_granularity(self) -> bool:
@@ -395,6 +452,10 @@ class RuleContext:
         if not link.direct:
             if link.layer is None:
                 return None, "no Linear/Conv/Norm layer ran before it"
+            from ...kinds import KINDS
+            if site.kind in KINDS and KINDS[site.kind].family == "gated":
+                return None, (f"a gated product act(gate) × up ({link.layer} the up projection): a unit is 0 where "
+                              "either factor is; the gate's own site shows the gate's causes")
             return None, f"an add, concat or other op comes after {link.layer} (a residual connection?)"
         layer = self.module(link.layer or "")
         if layer is None:

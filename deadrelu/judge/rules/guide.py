@@ -50,7 +50,8 @@ def rule_selection_guide(context: RuleContext) -> list[Suggestion]:
             "(before its ReLU) and retrain.",
             _replace_modules_code(convs[:16], f"nn.Sequential(old, nn.BatchNorm{dims}d(old.out_channels))",
                                   "conv -> conv + BatchNorm (retrain after)"),
-            changes=f"wraps {min(len(convs), 16)} conv(s) as conv + a fresh BatchNorm (retrain)", scope=SCOPE_MODEL))
+            changes=f"wraps {min(len(convs), 16)} conv(s) as conv + a fresh BatchNorm (retrain)", scope=SCOPE_MODEL,
+            cause="activation", generic=True))
     # A deep fully-connected stack with dying units: SELU + LeCun is an option.
     if (not convs and not attention and len(linears) >= DEEP_MLP_LINEARS and problem
             and not any(s.kind == "SELU" for s in result.sites)):
@@ -66,10 +67,12 @@ def rule_selection_guide(context: RuleContext) -> list[Suggestion]:
             "Deep fully-connected networks without normalisation are where SELU's self-normalisation applies: "
             "SELU everywhere, LeCun-normal init, AlphaDropout instead of Dropout, no BatchNorm. It is an "
             "alternative to keeping ReLU: LeCun init goes with SELU, He init with ReLU — apply one, not both.",
-            code, destructive=True, scope=SCOPE_MODEL,
+            code, destructive=True, scope=SCOPE_MODEL, cause="activation", generic=True,
             changes=f"swaps {min(len(activations), 32)} activation(s) for SELU and re-initialises "
                     f"{min(len(linears), 32)} Linear layer(s) (LeCun normal)"))
-    # ReLU in transformer blocks: GELU is the usual choice.
+    # ReLU in transformer blocks: GELU is the usual choice. Only plain ReLU: a Hardswish, Hardsigmoid
+    # or ReLU6 site (MobileNet-style, LeViT) was chosen for other reasons, and "ReLU -> GELU" misnames it.
+    relu_sites = [s for s in relu_sites if s.kind == "ReLU"]
     if attention and relu_sites:
         encoder_layers = [n for n, m in model.named_modules()
                           if isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))]
@@ -88,7 +91,7 @@ def rule_selection_guide(context: RuleContext) -> list[Suggestion]:
              "dead_ratio": _num(result.summary.dead_ratio)},
             "Transformer feed-forward blocks usually use GELU (smooth, no dead region); "
             "nn.TransformerEncoderLayer takes activation='gelu'. Changing it means retraining.",
-            code, scope=SCOPE_MODEL,
+            code, scope=SCOPE_MODEL, cause="activation", generic=True,
             changes=f"sets GELU in {min(len(encoder_layers), 16)} encoder layer(s), swaps "
                     f"{min(len(relu_modules), 16)} ReLU module(s) for GELU"))
     return out

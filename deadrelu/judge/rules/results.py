@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...kinds import NEGATIVE_SIDE_KINDS, ZERO_GRADIENT_KINDS
-from .base import (DEAD_SHARE_CRITICAL, DEAD_SHARE_WARNING, DEPTH_MIN_CORRELATION, DEPTH_MIN_RISE, DEPTH_MIN_SITES,
-                   EVIDENCE_LIST_MAX, PRELU_COLLAPSED, SATURATION_CRITICAL, SATURATION_WARNING, SCOPE_MODEL,
+from .base import (DEAD_SHARE_WARNING, DEPTH_MIN_CORRELATION, DEPTH_MIN_RISE, DEPTH_MIN_SITES,
+                   EVIDENCE_LIST_MAX, PRELU_COLLAPSED, SATURATION_WARNING, SCOPE_MODEL,
                    VERY_DEEP_SITES, RuleContext, Suggestion, _cut, _is_weight_layer, _lit, _num,
-                   _replace_modules_code, kind_label, rule, suggestion)
+                   _replace_modules_code, kind_label, rule, site_severity, suggestion)
 
 if TYPE_CHECKING:
     from ...result import SiteResult
@@ -31,7 +31,9 @@ def rule_dead_share(context: RuleContext) -> list[Suggestion]:
     if not heavy:
         return []
     worst = max(heavy, key=lambda s: s.dead_ratio)
-    severity = "critical" if worst.dead_ratio > DEAD_SHARE_CRITICAL else "warning"
+    # As urgent as the worst site's level: a few dead units over the 10 % mention threshold in a healthy
+    # model are worth a line, not a warning.
+    severity = min((site_severity(s) for s in heavy), key=lambda level: level.order)
     relu_sites = sum(1 for s in result.sites if s.kind in ZERO_GRADIENT_KINDS)
     gan = model is not None and any(word in type(model).__name__.lower()
                                     for word in ("gan", "discriminator", "generator", "critic"))
@@ -73,7 +75,7 @@ def rule_dead_share(context: RuleContext) -> list[Suggestion]:
     changes = (f"swaps {swapped} activation module(s) for LeakyReLU({slope:g})" if swapped else
                "comments only: where to change F.relu calls")
     return [suggestion("dead-share", severity, [s.name for s in heavy], title, evidence, action, code,
-                       changes=changes)]
+                       changes=changes, cause="activation", generic=True)]
 
 
 def _function_of(site_name: str) -> str:
@@ -106,7 +108,8 @@ def rule_negative_side(context: RuleContext) -> list[Suggestion]:
                             "share": _num(count / site.units), "unit_indices": _cut(units)}
                 for site, count, units in hit[:EVIDENCE_LIST_MAX]}
     evidence = {"threshold": DEAD_SHARE_WARNING, "sites_over_threshold": len(hit), "per_site": per_site}
-    return [suggestion("negative-only", "info", [site.name for site, _, _ in hit], title, evidence, action)]
+    return [suggestion("negative-only", "info", [site.name for site, _, _ in hit], title, evidence, action,
+                       cause="bias", generic=True)]
 
 
 @rule
@@ -125,7 +128,7 @@ def rule_saturation(context: RuleContext) -> list[Suggestion]:
     if not hit:
         return []
     worst = max(hit, key=lambda item: item[1] / item[0].units)
-    severity = "critical" if worst[1] / worst[0].units > SATURATION_CRITICAL else "warning"
+    severity = min((site_severity(s) for s, _, _ in hit), key=lambda level: level.order)
     per_site: dict[str, Any] = {}
     bias_lines = []
     for site, count, mask in hit[:EVIDENCE_LIST_MAX]:
@@ -157,9 +160,14 @@ def rule_saturation(context: RuleContext) -> list[Suggestion]:
         code += "# the biases feeding the saturated units:\n" + "\n".join(bias_lines[:4])
     evidence = {"threshold": SATURATION_WARNING, "saturation_verdict": result.settings.thresholds.saturation,
                 "per_site": per_site}
+    # Saturated units whose feeding biases sit far below the others' were put there by their bias.
+    biased = any("median_bias_others" in entry and entry["median_bias_saturated"] is not None
+                 and entry["median_bias_saturated"] < min(0.0, entry["median_bias_others"] or 0.0) - 1.0
+                 for entry in per_site.values())
     return [suggestion("saturation", severity, [s.name for s, _, _ in hit], title, evidence, action, code,
                        changes="lowers the optimizer's learning rate 10×" + ("; prints the feeding biases"
-                                                                           if bias_lines else ""))]
+                                                                           if bias_lines else ""),
+                       cause="bias" if biased else "learning-rate")]
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:
@@ -230,8 +238,10 @@ def rule_depth_trend(context: RuleContext) -> list[Suggestion]:
                      f"setattr(parent, child, nn.Sequential(nn.BatchNorm{dims}d({deepest.units}), "
                      f"getattr(parent, child)))")
     changes = "lowers the learning rate 10×" + (f"; inserts a BatchNorm before {deepest.name}" if inserted else "")
-    return [suggestion("depth-trend", "warning", [s.name for s in deeper] or [deepest.name], title, evidence,
-                       action, code, changes=changes, scope=SCOPE_MODEL)]
+    flagged_sites = deeper or [deepest]
+    severity = min((site_severity(s) for s in flagged_sites), key=lambda level: level.order)
+    return [suggestion("depth-trend", severity, [s.name for s in flagged_sites], title, evidence,
+                       action, code, changes=changes, scope=SCOPE_MODEL, cause="learning-rate", generic=True)]
 
 
 @rule
@@ -310,27 +320,31 @@ def rule_prelu_slopes(context: RuleContext) -> list[Suggestion]:
                     "per_site": {s.name: e for s, e, _, _ in hits[:EVIDENCE_LIST_MAX]}}
         out.append(suggestion("prelu-slopes", severity, [s.name for s, *_ in hits], title, evidence, action, code,
                               changes=f"clamps the slopes of {len(modules)} PReLU module(s) to [{PRELU_COLLAPSED:g}, "
-                                      "0.3] after each optimiser step" if modules else ""))
+                                      "0.3] after each optimiser step" if modules else "", cause="activation"))
     return out
 
 
 def rule_healthy(context: RuleContext, found: Sequence[Suggestion]) -> list[Suggestion]:
-    """Nothing to fix: say so plainly, with the numbers."""
+    """Nothing to fix: say so plainly, with the numbers the verdict line quotes (dead = no gradient;
+    never-active units of leaky kinds apart)."""
     if any(s.severity.value in ("warning", "critical") for s in found):
         return []
+    from ..overall import WARN_SHARE, overall
     result = context.result
     summary = result.summary
-    evidence = {"sites": summary.sites, "units": summary.units, "dead": summary.dead,
-                "dead_ratio": _num(summary.dead_ratio), "saturated": summary.saturated,
-                "dormant": summary.dormant, "active_rate_mean": _num(summary.active_rate_mean),
-                "samples": result.data.get("samples"), "dead_share_threshold": DEAD_SHARE_WARNING,
-                "saturation_threshold": SATURATION_WARNING}
-    if summary.dead == 0 and summary.saturated == 0:
+    verdict = overall(result)
+    evidence = {"sites": summary.sites, "units": summary.units, "dead": verdict.dead,
+                "dead_ratio": _num(verdict.dead_ratio), "never_active": verdict.never_active,
+                "saturated": summary.saturated, "dormant": summary.dormant,
+                "active_rate_mean": _num(summary.active_rate_mean), "samples": result.data.get("samples"),
+                "dead_share_threshold": DEAD_SHARE_WARNING, "saturation_threshold": SATURATION_WARNING}
+    never = f", {verdict.never_active} never active (leaky: still learning)" if verdict.never_active else ""
+    if verdict.dead == 0 and summary.saturated == 0 and not verdict.never_active:
         title = (f"Nothing wrong found: 0 of {summary.units} units dead, none saturated, across {summary.sites} "
                  f"site(s) on {result.data.get('samples', '?')} samples")
     else:
-        title = (f"Nothing to fix: {summary.dead} of {summary.units} units dead ({summary.dead_ratio:.1%}) and "
-                 f"{summary.saturated} saturated, no site above the {DEAD_SHARE_WARNING:.0%} threshold")
+        title = (f"Nothing to fix: {verdict.dead} of {summary.units} units dead ({verdict.dead_ratio:.1%}){never} and "
+                 f"{summary.saturated} saturated, no site above the {WARN_SHARE:.0%} warning level")
     rate = summary.active_rate_mean
     action = (f"No fix needed. Units are active on {rate:.1%} of observations on average"
               if rate is not None else "No fix needed")

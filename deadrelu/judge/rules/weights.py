@@ -14,11 +14,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...kinds import HE_KINDS, ZERO_GRADIENT_KINDS
-from ..overall import leaky, stuck_mask
 from .base import (BN_GAMMA_EPS, BN_STRONG_BETA, DEAD_SHARE_WARNING, EVIDENCE_LIST_MAX, INIT_MIN_WEIGHTS,
                    INIT_TOLERANCE, SCOPE_MODEL, STRONG_BIAS, RuleContext, Suggestion, _cut, _fan_in, _fmt,
                    _is_activation, _is_batchnorm, _is_weight_layer, _leaky_slope, _lit, _module_counts, _num,
-                   _replace_modules_code, _weight_std, leaf_order, rule, site_severity, suggestion)
+                   _ranges, _replace_modules_code, _weight_std, leaf_order, rule, site_severity, suggestion)
+from .causes import claimed_elsewhere, input_rms, problem_mask
+from .training import lr_evidence
+from .layers import bias_of, in_width, is_conv1d, weight_rows
+
+#: a dead unit whose bias is at most -this x its typical |w.x| is held below zero by its bias
+BIAS_HOLD = 1.0
+#: a layer whose median bias is at most -this x the median typical |w.x| sits below zero as a whole
+LAYER_NEGATIVE = 0.5
 
 if TYPE_CHECKING:
     from torch import nn
@@ -66,7 +73,13 @@ def classify_init(std: float, refs: dict[str, float], tolerance: float = INIT_TO
 
 @rule
 def rule_init(context: RuleContext) -> list[Suggestion]:
-    """Weights feeding a dead-heavy ReLU-like site that do not look like He's init."""
+    """Weights feeding a dead-heavy ReLU-like site that look like another initialisation than He's
+    (or have shrunk below every usual one).
+
+    Generic advice (re-initialising erases training). Weights grown past every initialisation are
+    not an init problem: large updates put them there (``rule_learning_rate``); units starving on a
+    dead input or with zero weight rows have another cause too."""
+    from .layers import fan_out as layer_fan_out
     findings = []
     seen: set[str] = set()
     for site in context.result.sites:
@@ -75,18 +88,21 @@ def rule_init(context: RuleContext) -> list[Suggestion]:
         feeder = context.feeder(site)
         if feeder is None or not _is_weight_layer(feeder.layer) or feeder.layer.weight.numel() < INIT_MIN_WEIGHTS:
             continue
+        if lr_evidence(context, site) is not None or not (problem_mask(site) & ~claimed_elsewhere(context, site)).any():
+            continue
+        if not np.isfinite(_weight_std(feeder.layer)):
+            continue
         name, layer = feeder.name, feeder.layer
         if name in seen:
             continue
         seen.add(name)
         slope = _leaky_slope(context.module(site.module) if site.function is None else None)
         fan_in = _fan_in(layer)
-        fan_out = int(layer.weight.shape[0] * (layer.weight[0][0].numel() if layer.weight.dim() > 2 else 1))
-        refs = init_references(fan_in, fan_out, slope)
+        refs = init_references(fan_in, layer_fan_out(layer), slope)
         std = _weight_std(layer)
         looks = classify_init(std, refs)
-        if looks == "he":
-            continue
+        if looks == "he" or (looks is None and std > min(refs.values())):
+            continue   # He already, or moved by training (large updates are the learning-rate rule's)
         findings.append((site, name, layer, slope, fan_in, refs, std, looks))
     if not findings:
         return []
@@ -131,10 +147,11 @@ def rule_init(context: RuleContext) -> list[Suggestion]:
                           f"nonlinearity='{nonlinearity}'{extra})")
     evidence = {"dead_share_threshold": DEAD_SHARE_WARNING, "tolerance": INIT_TOLERANCE, "layers": per_layer}
     # Never-active LeakyReLU/PReLU units keep a gradient: the advice stands, with less urgency.
-    severity = "warning" if any(not leaky(f[0]) for f in findings) else "info"
+    severity = min((site_severity(f[0]) for f in findings), key=lambda level: level.order)
     return [suggestion("init-not-he", severity, [f[0].name for f in findings], title, evidence, action,
                        "\n".join(code_lines), destructive=True,
-                       changes=f"re-initialises the weights of {min(len(findings), 8)} layer(s) (He normal)")]
+                       changes=f"re-initialises the weights of {min(len(findings), 8)} layer(s) (He normal)",
+                       cause="init", generic=True)]
 
 
 def _range_preserving(module: nn.Module) -> bool:
@@ -176,49 +193,39 @@ def _input_box(model: nn.Module, result: ScanResult, layer_name: str, layer: nn.
                input_bounds: tuple[float, float] | None) -> tuple[np.ndarray, np.ndarray, str] | None:
     """Per-input lower/upper bounds of ``layer``'s input: the observed range of the activation that
     certainly feeds it, or the caller's ``input_bounds`` for the model's first Linear/Conv."""
-    from torch import nn
-    in_width = int(layer.in_features) if isinstance(layer, nn.Linear) else int(layer.in_channels)
-    previous = _sequential_input_site(model, result, layer_name)
+    width = in_width(layer) or 0
+    previous = _sequential_input_site(model, result, layer_name) if not is_conv1d(layer) else None
     if previous is not None:
-        if previous.units == in_width and np.isfinite(previous.stats.minimum).all() \
+        if previous.units == width and np.isfinite(previous.stats.minimum).all() \
                 and np.isfinite(previous.stats.maximum).all():
             return previous.stats.minimum, previous.stats.maximum, f"observed output range of site {previous.name}"
         return None
     if input_bounds is not None and layer_name == _first_weight_layer(model):
         low, high = input_bounds
-        return np.full(in_width, float(low)), np.full(in_width, float(high)), "input bounds given by the caller"
+        return np.full(width, float(low)), np.full(width, float(high)), "input bounds given by the caller"
     return None
-
-
-def _input_rms(result: ScanResult, site_index: int, in_width: int) -> tuple[float, str]:
-    if site_index > 0:
-        previous = result.sites[site_index - 1]
-        if previous.units == in_width:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mean_square = previous.stats.total_sq / np.maximum(previous.stats.observations, 1)
-            finite = mean_square[np.isfinite(mean_square)]
-            if finite.size:
-                return float(math.sqrt(max(float(finite.mean()), 1e-12))), f"site {previous.name} (measured)"
-    return 1.0, "assumed 1 (inputs taken as standardised)"
 
 
 @rule
 def rule_bias(context: RuleContext) -> list[Suggestion]:
-    """Dead units whose incoming bias is strongly negative, and units that cannot fire on the observed input range.
+    """Dead units whose bias holds them below zero while their weights are of normal scale, and units
+    that cannot fire on the observed input range.
 
-    A unit's typical |pre-activation| is ``||w_i|| * rms(x)`` (its weight norm times the
-    input's root mean square, measured at the previous site when that one feeds this
-    layer, else taken as 1). Its bias is strongly negative when below ``-STRONG_BIAS``
-    times that. When the input's per-feature range ``[lo, hi]`` is known (the previous
-    site's observed min/max, or ``input_bounds``), a unit whose largest reachable
-    pre-activation ``sum_j max(w_ij*lo_j, w_ij*hi_j) + b_i`` is <= 0 cannot fire on any
-    input in that range. Hardtanh sites (active above ``min_val``) are left out.
+    A unit's typical |pre-activation| is ``||w_i|| * rms(x)`` (its weight norm times the input's
+    root mean square, measured at the site that feeds this layer, else taken as 1). The bias holds
+    a dead unit below zero when it is at most ``-BIAS_HOLD`` times that, or when the layer's biases
+    sit below zero as a whole (median at most ``-LAYER_NEGATIVE`` times the median |w.x|: an
+    initialisation that starts every unit off). When the input's per-feature range ``[lo, hi]`` is
+    known (the previous site's observed min/max, or ``input_bounds``), a unit whose largest reachable
+    pre-activation ``sum_j max(w_ij*lo_j, w_ij*hi_j) + b_i`` is <= 0 cannot fire on any input in that
+    range. Units starving on a dead input or with zero weight rows are left to those causes, and a
+    site whose units large updates killed (grown weights, thrown biases) to the learning-rate rule.
+    Hardtanh sites (active above ``min_val``) are left out.
     """
     result, model, input_bounds = context.result, context.model, context.input_bounds
     if model is None:
         return []
     from torch import nn
-    index_of = {id(site): k for k, site in enumerate(result.sites)}
     out = []
     for site in result.sites:
         if not site.dead or site.kind == "Hardtanh":
@@ -229,14 +236,20 @@ def rule_bias(context: RuleContext) -> list[Suggestion]:
         name, layer = feeder.name, feeder.layer
         if isinstance(layer, nn.modules.conv._ConvNd) and layer.groups != 1:
             continue
-        k = index_of[id(site)]
-        weight = layer.weight.detach().double().cpu().numpy().reshape(layer.weight.shape[0], -1)
-        bias = layer.bias.detach().double().cpu().numpy()
-        in_width = int(layer.in_features) if isinstance(layer, nn.Linear) else int(layer.in_channels)
-        rms, rms_source = _input_rms(result, k, in_width)
+        if lr_evidence(context, site) is not None:
+            continue
+        weight, bias = weight_rows(layer), bias_of(layer)
+        assert bias is not None
+        rms, rms_source = input_rms(context, site)
         reach = np.linalg.norm(weight, axis=1) * rms
-        dead = site.verdict.dead
-        strong = dead & (bias < -STRONG_BIAS * reach)
+        dead = site.verdict.dead & ~claimed_elsewhere(context, site)
+        if not dead.any():
+            continue
+        held = dead & (bias < 0) & (bias <= -BIAS_HOLD * reach)
+        layer_median = float(np.median(bias))
+        layer_negative = layer_median < 0 and layer_median <= -LAYER_NEGATIVE * float(np.median(reach))
+        if layer_negative:
+            held |= dead & (bias < 0)
         cannot_fire: list[int] | None = None
         box = _input_box(model, result, name, layer, input_bounds)
         box_source = None
@@ -250,41 +263,54 @@ def rule_bias(context: RuleContext) -> list[Suggestion]:
             upper = np.maximum(weight * low, weight * high).sum(axis=1) + bias
             # Active means pre-activation > 0, so a unit whose largest reachable value is <= 0 never fires.
             cannot_fire = np.flatnonzero(upper <= 0).tolist()
-        flagged = np.flatnonzero(strong).tolist()
+        flagged = np.flatnonzero(held).tolist()
         if cannot_fire:
             flagged = sorted(set(flagged) | (set(cannot_fire) & set(np.flatnonzero(dead).tolist())))
         if not flagged:
             continue
+        others = np.ones(site.units, dtype=bool)
+        others[flagged] = False
         evidence: dict[str, Any] = {
             "layer": name, "units": _cut(flagged), "units_count": len(flagged), "dead_at_site": site.dead,
             "biases": [_num(bias[i]) for i in flagged[:EVIDENCE_LIST_MAX]],
             "typical_preactivation": [_num(reach[i]) for i in flagged[:EVIDENCE_LIST_MAX]],
-            "median_bias_other_units": _num(float(np.median(bias[~strong]))) if (~strong).any() else None,
-            "strong_bias_multiple": STRONG_BIAS, "input_rms": _num(rms), "input_rms_source": rms_source}
+            "median_bias_other_units": _num(float(np.median(bias[others]))) if others.any() else None,
+            "layer_median_bias": _num(layer_median), "layer_biased_negative": layer_negative,
+            "bias_hold_multiple": BIAS_HOLD, "input_rms": _num(rms), "input_rms_source": rms_source}
         if cannot_fire is not None:
             evidence["cannot_fire_units"] = _cut(cannot_fire)
             evidence["cannot_fire_count"] = len(cannot_fire)
             evidence["input_range_source"] = box_source
-        strong_units = np.flatnonzero(strong).tolist()
+        held_units = np.flatnonzero(held).tolist()
         parts = []
-        if strong_units:
-            parts.append(f"bias < −{STRONG_BIAS:g}·|w·x| on {_ranges(strong_units, 'unit')} (as low as "
-                         f"{_fmt(float(bias[strong_units].min()))}, typical |w·x| {_fmt(float(np.median(reach)))})")
+        if held_units and layer_negative:
+            parts.append(f"the layer's biases sit below zero (median {_fmt(layer_median)}, typical |w·x| "
+                         f"{_fmt(float(np.median(reach)))}): {_ranges(held_units, 'unit')} never fire")
+        elif held_units:
+            parts.append(f"bias ≤ −|w·x| on {_ranges(held_units, 'unit')} (as low as "
+                         f"{_fmt(float(bias[held_units].min()))}, typical |w·x| {_fmt(float(np.median(reach)))})")
         if cannot_fire:
             parts.append(f"{_ranges(cannot_fire, 'unit')} cannot fire for any input in the observed range "
                          f"(max reachable pre-activation ≤ 0)")
         title = f"{site.name} ← {name}: " + "; ".join(parts)
+        negative = bool((bias[flagged] < 0).any())
         action = ("These units' bias holds their pre-activation below zero for every input seen, so "
-                  + _negative_side_effect(site.kind) + ". Reset those biases to 0 (or re-initialise the units' "
-                  "incoming weights, ReDo-style) and fine-tune; then find what drove them there (a learning-rate "
-                  "spike, an aggressive bias initialisation).")
+                  + _negative_side_effect(site.kind) + ", while their weights are of ordinary scale. Reset those "
+                  "biases to 0 and fine-tune (initialise biases at 0, or slightly positive, in the model's "
+                  "init)" if negative else
+                  "These units cannot reach a positive pre-activation on any input in the known range, so "
+                  + _negative_side_effect(site.kind) + ": their weights point away from the data. Re-initialise "
+                  "their incoming weights ReDo-style (`deadrelu fix MODEL DATA --recycle dead`) and fine-tune")
+        action += "." if negative else ("; resetting a bias that is not negative changes nothing.")
+        bias_flagged = [i for i in flagged if bias[i] < 0]
         code = (f"import torch\n"
                 f"layer = model.get_submodule({_lit(name)})\n"
                 f"with torch.no_grad():\n"
-                f"    layer.bias[{flagged}] = 0.0")
+                f"    layer.bias[{bias_flagged or flagged}] = 0.0")
         out.append(suggestion("bias-reset", site_severity(site), [site.name], title, evidence, action, code,
-                              explains=int(stuck_mask(site)[flagged].sum()),
-                              changes=f"sets the bias of {len(flagged)} unit(s) of {name} to 0"))
+                              explains=int(problem_mask(site)[flagged].sum()),
+                              changes=f"sets the bias of {len(bias_flagged or flagged)} unit(s) of {name} to 0",
+                              cause="bias" if negative else "init"))
     return out
 
 
@@ -314,8 +340,9 @@ def rule_batchnorm(context: RuleContext) -> list[Suggestion]:
         beta = bn.bias.detach().double().cpu().numpy()
         gamma = bn.weight.detach().double().cpu().numpy()
         dead = site.verdict.dead
-        negative_beta = dead & (beta < -BN_STRONG_BETA * np.abs(gamma))
-        zero_gamma = dead & (np.abs(gamma) < BN_GAMMA_EPS) & (beta <= 0)
+        mine = dead & ~claimed_elsewhere(context, site)   # starved channels: their input is the cause
+        negative_beta = mine & (beta < -BN_STRONG_BETA * np.abs(gamma))
+        zero_gamma = mine & (np.abs(gamma) < BN_GAMMA_EPS) & (beta <= 0)
         flagged = np.flatnonzero(negative_beta | zero_gamma).tolist()
         if not flagged:
             continue
@@ -341,22 +368,9 @@ def rule_batchnorm(context: RuleContext) -> list[Suggestion]:
                 f"    bn.bias[{flagged}] = 0.0\n"
                 f"    bn.weight[{flagged}] = 1.0")
         out.append(suggestion("batchnorm-dead", site_severity(site), [site.name], title, evidence, action, code,
-                              explains=int(stuck_mask(site)[flagged].sum()),
+                              explains=int(problem_mask(site)[flagged].sum()), cause="batchnorm",
                               changes=f"sets β = 0 and γ = 1 on {len(flagged)} channel(s) of {name}"))
     return out
-
-
-def _ranges(indices: list[int], noun: str = "channel", limit: int = 6) -> str:
-    """``channels 0–31`` / ``channels 1, 4, 6`` / ``channel 3``: index runs, compactly."""
-    runs: list[tuple[int, int]] = []
-    for index in indices:
-        if runs and index == runs[-1][1] + 1:
-            runs[-1] = (runs[-1][0], index)
-        else:
-            runs.append((index, index))
-    parts = [f"{a}" if a == b else f"{a}–{b}" for a, b in runs[:limit]]
-    more = f", … ({len(indices)} in all)" if len(runs) > limit else ""
-    return (f"{noun} " if len(indices) == 1 else f"{noun}s ") + ", ".join(parts) + more
 
 
 @rule
@@ -398,7 +412,8 @@ def rule_selu(context: RuleContext) -> list[Suggestion]:
             "SELU's self-normalising fixed point (mean 0, variance 1) needs weights ~ N(0, 1/fan_in). Re-initialise "
             "the layers feeding SELU with LeCun normal (kaiming_normal_ with nonlinearity='linear') and retrain "
             "(this erases what they learned):\n- " + "\n- ".join(lines), code, destructive=True,
-            changes=f"re-initialises the weights of {min(len(off), 8)} layer(s) (LeCun normal)"))
+            changes=f"re-initialises the weights of {min(len(off), 8)} layer(s) (LeCun normal)", cause="init",
+            generic=True))
     leaves = leaf_order(model)
     convs = [n for n, m in leaves if isinstance(m, nn.modules.conv._ConvNd)]
     # 2. SELU in a CNN
@@ -409,7 +424,7 @@ def rule_selu(context: RuleContext) -> list[Suggestion]:
             {"conv_layers": len(convs), "selu_sites": len(selu_sites)},
             "SELU's self-normalisation is derived for fully-connected stacks; it does not hold for convolutions. "
             "For a CNN, ReLU + BatchNorm (or ELU + BatchNorm/GroupNorm) is the proven combination.",
-            "", scope=SCOPE_MODEL))
+            "", scope=SCOPE_MODEL, cause="activation", generic=True))
     # 3. BatchNorm next to SELU
     adjacent = []
     for position, (name, module) in enumerate(leaves):
@@ -427,7 +442,7 @@ def rule_selu(context: RuleContext) -> list[Suggestion]:
             "Use either SELU without normalisation layers, or ReLU/ELU with BatchNorm.",
             _replace_modules_code(adjacent, "nn.Identity()", "drop the BatchNorm layers next to SELU (then retrain)"),
             destructive=True, changes=f"removes {len(adjacent)} BatchNorm layer(s) (and what they learned)",
-            scope=SCOPE_MODEL))
+            scope=SCOPE_MODEL, cause="activation", generic=True))
     # 4. plain Dropout with SELU
     plain = [n for n, m in leaves if type(m) in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)]
     if plain:
@@ -438,5 +453,5 @@ def rule_selu(context: RuleContext) -> list[Suggestion]:
             "Plain Dropout sets units to 0, which shifts SELU's mean and variance away from the fixed point. "
             "AlphaDropout drops to SELU's negative saturation value and rescales, keeping mean and variance.",
             _replace_modules_code(plain, "nn.AlphaDropout(p=old.p)", "plain Dropout breaks self-normalisation"),
-            changes=f"swaps {len(plain)} Dropout layer(s) for AlphaDropout", scope=SCOPE_MODEL))
+            changes=f"swaps {len(plain)} Dropout layer(s) for AlphaDropout", scope=SCOPE_MODEL, cause="activation"))
     return out

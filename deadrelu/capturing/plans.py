@@ -17,26 +17,22 @@ from typing import Any
 
 import torch
 
-from ..kinds import family, kind_of_class_name, looks_like_activation
+from ..kinds import KINDS, family, kind_of_class_name, looks_like_activation
+from .aten import activation_ops
 
-#: aten op (overload packet name) -> the function name sites use.
-ACTIVATION_OPS: dict[str, str] = {
-    "relu": "relu", "relu_": "relu",
-    "threshold": "threshold", "threshold_": "threshold",
-    "leaky_relu": "leaky_relu", "leaky_relu_": "leaky_relu",
-    "rrelu": "rrelu", "rrelu_": "rrelu", "rrelu_with_noise": "rrelu", "rrelu_with_noise_": "rrelu",
-    "elu": "elu", "elu_": "elu",
-    "selu": "selu", "selu_": "selu",
-    "celu": "celu", "celu_": "celu",
-    "hardtanh": "hardtanh", "hardtanh_": "hardtanh",
-    "relu6": "relu6", "relu6_": "relu6",
-    "prelu": "prelu", "_prelu_kernel": "prelu",
-    "gelu": "gelu", "gelu_": "gelu",
-    "silu": "silu", "silu_": "silu",
-    "mish": "mish", "mish_": "mish",
-    "hardswish": "hardswish", "hardswish_": "hardswish",
-    "hardsigmoid": "hardsigmoid", "hardsigmoid_": "hardsigmoid",
-}
+
+def plan_kind(type_name: str | None, op_function: str | None = None) -> str | None:
+    """The kind of a graph module by its class name: a known activation class, or a
+    ``torch.nn`` kind class calling its own op (``nn.GLU`` calling ``glu``); None otherwise."""
+    if not type_name:
+        return None
+    short = type_name.rsplit(".", 1)[-1]
+    kind = kind_of_class_name(short)
+    if kind is None and short in KINDS and KINDS[short].functions and (
+            op_function is None or op_function in KINDS[short].functions):
+        kind = short
+    return kind
+
 
 @dataclass(frozen=True)
 class PlannedSite:
@@ -48,7 +44,8 @@ class PlannedSite:
             function it called (``relu``) inside its ``forward``.
         call_index: which call of that module (or of that function within it) per forward.
         op_function: the graph op's function name (``selu``), for matching calls.
-        kind: the calling module's class name when it is a known activation kind.
+        kind: the calling module's kind when it is an activation module (its class name may
+            differ: transformers' ``ReLUSquaredActivation`` is a ``ReLUSquared``).
     """
 
     module: str
@@ -96,7 +93,7 @@ def _sort_modules(candidates: dict[str, str], called: set[str], leaves: set[str]
     """
     activation, unsupported = [], []
     for path, type_name in candidates.items():
-        kind = kind_of_class_name(type_name)
+        kind = plan_kind(type_name)
         if kind is not None:
             # A torch.nn class always makes its aten op when it runs; another library's
             # class named like a kind may compute the formula by hand (tanh, pow).
@@ -128,12 +125,12 @@ def plan_from_calls(calls: list[tuple[str, str, str | None]], activation_modules
         short_type = type_name.rsplit(".", 1)[-1] if type_name else None
         # Named as eager scans name it: a call made by an activation module (nn.GELU, or
         # transformers' GELUActivation calling F.gelu) is that module's site, ``mlp.act``.
-        is_module = short_type is not None and kind_of_class_name(short_type) is not None and path != ""
-        function = None if is_module else op_function
+        kind = plan_kind(short_type, op_function) if path != "" else None
+        function = None if kind is not None else op_function
         key = (path, function)
         call_index = counts.get(key, 0)
         counts[key] = call_index + 1
-        sites.append(PlannedSite(path, function, call_index, op_function, short_type if is_module else None))
+        sites.append(PlannedSite(path, function, call_index, op_function, kind))
     return SitePlan(tuple(sites), None, activation_modules, module_types, unsupported)
 
 
@@ -196,11 +193,12 @@ def _script_calls(nodes: Any, resolve: _HierarchyResolver) -> list[tuple[str, st
     """Activation calls of a TorchScript block in order; None when control flow makes
     the order depend on the data (a loop or an ``if`` whose branches differ)."""
     calls: list[tuple[str, str, str | None]] = []
+    ops = activation_ops()
     for node in nodes:
         kind = node.kind()
-        if kind.startswith("aten::") and kind[6:] in ACTIVATION_OPS:
+        if kind.startswith("aten::") and kind[6:] in ops:
             path, type_name = resolve(node.getModuleHierarchy() or "")
-            calls.append((ACTIVATION_OPS[kind[6:]], path, type_name))
+            calls.append((ops[kind[6:]], path, type_name))
         blocks = list(node.blocks())
         if not blocks:
             continue
@@ -229,7 +227,7 @@ def torchscript_plan(model: torch.jit.ScriptModule) -> SitePlan:
         types.add(original)
         if name and not any(True for _ in module.children()):
             leaves.add(name)
-        if name and (kind_of_class_name(original) is not None or name in leaves):
+        if name and (plan_kind(original) is not None or name in leaves):
             candidates[name] = original
     module_types = tuple(sorted(types - {_original_name(model)}))
 
@@ -259,7 +257,7 @@ def _activation_op(node: Any) -> str | None:
     target = node.target
     packet = getattr(target, "overloadpacket", None)
     name = getattr(packet, "__name__", None)
-    return name if name in ACTIVATION_OPS else None
+    return name if name in activation_ops() else None
 
 
 def export_plan(program: Any) -> SitePlan:
@@ -293,15 +291,15 @@ def export_plan(program: Any) -> SitePlan:
             continue
         if stack:
             path, type_name = list(stack.values())[-1]
-            calls.append((ACTIVATION_OPS[op], _PATH_CLEANUP.sub("", str(path)), str(type_name)))
+            calls.append((activation_ops()[op], _PATH_CLEANUP.sub("", str(path)), str(type_name)))
         else:
-            calls.append((ACTIVATION_OPS[op], "", None))
+            calls.append((activation_ops()[op], "", None))
     root = {str(t).rsplit(".", 1)[-1] for p, t in _root_entries(program)}
     module_types = tuple(sorted(types - root))
     # Only modules that ran appear in nn_module_stack: a leaf is a path no other path extends.
     leaves = {path for path in seen if not any(other.startswith(path + ".") for other in seen)}
     candidates = {path: short for path, short in seen.items()
-                  if kind_of_class_name(short) is not None or path in leaves}
+                  if plan_kind(short) is not None or path in leaves}
     called = {path for _f, path, _t in calls} if reason is None else set(candidates)
     activation, unsupported = _sort_modules(candidates, called, leaves)
     if reason is not None:
@@ -317,5 +315,5 @@ def _root_entries(program: Any) -> list[tuple[str, str]]:
     return []
 
 
-__all__ = ["ACTIVATION_OPS", "PlannedSite", "SitePlan", "export_plan", "family", "plan_from_calls",
+__all__ = ["PlannedSite", "plan_kind", "SitePlan", "export_plan", "family", "plan_from_calls",
            "torchscript_plan"]

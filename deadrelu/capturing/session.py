@@ -24,14 +24,18 @@ from torch import nn
 from ..errors import ConfigError
 from ..load.exported import ExportedModel, is_exported_graph_module
 from ..settings import ScanSettings, build_settings
-from .sites import ActivationCapture
+from .contract import Capture
+from .hooks import ActivationCapture
 
 if TYPE_CHECKING:
     from ..result import ScanResult
+    from ..stats import SiteStats
+    from .observe import Observer
+    from .registry import SiteRecord
 
 
 def capture_for(model: nn.Module, settings: ScanSettings, device: torch.device,
-                eval_mode: bool = True) -> ActivationCapture:
+                eval_mode: bool = True) -> Capture:
     """The capture that fits a model: hooks for eager modules, aten-level for others.
 
     Args:
@@ -69,7 +73,9 @@ class CaptureSession:
             its start and end); False when the caller marks batches with
             ``begin_batch``/``end_batch`` (the scan loop).
 
-    After the block, ``result()`` builds the ``ScanResult`` of everything seen.
+    After the block, ``result()`` builds the ``ScanResult`` of everything seen. The capture
+    behind it (module hooks or aten dispatch, see ``capturing.contract``) is the session's own:
+    callers ask the session.
     """
 
     def __init__(self, model: nn.Module, settings: ScanSettings | None = None, device: torch.device | None = None,
@@ -79,7 +85,7 @@ class CaptureSession:
         self.settings = settings or ScanSettings()
         self.device = device if device is not None else resolve_device(None, model)
         self.auto_batches = auto_batches
-        self.engine = capture_for(model, self.settings, self.device, eval_mode=eval_mode)
+        self._capture = capture_for(model, self.settings, self.device, eval_mode=eval_mode)
         self.samples = 0
         self.batches = 0
         self._handles: list[Any] = []
@@ -89,13 +95,13 @@ class CaptureSession:
         if self.auto_batches and isinstance(self.model, torch.jit.ScriptModule):
             raise ConfigError("deadrelu.capture() cannot watch a TorchScript module's own calls (it refuses hooks)",
                               hint="use deadrelu.scan(model, data), which runs the batches itself")
-        self.engine.__enter__()
+        self._capture.__enter__()
         if self.auto_batches:
             try:
                 self._handles = [self.model.register_forward_pre_hook(self._start),
                                  self.model.register_forward_hook(self._stop, always_call=True)]
             except BaseException:
-                self.engine.__exit__(None, None, None)
+                self._capture.__exit__(None, None, None)
                 raise
         return self
 
@@ -105,10 +111,10 @@ class CaptureSession:
                 handle.remove()
             self._handles = []
         finally:
-            self.engine.__exit__(*exc_info)
+            self._capture.__exit__(*exc_info)
 
     def _start(self, module: nn.Module, args: tuple) -> None:
-        self.engine.begin_batch()  # the mask set with set_mask() stays
+        self._capture.begin_batch()  # the mask set with set_mask() stays
         first = args[0] if args else None
         if isinstance(first, torch.Tensor) and first.ndim > 0:
             self.samples += int(first.shape[0])
@@ -125,17 +131,55 @@ class CaptureSession:
                 padding: padded positions are left out of every statistic at sites whose
                 activation starts with those axes.
         """
-        self.engine.begin_batch()
-        self.engine.set_mask(mask)
+        self._capture.begin_batch()
+        self._capture.set_mask(mask)
 
     def set_mask(self, mask: torch.Tensor | None) -> None:
         """The padding mask for the following forward passes (``(N, L)``, 1 = real token), or None."""
-        self.engine.set_mask(mask)
+        self._capture.set_mask(mask)
 
     def end_batch(self) -> None:
         """Mark its end."""
-        self.engine.end_batch()
+        self._capture.end_batch()
         self.batches += 1
+
+    # -- what the scan loop and a monitor ask ---------------------------------------------
+    @property
+    def in_batch(self) -> bool:
+        """A forward pass is open (begun and not yet ended)."""
+        return self._capture.in_batch
+
+    @property
+    def failure(self) -> Exception | None:
+        """An error the capture raised inside the last forward pass (TorchScript re-raises it bare)."""
+        return self._capture.failure
+
+    @property
+    def op_error(self) -> Exception | None:
+        """The model's own op error in the last forward pass, when an interpreter hid its text."""
+        return self._capture.op_error
+
+    @property
+    def sees_modules(self) -> bool:
+        """Whether the model's Python modules run (eager hooks); False for TorchScript / export graphs."""
+        return self._capture.sees_modules
+
+    @property
+    def reduction(self) -> Observer:
+        """The reduction's shared state: ``compiled`` (set by ``compile_policy``) and ``reduce_seconds``."""
+        return self._capture.observer
+
+    def ran_this_batch(self) -> list[str]:
+        """Activations that ran in the current forward pass, in order (for error messages)."""
+        return self._capture.ran_this_batch()
+
+    def records(self) -> list[SiteRecord]:
+        """The sites seen so far, in network order (capture-internal records, for tools and tests)."""
+        return self._capture.records()
+
+    def finalize(self, record: SiteRecord) -> SiteStats:
+        """One site's statistics so far."""
+        return self._capture.finalize(record)
 
     # -- results --------------------------------------------------------------------------
     def result(self, *, samples: int | None = None, data_info: Mapping[str, Any] | None = None,
@@ -165,9 +209,9 @@ class CaptureSession:
         env = {"deadrelu": version(), "torch": torch.__version__, "device": str(self.device),
                "dtype": str(model_dtype(self.model)).replace("torch.", ""),
                "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-               "mode": "eval" if self.engine.eval_mode else "as set by the caller (train/eval)",
+               "mode": "eval" if self._capture.eval_mode else "as set by the caller (train/eval)",
                **dict(environment or {})}
-        return assemble(self.engine, self.model, self.settings, data_info=data, model_info=model_info or {},
+        return assemble(self._capture, self.model, self.settings, data_info=data, model_info=model_info or {},
                         notes=notes, environment=env, suggestions=suggestions)
 
 

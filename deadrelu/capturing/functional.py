@@ -7,21 +7,23 @@ reads the kind's constants from the call's own arguments (``negative_slope``,
 which decides where it belongs and runs it. Everything that is not a ReLU-family call
 passes straight through.
 
-Only the lookup table and the argument reading live here; attributing a call to the
-module whose ``forward`` made it is ``ActivationCapture``'s job (``capture/sites.py``).
+The table of callables is derived from ``kinds.KINDS`` (each ``Spelling``: ``F.<name>``,
+``torch.<name>``, ``Tensor.<name>`` and their in-place ``<name>_`` forms, those that
+exist); only the table and the argument reading live here. Attributing a call to the
+module whose ``forward`` made it is ``capturing.attribution``'s job.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
-from numbers import Real
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from ..kinds import KindSpec, spec_for_function
+from ..kinds import KindSpec, KindTables, Spelling, relu_clamp, spec_for_function, tables
 
 #: What ``rrelu`` uses when ``lower``/``upper`` are not given.
 RRELU_LOWER = 1.0 / 8.0
@@ -55,6 +57,7 @@ class _Entry:
     function: str
     parameters: tuple[tuple[str, Any], ...] = ()
     always_inplace: bool = False
+    when: Callable[[dict[str, Any]], bool] | None = None
 
     def read(self, args: tuple, kwargs: dict[str, Any]) -> FunctionalCall | None:
         if args:
@@ -72,72 +75,65 @@ class _Entry:
             if name in arguments:
                 arguments[name] = value
         inplace = self.always_inplace or bool(arguments.pop("inplace", False))
-        if self.function == "clamp" and not _is_relu_clamp(arguments):
+        if self.when is not None and not self.when(arguments):
             return None
         return FunctionalCall(self.function, tensor, inplace, arguments)
 
 
 def _is_relu_clamp(arguments: dict[str, Any]) -> bool:
-    """``clamp`` is a ReLU only as ``min=0`` with no ``max`` (a Python number, not a tensor)."""
-    low = arguments.get("min")
-    if arguments.get("max") is not None or isinstance(low, bool) or not isinstance(low, Real):
-        return False
-    return float(low) == 0.0
+    """``clamp`` is a ReLU only as ``min=0`` with no ``max`` (see ``kinds.relu_clamp``)."""
+    return relu_clamp(arguments)
 
 
-_INPLACE = ("inplace", False)
-_RRELU = (("lower", RRELU_LOWER), ("upper", RRELU_UPPER), ("training", False))
-_CLAMP = (("min", None), ("max", None))
+def _signature_parameters(function: Callable, fallback: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
+    """A Python function's parameters after its input, with defaults; ``fallback`` for builtins."""
+    try:
+        parameters = list(inspect.signature(function).parameters.values())[1:]
+    except (TypeError, ValueError):  # a builtin without a signature: the kind's own list
+        return fallback
+    return tuple((p.name, None if p.default is inspect.Parameter.empty else p.default) for p in parameters
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.POSITIONAL_ONLY))
 
 
-def _table() -> dict[Callable, _Entry]:
-    table: list[tuple[Callable | None, _Entry]] = [
-        (F.relu, _Entry("relu", (_INPLACE,))),
-        (torch.relu, _Entry("relu")),
-        (torch.Tensor.relu, _Entry("relu")),
-        (torch.relu_, _Entry("relu", always_inplace=True)),
-        (torch.Tensor.relu_, _Entry("relu", always_inplace=True)),
-        (F.relu6, _Entry("relu6", (_INPLACE,))),
-        (F.leaky_relu, _Entry("leaky_relu", (("negative_slope", 0.01), _INPLACE))),
-        (F.leaky_relu_, _Entry("leaky_relu", (("negative_slope", 0.01),), always_inplace=True)),
-        (F.elu, _Entry("elu", (("alpha", 1.0), _INPLACE))),
-        (F.elu_, _Entry("elu", (("alpha", 1.0),), always_inplace=True)),
-        (F.selu, _Entry("selu", (_INPLACE,))),
-        (torch.selu, _Entry("selu")),
-        (torch.selu_, _Entry("selu", always_inplace=True)),
-        (F.celu, _Entry("celu", (("alpha", 1.0), _INPLACE))),
-        (torch.celu, _Entry("celu", (("alpha", 1.0),))),
-        (torch.celu_, _Entry("celu", (("alpha", 1.0),), always_inplace=True)),
-        (F.gelu, _Entry("gelu")),
-        (F.silu, _Entry("silu", (_INPLACE,))),
-        (F.mish, _Entry("mish", (_INPLACE,))),
-        (F.hardswish, _Entry("hardswish", (_INPLACE,))),
-        (F.hardsigmoid, _Entry("hardsigmoid", (_INPLACE,))),
-        (F.hardtanh, _Entry("hardtanh", (("min_val", -1.0), ("max_val", 1.0), _INPLACE))),
-        (F.hardtanh_, _Entry("hardtanh", (("min_val", -1.0), ("max_val", 1.0)), always_inplace=True)),
-        (F.prelu, _Entry("prelu", (("weight", None),))),
-        (getattr(torch.Tensor, "prelu", None), _Entry("prelu", (("weight", None),))),
-        (F.rrelu, _Entry("rrelu", _RRELU + (_INPLACE,))),
-        (torch.rrelu, _Entry("rrelu", _RRELU)),
-        (torch.rrelu_, _Entry("rrelu", _RRELU, always_inplace=True)),
-        (torch.clamp, _Entry("clamp", _CLAMP)),
-        (torch.Tensor.clamp, _Entry("clamp", _CLAMP)),
-        (torch.clip, _Entry("clamp", _CLAMP)),
-        (torch.Tensor.clip, _Entry("clamp", _CLAMP)),
-        (torch.clamp_, _Entry("clamp", _CLAMP, always_inplace=True)),
-        (torch.Tensor.clamp_, _Entry("clamp", _CLAMP, always_inplace=True)),
-        (getattr(torch, "clip_", None), _Entry("clamp", _CLAMP, always_inplace=True)),
-        (torch.Tensor.clip_, _Entry("clamp", _CLAMP, always_inplace=True)),
-        (torch.clamp_min, _Entry("clamp", (("min", None),))),
-        (torch.Tensor.clamp_min, _Entry("clamp", (("min", None),))),
-        (getattr(torch, "clamp_min_", None), _Entry("clamp", (("min", None),), always_inplace=True)),
-        (torch.Tensor.clamp_min_, _Entry("clamp", (("min", None),), always_inplace=True)),
-    ]
-    return {func: entry for func, entry in table if func is not None}
+def _entries(spelling: Spelling) -> list[tuple[Callable, _Entry]]:
+    """The callables of one spelling that exist in this torch, with how to read each."""
+    found: list[tuple[Callable, _Entry]] = []
+    for namespace in (F, torch, torch.Tensor):
+        for inplace in (False, True):
+            function = getattr(namespace, spelling.name + ("_" if inplace else ""), None)
+            if function is None or not callable(function):
+                continue
+            # F's Python functions take ``inplace=`` (read from their signature); the rest take
+            # the kind's constants only.
+            parameters = (_signature_parameters(function, spelling.parameters) if namespace is F and not inplace
+                          else spelling.parameters)
+            found.append((function, _Entry(spelling.function, parameters, inplace, spelling.when)))
+    return found
 
 
-#: Every callable that is captured, with how to read its arguments.
-FUNCTIONS: dict[Callable, _Entry] = _table()
+_table_cache: dict[int, tuple[KindTables, dict[Callable, _Entry]]] = {}
+
+
+def functional_table() -> dict[Callable, _Entry]:
+    """Every captured callable with how to read its arguments, derived from ``kinds.KINDS``.
+
+    Rebuilt when the kind table changes; a capture takes it once when it starts.
+    """
+    kind_tables = tables()
+    cached = _table_cache.get(id(kind_tables))
+    if cached is None or cached[0] is not kind_tables:
+        table: dict[Callable, _Entry] = {}
+        for spelling, _info in kind_tables.spellings:
+            if spelling.functional:
+                for function, entry in _entries(spelling):
+                    table.setdefault(function, entry)  # F.relu_ is torch.relu_: first one wins
+        _table_cache.clear()
+        _table_cache[id(kind_tables)] = cached = (kind_tables, table)
+    return cached[1]
+
+
+#: Every callable that is captured (with the kind table as imported), with how to read its arguments.
+FUNCTIONS: dict[Callable, _Entry] = functional_table()
 
 #: Canonical function names, for messages and docs.
 FUNCTION_NAMES: tuple[str, ...] = tuple(dict.fromkeys(entry.function for entry in FUNCTIONS.values()))
@@ -157,7 +153,7 @@ def read_call(func: Callable, args: tuple, kwargs: dict[str, Any]) -> Functional
         ``min=0`` without a ``max``.
     """
     try:
-        entry = FUNCTIONS.get(func)
+        entry = functional_table().get(func)
     except TypeError:  # an unhashable callable cannot be one of ours
         return None
     return None if entry is None else entry.read(args, kwargs)
@@ -205,13 +201,14 @@ class FunctionalActivationMode(TorchFunctionMode):
         super().__init__()
         self._handler = handler
         self._product_handler = product_handler
+        self._functions = functional_table()
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (),
                            kwargs: dict[str, Any] | None = None) -> Any:
         if kwargs is None:
             kwargs = {}
         try:
-            entry = FUNCTIONS.get(func)
+            entry = self._functions.get(func)
             product = entry is None and self._product_handler is not None and func in PRODUCTS
         except TypeError:  # an unhashable callable is none of ours
             entry, product = None, False
@@ -226,4 +223,4 @@ class FunctionalActivationMode(TorchFunctionMode):
 
 
 __all__ = ["FunctionalCall", "FunctionalActivationMode", "FUNCTIONS", "FUNCTION_NAMES", "PRODUCTS", "read_call",
-           "spec_for_call", "CallHandler", "ProductHandler"]
+           "spec_for_call", "CallHandler", "ProductHandler", "functional_table"]

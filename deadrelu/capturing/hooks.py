@@ -1,0 +1,311 @@
+"""The module-hook driver: ``ActivationCapture`` for eager models.
+
+Hooks every ReLU-family module (pre-hook: count the call, open its site, read what
+"active" needs before an in-place module overwrites its input; post-hook: observe the
+output) and, with functional capture on, sees ``F.relu`` & co. through
+``attribution.FunctionalSites``. During the first forward pass it also follows producer
+links (``links.ModuleLinks``), in-place writes into a layer's output, and where the
+padded sequence goes (``masking.SequenceReach``), through one ``TorchFunctionMode``.
+
+It owns every hook handle (in an ``ExitStack``) and the model's train/eval flags, and
+gives both back in ``__exit__`` whether or not the forward pass raised.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from ..errors import CaptureError
+from ..kinds import KindSpec, is_inplace, looks_like_activation, spec_for_module, tables
+from ..settings import ScanSettings
+from ..stats import SiteStats
+from .attribution import FunctionalSites, ModuleStack
+from .contract import keep_train_flags
+from .gated import GatedProducts
+from .links import ModuleLinks
+from .masking import SequenceReach
+from .observe import Observer, before_call
+from .registry import ROOT_NAME, SiteRecord, SiteRegistry, no_sites_error
+
+
+def _mutates_first_argument(name: str, activations: frozenset[str]) -> bool:
+    """Whether a torch function named ``name`` writes into its first argument (``add_``, ``__iadd__``).
+
+    Activation functions (``relu_``..., in ``activations``) are left out: a site reads its
+    input before it runs."""
+    if name.startswith("__i") and name.endswith("__"):
+        return True
+    if not name.endswith("_") or name.startswith("_"):
+        return False
+    return name.rstrip("_") not in activations
+
+
+class _DiscoveryWatch(TorchFunctionMode):
+    """The first forward pass: every torch call, for producer links and the padded sequence.
+
+    torchvision's ``out = self.bn3(out); out += identity; out = self.relu(out)`` hands the
+    ReLU the very tensor ``bn3`` returned, but after the residual add: identity alone would
+    link the site to ``bn3``. Inference tensors keep no version counter, so the in-place
+    op itself is what is watched."""
+
+    def __init__(self, links: ModuleLinks, reach: SequenceReach) -> None:
+        super().__init__()
+        self.links = links
+        self.reach = reach
+        self._activations = frozenset(tables().families) | {"clamp_min"}  # clamp_min_ is clamp's
+
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if args and isinstance(args[0], torch.Tensor) and _mutates_first_argument(getattr(func, "__name__", ""),
+                                                                                  self._activations):
+            self.links.forget(args[0])
+        out = kwargs.get("out")
+        if isinstance(out, torch.Tensor):
+            self.links.forget(out)
+        result = func(*args, **kwargs)
+        self.reach.propagate(args, kwargs, result)
+        return result
+
+
+class ActivationCapture:
+    """Hooks every ReLU-family module of a model for the duration of a ``with`` block.
+
+    Args:
+        model: the model; its modules' train/eval flags are restored on exit.
+        settings: scan settings (granularity, layer filters, thresholds' tolerance).
+        device: where accumulators live (the model's device).
+        eval_mode: put the model in eval mode inside the block (a scan); False keeps the
+            mode it has (a training monitor reading the training forward passes). Then
+            nothing is observed while the model is in eval mode (validation passes inside a
+            training window), and a forward pass that bypasses the root (a loop calling
+            ``model.net(x)``) gets its batch begun by its first activation call.
+
+    Keeps the capture contract (``capturing.contract.Capture``).
+    """
+
+    #: eager capture sees the model's Python modules run
+    sees_modules = True
+    #: sites are named by module, never by position
+    positional_names = False
+
+    def __init__(self, model: nn.Module, settings: ScanSettings, device: torch.device,
+                 eval_mode: bool = True) -> None:
+        self.model = model
+        self.settings = settings
+        self.device = device
+        self.eval_mode = eval_mode
+        self.failure: Exception | None = None
+        self.op_error: Exception | None = None
+        self.observer = Observer(settings)
+        self.links = ModuleLinks(model)
+        self.reach = SequenceReach(self.observer.mask)
+        self.registry = SiteRegistry(settings, self.links, self.reach)
+        self.coverage = self.registry.coverage
+        self.gated = GatedProducts()
+        self.functional: FunctionalSites | None = None
+        self.in_batch = False
+        self._stack = ExitStack()
+        self._discovery = ExitStack()  # producer hooks, call counters of unsupported modules
+        self._watch = _DiscoveryWatch(self.links, self.reach)
+        self._watch_on = False
+        self._pending: dict[str, list[tuple[SiteRecord | None, torch.Tensor | None]]] = {}
+
+    # -- lifetime -------------------------------------------------------------------------
+    def __enter__(self) -> ActivationCapture:
+        if isinstance(self.model, torch.jit.ScriptModule):
+            raise CaptureError("TorchScript modules refuse forward hooks",
+                               hint="scan the eager model, or load the TorchScript file with deadrelu.load")
+        keep_train_flags(self._stack, self.model)
+        if self.eval_mode:
+            self.model.eval()
+        try:
+            self._register()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._pending.clear()
+        self.gated.clear()
+        self.in_batch = False
+        try:
+            self._stack.close()
+        finally:
+            self.links.stop()  # a forward pass that raised in the first batch leaves nothing followed
+            self.reach.stop()
+
+    def _register(self) -> None:
+        self._stack.push(self._discovery)
+        self._stack.callback(self._leave_watch)
+        for name, module in self.model.named_modules():
+            spec = spec_for_module(module)
+            if spec is not None:
+                self.coverage.activation_modules.append(name)
+                self._stack.callback(module.register_forward_pre_hook(self._pre_hook(name, module, spec)).remove)
+                self._stack.callback(module.register_forward_hook(self._post_hook(name)).remove)
+            elif not self.links.watch(name, module, self._discovery) and self._unsupported_activation(name, module):
+                # Counted during the first forward pass only (the hook goes with the producer hooks).
+                entry = [name, type(module).__name__, 0, "unsupported kind"]
+                self.coverage.unsupported.append(entry)
+                self._discovery.callback(module.register_forward_hook(self._count_hook(entry)).remove)
+        if self.settings.functional:
+            modules = ModuleStack(self.model, set(self.coverage.activation_modules))
+            modules.register(self._stack)
+            self.functional = FunctionalSites(self.registry, self.observer, self.gated, modules, self._observing)
+            # The ExitStack turns the mode off if a forward pass raised before end_batch.
+            self._stack.callback(self.functional.leave)
+            self.coverage.functional = True
+
+    def _observing(self) -> bool:
+        return self.in_batch and (self.eval_mode or self.model.training)
+
+    def _unsupported_activation(self, name: str, module: nn.Module) -> bool:
+        """A leaf module that is an activation of a kind deadrelu does not scan (``Tanh``,
+        ``LaplaceActivation``), outside any scanned activation module."""
+        if next(module.children(), None) is not None:
+            return False
+        if not looks_like_activation(type(module).__name__, type(module).__module__):
+            return False
+        return not any(name.startswith(parent + ".") for parent in self.coverage.activation_modules if parent)
+
+    def _count_hook(self, entry: list[Any]) -> Callable:
+        def count(module: nn.Module, args: Any, output: Any) -> None:
+            if self.in_batch:
+                entry[2] += 1
+        return count
+
+    def _leave_watch(self) -> None:
+        if self._watch_on:
+            self._watch_on = False
+            self._watch.__exit__(None, None, None)
+
+    # -- batch loop -----------------------------------------------------------------------
+    def begin_batch(self) -> None:
+        """Reset per-forward call counters (done in the tool's own loop, so a model whose
+        ``forward`` is called directly, bypassing root hooks, still gets fresh indices)."""
+        self.registry.begin_batch()
+        self._pending.clear()
+        self.gated.clear()
+        self.in_batch = True
+        if self.functional is not None:
+            self.functional.modules.clear()
+        if self.links.discovering and not self._watch_on:
+            self.reach.start()
+            self._watch.__enter__()
+            self._watch_on = True
+        if self.functional is not None:
+            self.functional.enter()
+
+    def _begin_batch_mid_forward(self) -> None:
+        """Open a batch from inside a forward pass: the stack of running modules (kept by the
+        global hooks) stays, so functional calls are still attributed to the right module."""
+        saved = self.functional.modules.snapshot() if self.functional is not None else None
+        self.begin_batch()
+        if saved is not None and self.functional is not None:
+            self.functional.modules.restore(saved)
+
+    def set_mask(self, mask: torch.Tensor | None) -> None:
+        """The padding mask of the coming forward pass.
+
+        Args:
+            mask: ``(N, L)``, nonzero/True at real positions and 0/False at padding; None
+                for no mask. Sites whose activation starts with the ``(N, L)`` axes (or is
+                their flattened ``(N*L, ...)`` view) leave padded positions out of every
+                statistic; other sites the padded sequence reaches are marked ``unmasked``.
+        """
+        self.observer.mask.set(mask)
+        self.coverage.masked = self.observer.mask.used
+
+    def end_batch(self) -> None:
+        """Record call counts of this forward pass; stop following producers after the first."""
+        self.in_batch = False
+        self.gated.clear()
+        if self.functional is not None:
+            self.functional.leave()
+        self._leave_watch()
+        self.registry.end_batch()
+        if self.links.discovering:
+            self.links.stop()
+            self.reach.stop()
+            self._discovery.close()
+
+    # -- hooks ----------------------------------------------------------------------------
+    def _pre_hook(self, name: str, module: nn.Module, spec: KindSpec) -> Callable:
+        inplace = is_inplace(module)
+
+        def pre_hook(mod: nn.Module, args: tuple) -> None:
+            if not self.eval_mode:
+                if not self.model.training:
+                    return  # an eval-mode forward pass (validation) inside a training capture
+                if not self.in_batch:
+                    self._begin_batch_mid_forward()  # the loop called a submodule, bypassing the root's hooks
+            call_index = self.registry.count_call(name, None)
+            inputs = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            site, before = None, None
+            if inputs is not None:
+                key = (name, None, call_index)
+                if self.registry.known(key):
+                    site = self.registry.get(key)
+                else:
+                    label = f"{name}#{call_index}"
+                    site = self.registry.open(key, spec, inputs, activation=module, candidates=(name, label),
+                                              label=label)
+                if site is not None:
+                    before = before_call(spec, inputs, inplace)
+            self._pending.setdefault(name, []).append((site, before))
+        return pre_hook
+
+    def _post_hook(self, name: str) -> Callable:
+        def post_hook(mod: nn.Module, args: tuple, output: Any) -> None:
+            pending = self._pending.get(name)
+            if not pending:
+                return
+            site, before = pending.pop()
+            if site is None or not isinstance(output, torch.Tensor):
+                return
+            # The tool's own reductions are not the model's calls: they bypass the
+            # functional mode (and its Python pass-through per op).
+            with torch._C.DisableTorchFunction():
+                self.observer.observe(site, output, before)
+            if self.functional is not None and self.functional.on:
+                self.gated.remember(output, site)
+        return post_hook
+
+    # -- the contract's queries -----------------------------------------------------------
+    def ran_this_batch(self) -> list[str]:
+        """Activation modules (or ``module:function``) that ran in the current forward pass, in order."""
+        return self.registry.ran_this_batch()
+
+    def no_sites_error(self, model_name: str) -> CaptureError:
+        """The error for a scan in which no site ran: excluded, never ran, or nothing to capture."""
+        types = sorted({type(m).__name__ for m in self.model.modules()} - {type(self.model).__name__})
+        functional = ("no functional activation (F.relu...) ran either" if self.coverage.functional
+                      else "functional calls (F.relu...) were not captured: --no-functional")
+        return no_sites_error(self.coverage, model_name, types, functional)
+
+    def records(self) -> list[SiteRecord]:
+        """Sites that ran, in network order."""
+        return self.registry.records()
+
+    def site_name(self, record: SiteRecord) -> str:
+        """``module`` when called once per forward, ``module#k`` otherwise;
+        ``<module>:<function>#<k>`` for functional sites."""
+        return self.registry.module_name(record)
+
+    def not_run(self) -> list[str]:
+        """Activation modules found in the model that never ran on the data."""
+        ran = self.registry.modules_ran()
+        return [name or ROOT_NAME for name in self.coverage.activation_modules if name not in ran]
+
+    def finalize(self, record: SiteRecord) -> SiteStats:
+        """The site's statistics so far."""
+        return record.accumulator.finalize()
+
+
+__all__ = ["ActivationCapture"]

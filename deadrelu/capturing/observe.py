@@ -1,0 +1,111 @@
+"""Observation: hand one activation call's tensors to its site's accumulator.
+
+What "active" is read from is decided here, for every driver alike (``before_call``):
+
+* from the output, when its sign tells it (ReLU, ELU with alpha > 0, ReLU6, Hardsigmoid...);
+* from the input, when it does not (negative slopes, Hardswish's -3) and the call leaves its
+  input alone;
+* from flags judged *before* the call, when the call overwrites its input in place: a bool
+  tensor, active where True, reduced with the threshold 0 (``SiteRecord.plan_for``) — the
+  kind's own threshold (-3 for Hardswish) applies to the pre-activation, not to the flags;
+* from ``|output|`` for gated products and GLU (active where not 0).
+
+With a padding mask, the observations at padded positions are gathered out first
+(``PaddingMask``). Nothing here keeps a reference to a tensor after the call.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..kinds import ActiveRule, KindSpec
+from ..settings import Granularity, ScanSettings
+from ..stats import CompiledReduction, ReductionWorkspace
+from .masking import PaddingMask
+from .registry import SiteRecord
+
+
+def before_call(spec: KindSpec, tensor: torch.Tensor, inplace: bool) -> torch.Tensor | None:
+    """What "active" will be read from, taken before the call runs.
+
+    Args:
+        spec: the site's kind.
+        tensor: the call's input (the pre-activation).
+        inplace: the call overwrites ``tensor`` with its output.
+
+    Returns:
+        None (read from the output), the input itself, or bool flags judged now (in place).
+    """
+    if not spec.reads_input:
+        return None
+    # The input is about to be overwritten: judge it now, against the kind's own threshold.
+    return torch.gt(tensor, spec.threshold) if inplace else tensor
+
+
+class Observer:
+    """Reduces observations into accumulators; owns the reduction's shared state and the mask.
+
+    Attributes:
+        workspace: scratch buffers shared by all sites.
+        compiled: the compiled reduction, when the scan chose one (``compile_policy``).
+        reduce_seconds: host seconds spent reducing (what the compile decision weighs).
+        mask: the padding mask of the current forward pass.
+    """
+
+    def __init__(self, settings: ScanSettings) -> None:
+        self.granularity = settings.granularity
+        self.workspace = ReductionWorkspace()
+        self.compiled: CompiledReduction | None = None
+        self.reduce_seconds = 0.0
+        self.mask = PaddingMask()
+
+    def observe(self, site: SiteRecord, output: torch.Tensor, before: torch.Tensor | None) -> None:
+        """Reduce one call's output into the site's accumulator.
+
+        Args:
+            site: the site.
+            output: the call's output.
+            before: what ``before_call`` returned for this call.
+        """
+        start = time.perf_counter()
+        site.check_shape(output.shape, self.granularity)
+        if site.spec.active_rule is ActiveRule.NONZERO:
+            active: torch.Tensor = output.abs()
+        else:
+            active = output if before is None else before
+        flags = active.dtype == torch.bool
+        masked = False
+        if self.mask.tensor is not None:
+            output, active, masked = self._real_positions(site, output, active)
+        plan = site.plan_for(flags, masked)
+        if torch.is_grad_enabled():  # a training forward pass: the statistics are not part of its graph
+            with torch.no_grad():
+                site.accumulator.update(output, active, plan, self.workspace, self.compiled)
+        else:
+            site.accumulator.update(output, active, plan, self.workspace, self.compiled)
+        site.calls += 1
+        # Host time only (no device sync): what the compile decision weighs.
+        self.reduce_seconds += time.perf_counter() - start
+
+    def _real_positions(self, site: SiteRecord, output: torch.Tensor, active: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """The observations at real (unpadded) positions; True when the (N, L) axes became one."""
+        layout = self.mask.layout(output, site.unit_dim, self.granularity is Granularity.CHANNEL)
+        if layout is None:
+            # Padding is counted here; said so only where the padded sequence reaches the site.
+            sees = site.sees_mask if site.sees_mask is not None else self.mask.carries_sequence(output)
+            site.unmasked = site.unmasked or sees
+            return output, active, False
+        if self.mask.full:
+            return output, active, False
+        # Gathering the real positions (R, ...) leaves the padding out of every statistic,
+        # and each unit's observation count is the number of real tokens (times inner axes).
+        index = self.mask.index(layout)
+        picked = output[index]
+        picked_active = picked if active is output else active[index]
+        return picked, picked_active, layout == "leading"
+
+
+__all__ = ["Observer", "before_call"]
