@@ -33,8 +33,6 @@ _LAZY: dict[str, str] = {
     "Feeding": "deadrelu.load.spec",
     "open_inputs": "deadrelu.load.sources",
     "Opened": "deadrelu.load.sources",
-    "LoadedModel": "deadrelu.load.model",
-    "DataStream": "deadrelu.load.data",
     "fix": "deadrelu.repair.fixing",
     "Fixed": "deadrelu.repair.fixing",
     "write_ci_reports": "deadrelu.render.ci",
@@ -59,6 +57,20 @@ _LAZY: dict[str, str] = {
     "prune": "deadrelu.repair", "recycle": "deadrelu.repair", "reinit": "deadrelu.repair",
     "swap_activations": "deadrelu.repair", "RepairError": "deadrelu.repair", "RepairRefused": "deadrelu.repair",
     "ResultFormatError": "deadrelu.errors",
+    # the types that signatures and docstrings hand to users
+    "InputLink": "deadrelu.links",
+    "SiteVerdict": "deadrelu.verdicts", "GateViolation": "deadrelu.verdicts",
+    "GateLimits": "deadrelu.judge.gate",
+    "Suggestion": "deadrelu.judge.suggestions", "suggest": "deadrelu.judge.suggestions",
+    "LoadedModel": "deadrelu.load", "DataStream": "deadrelu.load", "as_stream": "deadrelu.load",
+    "merge_results": "deadrelu.merge", "MergeError": "deadrelu.merge",
+    "diff": "deadrelu.compare", "check_diff_gate": "deadrelu.compare", "DiffResult": "deadrelu.compare",
+    "DiffGate": "deadrelu.compare", "IncompatibleResultsError": "deadrelu.compare",
+    "read_log": "deadrelu.history", "history_frame": "deadrelu.history",
+    "PruneReport": "deadrelu.repair", "RecycleReport": "deadrelu.repair", "ReinitReport": "deadrelu.repair",
+    "SwapReport": "deadrelu.repair",
+    "NonFinitePolicy": "deadrelu.settings", "CompileMode": "deadrelu.settings", "InputDtype": "deadrelu.settings",
+    "UnsupportedTorchError": "deadrelu.errors",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -68,9 +80,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .errors import (CaptureError, ConfigError, DataLoadError, DeadReluError, ForwardError, ModelLoadError,
                          OutputError, ResultFormatError, UnsafePickleError)
     from .judge.gate import GateOutcome, check_gate
-    from .load.data import DataStream, load_data
+    from .load.data import load_data
     from .load.huggingface import load_text
-    from .load.model import LoadedModel
     from .load.readers import load_model
     from .load.sources import Opened, open_inputs
     from .load.spec import Feeding, Inputs
@@ -83,6 +94,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from .scanning import scan
     from .settings import Granularity, ScanSettings, Thresholds, build_settings
     from .unitstats import SiteStats
+    # (the types signatures hand to users; mirrors the second half of _LAZY)
+    from .compare import DiffGate, DiffResult, IncompatibleResultsError, check_diff_gate, diff
+    from .errors import UnsupportedTorchError
+    from .history import history_frame, read_log
+    from .judge.gate import GateLimits
+    from .judge.suggestions import Suggestion, suggest
+    from .links import InputLink
+    from .load import DataStream, LoadedModel, as_stream
+    from .merge import MergeError, merge_results
+    from .repair import PruneReport, RecycleReport, ReinitReport, SwapReport
+    from .settings import CompileMode, InputDtype, NonFinitePolicy
+    from .verdicts import GateViolation, SiteVerdict
 
 
 def __getattr__(name: str) -> Any:

@@ -262,6 +262,19 @@ def version() -> None:
     stdout.print(f"deadrelu {__version__}")
 
 
+def _version_flag(value: bool) -> None:
+    if value:
+        version()
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _options(show_version: bool = typer.Option(False, "--version", callback=_version_flag, is_eager=True,
+                                               help="Print deadrelu's version and exit.")) -> None:
+    # the options before the command (``deadrelu --version``); the app's help is Typer(help=...)
+    pass
+
+
 from .commands.repair import register as _register_repair  # noqa: E402  (needs app and the helpers above)
 _register_repair(app)
 from .commands.merge import register as _register_merge  # noqa: E402

@@ -21,7 +21,8 @@ from typing import Any
 from .assemble import count_warnings
 from .errors import DeadReluError
 from .judge.verdicts import judge_site
-from .result import InputLink, ScanResult, SiteResult, Summary
+from .links import InputLink
+from .result import ScanResult, SiteResult, Summary
 from .settings import ScanSettings
 from .unitstats import SiteStats
 

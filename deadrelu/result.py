@@ -16,12 +16,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from .errors import DeadReluError
-from .judge.gate import GateOutcome
-from .judge.overall import overall
-from .judge.verdicts import SiteVerdict, judge_site
+from .links import InputLink  # defined in the leaf module that capture and judge import too
 from .schema import SCHEMA_VERSION
 from .settings import ScanSettings, Thresholds, build_settings
 from .unitstats import SiteStats
+from .verdicts import GateOutcome, SiteVerdict, judge_site
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,42 +28,6 @@ if TYPE_CHECKING:
 #: settings a saved report may restore (the device is where that scan ran, not a setting of the report)
 _SETTING_KEYS = ({f.name for f in dataclasses.fields(ScanSettings)}
                  | {f.name for f in dataclasses.fields(Thresholds)}) - {"thresholds", "device"}
-
-#: how a site's input relates to the layer named in its ``InputLink``
-LINK_OUTPUT, LINK_ENCLOSING, LINK_AFTER_OP = "output", "enclosing", "after-op"
-
-
-@dataclass(frozen=True)
-class InputLink:
-    """Which layer produced an activation site's input, as the capture saw it.
-
-    Attributes:
-        layer: the layer's qualified module name (None when no Linear/Conv/Norm/Embedding
-            ran before the site).
-        how: ``"output"`` — the site's input *is* that layer's output tensor, untouched;
-            ``"enclosing"`` — the activation is a child of that norm layer and applies to
-            its normalised output (timm's ``BatchNormAct2d``); ``"after-op"`` — something
-            else (a residual add, a concatenation, a reshape) came after ``layer``, the last
-            layer that ran, so that layer alone does not decide the site's input.
-    """
-
-    layer: str | None
-    how: str
-
-    @property
-    def direct(self) -> bool:
-        """Whether ``layer``'s parameters decide the site's input (weight rules may blame it)."""
-        return self.layer is not None and self.how in (LINK_OUTPUT, LINK_ENCLOSING)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"layer": self.layer, "how": self.how}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> InputLink | None:
-        if not isinstance(data, dict) or "how" not in data:
-            return None
-        return cls(layer=data.get("layer"), how=str(data["how"]))
-
 
 @dataclass(frozen=True, eq=False)
 class SiteResult:
@@ -265,11 +228,8 @@ class ScanResult:
                 without it only the rules that need nothing but the result run.
             **thresholds: ``dead_threshold``, ``tau``, ``saturation``, ``saturation_rtol``.
         """
-        from .judge.suggestions import suggest
-        new = dataclasses.replace(self.settings.thresholds, **thresholds)
-        judged = _assemble(self, [_rejudge(site, new) for site in self.sites],
-                           dataclasses.replace(self.settings, thresholds=new))
-        return judged.with_suggestions(suggest(judged, model))
+        from .judge.rejudge import rejudge  # the judge sits above the result: imported on use
+        return rejudge(self, model, **thresholds)
 
     # -- frames ---------------------------------------------------------------------------
     def to_frame(self) -> pd.DataFrame:
@@ -320,7 +280,7 @@ class ScanResult:
                 "exclude": list(self.settings.exclude), "functional": self.settings.functional,
                 "nonfinite": self.settings.nonfinite.value, "compile": self.settings.compile.value,
             },
-            "summary": {**dataclasses.asdict(self.summary), "verdict": overall(self).verdict},
+            "summary": {**dataclasses.asdict(self.summary), "verdict": self._verdict()},
             "sites": [site.to_dict(unit_stats) for site in self.sites],
             "coverage": self.coverage,
             "warnings": list(self.warnings),
@@ -414,6 +374,11 @@ class ScanResult:
         return (f"ScanResult(sites={s.sites}, units={s.units}, dead={s.dead} ({s.dead_ratio:.1%}), "
                 f"saturated={s.saturated}, dormant={s.dormant})")
 
+    def _verdict(self) -> str:
+        """The model's OK/WARN/FAIL as JSON writes it (``summary.verdict``), judged on call."""
+        from .judge.overall import overall  # the judge sits above the result: imported on use
+        return overall(self).verdict
+
     def _repr_html_(self) -> str:
         from .render.notebook import result_html
         return result_html(self)
@@ -449,10 +414,3 @@ def _version() -> str:
     from . import __version__
     return __version__
 
-
-def _rejudge(site: SiteResult, thresholds: Thresholds) -> SiteResult:
-    return dataclasses.replace(site, verdict=judge_site(site.stats, site.saturation, thresholds))
-
-
-def _assemble(base: ScanResult, sites: list[SiteResult], settings: ScanSettings) -> ScanResult:
-    return dataclasses.replace(base, sites=tuple(sites), summary=Summary.of(sites), settings=settings, gate=None)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..kinds import KindSpec
-from ..result import InputLink
+from ..links import InputLink
 from .units import (LAST_AXIS_OPS, NORM_LAYERS, Producer, is_producer, producer_of_module, producer_of_op,
                     resolve_unit_dim)
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import CaptureError
 from ..kinds import KNOWN_KINDS, ActiveRule, KindSpec, floor_tolerance
-from ..result import InputLink
+from ..links import InputLink
 from ..settings import Granularity, ScanSettings
 from ..stats import Accumulator, ReductionPlan, SiteStats
 

@@ -3,44 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+from ..verdicts import GateOutcome, GateViolation  # data a result stores: defined below it
 
 if TYPE_CHECKING:
     from ..result import ScanResult
-
-
-@dataclass(frozen=True)
-class GateViolation:
-    """One broken limit: ``scope`` is ``"model"`` or a site name."""
-
-    scope: str
-    dead_ratio: float
-    limit: float
-
-
-@dataclass(frozen=True)
-class GateOutcome:
-    """Whether a result passed the gate, and which limits it broke."""
-
-    max_dead_ratio: float | None
-    max_layer_dead_ratio: float | None
-    passed: bool
-    violations: tuple[GateViolation, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"max_dead_ratio": self.max_dead_ratio, "max_layer_dead_ratio": self.max_layer_dead_ratio,
-                "passed": self.passed, "violations": [asdict(v) for v in self.violations]}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GateOutcome:
-        return cls(max_dead_ratio=data.get("max_dead_ratio"), max_layer_dead_ratio=data.get("max_layer_dead_ratio"),
-                   passed=bool(data["passed"]),
-                   violations=tuple(GateViolation(v["scope"], v["dead_ratio"], v["limit"])
-                                    for v in data.get("violations", [])))
 
 
 def _check_limit(name: str, value: float | None) -> None:
