@@ -19,7 +19,7 @@ import deadrelu
 from deadrelu.cli import app
 from deadrelu.commands.options import INPUT_FLAGS
 from lm_fixtures import TEXT_LINES, opt, real_tokens, save_model_folder, save_text, save_tokenizer
-from real_nets import images, push_beta, timm_like
+from real_nets import T5_DEAD, images, push_beta, t5_like, t5_tokens, timm_like
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed: pip install 'deadrelu[hf]'")
 
@@ -279,6 +279,23 @@ def test_t5_fed_a_token_id_array_runs_its_decoder_too(runner, hf):
     assert len(sites) == 4 and set(sites.values()) == {30}  # 6 rows x 5 tokens, encoder and decoder
     assert "encoder-decoder model: its decoder fed the same tokens (decoder_input_ids)" in cli["warnings"]
     same_scan(deadrelu.scan(hf["t5"], hf["ids"], batch_size=3), cli)
+
+
+def test_a_plain_torch_encoder_decoder_fed_token_ids(runner, tmp_path):
+    """real_nets.t5_like (no transformers): the decoder runs on the token ids too, and the planted dead
+    units of both stacks are found exactly, by the CLI (a factory and a .npy) and the API alike."""
+    np.save(tmp_path / "ids.npy", t5_tokens().numpy())
+    cli = invoke_json(runner, "scan", "--model", f"{NETS}:t5_like", tmp_path / "ids.npy", "--batch-size", "5", "-q")
+    assert dead_by_site(cli) == T5_DEAD
+    assert {s["name"]: s["observations"] for s in cli["sites"]} == {"encoder.ffn.act": 72, "decoder.ffn.act": 72}
+    api = deadrelu.scan(t5_like(), tmp_path / "ids.npy", batch_size=5)
+    assert {s.name: s.verdict.dead_units for s in api.sites if s.dead} == T5_DEAD
+    same = json.loads(api.to_json())
+    assert [s["unit_stats"] for s in same["sites"]] == [s["unit_stats"] for s in cli["sites"]]
+    with pytest.raises(deadrelu.ForwardError) as failed:
+        deadrelu.scan(t5_like(), t5_tokens(), decoder_inputs=False)
+    assert "missing 1 required positional argument: 'decoder_input_ids'" in failed.value.message
+    assert "was not fed an input it needs" in failed.value.hint
 
 
 def test_a_missing_decoder_input_is_named_not_blamed_on_dtype_or_shape(hf, cnn):
