@@ -320,7 +320,7 @@ class Monitor:
         with preserved_rng():
             torch.set_rng_state(self._recycle_rng)
             try:
-                feeding = {} if probe is None else {
+                feeding: dict[str, Any] = {} if probe is None else {
                     "input_key": list(probe.input_key) or None, "scale": probe.scale, "kwargs": probe.kwargs,
                     "mask": probe.mask, "input_dtype": probe.input_dtype, "decoder_inputs": bool(probe.decoder_inputs)}
                 report = recycle(self.model, result, self.recycle, optimizer=self.optimizer, data=data,

@@ -112,28 +112,29 @@ def test_every_reader_has_a_case():
     assert list(DATA_CASES) == DATA_READERS.names()
 
 
+def recognised_inputs(side: str, name: str, tmp_path: Path) -> tuple[Inputs, Any]:
+    """The case of reader ``name``: checks that its reader (and the registry) recognises it and that
+    it has a README row; returns the inputs naming it and what the case expects."""
+    registry, cases = (MODEL_READERS, MODEL_CASES) if side == "model" else (DATA_READERS, DATA_CASES)
+    build, expected = cases[name]
+    source, options = build(tmp_path)
+    reader = registry[name]
+    assert reader.recognise(source) and registry.find(source) is reader
+    assert reader.doc, f"{name} has no README row"
+    field = f"{side}_factory" if isinstance(source, Reference) else side
+    return Inputs(**{field: str(source) if isinstance(source, Reference) else source}, **options), expected
+
+
 @pytest.mark.parametrize("name", MODEL_READERS.names())
 def test_each_model_reader_recognises_and_opens_its_format(name, tmp_path):
-    build, expected_format = MODEL_CASES[name]
-    source, options = build(tmp_path)
-    reader = MODEL_READERS[name]
-    assert reader.recognise(source) and MODEL_READERS.find(source) is reader
-    assert reader.doc, f"{name} has no README row"
-    inputs = Inputs(model_factory=str(source), **options) if isinstance(source, Reference) else \
-        Inputs(model=source, **options)
+    inputs, expected_format = recognised_inputs("model", name, tmp_path)
     loaded = read_model(inputs)
     assert isinstance(loaded, LoadedModel) and loaded.format == expected_format
 
 
 @pytest.mark.parametrize("name", DATA_READERS.names())
 def test_each_data_reader_recognises_and_opens_its_format(name, tmp_path):
-    build, samples = DATA_CASES[name]
-    source, options = build(tmp_path)
-    reader = DATA_READERS[name]
-    assert reader.recognise(source) and DATA_READERS.find(source) is reader
-    assert reader.doc, f"{name} has no README row"
-    inputs = Inputs(data_factory=str(source), **options) if isinstance(source, Reference) else \
-        Inputs(data=source, **options)
+    inputs, samples = recognised_inputs("data", name, tmp_path)
     stream = read_data(inputs, batch_size=5)
     assert isinstance(stream, DataStream) and stream.num_samples == samples
     assert sum(int(next(iter(b.values())).shape[0]) if isinstance(b, dict) else int(b.shape[0])
