@@ -2,6 +2,7 @@
 
     >>> import deadrelu
     >>> result = deadrelu.scan(model, data)          # doctest: +SKIP
+    >>> result = deadrelu.scan("model_dir", "prompts.txt")   # any model and data the CLI reads
     >>> result.to_frame()                            # one row per activation site
     >>> deadrelu.check_gate(result, max_dead_ratio=0.1).passed
 
@@ -25,9 +26,16 @@ _LAZY: dict[str, str] = {
     "CaptureSession": "deadrelu.capturing.session",
     "check_gate": "deadrelu.judge.gate",
     "GateOutcome": "deadrelu.judge.gate",
-    "load_model": "deadrelu.load.model",
+    "load_model": "deadrelu.load.readers",
     "load_data": "deadrelu.load.data",
     "load_text": "deadrelu.load.huggingface",
+    "Inputs": "deadrelu.load.spec",
+    "Feeding": "deadrelu.load.spec",
+    "open_inputs": "deadrelu.load.sources",
+    "Opened": "deadrelu.load.sources",
+    "fix": "deadrelu.repair.fixing",
+    "Fixed": "deadrelu.repair.fixing",
+    "write_ci_reports": "deadrelu.render.ci",
     "ScanResult": "deadrelu.result",
     "SiteResult": "deadrelu.result",
     "Summary": "deadrelu.result",
@@ -77,10 +85,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from .judge.gate import GateOutcome, check_gate
     from .load.data import load_data
     from .load.huggingface import load_text
-    from .load.model import load_model
+    from .load.readers import load_model
+    from .load.sources import Opened, open_inputs
+    from .load.spec import Feeding, Inputs
     from .monitor import Monitor
+    from .render.ci import write_ci_reports
     from .render.reports import ReportTargets, write_reports
     from .repair import RepairError, RepairRefused, prune, recycle, reinit, swap_activations
+    from .repair.fixing import Fixed, fix
     from .result import ScanResult, SiteResult, Summary
     from .scanning import scan
     from .settings import Granularity, ScanSettings, Thresholds, build_settings

@@ -1,9 +1,10 @@
 """Scans over several processes: torchrun data parallelism (and ``--shard I/N``, ``deadrelu.shards``).
 
 Every per-unit statistic deadrelu keeps is mergeable (counts and sums add, minima and
-maxima combine), so a scan distributes exactly. Inside an initialised process group
-(``torchrun ... -m deadrelu scan``, or ``deadrelu.scan`` called on every rank of a user's
-group) the ranks meet twice per scan (``deadrelu.ranks``: JSON through the group's store,
+maxima combine), so a scan distributes exactly. A scan runs across a process group only
+when asked: ``torchrun ... -m deadrelu scan`` (the CLI's own group), or
+``deadrelu.scan(..., group=True)`` called on every rank of a user's group; an initialised
+group alone changes nothing (``joined``). Across a group the ranks meet twice per scan (``deadrelu.ranks``: JSON through the group's store,
 with a timeout that names the ranks that did not arrive):
 
 * **data**: before the first batch, the ranks check that they were given the same data
@@ -21,11 +22,10 @@ that was not launched by torchrun pays nothing for it.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -51,14 +51,15 @@ TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"
 # -- this process's part of the data ---------------------------------------------------------
 
 
-def shard_stream(stream: DataStream, shard: Shard | str | None, *, split_ranks: bool = True,
-                 lockstep: bool = False) -> DataStream:
+def shard_stream(stream: DataStream, shard: Shard | str | None, *, group: ScanGroup | None = None,
+                 split_ranks: bool = True, lockstep: bool = False) -> DataStream:
     """The part of ``stream`` this process scans: shard ``shard``, then this rank's block of it.
 
     Args:
         stream: the whole data.
         shard: ``--shard I/N`` (recorded in the stream's ``shard``), or None.
-        split_ranks: inside a process group, give each rank its own block (False when
+        group: the ranks the scan was asked to run across (``joined``), or None: this process alone.
+        split_ranks: with a group, give each rank its own block (False when
             every rank already passes its own part, e.g. a DataLoader with a
             ``DistributedSampler``). The ranks first check that they were all given the
             same data (sample count and file SHA-256).
@@ -73,7 +74,6 @@ def shard_stream(stream: DataStream, shard: Shard | str | None, *, split_ranks: 
         DataLoadError: ranks given different data (``ScanGroup.check_same_data``).
     """
     shard = Shard.parse(shard)
-    group = ScanGroup.current()
     if group is not None and split_ranks:
         group.check_same_data(stream)  # each rank cuts its block from its own copy: the copies must agree
     if shard is not None:
@@ -486,37 +486,58 @@ def _collective_error(exc: BaseException, group: ScanGroup) -> DeadReluError | N
 _scans = 0
 
 
-def across_ranks(scan_function: Callable[..., ScanResult]) -> Callable[..., ScanResult]:
-    """Make a failure of ``scan`` on one rank a failure on every rank (a no-op outside a group).
+def joined(group: ScanGroup | bool | None) -> ScanGroup | None:
+    """The ranks a scan was asked to run across: ``True`` means the default process group.
 
-    Inside ``scan``, ``shard_stream`` checks the ranks' data and gives each rank its block,
-    and ``combine`` joins the parts; both are meetings of the ranks. This wrapper numbers
-    the scan (its meetings' names) and posts the failure of a rank that fails, so the
-    others raise it at their next meeting instead of waiting.
+    A scan joins a group only when asked (``deadrelu.scan(..., group=True)``, or the CLI
+    under torchrun), never because one happens to be initialised: a training script that
+    scans on rank 0 alone must not wait for ranks that never come.
+
+    Args:
+        group: ``True`` (the default process group), a ``ScanGroup``, or None/False (none).
+
+    Returns:
+        The group, or None for this process alone (also in a group of one).
+
+    Raises:
+        ConfigError: ``True`` but no process group is initialised.
     """
-    @functools.wraps(scan_function)
-    def scan(*args: Any, **kwargs: Any) -> ScanResult:
-        global _scans
-        group = ScanGroup.current()
-        if group is None:
-            return scan_function(*args, **kwargs)
-        _scans += 1
-        with group.agree_on_failure():
-            return scan_function(*args, **kwargs)
-    return scan
+    if group is None or group is False:
+        return None
+    if isinstance(group, ScanGroup):
+        return group if group.world_size > 1 else None
+    if group is not True:
+        raise ConfigError(f"group must be True or a deadrelu.distributed.ScanGroup, got {type(group).__name__}",
+                          hint="group=True scans across the default process group")
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise ConfigError("group=True, but no process group is initialised",
+                          hint="call torch.distributed.init_process_group() on every rank first (torchrun)")
+    return ScanGroup.current()
 
 
-def combine(result: ScanResult, model: Any = None) -> ScanResult:
-    """Every rank's part joined into the whole scan (``ScanGroup.combine``); ``result`` itself
-    outside a process group."""
-    group = ScanGroup.current()
-    return result if group is None else group.combine(result, model)
+@contextmanager
+def agreeing(group: ScanGroup | None) -> Iterator[None]:
+    """Inside the block, a failure on one rank of ``group`` fails every rank (a no-op without one).
+
+    The scan's meetings inside (``shard_stream`` checks the ranks' data and gives each rank
+    its block, ``ScanGroup.combine`` joins the parts) are named by this scan's number, so
+    the ranks of a program that scans several times never mix up two scans; a rank that
+    fails posts its failure, so the others raise it at their next meeting instead of waiting.
+    """
+    global _scans
+    if group is None:
+        yield
+        return
+    _scans += 1
+    with group.agree_on_failure():
+        yield
 
 
-def environment(model: Any) -> dict[str, Any]:
-    """The result's ``environment`` entries about processes and devices: ``world_size``, and
-    ``devices`` for a model whose parameters span several."""
-    group = ScanGroup.current()
+def environment(model: Any, group: ScanGroup | None = None) -> dict[str, Any]:
+    """The result's ``environment`` entries about processes and devices: ``world_size`` (that of
+    ``group``; 1 without), and ``devices`` for a model whose parameters span several."""
     facts: dict[str, Any] = {"world_size": group.world_size if group else 1}
     devices = model_devices(model) if hasattr(model, "parameters") else []
     if len(devices) > 1:
@@ -524,7 +545,6 @@ def environment(model: Any) -> dict[str, Any]:
     return facts
 
 
-def is_main_process() -> bool:
-    """Rank 0 of a process group, or a process outside one: the one that prints and writes."""
-    group = ScanGroup.current()
+def is_main_process(group: ScanGroup | None = None) -> bool:
+    """Rank 0 of ``group``, or a process without one: the one that prints and writes."""
     return group is None or group.rank == 0

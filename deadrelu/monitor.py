@@ -36,7 +36,7 @@ import json
 import os
 import random
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -49,8 +49,9 @@ from torch import nn
 from .capturing.session import CaptureSession
 from .errors import CaptureError, ConfigError, OutputError
 from .history import Mode, history_frame, read_log, record_from_result
-from .load.data import as_stream
 from .load.model import unwrap
+from .load.sources import feeding_for, open_data
+from .load.spec import Inputs
 from .result import ScanResult, _json_clean
 from .scanning import scan
 from .settings import ScanSettings, build_settings
@@ -97,9 +98,13 @@ class Monitor:
         mlflow: also log each record to the active MLflow run (or one started here); ``deadrelu[mlflow]``.
         wandb: also log each record to the active W&B run (or one started here); ``deadrelu[wandb]``.
         loggers: more ``deadrelu.loggers.Logger`` objects to feed each record to.
-        **scan_settings: any ``deadrelu.scan`` setting (``tau``, ``dead_threshold``,
-            ``batch_size``, ``layers``, ``granularity``...). The reduction is not compiled
-            unless ``compile="on"`` is given.
+        **scan_settings: what ``deadrelu.scan`` takes, fed to the probe scans alike: the
+            inputs' options (``deadrelu.Inputs``: ``kwargs``, ``mask``, ``key``,
+            ``input_dtype``, ``tokenizer`` for a text probe...) and any scan setting
+            (``tau``, ``dead_threshold``, ``batch_size``, ``layers``, ``granularity``...).
+            The reduction is not compiled unless ``compile="on"`` is given. A dict probe
+            holding ``input_ids`` feeds every entry as a keyword input, and its
+            ``attention_mask`` keeps padding out of the statistics, as a tokenizer's batch does.
 
     Raises:
         ConfigError: neither or both of ``probe`` and ``window``, a one-shot iterator as
@@ -146,12 +151,16 @@ class Monitor:
         # draw new weights (restoring one shared state would redraw the same ones every time).
         self._recycle_rng = torch.Generator().manual_seed(torch.initial_seed() + 1).get_state()
         self.window = window
-        self.settings: ScanSettings = build_settings(**{"compile": "off", **scan_settings})
+        input_options, settings = Inputs.split({"input_key": input_key, "input_fn": input_fn, "scale": scale,
+                                                **scan_settings})
+        self.settings: ScanSettings = build_settings(**{"compile": "off", **settings})
         self.mode = Mode.PROBE if probe is not None else Mode.WINDOW
-        self._probe = None if probe is None else as_stream(
-            probe, self.settings.batch_size, self.settings.limit,
-            key=input_key if isinstance(probe, Mapping) else None)
-        self._scan_options = {"input_key": input_key, "input_fn": input_fn, "scale": scale}
+        given = sorted(k for k, v in input_options.items() if v is not None)
+        if probe is None and given:
+            raise ConfigError(f"Monitor: {', '.join(given)} describe how the probe feeds the model; window mode "
+                              "measures the training forward passes as they are", hint="pass probe= to use them")
+        # The probe is opened once, as deadrelu.scan opens data; each probe scan feeds it alike.
+        self._inputs = None if probe is None else _probe_inputs(self.model, probe, self.settings, input_options)
         self.log_path = None if log is None else Path(log)
         # A resumed run continues its log: earlier records stay part of the history.
         self._records: list[dict[str, Any]] = read_log(self.log_path) \
@@ -246,11 +255,11 @@ class Monitor:
 
     # -- probe mode -----------------------------------------------------------------------
     def _probe_scan(self, step: int) -> dict[str, Any]:
-        assert self._probe is not None
+        assert self._inputs is not None
         # The scan restores every module's train/eval flag itself; a shuffling probe loader
         # or any other draw must not shift the training run's random stream.
         with preserved_rng():
-            result = scan(self.model, self._probe, settings=self.settings, progress=None, **self._scan_options)
+            result = scan(self._inputs.with_values(model=self.model), settings=self.settings, progress=None)
         return self._append(result, step, None)
 
     # -- window mode ----------------------------------------------------------------------
@@ -291,16 +300,19 @@ class Monitor:
         from .repair import RepairRefused, recycle
         assert self.recycle is not None
         # Checked on the probe as the scan fed it; a window (or an input_fn) has no data to check on.
-        data = self._probe if self._probe is not None and self._scan_options["input_fn"] is None else None
+        probe = self._inputs
+        data = probe.data if probe is not None and probe.input_fn is None else None
         refused: str | None = None
         # New weights (drawn on the CPU) come from the Monitor's own stream; the training run's
         # random stream stays as it was.
         with preserved_rng():
             torch.set_rng_state(self._recycle_rng)
             try:
+                feeding: dict[str, Any] = {} if probe is None else {
+                    "input_key": list(probe.input_key) or None, "scale": probe.scale, "kwargs": probe.kwargs,
+                    "mask": probe.mask, "input_dtype": probe.input_dtype, "decoder_inputs": bool(probe.decoder_inputs)}
                 report = recycle(self.model, result, self.recycle, optimizer=self.optimizer, data=data,
-                                 atol=self._atol, rescan=False, input_key=self._scan_options["input_key"],
-                                 scale=self._scan_options["scale"])
+                                 atol=self._atol, rescan=False, **feeding)
             except RepairRefused as exc:
                 report, refused = exc.report, exc.reason
                 warnings.warn(f"deadrelu.Monitor: recycling at step {record['step']} was refused and undone: "
@@ -340,6 +352,16 @@ class Monitor:
         except OSError as exc:
             raise OutputError(f"cannot write the monitor log {self.log_path}: {exc.strerror or exc}",
                               hint="choose a log path in a folder you can write") from None
+
+
+def _probe_inputs(model: nn.Module, probe: Any, settings: ScanSettings, options: dict[str, Any]) -> Inputs:
+    """The probe opened as a stream (any data ``deadrelu.scan`` reads), with the feeding options."""
+    inputs = Inputs(data=probe).with_values(**options)
+    stream = open_data(inputs, batch_size=settings.batch_size, limit=settings.limit)
+    feeding = feeding_for(inputs, model, stream)
+    return Inputs(data=stream, input_key=feeding.input_key, kwargs=feeding.kwargs, mask=feeding.mask,
+                  scale=feeding.scale, input_fn=feeding.input_fn, input_dtype=feeding.input_dtype,
+                  decoder_inputs=feeding.decoder_inputs)
 
 
 def _drop_cut_line(path: Path) -> None:

@@ -7,6 +7,7 @@ prints; progress goes to an optional callback. Feeding the model lives in
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,13 @@ from .capturing.session import CaptureSession
 from .compile_policy import CompileDecision
 from .errors import DataLoadError, DeadReluError, ForwardError, ModelLoadError
 from .judge.gate import GateLimits
-from .load.data import DataStream, as_stream, fit_batches
+from .load.data import DataStream, fit_batches
 from .load.exported import ExportedModel
 from .load.inputs import (InputPreparer, Prepared, RunningModules, check_batched, describe_module, expected_input,
-                          is_dtype_error, is_embedding, model_dtype, resolve_device)
+                          is_dtype_error, is_embedding, is_missing_input, model_dtype, resolve_device)
 from .load.model import LoadedModel, unwrap
+from .load.sources import Opened, open_inputs
+from .load.spec import Inputs
 from .result import ScanResult
 from .settings import ScanSettings, build_settings
 
@@ -37,30 +40,32 @@ def _settings(settings: ScanSettings | None, config: str | Path | None, override
     return settings.replace(**overrides) if overrides else settings
 
 
-@distributed.across_ranks  # a failure on one rank fails every rank; a no-op outside a process group
-def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | None = None,
-         config: str | Path | None = None, gate: GateLimits | Mapping[str, float | None] | None = None,
-         progress: ProgressCallback | None = None, model_info: Mapping[str, Any] | None = None,
-         input_key: str | Sequence[str] | None = None, scale: float | None = None,
-         partial_on_interrupt: bool = False, input_fn: Callable[[Any], Any] | None = None,
+def scan(model: nn.Module | LoadedModel | Inputs | str | os.PathLike, data: Any = None, *,
+         settings: ScanSettings | None = None, config: str | Path | None = None,
+         gate: GateLimits | Mapping[str, float | None] | None = None, progress: ProgressCallback | None = None,
+         model_info: Mapping[str, Any] | None = None, input_key: str | Sequence[str] | None = None,
+         scale: float | None = None, partial_on_interrupt: bool = False, input_fn: Callable[[Any], Any] | None = None,
          shuffle_seed: int | None = None, kwargs: str | Sequence[str] | None = None, mask: str | None = None,
-         input_dtype: str = "auto", shard: str | distributed.Shard | None = None,
-         shard_data: bool = True, timeout: float | None = None, optimizer: Any = None,
-         **overrides: Any) -> ScanResult:
+         input_dtype: str | None = None, shard: str | distributed.Shard | None = None, shard_data: bool = True,
+         timeout: float | None = None, group: distributed.ScanGroup | bool | None = None, optimizer: Any = None,
+         **options: Any) -> ScanResult:
     """Scan a model's ReLU-family activations over a data set.
 
     Args:
         model: any ``nn.Module`` (DataParallel and ``torch.compile`` wrappers are unwrapped),
             a TorchScript module, a ``torch.export`` ``ExportedProgram`` or its ``.module()``,
-            or a ``LoadedModel`` from ``deadrelu.load_model`` (its provenance and notes go
-            into the result).
-        data: a tensor or ndarray (first axis = samples), a dict of them, a data file
-            path, a ``DataStream``, a ``Dataset``, or an iterable of batches (tensors,
-            ``(x, y)`` tuples, ``ModelInputs`` for several inputs, dicts).
-        settings: full settings; or give single ones as keyword overrides
+            a ``LoadedModel`` from ``deadrelu.load_model`` (its provenance and notes go into
+            the result), a model file or Hugging Face folder (any format ``deadrelu scan``
+            reads), or an ``Inputs`` describing model and data at once (then leave ``data`` out).
+        data: a tensor or ndarray (first axis = samples), a dict of them, a data file path
+            (text too: a Hugging Face folder's own tokenizer reads it), a ``DataStream``, a
+            ``Dataset``, or an iterable of batches (tensors, ``(x, y)`` tuples,
+            ``ModelInputs`` for several inputs, dicts).
+        settings: full settings; or give single ones as keyword options
             (``batch_size=64, tau=0.05, device="cpu", granularity="position"``...).
-        config: a TOML config file (see ``configs/default.toml``); overrides win over it.
-            Its ``[gate]`` limits apply unless ``gate`` is given.
+        config: a TOML config file (see ``configs/default.toml``); options win over it.
+            Its ``[gate]`` limits apply unless ``gate`` is given; its ``[inputs]`` table
+            describes the model and data when they are not given here.
         gate: CI gate limits (``{"max_dead_ratio": 0.05}`` or a ``GateLimits``); the
             outcome is in ``result.gate``.
         progress: called as ``progress(samples_done, samples_total_or_None)`` after each batch.
@@ -84,18 +89,24 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
         input_dtype: ``auto`` (integer data keep their dtype unless a floating layer
             rejects them or ``scale`` is given; then they are cast), ``keep`` or ``float``.
         shard: ``"I/N"``: scan only part I of N disjoint parts of the samples (merge the
-            parts with ``deadrelu.merge.merge_results``). Inside a process group
-            (torchrun) each rank scans only its own block and the ranks' results are
-            combined; see ``deadrelu.distributed`` and docs/scale.md.
-        shard_data: inside a process group, False when each rank passes its own part of
-            the data already (a DataLoader with a ``DistributedSampler``).
-        timeout: inside a process group, the most seconds a rank waits for the others
-            where they meet (the data check, the combine step); a rank that does not
-            arrive is named in the error. None: the process's current timeout
+            parts with ``deadrelu.merge.merge_results``).
+        shard_data: with ``group``, False when each rank passes its own part of the data
+            already (a DataLoader with a ``DistributedSampler``).
+        timeout: with ``group``, the most seconds a rank waits for the others where they
+            meet (the data check, the combine step); a rank that does not arrive is named
+            in the error. None: the process's current timeout
             (``deadrelu.distributed.set_timeout``; 300 s at first).
+        group: scan across the ranks of a process group: ``True`` for the default group
+            (``torch.distributed.init_process_group``), or a ``deadrelu.distributed.ScanGroup``.
+            Every rank calls ``scan`` with the same data; each scans its own block and every
+            rank gets the combined result (see docs/scale.md). None (the default): this
+            process alone, whatever group is initialised.
         optimizer: the optimizer the model was trained with, or its ``state_dict()`` (a
             ``LoadedModel`` from a checkpoint that saved one brings it along): the suggestions
             read its step sizes to tell a too-high learning rate.
+        **options: any other option of the inputs (``deadrelu.Inputs``: ``tokenizer``,
+            ``text_field``, ``max_length``, ``key``, ``columns``, ``arch``, ``hf_class``,
+            ``decoder_inputs``...) or any scan setting (``ScanSettings``/``Thresholds``).
 
     Returns:
         A ``ScanResult`` (data: ``.summary``, ``.sites``, ``.to_frame()``...).
@@ -103,16 +114,41 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
     Raises:
         DeadReluError: bad data, a failing forward pass, or nothing to scan.
     """
+    input_options, overrides = Inputs.split(options)
     settings = _settings(settings, config, overrides)
-    distributed.set_timeout(timeout)
+    described = _described(model, data, config, dict(
+        input_key=input_key, scale=scale, input_fn=input_fn, shuffle_seed=shuffle_seed, kwargs=kwargs, mask=mask,
+        input_dtype=input_dtype, **input_options))
     limits = GateLimits.of(gate) if gate is not None else GateLimits.from_config(config)
+    ranks = distributed.joined(group)
+    if ranks is not None:
+        distributed.set_timeout(timeout)
+    with distributed.agreeing(ranks):  # a failure on one rank fails every rank
+        opened = open_inputs(described, batch_size=settings.batch_size, limit=settings.limit)
+        result = _scan(opened, settings, model_info, progress, partial_on_interrupt, shard, shard_data, ranks,
+                       optimizer)
+    return result.with_gate(limits.check(result)) if limits.active else result
+
+
+def _described(model: Any, data: Any, config: str | Path | None, options: dict[str, Any]) -> Inputs:
+    """The inputs a ``scan`` call names: its model and data, or an ``Inputs``, over the config's ``[inputs]``."""
+    base = Inputs.from_config(config) if config is not None else Inputs()
+    if isinstance(model, Inputs):
+        return base.with_values(**{name: getattr(model, name) for name in Inputs.fields()}) \
+            .with_values(data=data, **options)
+    return base.with_values(model=model, data=data, **options)
+
+
+def _scan(opened: Opened, settings: ScanSettings, model_info: Mapping[str, Any] | None,
+          progress: ProgressCallback | None, partial_on_interrupt: bool, shard: str | distributed.Shard | None,
+          shard_data: bool, ranks: distributed.ScanGroup | None, optimizer: Any) -> ScanResult:
+    """The batch loop over opened inputs (this rank's part, combined across ``ranks``)."""
     notes: list[str] = []
-    if isinstance(model, LoadedModel):
-        model_info = {**model.info(), **dict(model_info or {})}
-        notes += model.notes
-        optimizer = optimizer if optimizer is not None else model.optimizer_state
-        model = model.module
-    model = unwrap(model)
+    if opened.model.format != "object":  # a module given in Python has no provenance to report
+        model_info = {**opened.model.info(), **dict(model_info or {})}
+        notes += opened.model.notes
+    optimizer = optimizer if optimizer is not None else opened.model.optimizer_state
+    model = unwrap(opened.model.module)
     if isinstance(model, torch.export.ExportedProgram):
         model = ExportedModel(model)
     # A model spread over several devices (device_map="auto", pipeline stages) stays where it is under "auto".
@@ -121,26 +157,15 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
     if settings.device is not None and not spread:
         model.to(device)
     dtype = model_dtype(model)
-    # A dict of arrays is one array per input: input_key names them (and their order).
-    kwarg_keys = [kwargs] if isinstance(kwargs, str) else list(kwargs or ())
-    positional = [input_key] if isinstance(input_key, str) else list(input_key or ())
-    named = bool(kwarg_keys or mask)
-    stream = data if isinstance(data, DataStream) else as_stream(
-        data, settings.batch_size, settings.limit, shuffle_seed=shuffle_seed,
-        key=(list(dict.fromkeys([*positional, *kwarg_keys, *([mask] if mask else [])])) or None)
-        if isinstance(data, Mapping) else None, named=named)
-    if not kwarg_keys and not positional and input_fn is None:
-        kwarg_keys = list(stream.kwargs)  # the stream's own (text data: input_ids, attention_mask)
-    mask = mask or stream.mask
     # This process's part: shard I/N, then this rank's block of it (the whole stream in one process).
     lockstep = distributed.needs_lockstep(model)  # FSDP: the forward pass is a collective
-    stream = distributed.shard_stream(stream, shard, split_ranks=shard_data, lockstep=lockstep)
+    stream = distributed.shard_stream(opened.stream, shard, group=ranks, split_ranks=shard_data,
+                                      lockstep=lockstep and ranks is not None)
     if isinstance(model, ExportedModel):
         # An exported program accepts only the batch sizes it was exported for.
         stream = fit_batches(stream, *model.batch_bounds, settings.batch_size)
     check_batched(model, stream)
-    prepare = InputPreparer(dtype, device, settings.nonfinite, input_key, scale, input_fn, kwarg_keys=kwarg_keys,
-                            mask_key=mask, input_dtype=input_dtype)
+    prepare = InputPreparer.of(opened.feeding, dtype, device, settings.nonfinite)
     samples = batches = 0
     partial = False
     session = CaptureSession(model, settings, device, auto_batches=False)
@@ -183,8 +208,10 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
                  "mask": prepare.mask_key or prepare.auto_mask, "shard": stream.shard}
     notes += list(stream.notes) + prepare.notes + compile_decision.warnings()
     result = session.result(samples=samples, data_info=data_info, model_info=model_info or {}, notes=notes,
-                            environment={**compile_decision.environment(), **distributed.environment(model)})
-    result = distributed.combine(result, model)  # every rank's part joined (a no-op in one process)
+                            environment={**compile_decision.environment(),
+                                         **distributed.environment(model, ranks)})
+    if ranks is not None:
+        result = ranks.combine(result, model)  # every rank's part joined
     if optimizer is not None and result.suggestions:
         from .judge.suggestions import suggest
         result = result.with_suggestions(suggest(result, model, optimizer_state=optimizer))
@@ -205,7 +232,7 @@ def scan(model: nn.Module | LoadedModel, data: Any, *, settings: ScanSettings | 
             hint = "check the model's weights and buffers for NaN/inf (torch.isfinite(p).all())"
         raise DataLoadError(f"{stream.source}: nothing was observed: all {result.summary.units} units at "
                             f"{result.summary.sites} site(s) saw only NaN/inf ({cause})", hint=hint)
-    return result.with_gate(limits.check(result)) if limits.active else result
+    return result
 
 
 def nonfinite_tensors(model: nn.Module) -> list[str]:
@@ -295,7 +322,14 @@ def _forward_error(exc: Exception, model: nn.Module, capture: CaptureSession, ba
     if stream.sample_shape is not None:
         total = stream.total_samples if stream.total_samples is not None else stream.num_samples
         data_shape = f"data shape {(total, *stream.sample_shape)}, "
-    if rejected is not None:
+    if is_missing_input(exc):
+        # Not a dtype or shape problem: the model was not given an input it needs.
+        given = ", ".join(([f"{len(inputs.args)} positional"] if inputs.args else []) + list(inputs.kwargs))
+        culprit = f"{rejected[0] or '<root>'} ({describe_module(rejected[1])})" if rejected else "the model"
+        hint = (f"{culprit} was not fed an input it needs (fed: {given or 'nothing'}); feed each input by name with "
+                "--kwarg NAME (kwargs=[...] in Python); an encoder-decoder's decoder gets the input ids unless "
+                "decoder_inputs=False")
+    elif rejected is not None:
         name, module = rejected
         label = f"{name or '<root>'} ({describe_module(module)})"
         if is_embedding(module):

@@ -273,6 +273,40 @@ def read_config(path: str | Path) -> dict[str, Any]:
         A flat dict: scan and threshold settings by name, gate limits as
         ``max_dead_ratio`` / ``max_layer_dead_ratio``.
     """
+    document = read_toml(path)
+    document.pop(INPUTS_SECTION, None)  # the model and data: ``load.spec.Inputs.from_config`` reads it
+    flat: dict[str, Any] = {}
+    for section, allowed in (("scan", _SCAN_KEYS), ("thresholds", _THRESHOLD_KEYS), ("gate", set(GATE_KEYS))):
+        table = document.pop(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{section}] must be a table", hint=_TOML_HINT)
+        for key, value in table.items():
+            if key not in allowed:
+                raise ConfigError(f"{path}: unknown key {key!r} in [{section}]",
+                                  hint=f"allowed there: {', '.join(sorted(allowed))}")
+            try:
+                flat[key] = check_setting(key, value)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: [{section}] {exc.message}", hint=exc.hint) from None
+    if document:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(document))}",
+                          hint="sections are [scan], [thresholds], [gate] and [inputs]")
+    return flat
+
+
+#: The config file's section that describes the model and the data (``load.spec.Inputs``).
+INPUTS_SECTION = "inputs"
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML config file as a document, every way it can fail being a ``ConfigError`` naming it.
+
+    Args:
+        path: the TOML file.
+
+    Returns:
+        Its tables by name.
+    """
     path = Path(path)
     try:
         with path.open("rb") as handle:
@@ -293,20 +327,4 @@ def read_config(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}",
                           hint="check that the file exists and is readable") from None
-    flat: dict[str, Any] = {}
-    for section, allowed in (("scan", _SCAN_KEYS), ("thresholds", _THRESHOLD_KEYS), ("gate", set(GATE_KEYS))):
-        table = document.pop(section, {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"{path}: [{section}] must be a table", hint=_TOML_HINT)
-        for key, value in table.items():
-            if key not in allowed:
-                raise ConfigError(f"{path}: unknown key {key!r} in [{section}]",
-                                  hint=f"allowed there: {', '.join(sorted(allowed))}")
-            try:
-                flat[key] = check_setting(key, value)
-            except ConfigError as exc:
-                raise ConfigError(f"{path}: [{section}] {exc.message}", hint=exc.hint) from None
-    if document:
-        raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(document))}",
-                          hint="sections are [scan], [thresholds] and [gate]")
-    return flat
+    return document

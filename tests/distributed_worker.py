@@ -4,8 +4,9 @@ process group the script initialised itself (the library path, not the CLI's).
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed_worker.py \
         MODE ARCH.py MODEL.pt DATA.npy OUT.json
 
-MODE ``plain`` scans the model as it is; ``fsdp`` wraps it with FSDP2 ``fully_shard`` on
-a CPU device mesh (gloo) first. A DATA path holding ``{rank}`` names each rank's own file,
+MODE ``plain`` scans the model as it is, across the ranks (``group=True``); ``fsdp`` wraps
+it with FSDP2 ``fully_shard`` on a CPU device mesh (gloo) first; ``alone`` scans on rank 0
+only, without ``group=`` (what a training script's monitor does): no rank waits for another. A DATA path holding ``{rank}`` names each rank's own file,
 given to ``deadrelu.scan`` as a path (so its SHA-256 is known). Rank 0 writes OUT.json; an
 error prints ``rank R: error: ...`` and exits 2.
 """
@@ -40,9 +41,13 @@ def main(mode: str, arch: str, model_path: str, data_path: str, out_path: str) -
     code = 0
     try:
         data = data_path.format(rank=rank) if "{rank}" in data_path else np.load(data_path)
-        result = deadrelu.scan(model, data, batch_size=5)
-        if rank == 0:
-            result.to_json(out_path)
+        if mode == "alone":
+            if rank == 0:  # the group is initialised, but this scan was not asked to join it
+                deadrelu.scan(model, data, batch_size=5).to_json(out_path)
+        else:
+            result = deadrelu.scan(model, data, batch_size=5, group=True)
+            if rank == 0:
+                result.to_json(out_path)
     except DeadReluError as exc:
         print(f"rank {rank}: error: {exc.message}", file=sys.stderr, flush=True)
         code = 2

@@ -10,6 +10,9 @@
 * ``mobilenetv3_like``: timm's MobileNetV3 layout — ``nn.Hardswish(inplace=True)`` inside
   BatchNormAct2d, inverted residual blocks with a squeeze-excite (ReLU inside, Hardsigmoid
   gate) — with channels killed through a BatchNorm's beta below Hardswish's -3.
+* ``t5_like``: a T5-style encoder-decoder in plain torch (``config.is_encoder_decoder``, a
+  ``forward(input_ids, decoder_input_ids)`` that needs both), a ReLU feed-forward in each
+  stack, with ``T5_DEAD`` units killed through fc1's bias; ``t5_tokens`` are its token ids.
 """
 
 from __future__ import annotations
@@ -302,6 +305,59 @@ def mobilenetv3_like(seed: int = 0) -> MobileNetV3Like:
     push_beta(model, "blocks.0.bn1", HARDSWISH_DEAD, beta=-10.0)
     push_beta(model, "blocks.0.bn1", HARDSWISH_NEGATIVE, beta=-1.5)
     return model
+
+
+# -- a T5-style encoder-decoder -------------------------------------------------------------------
+
+#: units killed through each stack's fc1 bias: (encoder, decoder)
+T5_DEAD = {"encoder.ffn.act": [0, 1, 2], "decoder.ffn.act": [5, 6]}
+T5_VOCAB, T5_WIDTH, T5_FFN = 32, 16, 24
+
+
+class T5Block(nn.Module):
+    """T5's DenseReluDense feed-forward after a (cross-)mixing step: ``wo(act(wi(x)))`` added back."""
+
+    def __init__(self, cross: bool) -> None:
+        super().__init__()
+        self.mix = nn.Linear(T5_WIDTH * (2 if cross else 1), T5_WIDTH)
+        self.ffn = nn.Module()
+        self.ffn.wi, self.ffn.act, self.ffn.wo = nn.Linear(T5_WIDTH, T5_FFN), nn.ReLU(), nn.Linear(T5_FFN, T5_WIDTH)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
+        if memory is not None:  # the decoder attends to the encoder: here, the sequence's mean, per sample
+            x = torch.cat([x, memory.mean(1, keepdim=True).expand_as(x)], -1)
+        x = self.mix(x)
+        return x + self.ffn.wo(self.ffn.act(self.ffn.wi(x)))
+
+
+class T5Like(nn.Module):
+    """An encoder over ``input_ids`` and a decoder over ``decoder_input_ids``: both are required,
+    as in transformers' T5Model (``config.is_encoder_decoder`` says so to deadrelu)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from types import SimpleNamespace
+        self.config = SimpleNamespace(is_encoder_decoder=True)
+        self.embed = nn.Embedding(T5_VOCAB, T5_WIDTH)
+        self.encoder, self.decoder = T5Block(cross=False), T5Block(cross=True)
+
+    def forward(self, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor) -> torch.Tensor:
+        memory = self.encoder(self.embed(input_ids))
+        return self.decoder(self.embed(decoder_input_ids), memory)
+
+
+def t5_like(seed: int = 0) -> T5Like:
+    torch.manual_seed(seed)
+    model = T5Like().eval()
+    with torch.no_grad():
+        for site, units in T5_DEAD.items():
+            getattr(model, site.split(".")[0]).ffn.wi.bias[units] = -100.0
+    return model
+
+
+def t5_tokens(count: int = 12, length: int = 6) -> torch.Tensor:
+    """int64 token ids, (count, length)."""
+    return torch.randint(0, T5_VOCAB, (count, length), generator=torch.Generator().manual_seed(3))
 
 
 # -- factories for the CLI (``--model tests/real_nets.py:broken_resnet --data tests/real_nets.py:resnet_data``)

@@ -297,6 +297,28 @@ def test_fsdp_model_scanned_with_ranks_in_lockstep(files):
     assert got["environment"]["world_size"] == 2
 
 
+def test_a_scan_joins_a_process_group_only_when_asked(files):
+    """Issue 19: rank 0 of an initialised group scans alone (no ``group=``): it neither waits for
+    rank 1 nor combines with it, and its result is the single-process one."""
+    import runpy
+    model = runpy.run_path(str(files["arch"]))["Net"]()
+    model.load_state_dict(torch.load(files["model"], weights_only=True))
+    want = json.loads(deadrelu.scan(model, np.load(files["data"]), batch_size=5).to_json())
+    out = files["dir"] / "alone.json"
+    run = torchrun(str(REPO / "tests" / "distributed_worker.py"), "alone", str(files["arch"]), str(files["model"]),
+                   str(files["data"]), str(out), timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    got = json.loads(out.read_text())
+    assert_same_scan(got, want)
+    assert got["environment"]["world_size"] == 1 and got["data"]["samples"] == 101
+
+
+def test_group_true_needs_an_initialised_group(files):
+    with pytest.raises(ConfigError, match=r"group=True, but no process group is initialised"):
+        deadrelu.scan(torch.nn.Sequential(torch.nn.Linear(10, 4), torch.nn.ReLU()), np.load(files["data"]),
+                      group=True)
+
+
 def test_a_failure_on_one_rank_fails_every_rank(files):
     data = np.load(files["data"])
     data[90, 3] = np.nan  # in rank 1's block (batches of 5: samples 55..100)

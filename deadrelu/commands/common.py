@@ -199,13 +199,11 @@ def positionals(model: Path | None, data: Path | None, model_spec: str | None,
     return paths.get("MODEL"), paths.get("DATA")
 
 
-def spec_file(spec: str | None) -> Path | None:
-    """The file of a ``path/to/file.py:Name`` reference (None for ``package.module:Name``)."""
-    if not spec or ":" not in spec:
-        return None
-    target = spec.rpartition(":")[0]
-    return Path(target) if target.endswith(".py") else None
+def say(lines: list[str], to_stderr: bool = False) -> None:
+    """Print "written" lines (on stderr when stdout carries JSON)."""
+    for line in lines:
+        (stderr if to_stderr else stdout).print(line, markup=False, soft_wrap=True)
 
 
 __all__ = ["EXIT_OK", "EXIT_GATE_FAILED", "EXIT_BAD_INPUT", "EXIT_BUG", "EXIT_INTERRUPTED", "interrupted_line", "stdout", "stderr", "PARAMETER_FLAGS", "as_flags",
-           "error_exit", "positionals", "spec_file"]
+           "error_exit", "positionals", "say"]

@@ -33,14 +33,25 @@ from .. import distributed, ranks
 from .common import EXIT_BAD_INPUT, ErrorLines, deferred_errors
 
 
+#: The process group ``run`` joined under torchrun (None outside torchrun, or in a group of one).
+_group: distributed.ScanGroup | None = None
+
+
+def scan_group() -> distributed.ScanGroup | None:
+    """The process group this command runs in under torchrun: what ``deadrelu scan`` scans across
+    (the library joins a group only when given one: ``deadrelu.scan(..., group=...)``)."""
+    return _group
+
+
 def run(app: Callable[..., Any]) -> None:
     """Run the typer ``app``; under torchrun, on every rank of one process group, ending as
     described in this module's docstring (never returns under torchrun)."""
+    global _group
     if not distributed.launched_by_torchrun():
         app()
         return
     started = distributed.init_from_env()
-    group = distributed.ScanGroup.current()
+    group = _group = distributed.ScanGroup.current()
     if group is None:  # a group of one
         try:
             app()

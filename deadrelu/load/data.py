@@ -24,13 +24,12 @@ import torch
 
 from ..errors import DataLoadError, ModelLoadError, first_line
 from ..settings import check_setting
-from .datafiles import _PageDropper, keys_of, open_npy, open_npz, open_pt, open_table, pick
+from .datafiles import ARRAY_FILES, TABLE_SUFFIXES, _PageDropper, keys_of, pick  # noqa: F401
 from .files import check_file
 
 Batch = Any
 
-TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
-DATA_FORMATS = ".npy, .npz, .pt/.pth, .csv/.tsv, .parquet, or --data package.module:make"
+DATA_FORMATS = ".npy, .npz, .pt/.pth, .csv/.tsv, .parquet, text (.txt/.jsonl), or --data package.module:make"
 
 
 class ModelInputs(tuple):  # type: ignore[type-arg]
@@ -515,28 +514,12 @@ def load_data(path: str | os.PathLike, batch_size: int = 256, limit: int | None 
                         else "check the path; MODEL comes first, DATA second",
                         folder_hint="pass one data file (.npy, .npz, .pt, .csv, .parquet) inside it",
                         empty_hint="the save may have failed; write it again")
-    suffix = path.suffix.lower()
-    keys = keys_of(key)
-    notes: list[str] = []
-    droppers: list[_PageDropper] = []
-    if suffix == ".npy":
-        array = open_npy(path)
-        arrays, names = [array], [path.stem]
-        droppers.append(_PageDropper(array, path))
-        if keys:
-            notes.append("--key ignored: a .npy file holds one array")
-    elif suffix == ".npz":
-        arrays, names = open_npz(path, keys)
-    elif suffix in (".pt", ".pth"):
-        arrays, names = open_pt(path, keys)
-    elif suffix in TABLE_SUFFIXES:
-        table, table_notes = open_table(path, columns)
-        arrays, names = [table], [path.stem]
-        notes.extend(table_notes)
-    else:
-        raise DataLoadError(f"{path}: unsupported data format {suffix or '(no extension)'}",
+    reader = ARRAY_FILES.find(path)
+    if reader is None:
+        raise DataLoadError(f"{path}: unsupported data format {path.suffix.lower() or '(no extension)'}",
                             hint=f"use {DATA_FORMATS}")
-    if columns and suffix not in TABLE_SUFFIXES:
+    arrays, names, notes, droppers = reader.open(path, keys_of(key), columns)
+    if columns and reader.name != "table":
         notes.append("--columns ignored: only tables (.csv, .parquet) have columns")
     return _array_stream(arrays, str(path), batch_size, limit, notes=notes, sha256=digest, shuffle_seed=shuffle_seed,
                          droppers=droppers, names=names, named=named)

@@ -20,6 +20,7 @@ from ..errors import ConfigError, DataLoadError, DeadReluError
 from ..settings import InputDtype, NonFinitePolicy
 from .data import DataStream, ModelInputs
 from .exported import ExportedModel
+from .spec import Feeding
 
 
 def resolve_device(name: str | None, model: nn.Module) -> torch.device:
@@ -145,6 +146,17 @@ _DTYPE_ERROR = re.compile(r"dtype|scalar type|type \(|should be the same|not imp
                           re.IGNORECASE)
 
 
+#: Text of errors a model raises when an input it needs was not fed (Hugging Face's "You must specify
+#: exactly one of input_ids or inputs_embeds", Python's "missing 1 required positional argument").
+_MISSING_INPUT = re.compile(r"must specify|have to specify|specify either|missing \d+ required|"
+                            r"required (positional|keyword)(-only)? argument", re.IGNORECASE)
+
+
+def is_missing_input(exc: BaseException) -> bool:
+    """Whether a forward-pass error says an input was not given at all (not a wrong dtype or shape)."""
+    return bool(_MISSING_INPUT.search(str(exc).split("\n", 1)[0]))
+
+
 def is_dtype_error(exc: BaseException) -> bool:
     """Whether a forward-pass error reads as a dtype mismatch (not a shape error)."""
     return bool(_DTYPE_ERROR.search(str(exc).split("\n", 1)[0]))
@@ -171,8 +183,10 @@ class InputPreparer:
     def __init__(self, dtype: torch.dtype, device: torch.device, policy: NonFinitePolicy,
                  input_key: str | Sequence[str] | None, scale: float | None,
                  input_fn: Callable[[Any], Any] | None = None, *, kwarg_keys: Sequence[str] = (),
-                 mask_key: str | None = None, input_dtype: InputDtype | str = InputDtype.AUTO) -> None:
+                 mask_key: str | None = None, input_dtype: InputDtype | str = InputDtype.AUTO,
+                 decoder_inputs: bool = False) -> None:
         self.dtype, self.device, self.policy = dtype, device, policy
+        self.decoder_inputs = decoder_inputs
         self.input_keys = [input_key] if isinstance(input_key, str) else list(input_key or ())
         self.kwarg_keys = [kwarg_keys] if isinstance(kwarg_keys, str) else list(kwarg_keys)
         self.mask_key = mask_key
@@ -191,8 +205,17 @@ class InputPreparer:
         self.fed_integers = False
         self._pin = device.type == "cuda"
         self._auto_fed = False
+        self._decoder_fed = False
         #: the mask entry found in a tokenizer's dict batches when none was named
         self.auto_mask: str | None = None
+
+    @classmethod
+    def of(cls, feeding: Feeding, dtype: torch.dtype, device: torch.device,
+           policy: NonFinitePolicy) -> InputPreparer:
+        """The preparer that feeds batches as ``feeding`` says (``load.spec.Feeding``)."""
+        return cls(dtype, device, policy, list(feeding.input_key) or None, feeding.scale, feeding.input_fn,
+                   kwarg_keys=feeding.kwargs, mask_key=feeding.mask, input_dtype=feeding.input_dtype,
+                   decoder_inputs=feeding.decoder_inputs)
 
     def cast_integers(self, reason: str) -> None:
         """From now on cast integer inputs to the model's dtype, and say why in the report."""
@@ -310,8 +333,30 @@ class InputPreparer:
                                 f"N = {samples} samples", hint="1 marks a real token, 0 padding (an attention mask)")
         return mask if mask.dtype == torch.bool else mask != 0
 
+    def _decoder(self, args: list[Any], kwargs: dict[str, Any]) -> None:
+        """An encoder-decoder's decoder is fed the encoder's token ids (and attention mask)
+        when the batch has no decoder inputs: otherwise it cannot run at all."""
+        if "decoder_input_ids" in kwargs or "decoder_inputs_embeds" in kwargs:
+            return
+        ids = kwargs.get("input_ids")
+        if ids is None:
+            ids = next((a for a in args if isinstance(a, torch.Tensor) and a.ndim == 2
+                        and not a.is_floating_point()), None)
+        if ids is None:
+            return
+        kwargs["decoder_input_ids"] = ids
+        fed = ["decoder_input_ids"]
+        if "attention_mask" in kwargs and "decoder_attention_mask" not in kwargs:
+            kwargs["decoder_attention_mask"] = kwargs["attention_mask"]
+            fed.append("decoder_attention_mask")
+        if not self._decoder_fed:
+            self._decoder_fed = True
+            self.notes.append(f"encoder-decoder model: its decoder fed the same tokens ({', '.join(fed)})")
+
     def __call__(self, batch: Any, start: int) -> Prepared | None:
         args, kwargs, mask_value = self._select(batch)
+        if self.decoder_inputs:
+            self._decoder(args, kwargs)
         args = [self._cast(torch.as_tensor(a)) if isinstance(a, torch.Tensor) or hasattr(a, "__array__") else a
                 for a in args]
         kwargs = {k: self._cast(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
@@ -440,5 +485,6 @@ def is_embedding(module: nn.Module | None) -> bool:
 
 
 __all__ = ["InputPreparer", "Prepared", "RunningModules", "LABEL_KEYS", "describe_module", "is_dtype_error",
+           "is_missing_input",
            "is_embedding", "check_batched", "expected_input", "first_layer", "model_dtype",
            "resolve_device"]

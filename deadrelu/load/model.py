@@ -40,15 +40,12 @@ from .archive import load_export
 from .files import check_file
 from .pickles import pickle_globals as _pickle_globals
 from .quiet import quiet_torch
+from .registry import Reader, Registry
+# State-dict helpers live in statedict.py; re-exported here, their old home.
+from .statedict import (OPTIMIZER_KEYS, STATE_DICT_KEYS, WRAPPER_PREFIXES, find_optimizer_state,  # noqa: F401
+                        find_state_dict, load_state_into, looks_like_data, strip_prefixes)
 from .torchscript import load_torchscript
 from .usercode import import_file, import_object, parse_kwargs  # noqa: F401  (parse_kwargs: its old home)
-
-STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module", "weights", "params",
-                   "model_state", "ema_state_dict", "state_dict_ema", "model_ema", "ema")
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-# Last name parts that model weights have and data tensors do not.
-_PARAMETER_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked", "in_proj_weight",
-                       "in_proj_bias", "pos_embed", "cls_token", "scale", "gamma", "beta")
 
 
 @dataclass
@@ -113,87 +110,6 @@ def build_from_factory(spec: str, kwargs: Mapping[str, Any] | None = None, what:
         raise ModelLoadError(f"{what} {spec} returned a {type(module).__name__}, not an nn.Module",
                              hint="the factory must return the model itself (an nn.Module instance)")
     return module
-
-
-# -- state dicts ----------------------------------------------------------------------------
-
-
-def _is_tensor_mapping(value: Any) -> bool:
-    return isinstance(value, Mapping) and bool(value) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
-
-
-def find_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], str] | None:
-    """The state_dict inside a loaded object: itself, or a checkpoint entry."""
-    if _is_tensor_mapping(obj):
-        return dict(obj), "state_dict"
-    if isinstance(obj, Mapping):
-        for key in STATE_DICT_KEYS:
-            if _is_tensor_mapping(obj.get(key)):
-                return dict(obj[key]), "checkpoint"
-    return None
-
-
-#: checkpoint keys under which training loops save the optimizer's state_dict (Lightning: a list)
-OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optimizer_state", "optim", "opt", "optimizer_states")
-
-
-def find_optimizer_state(obj: Any) -> dict[str, Any] | None:
-    """The optimizer ``state_dict()`` a training checkpoint holds next to the model (None: none)."""
-    if not isinstance(obj, Mapping):
-        return None
-    for key in OPTIMIZER_KEYS:
-        value = obj.get(key)
-        if isinstance(value, (list, tuple)) and len(value) == 1:
-            value = value[0]
-        if isinstance(value, Mapping) and "param_groups" in value and "state" in value:
-            return dict(value)
-    return None
-
-
-def _looks_like_data(state: Mapping[str, torch.Tensor]) -> bool:
-    """Tensors under names no module parameter has (``x``, ``inputs``): data, not weights."""
-    return not any(key.rsplit(".", 1)[-1].endswith(_PARAMETER_SUFFIXES) for key in state)
-
-
-def strip_prefixes(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Remove DataParallel/DDP ``module.`` and torch.compile ``_orig_mod.`` prefixes."""
-    stripped: list[str] = []
-    changed = True
-    while changed:
-        changed = False
-        for prefix in WRAPPER_PREFIXES:
-            if state and all(key.startswith(prefix) for key in state):
-                state = {key[len(prefix):]: value for key, value in state.items()}
-                stripped.append(prefix)
-                changed = True
-    return state, stripped
-
-
-def load_state_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
-    """Load a state_dict strictly, naming the first mismatched keys on failure."""
-    state, stripped = strip_prefixes(state)
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
-             for k in own if k in state and state[k].shape != own[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} key(s) e.g. {', '.join(missing[:3])}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} key(s) e.g. {', '.join(unexpected[:3])}")
-    if wrong:
-        problems.append(f"{len(wrong)} wrongly shaped e.g. {'; '.join(wrong[:3])}")
-    if problems:
-        raise ModelLoadError(f"{source}: weights do not fit the architecture: {'; '.join(problems)}",
-                             hint="check --arch and --arch-kwargs against the code that saved the file")
-    try:
-        module.load_state_dict(state, strict=True)
-    except Exception as exc:  # dtype or custom load hooks
-        raise ModelLoadError(f"{source}: loading the weights failed: {_first_line(exc)}",
-                             hint="check --arch and --arch-kwargs against the code that saved the file") from None
-    return [f"stripped the {p!r} prefix from every key" for p in stripped]
 
 
 # -- reading files --------------------------------------------------------------------------
@@ -471,16 +387,41 @@ def _load_weights_file(path: Path, allow_pickle: bool,
 
 def _read_weights_file(path: Path, allow_pickle: bool,
                        user_modules: list[types.ModuleType]) -> tuple[Any, str]:
-    if path.suffix.lower() == ".safetensors":
-        return _load_safetensors(path), "safetensors"
-    names = _zip_names(path)
-    if names is None and _is_safetensors(path):
-        return _load_safetensors(path), "safetensors"
-    if _is_export_archive(names) or path.suffix.lower() == ".pt2":
-        return _load_export(path, allow_pickle), "export"
-    if _is_torchscript(names):
-        return load_torchscript(path, allow_pickle), "torchscript"
-    return _torch_load(path, allow_pickle, user_modules)
+    reader = MODEL_FILES.find(path)
+    assert reader is not None  # torch.save reads any file
+    return reader.open(path, allow_pickle, user_modules)
+
+
+def _is_safetensors_file(path: Path) -> bool:
+    return path.suffix.lower() == ".safetensors" or (_zip_names(path) is None and _is_safetensors(path))
+
+
+def _is_export_file(path: Path) -> bool:
+    return path.suffix.lower() == ".pt2" or _is_export_archive(_zip_names(path))
+
+
+#: Model files, tried in this order: the first reader that recognises a file reads it into
+#: ``(object, how)``; ``load_file`` then makes a model of the object (a state_dict needs ``arch``).
+#: ``deadrelu.load.readers.MODEL_READERS`` lists them with the folders, factories and objects.
+MODEL_FILES = Registry("model file", [
+    Reader("safetensors", _is_safetensors_file,
+           lambda path, allow_pickle, user_modules: (_load_safetensors(path), "safetensors"),
+           doc=(("`.safetensors`", "`deadrelu scan model.safetensors data.npy --arch pkg.models:Net`"),)),
+    Reader("export", _is_export_file,
+           lambda path, allow_pickle, user_modules: (_load_export(path, allow_pickle), "export"),
+           doc=(("a `torch.export` program (`.pt2`)", "`deadrelu scan model.pt2 data.npy`"),)),
+    Reader("torchscript", lambda path: _is_torchscript(_zip_names(path)),
+           lambda path, allow_pickle, user_modules: (load_torchscript(path, allow_pickle), "torchscript"),
+           doc=(("TorchScript (`torch.jit.save` of a scripted or traced model)", "`deadrelu scan model_ts.pt data.npy`"),)),
+    Reader("torch.save", lambda path: True, _torch_load, doc=(
+        ("a `state_dict`, or a checkpoint dict holding one (`state_dict`, `model_state_dict`, `model`, `net`, …)",
+         "`deadrelu scan ckpt.pt data.npy --arch models.py:Net --arch-kwargs '{\"width\": 64}'` (`module.` / "
+         "`_orig_mod.` prefixes from DataParallel/DDP/`torch.compile` are stripped; a mismatch names the first "
+         "missing / unexpected / wrongly shaped keys)"),
+        ("a pickled `nn.Module` (`torch.save(model)`)",
+         "`deadrelu scan whole.pt data.npy --allow-pickle` (add `--import train.py` when its class was defined in "
+         "the training script's `__main__`; a module of `torch.nn` classes only needs no consent)"))),
+])
 
 
 def _check_file(path: Path, what: str) -> str:
@@ -493,10 +434,9 @@ def _check_file(path: Path, what: str) -> str:
                       empty_hint="the save may have failed; save it again")
 
 
-def load_model(path: str | Path, arch: str | None = None, arch_kwargs: Mapping[str, Any] | None = None,
-               allow_pickle: bool = False, imports: Iterable[str | Path] = (), hf_class: str | None = None,
-               allow_remote_code: bool = False) -> LoadedModel:
-    """Load a model file into an ``nn.Module``.
+def load_file(path: str | Path, arch: str | None = None, arch_kwargs: Mapping[str, Any] | None = None,
+              allow_pickle: bool = False, imports: Iterable[str | Path] = ()) -> LoadedModel:
+    """Load a model file into an ``nn.Module`` (the file reader is chosen from ``MODEL_FILES``).
 
     Args:
         path: a ``state_dict`` / checkpoint (with ``arch``), a ``.safetensors`` file
@@ -507,9 +447,6 @@ def load_model(path: str | Path, arch: str | None = None, arch_kwargs: Mapping[s
         allow_pickle: permit unpickling, which runs code from the file.
         imports: Python files imported before unpickling, so that classes the pickle
             names (also ones saved from a script's ``__main__``) can be found.
-        hf_class: for a Hugging Face model folder (``config.json`` + weights), the
-            ``transformers`` class to load it with (default ``AutoModel``).
-        allow_remote_code: for a Hugging Face folder, run its own Python code.
 
     Returns:
         The loaded model with its provenance.
@@ -519,10 +456,6 @@ def load_model(path: str | Path, arch: str | None = None, arch_kwargs: Mapping[s
         UnsafePickleError: the file needs the unpickler and ``allow_pickle`` is False.
     """
     path = Path(path)
-    from .huggingface import is_model_folder, load_hf_model
-    if is_model_folder(path):
-        module, notes, hf_digest = load_hf_model(path, hf_class=hf_class, allow_remote_code=allow_remote_code)
-        return LoadedModel(module, str(path), "huggingface", hf_digest, notes)
     digest = _check_file(path, "model file")
     user_modules = [import_file(item) for item in imports]
     obj, how = _load_weights_file(path, allow_pickle, user_modules)
@@ -550,7 +483,7 @@ def load_model(path: str | Path, arch: str | None = None, arch_kwargs: Mapping[s
     state, fmt = found
     if how == "safetensors":
         fmt = "safetensors"
-    elif fmt == "state_dict" and _looks_like_data(state):
+    elif fmt == "state_dict" and looks_like_data(state):
         names = ", ".join(f"{k} {tuple(v.shape)}" for k, v in list(state.items())[:3])
         raise ModelLoadError(f"{path}: holds tensors named {names}: data, not model weights",
                              hint="pass it as DATA (the second argument, with --key NAME), and the model first")

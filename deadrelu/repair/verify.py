@@ -33,6 +33,10 @@ class DataOptions:
     input_key: str | Sequence[str] | None = None
     scale: float | None = None
     shuffle_seed: int | None = None
+    kwargs: Sequence[str] = ()
+    mask: str | None = None
+    input_dtype: str = "auto"
+    decoder_inputs: bool = False
 
     @classmethod
     def of(cls, result: ScanResult | None, **options: Any) -> DataOptions:
@@ -58,7 +62,9 @@ def iter_inputs(model: nn.Module, data: Any, options: DataOptions) -> Iterator[t
     stream = data if isinstance(data, DataStream) else as_stream(
         data, options.batch_size, options.limit, shuffle_seed=options.shuffle_seed,
         key=options.input_key if isinstance(data, Mapping) else None)
-    prepare = InputPreparer(dtype, device, NonFinitePolicy.SKIP, options.input_key, options.scale)
+    prepare = InputPreparer(dtype, device, NonFinitePolicy.SKIP, options.input_key, options.scale,
+                            kwarg_keys=tuple(options.kwargs), mask_key=options.mask, input_dtype=options.input_dtype,
+                            decoder_inputs=options.decoder_inputs)
     start = 0
     for raw in stream.batches():
         prepared = prepare(raw, start)
@@ -242,7 +248,9 @@ def rescan(model: nn.Module, data: Any, before: ScanResult, options: DataOptions
     from ..scanning import scan
     settings = dataclasses.replace(before.settings, device=None, batch_size=options.batch_size, limit=options.limit)
     return scan(model, data, settings=settings, input_key=options.input_key, scale=options.scale,
-                shuffle_seed=options.shuffle_seed)
+                shuffle_seed=options.shuffle_seed, kwargs=options.kwargs, mask=options.mask,
+                input_dtype=str(getattr(options.input_dtype, "value", options.input_dtype)),
+                decoder_inputs=options.decoder_inputs)
 
 
 def made_worse(check: OutputCheck | None, deltas: Sequence[SiteDelta]) -> list[str]:
