@@ -245,8 +245,7 @@ def test_monitor_logs_to_a_new_mlflow_run(mlflow_store) -> None:
 def test_scan_logs_to_the_active_mlflow_run_with_reports(mlflow_store, files) -> None:
     from mlflow.tracking import MlflowClient
 
-    from deadrelu.load.sources import open_model
-    model = open_model(files["model"], arch=f"{files['arch']}:build").module
+    model = deadrelu.load_model(files["model"], arch=f"{files['arch']}:build").module
     result = deadrelu.scan(model, np.load(files["data"]))
     with mlflow_store.start_run() as run:
         log_scan(result, step=3, mlflow=True)
