@@ -21,11 +21,15 @@ launching the reduction's kernels, which is what compiling saves there).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import torch
+
 from . import fused
+from .errors import first_line
 from .settings import CompileMode
-from .stats import CompiledReduction, shared_compiled_reduction
+from .stats import BatchStats, ReductionPlan, fused_reduction
 
 #: Expected cost of the first compilation in a process, seconds (measured: ~17 s cold).
 COLD_COMPILE_SECONDS = 20.0
@@ -128,3 +132,90 @@ class CompileDecision:
         if self._reduction is not None and self._reduction.note is not None:
             return [self._reduction.note]
         return []
+
+
+# -- the compiled reduction itself (kept beside the policy that decides when it runs) ---------------
+
+class CompiledReduction:
+    """``fused_reduction`` through ``torch.compile(dynamic=True)``, shared by all sites.
+
+    One compiled function serves every shape (dynamic sizes) and every plan (one graph
+    per distinct set of sums and constants); dynamo's recompile limit is raised while
+    it runs, because the default (8) would silently fall back to eager after 8 variants.
+    If compiling fails (no C compiler, an unsupported platform), the failure is kept
+    in ``note`` and every later call returns None, so callers reduce eagerly.
+
+    Attributes:
+        note: why compilation was given up, or None.
+        compile_seconds: wall time spent in calls that compiled a new variant.
+    """
+
+    #: dynamo recompile limit while the reduction runs (variants: plans x dtypes x 0/1 sizes)
+    RECOMPILE_LIMIT = 64
+
+    def __init__(self) -> None:
+        self.note: str | None = None
+        self.compile_seconds = 0.0
+        self._function: Any = None
+        self._variants: set[tuple] = set()
+
+    @property
+    def usable(self) -> bool:
+        return self.note is None
+
+    def __call__(self, view: torch.Tensor, active: torch.Tensor, plan: ReductionPlan) -> BatchStats | None:
+        """Reduce with the compiled function; None once compilation has failed."""
+        if self.note is not None:
+            return None
+        variant = (plan.fields, plan.threshold, plan.floor_at, plan.ceiling_at, view.dtype, active.dtype,
+                   view.device.type, tuple(size == 1 for size in view.shape))
+        new = variant not in self._variants
+        start = time.perf_counter() if new else 0.0
+        try:
+            if self._function is None:
+                self._function = torch.compile(fused_reduction, dynamic=True)
+            with _dynamo_limits(self.RECOMPILE_LIMIT):
+                sums, minimum, maximum = self._function(view, active, plan.threshold, plan.floor_at,
+                                                        plan.ceiling_at, plan.fields)
+        except Exception as exc:  # any compiler failure: reduce eagerly from now on
+            first = first_line(exc, 200)
+            self.note = f"torch.compile failed ({type(exc).__name__}: {first}); the reduction ran eagerly"
+            return None
+        if new:
+            self._variants.add(variant)
+            self.compile_seconds += time.perf_counter() - start
+        return BatchStats(plan.fields, sums, minimum, maximum, plan.derived)
+
+
+class _dynamo_limits:
+    """Raise dynamo's recompile limits for the duration of a call (never lower them)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.saved: dict[str, int] = {}
+
+    def __enter__(self) -> None:
+        config = torch._dynamo.config
+        for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                     "accumulated_cache_size_limit"):
+            current = getattr(config, name, None)
+            if isinstance(current, int) and current < self.limit:
+                self.saved[name] = current
+                setattr(config, name, self.limit)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        config = torch._dynamo.config
+        for name, value in self.saved.items():
+            setattr(config, name, value)
+        self.saved.clear()
+
+
+_SHARED_COMPILED: CompiledReduction | None = None
+
+
+def shared_compiled_reduction() -> CompiledReduction:
+    """The process-wide compiled reduction: its kernels are reused by every later scan."""
+    global _SHARED_COMPILED
+    if _SHARED_COMPILED is None:
+        _SHARED_COMPILED = CompiledReduction()
+    return _SHARED_COMPILED

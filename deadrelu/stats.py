@@ -37,16 +37,14 @@ from __future__ import annotations
 
 import ctypes
 import math
-import time
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
 
 from . import fused
-from .errors import first_line
 from .unitstats import SUM_FIELDS, SiteStats
 
 #: The largest count that float32 holds exactly (2**24).
@@ -137,6 +135,13 @@ class BatchStats(NamedTuple):
         return self.sums[self.fields.index(name)] if name in self.fields else None
 
 
+class CompiledReducer(Protocol):
+    """What ``reduce_batch`` asks of a compiled reduction (``compile_policy.CompiledReduction``):
+    the batch's statistics, or None to reduce eagerly (compiling failed)."""
+
+    def __call__(self, view: torch.Tensor, active: torch.Tensor, plan: ReductionPlan) -> BatchStats | None: ...
+
+
 class ReductionWorkspace:
     """Scratch buffers reused by every call of every site, grown on demand.
 
@@ -209,7 +214,7 @@ def _units_view(tensor: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor | N
 
 def reduce_batch(output: torch.Tensor, active_source: torch.Tensor, plan: ReductionPlan,
                  workspace: ReductionWorkspace | None = None,
-                 compiled: CompiledReduction | None = None) -> BatchStats:
+                 compiled: CompiledReducer | None = None) -> BatchStats:
     """Reduce one activation tensor to per-unit statistics of this batch.
 
     Args:
@@ -403,91 +408,6 @@ def fused_reduction(view: torch.Tensor, active: torch.Tensor, threshold: float, 
     return torch.stack(rows), value.amin(dims), value.amax(dims)
 
 
-class CompiledReduction:
-    """``fused_reduction`` through ``torch.compile(dynamic=True)``, shared by all sites.
-
-    One compiled function serves every shape (dynamic sizes) and every plan (one graph
-    per distinct set of sums and constants); dynamo's recompile limit is raised while
-    it runs, because the default (8) would silently fall back to eager after 8 variants.
-    If compiling fails (no C compiler, an unsupported platform), the failure is kept
-    in ``note`` and every later call returns None, so callers reduce eagerly.
-
-    Attributes:
-        note: why compilation was given up, or None.
-        compile_seconds: wall time spent in calls that compiled a new variant.
-    """
-
-    #: dynamo recompile limit while the reduction runs (variants: plans x dtypes x 0/1 sizes)
-    RECOMPILE_LIMIT = 64
-
-    def __init__(self) -> None:
-        self.note: str | None = None
-        self.compile_seconds = 0.0
-        self._function: Any = None
-        self._variants: set[tuple] = set()
-
-    @property
-    def usable(self) -> bool:
-        return self.note is None
-
-    def __call__(self, view: torch.Tensor, active: torch.Tensor, plan: ReductionPlan) -> BatchStats | None:
-        """Reduce with the compiled function; None once compilation has failed."""
-        if self.note is not None:
-            return None
-        variant = (plan.fields, plan.threshold, plan.floor_at, plan.ceiling_at, view.dtype, active.dtype,
-                   view.device.type, tuple(size == 1 for size in view.shape))
-        new = variant not in self._variants
-        start = time.perf_counter() if new else 0.0
-        try:
-            if self._function is None:
-                self._function = torch.compile(fused_reduction, dynamic=True)
-            with _dynamo_limits(self.RECOMPILE_LIMIT):
-                sums, minimum, maximum = self._function(view, active, plan.threshold, plan.floor_at,
-                                                        plan.ceiling_at, plan.fields)
-        except Exception as exc:  # any compiler failure: reduce eagerly from now on
-            first = first_line(exc, 200)
-            self.note = f"torch.compile failed ({type(exc).__name__}: {first}); the reduction ran eagerly"
-            return None
-        if new:
-            self._variants.add(variant)
-            self.compile_seconds += time.perf_counter() - start
-        return BatchStats(plan.fields, sums, minimum, maximum, plan.derived)
-
-
-class _dynamo_limits:
-    """Raise dynamo's recompile limits for the duration of a call (never lower them)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.saved: dict[str, int] = {}
-
-    def __enter__(self) -> None:
-        config = torch._dynamo.config
-        for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
-                     "accumulated_cache_size_limit"):
-            current = getattr(config, name, None)
-            if isinstance(current, int) and current < self.limit:
-                self.saved[name] = current
-                setattr(config, name, self.limit)
-
-    def __exit__(self, *exc_info: Any) -> None:
-        config = torch._dynamo.config
-        for name, value in self.saved.items():
-            setattr(config, name, value)
-        self.saved.clear()
-
-
-_SHARED_COMPILED: CompiledReduction | None = None
-
-
-def shared_compiled_reduction() -> CompiledReduction:
-    """The process-wide compiled reduction: its kernels are reused by every later scan."""
-    global _SHARED_COMPILED
-    if _SHARED_COMPILED is None:
-        _SHARED_COMPILED = CompiledReduction()
-    return _SHARED_COMPILED
-
-
 class Accumulator:
     """Running per-unit sums on the model's device, float64, updated without host syncs.
 
@@ -516,7 +436,7 @@ class Accumulator:
             self.sums = torch.zeros((0, self.units), dtype=torch.float64, device=device)
 
     def update(self, output: torch.Tensor, active_source: torch.Tensor, plan: ReductionPlan,
-               workspace: ReductionWorkspace | None = None, compiled: CompiledReduction | None = None) -> None:
+               workspace: ReductionWorkspace | None = None, compiled: CompiledReducer | None = None) -> None:
         """Reduce one activation tensor (``reduce_batch``) and add it.
 
         Args:

@@ -27,7 +27,8 @@ import deadrelu.fused as fused_module
 import deadrelu.stats as stats_module
 from deadrelu.compile_policy import CompileDecision
 from deadrelu.settings import CompileMode
-from deadrelu.stats import (SUM_FIELDS, Accumulator, CompiledReduction, ReductionPlan, ReductionWorkspace,
+from deadrelu.compile_policy import CompiledReduction
+from deadrelu.stats import (SUM_FIELDS, Accumulator, ReductionPlan, ReductionWorkspace,
                             SiteStats, reduce_batch)
 
 COUNT_FIELDS = ("observations", "active", "at_floor", "at_ceiling", "nonfinite")
@@ -367,7 +368,7 @@ class _ReadsInForward(nn.Module):
 def fresh_compiled(monkeypatch):
     """A process-wide compiled reduction of the test's own (a failure must not leak out)."""
     reduction = CompiledReduction()
-    monkeypatch.setattr(stats_module, "_SHARED_COMPILED", reduction)
+    monkeypatch.setattr(compile_policy, "_SHARED_COMPILED", reduction)
     return reduction
 
 
@@ -375,7 +376,7 @@ def fresh_compiled(monkeypatch):
 # on an empty cache) takes seconds to a minute. CI runs it; `pytest -m "not slow"` skips it locally.
 @pytest.mark.slow
 def test_compiled_equals_eager_and_reference():
-    compiled = stats_module.shared_compiled_reduction()
+    compiled = compile_policy.shared_compiled_reduction()
     for kind, layout in (("relu", "conv_inner_first"), ("elu", "linear_nld")):
         shape, dims = LAYOUTS[layout]
         plan = ReductionPlan(dims=dims, **KINDS[kind][1])

@@ -22,7 +22,8 @@ import torch
 
 from ..kinds import ActiveRule, KindSpec
 from ..settings import Granularity, ScanSettings
-from ..stats import CompiledReduction, ReductionWorkspace
+from ..compile_policy import CompiledReduction
+from ..stats import ReductionWorkspace
 from .masking import PaddingMask
 from .registry import SiteRecord
 
