@@ -168,6 +168,8 @@ def test_cli_prune_opt_folder_program_loads_back_with_torch_and_deadrelu(runner,
     assert run.exit_code == 0, run.output
     # the "wrote" line wraps at spaces to the terminal's width (issue 22): read it with whitespace collapsed
     assert "inputs of exactly these shapes: input_ids= (8, 7), attention_mask= (8, 7)" in " ".join(run.output.split())
+    # The check compared all 8 examples, fed as input_ids= (keyword inputs): it says 8, not 1 per batch.
+    assert "outputs unchanged on 8 samples" in " ".join(run.output.split())
     report = _scan_json(runner, str(text_out), str(hf["text"]), "--tokenizer", str(hf["opt"]))
     assert report["summary"]["units"] == 25 + 32 and report["summary"]["dead"] == 0
 

@@ -166,8 +166,17 @@ def compare_outputs(reference: nn.Module, candidate: nn.Module, data: Any, optio
                 both_same = (want64 == have64) | (torch.isnan(want64) & torch.isnan(have64))
                 diff = torch.where(both_same, torch.zeros_like(want64), (want64 - have64).abs())
                 worst = max(worst, float(torch.nan_to_num(diff, nan=float("inf")).max()) if diff.numel() else 0.0)
-            samples += int(args[0].shape[0]) if args and isinstance(args[0], torch.Tensor) and args[0].ndim else 1
+            samples += _batch_size(args, kwargs)
     return OutputCheck(max_abs_diff=worst, output_scale=scale, samples=samples, atol=atol)
+
+
+def _batch_size(args: tuple, kwargs: dict) -> int:
+    """Samples in one batch: the leading size of its first tensor, positional or keyword (a Hugging
+    Face model is fed ``input_ids=`` only), else 1."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor) and value.ndim:
+            return int(value.shape[0])
+    return 1
 
 
 def count_parameters(model: nn.Module) -> int:
