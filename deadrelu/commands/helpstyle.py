@@ -24,6 +24,17 @@ METAVARS = {
 }
 #: metavars by value type, for the options the table above does not name
 TYPE_METAVARS = {"int": "N", "float": "X", "str": "TEXT", "path": "PATH"}
+#: click's own type names (typer before 0.29 has no ``bare_type``; its params carry a click type)
+CLICK_TYPE_NAMES = {"integer": "int", "float": "float", "text": "str", "path": "path"}
+
+
+def _type_name(param: Any) -> str:
+    """The option's value type as typer 0.29 names it (``int``, ``str``, ``list[Path]``), or from the
+    click type older typer versions give it."""
+    if hasattr(param, "bare_type"):
+        return str(param.bare_type()).lower()
+    name = str(getattr(getattr(param, "type", None), "name", "")).lower()
+    return CLICK_TYPE_NAMES.get(name, name)
 
 
 def _no_type(ctx: Any) -> None:
@@ -47,7 +58,7 @@ def _fill_metavar(param: Any) -> None:
         descriptor = getattr(param, "type_descriptor", None)
         if descriptor is not None and descriptor.is_choice:
             return  # choices show themselves: <dead|dormant>
-        type_name = "path" if descriptor is not None and descriptor.is_path else param.bare_type().lower()
+        type_name = "path" if descriptor is not None and descriptor.is_path else _type_name(param)
         named = TYPE_METAVARS.get(type_name.removeprefix("list[").removesuffix("]"), "VALUE")
     param.metavar = named
 
