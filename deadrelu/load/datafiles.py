@@ -110,18 +110,28 @@ def pick(values: Mapping[str, Any], keys: list[str], source: str, what: str = "a
     Raises:
         DataLoadError: no key named and several entries, or a key that is not there.
     """
-    names = [str(k) for k in values]
+    keys = choose([str(k) for k in values], keys, source, what)
+    return [values[k] for k in keys], keys
+
+
+def choose(names: list[str], keys: list[str], source: str, what: str = "arrays", entry: str = "entry") -> list[str]:
+    """Which of ``names`` to read: ``keys``, or the only name when none is given (the names alone,
+    so an archive's members are chosen before any is read).
+
+    Raises:
+        DataLoadError: no key named and several names, or a key that is not one of them.
+    """
     if not keys:
         if len(names) != 1:
             raise DataLoadError(f"{source}: holds {len(names)} {what} ({', '.join(names[:8])}); say which",
                                 hint="pass --key NAME, or input_key= in Python (several for a model that "
                                      "takes several inputs)")
-        keys = names
-    missing = [k for k in keys if k not in values]
+        return names
+    missing = [k for k in keys if k not in names]
     if missing:
-        raise DataLoadError(f"{source}: no entry named {missing[0]!r}; it holds {', '.join(names[:8])}",
+        raise DataLoadError(f"{source}: no {entry} named {missing[0]!r}; it holds {', '.join(names[:8])}",
                             hint="pass --key NAME")
-    return [values[k] for k in keys], keys
+    return keys
 
 
 def open_npy(path: Path) -> np.ndarray:
@@ -168,17 +178,7 @@ def open_npz(path: Path, keys: list[str]) -> tuple[list[np.ndarray], list[str]]:
                             hint="was it truncated or edited? write it again with np.savez") from None
     if not hasattr(archive, "files"):
         raise DataLoadError(f"{path}: a single .npy array named .npz", hint="rename it to .npy")
-    names = list(archive.files)
-    if not keys:
-        if len(names) != 1:
-            raise DataLoadError(f"{path}: holds {len(names)} arrays ({', '.join(names[:8])}); say which",
-                                hint="pass --key NAME, or input_key= in Python (several for a model that "
-                                     "takes several inputs)")
-        keys = names
-    for key in keys:
-        if key not in names:
-            raise DataLoadError(f"{path}: no array named {key!r}; it holds {', '.join(names[:8])}",
-                                hint="pass --key NAME")
+    keys = choose(list(archive.files), keys, str(path), entry="array")
     for key in keys:  # refused on what the headers declare, before numpy allocates anything
         declared = _npz_declared(archive, key)
         if declared is None:
