@@ -26,7 +26,7 @@ from ..settings import Granularity
 from .tracing import build_dataflow
 from .report import Effect, PruneReport, SiteChange
 from .verify import (DataOptions, check_atol, compare_outputs, count_macs, count_parameters, example_call, held_out,
-                     held_out_reason, made_worse, refuse_if_worse, scan_deltas, snapshot)
+                     refusal_reasons, refuse_if_worse, scan_deltas, snapshot)
 from .verify import rescan as run_rescan
 
 #: Kinds whose inactive output can be exactly 0: the zero-gradient kinds (ReLU, ReLU6), Hardtanh,
@@ -175,13 +175,7 @@ def prune(model: nn.Module, result: ScanResult, data: Any = None, *, layers: Seq
     else:
         warnings = [f"units dead on the {samples} scanned samples ({limit}) may fire on other data: check the "
                     "pruned model on held-out data (verify_data=, --verify-data FILE)"] if removed else []
-    reasons = held_out_reason(held, "removed")
-    if outcome is not None and not outcome.passed:
-        reasons.insert(0, f"the pruned model's outputs differ from the original's by {outcome.max_abs_diff:.3g} "
-                          f"(allowed: {outcome.atol:g} x output scale {outcome.output_scale:.3g})")
-    reasons += [reason for reason in made_worse(outcome, deltas) if not reason.startswith("outputs moved")
-                or outcome is None or outcome.passed]
-    worse = "; ".join(reasons) or None
+    worse = refusal_reasons(outcome, deltas, held, "removed", "the pruned model's outputs differ from the original's")
     report = PruneReport(sites=tuple(changes), parameters_before=count_parameters(reference),
                          parameters_after=count_parameters(pruned), macs_before=count_macs(reference, example),
                          macs_after=count_macs(pruned, example), shapes=shapes, check=outcome, samples=samples,

@@ -25,7 +25,7 @@ from .graph import Dataflow, UnitRoute
 from .tracing import build_dataflow
 from .prune import selected
 from .report import Effect, OutputCheck, RecycleReport, ReinitReport, RepairError, SiteChange
-from .verify import (DataOptions, check_atol, compare_outputs, example_call, firing, held_out, held_out_reason,
+from .verify import (DataOptions, check_atol, compare_outputs, example_call, firing, held_out, refusal_reasons,
                      made_worse, refuse_if_worse, scan_deltas, snapshot)
 from .verify import rescan as run_rescan
 
@@ -168,13 +168,7 @@ def recycle(model: nn.Module, result: ScanResult, units: str = "dead", optimizer
             deltas, fired = scan_deltas(result, after), firing(after, changes)
     held = held_out(reference, model, verify_data, result, changes, options, atol) \
         if verify_data is not None and work else None
-    reasons = held_out_reason(held, "recycled")
-    if outcome is not None and not outcome.passed:
-        reasons.insert(0, f"recycling moved the outputs by {outcome.max_abs_diff:.3g} (allowed: {atol:g} x output "
-                          f"scale {outcome.output_scale:.3g})")
-    reasons += [reason for reason in made_worse(outcome, deltas) if not reason.startswith("outputs moved")
-                or outcome is None or outcome.passed]
-    worse = "; ".join(reasons) or None
+    worse = refusal_reasons(outcome, deltas, held, "recycled", "recycling moved the outputs")
     warnings = [] if work else [f"no {units} unit could be recycled"]
     if held is not None and held.firing:
         warnings.append(f"{held.firing} of the {held.changed} recycled unit(s) fire on {held.source} "

@@ -324,6 +324,28 @@ def held_out_reason(held: HeldOut | None, noun: str) -> list[str]:
             f"(allowed: {held.check.atol:g} x output scale {held.check.output_scale:.3g})"]
 
 
+def refusal_reasons(outcome: OutputCheck | None, deltas: Sequence[SiteDelta], held: HeldOut | None,
+                    noun: str, moved: str) -> str | None:
+    """Why an exact repair (prune, recycle) is refused, joined with '; ', or None.
+
+    Args:
+        outcome: the check on the scanned data; when it failed, ``moved`` names what moved (its line
+            comes first and stands in for ``made_worse``'s own "outputs moved" line).
+        deltas: the rescan's per-site changes.
+        held: the check on held-out data.
+        noun: what the repair did to the units ("removed", "recycled").
+        moved: "the pruned model's outputs differ from the original's", "recycling moved the outputs".
+    """
+    reasons = held_out_reason(held, noun)
+    failed = outcome is not None and not outcome.passed
+    if failed:
+        assert outcome is not None
+        reasons.insert(0, f"{moved} by {outcome.max_abs_diff:.3g} (allowed: {outcome.atol:g} x output scale "
+                          f"{outcome.output_scale:.3g})")
+    reasons += [reason for reason in made_worse(outcome, deltas) if not (failed and reason.startswith("outputs moved"))]
+    return "; ".join(reasons) or None
+
+
 def refuse_if_worse(report: Any, what: str, undone: str, hint: str) -> None:
     """Raise ``RepairRefused`` (carrying ``report``) when its effect is worse and was not forced."""
     effect = report.effect
