@@ -198,7 +198,8 @@ def _emit(result: Any, json_path: Path | None, quiet: bool, show_units: bool, ve
         if gate is not None:
             stdout.print(gate)
     else:
-        stdout.print(console_render.report(result, show_units=show_units, width=_width(), verbose=verbose))
+        stdout.print(console_render.report(result, show_units=show_units, width=_width(), verbose=verbose),
+                     crop=False)  # --verbose code lines run on past the edge rather than being cut
 
 
 def _out_folder(out_dir: Path | None, stem: str) -> Path | None:

@@ -1,6 +1,8 @@
 """Every command at 80 columns, on a network whose site names are 40-55 characters: each
 flagged site's full name appears unbroken on one line (never cut in the middle, never folded),
-and no line is longer than the terminal. With ``--verbose`` every code block parses."""
+and no line is longer than the terminal. The default view leads with one action line per cause,
+whole; ``--verbose`` adds each one's evidence (the title) and its code, printed whole: every code
+block as the terminal shows it parses, long unit lists and names included."""
 
 from __future__ import annotations
 
@@ -55,6 +57,11 @@ def build(width=16):
 
 def build_later(width=16):
     return Net(width, dead=(5, 7, 9, 11))
+
+
+def build_wide(width=64):
+    # unit lists long enough that a code line runs far past 80 columns
+    return Net(width, dead=(25, 30, 35, 41))
 '''
 
 
@@ -67,9 +74,11 @@ def files(tmp_path_factory) -> dict[str, Path]:
     torch.manual_seed(0)
     torch.save(namespace["build"]().state_dict(), folder / "ck1.pt")
     torch.save(namespace["build_later"]().state_dict(), folder / "ck2.pt")
+    torch.save(namespace["build_wide"]().state_dict(), folder / "wide.pt")
     np.save(folder / "data.npy", np.random.default_rng(0).uniform(-1, 1, (64, 16)).astype(np.float32))
+    np.save(folder / "wide.npy", np.random.default_rng(0).uniform(-1, 1, (64, 64)).astype(np.float32))
     return {"dir": folder, "arch": folder / "arch.py", "ck1": folder / "ck1.pt", "ck2": folder / "ck2.pt",
-            "data": folder / "data.npy"}
+            "data": folder / "data.npy", "wide": folder / "wide.pt", "wide_data": folder / "wide.npy"}
 
 
 @pytest.fixture(autouse=True)
@@ -99,10 +108,28 @@ def assert_names_whole(text: str, names: list[str]) -> None:
 
 
 def assert_titles_whole(text: str, titles: list[str]) -> None:
-    """Each suggestion's full title is printed, wrapped at spaces: whole once whitespace is collapsed."""
+    """Each line (an action line, a title) is printed whole, wrapped at spaces: whole once whitespace
+    is collapsed."""
     collapsed = " ".join(text.split())
     for title in titles:
-        assert " ".join(title.split()) in collapsed, f"suggestion title not printed whole: {title}\n{text}"
+        assert " ".join(title.split()) in collapsed, f"not printed whole: {title}\n{text}"
+
+
+def printed_code_blocks(text: str) -> list[str]:
+    """The code blocks of a ``--verbose`` report as the terminal shows them: the lines under each
+    ``code:`` line, up to the first line less indented than the code."""
+    from deadrelu.render.console import CODE_INDENT
+    blocks, lines = [], text.splitlines()
+    for k, line in enumerate(lines):
+        if line.strip() != "code:":
+            continue
+        block = []
+        for code in lines[k + 1:]:
+            if code.strip() and not code.startswith(CODE_INDENT):
+                break
+            block.append(code[len(CODE_INDENT):])
+        blocks.append("\n".join(block).rstrip("\n"))
+    return blocks
 
 
 def scan_json(runner, files, checkpoint: str, out: Path) -> Path:
@@ -123,11 +150,31 @@ def test_scan_and_report_at_80_columns(runner, files) -> None:
     done = invoke(runner, "scan", files["ck1"], files["data"], "--arch", f"{files['arch']}:build")
     assert_names_whole(done.stdout, NAMES)
     saved = scan_json(runner, files, "ck1", files["dir"] / "r1.json")
-    shown = [s for s in json.loads(saved.read_text())["suggestions"] if not s.get("generic")][:5]
+    stored = json.loads(saved.read_text())["suggestions"]
+    shown = [s for s in stored if not s.get("generic")][:5]
     assert shown, "the scan makes suggestions"
-    assert_titles_whole(done.stdout, [s["title"] for s in shown])
-    assert_names_whole(invoke(runner, "report", saved).stdout, NAMES)
-    assert_names_whole(invoke(runner, "report", saved, "--show-units").stdout, NAMES)
+    # The default view: one action line per cause, whole; the evidence (the title) is not there.
+    assert_titles_whole(done.stdout, [s["action_line"] for s in shown])
+    collapsed = " ".join(done.stdout.split())
+    assert not [s["title"] for s in shown if " ".join(s["title"].split()) in collapsed], "evidence: --verbose"
+    for report in (invoke(runner, "report", saved).stdout, invoke(runner, "report", saved, "--show-units").stdout):
+        assert_names_whole(report, NAMES)
+        assert_titles_whole(report, [s["action_line"] for s in shown])
+    # --verbose: every suggestion's action line and its title, whole; only code runs past the edge.
+    verbose = invoke(runner, "scan", files["ck1"], files["data"], "--arch", f"{files['arch']}:build", "--verbose")
+    assert_titles_whole(verbose.stdout, [s["action_line"] for s in stored] + [s["title"] for s in stored])
+    code_lines = {line for block in printed_code_blocks(verbose.stdout) for line in block.splitlines()}
+    assert [line for line in verbose.stdout.splitlines()
+            if len(line) > 80 and line[len("          "):] not in code_lines] == []
+
+
+def test_the_action_line_names_the_layer_and_what_it_explains(runner, files) -> None:
+    saved = json.loads(scan_json(runner, files, "ck1", files["dir"] / "act.json").read_text())
+    top = saved["suggestions"][0]
+    assert top["cause"] == "bias"
+    assert top["action_line"] == ("feature_backbone.residual_stage_0.pointwise_projection and 3 more layers: "
+                                  "reset 24 negative biases to 0 → explains 24 of 24 dead at "
+                                  "feature_backbone.residual_stage_0.pointwise_act and 3 more sites")
 
 
 def test_diff_and_merge_at_80_columns(runner, files) -> None:
@@ -159,14 +206,22 @@ def test_prune_and_fix_at_80_columns(runner, files) -> None:
     assert_names_whole(fixed.stdout, NAMES)
 
 
-def test_every_suggested_code_block_parses(runner, files) -> None:
-    # The code as the JSON and HTML carry it; the terminal's --verbose copy is checked the same
-    # way once its lines are no longer cropped at the width (issue 22 item 2).
-    saved = json.loads(scan_json(runner, files, "ck1", files["dir"] / "codes.json").read_text())
+def test_every_code_block_the_terminal_prints_parses(runner, files) -> None:
+    # issue 22: rich cropped --verbose code at the console width (`layer.bias[[3, 5, 6, 11, … 98, 1`);
+    # the code is read back from what an 80-column terminal shows, long names and long unit lists
+    # (35 units: a 150-character line) included, and must be the JSON's code, whole.
+    json_path = files["dir"] / "wide.json"
+    done = invoke(runner, "scan", files["wide"], files["wide_data"], "--arch", f"{files['arch']}:build_wide",
+                  "--verbose", "--json", json_path)
+    saved = json.loads(json_path.read_text())
     codes = [s["code"] for s in saved["suggestions"] if s.get("code")]
-    assert len(codes) >= 4, "the scan suggests code for the four sites' dead units"
-    for code in codes:
+    assert len(codes) >= 3, "bias reset, the activation swap and re-initialisation come with code"
+    assert max(len(line) for code in codes for line in code.splitlines()) > 120
+    printed = printed_code_blocks(done.stdout)
+    assert printed == codes
+    for code in printed:
         ast.parse(code)
+    assert "layer.bias[[" + ", ".join(str(k) for k in range(35)) + "]] = 0.0" in done.stdout
 
 
 def test_the_wrote_line_wraps_at_spaces_not_inside_a_word(runner, tmp_path) -> None:

@@ -48,8 +48,13 @@ def test_suggestions_print_under_the_table_and_land_in_the_json(runner, files):
     assert "1 ReLU site(s) have more than 10% dead units" not in out
     assert "  2 generic (activation, re-init): --verbose" in out
     assert "evidence and code: --verbose, --html or --json" in out, "code is never soft-wrapped: shown in full there"
+    # issue 22: one imperative action line per cause, naming where and what it explains; its evidence
+    # (the title) is one --verbose away, under it.
+    assert "  #1  WARN  0: reset 8 negative biases to 0 → explains 8 of 8 dead at 1" in out
+    assert "bias ≤ −|w·x|" not in out
     verbose = scan_files(runner, files, "--verbose").stdout
-    assert "  #2  WARN       –  1 ReLU site(s) have more than 10% dead units (worst: site 1, 8 of 32 = 25.0%)" in verbose
+    assert ("  #2  WARN  1: switch ReLU → LeakyReLU(0.1) (dead 8/32)\n"
+            "        evidence: 1 ReLU site(s) have more than 10% dead units (worst: site 1, 8 of 32 = 25.0%)") in verbose
     stored = json.loads(json_path.read_text())["suggestions"]
     ids = [s["id"] for s in stored]
     assert ids[:3] == ["bias-reset", "dead-share", "init-not-he"], "ranked: the named cause first (issue 10)"

@@ -68,7 +68,8 @@ def test_suggestions_are_plain_json_and_round_trip(tmp_path):
     assert result.suggestions, "scan() attaches suggestions"
     for suggestion in result.suggestions:
         assert set(suggestion) == {"id", "severity", "sites", "title", "evidence", "action", "code",
-                                   "units_explained", "destructive", "changes", "scope", "rank", "cause", "generic"}
+                                   "units_explained", "destructive", "changes", "scope", "rank", "cause", "generic",
+                                   "action_line"}
         assert suggestion["severity"] in ("info", "warning", "critical")
         assert suggestion["cause"] in (*rules.CAUSES, None) and isinstance(suggestion["generic"], bool)
     path = tmp_path / "r.json"

@@ -3,11 +3,12 @@
 Laid out for 80 columns: the verdict first, with the top suggestion's cause as its own line,
 then only the sites with a problem (each name in full, never cut: when names do not fit beside
 the numbers, each site takes two lines), the clean ones as one line, then one line per
-suggestion with its rank and the dead units it explains; generic advice (swap the activation,
-re-initialise, SELU) is counted in one line when a specific cause was found, and listed with
-``verbose``. Code is never
-soft-wrapped (a wrapped comment pasted into Python is a syntax error): ``verbose`` prints
-it whole, unwrapped, as the HTML and JSON reports do. ``width=None`` means "no limit"
+suggestion: its rank, severity and imperative action line (``net.0: reset 19 negative biases to 0 →
+explains 19 of 53 dead at net.1``); generic advice (swap the activation, re-initialise, SELU) is
+counted in one line when a specific cause was found, and listed with ``verbose``, which also puts
+each action's evidence and code under it. Code is never soft-wrapped (a wrapped comment pasted
+into Python is a syntax error) nor cut: ``verbose`` prints it whole, and the caller prints the
+report with ``crop=False``, as the HTML and JSON reports carry it. ``width=None`` means "no limit"
 (output that is not a terminal, such as a CI log, keeps full names and lines).
 """
 
@@ -38,6 +39,11 @@ SEVERITY_SHORT = {"critical": "CRIT", "warning": "WARN", "info": "INFO"}
 DEFAULT_ROWS = 10
 #: suggestions listed by default
 DEFAULT_SUGGESTIONS = 8
+#: where the evidence starts under an action line in ``--verbose``; the code, under a ``code:`` line, two further in
+DETAIL_INDENT = 8
+CODE_INDENT = " " * (DETAIL_INDENT + 2)
+
+
 def worst_first(result: ScanResult) -> list[SiteResult]:
     """Sites ordered worst first (stuck share, never-active share, dormant share; network order breaks ties)."""
     return worst_sites(result)
@@ -275,75 +281,108 @@ def explained(suggestion: dict, result: ScanResult) -> str:
     return f"{count}/{stuck}"
 
 
-def suggestion_line(suggestion: dict, position: int, width: int | None, result: ScanResult) -> Text:
-    """``#1 WARN  8/8  layer3.4.relu#1 ← layer3.4.bn2: β < −3·|γ| on channels 0–7``, wrapped to ``width``
-    under its title with a hanging indent: never cut, so every name, number and range is there whole."""
+def _head(suggestion: dict, position: int) -> tuple[str, str]:
+    """``  #1  CRIT  `` and its style: the rank and severity every suggestion line starts with."""
     severity = str(suggestion.get("severity", "info"))
     rank = int(suggestion.get("rank") or position)
-    head = f"  #{rank:<2} {SEVERITY_SHORT.get(severity, 'INFO'):<4} {explained(suggestion, result):>7}  "
-    title = visible(suggestion.get("title", ""))
+    return f"  #{rank:<2} {SEVERITY_SHORT.get(severity, 'INFO'):<4}  ", SEVERITY_STYLE.get(severity, "bold")
+
+
+def _hanging(text: str, width: int | None, indent: int, first: int | None = None) -> str:
+    """``text`` wrapped at spaces under a hanging ``indent``; the first line starts at column ``first``
+    (default: ``indent``) and carries no indent of its own. Nothing is cut; None: one line."""
+    first = indent if first is None else first
+    if width is None:
+        return text
+    stand_in = "\x00" * (first - 1) + " " if first else ""
+    return wrap_hanging(stand_in + text, width, indent)[len(stand_in):]
+
+
+def suggestion_line(suggestion: dict, position: int, width: int | None, result: ScanResult) -> Text:
+    """``#1 CRIT  net.0: reset 19 negative biases to 0 → explains 19 of 53 dead at net.1``: the
+    suggestion's imperative action line, wrapped to ``width`` under itself with a hanging indent; never
+    cut, so every name, number and range is there whole (``result``: kept for callers that pass it)."""
+    head, style = _head(suggestion, position)
+    action = visible(suggestion.get("action_line") or suggestion.get("title", ""))
     if suggestion.get("destructive"):
-        title = "[erases training] " + title
-    # Wrapped at spaces only (wrap_hanging never breaks a word). The head stands in as one word of
-    # its own width, since wrap_hanging would fold its inner runs of spaces.
-    stand_in = "\x00" * (len(head) - 1) + " "
-    wrapped = wrap_hanging(stand_in + title, width, len(head))[len(stand_in):] if width is not None else title
-    line = Text(head, style=SEVERITY_STYLE.get(severity, "bold"))
-    line.append(wrapped)
+        action = "[erases training] " + action
+    line = Text(head, style=style)
+    line.append(_hanging(action, width, len(head)))
     line.no_wrap = True
     line.overflow = "ignore"
     return line
 
 
 def _code_block(snippet: str) -> Text:
-    """Code as it must be pasted: every line whole, never soft-wrapped."""
+    """Code as it must be pasted: every line whole, never soft-wrapped (the caller prints with
+    ``crop=False``, so a line longer than the terminal runs on rather than being cut)."""
     block = Text(no_wrap=True, overflow="ignore")
     for k, line in enumerate(snippet.splitlines()):
-        block.append(("\n" if k else "") + "      " + visible(line), style="green")
+        block.append(("\n" if k else "") + CODE_INDENT + visible(line), style="green")
     return block
+
+
+def _details(suggestion: dict, width: int | None) -> Text:
+    """Under an action line with ``--verbose``: the evidence (the title), sites, numbers, why, what the
+    code changes; each wrapped at spaces with a hanging indent."""
+    pad = " " * DETAIL_INDENT
+    detail = Text()
+
+    def add(label: str, text: str, style: str = "") -> None:
+        lead = pad + label
+        hang = len(lead) + (2 if text.startswith("- ") else 0)   # a list item wraps under its text
+        detail.append(("\n" if detail.plain else "") + lead + _hanging(text, width, hang, len(lead)), style=style)
+
+    add("evidence: ", visible(suggestion.get("title", "")))
+    sites = list(suggestion.get("sites", []))
+    if sites:
+        add("sites: ", ", ".join(visible(s) for s in sites[:12])
+            + (f" (+{len(sites) - 12} more)" if len(sites) > 12 else ""), "dim")
+    numbers = _evidence_summary(dict(suggestion.get("evidence") or {}))
+    if numbers:
+        add("numbers: ", visible(numbers), "dim")
+    for k, line in enumerate(visible(suggestion.get("action", ""), keep_newlines=True).split("\n")):
+        if line.strip():
+            add("why: " if k == 0 else "     ", line)
+    if suggestion.get("changes"):
+        add("the code ", visible(suggestion["changes"])
+            + (" — it erases what training learned" if suggestion.get("destructive") else ""),
+            "bold" if suggestion.get("destructive") else "")
+    detail.no_wrap = True
+    detail.overflow = "ignore"
+    return detail
 
 
 def suggestions_text(result: ScanResult, limit: int | None = DEFAULT_SUGGESTIONS, width: int | None = None,
                      verbose: bool = False) -> Group | None:
-    """Suggested fixes, ranked: one line each (rank, severity, dead units explained, title).
+    """Suggested fixes, ranked: one imperative action line each (rank, severity, ``where: what to do
+    → what it explains``).
 
     Args:
         result: a scan carrying ``suggestions``.
         limit: list at most this many (None: all).
         width: wrap lines to this width with a hanging indent (None: one line each); nothing is cut.
-        verbose: under each line, the evidence, the action, what the code changes and the code.
+        verbose: under each action line, its evidence (the title), the numbers, why, what the code
+            changes, and the code whole (print with ``crop=False``: code lines are never cut or wrapped).
 
     Returns:
         A rich Group, or None when the result carries no suggestions.
     """
     if not result.suggestions:
         return None
-    parts: list = [Text("Suggested fixes: rank, severity, dead units explained (of dead there)", style="bold")]
+    parts: list = [Text("Suggested fixes: what to do, most urgent first", style="bold")]
     shown = list(result.suggestions)
     specific = any(s.get("cause") and not s.get("generic") for s in shown)
     generic = [s for s in shown if s.get("generic")] if specific and not verbose else []
     shown = [s for s in shown if s not in generic]
     chosen = shown if limit is None else shown[:limit]
     for position, suggestion in enumerate(chosen, 1):
-        parts.append(suggestion_line(suggestion, position, None if verbose else width, result))
+        parts.append(suggestion_line(suggestion, position, width, result))
         if not verbose:
             continue
-        detail = Text()
-        sites = list(suggestion.get("sites", []))
-        if sites:
-            detail.append("      sites: " + ", ".join(visible(s) for s in sites[:12])
-                          + (f" (+{len(sites) - 12} more)" if len(sites) > 12 else ""), style="dim")
-        evidence = _evidence_summary(dict(suggestion.get("evidence") or {}))
-        if evidence:
-            detail.append(f"\n      evidence: {visible(evidence)}", style="dim")
-        for k, line in enumerate(visible(suggestion.get("action", ""), keep_newlines=True).split("\n")):
-            detail.append(("\n      fix: " if k == 0 else "\n        ") + line)
-        if suggestion.get("changes"):
-            detail.append(f"\n      the code {visible(suggestion['changes'])}"
-                          + (" — it erases what training learned" if suggestion.get("destructive") else ""),
-                          style="bold" if suggestion.get("destructive") else "")
-        parts.append(detail)
+        parts.append(_details(suggestion, width))
         if suggestion.get("code"):
+            parts.append(Text(" " * DETAIL_INDENT + "code:", style="dim"))
             parts.append(_code_block(str(suggestion["code"])))
     hidden = len(shown) - len(chosen)
     tail = []
@@ -353,7 +392,7 @@ def suggestions_text(result: ScanResult, limit: int | None = DEFAULT_SUGGESTIONS
         tail.append(f"{len(generic)} generic (activation, re-init): --verbose")
     if tail:
         parts.append(Text("  " + "; ".join(tail), style="dim"))
-    if not verbose and any(s.get("code") for s in result.suggestions):
+    if not verbose and result.suggestions:
         parts.append(Text("  evidence and code: --verbose, --html or --json", style="dim"))
     return Group(*parts)
 

@@ -88,6 +88,9 @@ class Suggestion:
         title: one line saying what was found, with the numbers.
         evidence: JSON-ready numbers the title and action rest on.
         action: what to do and why (``- `` lines are a list).
+        action_line: the one imperative line the terminal leads with, ruff-style: where, what to do,
+            and (set by ``rank``) what it explains — ``net.0: reset 19 biases → explains 19 of 53 dead
+            at net.1``. The title is its evidence, one ``--verbose`` away.
         code: a PyTorch snippet applying the fix to this model (module names as literals).
         units_explained: dead or saturated units whose *cause* this names (a bias, a BatchNorm
             channel); generic advice ("use LeakyReLU") explains none.
@@ -117,11 +120,13 @@ class Suggestion:
     rank: int = 0
     cause: str | None = None
     generic: bool = False
+    action_line: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """The suggestion as JSON-ready data (the JSON report's ``suggestions`` entries)."""
         return {"id": self.id, "severity": Severity(self.severity).value, "sites": list(self.sites),
-                "title": self.title, "evidence": dict(self.evidence), "action": self.action,
+                "title": self.title, "action_line": self.action_line or self.title,
+                "evidence": dict(self.evidence), "action": self.action,
                 "code": self.code.strip("\n"), "units_explained": int(self.units_explained),
                 "destructive": bool(self.destructive), "changes": self.changes, "scope": self.scope,
                 "rank": int(self.rank), "cause": self.cause, "generic": bool(self.generic)}
@@ -137,7 +142,8 @@ class Suggestion:
                    destructive=bool(data.get("destructive", False)), changes=str(data.get("changes") or ""),
                    scope=str(data.get("scope") or SCOPE_SITE), rank=int(data.get("rank") or 0),
                    cause=data.get("cause") if data.get("cause") in CAUSES else None,
-                   generic=bool(data.get("generic", False)))
+                   generic=bool(data.get("generic", False)),
+                   action_line=str(data.get("action_line") or ""))
 
     # Dict-style reads, so code written against the JSON shape (``s["id"]``) reads objects too.
     def __getitem__(self, key: str) -> Any:
@@ -155,13 +161,14 @@ class Suggestion:
 
 def suggestion(id: str, severity: str | Severity, sites: Iterable[str], title: str, evidence: dict[str, Any],
                action: str, code: str = "", *, explains: int = 0, destructive: bool = False, changes: str = "",
-               scope: str = SCOPE_SITE, cause: str | None = None, generic: bool = False) -> Suggestion:
-    """Build a ``Suggestion`` (the rules' shorthand)."""
+               scope: str = SCOPE_SITE, cause: str | None = None, generic: bool = False,
+               action_line: str = "") -> Suggestion:
+    """Build a ``Suggestion`` (the rules' shorthand; ``action_line`` is ``where: what to do``)."""
     if cause is not None and cause not in CAUSES:
         raise ValueError(f"unknown cause {cause!r}; causes: {', '.join(CAUSES)}")
     return Suggestion(id=id, severity=Severity(severity), sites=tuple(sites), title=title, evidence=evidence,
                       action=action, code=code.strip("\n"), units_explained=explains, destructive=destructive,
-                      changes=changes, scope=scope, cause=cause, generic=generic)
+                      changes=changes, scope=scope, cause=cause, generic=generic, action_line=action_line)
 
 
 def site_severity(site: SiteResult) -> Severity:
@@ -228,6 +235,41 @@ def _replace_modules_code(names: Sequence[str], constructor: str, comment: str) 
             f"    parent = model.get_submodule(parent_name)\n"
             f"    old = getattr(parent, child)\n"
             f"    setattr(parent, child, {constructor})")
+
+
+#: an action line lists the names it points at while they fit in this many characters (at least one)
+NAMES_ROOM = 60
+
+
+def names_phrase(names: Sequence[str], noun: str = "sites", room: int = NAMES_ROOM) -> str:
+    """``net.1, net.3, net.5`` / ``layer1.0.relu and 4 more sites``: where an action line points, each
+    name whole (never shortened); names past ``room`` characters are counted instead."""
+    names = list(dict.fromkeys(names))
+    shown: list[str] = []
+    for name in names:
+        if shown and len(", ".join([*shown, name])) > room:
+            break
+        shown.append(name)
+    rest = len(names) - len(shown)
+    return ", ".join(shown) + (f" and {rest} more {noun if rest > 1 else noun.rstrip('s')}" if rest else "")
+
+
+def act(where: Sequence[str] | str, what: str, noun: str = "sites") -> str:
+    """An action line's first half, ruff-style: ``where: what to do`` (imperative)."""
+    subject = where if isinstance(where, str) else names_phrase(where, noun=noun)
+    return f"{subject}: {what}" if subject else what
+
+
+#: what the cards that ``merge`` joins tell you to do, by (id, cause), with the count of what they change
+MERGED_ACTIONS = {("bias-reset", "bias"): "reset {count} negative biases to 0",
+                  ("bias-reset", "init"): "re-initialise the incoming weights of {count} units",
+                  ("batchnorm-dead", "batchnorm"): "reset β to 0 and γ to 1 on {count} channels",
+                  ("zero-weights", "zero-weights"): "re-initialise {count} all-zero weight rows"}
+
+
+def merged_action(id: str, count: int, cause: str | None) -> str:
+    """The imperative half of a mergeable card's action line (``reset 19 negative biases to 0``)."""
+    return MERGED_ACTIONS[(id, str(cause))].format(count=count)
 
 
 def _module_counts(result: ScanResult) -> dict[str, int]:

@@ -21,8 +21,8 @@ import numpy as np
 
 from ...kinds import KINDS
 from ..overall import problem_mask, stuck_mask
-from .base import (EVIDENCE_LIST_MAX, RuleContext, Suggestion, _cut, _lit, _num, _ranges, rule, site_severity,
-                   suggestion)
+from .base import (EVIDENCE_LIST_MAX, RuleContext, Suggestion, _cut, _lit, _num, _ranges, act, merged_action, rule,
+                   site_severity, suggestion)
 from .layers import in_width, is_weight_layer, layer_width, weight_rows
 
 if TYPE_CHECKING:
@@ -186,7 +186,8 @@ def rule_upstream(context: RuleContext) -> list[Suggestion]:
                                  for e in entries[:EVIDENCE_LIST_MAX]}}
         out.append(suggestion("upstream-dead", severity, [e.site for e in entries], title, evidence, action,
                               explains=units, cause="upstream",
-                              changes=f"applies the fix of site {root}'s own suggestion"))
+                              changes=f"applies the fix of site {root}'s own suggestion",
+                              action_line=act(root, "fix this site first, its dead units starve later sites")))
     return out
 
 
@@ -226,7 +227,9 @@ def rule_zero_weights(context: RuleContext) -> list[Suggestion]:
                     "zero_row_below": ZERO_ROW}
         out.append(suggestion("zero-weights", site_severity(site), [site.name], title, evidence, action, code,
                               explains=len(units), cause="zero-weights",
-                              changes=f"re-initialises {len(units)} unit(s) of {' and '.join(layers)}"))
+                              changes=f"re-initialises {len(units)} unit(s) of {' and '.join(layers)}",
+                              action_line=act(layers or [site.name], merged_action("zero-weights", len(units), "zero-weights"),
+                                              noun="layers")))
     return out
 
 

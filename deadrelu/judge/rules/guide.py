@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from ...kinds import ZERO_GRADIENT_KINDS
 from .base import (DEAD_SHARE_WARNING, DEEP_CNN_CONVS, DEEP_MLP_LINEARS, SCOPE_MODEL, RuleContext, Suggestion,
-                   _is_activation, _lit, _num, _replace_modules_code, is_norm, leaf_order, rule, suggestion)
+                   _is_activation, _lit, _num, _replace_modules_code, act, is_norm, leaf_order, rule, suggestion)
 
 if TYPE_CHECKING:
     pass
@@ -51,7 +51,9 @@ def rule_selection_guide(context: RuleContext) -> list[Suggestion]:
             _replace_modules_code(convs[:16], f"nn.Sequential(old, nn.BatchNorm{dims}d(old.out_channels))",
                                   "conv -> conv + BatchNorm (retrain after)"),
             changes=f"wraps {min(len(convs), 16)} conv(s) as conv + a fresh BatchNorm (retrain)", scope=SCOPE_MODEL,
-            cause="activation", generic=True))
+            cause="activation", generic=True,
+            action_line=act(convs, f"add BatchNorm after each of the {len(convs)} convs (before ReLU), then retrain",
+                            noun="convs")))
     # A deep fully-connected stack with dying units: SELU + LeCun is an option.
     if (not convs and not attention and len(linears) >= DEEP_MLP_LINEARS and problem
             and not any(s.kind == "SELU" for s in result.sites)):
@@ -68,6 +70,8 @@ def rule_selection_guide(context: RuleContext) -> list[Suggestion]:
             "SELU everywhere, LeCun-normal init, AlphaDropout instead of Dropout, no BatchNorm. It is an "
             "alternative to keeping ReLU: LeCun init goes with SELU, He init with ReLU — apply one, not both.",
             code, destructive=True, scope=SCOPE_MODEL, cause="activation", generic=True,
+            action_line=act([s.name for s in result.sites if s.dead_ratio > DEAD_SHARE_WARNING],
+                            f"switch ReLU → SELU with LeCun init, then retrain ({len(linears)} Linear layers)"),
             changes=f"swaps {min(len(activations), 32)} activation(s) for SELU and re-initialises "
                     f"{min(len(linears), 32)} Linear layer(s) (LeCun normal)"))
     # ReLU in transformer blocks: GELU is the usual choice. Only plain ReLU: a Hardswish, Hardsigmoid
@@ -92,6 +96,7 @@ def rule_selection_guide(context: RuleContext) -> list[Suggestion]:
             "Transformer feed-forward blocks usually use GELU (smooth, no dead region); "
             "nn.TransformerEncoderLayer takes activation='gelu'. Changing it means retraining.",
             code, scope=SCOPE_MODEL, cause="activation", generic=True,
+            action_line=act([s.name for s in relu_sites], "switch ReLU → GELU in the feed-forward blocks, then retrain"),
             changes=f"sets GELU in {min(len(encoder_layers), 16)} encoder layer(s), swaps "
                     f"{min(len(relu_modules), 16)} ReLU module(s) for GELU"))
     return out

@@ -17,7 +17,7 @@ from ...kinds import NEGATIVE_SIDE_KINDS, ZERO_GRADIENT_KINDS
 from .base import (DEAD_SHARE_WARNING, DEPTH_MIN_CORRELATION, DEPTH_MIN_RISE, DEPTH_MIN_SITES,
                    EVIDENCE_LIST_MAX, PRELU_COLLAPSED, SATURATION_WARNING, SCOPE_MODEL,
                    VERY_DEEP_SITES, RuleContext, Suggestion, _cut, _is_weight_layer, _lit, _num,
-                   _replace_modules_code, kind_label, rule, site_severity, suggestion)
+                   _replace_modules_code, act, kind_label, rule, site_severity, suggestion)
 
 if TYPE_CHECKING:
     from ...result import SiteResult
@@ -74,8 +74,11 @@ def rule_dead_share(context: RuleContext) -> list[Suggestion]:
     swapped = len(dict.fromkeys(module_names))
     changes = (f"swaps {swapped} activation module(s) for LeakyReLU({slope:g})" if swapped else
                "comments only: where to change F.relu calls")
+    dead = sum(s.dead for s in heavy)
+    units = sum(s.units for s in heavy)
+    line = act([s.name for s in heavy], f"switch {kinds} → LeakyReLU({slope:g}) (dead {dead}/{units})")
     return [suggestion("dead-share", severity, [s.name for s in heavy], title, evidence, action, code,
-                       changes=changes, cause="activation", generic=True)]
+                       changes=changes, cause="activation", generic=True, action_line=line)]
 
 
 def _function_of(site_name: str) -> str:
@@ -108,8 +111,11 @@ def rule_negative_side(context: RuleContext) -> list[Suggestion]:
                             "share": _num(count / site.units), "unit_indices": _cut(units)}
                 for site, count, units in hit[:EVIDENCE_LIST_MAX]}
     evidence = {"threshold": DEAD_SHARE_WARNING, "sites_over_threshold": len(hit), "per_site": per_site}
+    count, units = sum(c for _, c, _ in hit), sum(site.units for site, _, _ in hit)
+    line = act([site.name for site, _, _ in hit], f"check the incoming biases and the input normalisation ({count} of "
+                                                  f"{units} units only see negative inputs)")
     return [suggestion("negative-only", "info", [site.name for site, _, _ in hit], title, evidence, action,
-                       cause="bias", generic=True)]
+                       cause="bias", generic=True, action_line=line)]
 
 
 @rule
@@ -164,7 +170,12 @@ def rule_saturation(context: RuleContext) -> list[Suggestion]:
     biased = any("median_bias_others" in entry and entry["median_bias_saturated"] is not None
                  and entry["median_bias_saturated"] < min(0.0, entry["median_bias_others"] or 0.0) - 1.0
                  for entry in per_site.values())
+    count, units = sum(c for _, c, _ in hit), sum(s.units for s, _, _ in hit)
+    line = act([s.name for s, _, _ in hit],
+               ("check the biases pinning the units, lower the learning rate and normalise the inputs" if biased else
+                "lower the learning rate 10× and normalise the inputs") + f" ({count} of {units} units saturated)")
     return [suggestion("saturation", severity, [s.name for s, _, _ in hit], title, evidence, action, code,
+                       action_line=line,
                        changes="lowers the optimizer's learning rate 10×" + ("; prints the feeding biases"
                                                                            if bias_lines else ""),
                        cause="bias" if biased else "learning-rate")]
@@ -240,8 +251,11 @@ def rule_depth_trend(context: RuleContext) -> list[Suggestion]:
     changes = "lowers the learning rate 10×" + (f"; inserts a BatchNorm before {deepest.name}" if inserted else "")
     flagged_sites = deeper or [deepest]
     severity = min((site_severity(s) for s in flagged_sites), key=lambda level: level.order)
+    line = act("optimizer", f"lower the learning rate or normalise before each activation (dead share rises "
+                            f"{first:.0%} → {last:.0%} with depth, worst {deepest.name})")
     return [suggestion("depth-trend", severity, [s.name for s in flagged_sites], title, evidence,
-                       action, code, changes=changes, scope=SCOPE_MODEL, cause="learning-rate", generic=True)]
+                       action, code, changes=changes, scope=SCOPE_MODEL, cause="learning-rate", generic=True,
+                       action_line=line)]
 
 
 @rule
@@ -318,7 +332,11 @@ def rule_prelu_slopes(context: RuleContext) -> list[Suggestion]:
                     f"        model.get_submodule(name).weight.clamp_({PRELU_COLLAPSED:g}, 0.3)")
         evidence = {"collapsed_below": PRELU_COLLAPSED, "sites": len(hits),
                     "per_site": {s.name: e for s, e, _, _ in hits[:EVIDENCE_LIST_MAX]}}
+        verb = (f"clamp the PReLU slopes to [{PRELU_COLLAPSED:g}, 0.3] after each step" if modules
+                else "keep the PReLU slopes in a sane range or use LeakyReLU")
+        line = act([s.name for s, *_ in hits], f"{verb} ({', '.join(counts)})")
         out.append(suggestion("prelu-slopes", severity, [s.name for s, *_ in hits], title, evidence, action, code,
+                              action_line=line,
                               changes=f"clamps the slopes of {len(modules)} PReLU module(s) to [{PRELU_COLLAPSED:g}, "
                                       "0.3] after each optimiser step" if modules else "", cause="activation"))
     return out
@@ -350,4 +368,6 @@ def rule_healthy(context: RuleContext, found: Sequence[Suggestion]) -> list[Sugg
               if rate is not None else "No fix needed")
     action += (f"; {summary.dormant} unit(s) are dormant by ReDo's score (τ = {result.settings.thresholds.tau:g}), "
                "which is worth watching if it grows during training." if summary.dormant else ".")
-    return [suggestion("healthy", "info", [], title, evidence, action, scope=SCOPE_MODEL)]
+    line = act("model", f"keep training, nothing to fix ({verdict.dead} of {summary.units} units dead"
+                        + (f", {summary.dormant} dormant: watch them" if summary.dormant else "") + ")")
+    return [suggestion("healthy", "info", [], title, evidence, action, scope=SCOPE_MODEL, action_line=line)]

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..overall import WARN_SHARE, problem_mask
 from .base import (EVIDENCE_LIST_MAX, SCOPE_MODEL, RuleContext, Severity, Suggestion, _cut, _fmt, _num,
-                   model_severity, rule, suggestion)
+                   act, model_severity, rule, suggestion)
 from .causes import _mean_square, input_rms, silent_share, upstream, zero_rows
 from .layers import bias_of, growth, init_scales, is_batchnorm, is_weight_layer, looks_untrained, weight_rows, weight_std
 
@@ -232,8 +232,9 @@ def rule_learning_rate(context: RuleContext) -> list[Suggestion]:
     stepped = [(layer, entry) for layer, entry in per_layer.items() if "optimizer" in entry]
     thrown = [(layer, entry) for layer, entry in per_layer.items() if "thrown_biases" in entry]
     diverged = [(layer, entry) for layer, entry in per_layer.items() if "nonfinite_weights" in entry]
-    reasons, lines = [], []
+    reasons, lines, short = [], [], []
     if diverged:
+        short.append(f"{sum(int(e['nonfinite_weights']) for _, e in diverged)} weights NaN/inf")
         reasons.append(f"{diverged[0][0]}'s weights hold {diverged[0][1]['nonfinite_weights']} NaN/inf values "
                        "(training diverged)")
         lines += [f"{name}: {e['nonfinite_weights']} weights are NaN or infinite: the updates diverged"
@@ -241,18 +242,21 @@ def rule_learning_rate(context: RuleContext) -> list[Suggestion]:
     if stepped:
         layer, entry = max(stepped, key=lambda item: float(item[1]["optimizer"]["step_to_weight"]))
         step = entry["optimizer"]
+        short.append(f"steps of lr {step['lr']:g} move {float(step['step_to_weight']):.0%} of {layer}'s weights")
         reasons.append(f"{step['optimizer'].split(' (')[0]} steps of lr {step['lr']:g} = "
                        f"{float(step['step_to_weight']):.0%} of {layer}'s weight scale")
         lines += [f"{name}: the optimizer (lr {e['optimizer']['lr']:g}) moves these weights by up to "
                   f"{float(e['optimizer']['step_to_weight']):.0%} of their rms per step" for name, e in stepped]
     if grown:
         layer, entry = max(grown, key=lambda item: float(item[1]["weight_growth"]))
+        short.append(f"{layer}'s weights grown {float(entry['weight_growth']):.3g}× past init")
         reasons.append(f"{layer}'s weights grown to {float(entry['weight_growth']):.3g}× any usual init")
         lines += [f"{name}: weight std {_fmt(float(e['weight_std']))} = {float(e['weight_growth']):.3g}× the largest "
                   f"usual initialisation (He {_fmt(float(e['he_std']))})" for name, e in grown]
     if thrown:
         low = min(float(entry["thrown_bias_min"]) for _, entry in thrown)
         count = sum(int(entry["thrown_biases"]) for _, entry in thrown)
+        short.append(f"{count} biases thrown to {_fmt(low)}")
         reasons.append(f"{count} biases thrown as low as {_fmt(low)} while the others sit near "
                        f"{_fmt(float(thrown[0][1]['live_median_bias']))}")
         lines += [f"{name}: {e['thrown_biases']} dead units' biases are ≥ {THROWN:g} typical |w·x| below the live "
@@ -260,6 +264,7 @@ def rule_learning_rate(context: RuleContext) -> list[Suggestion]:
                   "scattered as large updates leave them" for name, e in thrown]
     if wide is not None:
         noun = "grown past every usual init" if wide["what"] == "weight_growth" else "moved by large optimizer steps"
+        short.insert(0, f"{wide['layers_with_evidence']} of {wide['layers_checked']} weight layers {noun}")
         reasons.insert(0, f"{wide['layers_with_evidence']} of {wide['layers_checked']} weight layers {noun}")
         lines.insert(0, f"model-wide: {wide['layers_with_evidence']} of the {wide['layers_checked']} weight layers "
                         f"feeding sites show it, so dead units anywhere (after a residual add too) count")
@@ -285,9 +290,11 @@ def rule_learning_rate(context: RuleContext) -> list[Suggestion]:
                                                        for entry in starved[:EVIDENCE_LIST_MAX]},
                                 "grown_above": GROWN, "step_ratio_above": STEP_RATIO, "thrown_below": THROWN,
                                 "optimizer_state": context.optimizer_state is not None}
+    line = act("optimizer", f"lower the learning rate 10× and recycle the dead units"
+                            + (f" ({short[0]})" if short else ""))
     return [suggestion("learning-rate", severity, sites, title, evidence, action, code, explains=explained,
                        changes="lowers the optimizer's learning rate 10× and recycles the dead units (ReDo)",
-                       scope=SCOPE_MODEL, cause="learning-rate")]
+                       scope=SCOPE_MODEL, cause="learning-rate", action_line=line)]
 
 
 # -- input scale ------------------------------------------------------------------------------------------
@@ -374,9 +381,13 @@ def rule_input_scale(context: RuleContext) -> list[Suggestion]:
             "# x = x / 255.0\n"
             "# x = (x - mean) / std        # the training set's per-channel mean and std\n"
             "# from the shell: deadrelu scan MODEL DATA --scale 0.003922 (then normalise the same way)")
+    ratio = evidence.get("output_vs_gamma_beta", evidence.get("output_rms_per_weight_norm"))
+    line = act("data", f"feed the inputs scaled as in training ({evidence['layer']} sees {float(ratio):.3g}× its "
+                       "usual scale), then scan again")
     return [suggestion("input-scale", severity, [site.name for site in sites] or [first.name], title,
                        {**evidence, "units_on_this_data": explained}, action, code, explains=explained,
-                       changes="comments only: how to feed the data", scope=SCOPE_MODEL, cause="input-scale")]
+                       changes="comments only: how to feed the data", scope=SCOPE_MODEL, cause="input-scale",
+                       action_line=line)]
 
 
 __all__ = ["rule_learning_rate", "rule_input_scale", "lr_evidence", "lr_sites", "model_wide_lr", "optimizer_steps",

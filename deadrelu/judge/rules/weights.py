@@ -17,7 +17,8 @@ from ...kinds import HE_KINDS, ZERO_GRADIENT_KINDS
 from .base import (BN_GAMMA_EPS, BN_STRONG_BETA, DEAD_SHARE_WARNING, EVIDENCE_LIST_MAX, INIT_MIN_WEIGHTS,
                    INIT_TOLERANCE, SCOPE_MODEL, STRONG_BIAS, RuleContext, Suggestion, _cut, _fan_in, _fmt,
                    _is_activation, _is_batchnorm, _is_weight_layer, _leaky_slope, _lit, _module_counts, _num,
-                   _ranges, _replace_modules_code, _weight_std, leaf_order, rule, site_severity, suggestion)
+                   _ranges, _replace_modules_code, _weight_std, act, leaf_order, merged_action, rule, site_severity,
+                   suggestion)
 from .causes import claimed_elsewhere, input_rms, problem_mask
 from .training import lr_evidence
 from .layers import bias_of, in_width, is_conv1d, weight_rows
@@ -148,8 +149,12 @@ def rule_init(context: RuleContext) -> list[Suggestion]:
     evidence = {"dead_share_threshold": DEAD_SHARE_WARNING, "tolerance": INIT_TOLERANCE, "layers": per_layer}
     # Never-active LeakyReLU/PReLU units keep a gradient: the advice stands, with less urgency.
     severity = min((site_severity(f[0]) for f in findings), key=lambda level: level.order)
+    dead = sum(f[0].dead for f in findings)
+    units = sum(f[0].units for f in findings)
+    line = act([f[1] for f in findings], f"re-initialise with He before retraining (std {_fmt(std)}, He "
+                                         f"{_fmt(refs['he'])}; dead {dead}/{units})", noun="layers")
     return [suggestion("init-not-he", severity, [f[0].name for f in findings], title, evidence, action,
-                       "\n".join(code_lines), destructive=True,
+                       "\n".join(code_lines), destructive=True, action_line=line,
                        changes=f"re-initialises the weights of {min(len(findings), 8)} layer(s) (He normal)",
                        cause="init", generic=True)]
 
@@ -307,10 +312,13 @@ def rule_bias(context: RuleContext) -> list[Suggestion]:
                 f"layer = model.get_submodule({_lit(name)})\n"
                 f"with torch.no_grad():\n"
                 f"    layer.bias[{bias_flagged or flagged}] = 0.0")
+        cause = "bias" if negative else "init"
+        evidence["changed_count"] = len(bias_flagged) if negative else len(flagged)
+        line = act(name, merged_action("bias-reset", evidence["changed_count"], cause))
         out.append(suggestion("bias-reset", site_severity(site), [site.name], title, evidence, action, code,
-                              explains=int(problem_mask(site)[flagged].sum()),
+                              explains=int(problem_mask(site)[flagged].sum()), action_line=line,
                               changes=f"sets the bias of {len(bias_flagged or flagged)} unit(s) of {name} to 0",
-                              cause="bias" if negative else "init"))
+                              cause=cause))
     return out
 
 
@@ -369,6 +377,7 @@ def rule_batchnorm(context: RuleContext) -> list[Suggestion]:
                 f"    bn.weight[{flagged}] = 1.0")
         out.append(suggestion("batchnorm-dead", site_severity(site), [site.name], title, evidence, action, code,
                               explains=int(problem_mask(site)[flagged].sum()), cause="batchnorm",
+                              action_line=act(name, merged_action("batchnorm-dead", len(flagged), "batchnorm")),
                               changes=f"sets β = 0 and γ = 1 on {len(flagged)} channel(s) of {name}"))
     return out
 
@@ -413,7 +422,8 @@ def rule_selu(context: RuleContext) -> list[Suggestion]:
             "the layers feeding SELU with LeCun normal (kaiming_normal_ with nonlinearity='linear') and retrain "
             "(this erases what they learned):\n- " + "\n- ".join(lines), code, destructive=True,
             changes=f"re-initialises the weights of {min(len(off), 8)} layer(s) (LeCun normal)", cause="init",
-            generic=True))
+            generic=True, action_line=act(list(off), "re-initialise LeCun-normal for SELU, then retrain",
+                                          noun="layers")))
     leaves = leaf_order(model)
     convs = [n for n, m in leaves if isinstance(m, nn.modules.conv._ConvNd)]
     # 2. SELU in a CNN
@@ -424,7 +434,8 @@ def rule_selu(context: RuleContext) -> list[Suggestion]:
             {"conv_layers": len(convs), "selu_sites": len(selu_sites)},
             "SELU's self-normalisation is derived for fully-connected stacks; it does not hold for convolutions. "
             "For a CNN, ReLU + BatchNorm (or ELU + BatchNorm/GroupNorm) is the proven combination.",
-            "", scope=SCOPE_MODEL, cause="activation", generic=True))
+            "", scope=SCOPE_MODEL, cause="activation", generic=True,
+            action_line=act(names, f"use ReLU or ELU with BatchNorm instead of SELU in this CNN ({len(convs)} convs)")))
     # 3. BatchNorm next to SELU
     adjacent = []
     for position, (name, module) in enumerate(leaves):
@@ -442,7 +453,9 @@ def rule_selu(context: RuleContext) -> list[Suggestion]:
             "Use either SELU without normalisation layers, or ReLU/ELU with BatchNorm.",
             _replace_modules_code(adjacent, "nn.Identity()", "drop the BatchNorm layers next to SELU (then retrain)"),
             destructive=True, changes=f"removes {len(adjacent)} BatchNorm layer(s) (and what they learned)",
-            scope=SCOPE_MODEL, cause="activation", generic=True))
+            scope=SCOPE_MODEL, cause="activation", generic=True,
+            action_line=act(adjacent, "remove the BatchNorm next to SELU (or switch to ReLU/ELU), then retrain",
+                            noun="layers")))
     # 4. plain Dropout with SELU
     plain = [n for n, m in leaves if type(m) in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)]
     if plain:
@@ -453,5 +466,6 @@ def rule_selu(context: RuleContext) -> list[Suggestion]:
             "Plain Dropout sets units to 0, which shifts SELU's mean and variance away from the fixed point. "
             "AlphaDropout drops to SELU's negative saturation value and rescales, keeping mean and variance.",
             _replace_modules_code(plain, "nn.AlphaDropout(p=old.p)", "plain Dropout breaks self-normalisation"),
-            changes=f"swaps {len(plain)} Dropout layer(s) for AlphaDropout", scope=SCOPE_MODEL, cause="activation"))
+            changes=f"swaps {len(plain)} Dropout layer(s) for AlphaDropout", scope=SCOPE_MODEL, cause="activation",
+            action_line=act(plain, "switch Dropout → AlphaDropout: SELU needs it", noun="layers")))
     return out
