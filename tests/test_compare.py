@@ -136,6 +136,25 @@ def test_junit_escapes_names() -> None:
     assert case.get("name") == 'a<b&"c"\\x01'  # escaped (render.text.visible), never raw
 
 
+def test_markdown_and_junit_lead_with_the_action_lines() -> None:
+    # issue 22: every output leads with what to do, as the terminal does: the Markdown's list comes
+    # before its table, the failing site's JUnit failure and output name the fix that explains it.
+    from truth_models import bounded_inputs, linear_with_dead_units
+    model = nn.Sequential()
+    model.add_module("feature_backbone", linear_with_dead_units(dead=8, width=32)[0])
+    model.add_module("stage_act", nn.ReLU())
+    result = deadrelu.scan(model, bounded_inputs(100, 10))
+    result = result.with_gate(deadrelu.check_gate(result, max_layer_dead_ratio=0.1))
+    action = "feature_backbone: reset 8 negative biases to 0 → explains 8 of 8 dead at stage_act"
+    assert result.suggestions[0]["action_line"] == action
+    text = scan_summary(result)
+    assert "1. **WARN** feature\\_backbone: reset 8 negative biases to 0 → explains 8 of 8 dead at stage\\_act" in text
+    assert text.index("**What to do first:**") < text.index("| site |")
+    case = ET.fromstring(scan_junit(result)).find("testsuite/testcase")
+    assert case.find("failure").text.splitlines() == [case.find("failure").get("message"), f"fix #1: {action}"]
+    assert case.find("system-out").text.splitlines()[0] == f"fix #1: {action}"
+
+
 def test_diff_junit_and_markdown() -> None:
     result = diff(scan_of(**BASE), scan_of(**NEW))
     result = result.with_gate(check_diff_gate(result, max_new_dead=3, max_dead_ratio_increase=0.25))

@@ -337,6 +337,22 @@ def test_each_suggestion_states_units_explained_and_what_its_code_changes(hostil
     assert '<span class="destructive">Erases what training learned: </span>' in hostile_page
 
 
+def test_each_card_is_headed_by_its_action_with_evidence_and_code_below(hostile_page, hostile_result):
+    # issue 22: the card heading is what to do (the action line), its evidence (the title) and code under it.
+    import html as html_module
+    cards = re.findall(r'<article class="sugg[^"]*" id="suggestion-\d+"><h3>(.*?)</h3>(.*?)</article>', hostile_page,
+                       re.S)
+    assert len(cards) == len(hostile_result.suggestions)
+    for (heading, body), suggestion in zip(cards, hostile_result.suggestions):
+        assert html_module.unescape(re.sub(r"<span class=\"sev\">.*?</span>", "", heading)) == suggestion["action_line"]
+        assert suggestion["action_line"] != suggestion["title"]
+        assert f'<p class="finding"><b>Evidence:</b> {html_render._e(suggestion["title"])}</p>' in body
+        if suggestion["code"]:
+            assert body.index('class="finding"') < body.index("<pre><code>")
+    top = hostile_result.suggestions[0]
+    assert top["action_line"].startswith("fc: reset 8 negative biases to 0 → explains 8 of 8 dead at ")
+
+
 def test_site_detail_links_only_site_specific_suggestions():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))

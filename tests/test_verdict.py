@@ -166,7 +166,10 @@ def test_the_sample_headline_at_80_columns_is_the_learning_rate(runner):
     assert max(len(line) for line in lines) <= 80, [line for line in lines if len(line) > 80]
     assert lines[0] == "FAIL  worst site net.1: 53 of 128 dead (41.4%)"
     assert lines[2] == "  Cause: learning rate too high — explains 139 of 139 dead units (#1)"
-    assert any(line.startswith("  #1  CRIT 139/139  Learning rate too high") for line in lines)
+    # issue 22: the suggestion line is the action (where: what to do → what it explains), wrapped under itself
+    start = lines.index("  #1  CRIT  optimizer: lower the learning rate 10× and recycle the dead units")
+    assert lines[start + 1:start + 3] == ["            (53 biases thrown to -14.17) → explains 139 of 139 dead at net.1,",
+                                          "            net.3, net.5"]
     data = report_of(runner, *args)
     top = data["suggestions"][0]
     assert top["cause"] == "learning-rate" and top["rank"] == 1 and top["units_explained"] == 139
@@ -182,4 +185,6 @@ def test_the_html_verdict_card_and_the_notebook_name_the_same_cause():
     sentence = "negative biases hold units below zero — explains 8 of 8 dead units (#1)"
     assert f"<b>Cause:</b> {sentence}" in html_render.report(result, plots=False)
     view = result_html(result)
-    assert f"<b>Cause:</b> {sentence}" in view and "(cause: bias, explains 8 dead)" in view
+    # issue 22: the notebook lists each suggestion by its action line (what it explains is in it)
+    assert f"<b>Cause:</b> {sentence}" in view and "0: reset 8 negative biases to 0 → explains 8 of 8 dead at 1" in view
+    assert "(cause: bias)" in view

@@ -306,7 +306,9 @@ def _suggestions(result: ScanResult, anchors: dict[str, str]) -> str:
         rank = int(suggestion.get("rank") or k + 1)
         blocks.append(
             f'<article class="sugg {tone}" id="suggestion-{k}"><h3><span class="sev">#{rank} '
-            f'{SEVERITY_LABEL.get(tone, "INFO")}</span>{_e(suggestion.get("title", ""))}</h3>'
+            f'{SEVERITY_LABEL.get(tone, "INFO")}</span>'
+            f'{_e(suggestion.get("action_line") or suggestion.get("title", ""))}</h3>'
+            f'<p class="finding"><b>Evidence:</b> {_e(suggestion.get("title", ""))}</p>'
             f'<p>{_explained_html(suggestion, result)}</p>'
             f'{sites_html}{_action_html(str(suggestion.get("action", "")))}{evidence}{changes_html}{code_html}'
             f'<p class="muted" style="font-size:12px">rule: {_e(suggestion.get("id", ""))}</p></article>')

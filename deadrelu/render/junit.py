@@ -1,7 +1,8 @@
 """JUnit XML for CI test reporters (GitLab, Jenkins, GitHub): one testcase per site.
 
 A site fails when the gate broke a limit at that site (a scan's ``max_layer_dead_ratio``,
-a diff's ``max_dead_ratio_increase``); the failure message carries the numbers. Limits on
+a diff's ``max_dead_ratio_increase``); the failure message carries the numbers, and a scan's
+failure text and output lead with the action line of the fix that names a cause there. Limits on
 the whole model (``max_dead_ratio``, ``max_new_dead``) are one testcase in a second suite,
 so the site suite has exactly one testcase per site. Built with ``xml.etree`` so every
 name is escaped; characters XML 1.0 cannot hold are replaced.
@@ -32,12 +33,12 @@ def _suite(name: str) -> ET.Element:
     return ET.Element("testsuite", {"name": name, "tests": "0", "failures": "0", "errors": "0", "skipped": "0"})
 
 
-def _case(suite: ET.Element, classname: str, name: str, failures: list[str], output: str) -> None:
+def _case(suite: ET.Element, classname: str, name: str, failures: list[str], output: str, fix: str = "") -> None:
     case = ET.SubElement(suite, "testcase", {"classname": _text(classname), "name": _text(name), "time": "0"})
     for message in failures:
         failure = ET.SubElement(case, "failure", {"message": _text(message), "type": "deadrelu.gate"})
-        failure.text = _text(message)
-    ET.SubElement(case, "system-out").text = _text(output)
+        failure.text = "\n".join(_text(line) for line in (message, fix) if line)
+    ET.SubElement(case, "system-out").text = "\n".join(_text(line) for line in (fix, output) if line)
     suite.set("tests", str(int(suite.get("tests", "0")) + 1))
     if failures:
         suite.set("failures", str(int(suite.get("failures", "0")) + 1))
@@ -70,7 +71,7 @@ def scan_junit(result: ScanResult) -> bytes:
                     for violation in (gate.violations if gate else ()) if violation.scope == site.name]
         _case(sites, classname, site.name, failures,
               f"{site.dead} of {site.units} units dead ({site.dead_ratio:.1%}), {site.saturated} saturated, "
-              f"{site.dormant} dormant; kind {site.kind}")
+              f"{site.dormant} dormant; kind {site.kind}", _fix_for(result, site.name))
     suites = [sites]
     if gate is not None and gate.max_dead_ratio is not None:
         model = _suite("deadrelu.model")
@@ -83,6 +84,16 @@ def scan_junit(result: ScanResult) -> bytes:
               f"limit {gate.max_dead_ratio:.1%}")
         suites.append(model)
     return _document(suites)
+
+
+def _fix_for(result: ScanResult, site: str) -> str:
+    """``fix #1: net.0: reset 19 negative biases to 0 → explains 19 of 53 dead at net.1``: the first-ranked
+    suggestion naming a cause at ``site``, as the terminal's action line ('' when none does)."""
+    for suggestion in result.suggestions:
+        if site in suggestion.get("sites", ()) and suggestion.get("units_explained"):
+            line = suggestion.get("action_line") or suggestion.get("title", "")
+            return f"fix #{int(suggestion.get('rank') or 1)}: {line}"
+    return ""
 
 
 def diff_junit(diff: DiffResult) -> bytes:

@@ -1,12 +1,14 @@
 """A short Markdown summary for ``$GITHUB_STEP_SUMMARY`` or a pull-request comment.
 
-A headline with the totals and the gate, then a table of the sites that matter (worst
+A headline with the totals and the gate, what to do first (the suggestions' action lines,
+as the terminal leads with them), then a table of the sites that matter (worst
 first, at most ``max_rows``), so a summary stays short for a model with hundreds of sites.
 Names go in code spans with ``|`` escaped, so a module name cannot break the table.
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from ..numbers import percents_apart
@@ -18,11 +20,29 @@ if TYPE_CHECKING:
 
 #: table rows at most
 MAX_ROWS = 20
+#: action lines at most
+MAX_FIXES = 3
+SEVERITY_SHORT = {"critical": "CRIT", "warning": "WARN", "info": "INFO"}
 
 
 def _code(name: str) -> str:
     """A name as a code span safe inside a table cell."""
     return "`" + visible(name).replace("`", "'").replace("|", "\\|").replace("\n", " ") + "`"
+
+
+def _plain(text: str) -> str:
+    """Outside text (an action line naming modules) as literal Markdown: ``feature_backbone`` is not italics."""
+    return re.sub(r"([\\`*_\[\]<>|#~])", r"\\\1", visible(text).replace("\n", " "))
+
+
+def fixes(result: ScanResult, limit: int = MAX_FIXES) -> list[str]:
+    """``1. **CRIT** net.0: reset 19 negative biases to 0 → explains 19 of 53 dead at net.1``: the
+    action lines the terminal leads with, for the warning and critical suggestions (specific causes first,
+    as ranked; at most ``limit``)."""
+    urgent = [s for s in result.suggestions if s.get("severity") in ("critical", "warning")]
+    shown = [s for s in urgent if not s.get("generic")] or urgent
+    return [f"{k}. **{SEVERITY_SHORT.get(str(s.get('severity')), 'INFO')}** "
+            f"{_plain(str(s.get('action_line') or s.get('title', '')))}" for k, s in enumerate(shown[:limit], 1)]
 
 
 def _pct(value: float) -> str:
@@ -51,6 +71,9 @@ def scan_summary(result: ScanResult, max_rows: int = MAX_ROWS) -> str:
         limit = next(v.limit for v in gate.violations if v.scope == "model")
         ratio, allowed = percents_apart(s.dead_ratio, limit)
         lines += [f"Dead ratio over all sites {ratio} is above the limit {allowed}.", ""]
+    todo = fixes(result)
+    if todo:
+        lines += ["**What to do first:**", "", *todo, ""]
     ranked = sorted(enumerate(result.sites), key=lambda pair: (pair[1].name not in failing, -pair[1].dead_ratio,
                                                                 -pair[1].dormant_ratio, pair[0]))
     shown = [site for _, site in ranked if site.dead or site.name in failing][:max_rows]

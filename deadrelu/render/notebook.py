@@ -138,13 +138,12 @@ def result_html(result: ScanResult, limit: int = NB_SITES) -> str:
     items = []
     for suggestion in list(result.suggestions)[:NB_SUGGESTIONS]:
         severity = str(suggestion.get("severity", "info"))
-        explained = int(suggestion.get("units_explained") or 0)
-        items.append(f'<li class="{_e(severity)}"><span class="sev">{SEVERITY_LABEL.get(severity, "INFO")}</span>'
-                     f'{_e(suggestion.get("title", ""))}'
-                     + (f' <span class="muted">(cause: {_e(suggestion.get("cause"))}'
-                        + (f", explains {explained} dead" if explained else "") + ")</span>"
-                        if suggestion.get("cause") else
-                        f' <span class="muted">(explains {explained} dead)</span>' if explained else "")
+        # The action line leads (it says what it explains); the evidence is the hover text and the full report's.
+        items.append(f'<li class="{_e(severity)}" title="{_e(suggestion.get("title", ""))}">'
+                     f'<span class="sev">{SEVERITY_LABEL.get(severity, "INFO")}</span>'
+                     f'{_e(suggestion.get("action_line") or suggestion.get("title", ""))}'
+                     + (f' <span class="muted">(cause: {_e(suggestion.get("cause"))})</span>'
+                        if suggestion.get("cause") else "")
                      + ('<span class="muted"> — its code erases training</span>' if suggestion.get("destructive")
                         else "") + "</li>")
     more = len(result.suggestions) - NB_SUGGESTIONS
