@@ -210,3 +210,41 @@ def test_result_plot_is_the_overview_figure(small):
     fig = small.plot()
     assert isinstance(fig, Figure)
     assert [label.get_text() for label in fig.axes[0].get_yticklabels()] == ["1"]
+
+
+LONG_NAMES = [f"feature_backbone.residual_stage_{k}.pointwise_act" for k in range(4)]
+
+
+def test_long_names_are_wrapped_never_cut():
+    # issue 22: labels were cut to 32 characters (`feature_backb…pointwise_act`); a 47-character name is
+    # wrapped over lines, and its lines joined are the name, in every figure that names sites.
+    assert all(len(name) == 47 for name in LONG_NAMES)
+    result = synthetic_result(4, units=64, names=LONG_NAMES, dead_growing=True)
+
+    def joined(labels) -> set[str]:
+        return {label.get_text().replace("\n", "") for label in labels}
+
+    bars = plots.dead_ratio_by_layer(result)
+    assert set(LONG_NAMES) <= joined(bars.axes[0].get_yticklabels())
+    assert all("…" not in label.get_text() for label in bars.axes[0].get_yticklabels())
+    assert max(len(line) for label in bars.axes[0].get_yticklabels() for line in label.get_text().split("\n")) <= 32
+    overlay = plots.active_rate_histogram(result)
+    legend = joined(overlay.legends[0].get_texts())
+    assert all(any(text.startswith(name + " (") for text in legend) for name in LONG_NAMES)
+    many = synthetic_result(12, units=16, names=[f"{name}.{k}" for k in range(3) for name in LONG_NAMES])
+    assert {s.name for s in many.sites} <= joined(plots.active_rate_histogram(many).axes[0].get_yticklabels())
+    assert plots.unit_map(result, LONG_NAMES[0]).axes[0].get_title(loc="left").replace("\n", "").startswith(
+        LONG_NAMES[0] + " (")
+    # The figure grows to hold the wrapped labels: two lines of room per row.
+    width, height = bars.get_size_inches()
+    assert height >= plots.ROW_INCHES * 4 * 2
+
+
+def test_wrap_name_breaks_after_separators_and_keeps_every_character():
+    assert plots.wrap_name("layer1.0.relu") == "layer1.0.relu"
+    assert plots.wrap_name(LONG_NAMES[0]) == "feature_backbone.residual_stage_\n0.pointwise_act"
+    no_breaks = "x" * 70
+    assert plots.wrap_name(no_breaks).split("\n") == ["x" * 32, "x" * 32, "x" * 6]
+    for name in (LONG_NAMES[0], no_breaks, "a.b:c#d_e/f" * 9):
+        assert plots.wrap_name(name, 10).replace("\n", "") == name
+        assert max(len(line) for line in plots.wrap_name(name, 10).split("\n")) <= 10

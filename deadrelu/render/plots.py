@@ -16,7 +16,7 @@ import io
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
@@ -34,7 +34,7 @@ MAX_TICK_LABELS = 40
 MAX_OVERLAID = 8
 #: up to this many sites, one bar per site; above, a filled step line (same picture, much faster)
 MAX_BARS = 100
-#: site names longer than this are shortened in labels (middle elided)
+#: site names longer than this are wrapped over lines in labels (never shortened)
 LABEL_CHARS = 32
 #: bins of the active-rate histograms over [0, 1]
 RATE_BINS = 20
@@ -76,12 +76,40 @@ def _figure(width: float, height: float) -> Figure:
     return notebook_figure_class()(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def short_name(name: str, limit: int = LABEL_CHARS) -> str:
-    """A site name cut to ``limit`` characters, keeping its start and end."""
-    if len(name) <= limit:
+def wrap_name(name: str, width: int = LABEL_CHARS) -> str:
+    """A site name over lines of at most ``width`` characters, broken after a ``.``, ``:``, ``#``, ``_`` or
+    ``/`` where it can (a run longer than a line is split in chunks): nothing is dropped, so the lines
+    joined are the name (``feature_backbone.residual_stage_0.`` / ``pointwise_act``)."""
+    if len(name) <= width:
         return name
-    keep = limit - 1
-    return name[: keep // 2] + "…" + name[-(keep - keep // 2):]
+    lines: list[str] = []
+    line = ""
+    for token in re.split(r"(?<=[.:#_/])", name):
+        while len(token) > width:  # a part with no break in it: chunks, whole characters
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(token[:width])
+            token = token[width:]
+        if line and len(line) + len(token) > width:
+            lines.append(line)
+            line = ""
+        line += token
+    if line:
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def name_label(name: str, width: int = LABEL_CHARS) -> str:
+    """A site name as a matplotlib label: wrapped (``wrap_name``), each line made safe (``_plain``)."""
+    return "\n".join(_plain(line) for line in wrap_name(name, width).split("\n"))
+
+
+def label_size(names: Iterable[str], width: int = LABEL_CHARS) -> tuple[int, int]:
+    """The longest line and the most lines of these names' wrapped labels (``wrap_name``)."""
+    wrapped = [wrap_name(name, width).split("\n") for name in names]
+    return (max((len(line) for lines in wrapped for line in lines), default=4),
+            max((len(lines) for lines in wrapped), default=1))
 
 
 def _plain(text: str) -> str:
@@ -136,10 +164,11 @@ def dead_ratio_by_layer(result: ScanResult) -> Figure:
     sites = list(result.sites)
     count = len(sites)
     labelled = labelled_sites(result)
-    longest = max((len(short_name(sites[k].name, 40)) for k in labelled), default=4)
+    longest, lines = label_size(sites[k].name for k in labelled)
     saturating = any(site.saturation for site in sites)
-    height = min(max(2.8, ROW_INCHES * max(count, len(labelled)) * (1.0 if count <= MAX_SITE_LABELS else 0.6) + 1.9),
-                 36.0)
+    # A row as tall as its label: a name wrapped over two lines needs two lines of room.
+    rows = max(count, len(labelled) * lines)
+    height = min(max(2.8, ROW_INCHES * rows * (1.0 if count <= MAX_SITE_LABELS else 0.6) + 1.9), 36.0)
     width = (6.5 if saturating else 5.0) + 0.055 * longest
     fig = _figure(width, height)
     axes = fig.subplots(1, 2 if saturating else 1, sharey=True, squeeze=False,
@@ -168,7 +197,7 @@ def dead_ratio_by_layer(result: ScanResult) -> Figure:
     main.set_ylim(count - 0.5, -0.5)
     main.set_yticks(labelled)
     fontsize = 7 if len(labelled) <= 80 else 6
-    main.set_yticklabels([_plain(short_name(sites[k].name, 40)) for k in labelled], fontsize=fontsize)
+    main.set_yticklabels([name_label(sites[k].name) for k in labelled], fontsize=fontsize)
     from ..judge.overall import Level, flagged, site_level
     level_color = {Level.FAIL: DEAD_COLOR, Level.WARN: "#b06000"}
     for k, label in zip(labelled, main.get_yticklabels()):
@@ -251,7 +280,7 @@ def active_rate_histogram(result: ScanResult) -> Figure:
         for site in sites:
             counts = rate_histogram(site.stats.active_rate)
             axis.stairs(counts / max(site.units, 1), edges, linewidth=1.6,
-                        label=_plain(f"{short_name(site.name)} ({site.kind}; {counts[0]} of {site.units} dead)"))
+                        label=f"{name_label(site.name, 48)} ({site.kind}; {counts[0]} of {site.units} dead)")
         _rate_axis(axis)
         axis.set_xlabel("active rate (share of a unit's observations in the active region)")
         axis.set_ylabel("share of the site's units")
@@ -263,8 +292,10 @@ def active_rate_histogram(result: ScanResult) -> Figure:
                        frameon=False)
         return fig
     count = len(sites)
-    height = min(max(4.0, ROW_INCHES * count + 1.8), 36.0)
-    fig = _figure(9.0, height)
+    labelled = labelled_sites(result)
+    longest, lines = label_size(sites[k].name for k in labelled)
+    height = min(max(4.0, ROW_INCHES * max(count, len(labelled) * lines) + 1.8), 36.0)
+    fig = _figure(7.5 + 0.055 * longest, height)
     axis = fig.subplots()
     matrix = np.zeros((count, RATE_BINS + 1))
     for row, site in enumerate(sites):
@@ -273,9 +304,8 @@ def active_rate_histogram(result: ScanResult) -> Figure:
     mesh = axis.pcolormesh(edges, np.arange(count + 1) - 0.5, matrix, cmap="magma_r", vmin=0.0, vmax=1.0)
     axis.set_ylim(count - 0.5, -0.5)
     fig.colorbar(mesh, ax=axis, label="share of the site's units", format=_percent_formatter())
-    labelled = labelled_sites(result)
     axis.set_yticks(labelled)
-    axis.set_yticklabels([_plain(short_name(sites[k].name)) for k in labelled], fontsize=7 if len(labelled) <= 80 else 6)
+    axis.set_yticklabels([name_label(sites[k].name) for k in labelled], fontsize=7 if len(labelled) <= 80 else 6)
     _rate_axis(axis)
     axis.set_xlabel("active rate (left of 0: dead units)")
     axis.set_ylabel(f"site (network order; {len(labelled)} of {count} names shown)" if count > len(labelled)
@@ -341,8 +371,8 @@ def unit_map(result: ScanResult, site: str | int | SiteResult) -> Figure:
     saturated = f", {chosen.saturated} saturated" if chosen.saturation else ""
     # Never-active units of leaky kinds keep a gradient: named as the verdict line names them, not "dead".
     dead_word = "never active (leaky)" if leaky(chosen) else "dead"
-    axis.set_title(_plain(f"{short_name(chosen.name, 48)} ({chosen.kind}): {chosen.dead} of {chosen.units} "
-                          f"{dead_word}{saturated}"), fontsize=10, loc="left")
+    axis.set_title(f"{name_label(chosen.name, 56)} ({chosen.kind}): {chosen.dead} of {chosen.units} "
+                   f"{dead_word}{saturated}", fontsize=10, loc="left")
     # Counts of what is painted: a floor-saturated ELU unit is dead too but painted orange.
     painted_dead = int((overlay == 2).sum())
     painted_saturated = int((overlay == 1).sum())
@@ -415,4 +445,4 @@ def write_pngs(result: ScanResult, directory: str | Path, max_unit_maps: int = 1
 
 __all__ = ["labelled_sites", "dead_ratio_by_layer", "active_rate_histogram", "unit_map", "write_pngs", "figure_png", "unit_grid",
            "rate_bins", "rate_histogram", "saturated_mark",
-           "short_name", "safe_filename", "sites_worth_mapping"]
+           "wrap_name", "name_label", "label_size", "safe_filename", "sites_worth_mapping"]

@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .files import atomic_write_bytes, atomic_write_text
-from .plots import _figure, _percent_formatter, _plain, _tick_positions, figure_png, short_name
+from .plots import _figure, _percent_formatter, _tick_positions, figure_png, label_size, name_label
 from .text import visible
 
 if TYPE_CHECKING:
@@ -167,8 +167,9 @@ def heat_map(trend: Trend) -> Figure:
 
     sites, points = len(trend.sites), len(trend.labels)
     labelled = _tick_positions(sites)
-    longest = max((len(short_name(trend.sites[k])) for k in labelled), default=4)
-    fig = _figure(min(max(6.0, 0.45 * points + 0.07 * longest + 3.0), 22.0), min(max(3.0, 0.22 * sites + 1.8), 24.0))
+    longest, lines = label_size(trend.sites[k] for k in labelled)
+    fig = _figure(min(max(6.0, 0.45 * points + 0.07 * longest + 3.0), 22.0),
+                  min(max(3.0, 0.22 * max(sites, len(labelled) * lines * 0.6) + 1.8), 24.0))
     axis = fig.add_subplot()
     cmap = colormaps["Reds"].with_extremes(bad="#dddddd")
     mesh = axis.pcolormesh(np.arange(points + 1) - 0.5, np.arange(sites + 1) - 0.5,
@@ -180,7 +181,7 @@ def heat_map(trend: Trend) -> Figure:
                           color="white" if value > 0.6 else "#222222")
     axis.set_ylim(sites - 0.5, -0.5)  # network order top to bottom
     axis.set_yticks(labelled)
-    axis.set_yticklabels([_plain(short_name(trend.sites[k])) for k in labelled], fontsize=7)
+    axis.set_yticklabels([name_label(trend.sites[k]) for k in labelled], fontsize=7)
     columns = _tick_positions(points, 30)
     axis.set_xticks(columns)
     axis.set_xticklabels([_x_labels(trend)[p] for p in columns], rotation=90 if points > 8 else 0, fontsize=7)
@@ -209,7 +210,7 @@ def worst_sites(trend: Trend, count: int = WORST_SITES) -> Figure:
     ratio = trend.dead_ratio
     drawn = trend.worst_sites(count)
     for k in drawn:
-        axis.plot(x, ratio[k], marker="o", markersize=3, label=_plain(short_name(trend.sites[k])))
+        axis.plot(x, ratio[k], marker="o", markersize=3, label=name_label(trend.sites[k], 48))
     axis.plot(x, trend.total_dead_ratio, linestyle="--", color="#444444", label="all sites")
     axis.set_ylim(0, 1.0)
     axis.yaxis.set_major_formatter(_percent_formatter())

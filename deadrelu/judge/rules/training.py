@@ -290,7 +290,7 @@ def rule_learning_rate(context: RuleContext) -> list[Suggestion]:
                                                        for entry in starved[:EVIDENCE_LIST_MAX]},
                                 "grown_above": GROWN, "step_ratio_above": STEP_RATIO, "thrown_below": THROWN,
                                 "optimizer_state": context.optimizer_state is not None}
-    line = act("optimizer", f"lower the learning rate 10× and recycle the dead units"
+    line = act("optimizer", "lower the learning rate 10× and recycle the dead units"
                             + (f" ({short[0]})" if short else ""))
     return [suggestion("learning-rate", severity, sites, title, evidence, action, code, explains=explained,
                        changes="lowers the optimizer's learning rate 10× and recycles the dead units (ReDo)",
