@@ -193,7 +193,7 @@ def _emit(result: Any, json_path: Path | None, quiet: bool, show_units: bool, ve
             stderr.print(gate)
         return
     if quiet:
-        stdout.print(console_render.verdict_line(result), soft_wrap=True)
+        stdout.print(console_render.verdict_line(result, _width()), soft_wrap=True)
         gate = console_render.gate_lines(result)
         if gate is not None:
             stdout.print(gate)

@@ -149,6 +149,10 @@ def test_the_names_are_40_to_55_characters(runner, files) -> None:
 def test_scan_and_report_at_80_columns(runner, files) -> None:
     done = invoke(runner, "scan", files["ck1"], files["data"], "--arch", f"{files['arch']}:build")
     assert_names_whole(done.stdout, NAMES)
+    # The verdict wraps under itself (rich wrapped it to column 0: '(56.2%)' and '(#1)' alone at the edge).
+    assert done.stdout.splitlines()[:2] == [
+        f"FAIL  worst site {NAMES[3]}: 9 of 16 dead", "      (56.2%)"]
+    assert not [line for line in done.stdout.splitlines() if line.startswith("(")]
     saved = scan_json(runner, files, "ck1", files["dir"] / "r1.json")
     stored = json.loads(saved.read_text())["suggestions"]
     shown = [s for s in stored if not s.get("generic")][:5]

@@ -15,6 +15,7 @@ report with ``crop=False``, as the HTML and JSON reports carry it. ``width=None`
 from __future__ import annotations
 
 import math
+import re
 from typing import TYPE_CHECKING, Any, Callable
 
 from rich.console import Group
@@ -155,8 +156,36 @@ def layer_table(result: ScanResult, limit: int | None = DEFAULT_ROWS, width: int
     return table
 
 
-def verdict_line(result: ScanResult) -> Text:
-    """One line saying OK / WARN / FAIL, the worst site, and the model-wide counts."""
+def hang(text: Text, width: int | None, first: int = 2) -> Text:
+    """A styled text wrapped at spaces to ``width``, keeping its styles: the first line's continuations
+    indented ``first`` columns, every later line's two columns past its own indent. No word is broken
+    (a name longer than the room keeps a line of its own, whole); None: unchanged."""
+    if width is None:
+        return text
+    out = Text(style=text.style, end=text.end)
+    offset = 0
+    for number, line in enumerate(text.plain.split("\n")):
+        if number:
+            out.append("\n")
+        lead = len(line) - len(line.lstrip(" "))
+        indent = first if number == 0 else lead + 2
+        start, previous, column = 0, 0, 0
+        for word in re.finditer(r"\S+", line):
+            if previous > lead and column + (word.end() - previous) > width:
+                out.append_text(text[offset + start:offset + previous])   # trailing spaces dropped
+                out.append("\n" + " " * indent)
+                start, column = word.start(), indent + len(word.group())
+            else:
+                column += word.end() - previous
+            previous = word.end()
+        out.append_text(text[offset + start:offset + len(line)])
+        offset += len(line) + 1
+    return out
+
+
+def verdict_line(result: ScanResult, width: int | None = None) -> Text:
+    """One line saying OK / WARN / FAIL, the worst site, and the model-wide counts (wrapped to
+    ``width`` under itself: ``hang``)."""
     verdict = overall(result)
     partial = " (PARTIAL)" if result.data.get("partial") else ""
     text = Text(f"{verdict.level.value}{partial}  ", style=LEVEL_STYLE[verdict.level])
@@ -173,7 +202,7 @@ def verdict_line(result: ScanResult) -> Text:
     if cause is not None:
         text.append("\n  ")
         text.append(cause)
-    return text
+    return hang(text, width, len(verdict.level.value) + len(partial) + 2)
 
 
 def top_cause(result: ScanResult) -> dict | None:
@@ -306,8 +335,16 @@ def suggestion_line(suggestion: dict, position: int, width: int | None, result: 
     action = visible(suggestion.get("action_line") or suggestion.get("title", ""))
     if suggestion.get("destructive"):
         action = "[erases training] " + action
-    line = Text(head, style=style)
-    line.append(_hanging(action, width, len(head)))
+    # Only the marker carries the severity's colour; the place the action names stands out in bold.
+    line = Text()
+    line.append(head, style=style)
+    wrapped = _hanging(action, width, len(head))
+    where, colon, rest = wrapped.partition(": ")
+    if colon and "→" not in where:
+        line.append(where + ":", style="bold")
+        line.append(" " + rest)
+    else:
+        line.append(wrapped)
     line.no_wrap = True
     line.overflow = "ignore"
     return line
@@ -416,7 +453,7 @@ def report(result: ScanResult, show_units: bool = False, limit: int | None = DEF
     # The caption ("43 sites clean") is a line of its own, not wrapped to the table's width;
     # with no problem site to list it is all there is to say.
     caption, table.caption = table.caption, None
-    parts: list = [verdict_line(result), Text("")]
+    parts: list = [verdict_line(result, width), Text("")]
     if table.row_count:
         parts.append(table)
     if caption:
