@@ -344,7 +344,8 @@ def test_each_card_is_headed_by_its_action_with_evidence_and_code_below(hostile_
                        re.S)
     assert len(cards) == len(hostile_result.suggestions)
     for (heading, body), suggestion in zip(cards, hostile_result.suggestions):
-        assert html_module.unescape(re.sub(r"<span class=\"sev\">.*?</span>", "", heading)) == suggestion["action_line"]
+        shown = re.sub(r"<[^>]+>", "", re.sub(r"<span class=\"sev\">.*?</span>", "", heading))  # <wbr>: no text
+        assert html_module.unescape(shown) == suggestion["action_line"]
         assert suggestion["action_line"] != suggestion["title"]
         assert f'<p class="finding"><b>Evidence:</b> {html_render._e(suggestion["title"])}</p>' in body
         if suggestion["code"]:
@@ -457,3 +458,14 @@ def test_on_a_390px_phone_the_verdict_name_and_dead_share_show_without_scrolling
     names = [name for name, _ in measured["names"]]
     assert names == [f"feature_extractor_backbone.residual_stage_{k}.1" for k in (2, 1, 0)]
     assert all(right <= width for _, right in measured["names"]) and all(right <= width for right in measured["dead"])
+
+
+def test_long_names_break_at_their_separators_not_mid_word():
+    # issue 22 (seen at 390 px): 'feature_backbone.residual_stage_3.pointw|ise_act' broke mid-word.
+    assert html_render._breakable("stage_3.pointwise_act") == "stage_<wbr>3.<wbr>pointwise_<wbr>act"
+    assert html_render._breakable("a'b<c>") == "a&#x27;b&lt;c&gt;", "never inside an entity"
+    model = nn.Sequential()
+    model.add_module("feature_backbone_residual_stage_3", nn.Linear(10, 4))
+    model.add_module("pointwise_act", nn.ReLU())
+    page = html_render.report(deadrelu.scan(model, bounded_inputs(50, 10)), plots=False)
+    assert "pointwise_<wbr>act" in page and "feature_<wbr>backbone_<wbr>residual_<wbr>stage_<wbr>3" in page

@@ -17,6 +17,7 @@ no network at all, so even a missed escape could not run code or fetch anything.
 from __future__ import annotations
 
 import html
+import re
 import math
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -48,6 +49,13 @@ SEVERITY_LABEL = {"critical": "CRITICAL", "warning": "WARNING", "info": "INFO"}
 def _e(value: Any, keep_newlines: bool = False) -> str:
     """Escape anything for HTML text or a quoted attribute (invisible characters shown as escapes)."""
     return html.escape(visible(value, keep_newlines=keep_newlines), quote=True)
+
+
+def _breakable(value: Any) -> str:
+    """Text (a site name, an action line) escaped with a line-break opportunity after each ``.``, ``_``,
+    ``/`` and ``:``: a 47-character name on a phone breaks at ``stage_3.|pointwise_act``, not mid-word.
+    ``<wbr>`` adds no character, so what is copied is the name; never placed inside an entity (``&#x27;``)."""
+    return re.sub(r"([._/:])", r"\1<wbr>", _e(value))
 
 
 def _pct(value: float | None) -> str:
@@ -289,7 +297,8 @@ def _suggestions(result: ScanResult, anchors: dict[str, str]) -> str:
         tone = severity if severity in SEVERITY_LABEL else "info"
         sites = list(suggestion.get("sites", []))
         site_links = ", ".join(
-            (f'<a href="#{anchors[name]}">{_e(name)}</a>' if name in anchors else _e(name)) for name in sites[:20])
+            (f'<a href="#{anchors[name]}">{_breakable(name)}</a>' if name in anchors else _breakable(name))
+            for name in sites[:20])
         more = f" and {len(sites) - 20} more" if len(sites) > 20 else ""
         sites_html = f'<p class="sites">Sites: {site_links}{more}</p>' if sites else ""
         table, numbers = _evidence_table(dict(suggestion.get("evidence") or {}))
@@ -307,7 +316,7 @@ def _suggestions(result: ScanResult, anchors: dict[str, str]) -> str:
         blocks.append(
             f'<article class="sugg {tone}" id="suggestion-{k}"><h3><span class="sev">#{rank} '
             f'{SEVERITY_LABEL.get(tone, "INFO")}</span>'
-            f'{_e(suggestion.get("action_line") or suggestion.get("title", ""))}</h3>'
+            f'{_breakable(suggestion.get("action_line") or suggestion.get("title", ""))}</h3>'
             f'<p class="finding"><b>Evidence:</b> {_e(suggestion.get("title", ""))}</p>'
             f'<p>{_explained_html(suggestion, result)}</p>'
             f'{sites_html}{_action_html(str(suggestion.get("action", "")))}{evidence}{changes_html}{code_html}'
@@ -323,7 +332,7 @@ def _site_rows(result: ScanResult, sites: Sequence[SiteResult], anchors: dict[st
     for rank, site in enumerate(sites, first_rank):
         level = site_level(site)
         tone = {Level.FAIL: "bad", Level.WARN: "warn"}.get(level, "leaky" if never_active(site) else "")
-        name = _e(site.name)
+        name = _breakable(site.name)
         if site.name in anchors:
             name = f'<a href="#{anchors[site.name]}">{name}</a>'
         dead = dead_no_gradient(site)
@@ -407,7 +416,7 @@ def _site_detail(result: ScanResult, site: SiteResult, anchor: str, opened: bool
     legend = ('<span style="background:#d62728"></span>dead'
               + ('<span style="background:#ff7f0e"></span>saturated' if site.saturation else "")
               + '<span style="background:#dddddd"></span>no observation')
-    summary = (f"<b>{_e(site.name)}</b> · {_e(site.kind)} · {site.dead:,} of {site.units:,} dead "
+    summary = (f"<b>{_breakable(site.name)}</b> · {_e(site.kind)} · {site.dead:,} of {site.units:,} dead "
                f"({_pct(site.dead_ratio)})" + (f" · {site.saturated:,} saturated" if site.saturation else "")
                + f" · {site.dormant:,} dormant")
     return (f'<details class="site" id="{anchor}"{" open" if opened else ""}><summary>{summary}</summary>'
