@@ -467,5 +467,7 @@ def test_long_names_break_at_their_separators_not_mid_word():
     model = nn.Sequential()
     model.add_module("feature_backbone_residual_stage_3", nn.Linear(10, 4))
     model.add_module("pointwise_act", nn.ReLU())
+    with torch.no_grad():
+        model[0].bias.fill_(-100.0)   # 4 of 4 dead: the bias card's action line names the layer
     page = html_render.report(deadrelu.scan(model, bounded_inputs(50, 10)), plots=False)
     assert "pointwise_<wbr>act" in page and "feature_<wbr>backbone_<wbr>residual_<wbr>stage_<wbr>3" in page
