@@ -347,7 +347,7 @@ def test_each_card_is_headed_by_its_action_with_evidence_and_code_below(hostile_
         shown = re.sub(r"<[^>]+>", "", re.sub(r"<span class=\"sev\">.*?</span>", "", heading))  # <wbr>: no text
         assert html_module.unescape(shown) == suggestion["action_line"]
         assert suggestion["action_line"] != suggestion["title"]
-        assert f'<p class="finding"><b>Evidence:</b> {html_render._e(suggestion["title"])}</p>' in body
+        assert f'<p class="finding"><b>Evidence:</b> {html_render._breakable(suggestion["title"])}</p>' in body
         if suggestion["code"]:
             assert body.index('class="finding"') < body.index("<pre><code>")
     top = hostile_result.suggestions[0]

@@ -269,9 +269,9 @@ def _action_html(action: str) -> str:
     lines = action.split("\n")
     head = [line for line in lines if not line.startswith("- ")]
     items = [line[2:] for line in lines if line.startswith("- ")]
-    body = "".join(f"<p>{_e(line)}</p>" for line in head if line.strip())
+    body = "".join(f"<p>{_breakable(line)}</p>" for line in head if line.strip())
     if items:
-        body += "<ul>" + "".join(f"<li>{_e(item)}</li>" for item in items) + "</ul>"
+        body += "<ul>" + "".join(f"<li>{_breakable(item)}</li>" for item in items) + "</ul>"
     return body
 
 
@@ -317,7 +317,7 @@ def _suggestions(result: ScanResult, anchors: dict[str, str]) -> str:
             f'<article class="sugg {tone}" id="suggestion-{k}"><h3><span class="sev">#{rank} '
             f'{SEVERITY_LABEL.get(tone, "INFO")}</span>'
             f'{_breakable(suggestion.get("action_line") or suggestion.get("title", ""))}</h3>'
-            f'<p class="finding"><b>Evidence:</b> {_e(suggestion.get("title", ""))}</p>'
+            f'<p class="finding"><b>Evidence:</b> {_breakable(suggestion.get("title", ""))}</p>'
             f'<p>{_explained_html(suggestion, result)}</p>'
             f'{sites_html}{_action_html(str(suggestion.get("action", "")))}{evidence}{changes_html}{code_html}'
             f'<p class="muted" style="font-size:12px">rule: {_e(suggestion.get("id", ""))}</p></article>')

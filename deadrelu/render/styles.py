@@ -43,7 +43,7 @@ margin:12px 0;break-inside:avoid}
 .sugg.critical{border-left-color:var(--crit)}.sugg.warning{border-left-color:var(--warn)}
 .sev{font-size:12px;font-weight:700;letter-spacing:.05em;margin-right:6px}
 .critical .sev{color:var(--crit)}.warning .sev{color:var(--warn)}.info .sev{color:var(--info)}
-.sugg h3{overflow-wrap:anywhere}.sugg .finding{font-size:14px}
+.sugg h3,.sugg p,.sugg li{overflow-wrap:anywhere}.sugg .finding{font-size:14px}
 .sugg p{margin:6px 0}.sugg .sites{color:var(--muted);font-size:13px;overflow-wrap:anywhere}
 .evidence{font-size:13px;margin:8px 0}.evidence td:first-child{color:var(--muted);width:34%}
 .evidence.matrix td:first-child{width:auto}.evidence.matrix th{font-size:12px}
