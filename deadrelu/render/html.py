@@ -53,9 +53,10 @@ def _e(value: Any, keep_newlines: bool = False) -> str:
 
 def _breakable(value: Any) -> str:
     """Text (a site name, an action line) escaped with a line-break opportunity after each ``.``, ``_``,
-    ``/`` and ``:``: a 47-character name on a phone breaks at ``stage_3.|pointwise_act``, not mid-word.
+    ``/`` and ``:`` not followed by a digit (``0.07979``, ``stage_3`` stay whole): a 47-character name on a
+    phone breaks at ``stage_3.|pointwise_act``, not mid-word.
     ``<wbr>`` adds no character, so what is copied is the name; never placed inside an entity (``&#x27;``)."""
-    return re.sub(r"([._/:])", r"\1<wbr>", _e(value))
+    return re.sub(r"([._/:])(?=[^\d\s])", r"\1<wbr>", _e(value))
 
 
 def _pct(value: float | None) -> str:
