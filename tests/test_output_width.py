@@ -249,3 +249,16 @@ def test_wrap_hanging_never_breaks_a_word() -> None:
     assert wrap_hanging(text, 30, 4) == "wrote a.pt2 (load with\n    torch.export.load(path).module())"
     assert wrap_hanging("x" * 50, 10) == "x" * 50  # longer than the room: whole, on its own line
     assert wrap_hanging(text, None) == text
+
+
+def test_a_report_saved_before_action_lines_shows_its_titles(runner, files) -> None:
+    # schema_version 1 gained action_line; a JSON written before it still renders, leading with the title.
+    saved = scan_json(runner, files, "ck1", files["dir"] / "old.json")
+    data = json.loads(saved.read_text())
+    for suggestion in data["suggestions"]:
+        del suggestion["action_line"]
+    saved.write_text(json.dumps(data))
+    shown = [s for s in data["suggestions"] if not s.get("generic")][:5]
+    report = invoke(runner, "report", saved).stdout
+    assert_names_whole(report, NAMES)
+    assert_titles_whole(report, [s["title"] for s in shown])

@@ -231,6 +231,10 @@ def test_long_names_are_wrapped_never_cut():
     overlay = plots.active_rate_histogram(result)
     legend = joined(overlay.legends[0].get_texts())
     assert all(any(text.startswith(name + " (") for text in legend) for name in LONG_NAMES)
+    for figure in (bars, overlay):   # and nothing drawn past the figure's edges
+        figure.canvas.draw()
+        box, frame = figure.legends[0].get_window_extent(), figure.bbox
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0, (box, frame)
     many = synthetic_result(12, units=16, names=[f"{name}.{k}" for k in range(3) for name in LONG_NAMES])
     assert {s.name for s in many.sites} <= joined(plots.active_rate_histogram(many).axes[0].get_yticklabels())
     assert plots.unit_map(result, LONG_NAMES[0]).axes[0].get_title(loc="left").replace("\n", "").startswith(

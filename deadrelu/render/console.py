@@ -339,6 +339,10 @@ def suggestion_line(suggestion: dict, position: int, width: int | None, result: 
     line = Text()
     line.append(head, style=style)
     wrapped = _hanging(action, width, len(head))
+    warning = "[erases training] " if suggestion.get("destructive") else ""
+    if warning:
+        line.append(warning, style="bold")
+        wrapped = wrapped[len(warning):]
     where, colon, rest = wrapped.partition(": ")
     if colon and "→" not in where:
         line.append(where + ":", style="bold")

@@ -412,7 +412,8 @@ def _site_detail(result: ScanResult, site: SiteResult, anchor: str, opened: bool
         stats_rows.append(("PReLU slopes", f"min {slopes['min']:.3g}, mean {slopes['mean']:.3g}, "
                                            f"max {slopes['max']:.3g}, {slopes['nonpositive']} ≤ 0"))
     table = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in stats_rows)
-    linked = "".join(f'<li><a href="#suggestion-{k}">{_e(s.get("title", ""))}</a></li>' for k, s in mentions)
+    linked = "".join(f'<li><a href="#suggestion-{k}">{_breakable(s.get("action_line") or s.get("title", ""))}</a></li>'
+                     for k, s in mentions)
     linked = f"<p><b>Suggestions for this site</b></p><ul>{linked}</ul>" if linked else ""
     legend = ('<span style="background:#d62728"></span>dead'
               + ('<span style="background:#ff7f0e"></span>saturated' if site.saturation else "")

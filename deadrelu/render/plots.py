@@ -275,12 +275,15 @@ def active_rate_histogram(result: ScanResult) -> Figure:
     sites = list(result.sites)
     edges = rate_bins()
     if len(sites) <= MAX_OVERLAID:
-        fig = _figure(8.0, 4.2)
+        # The legend sits below: one column when names are long, and the figure grows to hold it.
+        longest, lines = label_size(site.name for site in sites)
+        columns = 2 if longest <= 24 else 1
+        fig = _figure(8.0, 3.6 + 0.16 * math.ceil(len(sites) / columns) * lines)
         axis = fig.subplots()
         for site in sites:
             counts = rate_histogram(site.stats.active_rate)
             axis.stairs(counts / max(site.units, 1), edges, linewidth=1.6,
-                        label=f"{name_label(site.name, 48)} ({site.kind}; {counts[0]} of {site.units} dead)")
+                        label=f"{name_label(site.name)} ({site.kind}; {counts[0]} of {site.units} dead)")
         _rate_axis(axis)
         axis.set_xlabel("active rate (share of a unit's observations in the active region)")
         axis.set_ylabel("share of the site's units")
@@ -288,7 +291,7 @@ def active_rate_histogram(result: ScanResult) -> Figure:
         axis.set_title("Per-unit active rates per site", fontsize=10, loc="left")
         axis.grid(alpha=0.3)
         if sites:
-            fig.legend(*axis.get_legend_handles_labels(), fontsize=8, loc="outside lower center", ncol=2,
+            fig.legend(*axis.get_legend_handles_labels(), fontsize=8, loc="outside lower center", ncol=columns,
                        frameon=False)
         return fig
     count = len(sites)
