@@ -339,12 +339,14 @@ def suggestion_line(suggestion: dict, position: int, width: int | None, result: 
     line = Text()
     line.append(head, style=style)
     wrapped = _hanging(action, width, len(head))
-    warning = "[erases training] " if suggestion.get("destructive") else ""
+    warning = "[erases training]" if suggestion.get("destructive") else ""
     if warning:
         line.append(warning, style="bold")
         wrapped = wrapped[len(warning):]
-    where, colon, rest = wrapped.partition(": ")
+    lead = wrapped[:len(wrapped) - len(wrapped.lstrip())]   # the space, or the break, after the warning
+    where, colon, rest = wrapped[len(lead):].partition(": ")
     if colon and "→" not in where:
+        line.append(lead)
         line.append(where + ":", style="bold")
         line.append(" " + rest)
     else:
