@@ -98,7 +98,11 @@ def test_cli_at_80_columns_is_short_and_names_the_site_in_full(runner, tmp_path)
     assert lines[0].startswith("WARN  worst site layer3.4.relu#1: 8 of 16 dead (50.0%)")
     assert any(line.startswith("layer3.4.relu#1 ") for line in lines), "the problem site, in full, in the table"
     assert any(line.strip().startswith("48 sites clean") for line in lines)
-    assert "  #1  WARN     8/8  layer3.4.relu#1 ← layer3.4.bn2: β < −3·|γ| on channels 0–7" in lines
+    # issue 22: the action (where: what to do → what it explains), wrapped under itself; the evidence
+    # ('layer3.4.relu#1 ← layer3.4.bn2: β < −3·|γ| on channels 0–7') is one --verbose away
+    start = lines.index("  #1  WARN  layer3.4.bn2: reset β to 0 and γ to 1 on 8 channels → explains 8 of")
+    assert lines[start + 1] == "            8 dead at layer3.4.relu#1"
+    assert not any("β < −3·|γ|" in line for line in lines)
     assert len(lines) <= 20, done.stdout
 
 
@@ -116,10 +120,11 @@ def test_cli_output_to_a_log_keeps_full_names(runner, monkeypatch):
     done = runner.invoke(app, ["scan", "--model", f"{NETS}:broken_resnet",
                                             "--data", f"{NETS}:resnet_data"], env={"COLUMNS": None})
     assert done.exit_code == 0, done.output
-    title = one(json.loads(runner.invoke(app, [
+    action = one(json.loads(runner.invoke(app, [
         "scan", "--model", f"{NETS}:broken_resnet", "--data", f"{NETS}:resnet_data", "--json", "-"]).stdout
-    )["suggestions"], "batchnorm-dead")["title"]
-    assert title in done.stdout, "not a terminal and no COLUMNS: suggestion lines are not cut"
+    )["suggestions"], "batchnorm-dead")["action_line"]
+    # the default view leads with the action line (issue 22), one line in a log
+    assert action in done.stdout, "not a terminal and no COLUMNS: suggestion lines are not cut"
 
 
 # -- timm-style networks ---------------------------------------------------------------------------
