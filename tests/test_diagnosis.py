@@ -61,6 +61,9 @@ def test_units_starving_on_a_dead_input_are_upstream_and_no_local_rule_claims_th
     # The upstream card's fix is its root's: the same code, and it names that card's rank.
     assert upstream["code"] == bias["code"] and f"(#{bias['rank']})" in upstream["title"]
     assert "fix site 1 first" in upstream["action"] and f"#{bias['rank']}: bias" in upstream["action"]
+    assert upstream["action_line"] == (f"1: apply #{bias['rank']} here first, its dead units starve later sites "
+                                       "→ explains 12 of 12 dead at 3")
+    assert bias["action_line"] == "0: reset 16 negative biases to 0 → explains 16 of 16 dead at 1"
     # That code revives site 1; site 3 then has an input, and what still keeps its units dead is judged
     # on its own: the rescan blames their bias, no longer the dead input.
     apply_code(upstream, model)
@@ -202,6 +205,8 @@ def test_one_cause_and_action_at_several_sites_is_one_card_listing_them():
     assert card["evidence"]["per_site"]["relu1"]["channels"] == [1, 4]
     assert card["evidence"]["per_site"]["relu2"]["channels"] == [0, 2, 5]
     assert card["title"].startswith("2 sites, 5 units: relu1 ← bn1")
+    # One action line for the merged card: both BatchNorms, the channels summed, both sites (issue 22).
+    assert card["action_line"] == "bn1, bn2: reset β to 0 and γ to 1 on 5 channels → explains 5 of 5 dead at relu1, relu2"
     apply_code(card, model)
     assert [site.dead for site in deadrelu.scan(model, data).sites] == [0, 0]
 
