@@ -1,11 +1,13 @@
-"""Regenerate the report screenshots: the terminal at 80 columns (through tmux), the HTML report in
-Chromium at desktop and phone widths, and the notebook view, for the bundled samples and a
-ResNet-50-like network with channels killed through BatchNorm β.
+"""Regenerate the report screenshots: the terminal at 80 and 120 columns (through tmux; the default
+view and ``--verbose``), the HTML report in Chromium at desktop (1280 px) and phone (390 px) widths,
+and the notebook view, for the bundled samples, a ResNet-50-like network with channels killed
+through BatchNorm β, and a network whose site names are 47 characters long.
 
-    python benchmarks/screenshots.py [--out reports/screenshots] [--only resnet50]
+    python benchmarks/screenshots.py [--out benchmarks/screenshots] [--only resnet50]
 
-Needs tmux and Chromium (``chromium --headless``) on PATH; writes PNGs (and the HTML/text they
-were made from) under ``--out``, which is git-ignored. Deterministic models, CPU only, ~1 minute.
+Needs tmux and Chromium (``chromium --headless``) on PATH; writes PNGs under ``--out`` (committed:
+look at them after a change to any output) beside the HTML/text they were made from (ignored).
+Deterministic models, CPU only, a few minutes.
 """
 
 from __future__ import annotations
@@ -34,7 +36,11 @@ CASES: dict[str, list[str]] = {
     "leaky_prelu": [str(SAMPLES / "leaky_prelu.pt"), str(SAMPLES / "leaky_prelu_data.npy"),
                     "--arch", f"{SAMPLES / 'archs.py'}:LeakyPReLUNet"],
     "resnet50": ["--model", f"{TESTS / 'real_nets.py'}:broken_resnet", "--data", f"{TESTS / 'real_nets.py'}:resnet_data"],
+    "long_names": ["--model", f"{Path(__file__).resolve().parent / 'screenshot_models.py'}:long_names",
+                   "--data", f"{Path(__file__).resolve().parent / 'screenshot_models.py'}:long_names_data"],
 }
+#: terminal widths shot, in columns
+COLUMNS = (80, 120)
 #: a host page around the notebook view, styled like JupyterLab's output area (and hostile to leaks)
 NOTEBOOK_PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><style>
 body{{font-family:Georgia,serif;color:#7b1fa2;margin:16px}} table{{border:3px solid #7b1fa2}}
@@ -58,10 +64,23 @@ def screenshot(page: Path, png: Path, width: int, height: int) -> None:
                         f"--user-data-dir={profile}", "--virtual-time-budget=2000", f"--screenshot={png}",
                         f"--window-size={width},{height}", page.as_uri()],
                        check=True, capture_output=True, timeout=180)
+    _shrink(png)
+
+
+def _shrink(png: Path, colors: int = 96) -> None:
+    """The PNG with an adaptive palette: a third of the size, text as sharp (the images are committed)."""
+    try:
+        from PIL import Image
+    except ImportError:  # matplotlib brings Pillow; without it the PNG stays as Chromium wrote it
+        return
+    with Image.open(png) as image:
+        small = image.convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
+    small.save(png, optimize=True)
 
 
 def terminal(name: str, args: list[str], out: Path, columns: int = 80, rows: int = 60) -> Path:
-    """Run ``deadrelu scan`` in a tmux pane of ``columns`` x ``rows`` and keep what the pane shows."""
+    """Run ``deadrelu scan`` in a tmux pane of ``columns`` x ``rows`` and keep what the pane shows
+    (``name`` says which shot: ``mlp_high_lr_80`` / ``mlp_high_lr_120_verbose``)."""
     if not shutil.which("tmux"):
         sys.exit("screenshots: no tmux on PATH")
     session = f"deadrelu-shot-{os.getpid()}-{name}"
@@ -70,10 +89,12 @@ def terminal(name: str, args: list[str], out: Path, columns: int = 80, rows: int
     script = f"cd {_quote(str(REPO))}; clear; env {env} {command}; tmux wait-for -S {session}; sleep 30"
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", str(columns), "-y", str(rows),
                     "bash", "-c", script], check=True)
+    subprocess.run(["tmux", "set-option", "-t", session, "history-limit", "5000"], check=False, capture_output=True)
     try:
         subprocess.run(["tmux", "wait-for", session], check=True, timeout=300)
         time.sleep(0.2)
-        shown = subprocess.run(["tmux", "capture-pane", "-p", "-e", "-t", session], check=True,
+        # -S -: the whole scrollback, so a --verbose report longer than the pane is there too
+        shown = subprocess.run(["tmux", "capture-pane", "-p", "-e", "-S", "-", "-t", session], check=True,
                                capture_output=True, text=True).stdout
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], check=False, capture_output=True)
@@ -141,14 +162,17 @@ def reports(name: str, args: list[str], out: Path) -> list[Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO / "reports" / "screenshots")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "screenshots")
     parser.add_argument("--only", choices=sorted(CASES), action="append")
     options = parser.parse_args()
     options.out.mkdir(parents=True, exist_ok=True)
     sys.path[:0] = [str(REPO), str(TESTS)]
     for name in options.only or CASES:
         args = CASES[name]
-        written = [terminal(name, args, options.out), *reports(name, args, options.out)]
+        written = [terminal(f"{name}_{columns}{'_verbose' if verbose else ''}", args + ["--verbose"] * verbose,
+                            options.out, columns)
+                   for columns in COLUMNS for verbose in (False, True)]
+        written += reports(name, args, options.out)
         print(f"{name}: " + ", ".join(html.escape(path.name) for path in written))
 
 
