@@ -283,3 +283,17 @@ def test_python_examples_run(page, workdir):
             raise AssertionError(f"{block}: the example raised {error!r}") from error
     if left_out:
         pytest.skip("not installed here: " + "; ".join(left_out))
+
+
+def test_the_changelog_top_release_is_the_package_version():
+    """CHANGELOG.md (Keep a Changelog): an Unreleased section, then released versions, newest first;
+    the top released one is ``deadrelu.__version__``, the one version source."""
+    import deadrelu
+
+    text = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    headings = re.findall(r"^## \[([^\]]+)\](?: - (\d{4}-\d{2}-\d{2}))?$", text, re.M)
+    assert headings and headings[0] == ("Unreleased", "")
+    released = [(version, date) for version, date in headings[1:]]
+    assert released and all(date for _, date in released), "every released version has a date"
+    assert released[0][0] == deadrelu.__version__
+    assert re.findall(r"^## .*$", text, re.M) == [f"## [{v}]" + (f" - {d}" if d else "") for v, d in headings]
