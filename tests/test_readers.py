@@ -115,7 +115,7 @@ def test_every_reader_has_a_case():
 
 def recognised_inputs(side: str, name: str, tmp_path: Path) -> tuple[Inputs, Any]:
     """The case of reader ``name``: checks that its reader (and the registry) recognises it and that
-    it has a README row; returns the inputs naming it and what the case expects."""
+    it has a row in the docs' format table; returns the inputs naming it and what the case expects."""
     registry, cases = (MODEL_READERS, MODEL_CASES) if side == "model" else (DATA_READERS, DATA_CASES)
     build, expected = cases[name]
     source, options = build(tmp_path)
