@@ -12,8 +12,10 @@ a temporary folder that holds a copy of ``sample_models/``:
   ``deadrelu``, ``torch``, ``np`` and the bundled sample MLP as ``model`` (with ``data``, a float32
   array of its 2,000 samples, ``x_probe``, ``loader`` and ``opt``). A block must not raise.
 
-A block whose first line is ``# not run: REASON`` is shown, not run (it needs the network, timm or a
-GPU); ``NOT_RUN`` lists every such block, so the list stays short and explicit.
+A block whose first line is ``# not run: REASON`` is shown, not run (it needs the network, timm or
+several processes); ``EXPECTED_NOT_RUN`` counts every such block, so the list stays short and
+explicit. A python block that imports an optional library (or names its extra in a
+``# pip install 'deadrelu[EXTRA]'`` comment) is left out, and said so, where that is not installed.
 ``DEADRELU_WRITE_DOCS=1`` rewrites the console blocks' output from what the commands print now.
 """
 
