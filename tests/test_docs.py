@@ -307,3 +307,25 @@ def test_the_changelog_top_release_is_the_package_version():
     assert released and all(date for _, date in released), "every released version has a date"
     assert released[0][0] == deadrelu.__version__
     assert re.findall(r"^## .*$", text, re.M) == [f"## [{v}]" + (f" - {d}" if d else "") for v, d in headings]
+
+
+def test_the_readme_is_the_first_five_minutes():
+    """Under 150 lines; its first commands are the Makefile's demo and test; every link and image it
+    points to exists; the docs pages it links cover every page of the site's nav; the GitHub Action
+    section the packaging work fills is there."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) < 150
+    first = FENCE.search(readme)
+    assert first and [line.split("#")[0].strip() for line in first.group(2).splitlines()] == ["make demo", "make test"]
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert re.search(r"^demo: ", makefile, re.M) and re.search(r"^test: ", makefile, re.M)
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
+    assert targets and all((ROOT / target).exists() for target in targets), \
+        [target for target in targets if not (ROOT / target).exists()]
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme)
+    assert len(images) >= 2 and all((ROOT / image).is_file() for image in images)
+    nav = re.findall(r":\s*([\w/-]+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(encoding="utf-8"), re.M)
+    linked = {target.removeprefix("docs/") for target in targets if target.startswith("docs/")}
+    assert "CHANGELOG.md" in targets
+    assert set(nav) - {"changelog.md"} <= linked, sorted(set(nav) - {"changelog.md"} - linked)
+    assert re.search(r"^## GitHub Action$", readme, re.M)
