@@ -329,3 +329,11 @@ def test_the_readme_is_the_first_five_minutes():
     assert "CHANGELOG.md" in targets
     assert set(nav) - {"changelog.md"} <= linked, sorted(set(nav) - {"changelog.md"} - linked)
     assert re.search(r"^## GitHub Action$", readme, re.M)
+
+
+def test_the_schema_page_includes_every_published_schema():
+    page = (DOCS / "schema.md").read_text(encoding="utf-8")
+    schemas = sorted((ROOT / "deadrelu" / "schemas").glob("*.json"))
+    assert schemas
+    for schema in schemas:
+        assert f'--8<-- "{schema.relative_to(ROOT).as_posix()}"' in page, f"{schema.name} is not on docs/schema.md"
