@@ -29,7 +29,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# Fresh venvs as users install: no extras, oldest declared versions, each extra alone (CI runs it).
+# Fresh venvs as users install: no extras, oldest declared versions, each extra alone, the built wheel and sdist (CI runs it).
 install-check: $(STAMP)
 	.ci/install-check
 

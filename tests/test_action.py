@@ -122,3 +122,14 @@ def test_scan_step_fails_with_exit_2_on_a_bad_input_and_writes_no_summary(action
     assert returned == 2
     assert output.read_text() == "exit-code=2\n"
     assert summary.read_text() == "## Earlier step\n"
+
+
+def test_readme_snippet_uses_this_version_and_declared_inputs(action: dict[str, Any]) -> None:
+    from deadrelu import __version__
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("\n## GitHub Action\n"):]
+    snippet = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    step = next(step for step in snippet if step.get("uses", "").startswith("deadrelu/deadrelu@"))
+    assert step["uses"] == f"deadrelu/deadrelu@v{__version__}"
+    assert set(step["with"]) <= set(action["inputs"])
+    assert {"model", "data"} <= set(step["with"])
