@@ -15,9 +15,13 @@ from typing import Any
 
 import pytest
 
+import deadrelu
+
 yaml = pytest.importorskip("yaml", reason="PyYAML (present with the hf extra) reads action.yml")
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Subprocesses import the deadrelu this test imports (the checkout, or the installed package).
+PACKAGE_HOME = str(Path(deadrelu.__file__).resolve().parents[1])
 SAMPLE = ROOT / "sample_models"
 EXPRESSION = re.compile(r"\$\{\{\s*([^}]*?)\s*\}\}")
 
@@ -63,7 +67,7 @@ def test_action_installs_from_its_own_checkout_and_uploads_the_reports_whatever_
 
 def test_every_flag_the_scan_step_passes_is_a_scan_flag(action: dict[str, Any]) -> None:
     run = subprocess.run([sys.executable, "-m", "deadrelu", "scan", "--help"], capture_output=True, text=True,
-                         timeout=120, cwd=ROOT, env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(ROOT)})
+                         timeout=120, cwd=ROOT, env={**os.environ, "COLUMNS": "200", "PYTHONPATH": PACKAGE_HOME})
     assert run.returncode == 0, run.stderr
     known = set(re.findall(r"--[a-z][a-z-]*", run.stdout))
     script = steps_by_name(action)["Scan"]["run"]
@@ -79,7 +83,7 @@ def run_scan_step(action: dict[str, Any], tmp_path: Path, **given: str) -> tuple
     step = steps_by_name(action)["Scan"]
     env = {name: EXPRESSION.sub(lambda m: inputs[m.group(1).removeprefix("inputs.")], value)
            for name, value in step["env"].items()}
-    bin_dir = tmp_path / "bin"  # `deadrelu` on PATH: this interpreter, running this checkout's package
+    bin_dir = tmp_path / "bin"  # `deadrelu` on PATH: this interpreter and package
     bin_dir.mkdir()
     shim = bin_dir / "deadrelu"
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m deadrelu "$@"\n')
@@ -91,7 +95,7 @@ def run_scan_step(action: dict[str, Any], tmp_path: Path, **given: str) -> tuple
     run = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300,
                          env={**os.environ, **env, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-                              "PYTHONPATH": str(ROOT), "GITHUB_STEP_SUMMARY": str(summary),
+                              "PYTHONPATH": PACKAGE_HOME, "GITHUB_STEP_SUMMARY": str(summary),
                               "GITHUB_OUTPUT": str(output)})
     return run.returncode, summary, output
 
@@ -125,11 +129,10 @@ def test_scan_step_fails_with_exit_2_on_a_bad_input_and_writes_no_summary(action
 
 
 def test_readme_snippet_uses_this_version_and_declared_inputs(action: dict[str, Any]) -> None:
-    from deadrelu import __version__
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("\n## GitHub Action\n"):]
     snippet = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
     step = next(step for step in snippet if step.get("uses", "").startswith("deadrelu/deadrelu@"))
-    assert step["uses"] == f"deadrelu/deadrelu@v{__version__}"
+    assert step["uses"] == f"deadrelu/deadrelu@v{deadrelu.__version__}"
     assert set(step["with"]) <= set(action["inputs"])
     assert {"model", "data"} <= set(step["with"])

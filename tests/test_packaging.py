@@ -31,6 +31,8 @@ NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "build", "dist", "reports"
 @pytest.fixture(scope="module")
 def sdist(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], email.message.Message]:
     """The sdist built from a copy of the checkout: its member names (without the top folder) and PKG-INFO."""
+    # this interpreter's setuptools builds it: >= 77 (pyproject's build requirement) wherever torch is,
+    # which requires it
     work = tmp_path_factory.mktemp("sdist")
     tree = work / "tree"
     shutil.copytree(ROOT, tree, ignore=NOT_SOURCES)
