@@ -33,7 +33,7 @@ test: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
-# Fresh venvs as users install: no extras, oldest declared versions, each extra alone (CI runs it).
+# Fresh venvs as users install: no extras, oldest declared versions, each extra alone, the built wheel and sdist (CI runs it).
 install-check: $(STAMP)
 	.ci/install-check
 
