@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test install-check bench diagnosis samples clean
+.PHONY: setup demo test docs install-check bench diagnosis samples clean
 
 setup: $(STAMP)
 
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml setup.py deadrelu/fused_kernel.c deadrelu/_fused.c dead
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_CPU)
 	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/constraints.txt
-	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[test,formats,hf,lightning,tensorboard,mlflow,wandb]'
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[test,formats,hf,lightning,tensorboard,mlflow,wandb,docs]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -29,7 +29,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# Fresh venvs as users install: no extras, oldest declared versions, each extra alone (CI runs it).
+# The documentation site into site/ (mkdocs.yml; warnings are errors). Its examples run in tests/test_docs.py.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+# Fresh venvs as users install: no extras, oldest declared versions, each extra alone, the built wheel and sdist (CI runs it).
 install-check: $(STAMP)
 	.ci/install-check
 
@@ -44,4 +48,4 @@ diagnosis: $(STAMP)
 	$(PY) benchmarks/diagnosis.py --seeds 4
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis site

@@ -80,7 +80,7 @@ def record_from_result(result: ScanResult, step: int, mode: str, *, window_steps
             "name": site.name, "kind": site.kind, "units": site.units, "dead": site.dead,
             "saturated": site.saturated, "dormant": site.dormant,
             "active_rate_mean": site.active_rate_mean if math.isfinite(site.active_rate_mean) else None,
-            "dead_units": [int(unit) for unit in site.verdict.dead_units],
+            "dead_units": site.dead_units,
         } for site in result.sites],
     }
 

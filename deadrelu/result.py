@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from .errors import DeadReluError
+from .kinds import NEGATIVE_SIDE_KINDS
 from .links import InputLink  # defined in the leaf module that capture and judge import too
 from .schema import SCHEMA_VERSION
 from .settings import ScanSettings, Thresholds, build_settings
@@ -70,8 +71,53 @@ class SiteResult:
         return int(self.stats.observations.max()) if self.units else 0
 
     @property
+    def keeps_gradient(self) -> bool:
+        """Whether the kind keeps a gradient for negative inputs (LeakyReLU, PReLU, ELU, ...): its units
+        that never activate are *never active*, not dead."""
+        return self.kind in NEGATIVE_SIDE_KINDS
+
+    @property
+    def dead_mask(self) -> np.ndarray:
+        """Dead units in ReLU's sense: never active and no gradient (none for kinds that keep one)."""
+        return np.zeros(self.units, dtype=bool) if self.keeps_gradient else self.verdict.dead
+
+    @property
+    def never_active_mask(self) -> np.ndarray:
+        """Units of a kind that keeps a gradient that never activate and are not saturated at its floor."""
+        if not self.keeps_gradient:
+            return np.zeros(self.units, dtype=bool)
+        return self.verdict.dead & ~self.verdict.saturated
+
+    @property
     def dead(self) -> int:
+        """Dead units (ReLU's sense; the count every table, gate and log uses)."""
+        return int(self.dead_mask.sum())
+
+    @property
+    def never_fired(self) -> int:
+        """Units that never activated on the data, whatever the kind: dead, never active (leaky) and
+        floor-saturated units alike (what a cause can explain; ``verdict.dead``)."""
         return int(self.verdict.dead.sum())
+
+    @property
+    def never_fired_ratio(self) -> float:
+        """``never_fired`` over the site's units."""
+        return self.never_fired / self.units if self.units else 0.0
+
+    @property
+    def dead_units(self) -> list[int]:
+        """Indices of the dead units (``dead_mask``)."""
+        return np.flatnonzero(self.dead_mask).tolist()
+
+    @property
+    def never_active_units(self) -> list[int]:
+        """Indices of the never-active units (``never_active_mask``)."""
+        return np.flatnonzero(self.never_active_mask).tolist()
+
+    @property
+    def never_active(self) -> int:
+        """Never-active units of a kind that keeps a gradient (counted apart from dead)."""
+        return int(self.never_active_mask.sum())
 
     @property
     def saturated(self) -> int:
@@ -116,12 +162,13 @@ class SiteResult:
             "name": self.name, "module": self.module, "call_index": self.call_index,
             "function": self.function, "kind": self.kind, "units": self.units, "unit_dim": self.unit_dim,
             "observations": self.observations, "dead": self.dead, "dead_ratio": self.dead_ratio,
+            "never_active": self.never_active,
             "saturated": self.saturated, "dormant": self.dormant,
             "unobserved": self.unobserved,
             "active_rate_mean": _finite_or_none(self.active_rate_mean), "nonfinite": self.nonfinite,
             "saturation": self.saturation, "prelu_slopes": self.prelu_slopes,
-            "dead_units": self.verdict.dead_units, "saturated_units": self.verdict.saturated_units,
-            "dormant_units": self.verdict.dormant_units,
+            "dead_units": self.dead_units, "never_active_units": self.never_active_units,
+            "saturated_units": self.verdict.saturated_units, "dormant_units": self.verdict.dormant_units,
             "producer": None if self.producer is None else self.producer.to_dict(),
         }
         if unit_stats:
@@ -148,6 +195,7 @@ class Summary:
     active_rate_mean: float | None
     nonfinite_activations: int
     unobserved: int = 0
+    never_active: int = 0
 
     @classmethod
     def of(cls, sites: Sequence[SiteResult]) -> Summary:
@@ -164,7 +212,8 @@ class Summary:
                    saturated_ratio=share(saturated), dormant=dormant, dormant_ratio=share(dormant),
                    active_rate_mean=float(rates.mean()) if rates.size else None,
                    nonfinite_activations=sum(site.nonfinite for site in sites),
-                   unobserved=sum(site.unobserved for site in sites))
+                   unobserved=sum(site.unobserved for site in sites),
+                   never_active=sum(site.never_active for site in sites))
 
 
 @dataclass(frozen=True, eq=False)
@@ -238,7 +287,7 @@ class ScanResult:
         rows = [{
             "name": s.name, "module": s.module, "call_index": s.call_index, "function": s.function,
             "kind": s.kind, "units": s.units, "unit_dim": s.unit_dim, "observations": s.observations,
-            "dead": s.dead, "dead_ratio": s.dead_ratio, "saturated": s.saturated,
+            "dead": s.dead, "dead_ratio": s.dead_ratio, "never_active": s.never_active, "saturated": s.saturated,
             "saturated_ratio": s.saturated_ratio, "dormant": s.dormant, "dormant_ratio": s.dormant_ratio,
             "unobserved": s.unobserved, "active_rate_mean": s.active_rate_mean, "nonfinite": s.nonfinite,
         } for s in self.sites]
@@ -255,7 +304,8 @@ class ScanResult:
             "mean_abs": stats.mean_abs, "min": stats.minimum, "max": stats.maximum,
             "floor_rate": stats.floor_rate, "bound_rate": stats.bound_rate,
             "dormancy_score": verdict.dormancy_score, "nonfinite": stats.nonfinite,
-            "dead": verdict.dead, "saturated": verdict.saturated, "dormant": verdict.dormant,
+            "dead": chosen.dead_mask, "never_active": chosen.never_active_mask, "saturated": verdict.saturated,
+            "dormant": verdict.dormant,
         })
 
     # -- serialisation --------------------------------------------------------------------

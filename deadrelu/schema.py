@@ -199,7 +199,7 @@ def _resolve(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-_UNIT_INDEX_KEYS = ("dead_units", "saturated_units", "dormant_units")
+_UNIT_INDEX_KEYS = ("dead_units", "never_active_units", "saturated_units", "dormant_units")
 
 
 def _split_unit_arrays(data: Mapping[str, Any]) -> tuple[Any, list[tuple[tuple[str | int, ...], list[Any],
@@ -296,8 +296,8 @@ def _describe(error: Any) -> str:
 
 def _check_site(site: Mapping[str, Any], where: str, source: str) -> None:
     units = site["units"]
-    for key in ("dead_units", "saturated_units", "dormant_units"):
-        indices = site[key]
+    for key in _UNIT_INDEX_KEYS:
+        indices = site.get(key) or []  # never_active_units: absent in older reports
         if indices and max(indices) >= units:
             raise ResultFormatError(f"{source}: {where}.{key} holds unit {max(indices)}, but the site has "
                                     f"{units} units", hint=HINT)

@@ -65,16 +65,17 @@ def test_prelu_negative_slopes_judged_on_pre_activation():
     result = deadrelu.scan(model, x, batch_size=30)
     site = result.sites[0]
     assert site.kind == "PReLU"
-    assert site.dead == 4
+    assert site.never_fired == 4 and site.never_active == 4 and site.never_active_units == [0, 1, 2, 3]
     assert site.verdict.dead_units == [0, 1, 2, 3]
-    assert site.stats.minimum[:4].min() > 0  # their outputs are positive, yet they are dead
+    assert site.dead == 0  # PReLU keeps a gradient: never active, not dead (every count and the gate agree)
+    assert site.stats.minimum[:4].min() > 0  # their outputs are positive, yet they never activate
     assert site.prelu_slopes["nonpositive"] == 16
 
 
 def test_inplace_leaky_relu_with_negative_slope_reads_input_sign():
     model = linear_with_dead_units(dead=5, width=12, activation=nn.LeakyReLU(-0.3, inplace=True))
     result = deadrelu.scan(model, bounded_inputs(64, 10), batch_size=10)
-    assert result.sites[0].dead == 5
+    assert result.sites[0].never_active == 5 and result.sites[0].dead == 0
     assert result.sites[0].verdict.dead_units == [0, 1, 2, 3, 4]
 
 
@@ -86,7 +87,7 @@ def test_elu_family_pinned_at_floor_is_saturated(activation, floor):
     site = result.sites[0]
     assert site.saturated == 5
     assert site.verdict.saturated_units == [0, 1, 2, 3, 4]
-    assert site.dead == 5
+    assert site.never_fired == 5 and site.dead == 0 and site.never_active == 0  # saturated, counted there
     np.testing.assert_allclose(site.stats.minimum[:5], floor, rtol=1e-6)
 
 

@@ -128,7 +128,8 @@ def test_module_and_functional_mix_counts_each_call_once():
     result = deadrelu.scan(Mixed(), bounded(50, 10), batch_size=16)
     assert [s.name for s in result.sites] == ["act", "<root>:relu#0", "<root>:leaky_relu#0"]
     assert [s.kind for s in result.sites] == ["ReLU", "ReLU", "LeakyReLU"]
-    assert [s.dead for s in result.sites] == [2, 3, 1]
+    assert [s.never_fired for s in result.sites] == [2, 3, 1]
+    assert [s.dead for s in result.sites] == [2, 3, 0]  # the leaky unit keeps a gradient: never active, not dead
     # nn.ReLU.forward calls F.relu inside; the module site must not be doubled.
     assert all(s.observations == 50 for s in result.sites)
     assert result.site("act").function is None

@@ -21,7 +21,7 @@ from truth_models import ReusedReLUBlock
 
 import deadrelu
 from deadrelu.errors import ConfigError
-from deadrelu.loggers import Logger, LogPoint, MissingExtraError, TagNames, log_scan, open_loggers
+from deadrelu.loggers import Logger, LogPoint, LoggerError, MissingExtraError, TagNames, log_scan, open_loggers
 
 SITE_SCALARS = ("dead_ratio", "dormant_ratio", "newly_dead", "revived")
 
@@ -174,6 +174,51 @@ def test_a_fourth_logger_is_one_small_class() -> None:
     for name, values in want.items():
         assert {p.step: p.scalars[name] for p in collect.points} == pytest.approx(values), name
     assert [len(p.rates["1"]) for p in collect.points] == [16] * 6
+
+
+class Collect(Logger):
+    """Keeps every point it is given (a logger that works)."""
+
+    def __init__(self) -> None:
+        self.points: list[LogPoint] = []
+
+    def log_point(self, point: LogPoint) -> None:
+        self.points.append(point)
+
+
+class Down(Logger):
+    """A logger whose server is down: every call fails."""
+
+    def log_point(self, point: LogPoint) -> None:
+        raise ConnectionError("tracking server refused the connection")
+
+
+def test_a_failing_logger_warns_once_and_training_goes_on() -> None:
+    collect = Collect()
+    with pytest.warns(RuntimeWarning, match="the Down failed at step 0 .*tracking server refused") as caught:
+        monitor = run_monitor(loggers=[Down(), collect])
+    assert len([w for w in caught if "Down" in str(w.message)]) == 1  # once, not at every record
+    steps = sorted(monitor.history["step"].unique())
+    assert [p.step for p in collect.points] == steps  # the working logger got every record
+    assert len(steps) == 6
+
+
+def test_failures_are_counted_per_logger() -> None:
+    from deadrelu.loggers import LoggerSet
+    target = LoggerSet([Down(), Collect()], heat_map_every=0)
+    monitor = run_monitor()
+    with pytest.warns(RuntimeWarning):
+        for n in range(1, len(monitor.records) + 1):
+            target.log(monitor.records[:n])
+    assert target.failures == {"Down": len(monitor.records)}
+    assert len(target.loggers[1].points) == len(monitor.records)
+
+
+def test_a_failing_logger_in_one_scan_is_the_commands_error() -> None:
+    result = deadrelu.scan(make_model(), bounded(32))
+    with pytest.raises(LoggerError, match="the Down failed at step 3: tracking server refused") as caught:
+        log_scan(result, step=3, loggers=[Down()])
+    assert caught.value.exit_code == 2 and "scan itself finished" in caught.value.hint
 
 
 # -- the framework callbacks feed the trainer's own loggers -------------------------------------------

@@ -124,9 +124,9 @@ def test_active_rate_histogram_is_a_heat_map_for_many_sites(many):
     mesh = fig.axes[0].collections[0]
     matrix = np.asarray(mesh.get_array()).reshape(len(many.sites), plots.RATE_BINS + 1)
     assert np.allclose(matrix.sum(axis=1), 1.0)
-    assert np.allclose(matrix[:, 0], [s.dead_ratio for s in many.sites])
+    assert np.allclose(matrix[:, 0], [s.never_fired / s.units for s in many.sites])  # never active, any kind
     labels = {label.get_text() for label in fig.axes[0].get_yticklabels()}
-    assert {s.name for s in many.sites if s.dead or s.saturated} <= labels, "every flagged site named (issue 10)"
+    assert {s.name for s in many.sites if s.never_fired or s.saturated} <= labels, "every flagged site named (issue 10)"
 
 
 def test_unit_map_marks_exactly_the_dead_units(small):

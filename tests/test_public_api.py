@@ -1,5 +1,5 @@
-"""What ``import deadrelu`` offers: every exported name resolves, the names the README and the
-docstrings tell users to use are reachable as ``deadrelu.X``, the type checkers' view mirrors the
+"""What ``import deadrelu`` offers: every exported name resolves, the names the README, the docs
+pages and the docstrings tell users to use are reachable as ``deadrelu.X``, the type checkers' view mirrors the
 lazy table, annotations ship (``py.typed``), and there is one version."""
 
 from __future__ import annotations
@@ -18,6 +18,11 @@ import deadrelu
 PACKAGE = Path(deadrelu.__file__).parent  # the package imported (installed, under .ci/install-check)
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: README.md, pyproject.toml
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+#: the docs page that holds what the README's "Python API" section held
+PYTHON_API_PAGE = (ROOT / "docs" / "python-api.md").read_text(encoding="utf-8")
+#: the README and every docs page: what users read
+PAGES = {"README.md": README, **{f"docs/{page.relative_to(ROOT / 'docs').as_posix()}": page.read_text(encoding="utf-8")
+                                 for page in sorted((ROOT / "docs").rglob("*.md"))}}
 
 try:
     import tomllib
@@ -59,15 +64,16 @@ def test_the_types_users_are_handed_are_exported(name, module):
 
 
 def _python_api_section() -> str:
-    start = README.index("\n## Python API")
-    return README[start:README.index("\n## ", start + 1)]
+    """docs/python-api.md: what the README's "Python API" section held (the page is that section)."""
+    assert PYTHON_API_PAGE.startswith("# Python API\n")
+    return PYTHON_API_PAGE
 
 
-#: CamelCase names the README's Python API section uses that are not deadrelu's
+#: CamelCase names the Python API page uses that are not deadrelu's
 NOT_DEADRELU = {"ExportedProgram", "DataLoader"}
 
 
-def test_every_name_the_readme_python_api_section_uses_resolves():
+def test_every_name_the_python_api_page_uses_resolves():
     section = _python_api_section()
     dotted = set(re.findall(r"\bdeadrelu\.([A-Za-z_]\w*)", section))
     classes = {name for name in re.findall(r"`([A-Z]\w+)`", section) if name not in NOT_DEADRELU}
@@ -76,15 +82,16 @@ def test_every_name_the_readme_python_api_section_uses_resolves():
     assert {"LoadedModel", "DataStream", "GateLimits", "Suggestion", "merge_results", "diff", "InputLink"} <= dotted
     missing = sorted(name for name in dotted | classes
                      if name not in deadrelu.__all__ and not (name.startswith("__") and hasattr(deadrelu, name)))
-    assert not missing, f"named in README's Python API section but not exported: {missing}"
+    assert not missing, f"named on docs/python-api.md but not exported: {missing}"
 
 
-#: ``deadrelu.<suffix>`` in the README that are file names, not attributes
+#: ``deadrelu.<suffix>`` in the README and the docs that are file names, not attributes
 FILE_SUFFIXES = {"json", "jsonl", "xml", "html", "md", "png", "toml", "log", "txt", "pt", "csv"}
 
 
-def test_every_deadrelu_dotted_name_in_the_readme_resolves():
-    for name in sorted(set(re.findall(r"\bdeadrelu\.([A-Za-z_]\w*)", README)) - FILE_SUFFIXES):
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_every_deadrelu_dotted_name_in_the_readme_and_the_docs_resolves(page):
+    for name in sorted(set(re.findall(r"\bdeadrelu\.([A-Za-z_]\w*)", PAGES[page])) - FILE_SUFFIXES):
         if name in deadrelu.__all__ or (name.startswith("__") and hasattr(deadrelu, name)):
             continue
         if name == "_fused":  # the optional compiled kernel: present only where it was built

@@ -1,8 +1,9 @@
 """The reader registries: every model and data reader has a recognise, an open and a case here,
-and the README's format tables are written from them.
+and the format tables of the docs page ``docs/inputs.md`` (moved there from the README) are
+written from them.
 
 A reader added to ``deadrelu.load.readers`` without a case below fails
-``test_every_reader_has_a_case``; ``DEADRELU_WRITE_README=1`` rewrites the README's tables.
+``test_every_reader_has_a_case``; ``DEADRELU_WRITE_DOCS=1`` rewrites the page's tables.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from deadrelu.load.readers import DATA_READERS, MODEL_READERS, README_HEADERS, R
 from deadrelu.load.spec import Inputs
 from truth_models import bounded_inputs, linear_with_dead_units
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+FORMATS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "inputs.md"
 
 
 def _arch(tmp: Path) -> str:
@@ -114,13 +115,13 @@ def test_every_reader_has_a_case():
 
 def recognised_inputs(side: str, name: str, tmp_path: Path) -> tuple[Inputs, Any]:
     """The case of reader ``name``: checks that its reader (and the registry) recognises it and that
-    it has a README row; returns the inputs naming it and what the case expects."""
+    it has a row in the docs' format table; returns the inputs naming it and what the case expects."""
     registry, cases = (MODEL_READERS, MODEL_CASES) if side == "model" else (DATA_READERS, DATA_CASES)
     build, expected = cases[name]
     source, options = build(tmp_path)
     reader = registry[name]
     assert reader.recognise(source) and registry.find(source) is reader
-    assert reader.doc, f"{name} has no README row"
+    assert reader.doc, f"{name} has no row in the docs' format table"
     field = f"{side}_factory" if isinstance(source, Reference) else side
     return Inputs(**{field: str(source) if isinstance(source, Reference) else source}, **options), expected
 
@@ -149,14 +150,14 @@ def test_a_path_no_reader_recognises_is_refused_by_name(tmp_path):
 
 
 @pytest.mark.parametrize("side, registry", [("model", MODEL_READERS), ("data", DATA_READERS)])
-def test_the_readme_format_tables_are_the_registries(side, registry):
-    """The README's tables between ``<!-- formats:SIDE ... -->`` and ``<!-- /formats:SIDE -->``."""
-    text = README.read_text(encoding="utf-8")
+def test_the_docs_format_tables_are_the_registries(side, registry):
+    """docs/inputs.md's tables between ``<!-- formats:SIDE ... -->`` and ``<!-- /formats:SIDE -->``."""
+    text = FORMATS_PAGE.read_text(encoding="utf-8")
     pattern = re.compile(rf"(<!-- formats:{side} [^\n]*-->\n)(.*?)(<!-- /formats:{side} -->)", re.S)
     found = pattern.search(text)
-    assert found, f"README has no formats:{side} table"
+    assert found, f"docs/inputs.md has no formats:{side} table"
     table = registry.markdown(README_HEADERS[side])
-    if os.environ.get("DEADRELU_WRITE_README") == "1":
-        README.write_text(text[:found.start(2)] + table + text[found.end(2):], encoding="utf-8")
+    if os.environ.get("DEADRELU_WRITE_DOCS") == "1":
+        FORMATS_PAGE.write_text(text[:found.start(2)] + table + text[found.end(2):], encoding="utf-8")
         return
-    assert found.group(2) == table, "README format table is stale: rerun with DEADRELU_WRITE_README=1"
+    assert found.group(2) == table, "docs/inputs.md format table is stale: rerun with DEADRELU_WRITE_DOCS=1"

@@ -113,7 +113,7 @@ def test_prune_falls_back_to_torch_export_when_fx_cannot_trace() -> None:
 def test_prune_refuses_inexact_kinds_and_functional_sites_are_pruned() -> None:
     model, x = LeakyDead().eval(), inputs()
     result = _scan(model, x)
-    assert result.sites[0].dead == 3 and not exact_zero_units(result.sites[0]).any()
+    assert result.sites[0].never_active == 3 and not exact_zero_units(result.sites[0]).any()
     pruned, report = deadrelu.prune(model, result, x)
     assert report.removed == 0 and "LeakyReLU units are not 0 when inactive" in (report.sites[0].skipped or "")
     mixed = MixedActivations().eval()

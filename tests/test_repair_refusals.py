@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = [str(ROOT / "sample_models" / "mlp_high_lr.pt"), str(ROOT / "sample_models" / "mlp_data.npy"),
           "--arch", f"{ROOT / 'sample_models' / 'archs.py'}:HighLrMLP"]
 MODELS = Path(__file__).resolve().parent / "repair_models.py"
-REFUSED_SWAP = ("swap refused: outputs moved by 82.3, more than the output scale 15.8; dead units rose at 1 site(s): "
-                "net.5 48 -> 63; nothing was written")
+# After the swap every unit keeps a gradient: the units that never fire are "never active", not dead
+# (the rescan used to say "dead units rose at net.5 48 -> 63" of LeakyReLU units, which the scan itself calls not dead).
+REFUSED_SWAP = "swap refused: outputs moved by 82.3, more than the output scale 15.8; nothing was written"
 
 
 def _sample_model() -> nn.Module:
@@ -51,7 +52,7 @@ def test_cli_swap_that_makes_the_sample_worse_is_refused_with_its_numbers(runner
     error = [line for line in run.output.splitlines() if line.startswith("error:")]
     assert error == [f"error: {REFUSED_SWAP}"]
     # The report shows before -> after either way.
-    assert "would swap 3 activation module(s)" in run.output and "net.5    128  48 -> 63" in run.output
+    assert "would swap 3 activation module(s)" in run.output and "net.5    128  48 -> 0       0 -> 63   66 -> 3" in run.output
     assert not out.exists() and not report.exists()
     forced = runner.invoke(app, ["fix", *SAMPLE, "--swap-activation", "leaky_relu:0.1", "--out", str(out),
                                  "--json", str(report), "--force"])
@@ -59,15 +60,15 @@ def test_cli_swap_that_makes_the_sample_worse_is_refused_with_its_numbers(runner
     assert "FORCED although: outputs moved by 82.3" in forced.output and out.exists()
     payload = json.loads(report.read_text())
     assert payload["report"]["forced"] and payload["report"]["worse"].startswith("outputs moved by 82.3")
-    assert [(d["site"], d["dead_before"], d["dead_after"]) for d in payload["before_after"]] == \
-        [("net.1", 53, 53), ("net.3", 38, 18), ("net.5", 48, 63)]
+    assert [(d["site"], d["dead_before"], d["dead_after"], d["never_active_after"]) for d in payload["before_after"]] == \
+        [("net.1", 53, 0, 53), ("net.3", 38, 0, 18), ("net.5", 48, 0, 63)]
 
 
 def test_cli_swap_that_does_not_make_things_worse_is_written(runner, tmp_path: Path) -> None:
     out = tmp_path / "swapped.pt2"
     run = runner.invoke(app, ["fix", *SAMPLE, "--swap-activation", "leaky_relu:0.01", "--out", str(out)])
     assert run.exit_code == 0, run.output
-    assert "net.5    128  48 -> 48" in run.output and "REFUSED" not in run.output and out.exists()
+    assert "net.5    128  48 -> 0       0 -> 48  66 -> 61" in run.output and "REFUSED" not in run.output and out.exists()
 
 
 def test_api_swap_refusal_puts_the_old_activations_back() -> None:
@@ -80,7 +81,8 @@ def test_api_swap_refusal_puts_the_old_activations_back() -> None:
     assert [type(model.net[i]) for i in (1, 3, 5)] == [nn.ReLU] * 3
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     effect = refused.value.report.effect
-    assert [(d.dead_before, d.dead_after) for d in effect.deltas] == [(53, 53), (38, 18), (48, 63)]
+    assert [(d.dead_before, d.dead_after, d.never_active_after) for d in effect.deltas] == \
+        [(53, 0, 53), (38, 0, 18), (48, 0, 63)]
     report = deadrelu.swap_activations(model, result, "leaky_relu:0.1", data=x, force=True)
     assert report.effect.forced and isinstance(model.net[5], nn.LeakyReLU)
 

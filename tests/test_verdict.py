@@ -120,7 +120,8 @@ def mixed():
 
 def test_a_mostly_never_active_leaky_head_sorts_above_sites_at_3_percent(mixed):
     _, result = mixed
-    assert [site.dead for site in result.sites] == [1, 1, 1, 237]
+    assert [site.dead for site in result.sites] == [1, 1, 1, 0]
+    assert [site.never_active for site in result.sites] == [0, 0, 0, 237]
     assert worst_sites(result)[0].name == "act"
     from deadrelu.render.console import layer_table
     table = layer_table(result, limit=2)

@@ -56,8 +56,7 @@ def leaky(site: SiteResult) -> bool:
 
 def stuck_mask(site: SiteResult) -> np.ndarray:
     """Units that get (almost) no gradient: dead units of a zero-gradient kind, and saturated units."""
-    dead = site.verdict.dead if not leaky(site) else np.zeros(site.units, dtype=bool)
-    return dead | site.verdict.saturated
+    return site.dead_mask | site.verdict.saturated
 
 
 def problem_mask(site: SiteResult) -> np.ndarray:
@@ -68,20 +67,18 @@ def problem_mask(site: SiteResult) -> np.ndarray:
 
 def dead_mask(site: SiteResult) -> np.ndarray:
     """Dead units in ReLU's sense (never active, no gradient); none for leaky kinds, whose
-    never-active units keep a gradient. Scan, trend and diff count dead units with this."""
-    return site.verdict.dead if not leaky(site) else np.zeros(site.units, dtype=bool)
+    never-active units keep a gradient. Every table, gate, log and diff counts dead units with this."""
+    return site.dead_mask
 
 
 def dead_no_gradient(site: SiteResult) -> int:
     """Dead units in ReLU's sense: never active and no gradient (0 for leaky kinds)."""
-    return 0 if leaky(site) else site.dead
+    return site.dead
 
 
 def never_active(site: SiteResult) -> int:
     """Units of a leaky kind that are never active but keep a gradient (not saturated at a floor)."""
-    if not leaky(site):
-        return 0
-    return int((site.verdict.dead & ~site.verdict.saturated).sum())
+    return site.never_active
 
 
 def stuck_share(site: SiteResult) -> float:
@@ -101,7 +98,7 @@ def site_level(site: SiteResult) -> Level:
 
 def flagged(site: SiteResult) -> bool:
     """A site worth showing: some unit dead, saturated, or never active."""
-    return bool(site.dead or site.saturated)
+    return bool(site.never_fired or site.saturated)
 
 
 def worst_sites(result: ScanResult) -> list[SiteResult]:

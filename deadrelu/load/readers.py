@@ -6,9 +6,9 @@ name, how it is recognised (from a path, a Python reference named by ``--model``
 (``load.spec``). ``deadrelu.load.sources.open_inputs`` opens through them, so every
 command and API entry point reads the same formats. The file formats themselves are
 the lower registries ``load.model.MODEL_FILES`` and ``load.datafiles.ARRAY_FILES``; the
-README's format tables are ``MODEL_READERS.markdown(...)`` and ``DATA_READERS.markdown(...)``
-(``tests/test_readers.py`` holds the README to them, and rewrites them with
-``DEADRELU_WRITE_README=1``).
+format tables of ``docs/inputs.md`` are ``MODEL_READERS.markdown(...)`` and
+``DATA_READERS.markdown(...)`` (``tests/test_readers.py`` holds the page to them, and rewrites
+them with ``DEADRELU_WRITE_DOCS=1``).
 """
 
 from __future__ import annotations
@@ -245,7 +245,7 @@ def load_model(path: str | os.PathLike, arch: str | None = None, arch_kwargs: Ma
                              imports=tuple(imports), hf_class=hf_class, allow_remote_code=allow_remote_code))
 
 
-#: The headers of the README's format tables (``tests/test_readers.py`` holds the README to them).
+#: The headers of the format tables in ``docs/inputs.md`` (``tests/test_readers.py`` holds the page to them).
 README_HEADERS = {"model": ("what you have", "command"), "data": ("data", "how")}
 
 

@@ -3,8 +3,8 @@
 A ``Registry`` is an ordered list of ``Reader``s; the first whose ``recognise`` says yes
 opens the source. Adding a format is one entry, and every command and API entry point
 sees it, because they all open models and data through ``deadrelu.load.readers``. The
-README's format tables are written from the registries' ``doc`` rows (``markdown``) and
-tested against them.
+format tables of ``docs/inputs.md`` are written from the registries' ``doc`` rows (``markdown``)
+and tested against them.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class Reader:
         recognise: ``recognise(source) -> bool`` from what the user named (a path, a Python
             reference, an object), reading at most a file's first bytes; never runs code from it.
         open: opens a recognised source; the registry's owner says with which arguments.
-        doc: rows of the README's format table: ``(what you have, how)`` pairs.
+        doc: rows of the docs' format table (``docs/inputs.md``): ``(what you have, how)`` pairs.
     """
 
     name: str

@@ -13,9 +13,11 @@ is imported only when its logger is made, and a missing one is one line naming t
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from ..errors import DeadReluError, first_line
 from .base import LogPoint, Logger, MissingExtraError, TagNames, make_point, missing_extra, record_rows
 
 if TYPE_CHECKING:
@@ -23,6 +25,10 @@ if TYPE_CHECKING:
 
 #: the heat map is drawn every this many records (and once more at the end)
 HEAT_MAP_EVERY = 10
+
+
+class LoggerError(DeadReluError):
+    """A logger failed while ``scan`` was logging to it (an MLflow server down, a full disk)."""
 
 
 class LoggerSet:
@@ -33,9 +39,18 @@ class LoggerSet:
         prefix: metric name prefix.
         heat_map_every: draw the heat map every this many records, and at ``close`` when
             records came after the last one drawn (0: never).
+        on_error: what a logger's own failure does. ``"warn"`` (training): one ``RuntimeWarning``
+            per logger, the failure counted in ``failures``, the other loggers and the run go on and
+            the failing logger is tried again next record. ``"raise"`` (one scan): a ``LoggerError``.
     """
 
-    def __init__(self, loggers: Sequence[Logger], prefix: str = "deadrelu", heat_map_every: int = HEAT_MAP_EVERY) -> None:
+    def __init__(self, loggers: Sequence[Logger], prefix: str = "deadrelu", heat_map_every: int = HEAT_MAP_EVERY,
+                 on_error: str = "warn") -> None:
+        if on_error not in ("warn", "raise"):
+            raise ValueError(f"on_error must be 'warn' or 'raise', not {on_error!r}")
+        self.on_error = on_error
+        #: failures per logger class name (``on_error="warn"``)
+        self.failures: dict[str, int] = {}
         self.loggers = list(loggers)
         self.prefix = prefix
         self.heat_map_every = heat_map_every
@@ -56,7 +71,7 @@ class LoggerSet:
             return None
         point = make_point(records, self.tags, self.prefix, result)
         for logger in self.loggers:
-            logger.log_point(point)
+            self._guarded(logger, f"step {point.step}", lambda: logger.log_point(point))
         self._records = records
         self._since_heat_map += 1
         if self.heat_map_every and self._since_heat_map >= self.heat_map_every:
@@ -66,7 +81,7 @@ class LoggerSet:
     def log_report(self, result: ScanResult) -> None:
         """Hand a scan's reports to the loggers that keep files (MLflow artifacts)."""
         for logger in self.loggers:
-            logger.log_report(result, self.prefix)
+            self._guarded(logger, "the reports", lambda: logger.log_report(result, self.prefix))
 
     def close(self) -> None:
         """Draw the last heat map if records came since the last one, then close every logger."""
@@ -75,16 +90,34 @@ class LoggerSet:
                 self._heat_map()
         finally:
             for logger in self.loggers:
-                logger.close()
+                self._guarded(logger, "close", logger.close)
             self.loggers = []
 
     def _heat_map(self) -> None:
         from ..history import Trend
         from ..render.trend import heat_map
         figure = heat_map(Trend.from_records(self._records))
+        step = int(self._records[-1]["step"])
         for logger in self.loggers:
-            logger.log_heat_map(figure, int(self._records[-1]["step"]), self.prefix)
+            self._guarded(logger, f"the heat map at step {step}", lambda: logger.log_heat_map(figure, step, self.prefix))
         self._since_heat_map = 0
+
+    def _guarded(self, logger: Logger, what: str, call: Callable[[], Any]) -> None:
+        """Run one logger call; its failure warns once per logger (training goes on) or raises."""
+        try:
+            call()
+        except Exception as exc:  # a logger's library or server failing; KeyboardInterrupt still stops
+            name = type(logger).__name__
+            if self.on_error == "raise":
+                raise LoggerError(f"the {name} failed at {what}: {first_line(exc)}",
+                                  hint="check the logger's destination (tracking URI, folder, network); "
+                                       "the scan itself finished") from exc
+            self.failures[name] = self.failures.get(name, 0) + 1
+            if self.failures[name] == 1:
+                warnings.warn(f"deadrelu: the {name} failed at {what} ({first_line(exc)}); training goes on, "
+                              f"the monitor's own log keeps every record, and this logger is tried again at "
+                              f"each record (failures are counted in LoggerSet.failures)", RuntimeWarning,
+                              stacklevel=3)
 
 
 def check_installed(*, tensorboard: bool = False, mlflow: bool = False, wandb: bool = False) -> None:
@@ -162,6 +195,7 @@ def log_scan(result: ScanResult, *, step: int = 0, tensorboard: str | Path | Non
     from ..history import Mode, record_from_result
     target = open_loggers(tensorboard=tensorboard, mlflow=mlflow, wandb=wandb, loggers=loggers, prefix=prefix,
                           heat_map_every=1)
+    target.on_error = "raise"  # one scan asked to log: a failure is the command's error, not a warning
     try:
         point = target.log([record_from_result(result, step, Mode.PROBE)], result)
         target.log_report(result)
@@ -170,5 +204,5 @@ def log_scan(result: ScanResult, *, step: int = 0, tensorboard: str | Path | Non
     return point
 
 
-__all__ = ["Logger", "LogPoint", "LoggerSet", "MissingExtraError", "TagNames", "check_installed", "log_scan", "make_point",
+__all__ = ["Logger", "LogPoint", "LoggerError", "LoggerSet", "MissingExtraError", "TagNames", "check_installed", "log_scan", "make_point",
            "missing_extra", "open_loggers", "record_rows", "HEAT_MAP_EVERY"]

@@ -262,7 +262,9 @@ def dead_units_text(result: ScanResult, max_runs: int = 32) -> Text:
     text = Text("Dead / saturated unit indices:", style="bold")
     any_listed = False
     for site in result.sites:
-        for label, units in (("dead", site.verdict.dead_units), ("saturated", site.verdict.saturated_units)):
+        for label, units in (("dead", site.dead_units),
+                             ("never active (leaky)", site.never_active_units),
+                             ("saturated", site.verdict.saturated_units)):
             if units:
                 any_listed = True
                 text.append(f"\n  {visible(site.name)} {label} [{len(units)}]: {index_ranges(units, max_runs)}")

@@ -428,7 +428,8 @@ def _site_detail(result: ScanResult, site: SiteResult, anchor: str, opened: bool
             f'width="{columns * scale}" height="{rows * scale}"><figcaption>Units by active rate (viridis), '
             f'unit i at row i // {columns}<br><span class="legend">{legend}</span></figcaption></figure>'
             f'<table class="facts">{table}</table></div>'
-            f'{_unit_list("dead units", site.verdict.dead_units)}'
+            f'{_unit_list("dead units", site.dead_units)}'
+            f'{_unit_list("never-active units (leaky: still have a gradient)", site.never_active_units)}'
             f'{_unit_list("saturated units", site.verdict.saturated_units) if site.saturation else ""}'
             f'{_unit_list("dormant units", site.verdict.dormant_units)}{linked}</details>')
 
@@ -528,7 +529,7 @@ def report(result: ScanResult, *, max_detail_sites: int = MAX_DETAIL_SITES, max_
             continue
         for name in suggestion.get("sites", []):
             mentions.setdefault(name, []).append((k, suggestion))
-    worth_opening = [site for site in detailed if site.dead or site.saturated][:OPEN_DETAILS]
+    worth_opening = [site for site in detailed if site.never_fired or site.saturated][:OPEN_DETAILS]
     details = "".join(
         _site_detail(result, site, anchors[site.name], any(site is other for other in worth_opening),
                      mentions.get(site.name, []))

@@ -374,7 +374,7 @@ def unit_map(result: ScanResult, site: str | int | SiteResult) -> Figure:
     saturated = f", {chosen.saturated} saturated" if chosen.saturation else ""
     # Never-active units of leaky kinds keep a gradient: named as the verdict line names them, not "dead".
     dead_word = "never active (leaky)" if leaky(chosen) else "dead"
-    axis.set_title(f"{name_label(chosen.name, 56)} ({chosen.kind}): {chosen.dead} of {chosen.units} "
+    axis.set_title(f"{name_label(chosen.name, 56)} ({chosen.kind}): {chosen.never_fired} of {chosen.units} "
                    f"{dead_word}{saturated}", fontsize=10, loc="left")
     # Counts of what is painted: a floor-saturated ELU unit is dead too but painted orange.
     painted_dead = int((overlay == 2).sum())
@@ -411,7 +411,7 @@ def sites_worth_mapping(result: ScanResult, limit: int) -> list[tuple[int, SiteR
     ``limit`` (network index kept)."""
     from ..judge.overall import worst_sites
     position = {id(site): k for k, site in enumerate(result.sites)}
-    ranked = [(position[id(s)], s) for s in worst_sites(result) if s.dead or s.saturated]
+    ranked = [(position[id(s)], s) for s in worst_sites(result) if s.never_fired or s.saturated]
     return ranked[:limit]
 
 

@@ -81,18 +81,27 @@ def check_line(check: OutputCheck | None, must_match: bool) -> Text:
                 style="green" if check.passed else "bold red")
 
 
-def deltas_table(deltas: Sequence[SiteDelta]) -> Table:
-    """Dead (and dormant) units per site in the scan before and the rescan after, on the same data."""
+def deltas_table(deltas: Sequence[SiteDelta]) -> RenderableType:
+    """Dead, never active (leaky kinds) and dormant units per site in the scan before and the rescan
+    after, on the same data; sites with nothing dead or never active and no change are counted, not listed."""
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold",
                   title="rescan on the same data", title_justify="left")
-    for column in ("site", "units", "dead", "dormant"):
+    leaky = any(d.never_active_before or d.never_active_after for d in deltas)
+    for column in ("site", "units", "dead", *(("never active",) if leaky else ()), "dormant"):
         table.add_column(column, justify="left" if column == "site" else "right")
-    for delta in deltas:
+    shown = [delta for delta in deltas if not delta.unchanged_and_clean]
+    for delta in shown:
         units = str(delta.units_before) if delta.units_after == delta.units_before else \
             f"{delta.units_before} -> {delta.units_after}"
         table.add_row(delta.site, units, f"{delta.dead_before} -> {delta.dead_after}",
+                      *((f"{delta.never_active_before} -> {delta.never_active_after}",) if leaky else ()),
                       f"{delta.dormant_before} -> {delta.dormant_after}")
-    return table
+    quiet = len(deltas) - len(shown)
+    if not quiet:
+        return table
+    note = Text(f"{quiet} other site(s): no dead or never-active units before or after, counts unchanged",
+                style="dim")
+    return Group(table, note) if shown else Group(Text("rescan on the same data", style="italic"), note)
 
 
 def effect_lines(effect: Effect, refused: bool = False) -> list[RenderableType]:

@@ -109,10 +109,20 @@ class SiteDelta:
     dead_after: int | None
     dormant_before: int
     dormant_after: int | None
+    never_active_before: int = 0
+    never_active_after: int | None = 0
+
+    @property
+    def unchanged_and_clean(self) -> bool:
+        """Nothing dead or never active before or after, and every count as it was."""
+        return (self.units_after == self.units_before and self.dead_before == self.dead_after == 0
+                and self.never_active_before == self.never_active_after == 0
+                and self.dormant_after == self.dormant_before)
 
     def to_dict(self) -> dict[str, Any]:
         return {"site": self.site, "units_before": self.units_before, "units_after": self.units_after,
                 "dead_before": self.dead_before, "dead_after": self.dead_after,
+                "never_active_before": self.never_active_before, "never_active_after": self.never_active_after,
                 "dormant_before": self.dormant_before, "dormant_after": self.dormant_after}
 
 

@@ -123,7 +123,7 @@ def swap_activations(model: nn.Module, sites: Sequence[str | SiteResult] | ScanR
     name, slope = parse_target(to)
     if isinstance(sites, ScanResult):
         result = result or sites
-        sites = [site for site in sites.sites if site.dead]
+        sites = [site for site in sites.sites if site.never_fired]
     reference = snapshot(model) if data is not None else None
     calls: dict[str, int] = {}
     if result is not None:
@@ -177,8 +177,9 @@ def swap_activations(model: nn.Module, sites: Sequence[str | SiteResult] | ScanR
         if result is not None and rescan:
             deltas = scan_deltas(result, run_rescan(model, data, result, options))
     worse = "; ".join(made_worse(outcome, deltas)) or None
-    warnings = ("units whose pre-activation is never > 0 still count as dead right after a swap (their input is "
-                "unchanged); the new activation passes gradient, so fine-tune to bring them back",) if swapped else ()
+    warnings = ("units whose pre-activation is never > 0 are never active right after a swap too (their input is "
+                "unchanged): no longer dead, the new activation passes them a gradient; fine-tune to bring them back",) \
+        if swapped else ()
     report = SwapReport(to=_describe(name, slope), swapped=tuple(swapped), skipped=tuple(skipped), check=outcome,
                         warnings=warnings, effect=Effect(deltas, worse, force and worse is not None))
     if worse is not None and not force:

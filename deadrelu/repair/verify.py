@@ -201,7 +201,7 @@ def count_macs(model: nn.Module, example: tuple[Sequence[Any], Mapping[str, Any]
 
 
 def scan_deltas(before: ScanResult, after: ScanResult) -> tuple[SiteDelta, ...]:
-    """Per site (matched by name): units, dead and dormant before -> after.
+    """Per site (matched by name): units, dead, never active (leaky kinds) and dormant before -> after.
 
     Args:
         before: the scan of the original model.
@@ -215,7 +215,8 @@ def scan_deltas(before: ScanResult, after: ScanResult) -> tuple[SiteDelta, ...]:
     for site in before.sites:
         other = later.get(site.name)
         deltas.append(SiteDelta(site.name, site.units, other.units if other else None, site.dead,
-                                other.dead if other else None, site.dormant, other.dormant if other else None))
+                                other.dead if other else None, site.dormant, other.dormant if other else None,
+                                site.never_active, other.never_active if other else None))
     return tuple(deltas)
 
 

@@ -77,14 +77,14 @@ def rule_not_explained(context: RuleContext, found: Sequence[Suggestion]) -> lis
     explained = {name for s in found if s.units_explained for name in s.sites}
     reasons: dict[str, str] = {}
     for site in context.result.sites:
-        if not (site.dead or site.saturated) or site.name in explained:
+        if not (site.never_fired or site.saturated) or site.name in explained:
             continue
         why = context.why_no_feeder(site)
         if why is not None:
             reasons[site.name] = why
     if not reasons:
         return []
-    units = sum(site.dead + site.saturated for site in context.result.sites if site.name in reasons)
+    units = sum(site.never_fired + site.saturated for site in context.result.sites if site.name in reasons)
     first, why = next(iter(reasons.items()))
     more = f" and {len(reasons) - 1} more" if len(reasons) > 1 else ""
     title = (f"No layer checked for the cause at {len(reasons)} site(s) with dead or saturated units "

@@ -73,7 +73,7 @@ SEVERITIES = tuple(severity.value for severity in Severity)
 #: a suggestion about particular sites, or model-wide advice (architecture, learning rate)
 SCOPE_SITE, SCOPE_MODEL = "site", "model"
 
-#: why units died, as a suggestion's ``cause`` names it (README, "Suggested fixes", has the evidence of each)
+#: why units died, as a suggestion's ``cause`` names it (docs/concepts.md, "Causes", has the evidence of each)
 CAUSES = ("learning-rate", "bias", "init", "input-scale", "upstream", "batchnorm", "zero-weights", "activation")
 
 

@@ -223,7 +223,7 @@ def rule_zero_weights(context: RuleContext) -> list[Suggestion]:
             code = ("import deadrelu\n"
                     "# re-initialise the zero rows ReDo-style (data: what you scanned):\n"
                     f"deadrelu.recycle(model, deadrelu.scan(model, data), 'dead', optimizer, layers=[{_lit(site.name)}])")
-        evidence = {"layers": layers, "units": _cut(units), "units_count": len(units), "dead_at_site": site.dead,
+        evidence = {"layers": layers, "units": _cut(units), "units_count": len(units), "dead_at_site": site.never_fired,
                     "zero_row_below": ZERO_ROW}
         out.append(suggestion("zero-weights", site_severity(site), [site.name], title, evidence, action, code,
                               explains=len(units), cause="zero-weights",

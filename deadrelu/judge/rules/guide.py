@@ -36,7 +36,7 @@ def rule_selection_guide(context: RuleContext) -> list[Suggestion]:
                  if isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
                  or "attention" in type(m).__name__.lower()]
     relu_sites = [s for s in result.sites if s.kind in ZERO_GRADIENT_KINDS]
-    problem = any(s.dead_ratio > DEAD_SHARE_WARNING for s in result.sites)
+    problem = any(s.never_fired_ratio > DEAD_SHARE_WARNING for s in result.sites)
     # A deep CNN without normalisation.
     if len(convs) >= DEEP_CNN_CONVS and not norms and relu_sites:
         first = model.get_submodule(convs[0])
@@ -63,14 +63,14 @@ def rule_selection_guide(context: RuleContext) -> list[Suggestion]:
                 + f"for name in [{', '.join(_lit(n) for n in linears[:32])}]:\n"
                 + "    nn.init.kaiming_normal_(model.get_submodule(name).weight, nonlinearity='linear')")
         out.append(suggestion(
-            "guide-selu-mlp", "info", [s.name for s in result.sites if s.dead_ratio > DEAD_SHARE_WARNING],
+            "guide-selu-mlp", "info", [s.name for s in result.sites if s.never_fired_ratio > DEAD_SHARE_WARNING],
             f"A deep fully-connected stack ({len(linears)} Linear layers) with dying units: SELU is an option",
             {"linear_layers": len(linears), "dead_ratio": _num(result.summary.dead_ratio)},
             "Deep fully-connected networks without normalisation are where SELU's self-normalisation applies: "
             "SELU everywhere, LeCun-normal init, AlphaDropout instead of Dropout, no BatchNorm. It is an "
             "alternative to keeping ReLU: LeCun init goes with SELU, He init with ReLU — apply one, not both.",
             code, destructive=True, scope=SCOPE_MODEL, cause="activation", generic=True,
-            action_line=act([s.name for s in result.sites if s.dead_ratio > DEAD_SHARE_WARNING],
+            action_line=act([s.name for s in result.sites if s.never_fired_ratio > DEAD_SHARE_WARNING],
                             f"switch ReLU → SELU with LeCun init, then retrain ({len(linears)} Linear layers)"),
             changes=f"swaps {min(len(activations), 32)} activation(s) for SELU and re-initialises "
                     f"{min(len(linears), 32)} Linear layer(s) (LeCun normal)"))

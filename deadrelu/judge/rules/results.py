@@ -61,7 +61,7 @@ def rule_dead_share(context: RuleContext) -> list[Suggestion]:
             f"# {name}: in that module's forward(), replace F.{_function_of(name)}(x) with F.leaky_relu(x, {slope:g})\n"
             for name in functional).rstrip("\n")
     title = (f"{len(heavy)} {kinds} site(s) have more than {DEAD_SHARE_WARNING:.0%} dead units "
-             f"(worst: site {worst.name}, {worst.dead} of {worst.units} = {worst.dead_ratio:.1%})")
+             f"(worst: site {worst.name}, {worst.never_fired} of {worst.units} = {worst.dead_ratio:.1%})")
     clip = (" LeakyReLU drops ReLU6's clip at 6; keep ReLU6 where low-precision inference needs it and fix the "
             "cause instead." if "ReLU6" in kinds else "")
     action = (f"Replace the {kinds} at these sites with {choice}: they keep a gradient for negative inputs, so "
@@ -213,15 +213,15 @@ def rule_depth_trend(context: RuleContext) -> list[Suggestion]:
     sites = [s for s in result.sites if s.units]
     if len(sites) < DEPTH_MIN_SITES:
         return []
-    ratios = np.array([s.dead_ratio for s in sites])
+    ratios = np.array([s.never_fired_ratio for s in sites])
     depth = np.arange(len(sites), dtype=float)
     rho = _spearman(depth, ratios)
     third = max(1, len(sites) // 3)
     first, last = float(ratios[:third].mean()), float(ratios[-third:].mean())
     if not (math.isfinite(rho) and rho >= DEPTH_MIN_CORRELATION and last - first >= DEPTH_MIN_RISE):
         return []
-    deeper = [s for s in sites[third:] if s.dead_ratio > first]
-    deepest = max(deeper, key=lambda s: s.dead_ratio) if deeper else sites[-1]
+    deeper = [s for s in sites[third:] if s.never_fired_ratio > first]
+    deepest = max(deeper, key=lambda s: s.never_fired_ratio) if deeper else sites[-1]
     profile = [_num(r, 3) for r in ratios]
     evidence = {"spearman_depth_vs_dead_ratio": _num(rho, 3), "first_third_mean_dead_ratio": _num(first),
                 "last_third_mean_dead_ratio": _num(last), "sites": len(sites),
@@ -278,7 +278,7 @@ def rule_prelu_slopes(context: RuleContext) -> list[Suggestion]:
                 weights = module.weight.detach().double().cpu().numpy().reshape(-1)
         entry: dict[str, Any] = {"slope_min": _num(summary["min"]), "slope_mean": _num(summary["mean"]),
                                  "slope_max": _num(summary["max"]), "slopes": summary["count"],
-                                 "nonpositive": summary["nonpositive"], "dead_units": site.dead}
+                                 "nonpositive": summary["nonpositive"], "dead_units": site.never_fired}
         if weights is not None:
             negative = np.flatnonzero(weights < -PRELU_COLLAPSED).tolist()
             collapsed = np.flatnonzero(np.abs(weights) <= PRELU_COLLAPSED).tolist()
@@ -294,7 +294,7 @@ def rule_prelu_slopes(context: RuleContext) -> list[Suggestion]:
                 entry["collapsed_slopes"] = int(summary["count"])
         if not has_negative and not has_collapsed:
             continue
-        severity = "warning" if has_collapsed and site.dead else "info"
+        severity = "warning" if has_collapsed and site.never_fired else "info"
         groups[severity].append((site, entry, has_negative, has_collapsed))
     out = []
     for severity, hits in groups.items():

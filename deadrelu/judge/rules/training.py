@@ -223,7 +223,7 @@ def rule_learning_rate(context: RuleContext) -> list[Suggestion]:
     explained = sum(int((problem_mask(site) & ~zero_rows(context, site)[0]).sum()) for site in covered)
     found = {site.name: lr_evidence(context, site) or {} for site in hit}
     per_layer = {str(found[site.name].get("layer") or f"(site {site.name})"): {
-                     "site": site.name, "dead": site.dead, "units": site.units,
+                     "site": site.name, "dead": site.never_fired, "units": site.units,
                      **{k: v for k, v in found[site.name].items() if k != "layer"}}
                  for site in hit[:EVIDENCE_LIST_MAX]}
     wide = model_wide_lr(context)

@@ -84,7 +84,7 @@ def rule_init(context: RuleContext) -> list[Suggestion]:
     findings = []
     seen: set[str] = set()
     for site in context.result.sites:
-        if site.kind not in HE_KINDS or site.dead_ratio <= DEAD_SHARE_WARNING:
+        if site.kind not in HE_KINDS or site.never_fired_ratio <= DEAD_SHARE_WARNING:
             continue
         feeder = context.feeder(site)
         if feeder is None or not _is_weight_layer(feeder.layer) or feeder.layer.weight.numel() < INIT_MIN_WEIGHTS:
@@ -111,7 +111,7 @@ def rule_init(context: RuleContext) -> list[Suggestion]:
     lines = []
     for site, name, _layer, slope, fan_in, refs, std, looks in findings:
         gain_text = "sqrt(2/fan_in)" if slope is None else f"sqrt(2/(1+{slope:.3g}²))/sqrt(fan_in)"
-        per_layer[name] = {"site": site.name, "dead_ratio": _num(site.dead_ratio), "fan_in": fan_in,
+        per_layer[name] = {"site": site.name, "dead_ratio": _num(site.never_fired_ratio), "fan_in": fan_in,
                            "weight_std": _num(std), "he_std": _num(refs["he"]),
                            "pytorch_default_std": _num(refs["pytorch_default"]), "lecun_std": _num(refs["lecun"]),
                            "ratio_to_he": _num(std / refs["he"], 3), "looks_like": looks or "none of these"}
@@ -128,10 +128,10 @@ def rule_init(context: RuleContext) -> list[Suggestion]:
     first = findings[0]
     site, name, _layer, slope, fan_in, refs, std, looks = first
     if looks == "pytorch_default":
-        title = (f"{site.name} ← {name} ({site.dead_ratio:.0%} dead): PyTorch's default init, std {_fmt(std)} ≈ "
+        title = (f"{site.name} ← {name} ({site.never_fired_ratio:.0%} dead): PyTorch's default init, std {_fmt(std)} ≈ "
                  f"1/sqrt(3·fan_in); He would be sqrt(2/fan_in) = {_fmt(refs['he'])} (fan_in {fan_in})")
     else:
-        title = (f"{site.name} ← {name} ({site.dead_ratio:.0%} dead): not He-initialised, std {_fmt(std)}; He "
+        title = (f"{site.name} ← {name} ({site.never_fired_ratio:.0%} dead): not He-initialised, std {_fmt(std)}; He "
                  f"would be {_fmt(refs['he'])} (fan_in {fan_in})")
     if len(findings) > 1:
         title += f"; {len(findings) - 1} more layer(s)"
@@ -149,7 +149,7 @@ def rule_init(context: RuleContext) -> list[Suggestion]:
     evidence = {"dead_share_threshold": DEAD_SHARE_WARNING, "tolerance": INIT_TOLERANCE, "layers": per_layer}
     # Never-active LeakyReLU/PReLU units keep a gradient: the advice stands, with less urgency.
     severity = min((site_severity(f[0]) for f in findings), key=lambda level: level.order)
-    dead = sum(f[0].dead for f in findings)
+    dead = sum(f[0].never_fired for f in findings)
     units = sum(f[0].units for f in findings)
     line = act([f[1] for f in findings], f"re-initialise with He before retraining (std {_fmt(std)}, He "
                                          f"{_fmt(refs['he'])}; dead {dead}/{units})", noun="layers")
@@ -233,7 +233,7 @@ def rule_bias(context: RuleContext) -> list[Suggestion]:
     from torch import nn
     out = []
     for site in result.sites:
-        if not site.dead or site.kind == "Hardtanh":
+        if not site.never_fired or site.kind == "Hardtanh":
             continue
         feeder = context.feeder(site)
         if feeder is None or not _is_weight_layer(feeder.layer) or feeder.layer.bias is None:
@@ -276,7 +276,7 @@ def rule_bias(context: RuleContext) -> list[Suggestion]:
         others = np.ones(site.units, dtype=bool)
         others[flagged] = False
         evidence: dict[str, Any] = {
-            "layer": name, "units": _cut(flagged), "units_count": len(flagged), "dead_at_site": site.dead,
+            "layer": name, "units": _cut(flagged), "units_count": len(flagged), "dead_at_site": site.never_fired,
             "biases": [_num(bias[i]) for i in flagged[:EVIDENCE_LIST_MAX]],
             "typical_preactivation": [_num(reach[i]) for i in flagged[:EVIDENCE_LIST_MAX]],
             "median_bias_other_units": _num(float(np.median(bias[others]))) if others.any() else None,
@@ -339,7 +339,7 @@ def rule_batchnorm(context: RuleContext) -> list[Suggestion]:
     a residual block (zero-init residual) feeds an add, and there the shortcut decides."""
     out = []
     for site in context.result.sites:
-        if not site.dead:
+        if not site.never_fired:
             continue
         feeder = context.feeder(site)
         if feeder is None or not _is_batchnorm(feeder.layer) or not feeder.layer.affine:
@@ -355,7 +355,7 @@ def rule_batchnorm(context: RuleContext) -> list[Suggestion]:
         if not flagged:
             continue
         evidence = {"batchnorm": name, "channels": _cut(flagged), "channels_count": len(flagged),
-                    "dead_at_site": site.dead, "beta": [_num(beta[i]) for i in flagged[:EVIDENCE_LIST_MAX]],
+                    "dead_at_site": site.never_fired, "beta": [_num(beta[i]) for i in flagged[:EVIDENCE_LIST_MAX]],
                     "gamma": [_num(gamma[i]) for i in flagged[:EVIDENCE_LIST_MAX]],
                     "beta_strongly_negative": int(negative_beta.sum()), "gamma_near_zero": int(zero_gamma.sum()),
                     "median_beta_live": _num(float(np.median(beta[~dead]))) if (~dead).any() else None,
