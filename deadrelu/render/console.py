@@ -437,8 +437,10 @@ def suggestions_text(result: ScanResult, limit: int | None = DEFAULT_SUGGESTIONS
         tail.append(f"{len(generic)} generic (activation, re-init): --verbose")
     if tail:
         parts.append(Text("  " + "; ".join(tail), style="dim"))
-    if not verbose and result.suggestions:
+    if not verbose and any(s.get("code") for s in result.suggestions):
         parts.append(Text("  evidence and code: --verbose, --html or --json", style="dim"))
+    elif not verbose and any(s.get("cause") for s in result.suggestions):
+        parts.append(Text("  evidence: --verbose, --html or --json", style="dim"))
     return Group(*parts)
 
 
