@@ -118,3 +118,16 @@ def test_rescan_after_a_swap_counts_never_active_apart_and_hides_clean_sites() -
     text = console.export_text()
     assert "8 -> 0" in text and "0 -> 8" in text and "never active" in text
     assert "clean0" not in text and "40 other site(s): no dead or never-active units before or after" in text
+
+
+def test_lines_name_stuck_units_by_what_they_are() -> None:
+    from deadrelu.judge.overall import problem_word
+    leaky = deadrelu.scan(build(nn.LeakyReLU(0.1)).eval(), bounded_inputs(200, 16))
+    relu = deadrelu.scan(build(nn.ReLU()).eval(), bounded_inputs(200, 16))
+    elu = deadrelu.scan(build(nn.ELU()).eval(), bounded_inputs(200, 16))
+    assert (problem_word(leaky.sites), problem_word(relu.sites), problem_word(elu.sites)) == \
+        ("never active", "dead", "saturated")
+    assert problem_word([*relu.sites, *leaky.sites, *elu.sites]) == "dead, never active or saturated"
+    for result, word in ((leaky, "never active"), (relu, "dead")):
+        line = next(s["action_line"] for s in result.suggestions if s["cause"] == "bias")
+        assert line.endswith(f"→ explains 8 of 8 {word} at 1"), line

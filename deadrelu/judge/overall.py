@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -222,6 +222,18 @@ def headline_cause(result: ScanResult) -> dict | None:
     return None
 
 
+def problem_word(sites: Sequence[SiteResult]) -> str:
+    """What the stuck units of ``sites`` are, as every line names them: ``dead``, ``never active``,
+    ``saturated`` or a choice of them (``never active or saturated``); a leaky kind's never-active
+    units keep a gradient and are never called dead."""
+    parts = [word for word, count in (("dead", sum(site.dead for site in sites)),
+                                      ("never active", sum(site.never_active for site in sites)),
+                                      ("saturated", sum(site.saturated for site in sites))) if count]
+    if not parts:
+        return "dead"
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
+
+
 def cause_sentence(result: ScanResult) -> str | None:
     """``learning rate too high — explains 139 of 139 dead units (#1)``, or None without a headline cause."""
     top = headline_cause(result)
@@ -230,7 +242,8 @@ def cause_sentence(result: ScanResult) -> str | None:
     count = int(top.get("units_explained") or 0)
     total = sum(int(problem_mask(site).sum()) for site in result.sites)
     phrase = CAUSE_PHRASES.get(str(top["cause"]), str(top["cause"]))
-    return phrase + (f" — explains {count} of {total} dead units" if count else "") + f" (#{int(top.get('rank') or 1)})"
+    word = problem_word(result.sites)
+    return phrase + (f" — explains {count} of {total} {word} units" if count else "") + f" (#{int(top.get('rank') or 1)})"
 
 
 def overall(result: ScanResult) -> ModelVerdict:
@@ -264,4 +277,4 @@ def overall(result: ScanResult) -> ModelVerdict:
 
 
 __all__ = ["Level", "FailOn", "ModelVerdict", "CAUSE_PHRASES", "headline_cause", "cause_sentence", "overall", "site_level", "stuck_mask", "problem_mask", "dead_mask", "stuck_share", "dead_no_gradient",
-           "never_active", "leaky", "flagged", "worst_sites", "WARN_SHARE", "FAIL_SHARE", "MODEL_FAIL_SHARE"]
+           "never_active", "problem_word", "leaky", "flagged", "worst_sites", "WARN_SHARE", "FAIL_SHARE", "MODEL_FAIL_SHARE"]

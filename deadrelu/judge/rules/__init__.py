@@ -166,17 +166,14 @@ def _subjects(card: Suggestion) -> list[str]:
 def explains_tail(card: Suggestion, result: ScanResult) -> str:
     """`` → explains 19 of 53 dead at net.1``: what an action line's fix accounts for, of the units
     stuck at its sites ('' for generic advice, which explains none)."""
-    from ..overall import leaky, problem_mask
+    from ..overall import problem_mask, problem_word
     if not card.units_explained or not card.sites or " → explains " in card.action_line:
         return ""
     names = set(card.sites)
     sites = [site for site in result.sites if site.name in names]
     stuck = sum(int(problem_mask(site).sum()) for site in sites)
-    saturated = sum(site.saturated for site in sites)
     # Named as the verdict line names them: a leaky kind's never-active units keep a gradient.
-    never = "never active" if sites and all(leaky(site) for site in sites) else "dead"
-    word = "saturated" if saturated == stuck else f"{never} or saturated" if saturated else never
-    return f" → explains {card.units_explained} of {stuck} {word} at {names_phrase(card.sites)}"
+    return f" → explains {card.units_explained} of {stuck} {problem_word(sites)} at {names_phrase(card.sites)}"
 
 
 def _point_upstream_at_roots(ranked: list[Suggestion]) -> list[Suggestion]:
