@@ -22,7 +22,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import CaptureError
 from ..kinds import KindSpec, is_inplace, looks_like_activation, spec_for_module, tables
-from ..settings import ScanSettings
+from ..settings import FunctionalCapture, ScanSettings
 from ..stats import SiteStats
 from .attribution import FunctionalSites, ModuleStack
 from .contract import keep_train_flags
@@ -72,6 +72,12 @@ class _DiscoveryWatch(TorchFunctionMode):
         return result
 
 
+#: The coverage note of ``--functional auto`` when it turned functional capture off.
+FUNCTIONAL_OFF_NOTE = ("functional capture turned off after batch 1: no functional activation (F.relu...) or gated "
+                       "product seen; a model calling one only on later batches would be missed: use --functional "
+                       "always")
+
+
 class ActivationCapture:
     """Hooks every ReLU-family module of a model for the duration of a ``with`` block.
 
@@ -111,6 +117,7 @@ class ActivationCapture:
         self.in_batch = False
         self._stack = ExitStack()
         self._discovery = ExitStack()  # producer hooks, call counters of unsupported modules
+        self._functional_hooks = ExitStack()  # the global module hooks of functional capture
         self._watch = _DiscoveryWatch(self.links, self.reach)
         self._watch_on = False
         self._pending: dict[str, list[tuple[SiteRecord | None, torch.Tensor | None]]] = {}
@@ -155,11 +162,12 @@ class ActivationCapture:
                 self.coverage.unsupported.append(entry)
                 self._discovery.callback(module.register_forward_hook(self._count_hook(entry)).remove)
         if self.settings.functional:
+            self._stack.push(self._functional_hooks)
             modules = ModuleStack(self.model, set(self.coverage.activation_modules))
-            modules.register(self._stack)
+            modules.register(self._functional_hooks)
             self.functional = FunctionalSites(self.registry, self.observer, self.gated, modules, self._observing)
             # The ExitStack turns the mode off if a forward pass raised before end_batch.
-            self._stack.callback(self.functional.leave)
+            self._functional_hooks.callback(self.functional.leave)
             self.coverage.functional = True
 
     def _observing(self) -> bool:
@@ -229,11 +237,21 @@ class ActivationCapture:
         if self.functional is not None:
             self.functional.leave()
         self._leave_watch()
+        if (self.links.discovering and self.functional is not None
+                and self.settings.functional is FunctionalCapture.AUTO and not self.registry.functional_ran()):
+            self._functional_off()
         self.registry.end_batch()
         if self.links.discovering:
             self.links.stop()
             self.reach.stop()
             self._discovery.close()
+
+    def _functional_off(self) -> None:
+        """``--functional auto`` after a first batch without functional calls: remove the mode and
+        the global module hooks, so later forward passes run no Python per torch call."""
+        self.functional = None
+        self._functional_hooks.close()
+        self.coverage.functional_note = FUNCTIONAL_OFF_NOTE
 
     # -- hooks ----------------------------------------------------------------------------
     def _pre_hook(self, name: str, module: nn.Module, spec: KindSpec) -> Callable:
@@ -308,4 +326,4 @@ class ActivationCapture:
         return record.accumulator.finalize()
 
 
-__all__ = ["ActivationCapture"]
+__all__ = ["ActivationCapture", "FUNCTIONAL_OFF_NOTE"]
