@@ -201,6 +201,13 @@ class SiteRegistry:
         self._calls[key] = index + 1
         return index
 
+    def count_key(self, key: tuple[str, str | None]) -> int:
+        """``count_call`` with its ``(module, function)`` key made once by the caller (a hook's)."""
+        calls = self._calls
+        index = calls.get(key, 0)
+        calls[key] = index + 1
+        return index
+
     def functional_ran(self) -> bool:
         """Whether a functional call or gated product was counted in the current forward pass."""
         return any(function is not None for _module, function in self._calls)
