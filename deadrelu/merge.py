@@ -28,7 +28,8 @@ from .unitstats import SiteStats
 
 #: Settings that change what is measured: parts must agree on them. Thresholds (which
 #: only change verdicts), batch size, compile mode and device may differ.
-MEASURING_SETTINGS = ("granularity", "limit", "layers", "exclude", "functional", "nonfinite", "saturation_rtol")
+MEASURING_SETTINGS = ("granularity", "limit", "layers", "exclude", "functional", "functional_mode", "nonfinite",
+                      "saturation_rtol")
 
 # Warnings that state counts of one run; they are written again from the merged counts.
 _COUNT_WARNINGS = (re.compile(r"^\d+ activation module\(s\) never ran on this data"),

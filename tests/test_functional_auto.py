@@ -215,3 +215,12 @@ def test_cli_refuses_an_unknown_functional_value(runner, late_files):
     result = run(runner, model, data, "--arch", arch, "--functional", "sometimes")
     assert result.exit_code == 2
     assert "sometimes" in result.output
+
+
+def test_merge_refuses_parts_scanned_with_different_functional_modes():
+    from deadrelu.merge import MergeError, _check_same_scan
+    auto = json.loads(scan(ModuleOnly(), "auto").to_json())
+    always = json.loads(scan(ModuleOnly(), "always").to_json())
+    _check_same_scan([auto, auto], ["a.json", "b.json"])
+    with pytest.raises(MergeError, match="functional_mode 'always' vs 'auto'"):
+        _check_same_scan([auto, always], ["a.json", "b.json"])
