@@ -226,6 +226,8 @@ def _check_same_scan(facts: Sequence[Mapping[str, Any]], names: Sequence[str]) -
                                  f"vs {how} {shown(reference)})", hint=hint)
     for name, part in zip(names[1:], facts[1:]):
         differ = [key for key in MEASURING_SETTINGS if part["settings"].get(key) != facts[0]["settings"].get(key)]
+        if "functional" in differ and "functional_mode" in differ:
+            differ.remove("functional_mode")  # the mode follows from the boolean there: said once
         if differ:
             shown = "; ".join(f"{key} {part['settings'].get(key)!r} vs {facts[0]['settings'].get(key)!r}"
                               for key in differ)

@@ -319,7 +319,8 @@ class ScanResult:
         validate_result(data, source)
         # Keys are only ever added within schema_version 1: settings this version does not know are left out.
         raw = {k: v for k, v in data["settings"].items() if k in _SETTING_KEYS}
-        if "functional_mode" in data["settings"]:  # ``functional`` is its boolean, kept for older readers
+        if "functional_mode" in data["settings"] and raw.get("functional") is not False:
+            # ``functional`` is its boolean, kept for older readers; false always means off.
             raw["functional"] = data["settings"]["functional_mode"]
         try:
             settings = build_settings(**{k: v for k, v in raw.items() if k not in ("batch_size",)},

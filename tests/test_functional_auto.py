@@ -224,3 +224,9 @@ def test_merge_refuses_parts_scanned_with_different_functional_modes():
     _check_same_scan([auto, auto], ["a.json", "b.json"])
     with pytest.raises(MergeError, match="functional_mode 'always' vs 'auto'"):
         _check_same_scan([auto, always], ["a.json", "b.json"])
+
+
+def test_a_report_whose_boolean_says_off_reads_off_whatever_its_mode():
+    data = json.loads(scan(ModuleOnly(), "auto").to_json())
+    data["settings"]["functional"] = False
+    assert ScanResult.from_dict(data).settings.functional is FunctionalCapture.OFF
