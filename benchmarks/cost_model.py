@@ -194,15 +194,53 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fit_and_predict(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """``--fit``: measure the terms into results/cost_fit.json; ``--predict``: the predicted ratios of an
+    overhead.py report next to the measured ones, into RESULTS.md (``<!-- results:cost_prediction -->``)."""
+    import cost_fit
+    from overhead import write_markdown
+    folder = HERE / "results"
+    folder.mkdir(exist_ok=True)
+    log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    command = ("python benchmarks/cost_model.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    if args.fit:
+        terms = cost_fit.fit(args.repeats, log)
+        terms.update(date=time.strftime("%Y-%m-%d %H:%M %Z"), load_average=os.getloadavg()[0])
+        (folder / "cost_fit.json").write_text(json.dumps(terms, indent=1))
+        text = (f"Command: `{command}`  \nDate: {terms['date']}; 1 thread, CPU time, median of {args.repeats} "
+                f"interleaved repeats; 1-minute load average {terms['load_average']:.1f}.\n\n"
+                + cost_fit.markdown_fit({"now": terms}))
+        print(text)
+        write_markdown(HERE / "RESULTS.md", "cost_fit", text)
+    if args.predict:
+        terms = json.loads((folder / "cost_fit.json").read_text())
+        reports = [json.loads((folder / f"{tag}.json").read_text()) for tag in args.predict.split(",")]
+        rows = [row for report in reports for row in cost_fit.predict(report, terms)]
+        runs = "; ".join(f"`{report['command']}` ({report['date']})" for report in reports)
+        text = (f"Command: `{command}` (terms of {terms['date']}; ratios of {runs})\n\n"
+                + cost_fit.markdown_predictions(rows))
+        print(text)
+        write_markdown(HERE / "RESULTS.md", "cost_prediction", text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1/8 of the sizes, no largest points")
     parser.add_argument("--no-largest", action="store_true", help="skip the 1 GiB .npy and the ResNet-18 at 224")
+    parser.add_argument("--fit", action="store_true",
+                        help="fit the cost model's terms (cost_fit.py: per scan, batch, site call, value, torch call)")
+    parser.add_argument("--predict", nargs="?", const="issue23", metavar="TAG",
+                        help="predict the ratios of results/<TAG>.json (default issue23; several: comma-separated) from "
+                             "results/cost_fit.json")
+    parser.add_argument("--repeats", type=int, default=9, help="--fit: interleaved repeats per difference")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return 0
+    if args.fit or args.predict:
+        return fit_and_predict(args, argv)
     from overhead import write_markdown
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     results = []

@@ -34,6 +34,7 @@ Results go to ``benchmarks/results/<tag>.json`` and, as a Markdown table between
 
     python benchmarks/overhead.py                  # full run (about an hour on 2 loaded cores)
     python benchmarks/overhead.py --quick          # smoke run
+    python benchmarks/overhead.py --issue23        # issue 23's table, 1 and 2 threads, <= 10 min
     python benchmarks/overhead.py --long           # CNN, 20,480 images, 1 thread: bare pass >= 60 s
     python benchmarks/overhead.py --device cuda    # on a GPU (the default when one is present)
 """
@@ -60,6 +61,12 @@ sys.path.insert(0, str(HERE.parent))
 VARIANTS = ("bare", "scan", "scan-eager", "scan-compiled", "max-hook", "fastai-stats", "timm-stats", "store-all")
 DEFAULT_VARIANTS = ("bare", "scan", "scan-eager", "max-hook", "fastai-stats", "timm-stats")
 ALL_WORKLOADS = ("cnn", "cnn-kinds", "mobile", "mlp", "mlp-kinds", "transformer", "transformer-kinds")
+#: ``--issue23``: every row of issue 23's table (samples per workload cut so the run takes <= 10 min).
+ISSUE23 = {"cnn": 512, "mobile": 512, "transformer": 256, "mlp": 8192, "resnet-leaky": 512, "mlp-elu": 8192,
+           "hf-bert": None, "hf-gpt2": None, "hf-opt": None, "hf-llama": None, "hf-vit": None, "hf-whisper": None,
+           "hf-clip": None, "mobilenetv3": None, "ghostnet": None, "regnet": None}
+#: a bare pass shorter than this (s) gets at least ``SHORT_REPEATS`` timed repeats
+SHORT_SECONDS, SHORT_REPEATS = 0.3, 9
 #: What each peer can tell the user, for the table.
 PEER_INFO = {
     "max-hook": "per-unit max of each module's outputs (calls of a reused module mixed unless their widths "
@@ -83,6 +90,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, 2 repeats, 1 thread, no RSS: a smoke run")
+    parser.add_argument("--issue23", action="store_true",
+                        help="issue 23's table: every workload of ISSUE23 (fewer samples) at 1 and 2 threads, bare, "
+                             "scan and max-hook, 3 repeats (9 for tiny models), with the cost model's counts; <= 10 min")
     parser.add_argument("--long", action="store_true", help="the long CNN scan (bare pass >= 60 s) only")
     parser.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda when present, else cpu)")
     parser.add_argument("--workloads", default=None, help="comma-separated subset of " + ",".join(ALL_WORKLOADS))
@@ -322,7 +332,9 @@ def time_workload(workload: Any, device: Any, threads: int, variants: list[str],
     environment: dict[str, Any] = {}
     load_before = os.getloadavg()[0]
     order = list(variants)
-    for repeat in range(repeats + 1):  # repeat 0 is the warm-up, kept as the cold figure
+    repeat = -1
+    while repeat < repeats:  # repeat 0 is the warm-up, kept as the cold figure
+        repeat += 1
         for variant in order:
             gc.collect()
             if device.type == "cuda":
@@ -349,6 +361,8 @@ def time_workload(workload: Any, device: Any, threads: int, variants: list[str],
         log(f"  {workload.name} threads={threads} repeat {repeat}{' (warm-up)' if repeat == 0 else ''}: " +
             ", ".join(f"{v} {wall[v][-1] if repeat else first[v]:.2f}s" for v in variants))
         order = order[1:] + order[:1]  # rotate: each variant runs first, second... in turn
+        if repeat == 0 and first["bare"] < SHORT_SECONDS:
+            repeats = max(repeats, SHORT_REPEATS)  # a tiny model's pass: more repeats, same wall time
     load_after = os.getloadavg()[0]
     rows = []
     for variant in variants:
@@ -492,7 +506,11 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("--device cuda asked for, but torch sees no CUDA device here", file=sys.stderr)
         return 2
-    tag = args.tag or ("quick" if args.quick else "long" if args.long else device.type)
+    if args.issue23:
+        args.variants, args.no_rss = args.variants if "--variants" in (argv or sys.argv) else "bare,scan,max-hook", True
+        args.repeats = args.repeats or 3
+        args.workloads = args.workloads or ",".join(name for name in ISSUE23 if name in WORKLOADS)
+    tag = args.tag or ("issue23" if args.issue23 else "quick" if args.quick else "long" if args.long else device.type)
     names = args.workloads.split(",") if args.workloads else (["cnn"] if args.long else list(ALL_WORKLOADS))
     variants = [v for v in args.variants.split(",") if v]
     if "bare" not in variants:
@@ -516,13 +534,23 @@ def main(argv: list[str] | None = None) -> int:
             workload = workload.scaled(workload.samples * 10)
         if device.type == "cuda" and name.startswith(("cnn", "mobile")):
             workload = workload.scaled(workload.samples * 4, 256)
+        if args.issue23:
+            workload = workload.scaled(ISSUE23.get(name))
         workload = workload.scaled(args.samples, args.batch_size)
         workloads.append(workload)
     timings = []
     for workload in workloads:
+        counts = None
+        if args.issue23:  # what the cost model (cost_fit.py) needs: sites, values, torch calls per forward
+            from cost_fit import workload_counts
+            torch.set_num_threads(1)
+            counts = workload_counts(workload.model(), workload.data(), workload.batch_size)
         for count in threads:
             log(f"{workload.name}: {workload.samples} samples, batch {workload.batch_size}, {count} thread(s)")
-            timings += time_workload(workload, device, count, variants, repeats, log)
+            rows = time_workload(workload, device, count, variants, repeats, log)
+            for row in rows:
+                row["counts"] = counts
+            timings += rows
     rss, rss_variants = [], [v for v in ("bare", "scan", "store-all") if v in variants]
     if not (args.quick or args.no_rss or args.long) and device.type == "cpu":
         for workload in workloads:

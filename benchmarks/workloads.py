@@ -293,6 +293,23 @@ def small_opt() -> nn.Module:
     return OPTModel(config)
 
 
+def resnet_leaky() -> nn.Module:
+    """The ResNet-18-style CNN with in-place LeakyReLU(0.1) in place of every ReLU (a model written
+    outside this project's habits: the issue's "ResNet-style CNN with LeakyReLU")."""
+    model = ResNet18()
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.ReLU):
+                setattr(module, name, nn.LeakyReLU(0.1, inplace=True))
+    return model
+
+
+def elu_mlp() -> nn.Sequential:
+    """MLP 784-512-512-512-10 with ELU (the issue's "MLP with ELU")."""
+    return nn.Sequential(nn.Linear(784, 512), nn.ELU(), nn.Linear(512, 512), nn.ELU(), nn.Linear(512, 512), nn.ELU(),
+                         nn.Linear(512, 10))
+
+
 WORKLOADS: dict[str, Workload] = {
     "cnn": Workload("cnn", "ResNet-18-style CNN, 3x64x64 images, 17 ReLU sites (in-place ReLU reused per block)",
                     ResNet18, (3, 64, 64), 2048, 64),
@@ -311,3 +328,44 @@ WORKLOADS: dict[str, Workload] = {
     "mobile": Workload("mobile", "MobileNetV2-like (x0.5, 24 inverted residuals), 3x64x64, 50 ReLU6 sites",
                        MobileNet, (3, 64, 64), 2048, 64),
 }
+
+#: Models written outside this project's habits, tiny Hugging Face models and timm-style many-site
+#: networks (``small_models.py``): issue 23's table. The Hugging Face ones are listed where
+#: ``transformers`` imports.
+EXTRA: dict[str, Workload] = {
+    "resnet-leaky": Workload("resnet-leaky", "ResNet-18-style CNN with in-place LeakyReLU(0.1), 3x64x64, 17 sites",
+                             resnet_leaky, (3, 64, 64), 512, 64),
+    "mlp-elu": Workload("mlp-elu", "MLP 784-512-512-512-10 with ELU, 3 sites", elu_mlp, (784,), 8192, 256),
+}
+WORKLOADS.update(EXTRA)
+
+
+def _small() -> dict[str, Workload]:
+    import small_models as small
+    found = {
+        "mobilenetv3": Workload("mobilenetv3", "MobileNetV3-Large-like (x0.5, 15 blocks, SE), 3x64x64, ReLU / "
+                                "Hardswish / Hardsigmoid, 45 sites", small.MobileNetV3, (3, 64, 64), 512, 32),
+        "ghostnet": Workload("ghostnet", "GhostNet-like (x0.5, 16 ghost bottlenecks, SE), 3x64x64, 40 ReLU sites",
+                             small.GhostNet, (3, 64, 64), 512, 32),
+        "regnet": Workload("regnet", "RegNetY-200MF-like (x0.5, 13 group-conv blocks, SE), 3x64x64, 53 ReLU sites",
+                           small.RegNet, (3, 64, 64), 512, 32),
+    }
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return found
+    vocab, length = small.TINY["vocab"], 32
+    for name, build, what in (("hf-bert", small.tiny_bert, "BertModel"), ("hf-gpt2", small.tiny_gpt2, "GPT2Model"),
+                              ("hf-opt", small.tiny_opt, "OPTModel"), ("hf-llama", small.tiny_llama, "LlamaModel")):
+        found[name] = Workload(name, f"tiny {what} from config (D=64, 2 layers), int64 token ids, L={length}", build,
+                               (length,), 256, 8, vocab=vocab)
+    found["hf-vit"] = Workload("hf-vit", "tiny ViTModel from config (D=64, 2 layers), 3x32x32, patch 8",
+                               small.tiny_vit, (3, 32, 32), 256, 8)
+    found["hf-whisper"] = Workload("hf-whisper", "tiny Whisper encoder from config (D=64, 2 layers), 16 mels x 64",
+                                   small.tiny_whisper, (16, 64), 256, 8)
+    found["hf-clip"] = Workload("hf-clip", "tiny CLIP vision tower from config (D=64, 2 layers), 3x32x32",
+                                small.tiny_clip, (3, 32, 32), 256, 8)
+    return found
+
+
+WORKLOADS.update(_small())

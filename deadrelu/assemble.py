@@ -116,6 +116,7 @@ def assemble(capture: Capture, model: nn.Module, settings: ScanSettings, *,
                 "excluded": capture.coverage.excluded, "positional_names": capture.positional_names,
                 "functional": capture.coverage.functional,
                 "functional_sites": sum(1 for site in sites if site.function is not None),
+                "functional_note": capture.coverage.functional_note,
                 "unsupported": [{"module": module, "class": class_name, "calls": calls, "reason": why}
                                 for module, class_name, calls, why in unsupported],
                 "masked": capture.coverage.masked, "mask_not_applied": unmasked}

@@ -28,10 +28,11 @@ from .commands.options import (CAPTURE, DATA, RUN, THRESHOLDS, BatchSizeOption, 
                                ShowUnitsOption, TauOption, VerboseOption, input_flags)
 from .commands.common import EXIT_GATE_FAILED, EXIT_INTERRUPTED, EXIT_OK, error_exit, say, stderr, stdout
 from .commands.helpstyle import App, HelpGroup
-from .commands.options import MlflowOption, StepOption, TensorboardOption, WandbOption
+from .commands.options import (FunctionalOption, MlflowOption, NoFunctionalOption, StepOption, TensorboardOption,
+                               WandbOption)
 from .render import console as console_render
 from .render.reports import ReportTargets, write_reports
-from .settings import CompileMode, Granularity, NonFinitePolicy, ScanSettings, Thresholds
+from .settings import CompileMode, FunctionalCapture, Granularity, NonFinitePolicy, ScanSettings, Thresholds
 
 app = App(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="rich", cls=HelpGroup,
           help="Find dead, saturated and dormant ReLU-family units in a PyTorch model, on your data.")
@@ -88,9 +89,8 @@ def scan(
         help="channel (a neuron or conv channel) or position (every channel x position).")] = None,
     layers: LayersOption = None,
     exclude: ExcludeOption = None,
-    functional: Annotated[Optional[bool], typer.Option(
-        "--functional/--no-functional", rich_help_panel=CAPTURE, show_default="functional",
-        help="Capture F.relu-style calls in forward().")] = None,
+    functional: FunctionalOption = None,
+    no_functional: NoFunctionalOption = False,
     dead_threshold: DeadThresholdOption = None,
     tau: TauOption = None,
     saturation: Annotated[Optional[float], typer.Option(
@@ -133,7 +133,8 @@ def scan(
         settings = build_settings(
             config=config, batch_size=batch_size, limit=limit, device=device, dead_threshold=dead_threshold,
             tau=tau, saturation=saturation, granularity=granularity, layers=tuple(layers or ()),
-            exclude=tuple(exclude or ()), functional=functional, nonfinite=nonfinite, compile=compile_mode)
+            exclude=tuple(exclude or ()), functional=FunctionalCapture.OFF if no_functional else functional,
+            nonfinite=nonfinite, compile=compile_mode)
         gate = GateLimits.from_config(config, max_dead_ratio=max_dead_ratio, max_layer_dead_ratio=max_layer_dead_ratio)
         described = inputs.inputs(config)
         targets = ReportTargets(json=json_path, html=html_path, png_dir=png_dir,

@@ -177,7 +177,7 @@ def _names(names: list[str], limit: int = 3) -> str:
 
 def _settings_of(result: ScanResult) -> dict[str, Any]:
     thresholds = dataclasses.asdict(result.settings.thresholds)
-    values = {"granularity": result.settings.granularity.value, "functional": result.settings.functional,
+    values = {"granularity": result.settings.granularity.value, "functional": bool(result.settings.functional),
               "layers": list(result.settings.layers), "exclude": list(result.settings.exclude), **thresholds}
     return {key: values[key] for key in COMPARED_SETTINGS}
 

@@ -471,9 +471,17 @@ def same_family(kind: str, other: str) -> bool:
     return first is not None and second is not None and first.family == second.family
 
 
+_module_classes_cache: list[Any] = [None, None]
+
+
 def _module_classes() -> list[tuple[type, KindInfo]]:
-    from torch import nn
-    return [(getattr(nn, info.name), info) for info in KINDS.values() if hasattr(nn, info.name)]
+    """``torch.nn`` classes of the kinds, made once per kind table (``spec_for_module`` runs per module)."""
+    current = tables()
+    if _module_classes_cache[0] is not current:
+        from torch import nn
+        _module_classes_cache[1] = [(getattr(nn, info.name), info) for info in KINDS.values() if hasattr(nn, info.name)]
+        _module_classes_cache[0] = current
+    return _module_classes_cache[1]
 
 
 def spec_for_module(module: nn.Module) -> KindSpec | None:

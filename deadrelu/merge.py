@@ -28,7 +28,8 @@ from .unitstats import SiteStats
 
 #: Settings that change what is measured: parts must agree on them. Thresholds (which
 #: only change verdicts), batch size, compile mode and device may differ.
-MEASURING_SETTINGS = ("granularity", "limit", "layers", "exclude", "functional", "nonfinite", "saturation_rtol")
+MEASURING_SETTINGS = ("granularity", "limit", "layers", "exclude", "functional", "functional_mode", "nonfinite",
+                      "saturation_rtol")
 
 # Warnings that state counts of one run; they are written again from the merged counts.
 _COUNT_WARNINGS = (re.compile(r"^\d+ activation module\(s\) never ran on this data"),
@@ -225,6 +226,8 @@ def _check_same_scan(facts: Sequence[Mapping[str, Any]], names: Sequence[str]) -
                                  f"vs {how} {shown(reference)})", hint=hint)
     for name, part in zip(names[1:], facts[1:]):
         differ = [key for key in MEASURING_SETTINGS if part["settings"].get(key) != facts[0]["settings"].get(key)]
+        if "functional" in differ and "functional_mode" in differ:
+            differ.remove("functional_mode")  # the mode follows from the boolean there: said once
         if differ:
             shown = "; ".join(f"{key} {part['settings'].get(key)!r} vs {facts[0]['settings'].get(key)!r}"
                               for key in differ)

@@ -327,7 +327,8 @@ class ScanResult:
                 "saturation": thresholds.saturation, "saturation_rtol": thresholds.saturation_rtol,
                 "granularity": self.settings.granularity.value, "batch_size": self.settings.batch_size,
                 "limit": self.settings.limit, "layers": list(self.settings.layers),
-                "exclude": list(self.settings.exclude), "functional": self.settings.functional,
+                "exclude": list(self.settings.exclude), "functional": bool(self.settings.functional),
+                "functional_mode": self.settings.functional.value,
                 "nonfinite": self.settings.nonfinite.value, "compile": self.settings.compile.value,
             },
             "summary": {**dataclasses.asdict(self.summary), "verdict": self._verdict()},
@@ -368,6 +369,9 @@ class ScanResult:
         validate_result(data, source)
         # Keys are only ever added within schema_version 1: settings this version does not know are left out.
         raw = {k: v for k, v in data["settings"].items() if k in _SETTING_KEYS}
+        if "functional_mode" in data["settings"] and raw.get("functional") is not False:
+            # ``functional`` is its boolean, kept for older readers; false always means off.
+            raw["functional"] = data["settings"]["functional_mode"]
         try:
             settings = build_settings(**{k: v for k, v in raw.items() if k not in ("batch_size",)},
                                       batch_size=raw.get("batch_size") or 1)

@@ -49,6 +49,26 @@ class InputDtype(str, Enum):
     FLOAT = "float"
 
 
+class FunctionalCapture(str, Enum):
+    """Whether functional activations (``F.relu`` in ``forward``) are captured, and for how long.
+
+    Capturing them puts every torch call of a forward pass through Python (a
+    ``TorchFunctionMode`` and global module hooks); ``auto`` pays that on the first batch
+    only when that batch made no functional activation call or gated product.
+    A member is true unless it is ``off`` (``if settings.functional:`` reads "captured").
+    """
+
+    #: every batch
+    ALWAYS = "always"
+    #: every batch when the first one made a functional call; else only the first
+    AUTO = "auto"
+    #: never (module activations only)
+    OFF = "off"
+
+    def __bool__(self) -> bool:
+        return self is not FunctionalCapture.OFF
+
+
 class CompileMode(str, Enum):
     """Whether the per-batch reduction is compiled with ``torch.compile``."""
 
@@ -90,7 +110,9 @@ class ScanSettings:
         device: "auto", "cpu", "cuda", "cuda:1", "mps", or None to keep the model where it is.
         layers: glob patterns; only sites whose name or module matches one are scanned.
         exclude: glob patterns of sites to skip.
-        functional: also capture functional activations (``F.relu`` in ``forward``).
+        functional: capture functional activations (``F.relu`` in ``forward``): ``auto`` (on the
+            first batch, and on every later one when it saw one), ``always`` or ``off``; True
+            and False read as ``always`` and ``off``.
         nonfinite: what to do with input samples holding NaN/inf.
         compile: whether to compile the per-batch reduction.
     """
@@ -102,12 +124,13 @@ class ScanSettings:
     device: str | None = None
     layers: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    functional: bool = True
+    functional: FunctionalCapture = FunctionalCapture.AUTO
     nonfinite: NonFinitePolicy = NonFinitePolicy.FAIL
     compile: CompileMode = CompileMode.AUTO
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batch_size", check_setting("batch_size", self.batch_size))
+        object.__setattr__(self, "functional", _functional(self.functional))
         if self.limit is not None:
             object.__setattr__(self, "limit", check_setting("limit", self.limit))
 
@@ -248,13 +271,24 @@ def check_setting(key: str, value: Any) -> Any:
             raise ConfigError(f"{key} must be a glob or a list of globs, got {value!r:.60}",
                               hint='e.g. ["layer1.*", "fc*"]')
         return tuple(globs)
-    if key == "functional" and not isinstance(value, bool):
-        raise ConfigError(f"functional must be true or false, got {value!r:.60}",
-                          hint="whether to capture F.relu-style calls in forward()")
+    if key == "functional":
+        return _functional(value)
     if key == "device" and (not isinstance(value, str) or not _DEVICE.fullmatch(value)):
         raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {value!r:.60}",
                           hint="where the model runs; auto: cuda, then mps, then cpu")
     return value
+
+
+def _functional(value: Any) -> FunctionalCapture:
+    """``functional`` as the settings hold it: True reads ``always`` (what it meant before ``auto``)."""
+    if isinstance(value, bool):
+        return FunctionalCapture.ALWAYS if value else FunctionalCapture.OFF
+    try:
+        return FunctionalCapture(value)
+    except ValueError:
+        raise ConfigError(f"functional must be always, auto or off, got {value!r:.60}",
+                          hint="auto: capture F.relu-style calls in forward() on the first batch, and on every "
+                               "batch when it made one; always; off") from None
 
 
 def _short(number: int) -> str:

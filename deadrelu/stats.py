@@ -36,6 +36,7 @@ Why the eager reduction looks the way it does (each measured on a 2-core CPU, se
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -188,12 +189,30 @@ def _reduced_value(output: torch.Tensor) -> torch.Tensor:
     return output if output.dtype in (torch.float32, torch.float64) else output.float()
 
 
+@functools.lru_cache(maxsize=4096)
+def _contiguous_view_shape(shape: torch.Size, dims: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """``(outer, units, inner)`` of a contiguous tensor of ``shape`` reduced over ``dims`` (None: its
+    kept axes are not one block). Decided once per shape: a site sees the same few every batch."""
+    ndim = len(shape)
+    reduced = {axis % ndim for axis in dims} if ndim else set()
+    kept = [axis for axis in range(ndim) if axis not in reduced]
+    if not kept:
+        return (math.prod(shape), 1, 1)
+    first, last = kept[0], kept[-1] + 1
+    if kept != list(range(first, last)):
+        return None
+    return (math.prod(shape[:first]), math.prod(shape[first:last]), math.prod(shape[last:]))
+
+
 def _units_view(tensor: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor | None:
     """``tensor`` as an ``(outer, units, inner)`` view without a copy, or None if it has none.
 
     The kept (unit) axes must be one consecutive block; a channels-last tensor whose
     unit axis is physically last becomes ``(N*H*W, C, 1)``.
     """
+    if tensor.is_contiguous():
+        shape = _contiguous_view_shape(tensor.shape, dims)
+        return None if shape is None else tensor.view(shape)
     ndim = tensor.ndim
     reduced = {axis % ndim for axis in dims} if ndim else set()
     kept = [axis for axis in range(ndim) if axis not in reduced]

@@ -15,6 +15,7 @@ import deadrelu
 from conftest import report_of
 from deadrelu.capturing.functional import FUNCTION_NAMES, read_call, spec_for_call
 from deadrelu.kinds import SELU_ALPHA, SELU_SCALE
+from deadrelu.settings import FunctionalCapture
 
 
 def bounded(samples: int, features: int, seed: int = 0) -> torch.Tensor:
@@ -138,7 +139,7 @@ def test_module_and_functional_mix_counts_each_call_once():
 def test_no_functional_setting_keeps_only_module_sites():
     result = deadrelu.scan(Mixed(), bounded(20, 10), functional=False)
     assert [s.name for s in result.sites] == ["act"]
-    assert result.settings.functional is False
+    assert result.settings.functional is FunctionalCapture.OFF and not result.settings.functional
     assert no_global_capture_state()
 
 

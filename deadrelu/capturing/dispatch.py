@@ -164,7 +164,7 @@ class DispatchCapture:
         self.coverage.activation_modules = list(self.plan.activation_modules)
         self.coverage.unsupported = [[module, class_name, None, why] for module, class_name, why in self.plan.unsupported]
         # The graph holds functional calls like any other op; they are sites unless turned off.
-        self.coverage.functional = self.settings.functional
+        self.coverage.functional = bool(self.settings.functional)
         self._stack.enter_context(_AtenActivationMode(self))
         return self
 

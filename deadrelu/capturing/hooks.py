@@ -22,14 +22,14 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import CaptureError
 from ..kinds import KindSpec, is_inplace, looks_like_activation, spec_for_module, tables
-from ..settings import ScanSettings
+from ..settings import FunctionalCapture, ScanSettings
 from ..stats import SiteStats
 from .attribution import FunctionalSites, ModuleStack
 from .contract import keep_train_flags
 from .gated import GatedProducts
 from .links import ModuleLinks
 from .masking import SequenceReach
-from .observe import Observer, before_call
+from .observe import Observer
 from .registry import ROOT_NAME, SiteRecord, SiteRegistry, no_sites_error
 
 
@@ -72,6 +72,12 @@ class _DiscoveryWatch(TorchFunctionMode):
         return result
 
 
+#: The coverage note of ``--functional auto`` when it turned functional capture off.
+FUNCTIONAL_OFF_NOTE = ("functional capture turned off after batch 1: no functional activation (F.relu...) or gated "
+                       "product seen; a model calling one only on later batches would be missed: use --functional "
+                       "always")
+
+
 class ActivationCapture:
     """Hooks every ReLU-family module of a model for the duration of a ``with`` block.
 
@@ -111,9 +117,12 @@ class ActivationCapture:
         self.in_batch = False
         self._stack = ExitStack()
         self._discovery = ExitStack()  # producer hooks, call counters of unsupported modules
+        self._functional_hooks = ExitStack()  # the global module hooks of functional capture
         self._watch = _DiscoveryWatch(self.links, self.reach)
         self._watch_on = False
-        self._pending: dict[str, list[tuple[SiteRecord | None, torch.Tensor | None]]] = {}
+        # Per hooked module: (site, before) of its calls whose post-hook has not run yet.
+        self._pending: list[list[tuple[SiteRecord | None, torch.Tensor | None]]] = []
+        self._pending_of: dict[str, list[tuple[SiteRecord | None, torch.Tensor | None]]] = {}
 
     # -- lifetime -------------------------------------------------------------------------
     def __enter__(self) -> ActivationCapture:
@@ -131,7 +140,7 @@ class ActivationCapture:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        self._pending.clear()
+        self._clear_pending()
         self.gated.clear()
         self.in_batch = False
         try:
@@ -155,11 +164,12 @@ class ActivationCapture:
                 self.coverage.unsupported.append(entry)
                 self._discovery.callback(module.register_forward_hook(self._count_hook(entry)).remove)
         if self.settings.functional:
+            self._stack.push(self._functional_hooks)
             modules = ModuleStack(self.model, set(self.coverage.activation_modules))
-            modules.register(self._stack)
+            modules.register(self._functional_hooks)
             self.functional = FunctionalSites(self.registry, self.observer, self.gated, modules, self._observing)
             # The ExitStack turns the mode off if a forward pass raised before end_batch.
-            self._stack.callback(self.functional.leave)
+            self._functional_hooks.callback(self.functional.leave)
             self.coverage.functional = True
 
     def _observing(self) -> bool:
@@ -190,7 +200,7 @@ class ActivationCapture:
         """Reset per-forward call counters (done in the tool's own loop, so a model whose
         ``forward`` is called directly, bypassing root hooks, still gets fresh indices)."""
         self.registry.begin_batch()
-        self._pending.clear()
+        self._clear_pending()
         self.gated.clear()
         self.in_batch = True
         if self.functional is not None:
@@ -229,15 +239,39 @@ class ActivationCapture:
         if self.functional is not None:
             self.functional.leave()
         self._leave_watch()
+        if (self.links.discovering and self.functional is not None
+                and self.settings.functional is FunctionalCapture.AUTO and not self.registry.functional_ran()):
+            self._functional_off()
         self.registry.end_batch()
         if self.links.discovering:
             self.links.stop()
             self.reach.stop()
             self._discovery.close()
 
+    def _clear_pending(self) -> None:
+        for pending in self._pending:
+            if pending:  # only after a forward pass that raised between a pre- and a post-hook
+                pending.clear()
+
+    def _functional_off(self) -> None:
+        """``--functional auto`` after a first batch without functional calls: remove the mode and
+        the global module hooks, so later forward passes run no Python per torch call."""
+        self.functional = None
+        self._functional_hooks.close()
+        self.coverage.functional_note = FUNCTIONAL_OFF_NOTE
+
     # -- hooks ----------------------------------------------------------------------------
     def _pre_hook(self, name: str, module: nn.Module, spec: KindSpec) -> Callable:
+        """The module's pre-hook, with everything a call needs decided once: its call counter's key,
+        its sites by call index, where its pending calls wait, what "active" is read from."""
         inplace = is_inplace(module)
+        reads_input, threshold = spec.reads_input, spec.threshold
+        registry = self.registry
+        count_key = (name, None)
+        by_index: list[SiteRecord | None] = []  # the module's sites by call index, once opened
+        pending: list[tuple[SiteRecord | None, torch.Tensor | None]] = []
+        self._pending.append(pending)
+        self._pending_of[name] = pending
 
         def pre_hook(mod: nn.Module, args: tuple) -> None:
             if not self.eval_mode:
@@ -245,34 +279,41 @@ class ActivationCapture:
                     return  # an eval-mode forward pass (validation) inside a training capture
                 if not self.in_batch:
                     self._begin_batch_mid_forward()  # the loop called a submodule, bypassing the root's hooks
-            call_index = self.registry.count_call(name, None)
+            call_index = registry.count_key(count_key)
             inputs = args[0] if args and isinstance(args[0], torch.Tensor) else None
             site, before = None, None
             if inputs is not None:
-                key = (name, None, call_index)
-                if self.registry.known(key):
-                    site = self.registry.get(key)
+                if call_index < len(by_index):
+                    site = by_index[call_index]
                 else:
                     label = f"{name}#{call_index}"
-                    site = self.registry.open(key, spec, inputs, activation=module, candidates=(name, label),
-                                              label=label)
-                if site is not None:
-                    before = before_call(spec, inputs, inplace)
-            self._pending.setdefault(name, []).append((site, before))
+                    site = registry.open((name, None, call_index), spec, inputs, activation=module,
+                                         candidates=(name, label), label=label)
+                    if call_index == len(by_index):
+                        by_index.append(site)
+                if site is not None and reads_input:
+                    # The input is about to be overwritten: judge it now (``observe.before_call``).
+                    before = torch.gt(inputs, threshold) if inplace else inputs
+            pending.append((site, before))
         return pre_hook
 
     def _post_hook(self, name: str) -> Callable:
+        pending = self._pending_of[name]
+        observe = self.observer.observe
+
         def post_hook(mod: nn.Module, args: tuple, output: Any) -> None:
-            pending = self._pending.get(name)
             if not pending:
                 return
             site, before = pending.pop()
             if site is None or not isinstance(output, torch.Tensor):
                 return
-            # The tool's own reductions are not the model's calls: they bypass the
-            # functional mode (and its Python pass-through per op).
-            with torch._C.DisableTorchFunction():
-                self.observer.observe(site, output, before)
+            if torch._C._len_torch_function_stack():
+                # The tool's own reductions are not the model's calls: they bypass the
+                # functional mode (and its Python pass-through per op), or a user's.
+                with torch._C.DisableTorchFunction():
+                    observe(site, output, before)
+            else:
+                observe(site, output, before)
             if self.functional is not None and self.functional.on:
                 self.gated.remember(output, site)
         return post_hook
@@ -308,4 +349,4 @@ class ActivationCapture:
         return record.accumulator.finalize()
 
 
-__all__ = ["ActivationCapture"]
+__all__ = ["ActivationCapture", "FUNCTIONAL_OFF_NOTE"]

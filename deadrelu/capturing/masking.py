@@ -26,28 +26,50 @@ Layout = Literal["leading", "flat"]
 class PaddingMask:
     """The padding mask of the current forward pass.
 
+    Setting it reads nothing from the tensor (no host sync on an accelerator): which positions
+    are real is read once per forward pass, by the first site the mask applies to
+    (``full``, ``index``), and not at all when it applies to none.
+
     Attributes:
         tensor: ``(N, L)`` bool, True at real positions; None without a mask.
-        full: every position is real (nothing needs leaving out).
         used: a mask was set in some forward pass.
     """
 
     def __init__(self) -> None:
         self.tensor: torch.Tensor | None = None
         self._flat: torch.Tensor | None = None
-        self.full = True
+        self._positions: torch.Tensor | None = None  # flat indices of the real positions, once read
         self.used = False
 
     def set(self, mask: torch.Tensor | None) -> None:
         """``(N, L)``, nonzero/True at real positions and 0/False at padding; None for no mask."""
+        self._positions = None
         if mask is None:
             self.tensor = self._flat = None
-            self.full = True
             return
         self.tensor = mask if mask.dtype == torch.bool else mask != 0
         self._flat = self.tensor.reshape(-1)
-        self.full = bool(self.tensor.all())
         self.used = True
+
+    def _real(self) -> torch.Tensor:
+        """The flat indices of the real positions, read from the device once per mask."""
+        if self._positions is None:
+            assert self._flat is not None
+            self._positions = torch.nonzero(self._flat).reshape(-1)
+        return self._positions
+
+    @property
+    def full(self) -> bool:
+        """Every position is real (nothing needs leaving out); True without a mask."""
+        if self._flat is None:
+            return True
+        return self._real().numel() == self._flat.numel()
+
+    def gather(self, tensor: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """``tensor`` at the real positions, ``(R, ...)``: the rows ``tensor[mask]`` holds, in its order,
+        taken with the indices read once per mask instead of a boolean index (a sync) per site."""
+        rows = tensor.flatten(0, 1) if layout == "leading" else tensor
+        return rows.index_select(0, self._real())
 
     def layout(self, output: torch.Tensor, unit_dim: int | None, channel_units: bool) -> Layout | None:
         """How ``output`` holds the masked positions: ``leading`` (N, L, ...) with units after
@@ -62,12 +84,6 @@ class PaddingMask:
                 and (mask.shape[1] > 1 or tuple(shape[:1]) == tuple(mask.shape[:1]))):
             return "flat"
         return None
-
-    def index(self, layout: Layout) -> torch.Tensor:
-        """The boolean index of the real positions for a layout."""
-        index = self.tensor if layout == "leading" else self._flat
-        assert index is not None
-        return index
 
     def carries_sequence(self, tensor: torch.Tensor) -> bool:
         """Whether a tensor's own shape holds the masked sequence: batch first and an axis of the

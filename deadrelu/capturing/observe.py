@@ -103,9 +103,8 @@ class Observer:
             return output, active, False
         # Gathering the real positions (R, ...) leaves the padding out of every statistic,
         # and each unit's observation count is the number of real tokens (times inner axes).
-        index = self.mask.index(layout)
-        picked = output[index]
-        picked_active = picked if active is output else active[index]
+        picked = self.mask.gather(output, layout)
+        picked_active = picked if active is output else self.mask.gather(active, layout)
         return picked, picked_active, layout == "leading"
 
 

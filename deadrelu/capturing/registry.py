@@ -118,6 +118,8 @@ class Coverage:
     unsupported: list[list[Any]] = field(default_factory=list)
     #: whether a padding mask was applied (``set_mask``) in any forward pass
     masked: bool = False
+    #: why functional capture was turned off after the first batch (``--functional auto``), or None
+    functional_note: str | None = None
 
 
 class Links(Protocol):
@@ -198,6 +200,17 @@ class SiteRegistry:
         index = self._calls.get(key, 0)
         self._calls[key] = index + 1
         return index
+
+    def count_key(self, key: tuple[str, str | None]) -> int:
+        """``count_call`` with its ``(module, function)`` key made once by the caller (a hook's)."""
+        calls = self._calls
+        index = calls.get(key, 0)
+        calls[key] = index + 1
+        return index
+
+    def functional_ran(self) -> bool:
+        """Whether a functional call or gated product was counted in the current forward pass."""
+        return any(function is not None for _module, function in self._calls)
 
     def ran_this_batch(self) -> list[str]:
         """Activation modules (or ``module:function``) called in the current forward pass, in order."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from ..judge.overall import FailOn
-from ..settings import MAX_LINE_BYTES, InputDtype
+from ..settings import MAX_LINE_BYTES, FunctionalCapture, InputDtype
 
 if TYPE_CHECKING:
     from ..load.spec import Inputs
@@ -70,6 +70,13 @@ LayersOption = Annotated[Optional[list[str]], typer.Option(
     "--layers", metavar="GLOB", rich_help_panel=CAPTURE, help="Only sites matching this glob (repeatable).")]
 ExcludeOption = Annotated[Optional[list[str]], typer.Option(
     "--exclude", metavar="GLOB", rich_help_panel=CAPTURE, help="Skip sites matching this glob (repeatable).")]
+FunctionalOption = Annotated[Optional[FunctionalCapture], typer.Option(
+    "--functional", metavar="WHEN", rich_help_panel=CAPTURE, show_default="auto",
+    help="Capture F.relu-style calls in forward(): auto (on the first batch; on every batch only if it made one, "
+         "the coverage says when it turned off), always, or off.")]
+#: ``--no-functional``, kept from before ``--functional WHEN``: the same as ``--functional off``.
+NoFunctionalOption = Annotated[bool, typer.Option("--no-functional", hidden=True, rich_help_panel=CAPTURE,
+                                                  help="Same as --functional off.")]
 ConfigOption = Annotated[Optional[Path], typer.Option(
     metavar="FILE", rich_help_panel=RUN,
     help="TOML config (see configs/default.toml): settings, gate, and the model and data in [inputs]; flags win.")]

@@ -456,7 +456,7 @@ def _run_metadata(result: ScanResult) -> str:
                      ("granularity", getattr(settings.granularity, "value", settings.granularity)),
                      ("batch size", settings.batch_size), ("limit", settings.limit),
                      ("layers", ", ".join(settings.layers)), ("exclude", ", ".join(settings.exclude)),
-                     ("functional capture", settings.functional)]
+                     ("functional capture", getattr(settings.functional, "value", settings.functional))]
     env_rows = [("deadrelu", env.get("deadrelu")), ("torch", env.get("torch")), ("device", env.get("device")),
                 ("dtype", env.get("dtype")), ("date", env.get("date"))]
     coverage = result.coverage or {}

@@ -36,6 +36,7 @@ from .base import (BN_GAMMA_EPS, BN_STRONG_BETA, CAUSES, DEAD_SHARE_CRITICAL, DE
 from .causes import rule_upstream, rule_zero_weights
 from .training import rule_input_scale, rule_learning_rate
 from .guide import rule_selection_guide
+from .layers import cached_weights
 from .results import (rule_dead_share, rule_depth_trend, rule_healthy, rule_negative_side, rule_prelu_slopes,
                       rule_saturation)
 from .weights import classify_init, init_references, rule_batchnorm, rule_bias, rule_init, rule_selu
@@ -243,6 +244,11 @@ def suggest_objects(result: ScanResult, model: nn.Module | None = None, *,
             model = None
     context = RuleContext(result=result, model=model, input_bounds=input_bounds,
                           optimizer_state=optimizer_state_of(optimizer_state))
+    with cached_weights():  # each layer's weights read once, however many rules ask
+        return _suggest_all(context, rules, strict)
+
+
+def _suggest_all(context: RuleContext, rules: Sequence[Callable[..., Any]] | None, strict: bool) -> list[Suggestion]:
     found: list[Suggestion] = []
     for rule_function in (RULES if rules is None else rules):
         try:

@@ -10,8 +10,9 @@ No torch at import time: every function imports it inside.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -78,13 +79,54 @@ def in_width(layer: nn.Module) -> int | None:
     return None
 
 
+#: While the rules run (``cached_weights``): ``(what, id(weight)) -> (weight, version, value)``.
+_cache: dict[tuple[str, int], tuple[Any, int, Any]] | None = None
+
+
+@contextlib.contextmanager
+def cached_weights() -> Iterator[None]:
+    """Within the block, each layer's float64 weight rows and weight std are computed once (the rules
+    ask for them several times per layer: a float64 copy of every weight each time, on a large model)."""
+    global _cache
+    outer = _cache
+    if outer is None:
+        _cache = {}
+    try:
+        yield
+    finally:
+        if outer is None:
+            _cache = None
+
+
+def _cached(what: str, weight: Any, compute: Callable[[], Any]) -> Any:
+    cache = _cache
+    if cache is None:
+        return compute()
+    try:
+        version = weight._version
+    except RuntimeError:  # an inference tensor keeps no version counter: not cached
+        return compute()
+    hit = cache.get((what, id(weight)))
+    if hit is not None and hit[0] is weight and hit[1] == version:
+        return hit[2]
+    value = compute()
+    cache[(what, id(weight))] = (weight, version, value)
+    return value
+
+
 def weight_rows(layer: nn.Module) -> np.ndarray:
-    """The weight as ``(output units, fan_in)`` float64: one row per output unit (Conv1D transposed)."""
+    """The weight as ``(output units, fan_in)`` float64: one row per output unit (Conv1D transposed);
+    read-only (inside ``cached_weights`` the same array is handed to every caller)."""
     weight: Any = layer.weight
-    weight = weight.detach().double().cpu()
-    if is_conv1d(layer):
-        weight = weight.t()
-    return weight.reshape(weight.shape[0], -1).numpy()
+
+    def compute() -> np.ndarray:
+        rows = weight.detach().double().cpu()
+        if is_conv1d(layer):
+            rows = rows.t()
+        array = rows.reshape(rows.shape[0], -1).numpy()
+        array.flags.writeable = False
+        return array
+    return _cached("rows", weight, compute)
 
 
 def bias_of(layer: nn.Module) -> np.ndarray | None:
@@ -108,7 +150,8 @@ def fan_out(layer: nn.Module) -> int:
 
 
 def weight_std(layer: nn.Module) -> float:
-    return float(np.std(weight_rows(layer)))
+    """The std of the layer's weights."""
+    return _cached("std", layer.weight, lambda: float(np.std(weight_rows(layer))))
 
 
 def init_scales(layer: nn.Module) -> dict[str, float]:

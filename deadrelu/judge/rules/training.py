@@ -167,8 +167,11 @@ def lr_evidence(context: RuleContext, site: SiteResult) -> dict[str, Any] | None
     """What says training's updates killed this site's units: grown weights, large optimizer steps,
     thrown biases, here or over most of the model (None: nothing does)."""
     def compute() -> dict[str, Any] | None:
+        problem = problem_mask(site)
+        if not problem.any():
+            return None  # before zero_rows: a healthy site costs no look at its weights
         found = context.weight_layer(site)
-        mask = problem_mask(site) & ~zero_rows(context, site)[0]
+        mask = problem & ~zero_rows(context, site)[0]
         if not mask.any():
             return None
         if found is None:
