@@ -26,6 +26,7 @@ from ..settings import ScanSettings
 from ..stats import SiteStats
 from .attribution import FunctionalSites, ModuleStack
 from .contract import keep_train_flags
+from .fused_forward import FUSED, FusedActivations, FusedForward
 from .gated import GatedProducts
 from .links import ModuleLinks
 from .masking import SequenceReach
@@ -143,11 +144,14 @@ class ActivationCapture:
     def _register(self) -> None:
         self._stack.push(self._discovery)
         self._stack.callback(self._leave_watch)
+        # A scan's ReLU-family modules compute output and statistics in one pass (not while training).
+        fusing = FusedActivations(self.observer, self._stack) if self.eval_mode else None
         for name, module in self.model.named_modules():
             spec = spec_for_module(module)
             if spec is not None:
                 self.coverage.activation_modules.append(name)
-                self._stack.callback(module.register_forward_pre_hook(self._pre_hook(name, module, spec)).remove)
+                fused = fusing.install(module, spec) if fusing is not None else None
+                self._stack.callback(module.register_forward_pre_hook(self._pre_hook(name, module, spec, fused)).remove)
                 self._stack.callback(module.register_forward_hook(self._post_hook(name)).remove)
             elif not self.links.watch(name, module, self._discovery) and self._unsupported_activation(name, module):
                 # Counted during the first forward pass only (the hook goes with the producer hooks).
@@ -236,7 +240,7 @@ class ActivationCapture:
             self._discovery.close()
 
     # -- hooks ----------------------------------------------------------------------------
-    def _pre_hook(self, name: str, module: nn.Module, spec: KindSpec) -> Callable:
+    def _pre_hook(self, name: str, module: nn.Module, spec: KindSpec, fused: FusedForward | None) -> Callable:
         inplace = is_inplace(module)
 
         def pre_hook(mod: nn.Module, args: tuple) -> None:
@@ -257,7 +261,10 @@ class ActivationCapture:
                     site = self.registry.open(key, spec, inputs, activation=module, candidates=(name, label),
                                               label=label)
                 if site is not None:
-                    before = before_call(spec, inputs, inplace)
+                    if fused is not None and fused.arm(site, inputs, self.links.discovering):
+                        before = FUSED  # the module's fused forward observes this call
+                    else:
+                        before = before_call(spec, inputs, inplace)
             self._pending.setdefault(name, []).append((site, before))
         return pre_hook
 
@@ -269,10 +276,11 @@ class ActivationCapture:
             site, before = pending.pop()
             if site is None or not isinstance(output, torch.Tensor):
                 return
-            # The tool's own reductions are not the model's calls: they bypass the
-            # functional mode (and its Python pass-through per op).
-            with torch._C.DisableTorchFunction():
-                self.observer.observe(site, output, before)
+            if before is not FUSED:
+                # The tool's own reductions are not the model's calls: they bypass the
+                # functional mode (and its Python pass-through per op).
+                with torch._C.DisableTorchFunction():
+                    self.observer.observe(site, output, before)
             if self.functional is not None and self.functional.on:
                 self.gated.remember(output, site)
         return post_hook
