@@ -280,3 +280,30 @@ def test_scan_api_and_environment(kernel):
     assert result.environment["reduction"] == "fused"
     assert [site.name for site in result.sites] == ["1", "4"]
     assert not math.isnan(float(result.sites[0].stats.active.sum()))
+
+
+def test_module_built_before_the_fused_activation_keeps_the_hooks(monkeypatch):
+    """A ``deadrelu._fused`` with the reduction but no ``activation`` entry (built by an older
+    deadrelu) still reduces with the kernel; the scan keeps the module forwards and hooks."""
+    import sys
+    import types
+
+    import deadrelu._fused as built
+
+    older = types.ModuleType("deadrelu._fused")
+    older.__file__, older.__spec__ = built.__file__, built.__spec__
+    older.abi, older.update = built.abi, built.update
+    monkeypatch.setitem(sys.modules, "deadrelu._fused", older)
+    fused_module.reset()
+    try:
+        assert fused_module.kernel() is not None
+        assert fused_module.activation() is None
+        model = nn.Sequential(nn.Linear(4, 5), nn.ReLU()).eval()
+        with torch.inference_mode(), deadrelu.capture(model) as cap:
+            assert "forward" not in vars(model[1])
+            for _ in range(3):
+                model(torch.randn(8, 4))
+        assert cap.finalize(cap.records()[0]).observations.tolist() == [24] * 5
+    finally:
+        monkeypatch.undo()
+        fused_module.reset()
