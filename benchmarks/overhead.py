@@ -8,6 +8,9 @@ One process times, interleaved and pair by pair, on each workload of
   tensors, ``--compile auto``, functional capture on);
 * ``scan-eager``: the same scan with the fused kernel switched off (``DEADRELU_FUSED=0``):
   the eager torch reduction, as on a machine without a C compiler;
+* ``scan-hooks`` (not in the default set): the scan with the fused activation off, as before
+  it existed: every activation module runs its own forward and a post-hook reduces its output
+  (a second read);
 * ``scan-compiled``: ``deadrelu.scan(..., compile="on")`` (its first call in the process
   includes compiling, reported apart as ``cold_seconds``; not in the default set);
 * peers, hooking the same activation modules: ``max-hook`` (a per-unit running max kept
@@ -58,7 +61,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-VARIANTS = ("bare", "scan", "scan-eager", "scan-compiled", "max-hook", "fastai-stats", "timm-stats", "store-all")
+VARIANTS = ("bare", "scan", "scan-eager", "scan-hooks", "scan-compiled", "max-hook", "fastai-stats", "timm-stats", "store-all")
 DEFAULT_VARIANTS = ("bare", "scan", "scan-eager", "max-hook", "fastai-stats", "timm-stats")
 ALL_WORKLOADS = ("cnn", "cnn-kinds", "mobile", "mlp", "mlp-kinds", "transformer", "transformer-kinds")
 #: ``--issue23``: every row of issue 23's table (samples per workload cut so the run takes <= 10 min).
@@ -221,6 +224,17 @@ def run_scan_eager(model: Any, data: Any, batch_size: int, device: Any) -> Any:
         fused.kernel = kernel  # type: ignore[assignment]
 
 
+def run_scan_hooks(model: Any, data: Any, batch_size: int, device: Any) -> Any:
+    """``deadrelu.scan`` with the fused activation off: module forwards plus post-hook reductions."""
+    from deadrelu import fused
+    activation = fused.activation
+    fused.activation = lambda: None  # type: ignore[assignment]
+    try:
+        return run_scan(model, data, batch_size, device)
+    finally:
+        fused.activation = activation  # type: ignore[assignment]
+
+
 def _activation_modules(model: Any) -> list[tuple[str, Any]]:
     from deadrelu.kinds import spec_for_module
     return [(name, module) for name, module in model.named_modules() if spec_for_module(module) is not None]
@@ -307,7 +321,7 @@ def run_timm_stats(model: Any, data: Any, batch_size: int, device: Any) -> dict[
 
 
 def variant_runner(variant: str) -> Callable[..., Any]:
-    return {"bare": run_bare, "scan": run_scan, "scan-eager": run_scan_eager,
+    return {"bare": run_bare, "scan": run_scan, "scan-eager": run_scan_eager, "scan-hooks": run_scan_hooks,
             "scan-compiled": lambda *a: run_scan(*a, compile="on"),
             "max-hook": run_max_hook, "fastai-stats": run_fastai_stats, "timm-stats": run_timm_stats,
             "store-all": run_store_all}[variant]

@@ -2,8 +2,9 @@
    the package, compiled by setup.py when the package is installed, so the kernel is loaded
    from the package's own folder by Python's import system and never from a cache.
 
-   The module holds two integers and no functions: `update`, the address of
-   deadrelu_fused_update, and `abi`, the DEADRELU_FUSED_ABI it was built with.
+   The module holds integers and no functions: `update`, the address of
+   deadrelu_fused_update, and `abi`, the DEADRELU_FUSED_ABI it was built with; `activation`,
+   the address of deadrelu_fused_activation, and `activation_abi`.
    deadrelu.fused calls the kernel through ctypes (which releases the GIL for the call);
    the kernel itself uses no Python API. setup.py builds it against the limited API
    (abi3: one build serves every CPython >= 3.10) except on a free-threaded CPython. */
@@ -19,6 +20,12 @@ static int exec_module(PyObject *module) {
     const int failed = PyModule_AddObjectRef(module, "update", address);
     Py_DECREF(address);
     if (failed) return -1;
+    address = PyLong_FromVoidPtr((void *)&deadrelu_fused_activation);
+    if (address == NULL) return -1;
+    const int missing = PyModule_AddObjectRef(module, "activation", address);
+    Py_DECREF(address);
+    if (missing) return -1;
+    if (PyModule_AddIntConstant(module, "activation_abi", DEADRELU_ACTIVATION_ABI)) return -1;
     return PyModule_AddIntConstant(module, "abi", DEADRELU_FUSED_ABI);
 }
 

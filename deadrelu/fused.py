@@ -26,6 +26,12 @@ or writable by anyone else. No temporary-folder fallback.
 
 Only float32 CPU tensors take this path; CUDA tensors (where a host read would sync),
 float16/bfloat16 and float64 models reduce eagerly.
+
+The same module also holds the fused *activation* (``deadrelu_fused_activation`` in
+``fused_kernel.c``, ``activation()``): a ReLU-family module's output computed together with its statistics in
+one pass, which a scan runs in place of the module's own forward
+(``deadrelu.capturing.fused_forward``). A module built before it existed has no such entry
+point: the scan then keeps the hooks.
 """
 
 from __future__ import annotations
@@ -61,10 +67,17 @@ MIN_PER_THREAD = 1 << 21
 _P, _I64, _F32, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 PROTOTYPE = ctypes.CFUNCTYPE(ctypes.c_int, _P, _P, _I32, _I64, _I64, _I64, _F32, _F32, _F32, _I32, _I32, _I32,
                              _I32, _I64, _P, _P, _P, _P, _P)
+#: The argument version of ``deadrelu_fused_activation`` (``DEADRELU_ACTIVATION_ABI``).
+ACTIVATION_ABI = 1
+#: ``deadrelu_fused_activation``'s signature: x, out, act, low, high, slopes, slope_per_unit,
+#: from_input, outer, units, inner, then the reduction's arguments from ``threshold`` on.
+ACTIVATION_PROTOTYPE = ctypes.CFUNCTYPE(ctypes.c_int, _P, _P, _I32, _F32, _F32, _P, _I32, _I32, _I64, _I64, _I64,
+                                        _F32, _F32, _F32, _I32, _I32, _I32, _I32, _I64, _P, _P, _P, _P, _P)
 _OFF = ("0", "off", "false", "no")
 
 _lock = threading.Lock()
 _library: Any = None
+_activation: Any = None
 _origin: str | None = None
 _note: str | None = None
 _tried = False
@@ -84,8 +97,9 @@ def cache_dir() -> Path:
     return Path(base) / "deadrelu"
 
 
-def _packaged() -> Any:
-    """The kernel of the package's extension module ``deadrelu._fused``."""
+def _packaged() -> tuple[Any, Any]:
+    """The kernel of the package's extension module ``deadrelu._fused``, and its fused
+    activation (None when the module predates it or was built for another version)."""
     name = f"{__package__}._fused"
     if importlib.util.find_spec(name) is None:
         raise KernelUnavailable(f"{name} is not built (no C compiler when deadrelu was installed?): reinstall "
@@ -101,7 +115,10 @@ def _packaged() -> Any:
                                 "reinstall deadrelu (pip install .; pip install -e . in a checkout)")
     if not isinstance(address, int) or address == 0:
         raise KernelUnavailable(f"{where} holds no kernel address")
-    return PROTOTYPE(address)
+    fused_activation = getattr(module, "activation", None)
+    usable = isinstance(fused_activation, int) and fused_activation and getattr(module, "activation_abi", None) == \
+        ACTIVATION_ABI
+    return PROTOTYPE(address), ACTIVATION_PROTOTYPE(fused_activation) if usable else None
 
 
 def _check_owned(info: os.stat_result, path: Path | str, what: str) -> None:
@@ -163,7 +180,7 @@ def _compile(compiler: str, target: Path) -> None:
         raise KernelUnavailable(f"DEADRELU_FUSED=build: could not write {target} ({exc})") from None
 
 
-def _built() -> tuple[Any, str]:
+def _built() -> tuple[Any, Any, str]:
     """``DEADRELU_FUSED=build``: the kernel compiled at run time into the checked cache folder."""
     compiler = shutil.which(os.environ.get("CC") or "cc") or shutil.which("gcc")
     if compiler is None:
@@ -190,8 +207,14 @@ def _built() -> tuple[Any, str]:
         raise KernelUnavailable(f"{shown} lacks the kernel's symbols ({exc})") from None
     if abi != ABI:
         raise KernelUnavailable(f"{shown} was built for kernel ABI {abi}, this deadrelu calls ABI {ABI}")
+    try:
+        activation_abi = ctypes.CFUNCTYPE(ctypes.c_int)(("deadrelu_fused_activation_abi", library))()
+        fused_activation = ACTIVATION_PROTOTYPE(("deadrelu_fused_activation", library))
+    except AttributeError:
+        activation_abi, fused_activation = None, None
     _handles.append(library)
-    return function, f"run-time build {shown} (DEADRELU_FUSED=build)"
+    return (function, fused_activation if activation_abi == ACTIVATION_ABI else None,
+            f"run-time build {shown} (DEADRELU_FUSED=build)")
 
 
 def _self_test(function: Any) -> None:
@@ -210,35 +233,67 @@ def _self_test(function: Any) -> None:
         raise KernelUnavailable(f"the kernel failed its self-test (status, sums, counts, min, max = {got})")
 
 
-def _load() -> tuple[Any, str]:
-    """The kernel and where it came from; raises when it cannot be had."""
+def _activation_self_test(function: Any) -> None:
+    """One in-place LeakyReLU (slope 0.5, "active" read from the pre-activation) over three
+    observations of three units, the third unit's holding a NaN; raises KernelUnavailable
+    when an output or a statistic differs."""
+    inf = float("inf")
+    x = (ctypes.c_float * 9)(1.0, -2.0, 0.0, 0.5, 3.0, float("nan"), -1.0, 0.0, 1.0)  # (3 outer, 3 units)
+    slope = (ctypes.c_float * 1)(0.5)
+    rows = (ctypes.c_int64 * 6)(0, 1, 2, 3, -1, -1)
+    sums, observations = (ctypes.c_double * 12)(), (ctypes.c_double * 3)()
+    minimum, maximum = (ctypes.c_double * 3)(inf, inf, inf), (ctypes.c_double * 3)(-inf, -inf, -inf)
+    status = function(x, x, 1, 0.0, 0.0, slope, 0, 1, 3, 3, 1, 0.0, 0.0, 0.0, 1, 0, 0, 1, 0, rows, sums,
+                      observations, minimum, maximum)
+    outputs = [value for index, value in enumerate(x) if index != 5]
+    want = [2, 1, 0, 1, 2, 0, 1.5, 10, 0, 2, 4, 0]  # active, total, total_sq, total_abs: one row of 3 units each
+    got = (status, outputs, list(sums), list(observations), list(minimum), list(maximum))
+    if got != (0, [1, -1, 0, 0.5, 3, -0.5, 0, 1], want, [3, 3, 0], [-0.5, -1, inf], [1, 3, -inf]):
+        raise KernelUnavailable(f"the fused activation failed its self-test (status, outputs, sums, counts, "
+                                f"min, max = {got})")
+
+
+def _load() -> tuple[Any, Any, str]:
+    """The kernel, the fused activation (or None) and where they came from; raises when the
+    kernel cannot be had (a fused activation that fails its self-test is only left out)."""
     mode = os.environ.get("DEADRELU_FUSED", "1").strip().lower()
     if mode in _OFF:
         raise KernelUnavailable("DEADRELU_FUSED=0")
     try:
-        function, origin = _packaged(), f"{__package__}._fused (built at install)"
+        (function, fused_activation), origin = _packaged(), f"{__package__}._fused (built at install)"
     except KernelUnavailable:
         if mode != "build":
             raise
-        function, origin = _built()
+        function, fused_activation, origin = _built()
     _self_test(function)
-    return function, origin
+    if fused_activation is not None:
+        try:
+            _activation_self_test(fused_activation)
+        except KernelUnavailable:
+            fused_activation = None
+    return function, fused_activation, origin
 
 
 def kernel() -> Any:
     """The fused update function, or None when it is not available (see ``note()``)."""
-    global _library, _origin, _note, _tried
+    global _library, _activation, _origin, _note, _tried
     if _tried:
         return _library
     with _lock:
         if not _tried:
             try:
-                _library, _origin = _load()
+                _library, _activation, _origin = _load()
             except Exception as exc:  # whatever stops the kernel leaves the eager reduction, said in the note
                 reason = str(exc) if isinstance(exc, KernelUnavailable) else f"{type(exc).__name__}: {exc}"
                 _note = f"fused kernel unavailable ({reason}); the reduction ran eagerly"
             _tried = True
     return _library
+
+
+def activation() -> Any:
+    """The fused activation entry point (``deadrelu_fused_activation``), or None when the
+    kernel is unavailable or its module has no usable one."""
+    return _activation if kernel() is not None else None
 
 
 def note() -> str | None:
@@ -253,10 +308,10 @@ def origin() -> str | None:
 
 def reset() -> None:
     """Forget the loaded kernel (tests use it to try another environment)."""
-    global _library, _origin, _note, _tried
+    global _library, _activation, _origin, _note, _tried
     with _lock:
-        _library, _origin, _note, _tried = None, None, None, False
+        _library, _activation, _origin, _note, _tried = None, None, None, None, False
 
 
-__all__ = ["kernel", "note", "origin", "reset", "cache_dir", "KernelUnavailable", "SOURCE", "FLAGS", "ABI",
-           "MIN_PER_THREAD"]
+__all__ = ["kernel", "activation", "note", "origin", "reset", "cache_dir", "KernelUnavailable", "SOURCE", "FLAGS", "ABI",
+           "MIN_PER_THREAD", "ACTIVATION_ABI"]

@@ -40,7 +40,7 @@ import functools
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -505,21 +505,54 @@ class Accumulator:
         outer, units, inner = view.shape
         if outer * inner > FLOAT32_EXACT_COUNT:
             return False  # the kernel counts short runs in float32
+        status = function(view.data_ptr(), active.data_ptr(), mode, outer, units, inner, *self._kernel_tail(plan))
+        if status != 0:  # out of memory before anything was written: reduce eagerly
+            return False
+        self.offered += outer * inner
+        return True
+
+    def update_activation(self, x: torch.Tensor, out: torch.Tensor, activation: tuple[Any, ...],
+                          from_input: bool, plan: ReductionPlan) -> bool:
+        """Compute an activation of ``x`` into ``out`` and add its statistics, in one pass of the
+        fused kernel (``deadrelu_fused_activation``); False, with nothing written, when this call does not
+        take that path (no fused activation, no units view, a batch too large to count in float32).
+
+        Args:
+            x: the pre-activation, float32 on the CPU.
+            out: where the output goes: ``x`` itself (in place) or a tensor with ``x``'s strides.
+            activation: the kernel's ``(act, low, high, slopes pointer, slope_per_unit)``.
+            from_input: "active" is read from ``x`` (negative slopes), else from the output.
+            plan: the site's reduction plan (its first-batch plan: never the flags variant).
+        """
+        function = fused.activation()
+        if function is None or (plan.floor_from_active and from_input):
+            return False
+        view = _units_view(x, plan.dims)
+        if view is None or view.shape[1] != self.units:
+            return False
+        outer, units, inner = view.shape
+        if outer * inner > FLOAT32_EXACT_COUNT:
+            return False
+        status = function(x.data_ptr(), out.data_ptr(), *activation, from_input, outer, units, inner,
+                          *self._kernel_tail(plan))
+        if status != 0:  # -1: out of memory before anything was written
+            return False
+        self.offered += outer * inner
+        return True
+
+    def _kernel_tail(self, plan: ReductionPlan) -> tuple[Any, ...]:
+        """The fused kernels' arguments from ``threshold`` on: the plan's constants, the thread
+        split and this accumulator's buffers (its sums fixed by the first call)."""
         fields = plan.fields
         if self._fields is None:
             self._start(fields, plan.derived)
         elif fields != self._fields:
             raise ValueError(f"batch has sums {fields}, this accumulator keeps {self._fields}")
-        status = function(view.data_ptr(), active.data_ptr(), mode, outer, units, inner, plan.threshold,
-                          plan.floor_at if plan.floor_at is not None else 0.0,
-                          plan.ceiling_at if plan.ceiling_at is not None else 0.0,
-                          "total_abs" in fields, "at_floor" in fields, "at_ceiling" in fields,
-                          torch.get_num_threads(), fused.MIN_PER_THREAD, self._rows, self.sums.data_ptr(),
-                          self.observations.data_ptr(), self.minimum.data_ptr(), self.maximum.data_ptr())
-        if status != 0:  # out of memory before anything was written: reduce eagerly
-            return False
-        self.offered += outer * inner
-        return True
+        return (plan.threshold, plan.floor_at if plan.floor_at is not None else 0.0,
+                plan.ceiling_at if plan.ceiling_at is not None else 0.0,
+                "total_abs" in fields, "at_floor" in fields, "at_ceiling" in fields,
+                torch.get_num_threads(), fused.MIN_PER_THREAD, self._rows, self.sums.data_ptr(),
+                self.observations.data_ptr(), self.minimum.data_ptr(), self.maximum.data_ptr())
 
     def _start(self, fields: tuple[str, ...], derived: tuple[str, ...]) -> None:
         """Fix the sums this accumulator keeps (those of its first batch)."""

@@ -18,6 +18,8 @@ part                job
 ``links``           producer links and unit axes (``ModuleLinks``, ``OpLinks``)
 ``attribution``     functional calls named after the running module
 ``gated``           ``act(gate) * up`` recognised as a product site
+``fused_forward``   a scan's ReLU-family modules computing output and statistics in
+                    one pass (their ``forward`` swapped while the capture lives)
 ``functional``      reading ``F.relu``-style calls (table derived from ``kinds``)
 ``aten``            aten activation ops (derived from ``kinds``) and reading a call
 ``plans``           static-graph plans that name dispatch sites like eager ones

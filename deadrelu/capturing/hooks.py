@@ -26,6 +26,7 @@ from ..settings import FunctionalCapture, ScanSettings
 from ..stats import SiteStats
 from .attribution import FunctionalSites, ModuleStack
 from .contract import keep_train_flags
+from .fused_forward import FUSED, FusedActivations, FusedForward
 from .gated import GatedProducts
 from .links import ModuleLinks
 from .masking import SequenceReach
@@ -152,11 +153,14 @@ class ActivationCapture:
     def _register(self) -> None:
         self._stack.push(self._discovery)
         self._stack.callback(self._leave_watch)
+        # A scan's ReLU-family modules compute output and statistics in one pass (not while training).
+        fusing = FusedActivations(self.observer, self._stack) if self.eval_mode else None
         for name, module in self.model.named_modules():
             spec = spec_for_module(module)
             if spec is not None:
                 self.coverage.activation_modules.append(name)
-                self._stack.callback(module.register_forward_pre_hook(self._pre_hook(name, module, spec)).remove)
+                fused = fusing.install(module, spec) if fusing is not None else None
+                self._stack.callback(module.register_forward_pre_hook(self._pre_hook(name, module, spec, fused)).remove)
                 self._stack.callback(module.register_forward_hook(self._post_hook(name)).remove)
             elif not self.links.watch(name, module, self._discovery) and self._unsupported_activation(name, module):
                 # Counted during the first forward pass only (the hook goes with the producer hooks).
@@ -261,9 +265,10 @@ class ActivationCapture:
         self.coverage.functional_note = FUNCTIONAL_OFF_NOTE
 
     # -- hooks ----------------------------------------------------------------------------
-    def _pre_hook(self, name: str, module: nn.Module, spec: KindSpec) -> Callable:
+    def _pre_hook(self, name: str, module: nn.Module, spec: KindSpec, fused: FusedForward | None) -> Callable:
         """The module's pre-hook, with everything a call needs decided once: its call counter's key,
-        its sites by call index, where its pending calls wait, what "active" is read from."""
+        its sites by call index, where its pending calls wait, what "active" is read from, and the
+        module's fused forward (``fused_forward.py``) when it has one."""
         inplace = is_inplace(module)
         reads_input, threshold = spec.reads_input, spec.threshold
         registry = self.registry
@@ -291,9 +296,12 @@ class ActivationCapture:
                                          candidates=(name, label), label=label)
                     if call_index == len(by_index):
                         by_index.append(site)
-                if site is not None and reads_input:
-                    # The input is about to be overwritten: judge it now (``observe.before_call``).
-                    before = torch.gt(inputs, threshold) if inplace else inputs
+                if site is not None:
+                    if fused is not None and fused.arm(site, inputs, self.links.discovering):
+                        before = FUSED  # the module's fused forward observes this call
+                    elif reads_input:
+                        # The input is about to be overwritten: judge it now (``observe.before_call``).
+                        before = torch.gt(inputs, threshold) if inplace else inputs
             pending.append((site, before))
         return pre_hook
 
@@ -307,7 +315,9 @@ class ActivationCapture:
             site, before = pending.pop()
             if site is None or not isinstance(output, torch.Tensor):
                 return
-            if torch._C._len_torch_function_stack():
+            if before is FUSED:
+                pass  # the module's fused forward observed this call
+            elif torch._C._len_torch_function_stack():
                 # The tool's own reductions are not the model's calls: they bypass the
                 # functional mode (and its Python pass-through per op), or a user's.
                 with torch._C.DisableTorchFunction():

@@ -90,6 +90,28 @@ class Observer:
         # Host time only (no device sync): what the compile decision weighs.
         self.reduce_seconds += time.perf_counter() - start
 
+    def observe_activation(self, site: SiteRecord, x: torch.Tensor, out: torch.Tensor, activation: tuple,
+                           from_input: bool) -> bool:
+        """Compute an activation call's output into ``out`` and reduce it into the site, in one
+        pass of the fused kernel (``capturing.fused_forward``); False, with nothing written, when
+        the call cannot take that path (the caller then runs the activation and ``observe``).
+
+        Args:
+            site: the site.
+            x: the call's input (float32, CPU).
+            out: ``x`` (in place) or an empty tensor with ``x``'s strides.
+            activation: the kernel's activation arguments (``FusedForward.arguments``).
+            from_input: "active" is read from ``x`` rather than from the output.
+        """
+        start = time.perf_counter()
+        site.check_shape(x.shape, self.granularity)
+        if not site.accumulator.update_activation(x, out, activation, from_input, site.plan):
+            return False
+        self.workspace.fused_calls += 1
+        site.calls += 1
+        self.reduce_seconds += time.perf_counter() - start
+        return True
+
     def _real_positions(self, site: SiteRecord, output: torch.Tensor, active: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """The observations at real (unpadded) positions; True when the (N, L) axes became one."""
