@@ -286,7 +286,7 @@ def _functional(value: Any) -> FunctionalCapture:
     try:
         return FunctionalCapture(value)
     except ValueError:
-        raise ConfigError(f"functional must be always, auto or off, got {value!r:.60}",
+        raise ConfigError(f"functional must be always, auto or off (true reads always, false off), got {value!r:.60}",
                           hint="auto: capture F.relu-style calls in forward() on the first batch, and on every "
                                "batch when it made one; always; off") from None
 

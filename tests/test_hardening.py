@@ -211,7 +211,7 @@ def scan_cli(runner: Any, files: dict[str, Path], *args: Any) -> Any:
     ("[scan]\ngranularity = \"neuron\"", "[scan] granularity must be one of channel, position, got 'neuron'"),
     ("[scan]\ndevice = \"gpu\"", "[scan] device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
     ("[scan]\nlayers = 3", "[scan] layers must be a glob or a list of globs, got 3"),
-    ("[scan]\nfunctional = \"yes\"", "[scan] functional must be true or false, got 'yes'"),
+    ("[scan]\nfunctional = \"yes\"", "[scan] functional must be always, auto or off (true reads always, false off), got 'yes'"),
     ("[thresholds]\ntau = nan", "[thresholds] tau must be a finite number, got nan"),
     ("[thresholds]\ntau = \"0.1\"", "[thresholds] tau must be a number, got '0.1'"),
     ("[thresholds]\nsaturation = inf", "[thresholds] saturation must be a finite number, got inf"),

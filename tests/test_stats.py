@@ -491,13 +491,18 @@ def test_reduction_seconds_is_the_time_spent_reducing(monkeypatch):
     """Every accumulator update is made 10 ms slower: the recorded reduction time holds all of
     the 4 batches' delay (so it is measured, and around the reduction), and no more than the scan took."""
     delay = 0.01
-    update = Accumulator.update
+    update, update_activation = Accumulator.update, Accumulator.update_activation
 
     def slow_update(self, *args, **kwargs):
         time.sleep(delay)
         return update(self, *args, **kwargs)
 
+    def slow_update_activation(self, *args, **kwargs):  # the fused activation's pass (batches after the first)
+        time.sleep(delay)
+        return update_activation(self, *args, **kwargs)
+
     monkeypatch.setattr(Accumulator, "update", slow_update)
+    monkeypatch.setattr(Accumulator, "update_activation", slow_update_activation)
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU())
     start = time.perf_counter()
     result = deadrelu.scan(model, torch.randn(20, 4), batch_size=5, compile="off")
