@@ -93,6 +93,22 @@ typedef struct {
     lo[c] = low;                                                                               \
     hi[c] = high;
 
+/* A column block's sums into the job's per-unit partials (both kernels end a block with this). */
+#define FOLD_COLUMNS(ABS, FLOOR, CEIL)                                                         \
+            double *part = job->part;                                                          \
+            const int64_t units = job->units;                                                  \
+            for (int64_t c = 0; c < width; c++) {                                              \
+                const int64_t unit = (c0 + c) / inner;                                         \
+                part[0 * units + unit] += active[c];                                           \
+                part[1 * units + unit] += total[c];                                            \
+                part[2 * units + unit] += total_sq[c];                                         \
+                if (ABS) part[3 * units + unit] += total_abs[c];                               \
+                if (FLOOR) part[4 * units + unit] += at_floor[c];                              \
+                if (CEIL) part[5 * units + unit] += at_ceiling[c];                             \
+                if (lo[c] < part[6 * units + unit]) part[6 * units + unit] = lo[c];            \
+                if (hi[c] > part[7 * units + unit]) part[7 * units + unit] = hi[c];            \
+            }
+
 #define COLUMN_BODY(MODE, ABS, FLOOR, CEIL)                                                    \
     CLONES static void columns_##MODE##ABS##FLOOR##CEIL(const job_t *job) {                    \
         const int64_t columns = job->units * job->inner, inner = job->inner;                   \
@@ -133,19 +149,7 @@ typedef struct {
                     }                                                                          \
                 }                                                                              \
             }                                                                                  \
-            double *part = job->part;                                                          \
-            const int64_t units = job->units;                                                  \
-            for (int64_t c = 0; c < width; c++) {                                              \
-                const int64_t unit = (c0 + c) / inner;                                         \
-                part[0 * units + unit] += active[c];                                           \
-                part[1 * units + unit] += total[c];                                            \
-                part[2 * units + unit] += total_sq[c];                                         \
-                if (ABS) part[3 * units + unit] += total_abs[c];                               \
-                if (FLOOR) part[4 * units + unit] += at_floor[c];                              \
-                if (CEIL) part[5 * units + unit] += at_ceiling[c];                             \
-                if (lo[c] < part[6 * units + unit]) part[6 * units + unit] = lo[c];            \
-                if (hi[c] > part[7 * units + unit]) part[7 * units + unit] = hi[c];            \
-            }                                                                                  \
+            FOLD_COLUMNS(ABS, FLOOR, CEIL)                                                     \
         }                                                                                      \
     }
 
@@ -360,19 +364,7 @@ int deadrelu_fused_update(const float *x, const void *a, int a_mode, int64_t out
                     for (int64_t k = 0; k < step; k++)                                         \
                         memcpy(out + k * columns, tile + k * COLUMN_BLOCK, sizeof(float) * width); \
             }                                                                                  \
-            double *part = job->part;                                                          \
-            const int64_t units = job->units;                                                  \
-            for (int64_t c = 0; c < width; c++) {                                              \
-                const int64_t unit = (c0 + c) / inner;                                         \
-                part[0 * units + unit] += active[c];                                           \
-                part[1 * units + unit] += total[c];                                            \
-                part[2 * units + unit] += total_sq[c];                                         \
-                if (ABS) part[3 * units + unit] += total_abs[c];                               \
-                if (FLOOR) part[4 * units + unit] += at_floor[c];                              \
-                if (CEIL) part[5 * units + unit] += at_ceiling[c];                             \
-                if (lo[c] < part[6 * units + unit]) part[6 * units + unit] = lo[c];            \
-                if (hi[c] > part[7 * units + unit]) part[7 * units + unit] = hi[c];            \
-            }                                                                                  \
+            FOLD_COLUMNS(ABS, FLOOR, CEIL)                                                     \
         }                                                                                      \
     }
 

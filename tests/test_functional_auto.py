@@ -4,6 +4,7 @@ coverage says so. ``always`` keeps it on, ``off`` never turns it on."""
 
 from __future__ import annotations
 
+import html
 import json
 
 import numpy as np
@@ -230,3 +231,22 @@ def test_a_report_whose_boolean_says_off_reads_off_whatever_its_mode():
     data = json.loads(scan(ModuleOnly(), "auto").to_json())
     data["settings"]["functional"] = False
     assert ScanResult.from_dict(data).settings.functional is FunctionalCapture.OFF
+
+
+def test_the_note_is_shown_with_verbose_and_in_the_html_report() -> None:
+    from rich.console import Console
+
+    from deadrelu.render.console import report
+    from deadrelu.render.html import report as html_report
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    result = deadrelu.scan(model, torch.randn(32, 4), batch_size=8)
+    note = result.coverage["functional_note"]
+    assert note and note.startswith("functional capture turned off after batch 1")
+
+    def printed(verbose: bool) -> str:
+        console = Console(width=200, record=True)
+        console.print(report(result, verbose=verbose))
+        return " ".join(console.export_text().split())
+    assert note not in printed(False)  # the default view stays short
+    assert " ".join(note.split()) in printed(True)
+    assert html.escape(note) in html_report(result)

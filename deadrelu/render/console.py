@@ -245,14 +245,19 @@ def gate_lines(result: ScanResult) -> Text | None:
     return text
 
 
-def warnings_text(result: ScanResult) -> Group | None:
-    """Coverage notes and warnings, one bullet each; a long one wraps under its own text."""
-    if not result.warnings:
+def warnings_text(result: ScanResult, verbose: bool = False) -> Group | None:
+    """Coverage notes and warnings, one bullet each; a long one wraps under its own text. With
+    ``verbose``, what the capture chose not to watch too (functional capture turned off after batch 1)."""
+    notes = list(result.warnings)
+    functional_note = (result.coverage or {}).get("functional_note")
+    if verbose and functional_note:
+        notes.append(functional_note)
+    if not notes:
         return None
     bullets = Table.grid(padding=(0, 1, 0, 0))
     bullets.add_column(no_wrap=True)
     bullets.add_column(overflow="fold")
-    for warning in result.warnings:
+    for warning in notes:
         bullets.add_row("  -", Text(visible(warning)))
     return Group(Text("Notes:", style="bold"), bullets)
 
@@ -472,7 +477,7 @@ def report(result: ScanResult, show_units: bool = False, limit: int | None = DEF
         parts.append(dead_units_text(result))
     parts.append(Text(""))
     for extra in (suggestions_text(result, None if verbose else DEFAULT_SUGGESTIONS, width, verbose)
-                  if suggestions else None, warnings_text(result), gate_lines(result)):
+                  if suggestions else None, warnings_text(result, verbose), gate_lines(result)):
         if extra is not None:
             parts.append(extra)
     return Group(*parts)

@@ -464,7 +464,8 @@ def _run_metadata(result: ScanResult) -> str:
     excluded = coverage.get("excluded") or []
     cov_rows = [("sites scanned", _sites_scanned(result)),
                 ("never ran", ", ".join(map(str, not_run[:30])) + (" …" if len(not_run) > 30 else "")),
-                ("excluded", ", ".join(map(str, excluded[:30])) + (" …" if len(excluded) > 30 else ""))]
+                ("excluded", ", ".join(map(str, excluded[:30])) + (" …" if len(excluded) > 30 else "")),
+                ("functional capture", coverage.get("functional_note"))]
     warnings = "".join(f"<li>{_e(w)}</li>" for w in result.warnings)
     warnings_html = f'<h3>Notes</h3><ul class="warnings">{warnings}</ul>' if warnings else ""
     return (f"<h3>Model</h3>{_meta_table(model_rows)}<h3>Data</h3>{_meta_table(data_rows)}"
