@@ -209,3 +209,35 @@ def test_cli_verify_data_is_for_prune_and_recycle(runner, shift_files) -> None:
                               f"{MODELS}:ShiftMLP", "--swap-activation", "elu", "--verify-data",
                               str(shift_files["held"])])
     assert run.exit_code == 2 and "--verify-data applies to --recycle (and to prune)" in run.output
+
+
+class _ReusedReLU(nn.Module):
+    """One in-place ReLU called twice per forward; only its first call has dead units (bias -100 on 4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2, self.out = nn.Linear(10, 16), nn.Linear(16, 16), nn.Linear(16, 2)
+        self.relu = nn.ReLU(inplace=True)
+        with torch.no_grad():
+            self.fc1.bias[:4] = -100.0
+            self.fc2.bias.fill_(5.0)  # every unit of the second call fires
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.relu(self.fc2(self.relu(self.fc1(x)))))
+
+
+def test_a_swap_that_changes_nothing_says_so_and_its_lines_hang_under_their_start() -> None:
+    from rich.console import Console
+
+    from deadrelu.render.repair import swap_report
+    model, x = _ReusedReLU().eval(), inputs()
+    result = deadrelu.scan(model, x)
+    report = deadrelu.swap_activations(model, result, "leaky_relu:0.01", data=x)
+    assert report.swapped == () and isinstance(model.relu, nn.ReLU)
+    console = Console(width=80, record=True)
+    console.print(swap_report(report))
+    lines = console.export_text().splitlines()
+    assert "check: not needed (nothing was changed)" in lines  # not "not run (no data)": data was given
+    start = next(k for k, line in enumerate(lines) if line.startswith("  relu#0: left alone: "))
+    assert lines[start + 1].startswith("    ") and all(len(line) <= 80 for line in lines), lines

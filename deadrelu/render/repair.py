@@ -10,7 +10,28 @@ from rich.text import Text
 
 from ..repair.report import (Effect, OutputCheck, PruneReport, RecycleReport, ReinitReport, SiteChange, SiteDelta,
                              SwapReport)
+from .console import hang
 from .text import visible, wrap_hanging
+
+
+class _Hanging:
+    """A line of a repair report wrapped at spaces to the console's width when printed, its
+    continuations two columns past its own indent (never at column 0, no word broken)."""
+
+    def __init__(self, text: Text) -> None:
+        self.text = text
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        plain = self.text.plain
+        lead = len(plain) - len(plain.lstrip(" "))
+        wrapped = hang(self.text, options.max_width, first=lead + 2)
+        wrapped.no_wrap, wrapped.overflow = True, "ignore"  # a word longer than the line stays whole
+        yield wrapped
+
+
+def _lines(lines: Sequence[RenderableType]) -> Group:
+    """The report's lines, each text line wrapped with a hanging indent (tables wrap themselves)."""
+    return Group(*(_Hanging(line) if isinstance(line, Text) else line for line in lines))
 
 
 def _change(before: int | None, after: int | None) -> str:
@@ -67,10 +88,12 @@ def sites_table(changes: Sequence[SiteChange], verb: str) -> _SiteChanges:
     return _SiteChanges(changes, verb)
 
 
-def check_line(check: OutputCheck | None, must_match: bool) -> Text:
-    """How far the outputs moved on the data (and whether that passed)."""
+def check_line(check: OutputCheck | None, must_match: bool, changed: bool = True) -> Text:
+    """How far the outputs moved on the data (and whether that passed); ``changed``: the repair
+    changed anything (a check of an untouched model is not needed, and is not run)."""
     if check is None:
-        return Text("check: not run (no data)", style="yellow")
+        return Text("check: not run (no data)" if changed else "check: not needed (nothing was changed)",
+                    style="yellow" if changed else "")
     where = f"on {check.samples:,} samples"
     if not must_match:
         return Text(f"outputs changed by at most {check.max_abs_diff:.3g} {where} "
@@ -133,10 +156,10 @@ def prune_report(report: PruneReport, refused: bool = False) -> RenderableType:
     lines: list[RenderableType] = [head, sites_table(report.sites, "removed")]
     lines.append(Text(f"parameters {_change(report.parameters_before, report.parameters_after)}; "
                       f"multiply-adds per sample {_change(report.macs_before, report.macs_after)}"))
-    lines.append(check_line(report.check, must_match=True))
+    lines.append(check_line(report.check, must_match=True, changed=bool(report.removed)))
     lines.extend(effect_lines(report.effect, refused))
     lines.extend(Text(f"warning: {warning}", style="yellow") for warning in report.warnings)
-    return Group(*lines)
+    return _lines(lines)
 
 
 def recycle_report(report: RecycleReport, refused: bool = False) -> RenderableType:
@@ -146,13 +169,13 @@ def recycle_report(report: RecycleReport, refused: bool = False) -> RenderableTy
     lines: list[RenderableType] = [
         Text(f"{verb} {report.recycled} {report.units} unit(s) at {len(changed)} site(s) (ReDo: new incoming "
              "weights, bias 0, outgoing weights 0)", style="bold"),
-        sites_table(report.sites, "recycled"), check_line(report.check, must_match=True)]
+        sites_table(report.sites, "recycled"), check_line(report.check, must_match=True, changed=bool(report.recycled))]
     if report.fired is not None:
         lines.append(Text(f"fire after recycling: {report.fired[0]} of {report.fired[1]} recycled unit(s) are active "
                           "on the data"))
     lines.extend(effect_lines(report.effect, refused))
     lines.extend(Text(f"warning: {warning}", style="yellow") for warning in report.warnings)
-    return Group(*lines)
+    return _lines(lines)
 
 
 def reinit_report(report: ReinitReport, refused: bool = False) -> RenderableType:
@@ -161,9 +184,9 @@ def reinit_report(report: ReinitReport, refused: bool = False) -> RenderableType
     lines: list[RenderableType] = [
         Text(f"DESTRUCTIVE: {verb} {len(report.layers)} layer(s) ({report.scheme}); their training is "
              "discarded", style="bold red"),
-        sites_table(report.sites, "re-init"), check_line(report.check, must_match=False)]
+        sites_table(report.sites, "re-init"), check_line(report.check, must_match=False, changed=bool(report.layers))]
     lines.extend(effect_lines(report.effect, refused))
-    return Group(*lines)
+    return _lines(lines)
 
 
 def swap_report(report: SwapReport, refused: bool = False) -> RenderableType:
@@ -176,10 +199,10 @@ def swap_report(report: SwapReport, refused: bool = False) -> RenderableType:
         lines.append(Text(f"  {swap.module}: {swap.before} -> {swap.after}{calls}"))
     for site, reason in report.skipped:
         lines.append(Text(f"  {site}: left alone: {reason}", style="yellow"))
-    lines.append(check_line(report.check, must_match=False))
+    lines.append(check_line(report.check, must_match=False, changed=bool(report.swapped)))
     lines.extend(effect_lines(report.effect, refused))
     lines.extend(Text(f"note: {warning}", style="dim") for warning in report.warnings)
-    return Group(*lines)
+    return _lines(lines)
 
 
 def repair_report(report: PruneReport | RecycleReport | ReinitReport | SwapReport,
