@@ -93,6 +93,18 @@ typedef struct {
     lo[c] = low;                                                                               \
     hi[c] = high;
 
+/* A column block's running sums (lo / hi are declared beside them: the fused activation adds its slopes). */
+#define COLUMN_SUMS                                                                            \
+        double total[COLUMN_BLOCK], total_sq[COLUMN_BLOCK], total_abs[COLUMN_BLOCK];           \
+        float active[COLUMN_BLOCK], at_floor[COLUMN_BLOCK], at_ceiling[COLUMN_BLOCK];
+
+/* Column c of a block starts empty. */
+#define RESET_COLUMN(c)                                                                        \
+                total[c] = total_sq[c] = total_abs[c] = 0.0;                                   \
+                active[c] = at_floor[c] = at_ceiling[c] = 0.0f;                                \
+                lo[c] = INFINITY;                                                              \
+                hi[c] = -INFINITY;
+
 /* A column block's sums into the job's per-unit partials (both kernels end a block with this). */
 #define FOLD_COLUMNS(ABS, FLOOR, CEIL)                                                         \
             double *part = job->part;                                                          \
@@ -113,16 +125,12 @@ typedef struct {
     CLONES static void columns_##MODE##ABS##FLOOR##CEIL(const job_t *job) {                    \
         const int64_t columns = job->units * job->inner, inner = job->inner;                   \
         const float thr = job->threshold, fl = job->floor_at, ce = job->ceiling_at;           \
-        double total[COLUMN_BLOCK], total_sq[COLUMN_BLOCK], total_abs[COLUMN_BLOCK];           \
-        float active[COLUMN_BLOCK], at_floor[COLUMN_BLOCK], at_ceiling[COLUMN_BLOCK];          \
+        COLUMN_SUMS                                                                    \
         float lo[COLUMN_BLOCK], hi[COLUMN_BLOCK];                                              \
         for (int64_t c0 = 0; c0 < columns; c0 += COLUMN_BLOCK) {                               \
             const int64_t width = columns - c0 < COLUMN_BLOCK ? columns - c0 : COLUMN_BLOCK;   \
             for (int64_t c = 0; c < width; c++) {                                              \
-                total[c] = total_sq[c] = total_abs[c] = 0.0;                                   \
-                active[c] = at_floor[c] = at_ceiling[c] = 0.0f;                                \
-                lo[c] = INFINITY;                                                              \
-                hi[c] = -INFINITY;                                                             \
+                RESET_COLUMN(c)                                                                \
             }                                                                                  \
             for (int64_t row = job->row0; row < job->row1; row += ROW_STEP) {                  \
                 const int64_t step = job->row1 - row < ROW_STEP ? job->row1 - row : ROW_STEP;  \
@@ -310,8 +318,7 @@ int deadrelu_fused_update(const float *x, const void *a, int a_mode, int64_t out
         const int64_t columns = job->units * job->inner, inner = job->inner;                   \
         const float thr = job->threshold, fl = job->floor_at, ce = job->ceiling_at;           \
         const float low = job->low, high = job->high;                                          \
-        double total[COLUMN_BLOCK], total_sq[COLUMN_BLOCK], total_abs[COLUMN_BLOCK];           \
-        float active[COLUMN_BLOCK], at_floor[COLUMN_BLOCK], at_ceiling[COLUMN_BLOCK];          \
+        COLUMN_SUMS                                                                    \
         float lo[COLUMN_BLOCK], hi[COLUMN_BLOCK], slope[COLUMN_BLOCK];                         \
         float tile[ROW_STEP * COLUMN_BLOCK];                                                   \
         /* In place with "active" read from the input: the block's output waits in a tile */   \
@@ -320,10 +327,7 @@ int deadrelu_fused_update(const float *x, const void *a, int a_mode, int64_t out
         for (int64_t c0 = 0; c0 < columns; c0 += COLUMN_BLOCK) {                               \
             const int64_t width = columns - c0 < COLUMN_BLOCK ? columns - c0 : COLUMN_BLOCK;   \
             for (int64_t c = 0; c < width; c++) {                                              \
-                total[c] = total_sq[c] = total_abs[c] = 0.0;                                   \
-                active[c] = at_floor[c] = at_ceiling[c] = 0.0f;                                \
-                lo[c] = INFINITY;                                                              \
-                hi[c] = -INFINITY;                                                             \
+                RESET_COLUMN(c)                                                                \
                 if (ACT == 1) slope[c] = job->slopes[job->slope_per_unit ? (c0 + c) / inner : 0]; \
             }                                                                                  \
             for (int64_t row = job->row0; row < job->row1; row += ROW_STEP) {                  \
