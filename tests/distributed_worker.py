@@ -49,7 +49,10 @@ def main(mode: str, arch: str, model_path: str, data_path: str, out_path: str) -
             if rank == 0:
                 result.to_json(out_path)
     except DeadReluError as exc:
-        print(f"rank {rank}: error: {exc.message}", file=sys.stderr, flush=True)
+        # One write per line: print() writes the text and the newline separately, and two ranks
+        # sharing torchrun's stderr then interleave ("...61ad7a01f281rank 0: error: ...").
+        sys.stderr.write(f"rank {rank}: error: {exc.message}\n")
+        sys.stderr.flush()
         code = 2
     exit_on_sigterm(code)  # the ranks agreed: torchrun stopping a slower one must not turn 2 into -15
     dist.barrier()
