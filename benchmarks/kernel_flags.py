@@ -62,7 +62,7 @@ def build(folder: Path) -> dict[str, Any]:
     for name, extra in VARIANTS.items():
         target = folder / f"{name}.so"
         subprocess.run([compiler, *fused.FLAGS, *extra, str(fused.SOURCE), "-o", str(target), "-lm"], check=True)
-        functions[name] = fused.PROTOTYPE(("deadrelu_fused_update", ctypes.CDLL(str(target))))
+        functions[name] = fused.PROTOTYPE(("deadrelu_fused_update_call", ctypes.CDLL(str(target))))
     if importlib.util.find_spec("deadrelu._fused") is not None:
         from deadrelu import _fused
         functions["installed"] = fused.PROTOTYPE(_fused.update)
@@ -82,8 +82,12 @@ def kernel_times(functions: dict[str, Any], trials: int) -> dict[str, dict[str, 
         maximum = -minimum
         values = x.numel()
         calls = max(5, int(1e8 / values))
-        arguments = (x.data_ptr(), x.data_ptr(), 0, outer, units, inner, 0.0, 0.0, 6.0, 1, 1, 1, 1, fused.MIN_PER_THREAD,
-                     rows, sums.data_ptr(), observations.data_ptr(), minimum.data_ptr(), maximum.data_ptr())
+        constants = fused.CallConstants(threshold=0.0, floor_at=0.0, ceiling_at=6.0, want_abs=1, want_floor=1,
+                                        want_ceiling=1, units=units, min_per_thread=fused.MIN_PER_THREAD,
+                                        rows=ctypes.addressof(rows), acc_sums=sums.data_ptr(),
+                                        acc_observations=observations.data_ptr(), acc_minimum=minimum.data_ptr(),
+                                        acc_maximum=maximum.data_ptr())
+        arguments = (ctypes.addressof(constants), x.data_ptr(), x.data_ptr(), 0, outer, inner, 1)
         for _ in range(trials):
             for name, function in functions.items():
                 start = time.perf_counter()

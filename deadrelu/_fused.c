@@ -3,8 +3,8 @@
    from the package's own folder by Python's import system and never from a cache.
 
    The module holds integers and no functions: `update`, the address of
-   deadrelu_fused_update, and `abi`, the DEADRELU_FUSED_ABI it was built with; `activation`,
-   the address of deadrelu_fused_activation, and `activation_abi`.
+   deadrelu_fused_update_call, and `abi`, the DEADRELU_FUSED_ABI it was built with;
+   `activation`, the address of deadrelu_fused_activation_call, and `activation_abi`.
    deadrelu.fused calls the kernel through ctypes (which releases the GIL for the call);
    the kernel itself uses no Python API. setup.py builds it against the limited API
    (abi3: one build serves every CPython >= 3.10) except on a free-threaded CPython. */
@@ -15,12 +15,12 @@
 #include "fused_kernel.c"
 
 static int exec_module(PyObject *module) {
-    PyObject *address = PyLong_FromVoidPtr((void *)&deadrelu_fused_update);
+    PyObject *address = PyLong_FromVoidPtr((void *)&deadrelu_fused_update_call);
     if (address == NULL) return -1;
     const int failed = PyModule_AddObjectRef(module, "update", address);
     Py_DECREF(address);
     if (failed) return -1;
-    address = PyLong_FromVoidPtr((void *)&deadrelu_fused_activation);
+    address = PyLong_FromVoidPtr((void *)&deadrelu_fused_activation_call);
     if (address == NULL) return -1;
     const int missing = PyModule_AddObjectRef(module, "activation", address);
     Py_DECREF(address);

@@ -5,7 +5,9 @@ sum, sum of squares, sum |h|, counts at the bounds, min, max: four to eight pass
 memory, plus a write for every count), and on a small network each pass costs about as
 much as the activation itself. ``fused_kernel.c`` computes every statistic of a site in
 one pass and adds it into the site's float64 accumulators in the same call, so a site
-costs one read and one ctypes call per batch instead of 10-25 torch dispatches.
+costs one read and one ctypes call per batch instead of 10-25 torch dispatches. The site's
+constants (thresholds, accumulator addresses) go to the kernel as one ``CallConstants``
+struct filled once per site, so a call passes six arguments, not two dozen.
 
 Where the native code comes from: the kernel is plain C (no torch headers, no Python
 API), compiled when the package is installed, as the optional extension module
@@ -54,7 +56,7 @@ from . import _kernel_flags
 #: The kernel's C source, shipped next to this module.
 SOURCE = Path(__file__).with_name("fused_kernel.c")
 #: The argument version this module calls (``DEADRELU_FUSED_ABI`` in ``fused_kernel.c``).
-ABI = 1
+ABI = 2
 #: Flags of the opt-in run-time build: the install-time flags (``_kernel_flags``) plus a
 #: shared library's.
 FLAGS = (*_kernel_flags.COMPILE_ARGS, "-fPIC", "-shared")
@@ -63,16 +65,34 @@ FLAGS = (*_kernel_flags.COMPILE_ARGS, "-fPIC", "-shared")
 #: here first competes with them: at 2^18 the kernel took 0.22 s of a 2-thread mobile scan
 #: where one thread took 0.15 s (benchmarks/RESULTS.md).
 MIN_PER_THREAD = 1 << 21
-#: ``deadrelu_fused_update``'s signature.
 _P, _I64, _F32, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
-PROTOTYPE = ctypes.CFUNCTYPE(ctypes.c_int, _P, _P, _I32, _I64, _I64, _I64, _F32, _F32, _F32, _I32, _I32, _I32,
-                             _I32, _I64, _P, _P, _P, _P, _P)
-#: The argument version of ``deadrelu_fused_activation`` (``DEADRELU_ACTIVATION_ABI``).
-ACTIVATION_ABI = 1
-#: ``deadrelu_fused_activation``'s signature: x, out, act, low, high, slopes, slope_per_unit,
-#: from_input, outer, units, inner, then the reduction's arguments from ``threshold`` on.
-ACTIVATION_PROTOTYPE = ctypes.CFUNCTYPE(ctypes.c_int, _P, _P, _I32, _F32, _F32, _P, _I32, _I32, _I64, _I64, _I64,
-                                        _F32, _F32, _F32, _I32, _I32, _I32, _I32, _I64, _P, _P, _P, _P, _P)
+#: ``deadrelu_fused_update_call``'s signature: constants, x, active source, its mode, outer, inner, threads.
+PROTOTYPE = ctypes.CFUNCTYPE(ctypes.c_int, _P, _P, _P, _I32, _I64, _I64, _I32)
+#: The argument version of ``deadrelu_fused_activation_call`` (``DEADRELU_ACTIVATION_ABI``).
+ACTIVATION_ABI = 2
+#: ``deadrelu_fused_activation_call``'s signature: constants, x, out, outer, inner, threads.
+ACTIVATION_PROTOTYPE = ctypes.CFUNCTYPE(ctypes.c_int, _P, _P, _P, _I64, _I64, _I32)
+
+
+class CallConstants(ctypes.Structure):
+    """A site's constants for the kernel (``deadrelu_call_t`` in ``fused_kernel.c``), filled once
+    per site and plan; the kernel only reads it, during the call.
+
+    ``act``, ``low``, ``high``, ``slopes``, ``slope_per_unit``, ``from_input``: the fused
+    activation's (clamp 0 / leaky 1, its bounds, the negative slopes' address); ``units``;
+    ``threshold``, ``floor_at``, ``ceiling_at`` and the ``want_*`` flags: the plan's; ``rows``:
+    each sum's accumulator row (-1: not kept); ``acc_*``: the accumulators' addresses.
+    """
+
+    _fields_ = [("act", ctypes.c_int32), ("slope_per_unit", ctypes.c_int32), ("from_input", ctypes.c_int32),
+                ("want_abs", ctypes.c_int32), ("want_floor", ctypes.c_int32), ("want_ceiling", ctypes.c_int32),
+                ("low", ctypes.c_float), ("high", ctypes.c_float), ("threshold", ctypes.c_float),
+                ("floor_at", ctypes.c_float), ("ceiling_at", ctypes.c_float), ("slopes", ctypes.c_void_p),
+                ("units", ctypes.c_int64), ("min_per_thread", ctypes.c_int64), ("rows", ctypes.c_void_p),
+                ("acc_sums", ctypes.c_void_p), ("acc_observations", ctypes.c_void_p),
+                ("acc_minimum", ctypes.c_void_p), ("acc_maximum", ctypes.c_void_p)]
+
+
 _OFF = ("0", "off", "false", "no")
 
 _lock = threading.Lock()
@@ -202,19 +222,28 @@ def _built() -> tuple[Any, Any, str]:
     library = ctypes.CDLL(str(path))  # nobody else can have changed it since the check
     try:
         abi = ctypes.CFUNCTYPE(ctypes.c_int)(("deadrelu_fused_abi", library))()
-        function = PROTOTYPE(("deadrelu_fused_update", library))
+        function = PROTOTYPE(("deadrelu_fused_update_call", library))
     except AttributeError as exc:
         raise KernelUnavailable(f"{shown} lacks the kernel's symbols ({exc})") from None
     if abi != ABI:
         raise KernelUnavailable(f"{shown} was built for kernel ABI {abi}, this deadrelu calls ABI {ABI}")
     try:
         activation_abi = ctypes.CFUNCTYPE(ctypes.c_int)(("deadrelu_fused_activation_abi", library))()
-        fused_activation = ACTIVATION_PROTOTYPE(("deadrelu_fused_activation", library))
+        fused_activation = ACTIVATION_PROTOTYPE(("deadrelu_fused_activation_call", library))
     except AttributeError:
         activation_abi, fused_activation = None, None
     _handles.append(library)
     return (function, fused_activation if activation_abi == ACTIVATION_ABI else None,
             f"run-time build {shown} (DEADRELU_FUSED=build)")
+
+
+def _constants(units: int, rows: Any, sums: Any, observations: Any, minimum: Any, maximum: Any,
+               **fields: Any) -> CallConstants:
+    """A ``CallConstants`` for the self-tests (ctypes arrays for the accumulators)."""
+    address = ctypes.addressof
+    return CallConstants(units=units, min_per_thread=0, rows=address(rows), acc_sums=address(sums),
+                         acc_observations=address(observations), acc_minimum=address(minimum),
+                         acc_maximum=address(maximum), **fields)
 
 
 def _self_test(function: Any) -> None:
@@ -225,7 +254,9 @@ def _self_test(function: Any) -> None:
     rows = (ctypes.c_int64 * 6)(0, 1, 2, 3, 4, 5)
     sums, observations = (ctypes.c_double * 18)(), (ctypes.c_double * 3)()
     minimum, maximum = (ctypes.c_double * 3)(inf, inf, inf), (ctypes.c_double * 3)(-inf, -inf, -inf)
-    status = function(x, None, 0, 3, 3, 1, 0.0, 0.0, 2.0, 1, 1, 1, 1, 0, rows, sums, observations, minimum, maximum)
+    constants = _constants(3, rows, sums, observations, minimum, maximum, threshold=0.0, floor_at=0.0,
+                           ceiling_at=2.0, want_abs=1, want_floor=1, want_ceiling=1)
+    status = function(ctypes.addressof(constants), x, None, 0, 3, 1, 1)
     # per field (active, total, total_sq, total_abs, at_floor, at_ceiling) per unit
     want = [2, 1, 0, 0.5, 1, 0, 2.25, 13, 0, 2.5, 5, 0, 1, 2, 0, 0, 1, 0]
     got = (status, list(sums), list(observations), list(minimum), list(maximum))
@@ -243,8 +274,9 @@ def _activation_self_test(function: Any) -> None:
     rows = (ctypes.c_int64 * 6)(0, 1, 2, 3, -1, -1)
     sums, observations = (ctypes.c_double * 12)(), (ctypes.c_double * 3)()
     minimum, maximum = (ctypes.c_double * 3)(inf, inf, inf), (ctypes.c_double * 3)(-inf, -inf, -inf)
-    status = function(x, x, 1, 0.0, 0.0, slope, 0, 1, 3, 3, 1, 0.0, 0.0, 0.0, 1, 0, 0, 1, 0, rows, sums,
-                      observations, minimum, maximum)
+    constants = _constants(3, rows, sums, observations, minimum, maximum, act=1, slopes=ctypes.addressof(slope),
+                           from_input=1, threshold=0.0, want_abs=1)
+    status = function(ctypes.addressof(constants), x, x, 3, 1, 1)
     outputs = [value for index, value in enumerate(x) if index != 5]
     want = [2, 1, 0, 1, 2, 0, 1.5, 10, 0, 2, 4, 0]  # active, total, total_sq, total_abs: one row of 3 units each
     got = (status, outputs, list(sums), list(observations), list(minimum), list(maximum))
@@ -314,4 +346,4 @@ def reset() -> None:
 
 
 __all__ = ["kernel", "activation", "note", "origin", "reset", "cache_dir", "KernelUnavailable", "SOURCE", "FLAGS", "ABI",
-           "MIN_PER_THREAD", "ACTIVATION_ABI"]
+           "MIN_PER_THREAD", "ACTIVATION_ABI", "CallConstants"]

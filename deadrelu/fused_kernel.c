@@ -35,7 +35,7 @@
 
 /* Bumped whenever deadrelu_fused_update's arguments or meaning change: deadrelu.fused
    refuses a library built from another version (a stale in-place build, say). */
-#define DEADRELU_FUSED_ABI 1
+#define DEADRELU_FUSED_ABI 2
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 8 && \
     defined(__linux__) && defined(__GLIBC__) && !defined(DEADRELU_NO_CLONES)
@@ -393,7 +393,7 @@ static const kernel_t ACTIVATIONS[2][2][8] = {{ACTIVATION_ROW(0, 0), ACTIVATION_
                                               {ACTIVATION_ROW(1, 0), ACTIVATION_ROW(1, 1)}};
 
 /* Bumped whenever deadrelu_fused_activation's arguments or meaning change. */
-#define DEADRELU_ACTIVATION_ABI 1
+#define DEADRELU_ACTIVATION_ABI 2
 
 /* Compute an activation of the (outer, units, inner) C-contiguous float32 array x into out
    (x itself for an in-place module) and add its statistics into the accumulators, as
@@ -417,6 +417,43 @@ int deadrelu_fused_activation(const float *x, float *out, int act, float low, fl
                  .slope_per_unit = slope_per_unit};
     return drive(ACTIVATIONS[act][from_input ? 1 : 0][variant], &job, outer, threads, min_per_thread, rows,
                  acc_sums, acc_observations, acc_minimum, acc_maximum);
+}
+
+/* ---- The entry points deadrelu.fused calls: a site's constants in one struct. ----
+
+   A site calls the kernel once per forward pass with the same two dozen constants (its
+   thresholds, its accumulators' addresses...): passed one by one through ctypes they cost
+   ~2.5 us a call, more than the kernel itself on a small activation. deadrelu.fused fills a
+   deadrelu_call_t once per site and plan (ctypes.Structure CallConstants, the same layout) and
+   each call passes its address and what changes per call. */
+
+typedef struct {
+    int32_t act, slope_per_unit, from_input, want_abs, want_floor, want_ceiling;
+    float low, high, threshold, floor_at, ceiling_at;
+    const float *slopes;
+    int64_t units, min_per_thread;
+    const int64_t *rows;
+    double *acc_sums, *acc_observations, *acc_minimum, *acc_maximum;
+} deadrelu_call_t;
+
+/* deadrelu_fused_update with the site's constants from `call` (act, low, high, slopes,
+   slope_per_unit and from_input unused). */
+int deadrelu_fused_update_call(const deadrelu_call_t *call, const float *x, const void *a, int a_mode,
+                               int64_t outer, int64_t inner, int threads) {
+    return deadrelu_fused_update(x, a, a_mode, outer, call->units, inner, call->threshold, call->floor_at,
+                                 call->ceiling_at, call->want_abs, call->want_floor, call->want_ceiling, threads,
+                                 call->min_per_thread, call->rows, call->acc_sums, call->acc_observations,
+                                 call->acc_minimum, call->acc_maximum);
+}
+
+/* deadrelu_fused_activation with the site's constants from `call`. */
+int deadrelu_fused_activation_call(const deadrelu_call_t *call, const float *x, float *out, int64_t outer,
+                                   int64_t inner, int threads) {
+    return deadrelu_fused_activation(x, out, call->act, call->low, call->high, call->slopes, call->slope_per_unit,
+                                     call->from_input, outer, call->units, inner, call->threshold, call->floor_at,
+                                     call->ceiling_at, call->want_abs, call->want_floor, call->want_ceiling,
+                                     threads, call->min_per_thread, call->rows, call->acc_sums,
+                                     call->acc_observations, call->acc_minimum, call->acc_maximum);
 }
 
 /* The version of deadrelu_fused_activation's arguments (DEADRELU_ACTIVATION_ABI). */

@@ -36,7 +36,6 @@ Why the eager reduction looks the way it does (each measured on a 2-core CPU, se
 from __future__ import annotations
 
 import ctypes
-import functools
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -45,11 +44,10 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import torch
 
-from . import fused
+from .fused_calls import FLOAT32_EXACT_COUNT, KernelCalls
+from .fused_calls import units_view as _units_view
 from .unitstats import SUM_FIELDS, SiteStats
 
-#: The largest count that float32 holds exactly (2**24).
-FLOAT32_EXACT_COUNT = 2 ** 24
 
 #: Reduce over the contiguous inner axis first when it is at least this long.
 INNER_FIRST_MIN = 64
@@ -187,48 +185,6 @@ class ReductionWorkspace:
 
 def _reduced_value(output: torch.Tensor) -> torch.Tensor:
     return output if output.dtype in (torch.float32, torch.float64) else output.float()
-
-
-@functools.lru_cache(maxsize=4096)
-def _contiguous_view_shape(shape: torch.Size, dims: tuple[int, ...]) -> tuple[int, int, int] | None:
-    """``(outer, units, inner)`` of a contiguous tensor of ``shape`` reduced over ``dims`` (None: its
-    kept axes are not one block). Decided once per shape: a site sees the same few every batch."""
-    ndim = len(shape)
-    reduced = {axis % ndim for axis in dims} if ndim else set()
-    kept = [axis for axis in range(ndim) if axis not in reduced]
-    if not kept:
-        return (math.prod(shape), 1, 1)
-    first, last = kept[0], kept[-1] + 1
-    if kept != list(range(first, last)):
-        return None
-    return (math.prod(shape[:first]), math.prod(shape[first:last]), math.prod(shape[last:]))
-
-
-def _units_view(tensor: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor | None:
-    """``tensor`` as an ``(outer, units, inner)`` view without a copy, or None if it has none.
-
-    The kept (unit) axes must be one consecutive block; a channels-last tensor whose
-    unit axis is physically last becomes ``(N*H*W, C, 1)``.
-    """
-    if tensor.is_contiguous():
-        shape = _contiguous_view_shape(tensor.shape, dims)
-        return None if shape is None else tensor.view(shape)
-    ndim = tensor.ndim
-    reduced = {axis % ndim for axis in dims} if ndim else set()
-    kept = [axis for axis in range(ndim) if axis not in reduced]
-    if not kept:
-        return tensor.reshape(-1, 1, 1) if tensor.is_contiguous() else None
-    first, last = kept[0], kept[-1] + 1
-    if kept != list(range(first, last)):
-        return None
-    shape = tensor.shape
-    units = math.prod(shape[first:last])
-    if tensor.is_contiguous():
-        return tensor.view(math.prod(shape[:first]), units, math.prod(shape[last:]))
-    moved = tensor.movedim(tuple(range(first, last)), tuple(range(ndim - (last - first), ndim)))
-    if moved.is_contiguous():
-        return moved.view(-1, units, 1)
-    return None
 
 
 def reduce_batch(output: torch.Tensor, active_source: torch.Tensor, plan: ReductionPlan,
@@ -445,6 +401,7 @@ class Accumulator:
         #: observations offered to ``add``, finite or not (a host int: no sync to keep it)
         self.offered = 0
         self._fields: tuple[str, ...] | None = None
+        self._kernel = KernelCalls()
         self._derived: tuple[str, ...] = ()
         # Accumulators are made outside inference_mode so they stay ordinary tensors
         # that can be read after the scan (and are faster to update in place).
@@ -478,44 +435,16 @@ class Accumulator:
             self.add(batch, output.numel() // max(self.units, 1))
 
     def _fused_update(self, output: torch.Tensor, active_source: torch.Tensor, plan: ReductionPlan) -> bool:
-        """Reduce and add in one pass with the fused C kernel (``deadrelu.fused``); False when
-        this tensor does not take that path (not float32 on the CPU, no view, no kernel)."""
-        if output.dtype != torch.float32 or output.device.type != "cpu":
-            return False
-        if plan.floor_from_active and active_source is not output:
-            return False  # reduce_batch raises the error
-        function = fused.kernel()
-        if function is None:
-            return False
-        view = _units_view(output, plan.dims)
-        if view is None or view.shape[1] != self.units:
-            return False
-        if active_source is output:
-            mode, active = 0, view
-        else:
-            active = _units_view(active_source, plan.dims)  # type: ignore[assignment]
-            if active is None or active.shape != view.shape:
-                return False
-            if active.dtype == torch.float32:
-                mode = 1
-            elif active.dtype in (torch.bool, torch.uint8):
-                mode = 2
-            else:
-                return False
-        outer, units, inner = view.shape
-        if outer * inner > FLOAT32_EXACT_COUNT:
-            return False  # the kernel counts short runs in float32
-        status = function(view.data_ptr(), active.data_ptr(), mode, outer, units, inner, *self._kernel_tail(plan))
-        if status != 0:  # out of memory before anything was written: reduce eagerly
-            return False
-        self.offered += outer * inner
-        return True
+        """Reduce and add in one pass with the fused C kernel (``fused_calls.KernelCalls.update``);
+        False when this tensor does not take that path."""
+        return self._kernel.update(self, output, active_source, plan)
 
     def update_activation(self, x: torch.Tensor, out: torch.Tensor, activation: tuple[Any, ...],
                           from_input: bool, plan: ReductionPlan) -> bool:
         """Compute an activation of ``x`` into ``out`` and add its statistics, in one pass of the
-        fused kernel (``deadrelu_fused_activation``); False, with nothing written, when this call does not
-        take that path (no fused activation, no units view, a batch too large to count in float32).
+        fused kernel (``fused_calls.KernelCalls.activation``); False, with nothing written, when
+        this call does not take that path (no fused activation, no units view, a batch too large
+        to count in float32).
 
         Args:
             x: the pre-activation, float32 on the CPU.
@@ -524,35 +453,14 @@ class Accumulator:
             from_input: "active" is read from ``x`` (negative slopes), else from the output.
             plan: the site's reduction plan (its first-batch plan: never the flags variant).
         """
-        function = fused.activation()
-        if function is None or (plan.floor_from_active and from_input):
-            return False
-        view = _units_view(x, plan.dims)
-        if view is None or view.shape[1] != self.units:
-            return False
-        outer, units, inner = view.shape
-        if outer * inner > FLOAT32_EXACT_COUNT:
-            return False
-        status = function(x.data_ptr(), out.data_ptr(), *activation, from_input, outer, units, inner,
-                          *self._kernel_tail(plan))
-        if status != 0:  # -1: out of memory before anything was written
-            return False
-        self.offered += outer * inner
-        return True
+        return self._kernel.activation(self, x, out, activation, from_input, plan)
 
-    def _kernel_tail(self, plan: ReductionPlan) -> tuple[Any, ...]:
-        """The fused kernels' arguments from ``threshold`` on: the plan's constants, the thread
-        split and this accumulator's buffers (its sums fixed by the first call)."""
-        fields = plan.fields
+    def keep(self, fields: tuple[str, ...], derived: tuple[str, ...]) -> None:
+        """Fix the sums kept to a first batch's ``fields``; raise when a later batch has others."""
         if self._fields is None:
-            self._start(fields, plan.derived)
+            self._start(fields, derived)
         elif fields != self._fields:
             raise ValueError(f"batch has sums {fields}, this accumulator keeps {self._fields}")
-        return (plan.threshold, plan.floor_at if plan.floor_at is not None else 0.0,
-                plan.ceiling_at if plan.ceiling_at is not None else 0.0,
-                "total_abs" in fields, "at_floor" in fields, "at_ceiling" in fields,
-                torch.get_num_threads(), fused.MIN_PER_THREAD, self._rows, self.sums.data_ptr(),
-                self.observations.data_ptr(), self.minimum.data_ptr(), self.maximum.data_ptr())
 
     def _start(self, fields: tuple[str, ...], derived: tuple[str, ...]) -> None:
         """Fix the sums this accumulator keeps (those of its first batch)."""
@@ -571,10 +479,7 @@ class Accumulator:
         statistic and counted in ``nonfinite`` instead, so one bad value never poisons
         min/max/sums.
         """
-        if self._fields is None:
-            self._start(batch.fields, batch.derived)
-        elif batch.fields != self._fields:
-            raise ValueError(f"batch has sums {batch.fields}, this accumulator keeps {self._fields}")
+        self.keep(batch.fields, batch.derived)
         sums = batch.sums.reshape(len(batch.fields), -1)
         check = sums[batch.fields.index("total_abs" if "total_abs" in batch.fields else "total")]
         finite = torch.isfinite(check)

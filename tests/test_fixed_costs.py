@@ -10,7 +10,8 @@ from torch import nn
 
 from deadrelu.judge.rules.layers import cached_weights, weight_rows, weight_std
 from deadrelu.kinds import _module_classes
-from deadrelu.stats import _contiguous_view_shape, _units_view
+from deadrelu.fused_calls import contiguous_view_shape as _contiguous_view_shape
+from deadrelu.fused_calls import units_view as _units_view
 
 
 def test_weight_rows_are_read_once_while_the_rules_run_and_again_after_a_change():

@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     # what the facts mean: gate, suggestions, causes; comparing and tracking results
     ("judge", "compare", "history"),
     # the torch side: load -> capture -> accumulate -> assemble a result; repairs; merging shards
-    ("load", "stats", "fused", "compile_policy", "capturing", "assemble", "scanning", "repair",
+    ("load", "stats", "fused", "fused_calls", "compile_policy", "capturing", "assemble", "scanning", "repair",
      "merge", "distributed", "shards", "trend"),
     # every output: terminal, HTML, notebook, plots, JUnit, markdown, files
     ("render",),

@@ -68,8 +68,8 @@ def plant(path: Path, marker: Path, symbols: bool = True, mode: int = 0o700) -> 
     """A shared library at ``path`` that writes ``marker`` when loaded; with ``symbols``, it
     also exports the kernel's two functions (so a loader that only checks names takes it)."""
     source = path.with_suffix(".c")
-    exported = ("int deadrelu_fused_abi(void) { return 1; }\n"
-                "int deadrelu_fused_update(void) { return 0; }\n") if symbols else "int unrelated(void) { return 0; }\n"
+    exported = (f"int deadrelu_fused_abi(void) {{ return {fused_module.ABI}; }}\n"
+                "int deadrelu_fused_update_call(void) { return 0; }\n") if symbols else "int unrelated(void) { return 0; }\n"
     source.write_text('#include <stdio.h>\n'
                       '__attribute__((constructor)) static void planted(void) {\n'
                       f'    FILE *f = fopen("{marker}", "w");\n'
@@ -165,7 +165,8 @@ def test_stale_packaged_module_means_eager_and_says_why(monkeypatch, fresh):
     assert result.environment["reduction"] == "eager"
     assert result.environment["fused_note"] == (
         "fused kernel unavailable (/somewhere/deadrelu/_fused.abi3.so was built for kernel ABI 0, this deadrelu "
-        "calls ABI 1: reinstall deadrelu (pip install .; pip install -e . in a checkout)); the reduction ran eagerly")
+        f"calls ABI {fused_module.ABI}: reinstall deadrelu (pip install .; pip install -e . in a checkout)); the reduction "
+        "ran eagerly")
 
 
 @needs_cc
