@@ -21,6 +21,12 @@ opens the site; it then ``arm``s the module's ``FusedForward`` when this call ma
 the module, not the first (discovery) forward pass), and the post-hook skips the call whose
 ``before`` is ``FUSED``. An armed call the kernel cannot take (no units view, a huge batch)
 runs the module's own forward and is observed right there, as the hooks would have.
+
+After the first (discovery) batch of a scan with no functional capture left on, the capture
+removes its two hooks from such a module and hands the ``FusedForward`` the module's call
+counting (``ModuleCalls``): the forward then counts the call, finds its site, and fuses or
+observes by itself (``nn.Module.__call__`` takes its no-hook fast path: ~13 us of Python per
+call down to a few).
 """
 
 from __future__ import annotations
@@ -35,13 +41,53 @@ from torch import nn
 from .. import fused
 from ..kinds import KindSpec, is_inplace
 from .observe import Observer, before_call
-from .registry import SiteRecord
+from .registry import SiteRecord, SiteRegistry
 
 #: ``before`` of a call the fused forward observed itself (the post-hook skips it)
 FUSED = object()
 
 _CLAMP = 0  # act: x < low ? low : x > high ? high : x
 _LEAKY = 1  # act: x > 0 ? x : x * slope
+
+
+class ModuleCalls:
+    """One activation module's calls in the current forward pass: counts each call and finds
+    (or opens, on its first call) the site of its call index. Shared by the module's
+    pre-hook and, once the hooks are gone, its ``FusedForward``.
+
+    Args:
+        name: the module's name.
+        spec: its kind.
+        module: the module.
+        registry: the capture's site registry.
+    """
+
+    __slots__ = ("name", "spec", "module", "registry", "key", "by_index")
+
+    def __init__(self, name: str, spec: KindSpec, module: nn.Module, registry: SiteRegistry) -> None:
+        self.name = name
+        self.spec = spec
+        self.module = module
+        self.registry = registry
+        self.key: tuple[str, None] = (name, None)
+        self.by_index: list[SiteRecord | None] = []  # the module's sites by call index, once opened
+
+    def count(self) -> int:
+        """Count one call; its index in this forward pass."""
+        return self.registry.count_key(self.key)
+
+    def site(self, call_index: int, inputs: torch.Tensor) -> SiteRecord | None:
+        """The site of call ``call_index`` (opened from ``inputs`` on its first call); None when
+        the layer filters leave it out."""
+        by_index = self.by_index
+        if call_index < len(by_index):
+            return by_index[call_index]
+        label = f"{self.name}#{call_index}"
+        site = self.registry.open((self.name, None, call_index), self.spec, inputs, activation=self.module,
+                                  candidates=(self.name, label), label=label)
+        if call_index == len(by_index):
+            by_index.append(site)
+        return site
 
 
 class FusedForward:
@@ -63,6 +109,8 @@ class FusedForward:
         self.inplace = is_inplace(module)
         self.from_input = spec.reads_input
         self.armed: SiteRecord | None = None
+        #: set when the capture removed the module's hooks: this object counts and observes its calls
+        self.calls: ModuleCalls | None = None
         self._slope_buffer: torch.Tensor | None = None
         self._slope_value: float | None = None
 
@@ -109,23 +157,49 @@ class FusedForward:
     def arm(self, site: SiteRecord, x: torch.Tensor, discovering: bool) -> bool:
         """Whether the coming forward of this module (input ``x``) is fused; then its
         observation is this object's (the post-hook leaves it)."""
+        if discovering or len(self.module._forward_hooks) != 1 or len(self.module._forward_pre_hooks) != 1:
+            return False
+        if not self._fusable(site, x):
+            return False
+        self.armed = site
+        return True
+
+    def _fusable(self, site: SiteRecord, x: torch.Tensor) -> bool:
+        """Whether the kernel may compute this call (no gradient, float32 CPU input, no padding
+        mask, no compiled reduction, PReLU's channels the site's units)."""
         observer = self.observer
-        if (discovering or torch.is_grad_enabled() or x.dtype != torch.float32 or x.device.type != "cpu"
-                or observer.mask.tensor is not None or (observer.compiled is not None and observer.compiled.usable)
-                or len(self.module._forward_hooks) != 1 or len(self.module._forward_pre_hooks) != 1):
+        if (torch.is_grad_enabled() or x.dtype != torch.float32 or x.device.type != "cpu"
+                or observer.mask.tensor is not None or (observer.compiled is not None and observer.compiled.usable)):
             return False
         if self.spec.kind == "PReLU" and self.module.weight.ndim and self.module.weight.numel() > 1:
             ndim = x.ndim
             if {axis % ndim for axis in site.plan.dims} != set(range(ndim)) - {1}:
                 return False  # the site's units are not PReLU's channels
-        self.armed = site
         return True
 
-    def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+    def go_alone(self, calls: ModuleCalls) -> None:
+        """From now on count and observe this module's calls here (the capture removed its hooks)."""
+        self.calls = calls
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         site, self.armed = self.armed, None
         if site is None:
-            return self.original(x, *args, **kwargs)
-        if not args and not kwargs and isinstance(x, torch.Tensor) and x.numel():
+            calls = self.calls
+            if calls is None:
+                return self.original(*args, **kwargs)
+            # No hooks: this call is counted, and its site found, here (``ModuleCalls``).
+            call_index = calls.count()
+            x = args[0] if args else None
+            if not isinstance(x, torch.Tensor):
+                return self.original(*args, **kwargs)  # a module called by keyword: not a site (as with hooks)
+            site = calls.site(call_index, x)
+            if site is None:
+                return self.original(*args, **kwargs)
+            foreign = self.module._forward_hooks or self.module._forward_pre_hooks
+            if foreign or not self._fusable(site, x):
+                return self._observed(site, args, kwargs)
+        x = args[0]
+        if len(args) == 1 and not kwargs and x.numel():
             with torch._C.DisableTorchFunction():
                 activation = self.arguments(x)
                 if activation is not None:
@@ -135,9 +209,13 @@ class FusedForward:
                         if self.inplace and not x.is_inference():
                             torch.autograd.graph.increment_version(x)  # as torch's in-place op does
                         return out
-        # The hook path, here: the post-hook leaves armed calls to this object.
-        before = before_call(self.spec, x, self.inplace) if isinstance(x, torch.Tensor) else None
-        output = self.original(x, *args, **kwargs)
+        return self._observed(site, args, kwargs)
+
+    def _observed(self, site: SiteRecord, args: tuple, kwargs: dict) -> Any:
+        """The hook path, here: the module's own forward, then the observation of its output."""
+        x = args[0]
+        before = before_call(self.spec, x, self.inplace)
+        output = self.original(*args, **kwargs)
         if isinstance(output, torch.Tensor):
             with torch._C.DisableTorchFunction():
                 self.observer.observe(site, output, before)
@@ -172,4 +250,4 @@ class FusedActivations:
         return replacement
 
 
-__all__ = ["FUSED", "FusedActivations", "FusedForward"]
+__all__ = ["FUSED", "FusedActivations", "FusedForward", "ModuleCalls"]

@@ -21,12 +21,12 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import CaptureError
-from ..kinds import KindSpec, is_inplace, looks_like_activation, spec_for_module, tables
+from ..kinds import is_inplace, looks_like_activation, spec_for_module, tables
 from ..settings import FunctionalCapture, ScanSettings
 from ..stats import SiteStats
 from .attribution import FunctionalSites, ModuleStack
 from .contract import keep_train_flags
-from .fused_forward import FUSED, FusedActivations, FusedForward
+from .fused_forward import FUSED, FusedActivations, FusedForward, ModuleCalls
 from .gated import GatedProducts
 from .links import ModuleLinks
 from .masking import SequenceReach
@@ -124,6 +124,8 @@ class ActivationCapture:
         # Per hooked module: (site, before) of its calls whose post-hook has not run yet.
         self._pending: list[list[tuple[SiteRecord | None, torch.Tensor | None]]] = []
         self._pending_of: dict[str, list[tuple[SiteRecord | None, torch.Tensor | None]]] = {}
+        # Fused modules whose hooks may go after the first batch: (fused forward, its calls, hook handles)
+        self._fused: list[tuple[FusedForward, ModuleCalls, tuple[Any, Any]]] = []
 
     # -- lifetime -------------------------------------------------------------------------
     def __enter__(self) -> ActivationCapture:
@@ -160,8 +162,13 @@ class ActivationCapture:
             if spec is not None:
                 self.coverage.activation_modules.append(name)
                 fused = fusing.install(module, spec) if fusing is not None else None
-                self._stack.callback(module.register_forward_pre_hook(self._pre_hook(name, module, spec, fused)).remove)
-                self._stack.callback(module.register_forward_hook(self._post_hook(name)).remove)
+                calls = ModuleCalls(name, spec, module, self.registry)
+                handles = (module.register_forward_pre_hook(self._pre_hook(calls, fused)),
+                           module.register_forward_hook(self._post_hook(name)))
+                for handle in handles:
+                    self._stack.callback(handle.remove)
+                if fused is not None:
+                    self._fused.append((fused, calls, handles))
             elif not self.links.watch(name, module, self._discovery) and self._unsupported_activation(name, module):
                 # Counted during the first forward pass only (the hook goes with the producer hooks).
                 entry = [name, type(module).__name__, 0, "unsupported kind"]
@@ -247,10 +254,24 @@ class ActivationCapture:
                 and self.settings.functional is FunctionalCapture.AUTO and not self.registry.functional_ran()):
             self._functional_off()
         self.registry.end_batch()
+        if self.links.discovering and self.functional is None:
+            self._fused_alone()
         if self.links.discovering:
             self.links.stop()
             self.reach.stop()
             self._discovery.close()
+
+    def _fused_alone(self) -> None:
+        """After the first batch with no functional capture left on: remove the hooks of every
+        fused module that no one else hooks; its ``FusedForward`` counts and observes its calls
+        from now on, and ``nn.Module.__call__`` runs it without its hook machinery."""
+        for fused, calls, (pre, post) in self._fused:
+            module = fused.module
+            if len(module._forward_pre_hooks) == 1 and len(module._forward_hooks) == 1:
+                pre.remove()
+                post.remove()
+                fused.go_alone(calls)
+        self._fused.clear()
 
     def _clear_pending(self) -> None:
         for pending in self._pending:
@@ -265,15 +286,13 @@ class ActivationCapture:
         self.coverage.functional_note = FUNCTIONAL_OFF_NOTE
 
     # -- hooks ----------------------------------------------------------------------------
-    def _pre_hook(self, name: str, module: nn.Module, spec: KindSpec, fused: FusedForward | None) -> Callable:
-        """The module's pre-hook, with everything a call needs decided once: its call counter's key,
-        its sites by call index, where its pending calls wait, what "active" is read from, and the
-        module's fused forward (``fused_forward.py``) when it has one."""
-        inplace = is_inplace(module)
+    def _pre_hook(self, calls: ModuleCalls, fused: FusedForward | None) -> Callable:
+        """The module's pre-hook, with everything a call needs decided once: its call counting and
+        sites by call index (``calls``), where its pending calls wait, what "active" is read from,
+        and the module's fused forward (``fused_forward.py``) when it has one."""
+        spec, name = calls.spec, calls.name
+        inplace = is_inplace(calls.module)
         reads_input, threshold = spec.reads_input, spec.threshold
-        registry = self.registry
-        count_key = (name, None)
-        by_index: list[SiteRecord | None] = []  # the module's sites by call index, once opened
         pending: list[tuple[SiteRecord | None, torch.Tensor | None]] = []
         self._pending.append(pending)
         self._pending_of[name] = pending
@@ -284,18 +303,11 @@ class ActivationCapture:
                     return  # an eval-mode forward pass (validation) inside a training capture
                 if not self.in_batch:
                     self._begin_batch_mid_forward()  # the loop called a submodule, bypassing the root's hooks
-            call_index = registry.count_key(count_key)
+            call_index = calls.count()
             inputs = args[0] if args and isinstance(args[0], torch.Tensor) else None
             site, before = None, None
             if inputs is not None:
-                if call_index < len(by_index):
-                    site = by_index[call_index]
-                else:
-                    label = f"{name}#{call_index}"
-                    site = registry.open((name, None, call_index), spec, inputs, activation=module,
-                                         candidates=(name, label), label=label)
-                    if call_index == len(by_index):
-                        by_index.append(site)
+                site = calls.site(call_index, inputs)
                 if site is not None:
                     if fused is not None and fused.arm(site, inputs, self.links.discovering):
                         before = FUSED  # the module's fused forward observes this call
