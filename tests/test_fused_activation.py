@@ -259,14 +259,16 @@ def test_shape_change_mid_scan_still_raises(kernel):
     assert "forward" not in vars(act)
 
 
-def test_without_the_kernel_nothing_is_swapped(monkeypatch):
-    """No compiler at install (no fused activation): modules keep their forward, the hooks observe."""
+def test_without_the_kernel_nothing_is_fused(monkeypatch):
+    """No compiler at install (no fused activation): the module's forward is only observed (its
+    own forward runs), by the hooks in the first batch and by the swapped forward after it."""
     monkeypatch.setattr(fused_module, "activation", lambda: None)
     model = nn.Sequential(nn.ReLU())
     with torch.inference_mode(), deadrelu.capture(model) as cap:
-        assert "forward" not in vars(model[0])
+        assert vars(model[0])["forward"].kernel is False
         model(torch.randn(4, 3))
         model(torch.randn(4, 3))
+    assert "forward" not in vars(model[0])
     assert cap.finalize(cap.records()[0]).observations.tolist() == [8, 8, 8]
 
 
@@ -282,9 +284,10 @@ def test_scan_api_and_environment(kernel):
     assert not math.isnan(float(result.sites[0].stats.active.sum()))
 
 
-def test_module_built_before_the_fused_activation_keeps_the_hooks(monkeypatch):
+def test_module_built_before_the_fused_activation_only_observes(monkeypatch):
     """A ``deadrelu._fused`` with the reduction but no ``activation`` entry (built by an older
-    deadrelu) still reduces with the kernel; the scan keeps the module forwards and hooks."""
+    deadrelu) still reduces with the kernel; the scan runs each module's own forward and
+    observes it (no fused activation)."""
     import sys
     import types
 
@@ -300,7 +303,7 @@ def test_module_built_before_the_fused_activation_keeps_the_hooks(monkeypatch):
         assert fused_module.activation() is None
         model = nn.Sequential(nn.Linear(4, 5), nn.ReLU()).eval()
         with torch.inference_mode(), deadrelu.capture(model) as cap:
-            assert "forward" not in vars(model[1])
+            assert vars(model[1])["forward"].kernel is False
             for _ in range(3):
                 model(torch.randn(8, 4))
         assert cap.finalize(cap.records()[0]).observations.tolist() == [24] * 5

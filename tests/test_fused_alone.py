@@ -81,10 +81,56 @@ def test_hooks_go_after_the_first_batch_and_counts_stay_exact(monkeypatch):
     assert site.dead == 3 and site.dead_units == [0, 1, 2]
     assert site.observations == 40
     assert result.environment["reduction"] == "fused"
-    monkeypatch.setattr(fused_module, "activation", lambda: None)  # the hook path
+    monkeypatch.setattr(fused_module, "activation", lambda: None)  # the hook path: no kernel, hooks kept
     model.seen.clear()
-    reference = deadrelu.scan(model, data, batch_size=10)
+    reference = deadrelu.scan(model, data, batch_size=10, functional="always")
     assert model.seen == [(1, 1)] * 4
+    _same_stats(result, reference)
+
+
+class Kinds(nn.Module):
+    """Kinds the kernel does not compute, and a subclass of one it does: observed (not fused)
+    without hooks after the first batch. Each has exactly 2 of 4 units never above 0."""
+
+    class Shifted(nn.ReLU):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) + 0.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        with torch.no_grad():
+            self.fc.weight.mul_(0.01)
+            self.fc.bias.copy_(torch.tensor([-50.0, -50.0, 50.0, 50.0]))
+        self.acts = nn.ModuleList([nn.ELU(), nn.GELU(), nn.SiLU(), nn.Hardswish(), self.Shifted()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        return torch.stack([act(h) for act in self.acts])
+
+
+def test_kinds_the_kernel_does_not_compute_go_without_hooks_too(monkeypatch):
+    model = Kinds().eval()
+    data = torch.randn(30, 4, generator=torch.Generator().manual_seed(3))
+    seen = []
+    original = model.forward
+
+    def recording(x: torch.Tensor) -> torch.Tensor:
+        seen.append([_hooks(act) for act in model.acts])
+        return original(x)
+
+    monkeypatch.setattr(model, "forward", recording)
+    result = deadrelu.scan(model, data, batch_size=10)
+    assert seen == [[(1, 1)] * 5, [(0, 0)] * 5, [(0, 0)] * 5]
+    assert [vars(act).get("forward") for act in model.acts] == [None] * 5  # given back
+    for name in ("acts.0", "acts.1", "acts.2", "acts.3", "acts.4"):
+        site = result.site(name)
+        assert site.observations == 30
+        active = site.to_dict()["unit_stats"]["active"]
+        assert active[:2] == [0, 0] and min(active[2:]) == 30, name
+    seen.clear()
+    reference = deadrelu.scan(model, data, batch_size=10, functional="always")
+    assert seen == [[(1, 1)] * 5] * 3
     _same_stats(result, reference)
 
 
