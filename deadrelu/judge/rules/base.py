@@ -409,16 +409,19 @@ class RuleContext:
 
     def weight_layer(self, site: SiteResult) -> tuple[str, nn.Module] | None:
         """The Linear / Conv / Conv1D whose weight rows decide the site's pre-activation: the feeder
-        itself, or the weight layer feeding the feeder when that is a BatchNorm (conv -> bn -> site)."""
-        feeder = self.feeder(site)
-        if feeder is None or self.model is None:
+        itself, or the weight layer feeding the feeder when that is a BatchNorm (conv -> bn -> site).
+        Found once per site and context (finding a norm's producer walks the model)."""
+        def find() -> tuple[str, nn.Module] | None:
+            feeder = self.feeder(site)
+            if feeder is None or self.model is None:
+                return None
+            if is_weight_layer(feeder.layer):
+                return feeder.name, feeder.layer
+            if is_batchnorm(feeder.layer):
+                from .layers import norm_producer
+                return norm_producer(self.model, feeder.name)
             return None
-        if is_weight_layer(feeder.layer):
-            return feeder.name, feeder.layer
-        if is_batchnorm(feeder.layer):
-            from .layers import norm_producer
-            return norm_producer(self.model, feeder.name)
-        return None
+        return self.memo(f"weight_layer:{site.name}", find)
 
     def input_site(self, site: SiteResult) -> SiteResult | None:
         """The site whose output is the input of ``site``'s weight layer: the nearest earlier site
