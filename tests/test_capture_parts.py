@@ -10,6 +10,7 @@ import inspect
 import re
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -89,3 +90,19 @@ def test_no_caller_reaches_into_the_session():
 def test_no_capture_source_file_is_over_600_lines():
     lengths = {path.name: len(path.read_text(encoding="utf-8").splitlines()) for path in CAPTURING.glob("*.py")}
     assert max(lengths.values()) <= 600, lengths
+
+
+@pytest.mark.parametrize("make", [nn.ReLU, nn.ELU, lambda: nn.ReLU(inplace=True)], ids=["ReLU", "ELU", "ReLU-inplace"])
+def test_capture_of_a_model_that_is_one_activation(make):
+    """``deadrelu.capture`` on a bare activation module: its batches begin before its own call is
+    counted (the session's root pre-hook goes first), and the ``F.relu`` inside its forward is its
+    own, not a second, functional site. Truth: 2 of 6 units always negative."""
+    x = torch.randn(40, 6, generator=torch.Generator().manual_seed(0))
+    x[:, :2] = -1 - x[:, :2].abs()
+    model = make()
+    with torch.inference_mode(), deadrelu.capture(model) as cap:
+        for batch in x.split(10):
+            model(batch.clone())
+    sites = cap.result().sites
+    assert [(site.name, site.observations) for site in sites] == [("<root>", 40)]
+    assert sites[0].never_fired == 2

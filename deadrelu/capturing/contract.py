@@ -86,8 +86,9 @@ class Capture(Protocol):
     def __exit__(self, *exc_info: Any) -> None:
         """Everything off and given back, raised or not."""
 
-    def begin_batch(self) -> None:
-        """Before each forward pass: fresh per-forward call counters."""
+    def begin_batch(self, inside: bool = False) -> None:
+        """Before each forward pass: fresh per-forward call counters. ``inside``: called from
+        inside the model's own call (a root pre-hook), where the modules already entered stay."""
 
     def end_batch(self) -> None:
         """After each forward pass."""

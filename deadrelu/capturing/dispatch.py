@@ -178,8 +178,8 @@ class DispatchCapture:
             self.reach.stop()
 
     # -- batch loop -----------------------------------------------------------------------
-    def begin_batch(self) -> None:
-        """Fresh per-forward counters; calls are observed from now on."""
+    def begin_batch(self, inside: bool = False) -> None:
+        """Fresh per-forward counters; calls are observed from now on (``inside``: no difference here)."""
         self.registry.begin_batch()
         self.gated.clear()
         self.failure = self.op_error = None

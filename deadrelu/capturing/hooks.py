@@ -207,9 +207,16 @@ class ActivationCapture:
             self._watch.__exit__(None, None, None)
 
     # -- batch loop -----------------------------------------------------------------------
-    def begin_batch(self) -> None:
+    def begin_batch(self, inside: bool = False) -> None:
         """Reset per-forward call counters (done in the tool's own loop, so a model whose
-        ``forward`` is called directly, bypassing root hooks, still gets fresh indices)."""
+        ``forward`` is called directly, bypassing root hooks, still gets fresh indices).
+
+        Args:
+            inside: called from inside a forward pass (the root's pre-hook, a submodule called
+                directly while training): the stack of running modules, kept by the global hooks,
+                stays, so functional calls are still attributed to the module that runs them.
+        """
+        saved = self.functional.modules.snapshot() if inside and self.functional is not None else None
         self.registry.begin_batch()
         self._clear_pending()
         self.gated.clear()
@@ -222,14 +229,8 @@ class ActivationCapture:
             self._watch_on = True
         if self.functional is not None:
             self.functional.enter()
-
-    def _begin_batch_mid_forward(self) -> None:
-        """Open a batch from inside a forward pass: the stack of running modules (kept by the
-        global hooks) stays, so functional calls are still attributed to the right module."""
-        saved = self.functional.modules.snapshot() if self.functional is not None else None
-        self.begin_batch()
-        if saved is not None and self.functional is not None:
-            self.functional.modules.restore(saved)
+            if saved is not None:
+                self.functional.modules.restore(saved)
 
     def set_mask(self, mask: torch.Tensor | None) -> None:
         """The padding mask of the coming forward pass.
@@ -302,7 +303,7 @@ class ActivationCapture:
                 if not self.model.training:
                     return  # an eval-mode forward pass (validation) inside a training capture
                 if not self.in_batch:
-                    self._begin_batch_mid_forward()  # the loop called a submodule, bypassing the root's hooks
+                    self.begin_batch(inside=True)  # the loop called a submodule, bypassing the root's hooks
             call_index = calls.count()
             inputs = args[0] if args and isinstance(args[0], torch.Tensor) else None
             site, before = None, None

@@ -98,7 +98,9 @@ class CaptureSession:
         self._capture.__enter__()
         if self.auto_batches:
             try:
-                self._handles = [self.model.register_forward_pre_hook(self._start),
+                # First of the root's pre-hooks: the batch begins before a root that is itself an
+                # activation module counts its own call.
+                self._handles = [self.model.register_forward_pre_hook(self._start, prepend=True),
                                  self.model.register_forward_hook(self._stop, always_call=True)]
             except BaseException:
                 self._capture.__exit__(None, None, None)
@@ -114,7 +116,7 @@ class CaptureSession:
             self._capture.__exit__(*exc_info)
 
     def _start(self, module: nn.Module, args: tuple) -> None:
-        self._capture.begin_batch()  # the mask set with set_mask() stays
+        self._capture.begin_batch(inside=True)  # the mask set with set_mask() stays
         first = args[0] if args else None
         if isinstance(first, torch.Tensor) and first.ndim > 0:
             self.samples += int(first.shape[0])
