@@ -93,6 +93,28 @@ typedef struct {
     lo[c] = low;                                                                               \
     hi[c] = high;
 
+/* One step of `step` rows over the block's columns, each value through U (UPDATE or
+   TILE_UPDATE, with its four flags): a full step of ROW_STEP (8) rows unrolled, a last short
+   step row by row. Both kernels run their steps with this. */
+#define STEP_ROWS(U, A, ABS, FLOOR, CEIL)                                                      \
+    if (step == ROW_STEP) {                                                                    \
+        for (int64_t c = 0; c < width; c++) {                                                  \
+            STEP_BEGIN                                                                         \
+            U(0, A, ABS, FLOOR, CEIL) U(1, A, ABS, FLOOR, CEIL) U(2, A, ABS, FLOOR, CEIL)      \
+            U(3, A, ABS, FLOOR, CEIL) U(4, A, ABS, FLOOR, CEIL) U(5, A, ABS, FLOOR, CEIL)      \
+            U(6, A, ABS, FLOOR, CEIL) U(7, A, ABS, FLOOR, CEIL)                                \
+            STEP_END(ABS, FLOOR, CEIL)                                                         \
+        }                                                                                      \
+    } else {                                                                                   \
+        for (int64_t k = 0; k < step; k++) {                                                   \
+            for (int64_t c = 0; c < width; c++) {                                              \
+                STEP_BEGIN                                                                     \
+                U(k, A, ABS, FLOOR, CEIL)                                                      \
+                STEP_END(ABS, FLOOR, CEIL)                                                     \
+            }                                                                                  \
+        }                                                                                      \
+    }
+
 /* A column block's running sums (lo / hi are declared beside them: the fused activation adds its slopes). */
 #define COLUMN_SUMS                                                                            \
         double total[COLUMN_BLOCK], total_sq[COLUMN_BLOCK], total_abs[COLUMN_BLOCK];           \
@@ -138,24 +160,7 @@ typedef struct {
                 const float *restrict x = job->x + base;                                       \
                 const float *restrict af = MODE == 1 ? (const float *)job->a + base : x;       \
                 const uint8_t *restrict ab = MODE == 2 ? (const uint8_t *)job->a + base : 0;   \
-                if (step == ROW_STEP) {                                                        \
-                    for (int64_t c = 0; c < width; c++) {                                      \
-                        STEP_BEGIN                                                             \
-                        UPDATE(0, MODE, ABS, FLOOR, CEIL) UPDATE(1, MODE, ABS, FLOOR, CEIL)    \
-                        UPDATE(2, MODE, ABS, FLOOR, CEIL) UPDATE(3, MODE, ABS, FLOOR, CEIL)    \
-                        UPDATE(4, MODE, ABS, FLOOR, CEIL) UPDATE(5, MODE, ABS, FLOOR, CEIL)    \
-                        UPDATE(6, MODE, ABS, FLOOR, CEIL) UPDATE(7, MODE, ABS, FLOOR, CEIL)    \
-                        STEP_END(ABS, FLOOR, CEIL)                                             \
-                    }                                                                          \
-                } else {                                                                       \
-                    for (int64_t k = 0; k < step; k++) {                                       \
-                        for (int64_t c = 0; c < width; c++) {                                  \
-                            STEP_BEGIN                                                         \
-                            UPDATE(k, MODE, ABS, FLOOR, CEIL)                                  \
-                            STEP_END(ABS, FLOOR, CEIL)                                         \
-                        }                                                                      \
-                    }                                                                          \
-                }                                                                              \
+                STEP_ROWS(UPDATE, MODE, ABS, FLOOR, CEIL)                                      \
             }                                                                                  \
             FOLD_COLUMNS(ABS, FLOOR, CEIL)                                                     \
         }                                                                                      \
@@ -342,28 +347,7 @@ int deadrelu_fused_update(const float *x, const void *a, int a_mode, int64_t out
                         const float v = x[k * columns + c];                                    \
                         src[k * stride + c] = ACTIVATE(ACT, v, c);                             \
                     }                                                                          \
-                if (step == ROW_STEP) {                                                        \
-                    for (int64_t c = 0; c < width; c++) {                                      \
-                        STEP_BEGIN                                                             \
-                        TILE_UPDATE(0, FROM_INPUT, ABS, FLOOR, CEIL)                           \
-                        TILE_UPDATE(1, FROM_INPUT, ABS, FLOOR, CEIL)                           \
-                        TILE_UPDATE(2, FROM_INPUT, ABS, FLOOR, CEIL)                           \
-                        TILE_UPDATE(3, FROM_INPUT, ABS, FLOOR, CEIL)                           \
-                        TILE_UPDATE(4, FROM_INPUT, ABS, FLOOR, CEIL)                           \
-                        TILE_UPDATE(5, FROM_INPUT, ABS, FLOOR, CEIL)                           \
-                        TILE_UPDATE(6, FROM_INPUT, ABS, FLOOR, CEIL)                           \
-                        TILE_UPDATE(7, FROM_INPUT, ABS, FLOOR, CEIL)                           \
-                        STEP_END(ABS, FLOOR, CEIL)                                             \
-                    }                                                                          \
-                } else {                                                                       \
-                    for (int64_t k = 0; k < step; k++) {                                       \
-                        for (int64_t c = 0; c < width; c++) {                                  \
-                            STEP_BEGIN                                                         \
-                            TILE_UPDATE(k, FROM_INPUT, ABS, FLOOR, CEIL)                       \
-                            STEP_END(ABS, FLOOR, CEIL)                                         \
-                        }                                                                      \
-                    }                                                                          \
-                }                                                                              \
+                STEP_ROWS(TILE_UPDATE, FROM_INPUT, ABS, FLOOR, CEIL)                           \
                 if (use_tile)                                                                  \
                     for (int64_t k = 0; k < step; k++)                                         \
                         memcpy(out + k * columns, tile + k * COLUMN_BLOCK, sizeof(float) * width); \

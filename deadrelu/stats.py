@@ -427,17 +427,12 @@ class Accumulator:
         # The reduction is plain tensor math: no __torch_function__ override (a capture
         # mode, a tensor subclass) needs to see it, and skipping dispatch saves ~4 us an op.
         with torch._C.DisableTorchFunction():
-            if (compiled is None or not compiled.usable) and self._fused_update(output, active_source, plan):
+            if (compiled is None or not compiled.usable) and self._kernel.update(self, output, active_source, plan):
                 if workspace is not None:
                     workspace.fused_calls += 1
                 return
             batch = reduce_batch(output, active_source, plan, workspace, compiled)
             self.add(batch, output.numel() // max(self.units, 1))
-
-    def _fused_update(self, output: torch.Tensor, active_source: torch.Tensor, plan: ReductionPlan) -> bool:
-        """Reduce and add in one pass with the fused C kernel (``fused_calls.KernelCalls.update``);
-        False when this tensor does not take that path."""
-        return self._kernel.update(self, output, active_source, plan)
 
     def update_activation(self, x: torch.Tensor, out: torch.Tensor, activation: tuple[Any, ...],
                           from_input: bool, plan: ReductionPlan) -> bool:

@@ -30,7 +30,7 @@ from .fused_forward import FUSED, FusedActivations, FusedForward, ModuleCalls
 from .gated import GatedProducts
 from .links import ModuleLinks
 from .masking import SequenceReach
-from .observe import Observer
+from .observe import Observer, before_call
 from .registry import ROOT_NAME, SiteRecord, SiteRegistry, no_sites_error
 
 
@@ -124,7 +124,7 @@ class ActivationCapture:
         # Per hooked module: (site, before) of its calls whose post-hook has not run yet.
         self._pending: list[list[tuple[SiteRecord | None, torch.Tensor | None]]] = []
         self._pending_of: dict[str, list[tuple[SiteRecord | None, torch.Tensor | None]]] = {}
-        # Fused modules whose hooks may go after the first batch: (fused forward, its calls, hook handles)
+        # Modules with a swapped forward, whose hooks may go after the first batch: (forward, its calls, hook handles)
         self._fused: list[tuple[FusedForward, ModuleCalls, tuple[Any, Any]]] = []
 
     # -- lifetime -------------------------------------------------------------------------
@@ -264,7 +264,7 @@ class ActivationCapture:
 
     def _fused_alone(self) -> None:
         """After the first batch with no functional capture left on: remove the hooks of every
-        fused module that no one else hooks; its ``FusedForward`` counts and observes its calls
+        module with a swapped forward that no one else hooks; its ``FusedForward`` counts and observes its calls
         from now on, and ``nn.Module.__call__`` runs it without its hook machinery."""
         for fused, calls, (pre, post) in self._fused:
             module = fused.module
@@ -293,7 +293,6 @@ class ActivationCapture:
         and the module's fused forward (``fused_forward.py``) when it has one."""
         spec, name = calls.spec, calls.name
         inplace = is_inplace(calls.module)
-        reads_input, threshold = spec.reads_input, spec.threshold
         pending: list[tuple[SiteRecord | None, torch.Tensor | None]] = []
         self._pending.append(pending)
         self._pending_of[name] = pending
@@ -312,9 +311,8 @@ class ActivationCapture:
                 if site is not None:
                     if fused is not None and fused.arm(site, inputs, self.links.discovering):
                         before = FUSED  # the module's fused forward observes this call
-                    elif reads_input:
-                        # The input is about to be overwritten: judge it now (``observe.before_call``).
-                        before = torch.gt(inputs, threshold) if inplace else inputs
+                    else:
+                        before = before_call(spec, inputs, inplace)  # judged before an in-place call
             pending.append((site, before))
         return pre_hook
 
