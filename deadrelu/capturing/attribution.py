@@ -42,17 +42,33 @@ class ModuleStack:
         self._stack: list[tuple[nn.Module, str, bool]] = []
         #: how many hooked activation modules are running (their own F.relu is theirs)
         self.activation_depth = 0
+        #: ids of the model's modules whose forward ran (containers such as ModuleList never do)
+        self.ran: set[int] = set()
 
     def register(self, stack: ExitStack) -> None:
-        """Global module hooks, removed when ``stack`` closes."""
+        """Global module hooks (every module's calls), removed when ``stack`` closes."""
         stack.callback(register_module_forward_pre_hook(self._enter).remove)
         # always_call: the module is popped even when its forward raises.
         stack.callback(register_module_forward_hook(self._exit, always_call=True).remove)
-        stack.callback(self._forget)
 
-    def _forget(self) -> None:
+    def register_within(self, stack: ExitStack, roots: list[nn.Module], descend: bool = True) -> None:
+        """Hooks on ``roots`` (and every module below them, with ``descend``) only, removed when
+        ``stack`` closes: the stack is then known inside those modules (where functional capture
+        stays on)."""
+        seen: set[int] = set()
+        for root in roots:
+            for module in root.modules() if descend else (root,):
+                if id(module) in seen:
+                    continue
+                seen.add(id(module))
+                stack.callback(module.register_forward_pre_hook(self._enter).remove)
+                stack.callback(module.register_forward_hook(self._exit, always_call=True).remove)
+
+    def forget(self) -> None:
+        """Drop every reference to the model's modules (the capture ended)."""
         self._stack.clear()
         self._names.clear()
+        self.ran.clear()
 
     def current(self) -> str:
         """The innermost running module's name ("" for the root, or none)."""
@@ -76,6 +92,7 @@ class ModuleStack:
         known = self._names.get(module)
         if known is None:
             return
+        self.ran.add(id(module))
         self._stack.append((module, known[0], known[1]))
         if known[1]:
             self.activation_depth += 1
@@ -95,6 +112,17 @@ class ModuleStack:
                 self.activation_depth -= 1
             if popped is module:
                 return
+
+
+def enclosing(first: str, second: str) -> str:
+    """The innermost module whose forward runs both modules named ``first`` and ``second``
+    (their longest common dotted prefix; "" for the model itself)."""
+    common = []
+    for left, right in zip(first.split(".") if first else [], second.split(".") if second else []):
+        if left != right:
+            break
+        common.append(left)
+    return ".".join(common)
 
 
 class FunctionalSites:
@@ -117,6 +145,15 @@ class FunctionalSites:
         self.observing = observing
         self.mode = FunctionalActivationMode(self.on_call, self.on_product)
         self.on = False
+        #: the modules whose forward made a functional call or a gated product: where the mode must
+        #: stay on to see them again
+        self.owners: set[str] = set()
+        #: per gated product, the innermost module around both it and its gate: where the gate
+        #: activation's output must still be remembered
+        self.gate_scopes: set[str] = set()
+        self._product_specs: dict[str, tuple[Any, str]] = {}  # gate kind -> (product spec, its function name)
+        #: the mode is on only inside the owners' forwards (set by the capture after batch 1), not per batch
+        self.scoped = False
 
     def enter(self) -> None:
         """Turn the mode on (a forward pass begins)."""
@@ -138,6 +175,7 @@ class FunctionalSites:
         if not self._attributable():
             return run()  # nn.ReLU.forward calls F.relu: the hooked module reports it
         module_name = self.modules.current()
+        self.owners.add(module_name)
         call_index = self.registry.count_call(module_name, call.function)
         key = (module_name, call.function, call_index)
         if self.registry.known(key):
@@ -164,18 +202,27 @@ class FunctionalSites:
         output = run()
         if not isinstance(output, torch.Tensor):
             return output
-        spec = product_spec(gate)
-        function = spec.kind.lower()
+        kind = gate.spec.kind
+        found = self._product_specs.get(kind)
+        if found is None:
+            spec = product_spec(gate)
+            found = self._product_specs[kind] = (spec, spec.kind.lower())
+        spec, function = found
         module_name = self.modules.current()
+        self.owners.add(module_name)
         call_index = self.registry.count_call(module_name, function)
         key = (module_name, function, call_index)
         with torch._C.DisableTorchFunction():  # the tool's own work is not the model's calls
-            name = f"{module_name or ROOT_NAME}:{function}#{call_index}"
-            site = self.registry.get(key) if self.registry.known(key) else self.registry.open(
-                key, spec, output, candidates=(name, module_name), label=name, unit_dim=gate.unit_dim)
+            if self.registry.known(key):
+                site = self.registry.get(key)
+            else:
+                self.gate_scopes.add(enclosing(module_name, gate.module))  # the gate must be seen to match it
+                name = f"{module_name or ROOT_NAME}:{function}#{call_index}"
+                site = self.registry.open(key, spec, output, candidates=(name, module_name), label=name,
+                                          unit_dim=gate.unit_dim)
             if site is not None:
                 self.observer.observe(site, output, None)
         return output
 
 
-__all__ = ["FunctionalSites", "ModuleStack"]
+__all__ = ["FunctionalSites", "ModuleStack", "enclosing"]

@@ -77,6 +77,20 @@ class _DiscoveryWatch(TorchFunctionMode):
 FUNCTIONAL_OFF_NOTE = ("functional capture turned off after batch 1: no functional activation (F.relu...) or gated "
                        "product seen; a model calling one only on later batches would be missed: use --functional "
                        "always")
+#: How many module names ``functional_scoped_note`` lists before counting the rest.
+SCOPED_NAMES_SHOWN = 3
+
+
+def functional_scoped_note(modules: list[str]) -> str:
+    """The coverage note of ``--functional auto`` when it kept functional capture on only inside
+    ``modules`` (the modules whose forward made the functional calls and gated products of batch 1)."""
+    shown = ", ".join(modules[:SCOPED_NAMES_SHOWN])
+    if len(modules) > SCOPED_NAMES_SHOWN:
+        shown += f" and {len(modules) - SCOPED_NAMES_SHOWN} more"
+    return (f"functional capture kept on after batch 1 only inside the {len(modules)} module"
+            f"{'' if len(modules) == 1 else 's'} whose forward made its functional activations (F.relu...) and "
+            f"gated products ({shown}); a model calling one elsewhere only on later batches would be missed: use "
+            "--functional always")
 
 
 class ActivationCapture:
@@ -118,7 +132,10 @@ class ActivationCapture:
         self.in_batch = False
         self._stack = ExitStack()
         self._discovery = ExitStack()  # producer hooks, call counters of unsupported modules
-        self._functional_hooks = ExitStack()  # the global module hooks of functional capture
+        self._functional_hooks = ExitStack()  # functional capture's mode and module hooks
+        self._functional_global = ExitStack()  # its global module hooks (until it is scoped)
+        self._scopes: list[tuple[nn.Module, bool]] = []  # scoped modules running: (module, mode wanted)
+        self._scoped: set[int] = set()  # ids of the modules inside the owners (their hooks stay)
         self._watch = _DiscoveryWatch(self.links, self.reach)
         self._watch_on = False
         # Per hooked module: (site, before) of its calls whose post-hook has not run yet.
@@ -177,7 +194,9 @@ class ActivationCapture:
         if self.settings.functional:
             self._stack.push(self._functional_hooks)
             modules = ModuleStack(self.model, set(self.coverage.activation_modules))
-            modules.register(self._functional_hooks)
+            self._functional_hooks.callback(modules.forget)
+            self._functional_hooks.push(self._functional_global)
+            modules.register(self._functional_global)
             self.functional = FunctionalSites(self.registry, self.observer, self.gated, modules, self._observing)
             # The ExitStack turns the mode off if a forward pass raised before end_batch.
             self._functional_hooks.callback(self.functional.leave)
@@ -221,6 +240,7 @@ class ActivationCapture:
         self._clear_pending()
         self.gated.clear()
         self.in_batch = True
+        self._scopes.clear()
         if self.functional is not None:
             self.functional.modules.clear()
         if self.links.discovering and not self._watch_on:
@@ -228,7 +248,8 @@ class ActivationCapture:
             self._watch.__enter__()
             self._watch_on = True
         if self.functional is not None:
-            self.functional.enter()
+            if not self.functional.scoped:
+                self.functional.enter()
             if saved is not None:
                 self.functional.modules.restore(saved)
 
@@ -252,10 +273,13 @@ class ActivationCapture:
             self.functional.leave()
         self._leave_watch()
         if (self.links.discovering and self.functional is not None
-                and self.settings.functional is FunctionalCapture.AUTO and not self.registry.functional_ran()):
-            self._functional_off()
+                and self.settings.functional is FunctionalCapture.AUTO):
+            if not self.registry.functional_ran():
+                self._functional_off()
+            elif self.eval_mode:
+                self._functional_scoped()
         self.registry.end_batch()
-        if self.links.discovering and self.functional is None:
+        if self.links.discovering and (self.functional is None or self.functional.scoped):
             self._fused_alone()
         if self.links.discovering:
             self.links.stop()
@@ -268,6 +292,8 @@ class ActivationCapture:
         from now on, and ``nn.Module.__call__`` runs it without its hook machinery."""
         for fused, calls, (pre, post) in self._fused:
             module = fused.module
+            if id(module) in self._scoped:
+                continue  # inside a module where functional capture stays on: its stack and gates need the hooks
             if len(module._forward_pre_hooks) == 1 and len(module._forward_hooks) == 1:
                 pre.remove()
                 post.remove()
@@ -285,6 +311,88 @@ class ActivationCapture:
         self.functional = None
         self._functional_hooks.close()
         self.coverage.functional_note = FUNCTIONAL_OFF_NOTE
+
+    def _functional_scoped(self) -> None:
+        """``--functional auto`` after a first batch whose functional calls and gated products were
+        all made inside modules below the root (the *owners*): from now on the mode is on only while
+        an owner's own forward body runs. Hooks on the owners and the modules between them and their
+        outermost owner switch it on (and keep the running-module stack there); hooks on their other
+        children switch it off while those run, so the rest of each forward pass runs no Python per
+        torch call. The global module hooks go. A call made in the model's own forward keeps the mode
+        on throughout (nothing to narrow)."""
+        functional = self.functional
+        assert functional is not None
+        owners, scopes = functional.owners, functional.owners | functional.gate_scopes
+        named = dict(self.model.named_modules())
+        if not owners or "" in scopes or any(name not in named for name in scopes):
+            return
+        outer = sorted(name for name in scopes if not any(name.startswith(other + ".") for other in scopes))
+        wanted: set[str] = set()  # the owners and the modules between each and its outermost owner
+        for name in owners:
+            parts = name.split(".")
+            for end in range(len(parts), 0, -1):
+                prefix = ".".join(parts[:end])
+                wanted.add(prefix)
+                if prefix in outer:
+                    break
+        self._functional_global.close()
+        hooks = self._functional_hooks
+        on, off = self._scope_hook(True), self._scope_hook(False)
+        functional.modules.register_within(hooks, [named[name] for name in sorted(wanted)], descend=False)
+        ran = functional.modules.ran
+
+        def pause_points(name: str, module: nn.Module) -> list[nn.Module]:
+            """The modules below ``name`` whose forward turns the mode off: each child that is not
+            wanted, or, for a container that never ran itself (a ModuleList), its children."""
+            points = []
+            for child_name, child in module.named_children():
+                full = f"{name}.{child_name}"
+                if full in wanted:
+                    continue
+                if id(child) in ran or next(child.children(), None) is None:
+                    points.append(child)
+                else:
+                    points.extend(pause_points(full, child))
+            return points
+
+        for name in sorted(wanted):
+            module = named[name]
+            hooks.callback(module.register_forward_pre_hook(on).remove)
+            hooks.callback(module.register_forward_hook(self._scope_out, always_call=True).remove)
+            for child in pause_points(name, module):
+                hooks.callback(child.register_forward_pre_hook(off).remove)
+                hooks.callback(child.register_forward_hook(self._scope_out, always_call=True).remove)
+        self._scoped = {id(module) for name in outer for module in named[name].modules()}
+        functional.leave()
+        functional.scoped = True
+        self.coverage.functional_note = functional_scoped_note(outer)
+
+    def _scope_hook(self, wanted: bool) -> Callable:
+        """A pre-hook: functional capture on (``wanted``) or off while the module's forward runs."""
+        scopes = self._scopes
+
+        def scope_in(module: nn.Module, args: Any) -> None:
+            if self.in_batch and self.functional is not None:
+                scopes.append((module, wanted))
+                self._switch()
+        return scope_in
+
+    def _scope_out(self, module: nn.Module, args: Any, output: Any) -> None:
+        """A scoped module's forward ended (or raised): back to what its caller wanted."""
+        scopes = self._scopes
+        if scopes and scopes[-1][0] is module:
+            scopes.pop()
+            self._switch()
+
+    def _switch(self) -> None:
+        """The mode on exactly when the innermost scoped module running wants it."""
+        functional = self.functional
+        if functional is None:
+            return
+        if self._scopes and self._scopes[-1][1]:
+            functional.enter()
+        else:
+            functional.leave()
 
     # -- hooks ----------------------------------------------------------------------------
     def _pre_hook(self, calls: ModuleCalls, fused: FusedForward | None) -> Callable:
@@ -335,8 +443,9 @@ class ActivationCapture:
                     observe(site, output, before)
             else:
                 observe(site, output, before)
-            if self.functional is not None and self.functional.on:
-                self.gated.remember(output, site)
+            functional = self.functional
+            if functional is not None and (functional.on or functional.scoped):
+                self.gated.remember(output, site)  # scoped: the mode is off inside this module, not in its caller
         return post_hook
 
     # -- the contract's queries -----------------------------------------------------------
@@ -370,4 +479,4 @@ class ActivationCapture:
         return record.accumulator.finalize()
 
 
-__all__ = ["ActivationCapture", "FUNCTIONAL_OFF_NOTE"]
+__all__ = ["ActivationCapture", "FUNCTIONAL_OFF_NOTE", "functional_scoped_note"]
