@@ -4,7 +4,8 @@
 
    The module holds integers and no functions: `update`, the address of
    deadrelu_fused_update_call, and `abi`, the DEADRELU_FUSED_ABI it was built with;
-   `activation`, the address of deadrelu_fused_activation_call, and `activation_abi`.
+   `activation`, the address of deadrelu_fused_activation_call, and `activation_abi`;
+   `use_team`, the address of deadrelu_fused_use_team (threads from torch's OpenMP pool).
    deadrelu.fused calls the kernel through ctypes (which releases the GIL for the call);
    the kernel itself uses no Python API. setup.py builds it against the limited API
    (abi3: one build serves every CPython >= 3.10) except on a free-threaded CPython. */
@@ -25,6 +26,11 @@ static int exec_module(PyObject *module) {
     const int missing = PyModule_AddObjectRef(module, "activation", address);
     Py_DECREF(address);
     if (missing) return -1;
+    address = PyLong_FromVoidPtr((void *)&deadrelu_fused_use_team);
+    if (address == NULL) return -1;
+    const int no_team = PyModule_AddObjectRef(module, "use_team", address);
+    Py_DECREF(address);
+    if (no_team) return -1;
     if (PyModule_AddIntConstant(module, "activation_abi", DEADRELU_ACTIVATION_ABI)) return -1;
     return PyModule_AddIntConstant(module, "abi", DEADRELU_FUSED_ABI);
 }

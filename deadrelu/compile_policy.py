@@ -125,6 +125,7 @@ class CompileDecision:
             info["fused_note"] = fused.note()
         elif info["reduction"] == "fused":
             info["fused_kernel"] = fused.origin()
+            info["fused_threads"] = fused.threads()
         return info
 
     def warnings(self) -> list[str]:

@@ -56,7 +56,7 @@ from . import _kernel_flags
 #: The kernel's C source, shipped next to this module.
 SOURCE = Path(__file__).with_name("fused_kernel.c")
 #: The argument version this module calls (``DEADRELU_FUSED_ABI`` in ``fused_kernel.c``).
-ABI = 2
+ABI = 3
 #: Flags of the opt-in run-time build: the install-time flags (``_kernel_flags``) plus a
 #: shared library's.
 FLAGS = (*_kernel_flags.COMPILE_ARGS, "-fPIC", "-shared")
@@ -65,6 +65,9 @@ FLAGS = (*_kernel_flags.COMPILE_ARGS, "-fPIC", "-shared")
 #: here first competes with them: at 2^18 the kernel took 0.22 s of a 2-thread mobile scan
 #: where one thread took 0.15 s (benchmarks/RESULTS.md).
 MIN_PER_THREAD = 1 << 21
+#: Values per extra thread when the split runs on torch's own OpenMP team (``use_team``): its
+#: workers are awake already, so a much smaller slice pays.
+MIN_PER_THREAD_TEAM = 1 << 15
 _P, _I64, _F32, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 #: ``deadrelu_fused_update_call``'s signature: constants, x, active source, its mode, outer, inner, threads.
 PROTOTYPE = ctypes.CFUNCTYPE(ctypes.c_int, _P, _P, _P, _I32, _I64, _I64, _I32)
@@ -72,6 +75,8 @@ PROTOTYPE = ctypes.CFUNCTYPE(ctypes.c_int, _P, _P, _P, _I32, _I64, _I64, _I32)
 ACTIVATION_ABI = 2
 #: ``deadrelu_fused_activation_call``'s signature: constants, x, out, outer, inner, threads.
 ACTIVATION_PROTOTYPE = ctypes.CFUNCTYPE(ctypes.c_int, _P, _P, _P, _I64, _I64, _I32)
+#: ``deadrelu_fused_use_team``'s signature: GOMP_parallel's address (None: POSIX threads).
+USE_TEAM_PROTOTYPE = ctypes.CFUNCTYPE(None, _P)
 
 
 class CallConstants(ctypes.Structure):
@@ -101,6 +106,7 @@ _activation: Any = None
 _origin: str | None = None
 _note: str | None = None
 _tried = False
+_team: str | None = None  # the OpenMP runtime whose team splits the kernel's calls, once joined
 _handles: list[Any] = []  # libraries loaded by the run-time build (never unloaded)
 
 
@@ -117,9 +123,10 @@ def cache_dir() -> Path:
     return Path(base) / "deadrelu"
 
 
-def _packaged() -> tuple[Any, Any]:
-    """The kernel of the package's extension module ``deadrelu._fused``, and its fused
-    activation (None when the module predates it or was built for another version)."""
+def _packaged() -> tuple[Any, Any, Any]:
+    """The kernel of the package's extension module ``deadrelu._fused``, its fused activation
+    (None when the module predates it or was built for another version) and its
+    ``deadrelu_fused_use_team`` (None when the module predates it)."""
     name = f"{__package__}._fused"
     if importlib.util.find_spec(name) is None:
         raise KernelUnavailable(f"{name} is not built (no C compiler when deadrelu was installed?): reinstall "
@@ -138,7 +145,9 @@ def _packaged() -> tuple[Any, Any]:
     fused_activation = getattr(module, "activation", None)
     usable = isinstance(fused_activation, int) and fused_activation and getattr(module, "activation_abi", None) == \
         ACTIVATION_ABI
-    return PROTOTYPE(address), ACTIVATION_PROTOTYPE(fused_activation) if usable else None
+    use_team = getattr(module, "use_team", None)
+    return (PROTOTYPE(address), ACTIVATION_PROTOTYPE(fused_activation) if usable else None,
+            USE_TEAM_PROTOTYPE(use_team) if isinstance(use_team, int) and use_team else None)
 
 
 def _check_owned(info: os.stat_result, path: Path | str, what: str) -> None:
@@ -200,7 +209,7 @@ def _compile(compiler: str, target: Path) -> None:
         raise KernelUnavailable(f"DEADRELU_FUSED=build: could not write {target} ({exc})") from None
 
 
-def _built() -> tuple[Any, Any, str]:
+def _built() -> tuple[Any, Any, Any, str]:
     """``DEADRELU_FUSED=build``: the kernel compiled at run time into the checked cache folder."""
     compiler = shutil.which(os.environ.get("CC") or "cc") or shutil.which("gcc")
     if compiler is None:
@@ -232,8 +241,12 @@ def _built() -> tuple[Any, Any, str]:
         fused_activation = ACTIVATION_PROTOTYPE(("deadrelu_fused_activation_call", library))
     except AttributeError:
         activation_abi, fused_activation = None, None
+    try:
+        use_team = USE_TEAM_PROTOTYPE(("deadrelu_fused_use_team", library))
+    except AttributeError:
+        use_team = None
     _handles.append(library)
-    return (function, fused_activation if activation_abi == ACTIVATION_ABI else None,
+    return (function, fused_activation if activation_abi == ACTIVATION_ABI else None, use_team,
             f"run-time build {shown} (DEADRELU_FUSED=build)")
 
 
@@ -285,6 +298,52 @@ def _activation_self_test(function: Any) -> None:
                                 f"min, max = {got})")
 
 
+def openmp_parallel() -> tuple[int, str] | None:
+    """The address of ``GOMP_parallel`` in the OpenMP runtime torch runs its CPU operators on,
+    and that runtime's path; None when torch's parallel backend is not OpenMP, the runtime is
+    not one loaded library this process can name (Linux's ``/proc/self/maps``), or
+    ``DEADRELU_OPENMP=0``. Nothing new is loaded (``RTLD_NOLOAD``)."""
+    if os.environ.get("DEADRELU_OPENMP", "1").strip().lower() in _OFF or not hasattr(os, "RTLD_NOLOAD"):
+        return None
+    import torch
+
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            paths = {line.split(None, 5)[5].strip() for line in maps if len(line.split(None, 5)) == 6}
+    except OSError:
+        return None
+    runtimes = sorted(path for path in paths if os.path.basename(path).startswith(("libgomp", "libiomp")))
+    own = os.path.realpath(os.path.join(os.path.dirname(torch.__file__), "lib"))
+    mine = [path for path in runtimes if os.path.realpath(path).startswith(own + os.sep)]
+    candidates = mine or runtimes
+    if len(candidates) != 1:
+        return None  # none, or several: which one torch's operators use is not known
+    try:
+        library = ctypes.CDLL(candidates[0], mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        address = ctypes.cast(library.GOMP_parallel, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return None
+    return (address, candidates[0]) if address else None
+
+
+def _join_team(use_team: Any) -> None:
+    """Split the kernel's calls over torch's OpenMP team from now on, where there is one."""
+    global _team
+    found = openmp_parallel() if use_team is not None else None
+    if found is not None:
+        use_team(found[0])
+        _team = found[1]
+    elif use_team is not None:
+        use_team(None)
+
+
+def min_per_thread() -> int:
+    """Values per extra thread of a kernel call: smaller on torch's awake OpenMP team."""
+    return MIN_PER_THREAD_TEAM if _team is not None else MIN_PER_THREAD
+
+
 def _load() -> tuple[Any, Any, str]:
     """The kernel, the fused activation (or None) and where they came from; raises when the
     kernel cannot be had (a fused activation that fails its self-test is only left out)."""
@@ -292,17 +351,18 @@ def _load() -> tuple[Any, Any, str]:
     if mode in _OFF:
         raise KernelUnavailable("DEADRELU_FUSED=0")
     try:
-        (function, fused_activation), origin = _packaged(), f"{__package__}._fused (built at install)"
+        (function, fused_activation, use_team), origin = _packaged(), f"{__package__}._fused (built at install)"
     except KernelUnavailable:
         if mode != "build":
             raise
-        function, fused_activation, origin = _built()
+        function, fused_activation, use_team, origin = _built()
     _self_test(function)
     if fused_activation is not None:
         try:
             _activation_self_test(fused_activation)
         except KernelUnavailable:
             fused_activation = None
+    _join_team(use_team)
     return function, fused_activation, origin
 
 
@@ -338,12 +398,21 @@ def origin() -> str | None:
     return _origin
 
 
+def threads() -> str | None:
+    """What splits a kernel call over threads: torch's OpenMP team (naming the runtime) or POSIX
+    threads; None while no kernel is loaded."""
+    if _library is None:
+        return None
+    return f"torch's OpenMP team ({os.path.basename(_team)})" if _team is not None else "POSIX threads"
+
+
 def reset() -> None:
     """Forget the loaded kernel (tests use it to try another environment)."""
-    global _library, _activation, _origin, _note, _tried
+    global _library, _activation, _origin, _note, _tried, _team
     with _lock:
-        _library, _activation, _origin, _note, _tried = None, None, None, None, False
+        _library, _activation, _origin, _note, _tried, _team = None, None, None, None, False, None
 
 
 __all__ = ["kernel", "activation", "note", "origin", "reset", "cache_dir", "KernelUnavailable", "SOURCE", "FLAGS", "ABI",
-           "MIN_PER_THREAD", "ACTIVATION_ABI", "CallConstants"]
+           "MIN_PER_THREAD", "MIN_PER_THREAD_TEAM", "ACTIVATION_ABI", "CallConstants", "min_per_thread",
+           "openmp_parallel", "threads"]

@@ -29,6 +29,20 @@ LAYOUTS_KEPT = 64
 _UNKNOWN = object()
 
 
+class _Nonzero:
+    """The active source of a gated product, "active where the output is not 0": ``output.abs()``,
+    which the kernel reads from the output itself (``a_mode`` 3) without making it."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NONZERO"
+
+
+#: ``Accumulator.update``'s active source for a product site: ``|output| > 0`` (NaN never).
+NONZERO = _Nonzero()
+
+
 @functools.lru_cache(maxsize=4096)
 def contiguous_view_shape(shape: torch.Size, dims: tuple[int, ...]) -> tuple[int, int, int] | None:
     """``(outer, units, inner)`` of a contiguous tensor of ``shape`` reduced over ``dims`` (None: its
@@ -79,7 +93,8 @@ class KernelCalls:
         self._layouts: dict[tuple[Any, ...], tuple[int, int, int] | None] = {}
         self._calls: dict[tuple[Any, ...], tuple[int, Any, ReductionPlan]] = {}
 
-    def update(self, acc: Accumulator, output: torch.Tensor, active_source: torch.Tensor, plan: ReductionPlan) -> bool:
+    def update(self, acc: Accumulator, output: torch.Tensor, active_source: torch.Tensor | _Nonzero,
+               plan: ReductionPlan) -> bool:
         """Reduce ``output`` and add it into ``acc`` in one pass of the kernel; False when this
         tensor does not take that path (not float32 on the CPU, no view, no kernel)."""
         if output.dtype != torch.float32 or output.device.type != "cpu":
@@ -94,6 +109,8 @@ class KernelCalls:
             return False
         if active_source is output:
             mode, active = 0, output
+        elif active_source is NONZERO:
+            mode, active = 3, output
         else:
             active = active_source
             if active.shape != output.shape or self._layout(active, plan.dims) != layout:
@@ -171,7 +188,7 @@ class KernelCalls:
                 want_floor="at_floor" in fields, want_ceiling="at_ceiling" in fields, low=low, high=high,
                 threshold=plan.threshold, floor_at=plan.floor_at if plan.floor_at is not None else 0.0,
                 ceiling_at=plan.ceiling_at if plan.ceiling_at is not None else 0.0, slopes=slopes, units=acc.units,
-                min_per_thread=fused.MIN_PER_THREAD, rows=ctypes.addressof(acc._rows),
+                min_per_thread=fused.min_per_thread(), rows=ctypes.addressof(acc._rows),
                 acc_sums=acc.sums.data_ptr(), acc_observations=acc.observations.data_ptr(),
                 acc_minimum=acc.minimum.data_ptr(), acc_maximum=acc.maximum.data_ptr())
             # The plan is kept with its constants, so its id names no other plan while cached.
@@ -179,4 +196,4 @@ class KernelCalls:
         return kept[0]
 
 
-__all__ = ["FLOAT32_EXACT_COUNT", "KernelCalls", "contiguous_view_shape", "units_view"]
+__all__ = ["FLOAT32_EXACT_COUNT", "NONZERO", "KernelCalls", "contiguous_view_shape", "units_view"]

@@ -35,7 +35,7 @@
 
 /* Bumped whenever deadrelu_fused_update's arguments or meaning change: deadrelu.fused
    refuses a library built from another version (a stale in-place build, say). */
-#define DEADRELU_FUSED_ABI 2
+#define DEADRELU_FUSED_ABI 3
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 8 && \
     defined(__linux__) && defined(__GLIBC__) && !defined(DEADRELU_NO_CLONES)
@@ -52,7 +52,7 @@
 typedef struct {
     const float *x;
     const void *a;
-    int a_mode; /* 0: active read from x, 1: from float32 a, 2: from uint8/bool a */
+    int a_mode; /* 0: active read from x, 1: from float32 a, 2: from uint8/bool a, 3: from |x| */
     int64_t row0, row1, units, inner;
     float threshold, floor_at, ceiling_at;
     int want_abs, want_floor, want_ceiling;
@@ -68,7 +68,8 @@ typedef struct {
 #define UPDATE(k, MODE, ABS, FLOOR, CEIL)                                                      \
     {                                                                                          \
         const float v = x[k * columns + c];                                                    \
-        const float s = MODE == 0 ? v : MODE == 1 ? af[k * columns + c] : (float)ab[k * columns + c]; \
+        const float s = MODE == 0 ? v : MODE == 1 ? af[k * columns + c] : MODE == 2 ? (float)ab[k * columns + c] \
+                                                                  : fabsf(v);                  \
         act += s > thr ? 1.0f : 0.0f;                                                          \
         tot += v;                                                                              \
         sq += v * v;                                                                           \
@@ -174,6 +175,7 @@ typedef struct {
 VARIANTS(0)
 VARIANTS(1)
 VARIANTS(2)
+VARIANTS(3)
 
 typedef void (*kernel_t)(const job_t *);
 
@@ -181,7 +183,7 @@ typedef void (*kernel_t)(const job_t *);
     {KIND##_##MODE##000, KIND##_##MODE##001, KIND##_##MODE##010, KIND##_##MODE##011,            \
      KIND##_##MODE##100, KIND##_##MODE##101, KIND##_##MODE##110, KIND##_##MODE##111}
 
-static const kernel_t COLUMNS[3][8] = {ROW(0, columns), ROW(1, columns), ROW(2, columns)};
+static const kernel_t COLUMNS[4][8] = {ROW(0, columns), ROW(1, columns), ROW(2, columns), ROW(3, columns)};
 
 static void clear_part(double *part, int64_t units) {
     memset(part, 0, sizeof(double) * NSUM * units);
@@ -203,6 +205,35 @@ static void *run_task(void *arg) {
 }
 
 #define MAX_THREADS 64
+
+/* The process's OpenMP runtime, when deadrelu.fused found one (torch's own libgomp): its
+   GOMP_parallel runs a function on a team of the pool torch's operators run on. Right after
+   each torch op that pool's workers spin-wait on the cores, so a POSIX thread started here
+   competes with them (a split over pthreads cost more than one thread on 2 cores), while the
+   team picks the work up at once. NULL: the pthreads below. */
+typedef void (*team_parallel_t)(void (*)(void *), void *, unsigned, unsigned);
+static team_parallel_t team_parallel = 0;
+
+/* Use `parallel` (the address of the loaded libgomp's GOMP_parallel, or NULL for POSIX
+   threads) to split calls over threads from now on. */
+void deadrelu_fused_use_team(void *parallel) { team_parallel = (team_parallel_t)parallel; }
+
+typedef struct {
+    task_t *tasks;
+    int64_t count;
+    int64_t next; /* the next task to take (atomic) */
+} team_t;
+
+/* Each member of the team takes the next task until none is left (a team may be smaller
+   than asked for). */
+static void run_team(void *arg) {
+    team_t *team = (team_t *)arg;
+    for (;;) {
+        const int64_t t = __atomic_fetch_add(&team->next, 1, __ATOMIC_RELAXED);
+        if (t >= team->count) return;
+        run_task(&team->tasks[t]);
+    }
+}
 
 /* Run `kernel` over the rows of `base` (split over up to `threads` threads, each with its
    own partial sums), then add the merged sums into the accumulators, leaving out every unit
@@ -232,11 +263,16 @@ static int drive(kernel_t kernel, const job_t *base, int64_t outer, int threads,
         tasks[t].job.part = part;
         started[t] = 0;
     }
-    for (int64_t t = 1; t < count; t++) started[t] = pthread_create(&handles[t], 0, run_task, &tasks[t]) == 0;
-    run_task(&tasks[0]);
-    for (int64_t t = 1; t < count; t++) {
-        if (started[t]) pthread_join(handles[t], 0);
-        else run_task(&tasks[t]);
+    if (count > 1 && team_parallel) {
+        team_t team = {.tasks = tasks, .count = count, .next = 0};
+        team_parallel(run_team, &team, (unsigned)count, 0);
+    } else {
+        for (int64_t t = 1; t < count; t++) started[t] = pthread_create(&handles[t], 0, run_task, &tasks[t]) == 0;
+        run_task(&tasks[0]);
+        for (int64_t t = 1; t < count; t++) {
+            if (started[t]) pthread_join(handles[t], 0);
+            else run_task(&tasks[t]);
+        }
     }
     double *sum = parts;
     for (int64_t t = 1; t < count; t++) {
@@ -263,14 +299,18 @@ static int drive(kernel_t kernel, const job_t *base, int64_t outer, int threads,
 
 /* Reduce one batch and add it into the accumulators.
 
+   "active" is source > threshold, the source by a_mode: 0 x itself, 1 the float32 array a,
+   2 the uint8/bool array a, 3 |x| (a gated product: active where it is not 0; NaN never is).
    rows[f] is the accumulator row of sum f (SUM_FIELDS order), or -1 when the site does
-   not keep it; acc_sums is (kept rows) x units. Returns 0, or -1 when memory ran out. */
+   not keep it; acc_sums is (kept rows) x units. Returns 0, -1 when memory ran out, -2 for
+   an unknown a_mode. */
 int deadrelu_fused_update(const float *x, const void *a, int a_mode, int64_t outer, int64_t units,
                           int64_t inner, float threshold, float floor_at, float ceiling_at,
                           int want_abs, int want_floor, int want_ceiling,
                           int threads, int64_t min_per_thread, const int64_t *rows,
                           double *acc_sums, double *acc_observations, double *acc_minimum,
                           double *acc_maximum) {
+    if (a_mode < 0 || a_mode > 3) return -2;
     const int variant = (want_abs ? 4 : 0) | (want_floor ? 2 : 0) | (want_ceiling ? 1 : 0);
     job_t job = {.x = x, .a = a, .a_mode = a_mode, .units = units, .inner = inner, .threshold = threshold,
                  .floor_at = floor_at, .ceiling_at = ceiling_at, .want_abs = want_abs,

@@ -44,7 +44,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import torch
 
-from .fused_calls import FLOAT32_EXACT_COUNT, KernelCalls
+from .fused_calls import FLOAT32_EXACT_COUNT, NONZERO, KernelCalls
 from .fused_calls import units_view as _units_view
 from .unitstats import SUM_FIELDS, SiteStats
 
@@ -411,13 +411,14 @@ class Accumulator:
             self.maximum = torch.full((self.units,), -math.inf, dtype=torch.float64, device=device)
             self.sums = torch.zeros((0, self.units), dtype=torch.float64, device=device)
 
-    def update(self, output: torch.Tensor, active_source: torch.Tensor, plan: ReductionPlan,
+    def update(self, output: torch.Tensor, active_source: torch.Tensor | object, plan: ReductionPlan,
                workspace: ReductionWorkspace | None = None, compiled: CompiledReducer | None = None) -> None:
         """Reduce one activation tensor (``reduce_batch``) and add it.
 
         Args:
             output: the activation's output.
-            active_source: what "active" is judged on (see ``reduce_batch``).
+            active_source: what "active" is judged on (see ``reduce_batch``), or ``NONZERO``:
+                ``output.abs()`` (a gated product), which the fused kernel reads without making it.
             plan: the site's reduction plan.
             workspace: scratch buffers to reuse.
             compiled: a compiled reduction to use when usable.
@@ -431,7 +432,9 @@ class Accumulator:
                 if workspace is not None:
                     workspace.fused_calls += 1
                 return
-            batch = reduce_batch(output, active_source, plan, workspace, compiled)
+            if active_source is NONZERO:
+                active_source = output.abs()
+            batch = reduce_batch(output, active_source, plan, workspace, compiled)  # type: ignore[arg-type]
             self.add(batch, output.numel() // max(self.units, 1))
 
     def update_activation(self, x: torch.Tensor, out: torch.Tensor, activation: tuple[Any, ...],

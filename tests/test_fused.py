@@ -218,22 +218,97 @@ def test_disabled_by_environment(monkeypatch):
         fused_module.reset()
 
 
-def test_thread_split_equals_one_thread(path, monkeypatch):
+@pytest.mark.parametrize("threads_from", ["openmp", "pthreads"])
+@pytest.mark.parametrize("activation", [nn.ELU, lambda: nn.ReLU(inplace=True), lambda: nn.LeakyReLU(0.1)])
+def test_thread_split_equals_one_thread(path, monkeypatch, threads_from, activation):
     """Rows split over threads (the fused kernel's partial sums, then merged) give the same
-    counts and extremes as one thread."""
+    counts and extremes as one thread: on torch's OpenMP team and on POSIX threads, for the
+    reduction (ELU) and the fused activation (in-place ReLU, LeakyReLU)."""
+    if threads_from == "pthreads":
+        monkeypatch.setenv("DEADRELU_OPENMP", "0")
+    elif path == "eager":
+        pytest.skip("the eager reduction has no thread split of its own")
+    elif fused_module.openmp_parallel() is None:
+        pytest.skip("torch's CPU operators do not run on an OpenMP runtime here")
     monkeypatch.setattr(fused_module, "MIN_PER_THREAD", 1 << 16)  # split these 1M-value batches
-    model = nn.Sequential(nn.Linear(64, 2048), nn.ELU())
-    data = torch.randn(1024, 64, generator=torch.Generator().manual_seed(3))
-    before = torch.get_num_threads()
-    results = []
+    fused_module.reset()
     try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            results.append(deadrelu.scan(model, data, batch_size=512).sites[0].stats)
+        if path == "fused":
+            assert fused_module.kernel() is not None
+            assert fused_module.threads().startswith("torch's OpenMP team" if threads_from == "openmp" else "POSIX")
+        model = nn.Sequential(nn.Linear(64, 2048), activation())
+        data = torch.randn(1024, 64, generator=torch.Generator().manual_seed(3))
+        before = torch.get_num_threads()
+        results = []
+        try:
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                results.append(deadrelu.scan(model, data, batch_size=512).sites[0].stats)
+        finally:
+            torch.set_num_threads(before)
     finally:
-        torch.set_num_threads(before)
+        fused_module.reset()
     one, two = results
     for name in ("observations", "active", "at_floor", "minimum", "maximum"):
         np.testing.assert_array_equal(getattr(one, name), getattr(two, name), err_msg=name)
     np.testing.assert_allclose(one.total, two.total, rtol=1e-5, atol=1e-4)
     assert float(one.observations.sum()) == 1024 * 2048
+
+
+def test_the_split_runs_on_torchs_openmp_team(monkeypatch):
+    """Where torch's operators run on an OpenMP runtime, the kernel joins its team (said in the
+    kernel's origin); DEADRELU_OPENMP=0 keeps POSIX threads and the larger slice per thread."""
+    if fused_module.openmp_parallel() is None:
+        pytest.skip("torch's CPU operators do not run on an OpenMP runtime here")
+    fused_module.reset()
+    try:
+        assert fused_module.kernel() is not None
+        assert fused_module.threads().startswith("torch's OpenMP team (lib")
+        assert fused_module.min_per_thread() == fused_module.MIN_PER_THREAD_TEAM
+        result = deadrelu.scan(nn.Sequential(nn.Linear(4, 6), nn.ReLU()), torch.randn(20, 4), batch_size=5)
+        assert result.environment["fused_threads"] == fused_module.threads()
+        monkeypatch.setenv("DEADRELU_OPENMP", "0")
+        fused_module.reset()
+        assert fused_module.kernel() is not None and fused_module.threads() == "POSIX threads"
+        assert fused_module.min_per_thread() == fused_module.MIN_PER_THREAD
+    finally:
+        monkeypatch.delenv("DEADRELU_OPENMP")
+        fused_module.reset()
+
+
+class GatedProduct(nn.Module):
+    """``act(gate(x)) * up(x)`` (a SwiGLU product site, active where the product is not 0); up's
+    rows 0 and 1 are 0 (-0.0 for row 1): those units are never active, however lively the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.gate, self.up = nn.Linear(4, CHANNELS), nn.Linear(4, CHANNELS)
+        self.act = nn.SiLU()
+        with torch.no_grad():
+            self.up.weight[0:2] = 0.0
+            self.up.bias[0], self.up.bias[1] = 0.0, -0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.gate(x)) * self.up(x)
+
+
+def test_a_gated_product_matches_the_textbook_statistics(path):
+    """The product's "active" is |product| > 0, read by the kernel from the product itself
+    (a_mode 3, no |.| tensor made): NaN is never active and leaves its unit's batch out, 0 and -0.0
+    are not active."""
+    model = GatedProduct().eval()
+    data = torch.randn(24, 4, generator=torch.Generator().manual_seed(5))
+    data[13, :] = float("nan")  # batch 2 (rows 8-15): every unit's slice holds a NaN
+    result = deadrelu.scan(model, data, batch_size=8, functional="always", nonfinite="keep")
+    assert result.environment["reduction"] == path
+    site = result.site("<root>:swiglu#0")
+    with torch.inference_mode():
+        product = torch.cat([model(batch) for i, batch in enumerate(data.split(8)) if i != 1]).double()
+    stats = site.stats
+    np.testing.assert_array_equal(stats.observations, np.full(CHANNELS, 16.0))
+    np.testing.assert_array_equal(stats.active, (product.abs() > 0).sum(0).double().numpy())
+    assert list(stats.active[:2]) == [0, 0] and site.dead == 2
+    np.testing.assert_allclose(stats.total, product.sum(0).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(stats.minimum, product.amin(0).numpy())
+    np.testing.assert_array_equal(stats.maximum, product.amax(0).numpy())

@@ -17,13 +17,14 @@ With a padding mask, the observations at padded positions are gathered out first
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 
 from ..kinds import ActiveRule, KindSpec
 from ..settings import Granularity, ScanSettings
 from ..compile_policy import CompiledReduction
-from ..stats import ReductionWorkspace
+from ..stats import NONZERO, ReductionWorkspace
 from .masking import PaddingMask
 from .registry import SiteRecord
 
@@ -72,11 +73,12 @@ class Observer:
         """
         start = time.perf_counter()
         site.check_shape(output.shape, self.granularity)
-        if site.spec.active_rule is ActiveRule.NONZERO:
-            active: torch.Tensor = output.abs()
+        active: Any
+        if site.spec.active_rule is ActiveRule.NONZERO:  # the fused kernel reads |output| itself
+            active = output.abs() if self.mask.tensor is not None else NONZERO
         else:
             active = output if before is None else before
-        flags = active.dtype == torch.bool
+        flags = active is not NONZERO and active.dtype == torch.bool
         masked = False
         if self.mask.tensor is not None:
             output, active, masked = self._real_positions(site, output, active)
