@@ -111,8 +111,11 @@ def needs_lockstep(model: nn.Module) -> bool:
         from torch.distributed.tensor import DTensor
     except ImportError:  # a torch built without distributed
         return False
-    fsdp1 = any(type(m).__name__ == "FullyShardedDataParallel" for m in model.modules())
-    sharded = {id(p) for m in model.modules() if isinstance(m, FSDPModule) for p in m.parameters()}
+    fsdp1, sharded = False, set()
+    for module in model.modules():  # one walk: a scan asks this of every model, however many modules it has
+        fsdp1 = fsdp1 or type(module).__name__ == "FullyShardedDataParallel"
+        if isinstance(module, FSDPModule):
+            sharded.update(id(p) for p in module.parameters())
     dtensors = [(name, p) for name, p in model.named_parameters() if isinstance(p, DTensor)]
     for name, parameter in dtensors:
         if id(parameter) not in sharded or parameter.device_mesh.ndim > 1:

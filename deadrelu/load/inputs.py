@@ -9,6 +9,7 @@ that names it.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -26,7 +27,7 @@ from .spec import Feeding
 def resolve_device(name: str | None, model: nn.Module) -> torch.device:
     """``auto`` -> cuda, then mps, then cpu; None -> wherever the model already is."""
     if name is None:
-        for tensor in list(model.parameters()) + list(model.buffers()):
+        for tensor in itertools.chain(model.parameters(), model.buffers()):  # lazily: the first one decides
             return tensor.device
         return torch.device("cpu")
     if name == "auto":
@@ -60,7 +61,7 @@ def resolve_device(name: str | None, model: nn.Module) -> torch.device:
 
 def model_dtype(model: nn.Module) -> torch.dtype:
     """The dtype of the model's first floating parameter (float32 if none)."""
-    for tensor in list(model.parameters()) + list(model.buffers()):
+    for tensor in itertools.chain(model.parameters(), model.buffers()):  # lazily: the first one decides
         if tensor.is_floating_point():
             return tensor.dtype
     return torch.float32
