@@ -29,6 +29,16 @@ or writable by anyone else. No temporary-folder fallback.
 Only float32 CPU tensors take this path; CUDA tensors (where a host read would sync),
 float16/bfloat16 and float64 models reduce eagerly.
 
+Threads: a call splits its rows over ``torch.get_num_threads()`` threads once it has
+``min_per_thread()`` values per thread. Where torch's CPU operators run on an OpenMP runtime
+(libgomp in the Linux wheels), the split runs on that runtime's own team: ``openmp_parallel()``
+finds ``GOMP_parallel`` in the library already loaded in the process (``RTLD_NOLOAD``: nothing is
+loaded) and hands its address to the kernel. Torch's workers spin-wait on the cores right after each
+operator, so fresh POSIX threads had to compete with them and only paid past 2M values
+(``MIN_PER_THREAD``); on the team 32K values do (``MIN_PER_THREAD_TEAM``). Elsewhere, or with
+``DEADRELU_OPENMP=0``, the kernel starts POSIX threads; ``threads()`` (and the result's
+``environment.fused_threads``) says which.
+
 The same module also holds the fused *activation* (``deadrelu_fused_activation`` in
 ``fused_kernel.c``, ``activation()``): a ReLU-family module's output computed together with its statistics in
 one pass, which a scan runs in place of the module's own forward

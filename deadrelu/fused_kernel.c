@@ -15,8 +15,9 @@
    accumulators instead was 3-10x slower: the compiler did not vectorise it.)
 
    Comparisons follow IEEE (NaN is never active, never at a bound); min/max of a slice
-   with NaN are discarded with the slice. Rows are split over up to `threads` POSIX
-   threads, each with its own partial sums. No Python, no torch headers: compiled into the
+   with NaN are discarded with the slice. Rows are split over up to `threads` threads, each
+   with its own partial sums: torch's own OpenMP team when deadrelu.fused handed its
+   GOMP_parallel over (deadrelu_fused_use_team), else POSIX threads. No Python, no torch headers: compiled into the
    package's extension module deadrelu._fused when the package is installed (_fused.c adds
    the module around this file) and called through ctypes by deadrelu.fused.
 

@@ -10,7 +10,10 @@ call made while no forward pass is running (data loading) is nobody's.
 
 The mode is on only from ``begin_batch`` to ``end_batch``: every torch call made while
 it is on pays a Python pass-through (~2-4 us), and the tool's own work between forward
-passes is not the model's.
+passes is not the model's. ``FunctionalSites.owners`` (and ``gate_scopes``) record where the
+first batch's calls and products were made: with ``--functional auto`` the capture then keeps
+the mode on only inside those modules (``hooks.ActivationCapture._functional_scoped``), with
+``ModuleStack.register_within`` in place of the global hooks.
 """
 
 from __future__ import annotations

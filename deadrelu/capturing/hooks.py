@@ -3,7 +3,11 @@
 Hooks every ReLU-family module (pre-hook: count the call, open its site, read what
 "active" needs before an in-place module overwrites its input; post-hook: observe the
 output) and, with functional capture on, sees ``F.relu`` & co. through
-``attribution.FunctionalSites``. During the first forward pass it also follows producer
+``attribution.FunctionalSites``. Under ``--functional auto`` the first batch decides what
+functional capture costs afterwards: nothing when it saw no functional call or gated product
+(the mode and its global hooks go), or only inside the modules whose forward made them
+(their own hooks switch the mode on for their forward body and off inside their other
+children); either way the activation modules it no longer needs run hook-free. During the first forward pass it also follows producer
 links (``links.ModuleLinks``), in-place writes into a layer's output, and where the
 padded sequence goes (``masking.SequenceReach``), through one ``TorchFunctionMode``.
 

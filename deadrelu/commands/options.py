@@ -72,8 +72,8 @@ ExcludeOption = Annotated[Optional[list[str]], typer.Option(
     "--exclude", metavar="GLOB", rich_help_panel=CAPTURE, help="Skip sites matching this glob (repeatable).")]
 FunctionalOption = Annotated[Optional[FunctionalCapture], typer.Option(
     "--functional", metavar="WHEN", rich_help_panel=CAPTURE, show_default="auto",
-    help="Capture F.relu-style calls in forward(): auto (on the first batch; on every batch only if it made one, "
-         "the coverage says when it turned off), always, or off.")]
+    help="Capture F.relu-style calls in forward(): auto (on the first batch; after it only inside the modules "
+         "whose forward made one, off if none did; the coverage says which), always, or off.")]
 #: ``--no-functional``, kept from before ``--functional WHEN``: the same as ``--functional off``.
 NoFunctionalOption = Annotated[bool, typer.Option("--no-functional", hidden=True, rich_help_panel=CAPTURE,
                                                   help="Same as --functional off.")]
