@@ -92,9 +92,8 @@ def functional_scoped_note(modules: list[str]) -> str:
     if len(modules) > SCOPED_NAMES_SHOWN:
         shown += f" and {len(modules) - SCOPED_NAMES_SHOWN} more"
     return (f"functional capture kept on after batch 1 only inside the {len(modules)} module"
-            f"{'' if len(modules) == 1 else 's'} whose forward made its functional activations (F.relu...) and "
-            f"gated products ({shown}); a model calling one elsewhere only on later batches would be missed: use "
-            "--functional always")
+            f"{'' if len(modules) == 1 else 's'} where batch 1 made functional activations (F.relu...) or gated "
+            f"products ({shown}); one made elsewhere only on later batches would be missed: use --functional always")
 
 
 class ActivationCapture:
