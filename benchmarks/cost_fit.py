@@ -10,7 +10,9 @@ A scan costs, over the bare forward passes of the same batches,
 * ``per_batch``: the loop's own work per forward pass (slicing, the finite check, moving to the
   device, begin/end of the batch);
 * ``per_call``: one activation call at a site (both hooks, the observer, the kernel's call);
-* ``per_value``: the reduction of one activation value (the kernel's pass);
+* ``per_value``: the reduction of one activation value (the kernel's pass), divided at T threads by
+  the threads a call splits over: ``min(T, values per call // fused.min_per_thread())`` (torch's
+  OpenMP team takes a share from 32K values; everything else in the model runs on one thread);
 * ``per_op``: every torch call (``ops`` per forward) under a ``TorchFunctionMode``: twice on batch 1
   (the producer watch and functional capture), once on each later batch where functional capture
   stayed on.
@@ -176,12 +178,24 @@ def workload_counts(model: Any, data: Any, batch_size: int) -> dict[str, Any]:
             "batches": -(-int(data.shape[0]) // batch_size)}
 
 
-def predict_extra(fit_terms: dict[str, Any], counts: dict[str, Any], scale_value: float = 1.0) -> float:
+def kernel_split(counts: dict[str, Any], threads: int) -> int:
+    """Threads an average kernel call of the workload splits over at ``threads`` threads."""
+    from deadrelu import fused
+
+    if threads <= 1 or fused.kernel() is None:
+        return 1
+    per_call = counts["values_per_batch"] // max(counts["sites"], 1)
+    return max(1, min(threads, per_call // fused.min_per_thread()))
+
+
+def predict_extra(fit_terms: dict[str, Any], counts: dict[str, Any], scale_value: float = 1.0,
+                  threads: int = 1) -> float:
     """Predicted seconds a scan costs over bare, from the fitted terms and a workload's counts."""
     batches = counts["batches"]
     per_scan = fit_terms["per_scan_fixed_us"] + fit_terms["per_scan_site_us"] * counts["sites"]
     per_batch = (fit_terms["per_batch_us"] + counts["sites"] * fit_terms["per_call_us"]
-                 + counts["values_per_batch"] * fit_terms["per_value_ns"] * 1e-3 * scale_value)
+                 + counts["values_per_batch"] * fit_terms["per_value_ns"] * 1e-3 * scale_value
+                 / kernel_split(counts, threads))
     ops = counts["ops_per_batch"] * fit_terms["per_op_us"]
     # Batch 1 runs under two modes (the producer watch and functional capture); later batches under
     # functional capture where it stayed on.
@@ -234,7 +248,7 @@ def predict(report: dict[str, Any], fit_terms: dict[str, Any]) -> list[dict[str,
         # compared is the CPU-time one there, the wall-time one at more threads.
         one = row["threads"] == 1
         bare_seconds = statistics.median(base["cpu_seconds"]) if one else base["median_seconds"]
-        extra = predict_extra(fit_terms, counts)
+        extra = predict_extra(fit_terms, counts, threads=row["threads"])
         rows.append({"workload": row["workload"], "threads": row["threads"], "bare_seconds": bare_seconds,
                      "predicted": 1 + extra / bare_seconds,
                      "measured": row["median_cpu_ratio"] if one else row["median_ratio"],
@@ -242,4 +256,5 @@ def predict(report: dict[str, Any], fit_terms: dict[str, Any]) -> list[dict[str,
     return rows
 
 
-__all__ = ["fit", "markdown_fit", "markdown_predictions", "predict", "predict_extra", "workload_counts"]
+__all__ = ["fit", "kernel_split", "markdown_fit", "markdown_predictions", "predict", "predict_extra",
+           "workload_counts"]

@@ -288,3 +288,160 @@ def test_the_mode_is_off_inside_the_layers_an_owner_calls_from_a_module_list():
         ["encoder:gelu#0", "encoder.layers.0.act", "encoder.layers.1.act"]
     assert rows(auto) == rows(always)
     assert auto.coverage["functional_note"] == functional_scoped_note(["encoder"])
+
+
+# --- cases a review found (each failed before its fix) -----------------------------------------------
+
+
+def test_an_activation_module_an_owner_gets_as_an_argument_is_not_a_functional_site():
+    """``block(x, act)``: the ELU module is not below the owner, and its own ``F.elu`` is its own."""
+    class Owner(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor, act: nn.Module) -> torch.Tensor:
+            return F.relu(self.lin(x)) + act(x)
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(5)
+            self.block, self.act = Owner(), nn.ELU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.block(x, self.act)
+
+    auto, always = scan(Model(), "auto"), scan(Model(), "always")
+    assert [s.name for s in auto.sites] == [s.name for s in always.sites] == ["block:relu#0", "act"]
+    assert rows(auto) == rows(always)
+
+
+def test_a_module_that_did_not_run_in_batch_one_is_never_named_after_its_owner():
+    """A child first called on batch 2 is 'elsewhere': its own F.relu is missed (the note says so),
+    never counted as a second call of the owner's."""
+    class Branch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.relu(self.lin(x))
+
+    class Owner(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.branch, self.calls = nn.Linear(4, 4), Branch(), 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            out = F.relu(self.lin(x))
+            return out + self.branch(x) if self.calls > 1 else out
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(6)
+            self.block = Owner()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.block(x)
+
+    auto, always = scan(Model(), "auto"), scan(Model(), "always")
+    assert [s.name for s in always.sites] == ["block:relu#0", "block.branch:relu#0"]
+    assert [s.name for s in auto.sites] == ["block:relu#0"]
+    assert rows(auto)["block:relu#0"] == rows(always)["block:relu#0"]
+    assert "would be missed: use --functional always" in auto.coverage["functional_note"]
+
+
+def test_a_module_registered_under_two_names_keeps_its_capture():
+    """The owner ``a`` is also ``v.shared``, below the owner ``v``: wanted by identity, not by name."""
+    class Own(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.relu(self.lin(x))
+
+    class Via(nn.Module):
+        def __init__(self, shared: nn.Module) -> None:
+            super().__init__()
+            self.shared, self.lin = shared, nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.relu6(self.lin(self.shared(x)))
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(7)
+            self.a = Own()
+            self.v = Via(self.a)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.v(x)
+
+    auto, always = scan(Model(), "auto"), scan(Model(), "always")
+    assert [(s.name, s.observations) for s in auto.sites] == [(s.name, s.observations) for s in always.sites]
+    assert all(s.observations == SAMPLES for s in auto.sites)
+    assert rows(auto) == rows(always)
+
+
+def test_the_models_own_function_mode_inside_an_owner_keeps_its_calls_and_its_place():
+    """An owner's ``with MyMode(): self.lin2(y)``: switching ours off and on inside it leaves the
+    model's mode where it was (its ``__exit__`` pops the top), seeing every call it saw under always."""
+    from torch.overrides import TorchFunctionMode
+
+    class Count(TorchFunctionMode):
+        def __init__(self, log: list[str]) -> None:
+            super().__init__()
+            self.log = log
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.log.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    class Own(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.lin2 = nn.Linear(4, 4), nn.Linear(4, 4)
+            self.seen: list[tuple[int, int]] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = F.relu(self.lin(x))
+            log: list[str] = []
+            with Count(log):
+                z = self.lin2(y)
+            self.seen.append((len(log), torch._C._len_torch_function_stack()))
+            return F.relu(z)
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(8)
+            self.blk = Own()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.blk(x)
+
+    auto_model, always_model = Model(), Model()
+    auto, always = scan(auto_model, "auto"), scan(always_model, "always")
+    assert auto_model.blk.seen[1:] == always_model.blk.seen[1:] == [(1, 1)] * 3  # linear seen; ours alone after
+    assert rows(auto) == rows(always)
+    assert state() == (0, 0)
+
+
+@pytest.mark.parametrize("functional", ["auto", "always", "off"])
+def test_a_transformer_encoder_layer_is_scanned_on_every_batch(functional):
+    """torch's inference fast path computes nn.TransformerEncoderLayer in one op without calling its
+    activation, but only while no function mode is on: batch 1 (under the discovery mode) counted,
+    later batches did not (50 of 200 observations). The scan turns it off, and gives it back."""
+    torch.manual_seed(9)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, activation=nn.ReLU(), batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    data = torch.randn(40, 5, 8, generator=torch.Generator().manual_seed(10))
+    result = deadrelu.scan(model, data, batch_size=10, functional=functional)
+    assert [(s.name, s.observations) for s in result.sites] == [("layers.0.activation", 200),
+                                                                ("layers.1.activation", 200)]
+    assert torch.backends.mha.get_fastpath_enabled()

@@ -117,6 +117,22 @@ class ModuleStack:
                 return
 
 
+def _remove_mode(mode: Any) -> int | None:
+    """Take ``mode`` off torch's function-mode stack, the modes above it put back in order; its
+    depth there (None: it was not on the stack)."""
+    above = []
+    depth = None
+    while torch._C._len_torch_function_stack():
+        top = torch._C._pop_torch_function_stack()
+        if top is mode:
+            depth = torch._C._len_torch_function_stack()
+            break
+        above.append(top)
+    for other in reversed(above):
+        torch._C._push_on_torch_function_stack(other)
+    return depth
+
+
 def enclosing(first: str, second: str) -> str:
     """The innermost module whose forward runs both modules named ``first`` and ``second``
     (their longest common dotted prefix; "" for the model itself)."""
@@ -148,6 +164,7 @@ class FunctionalSites:
         self.observing = observing
         self.mode = FunctionalActivationMode(self.on_call, self.on_product)
         self.on = False
+        self._depth: int | None = None  # where the mode was on torch's stack when last turned off
         #: the modules whose forward made a functional call or a gated product: where the mode must
         #: stay on to see them again
         self.owners: set[str] = set()
@@ -159,16 +176,32 @@ class FunctionalSites:
         self.scoped = False
 
     def enter(self) -> None:
-        """Turn the mode on (a forward pass begins)."""
+        """Turn the mode on (a forward pass begins, or a scoped module's body resumes): where it was
+        on torch's function-mode stack when it was last turned off, below any mode the model pushed
+        since (whose ``__exit__`` pops the top), else on top."""
         if not self.on:
-            self.mode.__enter__()
             self.on = True
+            depth = self._depth
+            if depth is None or depth >= torch._C._len_torch_function_stack():
+                torch._C._push_on_torch_function_stack(self.mode)  # what TorchFunctionMode.__enter__ does
+            else:
+                above = [torch._C._pop_torch_function_stack()
+                         for _ in range(torch._C._len_torch_function_stack() - depth)]
+                torch._C._push_on_torch_function_stack(self.mode)
+                for other in reversed(above):
+                    torch._C._push_on_torch_function_stack(other)
 
     def leave(self) -> None:
-        """Turn it off (the forward pass ended, or raised)."""
+        """Turn it off (the forward pass ended, or raised). Scoped, the mode may be switched off inside
+        a ``with`` of the model's own mode (entered after ours): that one stays where it was."""
         if self.on:
             self.on = False
-            self.mode.__exit__(None, None, None)
+            length = torch._C._len_torch_function_stack()
+            if length and torch._C._get_function_stack_at(length - 1) is self.mode:
+                torch._C._pop_torch_function_stack()  # the usual case: ours is on top
+                self._depth = length - 1
+            else:
+                self._depth = _remove_mode(self.mode)
 
     def _attributable(self) -> bool:
         return self.observing() and not self.modules.activation_depth

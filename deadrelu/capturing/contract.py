@@ -125,4 +125,19 @@ def keep_train_flags(stack: ExitStack, model: nn.Module) -> None:
     stack.callback(restore)
 
 
-__all__ = ["Capture", "keep_train_flags"]
+def no_transformer_fastpath(stack: ExitStack) -> None:
+    """Turn off torch's inference fast path for ``nn.TransformerEncoderLayer`` and
+    ``MultiheadAttention`` until ``stack`` closes. It computes a whole layer in one op and never
+    calls the layer's activation, and it runs only while no ``TorchFunctionMode`` is on: an eager scan
+    saw the activation on batch 1 (under the discovery mode) and not after it. (A TorchScript module
+    decides at script time: its fast path is not turned off by this.)"""
+    import torch
+
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled") or not mha.get_fastpath_enabled():
+        return
+    mha.set_fastpath_enabled(False)
+    stack.callback(mha.set_fastpath_enabled, True)
+
+
+__all__ = ["Capture", "keep_train_flags", "no_transformer_fastpath"]

@@ -119,6 +119,9 @@ class FusedForward:
         self.calls: ModuleCalls | None = None
         self._slope_buffer: torch.Tensor | None = None
         self._slope_value: float | None = None
+        #: set when functional capture is scoped to some modules: its mode is switched off while this
+        #: module runs (its own ``F.relu`` is never a functional site, wherever it is called from)
+        self.functional: Any = None
 
     def arguments(self, x: torch.Tensor) -> tuple[Any, ...] | None:
         """The kernel's ``(act, low, high, slopes, slope_per_unit)`` for input ``x``, or None when
@@ -189,6 +192,16 @@ class FusedForward:
         self.calls = calls
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        functional = self.functional
+        if functional is not None and functional.on:
+            functional.leave()
+            try:
+                return self._forward(*args, **kwargs)
+            finally:
+                functional.enter()
+        return self._forward(*args, **kwargs)
+
+    def _forward(self, *args: Any, **kwargs: Any) -> Any:
         site, self.armed = self.armed, None
         if site is None:
             calls = self.calls

@@ -29,7 +29,7 @@ from ..kinds import is_inplace, looks_like_activation, spec_for_module, tables
 from ..settings import FunctionalCapture, ScanSettings
 from ..stats import SiteStats
 from .attribution import FunctionalSites, ModuleStack
-from .contract import keep_train_flags
+from .contract import keep_train_flags, no_transformer_fastpath
 from .fused_forward import FUSED, FusedActivations, FusedForward, ModuleCalls
 from .gated import GatedProducts
 from .links import ModuleLinks
@@ -155,6 +155,7 @@ class ActivationCapture:
         keep_train_flags(self._stack, self.model)
         if self.eval_mode:
             self.model.eval()
+            no_transformer_fastpath(self._stack)
         try:
             self._register()
         except BaseException:
@@ -339,33 +340,48 @@ class ActivationCapture:
                 if prefix in outer:
                     break
         self._functional_global.close()
+        self._scoped = {id(module) for name in outer for module in named[name].modules()}
         hooks = self._functional_hooks
         on, off = self._scope_hook(True), self._scope_hook(False)
         functional.modules.register_within(hooks, [named[name] for name in sorted(wanted)], descend=False)
         ran = functional.modules.ran
+        wanted_ids = {id(named[name]) for name in wanted}
 
-        def pause_points(name: str, module: nn.Module) -> list[nn.Module]:
-            """The modules below ``name`` whose forward turns the mode off: each child that is not
-            wanted, or, for a container that never ran itself (a ModuleList), its children."""
+        def pause_points(module: nn.Module) -> list[nn.Module]:
+            """The modules below ``module`` whose forward turns the mode off: each child that is not
+            wanted (a module is wanted by identity: one registered under two names is one module),
+            and below a child that did not run in batch 1 (a ModuleList) its children too."""
             points = []
-            for child_name, child in module.named_children():
-                full = f"{name}.{child_name}"
-                if full in wanted:
+            for child in module.children():
+                if id(child) in wanted_ids:
                     continue
-                if id(child) in ran or next(child.children(), None) is None:
-                    points.append(child)
-                else:
-                    points.extend(pause_points(full, child))
+                points.append(child)
+                if id(child) not in ran:
+                    points.extend(pause_points(child))
             return points
 
+        paused: set[int] = set()
         for name in sorted(wanted):
             module = named[name]
             hooks.callback(module.register_forward_pre_hook(on).remove)
             hooks.callback(module.register_forward_hook(self._scope_out, always_call=True).remove)
-            for child in pause_points(name, module):
-                hooks.callback(child.register_forward_pre_hook(off).remove)
-                hooks.callback(child.register_forward_hook(self._scope_out, always_call=True).remove)
-        self._scoped = {id(module) for name in outer for module in named[name].modules()}
+            for child in pause_points(module):
+                if id(child) not in paused:
+                    paused.add(id(child))
+                    hooks.callback(child.register_forward_pre_hook(off).remove)
+                    hooks.callback(child.register_forward_hook(self._scope_out, always_call=True).remove)
+        # An activation module runs its own F.relu: never a functional site, wherever it is called from
+        # (one passed to an owner as an argument is not below it). Hooked ones switch the mode off
+        # themselves; swapped ones (their FusedForward, hooked or not) do it while the mode is on.
+        for fused, _calls, _handles in self._fused:
+            fused.functional = functional
+        for module in self.model.modules():
+            if (id(module) in paused or id(module) in wanted_ids or spec_for_module(module) is None
+                    or isinstance(vars(module).get("forward"), FusedForward)):
+                continue
+            paused.add(id(module))
+            hooks.callback(module.register_forward_pre_hook(off).remove)
+            hooks.callback(module.register_forward_hook(self._scope_out, always_call=True).remove)
         functional.leave()
         functional.scoped = True
         self.coverage.functional_note = functional_scoped_note(outer)
