@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 os.environ.setdefault("COLUMNS", "120")
 os.environ.setdefault("NO_COLOR", "1")
@@ -104,3 +105,19 @@ def error_line(result, *must_contain: str) -> str:
     for piece in must_contain:
         assert piece in lines[0], f"{piece!r} not in {lines[0]!r}"
     return lines[0]
+
+
+def bounded(samples: int = 40, features: int = 4, seed: int = 0) -> torch.Tensor:
+    """Inputs uniform in [-1, 1] (with ``dead_linear``, units whose state no input changes)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(samples, features, generator=generator) * 2 - 1
+
+
+def dead_linear(inputs: int, outputs: int, dead: tuple[int, ...]) -> nn.Linear:
+    """|w.x| < 0.04 for inputs in [-1, 1]: bias +1 makes a unit always active, -100 always dead."""
+    layer = nn.Linear(inputs, outputs)
+    with torch.no_grad():
+        layer.weight.mul_(0.01)
+        layer.bias.fill_(1.0)
+        layer.bias[list(dead)] = -100.0
+    return layer

@@ -15,27 +15,12 @@ from torch import nn
 from torch.nn.modules import module as module_globals
 
 import deadrelu
-from conftest import error_line, report_of, run
+from conftest import bounded, dead_linear, error_line, report_of, run
 from deadrelu.capturing.hooks import FUNCTIONAL_OFF_NOTE
 from deadrelu.result import ScanResult
 from deadrelu.settings import FunctionalCapture, build_settings
 
 SAMPLES, BATCH = 40, 10  # four batches
-
-
-def bounded(samples: int = SAMPLES, features: int = 4, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.rand(samples, features, generator=generator) * 2 - 1
-
-
-def _dead_linear(inputs: int, outputs: int, dead: tuple[int, ...]) -> nn.Linear:
-    """|w.x| < 0.04 for inputs in [-1, 1]: bias +1 makes a unit always active, -100 always dead."""
-    layer = nn.Linear(inputs, outputs)
-    with torch.no_grad():
-        layer.weight.mul_(0.01)
-        layer.bias.fill_(1.0)
-        layer.bias[list(dead)] = -100.0
-    return layer
 
 
 class Probe:
@@ -56,8 +41,8 @@ class ModuleOnly(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.fc1, self.act = _dead_linear(4, 6, (1, 4)), nn.ReLU()
-        self.fc2, self.act2 = _dead_linear(6, 3, (0,)), nn.ReLU6()
+        self.fc1, self.act = dead_linear(4, 6, (1, 4)), nn.ReLU()
+        self.fc2, self.act2 = dead_linear(6, 3, (0,)), nn.ReLU6()
         self.probe = Probe()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,7 +55,7 @@ class LateFunctional(ModuleOnly):
 
     def __init__(self, first_call: int = 1) -> None:
         super().__init__()
-        self.fc3 = _dead_linear(4, 5, (0, 2))
+        self.fc3 = dead_linear(4, 5, (0, 2))
         self.first_call = first_call
         self.calls = 0
 

@@ -12,26 +12,12 @@ from torch import nn
 from torch.nn.modules import module as module_globals
 
 import deadrelu
+from conftest import bounded, dead_linear
 from deadrelu.capturing.attribution import enclosing
 from deadrelu.capturing.hooks import functional_scoped_note
 from deadrelu.result import ScanResult
 
 SAMPLES, BATCH = 40, 10  # four batches
-
-
-def bounded(samples: int = SAMPLES, features: int = 4, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.rand(samples, features, generator=generator) * 2 - 1
-
-
-def _dead_linear(inputs: int, outputs: int, dead: tuple[int, ...]) -> nn.Linear:
-    """|w.x| < 0.04 for inputs in [-1, 1]: bias +1 makes a unit always active, -100 always dead."""
-    layer = nn.Linear(inputs, outputs)
-    with torch.no_grad():
-        layer.weight.mul_(0.01)
-        layer.bias.fill_(1.0)
-        layer.bias[list(dead)] = -100.0
-    return layer
 
 
 def state() -> tuple[int, int]:
@@ -45,7 +31,7 @@ class Block(nn.Module):
 
     def __init__(self, late: int | None = None) -> None:
         super().__init__()
-        self.fc, self.fc2 = _dead_linear(4, 5, (0, 3)), _dead_linear(4, 3, (1,))
+        self.fc, self.fc2 = dead_linear(4, 5, (0, 3)), dead_linear(4, 3, (1,))
         self.late, self.calls = late, 0
         self.seen: list[tuple[int, int]] = []
 
@@ -79,7 +65,7 @@ class Net(nn.Module):
     def __init__(self, late: int | None = None) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.stem, self.act = _dead_linear(4, 6, (1, 4)), nn.ReLU()
+        self.stem, self.act = dead_linear(4, 6, (1, 4)), nn.ReLU()
         self.head = nn.Linear(6, 4)
         self.block = Block(late)
         self.mlp = Mlp()
@@ -136,7 +122,7 @@ class Outer(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(1)
-        self.fc = _dead_linear(4, 4, (2,))
+        self.fc = dead_linear(4, 4, (2,))
         self.inner = Block()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
