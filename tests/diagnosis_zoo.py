@@ -304,10 +304,12 @@ def lr_adam_transformer(size: str) -> Case:
     data = _token_data(14, size)
     _seed(14)
     model = TransformerBlock()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    # lr 0.1: at 0.05 how many units die swings with the machine's float rounding (0 to 47 of 64 over
+    # eight seeds on one CPU, 10 on seed 0 where another CPU killed more); at 0.1 every seed kills 29+.
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
     fit(model, data["x"], data["y"], optimizer, steps=_steps(size, 150))
     return _case("learning-rate/transformer-adam", "learning-rate", "transformer", model, data,
-                 "Adam at lr 0.05 (sane: 1e-3), saved with its optimizer state",
+                 "Adam at lr 0.1 (sane: 1e-3), saved with its optimizer state",
                  optimizer_state=optimizer.state_dict())
 
 
