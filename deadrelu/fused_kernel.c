@@ -144,20 +144,38 @@ typedef struct {
                 lo[c] = INFINITY;                                                              \
                 hi[c] = -INFINITY;
 
-/* A column block's sums into the job's per-unit partials (both kernels end a block with this). */
+/* A column block's sums into the job's per-unit partials (both kernels end a block with this).
+   With inner > 1 a unit's columns are a run of the block: summed first, then added to the unit's
+   partials once (a per-column division and eight scattered updates cost ~0.5 ns per value when a
+   block holds only a few rows: a batch of 8 images or sequences). */
 #define FOLD_COLUMNS(ABS, FLOOR, CEIL)                                                         \
             double *part = job->part;                                                          \
             const int64_t units = job->units;                                                  \
-            for (int64_t c = 0; c < width; c++) {                                              \
+            for (int64_t c = 0; c < width;) {                                                  \
                 const int64_t unit = (c0 + c) / inner;                                         \
-                part[0 * units + unit] += active[c];                                           \
-                part[1 * units + unit] += total[c];                                            \
-                part[2 * units + unit] += total_sq[c];                                         \
-                if (ABS) part[3 * units + unit] += total_abs[c];                               \
-                if (FLOOR) part[4 * units + unit] += at_floor[c];                              \
-                if (CEIL) part[5 * units + unit] += at_ceiling[c];                             \
-                if (lo[c] < part[6 * units + unit]) part[6 * units + unit] = lo[c];            \
-                if (hi[c] > part[7 * units + unit]) part[7 * units + unit] = hi[c];            \
+                const int64_t run_end = (unit + 1) * inner - c0;                               \
+                const int64_t end = run_end < width ? run_end : width;                         \
+                double s_act = 0.0, s_tot = 0.0, s_sq = 0.0, s_abs = 0.0, s_fl = 0.0, s_ce = 0.0; \
+                float s_lo = INFINITY, s_hi = -INFINITY;                                       \
+                for (int64_t k = c; k < end; k++) {                                            \
+                    s_act += active[k];                                                        \
+                    s_tot += total[k];                                                         \
+                    s_sq += total_sq[k];                                                       \
+                    if (ABS) s_abs += total_abs[k];                                            \
+                    if (FLOOR) s_fl += at_floor[k];                                            \
+                    if (CEIL) s_ce += at_ceiling[k];                                           \
+                    s_lo = lo[k] < s_lo ? lo[k] : s_lo;                                        \
+                    s_hi = hi[k] > s_hi ? hi[k] : s_hi;                                        \
+                }                                                                              \
+                part[0 * units + unit] += s_act;                                               \
+                part[1 * units + unit] += s_tot;                                               \
+                part[2 * units + unit] += s_sq;                                                \
+                if (ABS) part[3 * units + unit] += s_abs;                                      \
+                if (FLOOR) part[4 * units + unit] += s_fl;                                     \
+                if (CEIL) part[5 * units + unit] += s_ce;                                      \
+                if (s_lo < part[6 * units + unit]) part[6 * units + unit] = s_lo;              \
+                if (s_hi > part[7 * units + unit]) part[7 * units + unit] = s_hi;              \
+                c = end;                                                                       \
             }
 
 #define COLUMN_BODY(MODE, ABS, FLOOR, CEIL)                                                    \

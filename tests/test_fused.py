@@ -312,3 +312,41 @@ def test_a_gated_product_matches_the_textbook_statistics(path):
     np.testing.assert_allclose(stats.total, product.sum(0).numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(stats.minimum, product.amin(0).numpy())
     np.testing.assert_array_equal(stats.maximum, product.amax(0).numpy())
+
+
+#: (samples, channels, positions) whose column blocks (256 values) the kernel folds into units in
+#: every way: a unit's positions inside one block, across two blocks (100, 300), over several
+#: blocks (1024), one value per unit (1), and batches of 1, 3 and 8 rows.
+LAYOUTS = [(8, 3, 1), (3, 5, 300), (13, 7, 100), (2, 2, 1024), (8, 32, 36), (1, 4, 257)]
+
+
+@pytest.mark.parametrize("shape", LAYOUTS, ids=lambda shape: "x".join(map(str, shape)))
+@pytest.mark.parametrize("module", ["ReLU", "ReLU(inplace)", "GELU"])
+def test_every_layout_folds_its_columns_into_the_right_units(shape, module, path):
+    """The kernel sums a column block per unit (a run of positions) before adding it to the unit:
+    each unit's statistics equal numpy's, in float64, on the activation's output; a NaN in one
+    unit of one batch leaves only that unit's batch out."""
+    samples, channels, positions = shape
+    torch.manual_seed(0)
+    data = torch.randn(samples * 2, channels, positions, generator=torch.Generator().manual_seed(3))
+    data[:, 0] -= 2.0  # unit 0 mostly off
+    data[0, channels - 1, positions // 2] = float("nan")  # last unit: its first batch is left out
+    act = {"ReLU": nn.ReLU(), "ReLU(inplace)": nn.ReLU(inplace=True), "GELU": nn.GELU()}[module]
+    model = nn.Sequential(act).eval()
+    result = deadrelu.scan(model, data.clone(), batch_size=samples, nonfinite="keep")
+    assert result.environment["reduction"] == path
+    (site,) = result.sites
+    with torch.no_grad():
+        out = nn.functional.gelu(data) if module == "GELU" else torch.relu(data)
+    values = out.double().movedim(1, -1).reshape(2, samples * positions, channels)  # (batch, values, units)
+    kept = [np.ones(2, bool) for _ in range(channels)]
+    kept[channels - 1][0] = False
+    stats = site.stats
+    for unit in range(channels):
+        seen = values[kept[unit], :, unit].reshape(-1).numpy()
+        context = f"{module} {shape} unit {unit} via {path}"
+        assert stats.observations[unit] == seen.size, context
+        assert stats.active[unit] == (seen > 0).sum(), context
+        np.testing.assert_allclose(stats.total[unit], seen.sum(), rtol=1e-6, atol=1e-6, err_msg=context)
+        np.testing.assert_allclose(stats.total_sq[unit], (seen * seen).sum(), rtol=1e-6, atol=1e-6, err_msg=context)
+        assert stats.minimum[unit] == np.float32(seen.min()) and stats.maximum[unit] == np.float32(seen.max()), context
